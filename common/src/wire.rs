@@ -1,0 +1,246 @@
+//! The messages of both protocols. Every type is encoded with postcard inside a frame from
+//! [`crate::framing`]. Enums only ever gain variants at the end, so old bytes keep decoding.
+//!
+//! # Directory protocol (ALPN [`crate::defaults::ALPN_DIRECTORY`])
+//!
+//! The peer opens one bi-stream per [`DirectoryRequest`] and reads one [`DirectoryResponse`].
+//! The first request on a connection must be [`DirectoryRequest::Register`]; the key is the one
+//! the peer proved during the TLS handshake. Once registered, the directory opens one bi-stream
+//! towards the peer, the event stream, and writes [`DirectoryEvent`]s on it; the peer answers
+//! each delivered message with an [`EventAck`] on the same stream, and only then does the
+//! directory delete it.
+//!
+//! # Peer protocol (ALPN [`crate::defaults::ALPN_PEER`])
+//!
+//! The sender opens one bi-stream per conversation direction and writes [`PeerFrame::Chat`]
+//! frames in order; the receiver answers each with [`PeerFrame::Ack`], in the same order.
+
+use crate::{KeyId, Name};
+use serde::{Deserialize, Serialize};
+use std::{fmt, net::SocketAddr};
+
+/// A sender-made unique message id. Receivers drop a message whose id they have seen, which
+/// makes a retry through the mailbox harmless.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct MessageId(pub [u8; 16]);
+
+impl MessageId {
+    /// A fresh random id.
+    pub fn random() -> Self {
+        Self(rand::random())
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageId({self})")
+    }
+}
+
+/// One chat message, the same on the direct path and in the mailbox.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Made by the sender, unique per message.
+    pub id: MessageId,
+    /// The sender. The directory refuses a deposit whose `from` is not the depositor's name, and a
+    /// peer refuses a direct message whose `from` does not own the connection's key.
+    pub from: Name,
+    /// The recipient.
+    pub to: Name,
+    /// Sender's wall clock at send time, in milliseconds since the Unix epoch.
+    pub sent_at_ms: u64,
+    /// The text, at most [`crate::defaults::MAX_BODY_LEN`] bytes.
+    pub body: String,
+}
+
+/// A request from a peer to the directory, one per bi-stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DirectoryRequest {
+    /// Bind `name` to the connection's key (or check the existing binding) and go online.
+    Register {
+        /// The name to claim.
+        name: Name,
+        /// Addresses the peer's endpoint listens on, as the peer sees them.
+        listen_addrs: Vec<SocketAddr>,
+        /// How often the peer will heartbeat, in milliseconds.
+        heartbeat_ms: u32,
+    },
+    /// Still here.
+    Heartbeat,
+    /// Who is `name`, and how can it be reached?
+    Lookup {
+        /// The name to look up.
+        name: Name,
+    },
+    /// Hold this message until its recipient takes it.
+    Deposit {
+        /// The message; `from` must be the depositor.
+        message: ChatMessage,
+    },
+}
+
+/// The directory's answer to one [`DirectoryRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DirectoryResponse {
+    /// The name is bound to the caller's key and the caller is online.
+    Registered {
+        /// The caller's address as the directory sees it.
+        observed_addr: SocketAddr,
+    },
+    /// Heartbeat noted.
+    Alive,
+    /// The answer to a lookup.
+    Peer(PeerInfo),
+    /// The message is durably stored.
+    Stored,
+    /// The request failed.
+    Error(ErrorCode),
+}
+
+/// What the directory knows about one name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// The name.
+    pub name: Name,
+    /// The key the name is bound to.
+    pub key: KeyId,
+    /// Connected and heartbeating.
+    pub online: bool,
+    /// When the directory last heard from it (ms since the epoch), if ever.
+    pub last_seen_ms: Option<u64>,
+    /// The address the directory observes for its connection, when online.
+    pub observed_addr: Option<SocketAddr>,
+    /// The addresses it says it listens on, when online.
+    pub listen_addrs: Vec<SocketAddr>,
+    /// Messages from the caller still waiting in this peer's mailbox. A sender keeps using the
+    /// mailbox while this is not zero, so its messages arrive in the order they were sent.
+    pub queued_from_you: u32,
+}
+
+/// Short, stable error codes; they never carry internal details.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ErrorCode {
+    /// The name is bound to another key.
+    #[error("the name is registered to another key")]
+    NameTaken,
+    /// A request other than Register came before Register.
+    #[error("register first")]
+    NotRegistered,
+    /// No peer has this name.
+    #[error("no peer has that name")]
+    UnknownPeer,
+    /// The recipient's mailbox is full.
+    #[error("the recipient's mailbox is full")]
+    MailboxFull,
+    /// The message body is over [`crate::defaults::MAX_BODY_LEN`].
+    #[error("the message is too large")]
+    TooLarge,
+    /// The message's `from` is not the caller.
+    #[error("the message's sender is not you")]
+    NotSender,
+    /// The request cannot be served now.
+    #[error("the directory failed to serve the request")]
+    Internal,
+    /// Register was sent twice on one connection.
+    #[error("already registered")]
+    AlreadyRegistered,
+}
+
+/// Written by the directory on the event stream it opens towards a registered peer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DirectoryEvent {
+    /// A message from the mailbox; answer with [`EventAck::Delivered`].
+    Deliver(ChatMessage),
+    /// Everything in the mailbox so far has been delivered and acknowledged.
+    MailboxIdle,
+}
+
+/// Written by the peer on the event stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventAck {
+    /// The message is in the peer's hands; the directory may delete it.
+    Delivered(MessageId),
+}
+
+/// A frame on a direct chat stream between two peers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerFrame {
+    /// A message, from the stream's opener.
+    Chat(ChatMessage),
+    /// The receiver has the message with this id.
+    Ack(MessageId),
+}
+
+/// QUIC application error codes used when closing a stream or a connection.
+pub mod codes {
+    /// Normal close.
+    pub const OK: u32 = 0;
+    /// A frame could not be decoded or was not expected here.
+    pub const PROTOCOL: u32 = 1;
+    /// A frame was larger than the cap.
+    pub const TOO_LARGE: u32 = 2;
+    /// The peer's key does not own the name it used.
+    pub const UNAUTHORIZED: u32 = 3;
+    /// Another connection registered the same name and key.
+    pub const REPLACED: u32 = 4;
+    /// Missed too many heartbeats.
+    pub const EXPIRED: u32 = 5;
+    /// The server is shutting down.
+    pub const SHUTDOWN: u32 = 6;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ChatMessage {
+        ChatMessage {
+            id: MessageId([7; 16]),
+            from: Name::new("c1").expect("name"),
+            to: Name::new("c2").expect("name"),
+            sent_at_ms: 1_732_222_222_000,
+            body: "hi".into(),
+        }
+    }
+
+    /// Pins the wire bytes: a change here breaks every deployed peer.
+    #[test]
+    fn chat_frame_bytes_are_stable() {
+        let bytes = postcard::to_allocvec(&PeerFrame::Chat(sample())).expect("encode");
+        assert_eq!(
+            hex::encode(&bytes),
+            // variant 0, id, "c1", "c2", varint timestamp, "hi"
+            "00 07070707070707070707070707070707 026331 026332 b0fdf583b532 026869"
+                .replace(' ', "")
+        );
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let reqs = [
+            DirectoryRequest::Register {
+                name: Name::new("c1").expect("name"),
+                listen_addrs: vec!["127.0.0.1:5".parse().expect("addr")],
+                heartbeat_ms: 10_000,
+            },
+            DirectoryRequest::Heartbeat,
+            DirectoryRequest::Lookup {
+                name: Name::new("c2").expect("name"),
+            },
+            DirectoryRequest::Deposit { message: sample() },
+        ];
+        for req in reqs {
+            let bytes = postcard::to_allocvec(&req).expect("encode");
+            assert_eq!(
+                postcard::from_bytes::<DirectoryRequest>(&bytes).expect("decode"),
+                req
+            );
+        }
+    }
+}
