@@ -12,6 +12,7 @@
 //! * [`framing`]: length-prefixed postcard frames with a hard size cap, over QUIC streams.
 //! * [`identity`]: a long-term key and self-signed certificate (rcgen), and [`KeyId`], the
 //!   SHA-256 fingerprint of a public key that names an identity.
+//! * [`control`]: the local protocol between a short command and a running peer.
 //! * [`tls`]: rustls configurations for mutual TLS in which trust comes from a pinned [`KeyId`],
 //!   not from certificate authorities.
 //!
@@ -33,6 +34,7 @@
 
 #![deny(missing_docs)]
 
+pub mod control;
 pub mod defaults;
 pub mod framing;
 pub mod identity;

@@ -70,6 +70,10 @@ pub enum DirectoryRequest {
         listen_addrs: Vec<SocketAddr>,
         /// How often the peer will heartbeat, in milliseconds.
         heartbeat_ms: u32,
+        /// True for a peer that stays to receive (`listen`, `chat`, `inbox`): it is shown
+        /// online and mailbox messages are pushed to it. False for a short command that only
+        /// sends or looks up: the name's key is checked, but presence does not change.
+        online: bool,
     },
     /// Still here.
     Heartbeat,
@@ -228,6 +232,7 @@ mod tests {
                 name: Name::new("c1").expect("name"),
                 listen_addrs: vec!["127.0.0.1:5".parse().expect("addr")],
                 heartbeat_ms: 10_000,
+                online: true,
             },
             DirectoryRequest::Heartbeat,
             DirectoryRequest::Lookup {

@@ -1,1 +1,122 @@
-fn main(){}
+//! The `directory` binary: command line, logging and signals only. The server itself is
+//! [`directory::run`].
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use common::{defaults, Identity};
+use directory::{store::RedbStore, Config};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
+
+/// Rendezvous server for peer-to-peer chat: binds names to keys, tracks who is online, and
+/// holds messages for peers that cannot be reached directly.
+#[derive(Parser, Debug)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// UDP address to serve QUIC on.
+    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], defaults::DIRECTORY_PORT)))]
+    bind: SocketAddr,
+
+    /// Folder for the key, certificate and database [default: the platform data folder].
+    #[arg(long, global = true, env = "DIRECTORY_DATA")]
+    data: Option<PathBuf>,
+
+    /// Most messages held for one recipient.
+    #[arg(long, default_value_t = defaults::MAILBOX_QUOTA_MESSAGES)]
+    mailbox_quota_messages: u64,
+
+    /// Most body bytes held for one recipient.
+    #[arg(long, default_value_t = defaults::MAILBOX_QUOTA_BYTES)]
+    mailbox_quota_bytes: u64,
+
+    /// Most connections served at once; more are refused.
+    #[arg(long, default_value_t = defaults::MAX_CONNECTIONS)]
+    max_connections: u32,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the fingerprint of this directory's key (what peers pin), making the key if needed.
+    Fingerprint,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("directory: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn data_dir(cli: &Cli) -> Result<PathBuf> {
+    match &cli.data {
+        Some(dir) => Ok(dir.clone()),
+        None => directories::ProjectDirs::from("", "", "p2pchat")
+            .map(|d| d.data_dir().join("directory"))
+            .context("no home folder to keep data in; pass --data"),
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let data = data_dir(&cli)?;
+    let identity = Identity::load_or_generate(&data, "directory")
+        .with_context(|| format!("loading the directory's key from {}", data.display()))?;
+    if let Some(Command::Fingerprint) = cli.command {
+        println!("{}", identity.key_id);
+        return Ok(());
+    }
+    let store = RedbStore::open(&data.join("directory.redb"))
+        .with_context(|| format!("opening the database in {}", data.display()))?;
+    let config = Config {
+        quota: directory::store::Quota {
+            max_messages: cli.mailbox_quota_messages,
+            max_bytes: cli.mailbox_quota_bytes,
+        },
+        max_connections: cli.max_connections,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async {
+        let server_config = common::tls::server_config(&identity, defaults::ALPN_DIRECTORY)?;
+        let endpoint = quinn::Endpoint::server(server_config, cli.bind)
+            .with_context(|| format!("binding {}", cli.bind))?;
+        let addr = endpoint.local_addr()?;
+        tracing::info!(%addr, fingerprint = %identity.key_id, "directory listening");
+        // One stdout line that scripts and tests can read.
+        println!("directory listening on {addr} fingerprint {}", identity.key_id);
+        directory::run(endpoint, Arc::new(store), config, shutdown_signal()).await
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM (what `docker stop` sends).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}

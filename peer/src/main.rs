@@ -1,1 +1,117 @@
-fn main(){}
+//! The `peer` binary: parses the command line, finds or starts the peer for the name, and runs
+//! the command. Every failure ends as one line on stderr and a non-zero exit.
+
+use anyhow::{bail, Result};
+use clap::Parser;
+use peer::{
+    cli::{Cli, Command},
+    commands, control,
+    control::ControlClient,
+    home::Home,
+    node::{Node, Options},
+    session::Session,
+};
+use std::{process::ExitCode, sync::Arc, time::Duration};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("peer: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // Stdin readers may still block a thread; don't wait for them.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("peer: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let home = Home::new(cli.home.clone(), &cli.name)?;
+    let session = match open_session(&cli, &home).await? {
+        Opened::Remote(session) => session,
+        Opened::Local(session, guard) => {
+            let result = commands::run(&cli, session).await;
+            drop(guard);
+            return result;
+        }
+    };
+    commands::run(&cli, session).await
+}
+
+enum Opened {
+    Remote(Session),
+    Local(Session, Option<control::ControlGuard>),
+}
+
+/// Uses the peer already running for this home, or brings one up here.
+async fn open_session(cli: &Cli, home: &Home) -> Result<Opened> {
+    if let Some(session) = remote(cli, home).await? {
+        return Ok(Opened::Remote(session));
+    }
+    let long_running = matches!(cli.command, Command::Chat { .. } | Command::Listen);
+    let lock = if long_running {
+        match control::lock(home)? {
+            Some(lock) => Some(lock),
+            None => {
+                // Another process holds the home and is still starting: wait for its socket.
+                for _ in 0..50 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if let Some(session) = remote(cli, home).await? {
+                        return Ok(Opened::Remote(session));
+                    }
+                }
+                bail!("another peer process holds {} but does not answer", home.path().display());
+            }
+        }
+    } else {
+        None
+    };
+    let options = Options {
+        name: cli.name.clone(),
+        directory: cli.directory.clone(),
+        home: home.clone(),
+        bind: cli.bind,
+        pin: cli.pin,
+        heartbeat: Duration::from_secs_f64(cli.heartbeat),
+        direct_timeout: Duration::from_secs_f64(cli.direct_timeout),
+        online: matches!(cli.command, Command::Chat { .. } | Command::Listen | Command::Inbox),
+    };
+    let (node, events) = Node::start(options).await?;
+    let node = Arc::new(node);
+    let guard = match lock {
+        Some(lock) => Some(control::serve(home, lock, node.clone())?),
+        None => None,
+    };
+    Ok(Opened::Local(Session::local(node, events), guard))
+}
+
+async fn remote(cli: &Cli, home: &Home) -> Result<Option<Session>> {
+    let Some(client) = ControlClient::connect(home).await else { return Ok(None) };
+    let session = Session::remote(client).await?;
+    if session.name != cli.name {
+        bail!(
+            "the peer running with home {} is {}, not {}",
+            home.path().display(),
+            session.name,
+            cli.name
+        );
+    }
+    tracing::debug!("using the peer already running for {}", cli.name);
+    Ok(Some(session))
+}

@@ -1,0 +1,95 @@
+//! The accept loop: admits connections up to a cap, runs one [`session`] task per connection,
+//! expires silent peers, and shuts everything down when asked.
+
+use crate::{
+    presence,
+    registry::Registry,
+    session,
+    store::{Quota, Store, Writer},
+};
+use anyhow::Result;
+use common::{now_ms, wire::codes};
+use std::{future::Future, sync::Arc, time::Duration};
+use tokio::task::JoinSet;
+use tracing::{debug, info, Instrument};
+
+/// How the directory is run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Mailbox quota per recipient.
+    pub quota: Quota,
+    /// Most connections served at once.
+    pub max_connections: u32,
+}
+
+/// What every session shares.
+pub struct Shared {
+    /// Durable state, for reads.
+    pub store: Arc<dyn Store>,
+    /// Durable state, for writes (group commit).
+    pub writer: Writer,
+    /// Who is online.
+    pub registry: Registry,
+    /// Settings.
+    pub config: Config,
+}
+
+/// Serves `endpoint` until `shutdown` resolves.
+pub async fn run(
+    endpoint: quinn::Endpoint,
+    store: Arc<dyn Store>,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let writer = Writer::spawn(store.clone(), config.quota);
+    let shared = Arc::new(Shared { store, writer, registry: Registry::default(), config });
+    let mut sessions = JoinSet::new();
+    let sweeper = tokio::spawn(sweep_expired(shared.clone()));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                if endpoint.open_connections() >= shared.config.max_connections as usize {
+                    info!(remote = %incoming.remote_address(), "refusing: connection limit reached");
+                    incoming.refuse();
+                    continue;
+                }
+                let span = tracing::info_span!(
+                    "conn",
+                    remote = %incoming.remote_address(),
+                    name = tracing::field::Empty,
+                );
+                sessions.spawn(session::run(incoming, shared.clone()).instrument(span));
+            }
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+        }
+    }
+    sweeper.abort();
+    endpoint.close(codes::SHUTDOWN.into(), b"directory shutting down");
+    // Give peers a moment to hear the close; sessions end as their connections do.
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    sessions.shutdown().await;
+    Ok(())
+}
+
+/// Closes the connections of peers that stopped heartbeating. The check in
+/// [`presence::expired`] is what lookups use too, so this only cleans up.
+async fn sweep_expired(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(common::defaults::HEARTBEAT_MIN);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = tokio::time::Instant::now().into_std();
+        let gone = shared
+            .registry
+            .take_expired(|o| presence::expired(o.last_seen, o.heartbeat, now));
+        for (name, online) in gone {
+            debug!(%name, "missed heartbeats; offline");
+            online.conn.close(codes::EXPIRED.into(), b"missed heartbeats");
+            let store = shared.store.clone();
+            let _ = tokio::task::spawn_blocking(move || store.set_last_seen(&name, now_ms())).await;
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! One peer's connection: the handshake proves its key, `Register` binds its name, then each
+//! bi-stream carries one request and one response.
+
+use crate::{mailbox, presence, registry::Online, server::Shared, store::StoreError};
+use anyhow::{anyhow, Result};
+use common::{
+    defaults::{MAX_BODY_LEN, REQUEST_TIMEOUT},
+    framing::{self, FrameError},
+    now_ms, tls,
+    wire::{codes, ChatMessage, DirectoryRequest, DirectoryResponse, ErrorCode, PeerInfo},
+    KeyId, Name,
+};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+    time::Instant,
+};
+use tokio::sync::Notify;
+use tracing::{debug, info, warn, Instrument};
+
+/// The state of one connection.
+struct Session {
+    conn: quinn::Connection,
+    key: KeyId,
+    shared: Arc<Shared>,
+    /// Set once by `Register`.
+    name: OnceLock<Name>,
+}
+
+/// Runs one connection to its end. Errors end this connection only.
+pub async fn run(incoming: quinn::Incoming, shared: Arc<Shared>) {
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            debug!(cause = %e, "handshake failed");
+            return;
+        }
+    };
+    let Some(key) = tls::remote_key(&conn) else {
+        // The TLS verifier requires a certificate, so this cannot happen; refuse anyway.
+        conn.close(codes::UNAUTHORIZED.into(), b"no certificate");
+        return;
+    };
+    debug!(key = %key.short(), "connected");
+    let session = Arc::new(Session { conn: conn.clone(), key, shared, name: OnceLock::new() });
+    let reason = loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                let session = session.clone();
+                tokio::spawn(
+                    async move {
+                        if let Err(e) = session.serve_stream(send, recv).await {
+                            debug!(cause = %e, "request failed");
+                        }
+                    }
+                    .in_current_span(),
+                );
+            }
+            Err(e) => break e,
+        }
+    };
+    debug!(cause = %reason, "connection closed");
+    if let Some(name) = session.name.get() {
+        if session.shared.registry.remove_if(name, conn.stable_id()) {
+            info!("offline");
+            let (store, name) = (session.shared.store.clone(), name.clone());
+            let _ = tokio::task::spawn_blocking(move || store.set_last_seen(&name, now_ms())).await;
+        }
+    }
+}
+
+impl Session {
+    async fn serve_stream(
+        self: &Arc<Self>,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) -> Result<()> {
+        let request = tokio::time::timeout(REQUEST_TIMEOUT, framing::read_frame(&mut recv)).await;
+        let request: DirectoryRequest = match request {
+            Err(_) => {
+                let _ = recv.stop(codes::PROTOCOL.into());
+                return Err(anyhow!("request timed out"));
+            }
+            Ok(Ok(Some(request))) => request,
+            Ok(Ok(None)) => return Err(anyhow!("empty request stream")),
+            Ok(Err(e)) if e.is_violation() => return Err(self.refuse_stream(&mut send, &mut recv, e)),
+            Ok(Err(e)) => return Err(e.into()),
+        };
+        let response = match self.handle(request).await {
+            Ok(response) => response,
+            Err(code) => DirectoryResponse::Error(code),
+        };
+        framing::write_frame(&mut send, &response).await?;
+        send.finish()?;
+        Ok(())
+    }
+
+    /// Closes a stream that carried a bad frame, with a code saying why.
+    fn refuse_stream(
+        &self,
+        send: &mut quinn::SendStream,
+        recv: &mut quinn::RecvStream,
+        e: FrameError,
+    ) -> anyhow::Error {
+        warn!(cause = %e, "bad request frame; closing the stream");
+        let _ = send.reset(e.code().into());
+        let _ = recv.stop(e.code().into());
+        e.into()
+    }
+
+    fn registered(&self) -> Result<&Name, ErrorCode> {
+        self.name.get().ok_or(ErrorCode::NotRegistered)
+    }
+
+    async fn handle(self: &Arc<Self>, request: DirectoryRequest) -> Result<DirectoryResponse, ErrorCode> {
+        match request {
+            DirectoryRequest::Register { name, listen_addrs, heartbeat_ms, online } => {
+                self.register(name, listen_addrs, heartbeat_ms, online).await
+            }
+            DirectoryRequest::Heartbeat => {
+                let name = self.registered()?;
+                self.shared.registry.touch(name, self.conn.stable_id(), Instant::now());
+                Ok(DirectoryResponse::Alive)
+            }
+            DirectoryRequest::Lookup { name } => {
+                let me = self.registered()?.clone();
+                self.lookup(me, name).await.map(DirectoryResponse::Peer)
+            }
+            DirectoryRequest::Deposit { message } => {
+                let me = self.registered()?;
+                self.deposit(me, message).await.map(|()| DirectoryResponse::Stored)
+            }
+        }
+    }
+
+    async fn register(
+        self: &Arc<Self>,
+        name: Name,
+        listen_addrs: Vec<SocketAddr>,
+        heartbeat_ms: u32,
+        online: bool,
+    ) -> Result<DirectoryResponse, ErrorCode> {
+        if self.name.get().is_some() {
+            return Err(ErrorCode::AlreadyRegistered);
+        }
+        let (store, key, n) = (self.shared.store.clone(), self.key, name.clone());
+        let bound = tokio::task::spawn_blocking(move || {
+            store.bind(&n, &key)?;
+            if online {
+                store.set_last_seen(&n, now_ms())?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|_| ErrorCode::Internal)?;
+        match bound {
+            Ok(()) => {}
+            Err(StoreError::NameTaken) => {
+                info!(%name, key = %self.key.short(), "refused: name bound to another key");
+                return Err(ErrorCode::NameTaken);
+            }
+            Err(e) => {
+                warn!(cause = %e, "storing a binding failed");
+                return Err(ErrorCode::Internal);
+            }
+        }
+        if self.name.set(name.clone()).is_err() {
+            return Err(ErrorCode::AlreadyRegistered);
+        }
+        tracing::Span::current().record("name", name.as_str());
+        let observed_addr = self.conn.remote_address();
+        if !online {
+            debug!(key = %self.key.short(), "registered for a short command");
+            return Ok(DirectoryResponse::Registered { observed_addr });
+        }
+        let wake = Arc::new(Notify::new());
+        let entry = Online {
+            conn: self.conn.clone(),
+            key: self.key,
+            listen_addrs: listen_addrs.into_iter().take(16).collect(),
+            heartbeat: presence::interval(heartbeat_ms),
+            last_seen: Instant::now(),
+            wake: wake.clone(),
+        };
+        if let Some(old) = self.shared.registry.insert(name.clone(), entry) {
+            if old.conn.stable_id() != self.conn.stable_id() {
+                info!("replacing an older connection for the same name");
+                old.conn.close(codes::REPLACED.into(), b"replaced by a newer connection");
+            }
+        }
+        info!(key = %self.key.short(), "online");
+        tokio::spawn(
+            mailbox::deliver(self.conn.clone(), name, self.shared.clone(), wake).in_current_span(),
+        );
+        Ok(DirectoryResponse::Registered { observed_addr })
+    }
+
+    async fn lookup(&self, me: Name, name: Name) -> Result<PeerInfo, ErrorCode> {
+        let store = self.shared.store.clone();
+        let n = name.clone();
+        let (record, queued) = tokio::task::spawn_blocking(move || {
+            let record = store.name(&n)?;
+            let queued = match record {
+                Some(_) => store.queued_from(&n, &me)?,
+                None => 0,
+            };
+            Ok::<_, StoreError>((record, queued))
+        })
+        .await
+        .map_err(|_| ErrorCode::Internal)?
+        .map_err(|_| ErrorCode::Internal)?;
+        let record = record.ok_or(ErrorCode::UnknownPeer)?;
+        let now = Instant::now();
+        let online = self
+            .shared
+            .registry
+            .get(&name)
+            .filter(|o| !presence::expired(o.last_seen, o.heartbeat, now));
+        Ok(match online {
+            Some(o) => PeerInfo {
+                name,
+                key: o.key,
+                online: true,
+                last_seen_ms: Some(now_ms().saturating_sub(now.duration_since(o.last_seen).as_millis() as u64)),
+                observed_addr: Some(o.conn.remote_address()),
+                listen_addrs: o.listen_addrs,
+                queued_from_you: queued,
+            },
+            None => PeerInfo {
+                name,
+                key: record.key,
+                online: false,
+                last_seen_ms: record.last_seen_ms,
+                observed_addr: None,
+                listen_addrs: Vec::new(),
+                queued_from_you: queued,
+            },
+        })
+    }
+
+    async fn deposit(&self, me: &Name, message: ChatMessage) -> Result<(), ErrorCode> {
+        if &message.from != me {
+            return Err(ErrorCode::NotSender);
+        }
+        if message.body.len() > MAX_BODY_LEN {
+            return Err(ErrorCode::TooLarge);
+        }
+        let (store, to) = (self.shared.store.clone(), message.to.clone());
+        let known = tokio::task::spawn_blocking(move || store.name(&to))
+            .await
+            .map_err(|_| ErrorCode::Internal)?
+            .map_err(|_| ErrorCode::Internal)?;
+        if known.is_none() {
+            return Err(ErrorCode::UnknownPeer);
+        }
+        let to = message.to.clone();
+        match self.shared.writer.deposit(message).await {
+            Ok(()) => {}
+            Err(StoreError::MailboxFull) => return Err(ErrorCode::MailboxFull),
+            Err(e) => {
+                warn!(cause = %e, "storing a message failed");
+                return Err(ErrorCode::Internal);
+            }
+        }
+        if let Some(online) = self.shared.registry.get(&to) {
+            online.wake.notify_one();
+        }
+        Ok(())
+    }
+}

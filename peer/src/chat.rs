@@ -1,0 +1,223 @@
+//! `peer chat NAME`: the conversation.
+//!
+//! With stdin on a terminal, the typed line lives in an editor (rustyline) whose external
+//! printer writes incoming messages above the prompt, so they never break the line being typed.
+//! Otherwise it is line mode for scripts: each input line is one message, each received message
+//! one output line, and at end of input it waits until every message is delivered or queued.
+
+use crate::{
+    commands::shutdown_signal,
+    console::{print_line, Console},
+    session::{Session, Update},
+};
+use anyhow::{anyhow, bail, Result};
+use common::Name;
+use rustyline::ExternalPrinter;
+use std::io::IsTerminal;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    sync::mpsc,
+};
+
+const HELP: &str = "commands: /to NAME (talk to NAME), /who (presence of known peers), /help, /quit";
+
+/// Runs the conversation with `with`.
+pub async fn run(session: Session, console: Console, with: Name) -> Result<()> {
+    if std::io::stdin().is_terminal() && !console.json {
+        terminal(session, console, with).await
+    } else {
+        lines(session, console, with).await
+    }
+}
+
+/// A line of input: a message or a command.
+enum Input {
+    Text(String),
+    To(Name),
+    Who,
+    Help,
+    Quit,
+    Bad(String),
+}
+
+fn parse(line: &str) -> Option<Input> {
+    let trimmed = line.trim();
+    if trimmed.is_empty() {
+        return None;
+    }
+    if !trimmed.starts_with('/') || trimmed.starts_with("//") {
+        let text = trimmed.strip_prefix('/').filter(|_| trimmed.starts_with("//")).unwrap_or(line);
+        return Some(Input::Text(text.to_string()));
+    }
+    let mut words = trimmed.split_whitespace();
+    Some(match (words.next(), words.next()) {
+        (Some("/to"), Some(name)) => match Name::new(name) {
+            Ok(name) => Input::To(name),
+            Err(e) => Input::Bad(format!("invalid name {name:?}: {e}")),
+        },
+        (Some("/who"), None) => Input::Who,
+        (Some("/help"), _) => Input::Help,
+        (Some("/quit"), _) => Input::Quit,
+        _ => Input::Bad(format!("unknown command {trimmed:?}; {HELP}")),
+    })
+}
+
+/// Tracks which peers the conversation has touched, for `/who`.
+#[derive(Default)]
+struct Known(Vec<Name>);
+
+impl Known {
+    fn add(&mut self, name: &Name) {
+        if !self.0.contains(name) {
+            self.0.push(name.clone());
+        }
+    }
+}
+
+async fn lines(mut session: Session, console: Console, mut with: Name) -> Result<()> {
+    if let Some(line) = console.online(&session.name, &session.key) {
+        print_line(&line)?;
+    }
+    session.attach();
+    let mut known = Known::default();
+    known.add(&with);
+    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+    let (mut outstanding, mut failed, mut eof) = (0usize, 0usize, false);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let result = loop {
+        if eof && outstanding == 0 {
+            break Ok(());
+        }
+        tokio::select! {
+            line = stdin.next_line(), if !eof => match line {
+                Ok(Some(line)) => match parse(&line) {
+                    Some(Input::Text(text)) => {
+                        session.submit(with.clone(), text);
+                        outstanding += 1;
+                    }
+                    Some(Input::To(name)) => {
+                        known.add(&name);
+                        with = name;
+                    }
+                    Some(Input::Who) => known.0.iter().for_each(|n| session.whois(n.clone())),
+                    Some(Input::Help) => eprintln!("{HELP}"),
+                    Some(Input::Quit) => eof = true,
+                    Some(Input::Bad(e)) => eprintln!("{e}"),
+                    None => {}
+                },
+                Ok(None) => eof = true,
+                Err(e) => break Err(anyhow!("reading input: {e}")),
+            },
+            update = session.next() => match update {
+                Some(Update::Message(received)) => {
+                    known.add(&received.message.from);
+                    print_line(&console.message(&received.message, received.via))?;
+                    received.shown();
+                }
+                Some(Update::Sent(result)) => {
+                    outstanding = outstanding.saturating_sub(1);
+                    match result {
+                        Ok(sent) if console.json => print_line(&console.sent(&sent))?,
+                        Ok(sent) if sent.status == crate::outbox::Status::Queued => {
+                            eprintln!("{} is away: queued in the mailbox", sent.to)
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            failed += 1;
+                            eprintln!("peer: {e}");
+                        }
+                    }
+                }
+                Some(Update::Whois(Ok(info))) => print_line(&console.whois(&info))?,
+                Some(Update::Whois(Err(e))) => eprintln!("peer: {e}"),
+                Some(Update::Notice(text)) => eprintln!("{text}"),
+                Some(Update::MailboxIdle) => {}
+                None => break Err(anyhow!("the running peer stopped")),
+            },
+            _ = &mut shutdown => break Ok(()),
+        }
+    };
+    session.close().await;
+    result?;
+    if failed > 0 {
+        bail!("{failed} message(s) could not be sent");
+    }
+    Ok(())
+}
+
+async fn terminal(mut session: Session, console: Console, mut with: Name) -> Result<()> {
+    let (line_tx, mut line_rx) = mpsc::unbounded_channel::<Option<String>>();
+    let mut editor = rustyline::DefaultEditor::new()?;
+    let mut printer = editor.create_external_printer()?;
+    let prompt = format!("{} > ", with);
+    let (prompt_tx, prompt_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut prompt = prompt;
+        loop {
+            while let Ok(p) = prompt_rx.try_recv() {
+                prompt = p;
+            }
+            match editor.readline(&prompt) {
+                Ok(line) => {
+                    let _ = editor.add_history_entry(line.as_str());
+                    if line_tx.send(Some(line)).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => {
+                    let _ = line_tx.send(None);
+                    return;
+                }
+            }
+        }
+    });
+    session.attach();
+    let mut known = Known::default();
+    known.add(&with);
+    let mut say = |text: String| {
+        let _ = printer.print(text);
+    };
+    say(format!("chatting with {} as {}; {HELP}", console.name(&with), console.name(&session.name)));
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            line = line_rx.recv() => match line.flatten().as_deref().map(parse) {
+                None => break,
+                Some(None) => {}
+                Some(Some(Input::Text(text))) => session.submit(with.clone(), text),
+                Some(Some(Input::To(name))) => {
+                    known.add(&name);
+                    with = name;
+                    let _ = prompt_tx.send(format!("{with} > "));
+                    say(format!("now talking to {}", console.name(&with)));
+                }
+                Some(Some(Input::Who)) => known.0.iter().for_each(|n| session.whois(n.clone())),
+                Some(Some(Input::Help)) => say(HELP.to_string()),
+                Some(Some(Input::Quit)) => break,
+                Some(Some(Input::Bad(e))) => say(e),
+            },
+            update = session.next() => match update {
+                Some(Update::Message(received)) => {
+                    known.add(&received.message.from);
+                    say(console.message(&received.message, received.via));
+                    received.shown();
+                }
+                Some(Update::Sent(Ok(sent))) if sent.status == crate::outbox::Status::Queued => {
+                    say(format!("  ({} is away: queued in the mailbox)", sent.to));
+                }
+                Some(Update::Sent(Ok(_))) => {}
+                Some(Update::Sent(Err(e))) => say(format!("  ! not sent: {e}")),
+                Some(Update::Whois(Ok(info))) => say(console.whois(&info)),
+                Some(Update::Whois(Err(e))) => say(format!("  ! {e}")),
+                Some(Update::Notice(text)) => say(text),
+                Some(Update::MailboxIdle) => {}
+                None => break,
+            },
+            _ = &mut shutdown => break,
+        }
+    }
+    session.close().await;
+    Ok(())
+}

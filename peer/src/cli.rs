@@ -1,0 +1,93 @@
+//! The command line.
+
+use clap::{Parser, Subcommand};
+use common::{KeyId, Name};
+use std::{net::SocketAddr, path::PathBuf};
+
+/// Peer-to-peer chat: talk to other peers directly over QUIC, with the directory's mailbox when
+/// they cannot be reached.
+#[derive(Parser, Debug, Clone)]
+#[command(version)]
+pub struct Cli {
+    /// Your name (1-32 characters of a-z 0-9 . _ -).
+    #[arg(long, value_parser = parse_name)]
+    pub name: Name,
+
+    /// The directory, HOST:PORT.
+    #[arg(long, env = "CHAT_DIRECTORY", default_value = "127.0.0.1:9000")]
+    pub directory: String,
+
+    /// Folder for your key, certificate, pinned directory keys and local state
+    /// [default: a folder for NAME under the platform data folder].
+    #[arg(long, env = "CHAT_HOME")]
+    pub home: Option<PathBuf>,
+
+    /// UDP address of the peer's QUIC endpoint.
+    #[arg(long, default_value = "0.0.0.0:0")]
+    pub bind: SocketAddr,
+
+    /// Write JSON Lines to stdout, for scripts.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Trust the directory only if its key has this fingerprint (64 hex digits), and pin it.
+    #[arg(long, value_parser = parse_key)]
+    pub pin: Option<KeyId>,
+
+    /// Seconds between heartbeats to the directory.
+    #[arg(long, default_value_t = 10.0, value_parser = parse_secs)]
+    pub heartbeat: f64,
+
+    /// Seconds a direct dial plus delivery may take before the mailbox is used instead.
+    #[arg(long, default_value_t = 3.0, value_parser = parse_secs)]
+    pub direct_timeout: f64,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Chat with NAME: type a line to send it. /to NAME, /who, /help, /quit.
+    Chat {
+        /// Whom to talk to.
+        #[arg(value_parser = parse_name)]
+        with: Name,
+    },
+    /// Send one message and exit once it is delivered or queued.
+    Send {
+        /// Recipient.
+        #[arg(value_parser = parse_name)]
+        to: Name,
+        /// The message.
+        #[arg(required = true, num_args = 1..)]
+        text: Vec<String>,
+    },
+    /// Stay online and print every incoming message until interrupted.
+    Listen,
+    /// Print and acknowledge the messages waiting in the mailbox, then exit.
+    Inbox,
+    /// Show what the directory knows about NAME.
+    Whois {
+        /// The name to look up.
+        #[arg(value_parser = parse_name)]
+        name: Name,
+    },
+}
+
+fn parse_name(s: &str) -> Result<Name, String> {
+    Name::new(s).map_err(|e| format!("invalid name {s:?}: {e}"))
+}
+
+fn parse_key(s: &str) -> Result<KeyId, String> {
+    s.parse().map_err(|e| format!("{e}"))
+}
+
+fn parse_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 3600.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds between 0 and 3600")),
+    }
+}

@@ -1,0 +1,147 @@
+//! What the user sees. Chat goes to stdout, as plain lines or JSON Lines (`--json`); logs and
+//! errors go to stderr.
+
+use crate::{inbox::Via, outbox::Sent};
+use common::{
+    wire::{ChatMessage, PeerInfo},
+    KeyId, Name,
+};
+use serde_json::json;
+use std::io::Write;
+
+/// Formats output for plain text or JSON.
+#[derive(Debug, Clone, Copy)]
+pub struct Console {
+    /// JSON Lines instead of text.
+    pub json: bool,
+    /// Colour sender names (a terminal).
+    pub colour: bool,
+}
+
+impl Console {
+    /// The line for an incoming message.
+    pub fn message(&self, m: &ChatMessage, via: Via) -> String {
+        if self.json {
+            return json!({
+                "type": "message",
+                "id": m.id.to_string(),
+                "from": m.from.as_str(),
+                "to": m.to.as_str(),
+                "sent_at_ms": m.sent_at_ms,
+                "body": m.body,
+                "via": via.as_str(),
+            })
+            .to_string();
+        }
+        let from = self.name(&m.from);
+        let note = if via == Via::Mailbox { " (while you were away)" } else { "" };
+        format!("[{}] {from}: {}{note}", clock(m.sent_at_ms), sanitize(&m.body))
+    }
+
+    /// The line for a send outcome.
+    pub fn sent(&self, s: &Sent) -> String {
+        if self.json {
+            return json!({
+                "type": "sent",
+                "id": s.id.to_string(),
+                "to": s.to.as_str(),
+                "status": s.status.as_str(),
+            })
+            .to_string();
+        }
+        match s.status {
+            crate::outbox::Status::Delivered => format!("delivered to {} (direct)", s.to),
+            crate::outbox::Status::Queued => {
+                format!("queued for {} in the directory's mailbox", s.to)
+            }
+        }
+    }
+
+    /// The lines for a lookup.
+    pub fn whois(&self, p: &PeerInfo) -> String {
+        if self.json {
+            return json!({
+                "type": "whois",
+                "name": p.name.as_str(),
+                "online": p.online,
+                "last_seen_ms": p.last_seen_ms,
+                "observed_addr": p.observed_addr.map(|a| a.to_string()),
+                "listen_addrs": p.listen_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "key": p.key.to_string(),
+            })
+            .to_string();
+        }
+        let seen = match (p.online, p.last_seen_ms) {
+            (true, _) => "online".to_string(),
+            (false, Some(ms)) => format!("offline, last seen {}", ago(ms)),
+            (false, None) => "offline, never seen".to_string(),
+        };
+        let mut out = format!("{}: {seen}\n  key {}", p.name, p.key);
+        if let Some(addr) = p.observed_addr {
+            out.push_str(&format!("\n  observed at {addr}"));
+        }
+        if !p.listen_addrs.is_empty() {
+            let addrs: Vec<String> = p.listen_addrs.iter().map(|a| a.to_string()).collect();
+            out.push_str(&format!("\n  listens on {}", addrs.join(", ")));
+        }
+        out
+    }
+
+    /// The line announcing we are online.
+    pub fn online(&self, name: &Name, key: &KeyId) -> Option<String> {
+        self.json.then(|| {
+            json!({"type": "online", "name": name.as_str(), "key": key.to_string()}).to_string()
+        })
+    }
+
+    /// A sender's name, coloured on a terminal: one stable colour per name.
+    pub fn name(&self, name: &Name) -> String {
+        if !self.colour {
+            return name.to_string();
+        }
+        const COLOURS: [u8; 6] = [31, 32, 33, 34, 35, 36];
+        let hash = name.as_str().bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));
+        let c = COLOURS[(hash as usize) % COLOURS.len()];
+        format!("\x1b[1;{c}m{name}\x1b[0m")
+    }
+}
+
+/// Writes one line to stdout and flushes it, so a message is on its way to the user before it
+/// is acknowledged. Fails only if stdout is gone.
+pub fn print_line(line: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()
+}
+
+/// Control characters from the network could rewrite the user's terminal; show them escaped.
+pub fn sanitize(body: &str) -> String {
+    body.chars()
+        .map(|c| if c.is_control() && c != '\t' { char::REPLACEMENT_CHARACTER } else { c })
+        .collect()
+}
+
+fn clock(ms: u64) -> String {
+    let secs = ms / 1000;
+    format!("{:02}:{:02}:{:02}", (secs / 3600) % 24, (secs / 60) % 60, secs % 60)
+}
+
+fn ago(ms: u64) -> String {
+    let secs = common::now_ms().saturating_sub(ms) / 1000;
+    match secs {
+        0..=59 => format!("{secs}s ago"),
+        60..=3599 => format!("{}m ago", secs / 60),
+        3600..=86399 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_cannot_reach_the_terminal() {
+        assert_eq!(sanitize("hi\x1b[2J\r\nthere\tok"), "hi\u{fffd}[2J\u{fffd}\u{fffd}there\tok");
+    }
+}

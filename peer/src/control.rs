@@ -1,0 +1,237 @@
+//! The control socket: a Unix socket in the home folder through which other `peer` commands for
+//! the same name use the running `listen` or `chat` process instead of bringing up a second
+//! endpoint. The running process stays the one online presence and sees every message.
+//!
+//! Ownership of the socket goes with an exclusive lock on `HOME/peer.lock`, held for the life
+//! of the running process, so two processes never both think they serve the name.
+
+use crate::{
+    home::Home,
+    inbox::Via,
+    node::Node,
+    session::{Received, Update},
+};
+use anyhow::{bail, Context, Result};
+use common::{
+    control::{ControlRequest, ControlResponse},
+    framing, KeyId, Name,
+};
+use std::{fs::File, path::PathBuf, sync::Arc};
+use tokio::{
+    net::{unix::OwnedWriteHalf, UnixListener, UnixStream},
+    sync::mpsc,
+};
+use tracing::{debug, warn};
+
+/// Held while this process serves the control socket; removes the socket when dropped.
+#[derive(Debug)]
+pub struct ControlGuard {
+    _lock: File,
+    path: PathBuf,
+}
+
+impl Drop for ControlGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Takes the home's lock. `None` when another process holds it.
+pub fn lock(home: &Home) -> Result<Option<File>> {
+    let path = home.path().join("peer.lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).context("locking the home folder"),
+    }
+}
+
+/// Serves the control socket for `node` until the process ends.
+pub fn serve(home: &Home, lock: File, node: Arc<Node>) -> Result<ControlGuard> {
+    let path = home.control_socket();
+    // We hold the lock, so a socket file left here is from a process that died.
+    let _ = std::fs::remove_file(&path);
+    let listener =
+        UnixListener::bind(&path).with_context(|| format!("creating {}", path.display()))?;
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(serve_client(stream, node.clone()));
+                }
+                Err(e) => {
+                    warn!(cause = %e, "control socket accept failed");
+                    return;
+                }
+            }
+        }
+    });
+    Ok(ControlGuard { _lock: lock, path })
+}
+
+async fn serve_client(stream: UnixStream, node: Arc<Node>) {
+    let (mut rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::unbounded_channel::<ControlResponse>();
+    tokio::spawn(write_responses(wr, rx));
+    loop {
+        let request = match framing::read_frame::<ControlRequest, _>(&mut rd).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                debug!(cause = %e, "bad control request");
+                return;
+            }
+        };
+        match request {
+            ControlRequest::Hello => {
+                let _ = tx.send(ControlResponse::Hello { name: node.name.clone(), key: node.key });
+            }
+            ControlRequest::Send { to, body } => match node.submit(to.clone(), body) {
+                Ok(outcome) => {
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        let _ = tx.send(match outcome.await {
+                            Ok(s) => ControlResponse::Sent {
+                                id: s.id,
+                                to: s.to,
+                                delivered: s.status == crate::outbox::Status::Delivered,
+                            },
+                            Err(e) => ControlResponse::SendFailed { to, reason: format!("{e:#}") },
+                        });
+                    });
+                }
+                Err(e) => {
+                    let _ = tx.send(ControlResponse::SendFailed { to, reason: format!("{e:#}") });
+                }
+            },
+            ControlRequest::Whois { name } => {
+                let (node, tx) = (node.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let _ = tx.send(match node.whois(&name).await {
+                        Ok(info) => ControlResponse::Whois(info),
+                        Err(e) => ControlResponse::WhoisFailed { name, reason: format!("{e:#}") },
+                    });
+                });
+            }
+            ControlRequest::Attach => {
+                let mut copies = node.inbox().subscribe();
+                let tx = tx.clone();
+                let _ = tx.send(ControlResponse::Attached);
+                tokio::spawn(async move {
+                    loop {
+                        match copies.recv().await {
+                            Ok((message, via)) => {
+                                let via_mailbox = via == Via::Mailbox;
+                                if tx.send(ControlResponse::Message { message, via_mailbox }).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                                let _ = tx.send(ControlResponse::Notice(format!(
+                                    "{n} messages were not copied to this window; see the main one"
+                                )));
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn write_responses(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<ControlResponse>) {
+    while let Some(response) = rx.recv().await {
+        if framing::write_frame(&mut wr, &response).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A connection to the running peer.
+pub struct ControlClient {
+    stream: Option<UnixStream>,
+    requests: Option<mpsc::UnboundedSender<ControlRequest>>,
+}
+
+impl ControlClient {
+    /// Connects to the running peer of `home`, if there is one.
+    pub async fn connect(home: &Home) -> Option<Self> {
+        let stream = UnixStream::connect(home.control_socket()).await.ok()?;
+        Some(Self { stream: Some(stream), requests: None })
+    }
+
+    /// Asks the running peer who it is.
+    pub async fn hello(&mut self) -> Result<(Name, KeyId)> {
+        let Some(stream) = self.stream.as_mut() else { bail!("control session already started") };
+        framing::write_frame(stream, &ControlRequest::Hello).await?;
+        match framing::read_frame(stream).await? {
+            Some(ControlResponse::Hello { name, key }) => Ok((name, key)),
+            other => bail!("the running peer answered {other:?}"),
+        }
+    }
+
+    /// Starts the reader and writer tasks; answers become [`Update`]s on `updates`.
+    pub fn start(&mut self, updates: mpsc::UnboundedSender<Update>) {
+        let Some(stream) = self.stream.take() else { return };
+        let (mut rd, mut wr) = stream.into_split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<ControlRequest>();
+        self.requests = Some(tx);
+        tokio::spawn(async move {
+            while let Some(request) = rx.recv().await {
+                if framing::write_frame(&mut wr, &request).await.is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            loop {
+                let update = match framing::read_frame::<ControlResponse, _>(&mut rd).await {
+                    Ok(Some(ControlResponse::Sent { id, to, delivered })) => {
+                        Update::Sent(Ok((id, to, delivered).into()))
+                    }
+                    Ok(Some(ControlResponse::SendFailed { reason, .. })) => Update::Sent(Err(reason)),
+                    Ok(Some(ControlResponse::WhoisFailed { reason, .. })) => Update::Whois(Err(reason)),
+                    Ok(Some(ControlResponse::Notice(text))) => Update::Notice(text),
+                    Ok(Some(ControlResponse::Whois(info))) => Update::Whois(Ok(info)),
+                    Ok(Some(ControlResponse::Message { message, via_mailbox })) => {
+                        let via = if via_mailbox { Via::Mailbox } else { Via::Direct };
+                        Update::Message(Received::copy(message, via))
+                    }
+                    Ok(Some(_)) => continue,
+                    Ok(None) | Err(_) => return,
+                };
+                if updates.send(update).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    fn request(&self, request: ControlRequest) {
+        if let Some(tx) = &self.requests {
+            let _ = tx.send(request);
+        }
+    }
+
+    /// Sends a message through the running peer.
+    pub fn send(&self, to: Name, body: String) {
+        self.request(ControlRequest::Send { to, body });
+    }
+
+    /// Looks a name up through the running peer.
+    pub fn whois(&self, name: Name) {
+        self.request(ControlRequest::Whois { name });
+    }
+
+    /// Asks for copies of incoming messages.
+    pub fn attach(&self) {
+        self.request(ControlRequest::Attach);
+    }
+}

@@ -1,0 +1,271 @@
+//! The peer's connection to its directory.
+//!
+//! [`DirectoryClient::connect`] dials the directory from the peer's one endpoint, checks the
+//! directory's key against the pin in the home folder, and registers. A background task then
+//! heartbeats, and if the connection drops it reconnects with backoff and registers again. For
+//! a peer that stays online, the directory opens an event stream on which it pushes mailbox
+//! messages; each is handed to the [`Inbox`] and acknowledged only after that.
+
+use crate::{home::Home, inbox::{Inbox, Via}};
+use anyhow::{anyhow, bail, Context, Result};
+use common::{
+    defaults::{ALPN_DIRECTORY, REQUEST_TIMEOUT},
+    framing,
+    tls::{self, Expect},
+    wire::{codes, DirectoryEvent, DirectoryRequest, DirectoryResponse, ErrorCode, EventAck, PeerInfo},
+    Identity, Name,
+};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+use tokio::sync::watch;
+use tracing::{debug, info, warn, Instrument};
+
+/// What the peer needs to reach its directory.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The directory's address as the user gave it (the key of its pin).
+    pub addr: String,
+    /// A fingerprint given on the command line.
+    pub pin: Option<common::KeyId>,
+    /// Our name.
+    pub name: Name,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Stay online and receive the mailbox (long-running commands), or only send and look up.
+    pub online: bool,
+}
+
+/// A handle on the directory connection; cheap to clone.
+#[derive(Clone)]
+pub struct DirectoryClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    home: Home,
+    settings: Settings,
+    inbox: Inbox,
+    /// The current connection; `None` while reconnecting.
+    conn: watch::Sender<Option<quinn::Connection>>,
+    /// Our address as the directory sees it.
+    observed: watch::Sender<Option<SocketAddr>>,
+}
+
+impl DirectoryClient {
+    /// Connects and registers. Errors here are the user's to see: a wrong key, a taken name, a
+    /// directory that cannot be reached.
+    pub async fn connect(
+        endpoint: quinn::Endpoint,
+        identity: &Identity,
+        home: Home,
+        settings: Settings,
+        inbox: Inbox,
+    ) -> Result<Self> {
+        let client_config = tls::client_config(identity, ALPN_DIRECTORY, Expect::AnyKey)?;
+        let inner = Arc::new(Inner {
+            endpoint,
+            client_config,
+            home,
+            settings,
+            inbox,
+            conn: watch::Sender::new(None),
+            observed: watch::Sender::new(None),
+        });
+        let conn = inner.connect_once().await?;
+        inner.conn.send_replace(Some(conn));
+        tokio::spawn(supervise(inner.clone()).in_current_span());
+        Ok(Self { inner })
+    }
+
+    /// Our address as the directory last observed it.
+    pub fn observed_addr(&self) -> Option<SocketAddr> {
+        *self.inner.observed.borrow()
+    }
+
+    /// Sends one request and returns the directory's answer; an error code becomes an error.
+    pub async fn request(&self, request: &DirectoryRequest) -> Result<DirectoryResponse> {
+        let conn = self.current().await?;
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, request_on(&conn, request))
+            .await
+            .map_err(|_| anyhow!("the directory did not answer within {REQUEST_TIMEOUT:?}"))??;
+        match response {
+            DirectoryResponse::Error(code) => Err(DirectoryError(code).into()),
+            other => Ok(other),
+        }
+    }
+
+    /// What the directory knows about `name`.
+    pub async fn lookup(&self, name: &Name) -> Result<PeerInfo> {
+        match self.request(&DirectoryRequest::Lookup { name: name.clone() }).await? {
+            DirectoryResponse::Peer(info) => Ok(info),
+            other => bail!("unexpected answer from the directory: {other:?}"),
+        }
+    }
+
+    /// Closes the connection: the directory marks us offline at once.
+    pub fn close(&self) {
+        if let Some(conn) = self.inner.conn.send_replace(None) {
+            conn.close(codes::OK.into(), b"bye");
+        }
+        // Wakes the supervisor, which sees the closed channel and stops.
+        self.inner.conn.send_modify(|_| {});
+    }
+
+    async fn current(&self) -> Result<quinn::Connection> {
+        let mut rx = self.inner.conn.subscribe();
+        let wait = rx.wait_for(|c| c.as_ref().is_some_and(|c| c.close_reason().is_none()));
+        let conn = match tokio::time::timeout(REQUEST_TIMEOUT, wait).await {
+            Ok(Ok(conn)) => conn.clone(),
+            _ => None,
+        };
+        conn.ok_or_else(|| anyhow!("the directory at {} cannot be reached", self.inner.settings.addr))
+    }
+}
+
+/// An error code from the directory, kept typed so callers can match on it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DirectoryError(pub ErrorCode);
+
+async fn request_on(conn: &quinn::Connection, request: &DirectoryRequest) -> Result<DirectoryResponse> {
+    let (mut send, mut recv) = conn.open_bi().await.context("the directory connection failed")?;
+    framing::write_frame(&mut send, request).await?;
+    send.finish()?;
+    framing::read_frame(&mut recv)
+        .await?
+        .ok_or_else(|| anyhow!("the directory closed the request without an answer"))
+}
+
+impl Inner {
+    async fn connect_once(self: &Arc<Self>) -> Result<quinn::Connection> {
+        let s = &self.settings;
+        let addr = tokio::net::lookup_host(&s.addr)
+            .await
+            .with_context(|| format!("cannot resolve the directory address {}", s.addr))?
+            .find(|a| a.is_ipv4() == self.endpoint.local_addr().map(|l| l.is_ipv4()).unwrap_or(true))
+            .with_context(|| format!("the directory address {} has no usable address", s.addr))?;
+        let connecting = self
+            .endpoint
+            .connect_with(self.client_config.clone(), addr, "directory")
+            .context("dialing the directory")?;
+        let conn = tokio::time::timeout(REQUEST_TIMEOUT, connecting)
+            .await
+            .map_err(|_| anyhow!("the directory at {} did not answer", s.addr))?
+            .with_context(|| format!("cannot connect to the directory at {}", s.addr))?;
+        let key = tls::remote_key(&conn).context("the directory sent no certificate")?;
+        if let Err(e) = self.home.check_directory(&s.addr, key, s.pin) {
+            conn.close(codes::UNAUTHORIZED.into(), b"unexpected key");
+            return Err(e);
+        }
+        let local = self.endpoint.local_addr()?;
+        let register = DirectoryRequest::Register {
+            name: s.name.clone(),
+            listen_addrs: crate::endpoint::listen_addrs(local),
+            heartbeat_ms: s.heartbeat.as_millis().min(u32::MAX as u128) as u32,
+            online: s.online,
+        };
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, request_on(&conn, &register))
+            .await
+            .map_err(|_| anyhow!("the directory did not answer the registration"))??;
+        match response {
+            DirectoryResponse::Registered { observed_addr } => {
+                self.observed.send_replace(Some(observed_addr));
+                debug!(%observed_addr, "registered");
+            }
+            DirectoryResponse::Error(ErrorCode::NameTaken) => {
+                bail!("the name {} is registered to another key", s.name)
+            }
+            DirectoryResponse::Error(code) => bail!("the directory refused to register us: {code}"),
+            other => bail!("unexpected answer to registration: {other:?}"),
+        }
+        if s.online {
+            tokio::spawn(serve_events(conn.clone(), self.inbox.clone()).in_current_span());
+        }
+        Ok(conn)
+    }
+}
+
+/// Heartbeats, and reconnects when the connection drops, until [`DirectoryClient::close`].
+async fn supervise(inner: Arc<Inner>) {
+    let mut conn_rx = inner.conn.subscribe();
+    loop {
+        let Some(conn) = conn_rx.borrow_and_update().clone() else { return };
+        let mut tick = tokio::time::interval(inner.settings.heartbeat);
+        tick.tick().await;
+        let reason = loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let hb = request_on(&conn, &DirectoryRequest::Heartbeat);
+                    match tokio::time::timeout(inner.settings.heartbeat, hb).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => debug!(cause = %e, "heartbeat failed"),
+                        Err(_) => debug!("heartbeat timed out"),
+                    }
+                }
+                reason = conn.closed() => break reason,
+                changed = conn_rx.changed() => {
+                    if changed.is_err() || conn_rx.borrow().is_none() { return; }
+                }
+            }
+        };
+        if inner.conn.borrow().is_none() {
+            return; // closed on purpose
+        }
+        warn!(cause = %reason, "lost the directory connection; reconnecting");
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            tokio::time::sleep(backoff).await;
+            if inner.conn.borrow().is_none() {
+                return;
+            }
+            match inner.connect_once().await {
+                Ok(conn) => {
+                    info!("reconnected to the directory");
+                    inner.conn.send_replace(Some(conn));
+                    break;
+                }
+                Err(e) => {
+                    debug!(cause = %format!("{e:#}"), "reconnect failed");
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// Reads the directory's event stream: mailbox messages and the idle marker.
+async fn serve_events(conn: quinn::Connection, inbox: Inbox) {
+    let (mut send, mut recv) = match conn.accept_bi().await {
+        Ok(streams) => streams,
+        Err(e) => {
+            debug!(cause = %e, "no event stream");
+            return;
+        }
+    };
+    loop {
+        match framing::read_frame::<DirectoryEvent, _>(&mut recv).await {
+            Ok(Some(DirectoryEvent::Deliver(message))) => {
+                let id = message.id;
+                if inbox.receive(message, Via::Mailbox).await.is_err() {
+                    return; // not shown, so not acknowledged: the directory keeps it
+                }
+                if let Err(e) = framing::write_frame(&mut send, &EventAck::Delivered(id)).await {
+                    debug!(cause = %e, "event stream closed");
+                    return;
+                }
+            }
+            Ok(Some(DirectoryEvent::MailboxIdle)) => inbox.mailbox_idle().await,
+            Ok(None) => return,
+            Err(e) if !e.is_violation() => {
+                debug!(cause = %e, "event stream ended");
+                return;
+            }
+            Err(e) => {
+                warn!(cause = %e, "bad frame from the directory");
+                conn.close(e.code().into(), b"bad event frame");
+                return;
+            }
+        }
+    }
+}

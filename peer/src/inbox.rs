@@ -1,0 +1,287 @@
+//! Receiving: direct chat streams from other peers, and mailbox messages handed over by the
+//! directory client. Both end in [`Inbox::receive`], which drops duplicates by message id and
+//! waits until the user's side has shown the message before the caller acknowledges it.
+//!
+//! A direct connection proves a key in its TLS handshake; the first message on it names its
+//! sender, and [`serve_connection`] asks the directory whether that name is bound to that key
+//! before showing anything. Every later message on the connection must carry the same sender.
+
+use crate::{directory_client::DirectoryClient, endpoint::Links};
+use anyhow::{anyhow, bail, Result};
+use common::{
+    defaults::MAX_BODY_LEN,
+    framing,
+    tls,
+    wire::{codes, ChatMessage, MessageId, PeerFrame},
+    KeyId, Name,
+};
+use std::{
+    collections::{HashSet, VecDeque},
+    sync::{Arc, Mutex},
+};
+use tokio::sync::{broadcast, mpsc, oneshot, OnceCell};
+use tracing::{debug, info_span, warn, Instrument};
+
+/// How many message ids are remembered for duplicate detection.
+const SEEN_CAPACITY: usize = 100_000;
+
+/// Which path a message came by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// Straight from the sender over QUIC.
+    Direct,
+    /// From the directory's mailbox.
+    Mailbox,
+}
+
+impl Via {
+    /// The name used in JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Direct => "direct",
+            Via::Mailbox => "mailbox",
+        }
+    }
+}
+
+/// A message waiting to be shown. Call [`Incoming::shown`] once the user can see it: only then
+/// is it acknowledged to the sender or the directory.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The message.
+    pub message: ChatMessage,
+    /// How it came.
+    pub via: Via,
+    shown: oneshot::Sender<()>,
+}
+
+impl Incoming {
+    /// Marks the message as shown, which lets it be acknowledged.
+    pub fn shown(self) {
+        let _ = self.shown.send(());
+    }
+}
+
+/// What the inbox tells the program using it.
+#[derive(Debug)]
+pub enum Event {
+    /// A new message (never a duplicate).
+    Message(Incoming),
+    /// Everything waiting in the mailbox has been delivered.
+    MailboxIdle,
+}
+
+/// Dedup and hand-off of incoming messages; cheap to clone.
+#[derive(Clone)]
+pub struct Inbox {
+    inner: Arc<InboxInner>,
+}
+
+struct InboxInner {
+    me: Name,
+    seen: Mutex<Seen>,
+    events: mpsc::Sender<Event>,
+    /// Copies for other local commands attached through the control socket.
+    copies: broadcast::Sender<(ChatMessage, Via)>,
+}
+
+/// Why a message was not taken.
+#[derive(Debug, thiserror::Error)]
+#[error("the message could not be shown")]
+pub struct NotShown;
+
+impl Inbox {
+    /// An inbox for `me`, with the receiver of its events.
+    pub fn new(me: Name) -> (Self, mpsc::Receiver<Event>) {
+        let (events, rx) = mpsc::channel(1024);
+        let (copies, _) = broadcast::channel(1024);
+        let inner = InboxInner { me, seen: Mutex::new(Seen::default()), events, copies };
+        (Self { inner: Arc::new(inner) }, rx)
+    }
+
+    /// Our own name.
+    pub fn me(&self) -> &Name {
+        &self.inner.me
+    }
+
+    /// Copies of every new message, for local commands attached through the control socket.
+    pub fn subscribe(&self) -> broadcast::Receiver<(ChatMessage, Via)> {
+        self.inner.copies.subscribe()
+    }
+
+    /// Takes one message. `Ok` means it may be acknowledged: it was shown now, or it is a
+    /// duplicate of one shown before.
+    pub async fn receive(&self, message: ChatMessage, via: Via) -> Result<(), NotShown> {
+        let id = message.id;
+        if !self.seen().insert(id) {
+            debug!(%id, "duplicate dropped");
+            return Ok(());
+        }
+        let _ = self.inner.copies.send((message.clone(), via));
+        let (shown, was_shown) = oneshot::channel();
+        let event = Event::Message(Incoming { message, via, shown });
+        if self.inner.events.send(event).await.is_err() || was_shown.await.is_err() {
+            // Nobody showed it: forget the id so a redelivery is not taken for a duplicate.
+            self.seen().remove(&id);
+            return Err(NotShown);
+        }
+        Ok(())
+    }
+
+    /// Reports that the mailbox has been drained.
+    pub async fn mailbox_idle(&self) {
+        let _ = self.inner.events.send(Event::MailboxIdle).await;
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.inner.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A bounded set of recently seen ids: the oldest is forgotten first.
+#[derive(Default)]
+struct Seen {
+    set: HashSet<MessageId>,
+    order: VecDeque<MessageId>,
+}
+
+impl Seen {
+    fn insert(&mut self, id: MessageId) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > SEEN_CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+
+    fn remove(&mut self, id: &MessageId) {
+        self.set.remove(id);
+        self.order.retain(|x| x != id);
+    }
+}
+
+/// Accepts connections from other peers until the endpoint closes.
+pub async fn serve(endpoint: quinn::Endpoint, inbox: Inbox, directory: DirectoryClient, links: Arc<Links>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let span = info_span!("peer_conn", remote = %incoming.remote_address());
+        let (inbox, directory, links) = (inbox.clone(), directory.clone(), links.clone());
+        tokio::spawn(
+            async move {
+                let conn = match incoming.await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        debug!(cause = %e, "incoming handshake failed");
+                        return;
+                    }
+                };
+                serve_connection(conn, None, inbox, directory, links).await;
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Serves the chat streams the remote opens on `conn`. `known` is the remote's name when we
+/// dialed it (its key was checked then); otherwise the first message names it and the
+/// directory confirms it.
+pub async fn serve_connection(
+    conn: quinn::Connection,
+    known: Option<Name>,
+    inbox: Inbox,
+    directory: DirectoryClient,
+    links: Arc<Links>,
+) {
+    let Some(key) = tls::remote_key(&conn) else {
+        conn.close(codes::UNAUTHORIZED.into(), b"no certificate");
+        return;
+    };
+    let verified = Arc::new(OnceCell::new_with(known));
+    loop {
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(streams) => streams,
+            Err(e) => {
+                debug!(cause = %e, "peer connection ended");
+                return;
+            }
+        };
+        let stream = ChatStream {
+            conn: conn.clone(),
+            key,
+            verified: verified.clone(),
+            inbox: inbox.clone(),
+            directory: directory.clone(),
+            links: links.clone(),
+        };
+        tokio::spawn(
+            async move {
+                if let Err(e) = stream.run(send, recv).await {
+                    debug!(cause = %format!("{e:#}"), "chat stream ended");
+                }
+            }
+            .in_current_span(),
+        );
+    }
+}
+
+struct ChatStream {
+    conn: quinn::Connection,
+    key: KeyId,
+    verified: Arc<OnceCell<Name>>,
+    inbox: Inbox,
+    directory: DirectoryClient,
+    links: Arc<Links>,
+}
+
+impl ChatStream {
+    async fn run(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) -> Result<()> {
+        loop {
+            let message = match framing::read_frame::<PeerFrame, _>(&mut recv).await {
+                Ok(Some(PeerFrame::Chat(message))) => message,
+                Ok(None) => return Ok(()),
+                Ok(Some(other)) => return Err(self.refuse(codes::PROTOCOL, anyhow!("unexpected {other:?}"))),
+                Err(e) if e.is_violation() => return Err(self.refuse(e.code(), e.into())),
+                Err(e) => return Err(e.into()),
+            };
+            if message.to != *self.inbox.me() || message.body.len() > MAX_BODY_LEN {
+                return Err(self.refuse(codes::PROTOCOL, anyhow!("message not for us or too large")));
+            }
+            self.check_sender(&message.from).await?;
+            let id = message.id;
+            self.inbox.receive(message, Via::Direct).await?;
+            framing::write_frame(&mut send, &PeerFrame::Ack(id)).await?;
+        }
+    }
+
+    /// Checks that the connection's key owns `from`, asking the directory the first time.
+    async fn check_sender(&self, from: &Name) -> Result<()> {
+        let name = self
+            .verified
+            .get_or_try_init(|| async {
+                let info = self.directory.lookup(from).await?;
+                if info.key != self.key {
+                    return Err(self.refuse(
+                        codes::UNAUTHORIZED,
+                        anyhow!("{from} is not the owner of key {}", self.key.short()),
+                    ));
+                }
+                self.links.insert(from.clone(), self.conn.clone());
+                Ok(from.clone())
+            })
+            .await?;
+        if name != from {
+            bail!(self.refuse(codes::UNAUTHORIZED, anyhow!("sender changed from {name} to {from}")));
+        }
+        Ok(())
+    }
+
+    fn refuse(&self, code: u32, cause: anyhow::Error) -> anyhow::Error {
+        warn!(cause = %cause, "closing a peer connection");
+        self.conn.close(code.into(), b"refused");
+        cause
+    }
+}

@@ -1,0 +1,131 @@
+//! A running peer: its endpoint, its directory connection, its inbox and outbox.
+
+use crate::{
+    directory_client::{self, DirectoryClient},
+    endpoint::{self, Links},
+    home::Home,
+    inbox::{self, Event, Inbox},
+    outbox::{self, Outbox, Sent},
+};
+use anyhow::Result;
+use common::{wire::PeerInfo, KeyId, Name};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+/// How to run a peer.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Our name.
+    pub name: Name,
+    /// The directory, HOST:PORT.
+    pub directory: String,
+    /// The home folder.
+    pub home: Home,
+    /// UDP address to bind.
+    pub bind: SocketAddr,
+    /// Fingerprint to pin the directory to.
+    pub pin: Option<KeyId>,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Bound on a direct dial plus delivery.
+    pub direct_timeout: Duration,
+    /// Stay online and receive (long-running commands).
+    pub online: bool,
+}
+
+/// A running peer.
+pub struct Node {
+    /// Our name.
+    pub name: Name,
+    /// Our key's fingerprint.
+    pub key: KeyId,
+    endpoint: quinn::Endpoint,
+    directory: DirectoryClient,
+    outbox: Outbox,
+    inbox: Inbox,
+}
+
+impl Node {
+    /// Brings the peer up: binds the endpoint, connects and registers with the directory, and
+    /// starts accepting direct connections. Incoming messages arrive on the returned receiver.
+    pub async fn start(options: Options) -> Result<(Self, mpsc::Receiver<Event>)> {
+        let identity = Arc::new(options.home.identity(&options.name)?);
+        let key = identity.key_id;
+        let endpoint = endpoint::bind(&identity, options.bind)?;
+        let (inbox, events) = Inbox::new(options.name.clone());
+        let settings = directory_client::Settings {
+            addr: options.directory.clone(),
+            pin: options.pin,
+            name: options.name.clone(),
+            heartbeat: options.heartbeat,
+            online: options.online,
+        };
+        let directory = DirectoryClient::connect(
+            endpoint.clone(),
+            &identity,
+            options.home.clone(),
+            settings,
+            inbox.clone(),
+        )
+        .await?;
+        let links = Arc::new(Links::default());
+        tokio::spawn(
+            inbox::serve(endpoint.clone(), inbox.clone(), directory.clone(), links.clone())
+                .in_current_span(),
+        );
+        let outbox = Outbox::new(outbox::Shared {
+            me: options.name.clone(),
+            identity,
+            endpoint: endpoint.clone(),
+            directory: directory.clone(),
+            inbox: inbox.clone(),
+            links,
+            direct_timeout: options.direct_timeout,
+        });
+        let node = Self { name: options.name, key, endpoint, directory, outbox, inbox };
+        Ok((node, events))
+    }
+
+    /// Sends one message; returns once it is delivered or durably queued.
+    pub async fn send(&self, to: Name, body: String) -> Result<Sent> {
+        self.outbox.send(to, body).await
+    }
+
+    /// Queues one message behind those submitted before it; see [`Outbox::submit`].
+    pub fn submit(
+        &self,
+        to: Name,
+        body: String,
+    ) -> Result<impl std::future::Future<Output = Result<Sent>> + Send + 'static> {
+        self.outbox.submit(to, body)
+    }
+
+    /// What the directory knows about `name`.
+    pub async fn whois(&self, name: &Name) -> Result<PeerInfo> {
+        self.directory.lookup(name).await.map_err(|e| match e.downcast_ref() {
+            Some(directory_client::DirectoryError(common::wire::ErrorCode::UnknownPeer)) => {
+                anyhow::anyhow!("no peer is named {name}")
+            }
+            _ => e,
+        })
+    }
+
+    /// The inbox, for attaching more listeners.
+    pub fn inbox(&self) -> &Inbox {
+        &self.inbox
+    }
+
+    /// Our address as the directory sees it.
+    pub fn observed_addr(&self) -> Option<SocketAddr> {
+        self.directory.observed_addr()
+    }
+
+    /// Leaves cleanly: the directory marks us offline at once, and peers see the close.
+    pub async fn shutdown(&self) {
+        self.directory.close();
+        self.endpoint.close(common::wire::codes::OK.into(), b"bye");
+        // Long enough for the close frames to leave; the draining period is not worth waiting.
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.endpoint.wait_idle()).await;
+    }
+}

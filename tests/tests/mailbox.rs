@@ -1,0 +1,173 @@
+//! The durable mailbox: messages for an offline peer are queued, handed over once, in order,
+//! and survive a directory crash.
+
+use anyhow::{ensure, Context, Result};
+use std::time::Duration;
+use tests::{check_messages, is_message_from, is_type, numbered, Json, Net, Sig, SHORT};
+
+/// Offline recipient: `send` says queued; `inbox` prints it via mailbox once; a second `inbox`
+/// prints nothing.
+#[test]
+fn queued_then_inbox_once() -> Result<()> {
+    let net = Net::new()?;
+    ensure!(net.register("c2")?.is_empty(), "a fresh c2 has mail");
+
+    let sent = net.send("c1", "c2", "while you were out")?;
+    ensure!(sent["status"] == "queued", "c2 is offline, yet: {sent}");
+
+    let got = net.register("c2")?;
+    check_messages(
+        &got,
+        "c1",
+        "c2",
+        &["while you were out".to_string()],
+        Some("mailbox"),
+    )?;
+    ensure!(
+        got[0]["id"] == sent["id"],
+        "id changed: sent {sent}, got {}",
+        got[0]
+    );
+
+    let again = net.register("c2")?;
+    ensure!(again.is_empty(), "second inbox printed {again:?}");
+    net.assert_no_panics()
+}
+
+/// 20 messages sent (by a `chat` in line mode) while c2 is offline appear, in order and once,
+/// as soon as c2 starts `listen`; afterwards the mailbox is empty.
+#[test]
+fn offline_messages_arrive_when_listen_starts() -> Result<()> {
+    const N: usize = 20;
+    let net = Net::new()?;
+    net.register("c2")?;
+
+    let bodies = numbered("queued", 0..N);
+    let mut c1 = net.peer("c1").json().args(["chat", "c2"]).spawn()?;
+    c1.wait_online()?;
+    for b in &bodies {
+        c1.write_line(b)?;
+    }
+    c1.finish(Duration::from_secs(60))?;
+    let sent: Vec<Json> = c1
+        .json_lines()
+        .into_iter()
+        .filter(|v| is_type(v, "sent"))
+        .collect();
+    ensure!(
+        sent.len() == N,
+        "chat printed {} sent lines, expected {N}",
+        sent.len()
+    );
+    for s in &sent {
+        ensure!(s["status"] == "queued", "c2 is offline, yet: {s}");
+    }
+
+    let mut c2 = net.listen("c2")?;
+    let got = c2.wait_json_n("the queued messages", N, Duration::from_secs(30), |v| {
+        is_message_from(v, "c1")
+    })?;
+    check_messages(&got, "c1", "c2", &bodies, Some("mailbox"))?;
+    let got_ids: Vec<&Json> = got.iter().map(|m| &m["id"]).collect();
+    let sent_ids: Vec<&Json> = sent.iter().map(|m| &m["id"]).collect();
+    ensure!(
+        got_ids == sent_ids,
+        "ids differ: sent {sent_ids:?}, got {got_ids:?}"
+    );
+    c2.terminate()?;
+    let total = c2
+        .json_lines()
+        .iter()
+        .filter(|v| is_type(v, "message"))
+        .count();
+    ensure!(
+        total == N,
+        "c2 printed {total} messages, expected exactly {N}"
+    );
+
+    let left = net.register("c2")?;
+    ensure!(
+        left.is_empty(),
+        "messages shown by listen are still in the mailbox: {left:?}"
+    );
+    net.assert_no_panics()
+}
+
+/// Queued messages survive kill -9 of the directory and a restart on the same data.
+#[test]
+fn mailbox_survives_directory_kill9() -> Result<()> {
+    let mut net = Net::new()?;
+    net.register("c2")?;
+    let bodies = numbered("durable", 0..5);
+    for b in &bodies {
+        let s = net.send("c1", "c2", b)?;
+        ensure!(s["status"] == "queued", "c2 is offline, yet: {s}");
+    }
+
+    net.dir_mut().kill9()?;
+    net.dir_mut().restart()?;
+
+    let got = net.register("c2")?;
+    check_messages(&got, "c1", "c2", &bodies, Some("mailbox"))
+        .context("after kill -9 and restart")?;
+    ensure!(
+        net.register("c2")?.is_empty(),
+        "mailbox not empty after inbox"
+    );
+
+    // The restarted directory keeps queueing.
+    let s = net.send("c1", "c2", "after restart")?;
+    ensure!(s["status"] == "queued", "c2 is offline, yet: {s}");
+    let got = net.register("c2")?;
+    check_messages(&got, "c1", "c2", &["after restart".into()], Some("mailbox"))?;
+    net.assert_no_panics()
+}
+
+/// The recipient is online for the directory but a direct dial cannot complete (its process is
+/// frozen with SIGSTOP): the sender falls back to the mailbox after --direct-timeout, and the
+/// directory pushes the message to the recipient once it runs again.
+#[test]
+fn direct_failure_falls_back_to_mailbox_push() -> Result<()> {
+    let net = Net::new()?;
+    // Default heartbeat (10 s): the directory keeps a frozen c2 online for ~30 s.
+    let mut c2 = net.listen("c2")?;
+    c2.signal(Sig::SIGSTOP)?;
+    let result = net
+        .peer("c1")
+        .direct_timeout(1.0)
+        .json()
+        .args(["send", "c2", "via the mailbox please"])
+        .run(SHORT);
+    c2.signal(Sig::SIGCONT)?;
+    let sent = result?.success()?.one_of_type("sent")?;
+    ensure!(
+        sent["status"] == "queued",
+        "a frozen c2 cannot ack a direct message, yet: {sent}"
+    );
+
+    let msg = c2.wait_json("the pushed message", Duration::from_secs(20), |v| {
+        is_message_from(v, "c1")
+    })?;
+    check_messages(
+        std::slice::from_ref(&msg),
+        "c1",
+        "c2",
+        &["via the mailbox please".into()],
+        Some("mailbox"),
+    )?;
+    ensure!(
+        msg["id"] == sent["id"],
+        "id changed: sent {sent}, got {msg}"
+    );
+    c2.terminate()?;
+    let total = c2
+        .json_lines()
+        .iter()
+        .filter(|v| is_type(v, "message"))
+        .count();
+    ensure!(
+        total == 1,
+        "c2 printed {total} messages, expected exactly 1"
+    );
+    net.assert_no_panics()
+}

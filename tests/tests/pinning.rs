@@ -1,0 +1,122 @@
+//! The directory's identity: its fingerprint, how peers pin it, and its clean exit.
+
+use anyhow::{ensure, Result};
+use tests::{directory_fingerprint, DirOpts, Net, Sig, SHORT};
+
+/// The same 64 hex digits with the first one changed.
+fn wrong(fp: &str) -> String {
+    let first = if fp.starts_with('0') { '1' } else { '0' };
+    format!("{first}{}", &fp[1..])
+}
+
+/// `--pin` with the directory's fingerprint is accepted, any other is refused.
+#[test]
+fn explicit_pin_right_accepted_wrong_refused() -> Result<()> {
+    let net = Net::new()?;
+    let fp = net.dir().fingerprint().to_string();
+
+    net.peer("c1")
+        .pin(&fp)
+        .args(["inbox"])
+        .run(SHORT)?
+        .success()?;
+    net.peer("c2")
+        .pin(&wrong(&fp))
+        .args(["inbox"])
+        .run(SHORT)?
+        .failure(&["fingerprint", "pinned"])?;
+    // A home that already pinned the right key also refuses a wrong --pin.
+    net.peer("c1")
+        .pin(&wrong(&fp))
+        .args(["inbox"])
+        .run(SHORT)?
+        .failure(&["fingerprint", "pinned"])?;
+    // The wrong pin registered nothing: c2 is unknown to the directory.
+    net.peer("c1")
+        .args(["send", "c2", "are you there"])
+        .run(SHORT)?
+        .failure(&["no peer"])?;
+    net.assert_no_panics()
+}
+
+/// A peer pins the directory's key on first use. A different directory (new key) on the same
+/// address is refused; the original directory, restarted on its data, is accepted again.
+#[test]
+fn key_change_on_same_address_is_refused() -> Result<()> {
+    let mut net = Net::new()?;
+    let addr = net.dir().addr();
+    let fp_a = net.dir().fingerprint().to_string();
+    net.register("c1")?; // first use: pins A's key for this address
+
+    net.dir_mut().terminate()?;
+    let mut b = net.start_directory(DirOpts {
+        bind: Some(addr),
+        ..DirOpts::default()
+    })?;
+    ensure!(
+        b.addr() == addr,
+        "B should be on A's address {addr}, is on {}",
+        b.addr()
+    );
+    ensure!(
+        b.fingerprint() != fp_a,
+        "a directory with a fresh data dir has A's fingerprint {fp_a}"
+    );
+
+    net.peer("c1")
+        .args(["inbox"])
+        .run(SHORT)?
+        .failure(&["fingerprint", "pinned"])?;
+    // A peer that never met A pins B on first use.
+    net.peer("c9")
+        .directory(b.addr())
+        .args(["inbox"])
+        .run(SHORT)?
+        .success()?;
+    b.terminate()?;
+
+    // A again, same data: same key, so c1 is happy again.
+    net.dir_mut().restart()?;
+    ensure!(
+        net.dir().fingerprint() == fp_a,
+        "restart on the same data changed the fingerprint: {fp_a} -> {}",
+        net.dir().fingerprint()
+    );
+    net.peer("c1").args(["inbox"]).run(SHORT)?.success()?;
+    net.assert_no_panics()
+}
+
+/// `directory fingerprint --data DIR` prints the start line's fingerprint; SIGTERM and SIGINT
+/// both end the directory with status 0; the key survives restarts.
+#[test]
+fn fingerprint_command_and_clean_exit() -> Result<()> {
+    let mut net = Net::new()?;
+    let fp = net.dir().fingerprint().to_string();
+
+    net.dir_mut().terminate()?; // requires exit 0
+    let printed = directory_fingerprint(net.dir().data())?;
+    ensure!(
+        printed == fp,
+        "`directory fingerprint` printed {printed:?}, the start line said {fp:?}"
+    );
+
+    net.dir_mut().restart()?;
+    ensure!(
+        net.dir().fingerprint() == fp,
+        "fingerprint changed across SIGTERM restart"
+    );
+    net.register("c1")?;
+    let st = net.dir_mut().stop_with(Sig::SIGINT)?;
+    ensure!(
+        st.success(),
+        "directory exited with {st} after SIGINT, expected 0"
+    );
+
+    net.dir_mut().restart()?;
+    ensure!(
+        net.dir().fingerprint() == fp,
+        "fingerprint changed across SIGINT restart"
+    );
+    net.register("c1")?;
+    net.assert_no_panics()
+}
