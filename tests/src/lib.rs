@@ -378,6 +378,7 @@ impl Directory {
             cmd.arg("--mailbox-quota-bytes").arg(n.to_string());
         }
         cmd.env("RUST_BACKTRACE", "1")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr_file);
@@ -888,7 +889,9 @@ impl PeerCmd {
             .collect();
         let cmdline = format!("peer {}", shown.join(" "));
         let mut cmd = Command::new(&bins.peer);
-        cmd.args(&argv).env("RUST_BACKTRACE", "1");
+        cmd.args(&argv)
+            .env("RUST_BACKTRACE", "1")
+            .env("NO_COLOR", "1");
         Ok((cmd, cmdline))
     }
 
@@ -1428,4 +1431,28 @@ pub fn check_messages(
 /// Numbered bodies `"{prefix} {i}"` for `i` in `range`.
 pub fn numbered(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
     range.map(|i| format!("{prefix} {i}")).collect()
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn start_line_parses() {
+        let fp = "ab".repeat(32);
+        let (addr, got) = parse_start_line(&format!(
+            "directory listening on 127.0.0.1:4242 fingerprint {fp}\n"
+        ))
+        .expect("valid line");
+        assert_eq!(addr, "127.0.0.1:4242".parse::<SocketAddr>().expect("addr"));
+        assert_eq!(got, fp);
+        assert!(parse_start_line("directory listening on 127.0.0.1:1 fingerprint xyz").is_err());
+        assert!(parse_start_line("listening on 127.0.0.1:1").is_err());
+    }
+
+    #[test]
+    fn tail_keeps_last_lines() {
+        let t = tail("a\nb\nc\n", 2);
+        assert!(t.contains("1 earlier") && t.contains("    b") && t.contains("    c"));
+    }
 }

@@ -1,6 +1,6 @@
 //! The directory's identity: its fingerprint, how peers pin it, and its clean exit.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use tests::{directory_fingerprint, DirOpts, Net, Sig, SHORT};
 
 /// The same 64 hex digits with the first one changed.
@@ -92,6 +92,8 @@ fn key_change_on_same_address_is_refused() -> Result<()> {
 fn fingerprint_command_and_clean_exit() -> Result<()> {
     let mut net = Net::new()?;
     let fp = net.dir().fingerprint().to_string();
+    // Serve one peer first (SIGTERM right after the start line has its own test below).
+    net.register("c1")?;
 
     net.dir_mut().terminate()?; // requires exit 0
     let printed = directory_fingerprint(net.dir().data())?;
@@ -118,5 +120,21 @@ fn fingerprint_command_and_clean_exit() -> Result<()> {
         "fingerprint changed across SIGINT restart"
     );
     net.register("c1")?;
+    net.assert_no_panics()
+}
+
+/// SIGTERM as soon as the start line is out still ends the directory with status 0: the
+/// handler must be in place before it announces itself.
+#[test]
+fn sigterm_right_after_start_line_exits_zero() -> Result<()> {
+    let mut net = Net::new()?;
+    for round in 0..5 {
+        if round > 0 {
+            net.dir_mut().restart()?;
+        }
+        net.dir_mut()
+            .terminate()
+            .with_context(|| format!("round {round}"))?;
+    }
     net.assert_no_panics()
 }

@@ -167,3 +167,21 @@ fn stays_online_while_listening() -> Result<()> {
     c2.terminate()?;
     net.assert_no_panics()
 }
+
+/// SIGTERM as soon as the ready signal (the `online` line) is out still ends `listen` and
+/// `chat` with status 0: the handler must be in place before the process says it is ready.
+#[test]
+fn sigterm_right_after_online_exits_zero() -> Result<()> {
+    let net = Net::new()?;
+    for round in 0..5 {
+        let mut l = net.peer("c2").json().args(["listen"]).spawn()?;
+        l.wait_online()?;
+        l.terminate()
+            .with_context(|| format!("listen, round {round}"))?;
+        let mut c = net.peer("c3").json().args(["chat", "c2"]).spawn()?;
+        c.wait_online()?;
+        c.terminate()
+            .with_context(|| format!("chat, round {round}"))?;
+    }
+    net.assert_no_panics()
+}
