@@ -35,7 +35,10 @@ impl FrameError {
     /// True when the remote sent bytes that break the protocol, as opposed to the stream or
     /// connection ending. Only violations deserve closing the connection with an error code.
     pub fn is_violation(&self) -> bool {
-        matches!(self, FrameError::TooLarge { .. } | FrameError::Malformed(_) | FrameError::Trailing(_))
+        matches!(
+            self,
+            FrameError::TooLarge { .. } | FrameError::Malformed(_) | FrameError::Trailing(_)
+        )
     }
 
     /// The QUIC error code to close a stream with when this error comes from the remote side.

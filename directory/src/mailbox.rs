@@ -39,9 +39,13 @@ async fn deliver_inner(
     let mut idle_sent = false;
     loop {
         if in_flight.len() < DELIVERY_WINDOW {
-            let (store, n, limit) = (shared.store.clone(), name.clone(), DELIVERY_WINDOW - in_flight.len());
-            let batch = tokio::task::spawn_blocking(move || store.pending(&n, cursor, limit))
-                .await??;
+            let (store, n, limit) = (
+                shared.store.clone(),
+                name.clone(),
+                DELIVERY_WINDOW - in_flight.len(),
+            );
+            let batch =
+                tokio::task::spawn_blocking(move || store.pending(&n, cursor, limit)).await??;
             for stored in &batch {
                 framing::write_frame(&mut send, &DirectoryEvent::Deliver(stored.message.clone()))
                     .await?;

@@ -46,8 +46,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     match run(Cli::parse()) {
@@ -93,7 +92,10 @@ fn run(cli: Cli) -> Result<()> {
         let addr = endpoint.local_addr()?;
         tracing::info!(%addr, fingerprint = %identity.key_id, "directory listening");
         // One stdout line that scripts and tests can read.
-        println!("directory listening on {addr} fingerprint {}", identity.key_id);
+        println!(
+            "directory listening on {addr} fingerprint {}",
+            identity.key_id
+        );
         directory::run(endpoint, Arc::new(store), config, shutdown_signal()).await
     })
 }

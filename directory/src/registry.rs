@@ -51,7 +51,10 @@ impl Registry {
     /// replaced connection that closes late cannot remove its successor.
     pub fn remove_if(&self, name: &Name, stable_id: usize) -> bool {
         let mut map = self.map();
-        if map.get(name).is_some_and(|o| o.conn.stable_id() == stable_id) {
+        if map
+            .get(name)
+            .is_some_and(|o| o.conn.stable_id() == stable_id)
+        {
             map.remove(name);
             return true;
         }
@@ -75,8 +78,14 @@ impl Registry {
     /// Takes out every entry `expired` says is gone.
     pub fn take_expired(&self, mut expired: impl FnMut(&Online) -> bool) -> Vec<(Name, Online)> {
         let mut map = self.map();
-        let gone: Vec<Name> = map.iter().filter(|(_, o)| expired(o)).map(|(n, _)| n.clone()).collect();
-        gone.into_iter().filter_map(|n| map.remove(&n).map(|o| (n, o))).collect()
+        let gone: Vec<Name> = map
+            .iter()
+            .filter(|(_, o)| expired(o))
+            .map(|(n, _)| n.clone())
+            .collect();
+        gone.into_iter()
+            .filter_map(|n| map.remove(&n).map(|o| (n, o)))
+            .collect()
     }
 
     /// How many peers are online.

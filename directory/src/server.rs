@@ -42,7 +42,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let writer = Writer::spawn(store.clone(), config.quota);
-    let shared = Arc::new(Shared { store, writer, registry: Registry::default(), config });
+    let shared = Arc::new(Shared {
+        store,
+        writer,
+        registry: Registry::default(),
+        config,
+    });
     let mut sessions = JoinSet::new();
     let sweeper = tokio::spawn(sweep_expired(shared.clone()));
     tokio::pin!(shutdown);
@@ -87,7 +92,9 @@ async fn sweep_expired(shared: Arc<Shared>) {
             .take_expired(|o| presence::expired(o.last_seen, o.heartbeat, now));
         for (name, online) in gone {
             debug!(%name, "missed heartbeats; offline");
-            online.conn.close(codes::EXPIRED.into(), b"missed heartbeats");
+            online
+                .conn
+                .close(codes::EXPIRED.into(), b"missed heartbeats");
             let store = shared.store.clone();
             let _ = tokio::task::spawn_blocking(move || store.set_last_seen(&name, now_ms())).await;
         }

@@ -42,7 +42,12 @@ pub async fn run(incoming: quinn::Incoming, shared: Arc<Shared>) {
         return;
     };
     debug!(key = %key.short(), "connected");
-    let session = Arc::new(Session { conn: conn.clone(), key, shared, name: OnceLock::new() });
+    let session = Arc::new(Session {
+        conn: conn.clone(),
+        key,
+        shared,
+        name: OnceLock::new(),
+    });
     let reason = loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
@@ -83,7 +88,9 @@ impl Session {
             }
             Ok(Ok(Some(request))) => request,
             Ok(Ok(None)) => return Err(anyhow!("empty request stream")),
-            Ok(Err(e)) if e.is_violation() => return Err(self.refuse_stream(&mut send, &mut recv, e)),
+            Ok(Err(e)) if e.is_violation() => {
+                return Err(self.refuse_stream(&mut send, &mut recv, e))
+            }
             Ok(Err(e)) => return Err(e.into()),
         };
         let response = match self.handle(request).await {
@@ -112,14 +119,25 @@ impl Session {
         self.name.get().ok_or(ErrorCode::NotRegistered)
     }
 
-    async fn handle(self: &Arc<Self>, request: DirectoryRequest) -> Result<DirectoryResponse, ErrorCode> {
+    async fn handle(
+        self: &Arc<Self>,
+        request: DirectoryRequest,
+    ) -> Result<DirectoryResponse, ErrorCode> {
         match request {
-            DirectoryRequest::Register { name, listen_addrs, heartbeat_ms, online } => {
-                self.register(name, listen_addrs, heartbeat_ms, online).await
+            DirectoryRequest::Register {
+                name,
+                listen_addrs,
+                heartbeat_ms,
+                online,
+            } => {
+                self.register(name, listen_addrs, heartbeat_ms, online)
+                    .await
             }
             DirectoryRequest::Heartbeat => {
                 let name = self.registered()?;
-                self.shared.registry.touch(name, self.conn.stable_id(), Instant::now());
+                self.shared
+                    .registry
+                    .touch(name, self.conn.stable_id(), Instant::now());
                 Ok(DirectoryResponse::Alive)
             }
             DirectoryRequest::Lookup { name } => {
@@ -128,7 +146,9 @@ impl Session {
             }
             DirectoryRequest::Deposit { message } => {
                 let me = self.registered()?;
-                self.deposit(me, message).await.map(|()| DirectoryResponse::Stored)
+                self.deposit(me, message)
+                    .await
+                    .map(|()| DirectoryResponse::Stored)
             }
         }
     }
@@ -185,7 +205,8 @@ impl Session {
         if let Some(old) = self.shared.registry.insert(name.clone(), entry) {
             if old.conn.stable_id() != self.conn.stable_id() {
                 info!("replacing an older connection for the same name");
-                old.conn.close(codes::REPLACED.into(), b"replaced by a newer connection");
+                old.conn
+                    .close(codes::REPLACED.into(), b"replaced by a newer connection");
             }
         }
         info!(key = %self.key.short(), "online");
@@ -221,7 +242,9 @@ impl Session {
                 name,
                 key: o.key,
                 online: true,
-                last_seen_ms: Some(now_ms().saturating_sub(now.duration_since(o.last_seen).as_millis() as u64)),
+                last_seen_ms: Some(
+                    now_ms().saturating_sub(now.duration_since(o.last_seen).as_millis() as u64),
+                ),
                 observed_addr: Some(o.conn.remote_address()),
                 listen_addrs: o.listen_addrs,
                 queued_from_you: queued,

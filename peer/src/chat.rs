@@ -19,7 +19,8 @@ use tokio::{
     sync::mpsc,
 };
 
-const HELP: &str = "commands: /to NAME (talk to NAME), /who (presence of known peers), /help, /quit";
+const HELP: &str =
+    "commands: /to NAME (talk to NAME), /who (presence of known peers), /help, /quit";
 
 /// Runs the conversation with `with`.
 pub async fn run(session: Session, console: Console, with: Name) -> Result<()> {
@@ -46,7 +47,10 @@ fn parse(line: &str) -> Option<Input> {
         return None;
     }
     if !trimmed.starts_with('/') || trimmed.starts_with("//") {
-        let text = trimmed.strip_prefix('/').filter(|_| trimmed.starts_with("//")).unwrap_or(line);
+        let text = trimmed
+            .strip_prefix('/')
+            .filter(|_| trimmed.starts_with("//"))
+            .unwrap_or(line);
         return Some(Input::Text(text.to_string()));
     }
     let mut words = trimmed.split_whitespace();
@@ -178,7 +182,11 @@ async fn terminal(mut session: Session, console: Console, mut with: Name) -> Res
     let mut say = |text: String| {
         let _ = printer.print(text);
     };
-    say(format!("chatting with {} as {}; {HELP}", console.name(&with), console.name(&session.name)));
+    say(format!(
+        "chatting with {} as {}; {HELP}",
+        console.name(&with),
+        console.name(&session.name)
+    ));
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {

@@ -88,6 +88,8 @@ fn parse_key(s: &str) -> Result<KeyId, String> {
 fn parse_secs(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v <= 3600.0 => Ok(v),
-        _ => Err(format!("{s:?} is not a number of seconds between 0 and 3600")),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds between 0 and 3600"
+        )),
     }
 }

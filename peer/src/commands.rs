@@ -13,7 +13,10 @@ use std::io::IsTerminal;
 
 /// Runs the command in `cli` on `session`, then closes it.
 pub async fn run(cli: &Cli, session: Session) -> Result<()> {
-    let console = Console { json: cli.json, colour: !cli.json && std::io::stdout().is_terminal() };
+    let console = Console {
+        json: cli.json,
+        colour: !cli.json && std::io::stdout().is_terminal(),
+    };
     match &cli.command {
         Command::Send { to, text } => send(session, console, to.clone(), text.join(" ")).await,
         Command::Whois { name } => whois(session, console, name.clone()).await,
@@ -56,7 +59,10 @@ async fn listen(mut session: Session, console: Console) -> Result<()> {
     if let Some(line) = console.online(&session.name, &session.key) {
         print_line(&line)?;
     } else {
-        eprintln!("online as {}; waiting for messages (Ctrl-C to leave)", session.name);
+        eprintln!(
+            "online as {}; waiting for messages (Ctrl-C to leave)",
+            session.name
+        );
     }
     session.attach();
     let shutdown = shutdown_signal();

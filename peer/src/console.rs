@@ -34,8 +34,16 @@ impl Console {
             .to_string();
         }
         let from = self.name(&m.from);
-        let note = if via == Via::Mailbox { " (while you were away)" } else { "" };
-        format!("[{}] {from}: {}{note}", clock(m.sent_at_ms), sanitize(&m.body))
+        let note = if via == Via::Mailbox {
+            " (while you were away)"
+        } else {
+            ""
+        };
+        format!(
+            "[{}] {from}: {}{note}",
+            clock(m.sent_at_ms),
+            sanitize(&m.body)
+        )
     }
 
     /// The line for a send outcome.
@@ -100,7 +108,10 @@ impl Console {
             return name.to_string();
         }
         const COLOURS: [u8; 6] = [31, 32, 33, 34, 35, 36];
-        let hash = name.as_str().bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));
+        let hash = name
+            .as_str()
+            .bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));
         let c = COLOURS[(hash as usize) % COLOURS.len()];
         format!("\x1b[1;{c}m{name}\x1b[0m")
     }
@@ -117,13 +128,24 @@ pub fn print_line(line: &str) -> std::io::Result<()> {
 /// Control characters from the network could rewrite the user's terminal; show them escaped.
 pub fn sanitize(body: &str) -> String {
     body.chars()
-        .map(|c| if c.is_control() && c != '\t' { char::REPLACEMENT_CHARACTER } else { c })
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                char::REPLACEMENT_CHARACTER
+            } else {
+                c
+            }
+        })
         .collect()
 }
 
 fn clock(ms: u64) -> String {
     let secs = ms / 1000;
-    format!("{:02}:{:02}:{:02}", (secs / 3600) % 24, (secs / 60) % 60, secs % 60)
+    format!(
+        "{:02}:{:02}:{:02}",
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60
+    )
 }
 
 fn ago(ms: u64) -> String {
@@ -142,6 +164,9 @@ mod tests {
 
     #[test]
     fn control_characters_cannot_reach_the_terminal() {
-        assert_eq!(sanitize("hi\x1b[2J\r\nthere\tok"), "hi\u{fffd}[2J\u{fffd}\u{fffd}there\tok");
+        assert_eq!(
+            sanitize("hi\x1b[2J\r\nthere\tok"),
+            "hi\u{fffd}[2J\u{fffd}\u{fffd}there\tok"
+        );
     }
 }

@@ -90,7 +90,10 @@ async fn serve_client(stream: UnixStream, node: Arc<Node>) {
         };
         match request {
             ControlRequest::Hello => {
-                let _ = tx.send(ControlResponse::Hello { name: node.name.clone(), key: node.key });
+                let _ = tx.send(ControlResponse::Hello {
+                    name: node.name.clone(),
+                    key: node.key,
+                });
             }
             ControlRequest::Send { to, body } => match node.submit(to.clone(), body) {
                 Ok(outcome) => {
@@ -102,12 +105,18 @@ async fn serve_client(stream: UnixStream, node: Arc<Node>) {
                                 to: s.to,
                                 delivered: s.status == crate::outbox::Status::Delivered,
                             },
-                            Err(e) => ControlResponse::SendFailed { to, reason: format!("{e:#}") },
+                            Err(e) => ControlResponse::SendFailed {
+                                to,
+                                reason: format!("{e:#}"),
+                            },
                         });
                     });
                 }
                 Err(e) => {
-                    let _ = tx.send(ControlResponse::SendFailed { to, reason: format!("{e:#}") });
+                    let _ = tx.send(ControlResponse::SendFailed {
+                        to,
+                        reason: format!("{e:#}"),
+                    });
                 }
             },
             ControlRequest::Whois { name } => {
@@ -115,7 +124,10 @@ async fn serve_client(stream: UnixStream, node: Arc<Node>) {
                 tokio::spawn(async move {
                     let _ = tx.send(match node.whois(&name).await {
                         Ok(info) => ControlResponse::Whois(info),
-                        Err(e) => ControlResponse::WhoisFailed { name, reason: format!("{e:#}") },
+                        Err(e) => ControlResponse::WhoisFailed {
+                            name,
+                            reason: format!("{e:#}"),
+                        },
                     });
                 });
             }
@@ -128,7 +140,13 @@ async fn serve_client(stream: UnixStream, node: Arc<Node>) {
                         match copies.recv().await {
                             Ok((message, via)) => {
                                 let via_mailbox = via == Via::Mailbox;
-                                if tx.send(ControlResponse::Message { message, via_mailbox }).is_err() {
+                                if tx
+                                    .send(ControlResponse::Message {
+                                        message,
+                                        via_mailbox,
+                                    })
+                                    .is_err()
+                                {
                                     return;
                                 }
                             }
@@ -164,12 +182,17 @@ impl ControlClient {
     /// Connects to the running peer of `home`, if there is one.
     pub async fn connect(home: &Home) -> Option<Self> {
         let stream = UnixStream::connect(home.control_socket()).await.ok()?;
-        Some(Self { stream: Some(stream), requests: None })
+        Some(Self {
+            stream: Some(stream),
+            requests: None,
+        })
     }
 
     /// Asks the running peer who it is.
     pub async fn hello(&mut self) -> Result<(Name, KeyId)> {
-        let Some(stream) = self.stream.as_mut() else { bail!("control session already started") };
+        let Some(stream) = self.stream.as_mut() else {
+            bail!("control session already started")
+        };
         framing::write_frame(stream, &ControlRequest::Hello).await?;
         match framing::read_frame(stream).await? {
             Some(ControlResponse::Hello { name, key }) => Ok((name, key)),
@@ -179,7 +202,9 @@ impl ControlClient {
 
     /// Starts the reader and writer tasks; answers become [`Update`]s on `updates`.
     pub fn start(&mut self, updates: mpsc::UnboundedSender<Update>) {
-        let Some(stream) = self.stream.take() else { return };
+        let Some(stream) = self.stream.take() else {
+            return;
+        };
         let (mut rd, mut wr) = stream.into_split();
         let (tx, mut rx) = mpsc::unbounded_channel::<ControlRequest>();
         self.requests = Some(tx);
@@ -196,12 +221,23 @@ impl ControlClient {
                     Ok(Some(ControlResponse::Sent { id, to, delivered })) => {
                         Update::Sent(Ok((id, to, delivered).into()))
                     }
-                    Ok(Some(ControlResponse::SendFailed { reason, .. })) => Update::Sent(Err(reason)),
-                    Ok(Some(ControlResponse::WhoisFailed { reason, .. })) => Update::Whois(Err(reason)),
+                    Ok(Some(ControlResponse::SendFailed { reason, .. })) => {
+                        Update::Sent(Err(reason))
+                    }
+                    Ok(Some(ControlResponse::WhoisFailed { reason, .. })) => {
+                        Update::Whois(Err(reason))
+                    }
                     Ok(Some(ControlResponse::Notice(text))) => Update::Notice(text),
                     Ok(Some(ControlResponse::Whois(info))) => Update::Whois(Ok(info)),
-                    Ok(Some(ControlResponse::Message { message, via_mailbox })) => {
-                        let via = if via_mailbox { Via::Mailbox } else { Via::Direct };
+                    Ok(Some(ControlResponse::Message {
+                        message,
+                        via_mailbox,
+                    })) => {
+                        let via = if via_mailbox {
+                            Via::Mailbox
+                        } else {
+                            Via::Direct
+                        };
                         Update::Message(Received::copy(message, via))
                     }
                     Ok(Some(_)) => continue,

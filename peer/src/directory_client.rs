@@ -6,13 +6,18 @@
 //! a peer that stays online, the directory opens an event stream on which it pushes mailbox
 //! messages; each is handed to the [`Inbox`] and acknowledged only after that.
 
-use crate::{home::Home, inbox::{Inbox, Via}};
+use crate::{
+    home::Home,
+    inbox::{Inbox, Via},
+};
 use anyhow::{anyhow, bail, Context, Result};
 use common::{
-    defaults::{ALPN_DIRECTORY, REQUEST_TIMEOUT},
+    defaults::{ALPN_DIRECTORY, MISSED_HEARTBEATS, REQUEST_TIMEOUT},
     framing,
     tls::{self, Expect},
-    wire::{codes, DirectoryEvent, DirectoryRequest, DirectoryResponse, ErrorCode, EventAck, PeerInfo},
+    wire::{
+        codes, DirectoryEvent, DirectoryRequest, DirectoryResponse, ErrorCode, EventAck, PeerInfo,
+    },
     Identity, Name,
 };
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -62,7 +67,13 @@ impl DirectoryClient {
         settings: Settings,
         inbox: Inbox,
     ) -> Result<Self> {
-        let client_config = tls::client_config(identity, ALPN_DIRECTORY, Expect::AnyKey)?;
+        let mut client_config = tls::client_config(identity, ALPN_DIRECTORY, Expect::AnyKey)?;
+        // Heartbeats keep the connection busy, so a connection idle for as long as the
+        // directory takes to declare us gone means the directory is gone (a crash sends no
+        // close): QUIC's idle timeout then ends it and we reconnect.
+        let mut transport = tls::transport_config(false);
+        transport.max_idle_timeout((settings.heartbeat * MISSED_HEARTBEATS).try_into().ok());
+        client_config.transport_config(Arc::new(transport));
         let inner = Arc::new(Inner {
             endpoint,
             client_config,
@@ -97,7 +108,10 @@ impl DirectoryClient {
 
     /// What the directory knows about `name`.
     pub async fn lookup(&self, name: &Name) -> Result<PeerInfo> {
-        match self.request(&DirectoryRequest::Lookup { name: name.clone() }).await? {
+        match self
+            .request(&DirectoryRequest::Lookup { name: name.clone() })
+            .await?
+        {
             DirectoryResponse::Peer(info) => Ok(info),
             other => bail!("unexpected answer from the directory: {other:?}"),
         }
@@ -119,7 +133,12 @@ impl DirectoryClient {
             Ok(Ok(conn)) => conn.clone(),
             _ => None,
         };
-        conn.ok_or_else(|| anyhow!("the directory at {} cannot be reached", self.inner.settings.addr))
+        conn.ok_or_else(|| {
+            anyhow!(
+                "the directory at {} cannot be reached",
+                self.inner.settings.addr
+            )
+        })
     }
 }
 
@@ -128,8 +147,14 @@ impl DirectoryClient {
 #[error("{0}")]
 pub struct DirectoryError(pub ErrorCode);
 
-async fn request_on(conn: &quinn::Connection, request: &DirectoryRequest) -> Result<DirectoryResponse> {
-    let (mut send, mut recv) = conn.open_bi().await.context("the directory connection failed")?;
+async fn request_on(
+    conn: &quinn::Connection,
+    request: &DirectoryRequest,
+) -> Result<DirectoryResponse> {
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .context("the directory connection failed")?;
     framing::write_frame(&mut send, request).await?;
     send.finish()?;
     framing::read_frame(&mut recv)
@@ -143,7 +168,14 @@ impl Inner {
         let addr = tokio::net::lookup_host(&s.addr)
             .await
             .with_context(|| format!("cannot resolve the directory address {}", s.addr))?
-            .find(|a| a.is_ipv4() == self.endpoint.local_addr().map(|l| l.is_ipv4()).unwrap_or(true))
+            .find(|a| {
+                a.is_ipv4()
+                    == self
+                        .endpoint
+                        .local_addr()
+                        .map(|l| l.is_ipv4())
+                        .unwrap_or(true)
+            })
             .with_context(|| format!("the directory address {} has no usable address", s.addr))?;
         let connecting = self
             .endpoint
@@ -190,7 +222,9 @@ impl Inner {
 async fn supervise(inner: Arc<Inner>) {
     let mut conn_rx = inner.conn.subscribe();
     loop {
-        let Some(conn) = conn_rx.borrow_and_update().clone() else { return };
+        let Some(conn) = conn_rx.borrow_and_update().clone() else {
+            return;
+        };
         let mut tick = tokio::time::interval(inner.settings.heartbeat);
         tick.tick().await;
         let reason = loop {

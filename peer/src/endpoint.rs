@@ -18,7 +18,9 @@ pub fn listen_addrs(local: SocketAddr) -> Vec<SocketAddr> {
     if !local.ip().is_unspecified() {
         return vec![local];
     }
-    let Ok(interfaces) = if_addrs::get_if_addrs() else { return Vec::new() };
+    let Ok(interfaces) = if_addrs::get_if_addrs() else {
+        return Vec::new();
+    };
     let mut addrs: Vec<SocketAddr> = interfaces
         .into_iter()
         .map(|i| i.ip())
@@ -69,7 +71,10 @@ impl Links {
     /// Forgets `conn` if it is the one recorded for `name`.
     pub fn remove(&self, name: &common::Name, conn: &quinn::Connection) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if map.get(name).is_some_and(|c| c.stable_id() == conn.stable_id()) {
+        if map
+            .get(name)
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
             map.remove(name);
         }
     }

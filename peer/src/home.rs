@@ -68,7 +68,10 @@ impl Home {
             if let (Some(a), Some(key)) = (fields.next(), fields.next()) {
                 if a == addr {
                     return key.parse().map(Some).with_context(|| {
-                        format!("bad fingerprint for {addr} in {}", self.known_path().display())
+                        format!(
+                            "bad fingerprint for {addr} in {}",
+                            self.known_path().display()
+                        )
                     });
                 }
             }
@@ -78,7 +81,12 @@ impl Home {
 
     /// Checks the key the directory at `addr` presented: pins it on first use (or pins
     /// `explicit`), and refuses a key that differs from the pinned one.
-    pub fn check_directory(&self, addr: &str, presented: KeyId, explicit: Option<KeyId>) -> Result<()> {
+    pub fn check_directory(
+        &self,
+        addr: &str,
+        presented: KeyId,
+        explicit: Option<KeyId>,
+    ) -> Result<()> {
         if let Some(expected) = explicit {
             if presented != expected {
                 bail!(
@@ -107,7 +115,8 @@ impl Home {
             .map(|l| format!("{l}\n"))
             .collect();
         text.push_str(&format!("{addr} {key}\n"));
-        write_atomically(&self.known_path(), text.as_bytes()).context("pinning the directory key")?;
+        write_atomically(&self.known_path(), text.as_bytes())
+            .context("pinning the directory key")?;
         tracing::info!(%addr, fingerprint = %key, "pinned the directory's key");
         Ok(())
     }
@@ -124,7 +133,9 @@ mod tests {
         let (a, b) = (KeyId([1; 32]), KeyId([2; 32]));
         home.check_directory("d:9000", a, None)?;
         home.check_directory("d:9000", a, None)?;
-        let err = home.check_directory("d:9000", b, None).expect_err("changed key");
+        let err = home
+            .check_directory("d:9000", b, None)
+            .expect_err("changed key");
         assert!(err.to_string().contains("pinned"), "{err}");
         home.check_directory("other:9000", b, None)?;
         assert!(home.check_directory("d:9000", a, Some(b)).is_err());

@@ -10,8 +10,7 @@ use crate::{directory_client::DirectoryClient, endpoint::Links};
 use anyhow::{anyhow, bail, Result};
 use common::{
     defaults::MAX_BODY_LEN,
-    framing,
-    tls,
+    framing, tls,
     wire::{codes, ChatMessage, MessageId, PeerFrame},
     KeyId, Name,
 };
@@ -95,8 +94,18 @@ impl Inbox {
     pub fn new(me: Name) -> (Self, mpsc::Receiver<Event>) {
         let (events, rx) = mpsc::channel(1024);
         let (copies, _) = broadcast::channel(1024);
-        let inner = InboxInner { me, seen: Mutex::new(Seen::default()), events, copies };
-        (Self { inner: Arc::new(inner) }, rx)
+        let inner = InboxInner {
+            me,
+            seen: Mutex::new(Seen::default()),
+            events,
+            copies,
+        };
+        (
+            Self {
+                inner: Arc::new(inner),
+            },
+            rx,
+        )
     }
 
     /// Our own name.
@@ -119,7 +128,11 @@ impl Inbox {
         }
         let _ = self.inner.copies.send((message.clone(), via));
         let (shown, was_shown) = oneshot::channel();
-        let event = Event::Message(Incoming { message, via, shown });
+        let event = Event::Message(Incoming {
+            message,
+            via,
+            shown,
+        });
         if self.inner.events.send(event).await.is_err() || was_shown.await.is_err() {
             // Nobody showed it: forget the id so a redelivery is not taken for a duplicate.
             self.seen().remove(&id);
@@ -166,7 +179,12 @@ impl Seen {
 }
 
 /// Accepts connections from other peers until the endpoint closes.
-pub async fn serve(endpoint: quinn::Endpoint, inbox: Inbox, directory: DirectoryClient, links: Arc<Links>) {
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    inbox: Inbox,
+    directory: DirectoryClient,
+    links: Arc<Links>,
+) {
     while let Some(incoming) = endpoint.accept().await {
         let span = info_span!("peer_conn", remote = %incoming.remote_address());
         let (inbox, directory, links) = (inbox.clone(), directory.clone(), links.clone());
@@ -243,12 +261,16 @@ impl ChatStream {
             let message = match framing::read_frame::<PeerFrame, _>(&mut recv).await {
                 Ok(Some(PeerFrame::Chat(message))) => message,
                 Ok(None) => return Ok(()),
-                Ok(Some(other)) => return Err(self.refuse(codes::PROTOCOL, anyhow!("unexpected {other:?}"))),
+                Ok(Some(other)) => {
+                    return Err(self.refuse(codes::PROTOCOL, anyhow!("unexpected {other:?}")))
+                }
                 Err(e) if e.is_violation() => return Err(self.refuse(e.code(), e.into())),
                 Err(e) => return Err(e.into()),
             };
             if message.to != *self.inbox.me() || message.body.len() > MAX_BODY_LEN {
-                return Err(self.refuse(codes::PROTOCOL, anyhow!("message not for us or too large")));
+                return Err(
+                    self.refuse(codes::PROTOCOL, anyhow!("message not for us or too large"))
+                );
             }
             self.check_sender(&message.from).await?;
             let id = message.id;
@@ -274,7 +296,10 @@ impl ChatStream {
             })
             .await?;
         if name != from {
-            bail!(self.refuse(codes::UNAUTHORIZED, anyhow!("sender changed from {name} to {from}")));
+            bail!(self.refuse(
+                codes::UNAUTHORIZED,
+                anyhow!("sender changed from {name} to {from}")
+            ));
         }
         Ok(())
     }

@@ -18,8 +18,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -76,7 +75,10 @@ async fn open_session(cli: &Cli, home: &Home) -> Result<Opened> {
                         return Ok(Opened::Remote(session));
                     }
                 }
-                bail!("another peer process holds {} but does not answer", home.path().display());
+                bail!(
+                    "another peer process holds {} but does not answer",
+                    home.path().display()
+                );
             }
         }
     } else {
@@ -90,7 +92,10 @@ async fn open_session(cli: &Cli, home: &Home) -> Result<Opened> {
         pin: cli.pin,
         heartbeat: Duration::from_secs_f64(cli.heartbeat),
         direct_timeout: Duration::from_secs_f64(cli.direct_timeout),
-        online: matches!(cli.command, Command::Chat { .. } | Command::Listen | Command::Inbox),
+        online: matches!(
+            cli.command,
+            Command::Chat { .. } | Command::Listen | Command::Inbox
+        ),
     };
     let (node, events) = Node::start(options).await?;
     let node = Arc::new(node);
@@ -102,7 +107,9 @@ async fn open_session(cli: &Cli, home: &Home) -> Result<Opened> {
 }
 
 async fn remote(cli: &Cli, home: &Home) -> Result<Option<Session>> {
-    let Some(client) = ControlClient::connect(home).await else { return Ok(None) };
+    let Some(client) = ControlClient::connect(home).await else {
+        return Ok(None);
+    };
     let session = Session::remote(client).await?;
     if session.name != cli.name {
         bail!(

@@ -71,8 +71,13 @@ impl Node {
         .await?;
         let links = Arc::new(Links::default());
         tokio::spawn(
-            inbox::serve(endpoint.clone(), inbox.clone(), directory.clone(), links.clone())
-                .in_current_span(),
+            inbox::serve(
+                endpoint.clone(),
+                inbox.clone(),
+                directory.clone(),
+                links.clone(),
+            )
+            .in_current_span(),
         );
         let outbox = Outbox::new(outbox::Shared {
             me: options.name.clone(),
@@ -83,7 +88,14 @@ impl Node {
             links,
             direct_timeout: options.direct_timeout,
         });
-        let node = Self { name: options.name, key, endpoint, directory, outbox, inbox };
+        let node = Self {
+            name: options.name,
+            key,
+            endpoint,
+            directory,
+            outbox,
+            inbox,
+        };
         Ok((node, events))
     }
 
@@ -103,12 +115,15 @@ impl Node {
 
     /// What the directory knows about `name`.
     pub async fn whois(&self, name: &Name) -> Result<PeerInfo> {
-        self.directory.lookup(name).await.map_err(|e| match e.downcast_ref() {
-            Some(directory_client::DirectoryError(common::wire::ErrorCode::UnknownPeer)) => {
-                anyhow::anyhow!("no peer is named {name}")
-            }
-            _ => e,
-        })
+        self.directory
+            .lookup(name)
+            .await
+            .map_err(|e| match e.downcast_ref() {
+                Some(directory_client::DirectoryError(common::wire::ErrorCode::UnknownPeer)) => {
+                    anyhow::anyhow!("no peer is named {name}")
+                }
+                _ => e,
+            })
     }
 
     /// The inbox, for attaching more listeners.

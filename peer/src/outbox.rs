@@ -23,7 +23,9 @@ use common::{
     defaults::{ALPN_PEER, MAX_BODY_LEN, SEND_WINDOW},
     framing, now_ms,
     tls::{self, Expect},
-    wire::{ChatMessage, DirectoryRequest, DirectoryResponse, ErrorCode, MessageId, PeerFrame, PeerInfo},
+    wire::{
+        ChatMessage, DirectoryRequest, DirectoryResponse, ErrorCode, MessageId, PeerFrame, PeerInfo,
+    },
     Identity, Name,
 };
 use futures::FutureExt;
@@ -102,14 +104,19 @@ struct Pending {
 impl Pending {
     fn answer(self, result: Result<Status>) {
         let (id, to) = (self.message.id, self.message.to);
-        let _ = self.reply.send(result.map(|status| Sent { id, to, status }));
+        let _ = self
+            .reply
+            .send(result.map(|status| Sent { id, to, status }));
     }
 }
 
 impl Outbox {
     /// An outbox using `ctx`.
     pub fn new(ctx: Shared) -> Self {
-        Self { ctx: Arc::new(ctx), conversations: Default::default() }
+        Self {
+            ctx: Arc::new(ctx),
+            conversations: Default::default(),
+        }
     }
 
     /// Sends `body` to `to` and returns once it is delivered or durably queued.
@@ -125,7 +132,10 @@ impl Outbox {
         body: String,
     ) -> Result<impl std::future::Future<Output = Result<Sent>> + Send + 'static> {
         if body.len() > MAX_BODY_LEN {
-            bail!("the message is too large: {} bytes, the limit is {MAX_BODY_LEN}", body.len());
+            bail!(
+                "the message is too large: {} bytes, the limit is {MAX_BODY_LEN}",
+                body.len()
+            );
         }
         let message = ChatMessage {
             id: MessageId::random(),
@@ -139,10 +149,15 @@ impl Outbox {
         let tx = conversations.entry(to.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             let span = tracing::info_span!("to", peer = %to);
-            tokio::spawn(Conversation::new(self.ctx.clone(), to.clone()).run(rx).instrument(span));
+            tokio::spawn(
+                Conversation::new(self.ctx.clone(), to.clone())
+                    .run(rx)
+                    .instrument(span),
+            );
             tx
         });
-        tx.send(Pending { message, reply }).map_err(|_| anyhow!("the sender stopped"))?;
+        tx.send(Pending { message, reply })
+            .map_err(|_| anyhow!("the sender stopped"))?;
         drop(conversations);
         Ok(async move { answer.await.map_err(|_| anyhow!("the sender stopped"))? })
     }
@@ -173,13 +188,20 @@ struct Conversation {
 
 impl Conversation {
     fn new(ctx: Arc<Shared>, to: Name) -> Self {
-        Self { ctx, to, queue: VecDeque::new(), link: None, mailbox_pending: false }
+        Self {
+            ctx,
+            to,
+            queue: VecDeque::new(),
+            link: None,
+            mailbox_pending: false,
+        }
     }
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Pending>) {
         let mut open = true;
         loop {
-            let busy = !self.queue.is_empty() || self.link.as_ref().is_some_and(|l| !l.in_flight.is_empty());
+            let busy = !self.queue.is_empty()
+                || self.link.as_ref().is_some_and(|l| !l.in_flight.is_empty());
             if !busy {
                 match rx.recv().await {
                     Some(p) => self.queue.push_back(p),
@@ -209,26 +231,41 @@ impl Conversation {
                 debug!(cause = %format!("{e:#}"), "direct path failed; using the mailbox");
                 self.fall_back().await;
             }
-            if !open && self.queue.is_empty() && self.link.as_ref().is_none_or(|l| l.in_flight.is_empty()) {
+            if !open
+                && self.queue.is_empty()
+                && self.link.as_ref().is_none_or(|l| l.in_flight.is_empty())
+            {
                 return;
             }
         }
     }
 
     /// Writes what the window allows, then waits for one ack, one new message, or a deadline.
-    async fn step(&mut self, rx: &mut mpsc::UnboundedReceiver<Pending>, open: &mut bool) -> Result<()> {
+    async fn step(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<Pending>,
+        open: &mut bool,
+    ) -> Result<()> {
         let timeout = self.ctx.direct_timeout;
-        let Some(link) = self.link.as_mut() else { return Ok(()) };
+        let Some(link) = self.link.as_mut() else {
+            return Ok(());
+        };
         while link.in_flight.len() < SEND_WINDOW {
-            let Some(p) = self.queue.pop_front() else { break };
+            let Some(p) = self.queue.pop_front() else {
+                break;
+            };
             let frame = framing::encode(&PeerFrame::Chat(p.message.clone()))?;
-            let deadline = link.first_deadline.unwrap_or_else(|| Instant::now() + timeout);
+            let deadline = link
+                .first_deadline
+                .unwrap_or_else(|| Instant::now() + timeout);
             link.in_flight.push_back((p, deadline));
             tokio::time::timeout_at(deadline, link.send.write_all(&frame))
                 .await
                 .map_err(|_| anyhow!("writing timed out"))??;
         }
-        let Some(deadline) = link.in_flight.front().map(|(_, d)| *d) else { return Ok(()) };
+        let Some(deadline) = link.in_flight.front().map(|(_, d)| *d) else {
+            return Ok(());
+        };
         tokio::select! {
             ack = link.acks.recv() => {
                 let id = ack.ok_or_else(|| anyhow!("chat stream closed"))??;
@@ -272,12 +309,17 @@ impl Conversation {
         let info = match self.ctx.directory.lookup(&self.to).await {
             Ok(info) => info,
             Err(e) => match e.downcast_ref::<DirectoryError>() {
-                Some(DirectoryError(ErrorCode::UnknownPeer)) => bail!("no peer is named {}", self.to),
+                Some(DirectoryError(ErrorCode::UnknownPeer)) => {
+                    bail!("no peer is named {}", self.to)
+                }
                 _ => return Err(e),
             },
         };
         if info.queued_from_you > 0 {
-            debug!(queued = info.queued_from_you, "earlier messages still in the mailbox");
+            debug!(
+                queued = info.queued_from_you,
+                "earlier messages still in the mailbox"
+            );
             return Ok(Route::Mailbox);
         }
         self.mailbox_pending = false;
@@ -319,7 +361,11 @@ impl Conversation {
             bail!("the directory knows no address for {}", self.to);
         }
         let attempts = candidates.into_iter().filter_map(|addr| {
-            let connecting = self.ctx.endpoint.connect_with(config.clone(), addr, "peer").ok()?;
+            let connecting = self
+                .ctx
+                .endpoint
+                .connect_with(config.clone(), addr, "peer")
+                .ok()?;
             Some(async move { connecting.await.with_context(|| format!("dialing {addr}")) }.boxed())
         });
         let attempts: Vec<_> = attempts.collect();
@@ -375,7 +421,9 @@ impl Conversation {
     /// Deposits every queued message in the mailbox, oldest first.
     async fn deposit_queue(&mut self) {
         while let Some(p) = self.queue.pop_front() {
-            let request = DirectoryRequest::Deposit { message: p.message.clone() };
+            let request = DirectoryRequest::Deposit {
+                message: p.message.clone(),
+            };
             let result = match self.ctx.directory.request(&request).await {
                 Ok(DirectoryResponse::Stored) => {
                     self.mailbox_pending = true;
@@ -384,10 +432,17 @@ impl Conversation {
                 Ok(other) => Err(anyhow!("unexpected answer from the directory: {other:?}")),
                 Err(e) => Err(match e.downcast_ref::<DirectoryError>() {
                     Some(DirectoryError(ErrorCode::MailboxFull)) => {
-                        anyhow!("the mailbox of {} is full; the message was not sent", self.to)
+                        anyhow!(
+                            "the mailbox of {} is full; the message was not sent",
+                            self.to
+                        )
                     }
-                    Some(DirectoryError(ErrorCode::UnknownPeer)) => anyhow!("no peer is named {}", self.to),
-                    Some(DirectoryError(ErrorCode::TooLarge)) => anyhow!("the message is too large"),
+                    Some(DirectoryError(ErrorCode::UnknownPeer)) => {
+                        anyhow!("no peer is named {}", self.to)
+                    }
+                    Some(DirectoryError(ErrorCode::TooLarge)) => {
+                        anyhow!("the message is too large")
+                    }
                     _ => e.context("the message could not be queued"),
                 }),
             };

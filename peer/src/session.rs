@@ -44,7 +44,11 @@ pub struct Received {
 impl Received {
     /// A copy of a message that another process shows and acknowledges.
     pub fn copy(message: ChatMessage, via: Via) -> Self {
-        Self { message, via, ack: None }
+        Self {
+            message,
+            via,
+            ack: None,
+        }
     }
 
     /// Lets the message be acknowledged (own node); a no-op for a copy from a running peer.
@@ -91,7 +95,13 @@ impl Session {
                 }
             }
         });
-        Self { name: node.name.clone(), key: node.key, backend: Backend::Local(node), updates, tx }
+        Self {
+            name: node.name.clone(),
+            key: node.key,
+            backend: Backend::Local(node),
+            updates,
+            tx,
+        }
     }
 
     /// A session on the running peer behind `client`.
@@ -99,7 +109,13 @@ impl Session {
         let (name, key) = client.hello().await?;
         let (tx, updates) = mpsc::unbounded_channel();
         client.start(tx.clone());
-        Ok(Self { name, key, backend: Backend::Remote(client), updates, tx })
+        Ok(Self {
+            name,
+            key,
+            backend: Backend::Remote(client),
+            updates,
+            tx,
+        })
     }
 
     /// True when another process runs the peer.
@@ -132,7 +148,9 @@ impl Session {
             Backend::Local(node) => {
                 let (node, tx) = (node.clone(), self.tx.clone());
                 tokio::spawn(async move {
-                    let _ = tx.send(Update::Whois(node.whois(&name).await.map_err(|e| format!("{e:#}"))));
+                    let _ = tx.send(Update::Whois(
+                        node.whois(&name).await.map_err(|e| format!("{e:#}")),
+                    ));
                 });
             }
             Backend::Remote(client) => client.whois(name),
@@ -161,7 +179,11 @@ impl Session {
 
 impl From<(common::wire::MessageId, Name, bool)> for Sent {
     fn from((id, to, delivered): (common::wire::MessageId, Name, bool)) -> Self {
-        let status = if delivered { Status::Delivered } else { Status::Queued };
+        let status = if delivered {
+            Status::Delivered
+        } else {
+            Status::Queued
+        };
         Sent { id, to, status }
     }
 }
