@@ -10,7 +10,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 /// Rendezvous server for peer-to-peer chat: binds names to keys, tracks who is online, and
 /// holds messages for peers that cannot be reached directly.
 #[derive(Parser, Debug)]
-#[command(version, args_conflicts_with_subcommands = true)]
+#[command(version)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -40,6 +40,13 @@ struct Cli {
 enum Command {
     /// Print the fingerprint of this directory's key (what peers pin), making the key if needed.
     Fingerprint,
+    /// Check that a directory answers: a QUIC handshake that presents this data folder's key.
+    /// Exits 0 when healthy; made for container health checks, which may have no shell.
+    Health {
+        /// Address of the directory to check.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        target: SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -71,9 +78,13 @@ fn run(cli: Cli) -> Result<()> {
     let data = data_dir(&cli)?;
     let identity = Identity::load_or_generate(&data, "directory")
         .with_context(|| format!("loading the directory's key from {}", data.display()))?;
-    if let Some(Command::Fingerprint) = cli.command {
-        println!("{}", identity.key_id);
-        return Ok(());
+    match cli.command {
+        Some(Command::Fingerprint) => {
+            println!("{}", identity.key_id);
+            return Ok(());
+        }
+        Some(Command::Health { target }) => return health(&identity, target),
+        None => {}
     }
     let store = RedbStore::open(&data.join("directory.redb"))
         .with_context(|| format!("opening the database in {}", data.display()))?;
@@ -97,6 +108,34 @@ fn run(cli: Cli) -> Result<()> {
             identity.key_id
         );
         directory::run(endpoint, Arc::new(store), config, shutdown_signal()).await
+    })
+}
+
+/// Dials `target` and checks that it presents `identity`'s key.
+fn health(identity: &Identity, target: SocketAddr) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        // A throwaway client key: the directory accepts any key for a handshake.
+        let client = Identity::generate("health-check")?;
+        let expect = common::tls::Expect::Key(identity.key_id);
+        let config = common::tls::client_config(&client, defaults::ALPN_DIRECTORY, expect)?;
+        let local: SocketAddr = if target.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            "[::]:0".parse()?
+        };
+        let endpoint = quinn::Endpoint::client(local)?;
+        let connecting = endpoint.connect_with(config, target, "directory")?;
+        let conn = tokio::time::timeout(std::time::Duration::from_secs(5), connecting)
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer from {target} within 5 s"))?
+            .with_context(|| format!("the directory at {target} is not healthy"))?;
+        conn.close(common::wire::codes::OK.into(), b"health check");
+        endpoint.wait_idle().await;
+        println!("healthy");
+        Ok(())
     })
 }
 

@@ -35,11 +35,11 @@ pub struct Cli {
     pub pin: Option<KeyId>,
 
     /// Seconds between heartbeats to the directory.
-    #[arg(long, default_value_t = 10.0, value_parser = parse_secs)]
+    #[arg(long, env = "CHAT_HEARTBEAT", default_value_t = 10.0, value_parser = parse_secs)]
     pub heartbeat: f64,
 
     /// Seconds a direct dial plus delivery may take before the mailbox is used instead.
-    #[arg(long, default_value_t = 3.0, value_parser = parse_secs)]
+    #[arg(long, env = "CHAT_DIRECT_TIMEOUT", default_value_t = 3.0, value_parser = parse_secs)]
     pub direct_timeout: f64,
 
     /// What to do.
