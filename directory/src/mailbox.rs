@@ -62,7 +62,13 @@ async fn deliver_inner(
             ack = framing::read_frame::<EventAck, _>(&mut recv) => {
                 let id = match ack {
                     Ok(Some(EventAck::Delivered(id))) => id,
-                    Ok(None) => return Ok(()),
+                    Ok(None) => {
+                        // The peer is leaving; its last acks still get their deletions.
+                        while let Some(done) = removing.join_next().await {
+                            done??;
+                        }
+                        return Ok(());
+                    }
                     Err(e) if !e.is_violation() => return Err(e.into()),
                     Err(e) => {
                         warn!(cause = %e, "bad frame on the event stream; closing the connection");

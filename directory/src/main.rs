@@ -101,13 +101,14 @@ fn run(cli: Cli) -> Result<()> {
         let endpoint = quinn::Endpoint::server(server_config, cli.bind)
             .with_context(|| format!("binding {}", cli.bind))?;
         let addr = endpoint.local_addr()?;
+        let shutdown = shutdown_signal()?;
         tracing::info!(%addr, fingerprint = %identity.key_id, "directory listening");
         // One stdout line that scripts and tests can read.
         println!(
             "directory listening on {addr} fingerprint {}",
             identity.key_id
         );
-        directory::run(endpoint, Arc::new(store), config, shutdown_signal()).await
+        directory::run(endpoint, Arc::new(store), config, shutdown).await
     })
 }
 
@@ -139,25 +140,18 @@ fn health(identity: &Identity, target: SocketAddr) -> Result<()> {
     })
 }
 
-/// Resolves on Ctrl-C or SIGTERM (what `docker stop` sends).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Listens for Ctrl-C and SIGTERM (what `docker stop` sends) from now on, and returns a future
+/// that resolves on the first. Installed before the start line is printed, so a signal sent
+/// the moment the line appears is handled, not fatal.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutting down");
+        tracing::info!("shutting down");
+    })
 }

@@ -79,6 +79,7 @@ impl Known {
 }
 
 async fn lines(mut session: Session, console: Console, mut with: Name) -> Result<()> {
+    let shutdown = shutdown_signal()?;
     if let Some(line) = console.online(&session.name, &session.key) {
         print_line(&line)?;
     }
@@ -87,7 +88,6 @@ async fn lines(mut session: Session, console: Console, mut with: Name) -> Result
     known.add(&with);
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let (mut outstanding, mut failed, mut eof) = (0usize, 0usize, false);
-    let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let result = loop {
         if eof && outstanding == 0 {
@@ -151,6 +151,7 @@ async fn lines(mut session: Session, console: Console, mut with: Name) -> Result
 }
 
 async fn terminal(mut session: Session, console: Console, mut with: Name) -> Result<()> {
+    let shutdown = shutdown_signal()?;
     let (line_tx, mut line_rx) = mpsc::unbounded_channel::<Option<String>>();
     let mut editor = rustyline::DefaultEditor::new()?;
     let mut printer = editor.create_external_printer()?;
@@ -187,7 +188,6 @@ async fn terminal(mut session: Session, console: Console, mut with: Name) -> Res
         console.name(&with),
         console.name(&session.name)
     ));
-    let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

@@ -56,6 +56,7 @@ async fn whois(mut session: Session, console: Console, name: Name) -> Result<()>
 }
 
 async fn listen(mut session: Session, console: Console) -> Result<()> {
+    let shutdown = shutdown_signal()?;
     if let Some(line) = console.online(&session.name, &session.key) {
         print_line(&line)?;
     } else {
@@ -65,7 +66,6 @@ async fn listen(mut session: Session, console: Console) -> Result<()> {
         );
     }
     session.attach();
-    let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let result = loop {
         tokio::select! {
@@ -109,18 +109,17 @@ async fn inbox(mut session: Session, console: Console) -> Result<()> {
     result
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Listens for Ctrl-C and SIGTERM from now on, and returns a future that resolves on the first.
+/// Called before anything announces that the peer is up, so a signal sent the moment the
+/// announcement appears ends the peer cleanly instead of killing it.
+pub fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term => {},
-    }
+    })
 }

@@ -55,6 +55,10 @@ struct Inner {
     conn: watch::Sender<Option<quinn::Connection>>,
     /// Our address as the directory sees it.
     observed: watch::Sender<Option<SocketAddr>>,
+    /// Set when we leave: the event stream stops taking messages and flushes its acks.
+    leaving: watch::Sender<bool>,
+    /// The task reading the current event stream.
+    events_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl DirectoryClient {
@@ -82,6 +86,8 @@ impl DirectoryClient {
             inbox,
             conn: watch::Sender::new(None),
             observed: watch::Sender::new(None),
+            leaving: watch::Sender::new(false),
+            events_task: Default::default(),
         });
         let conn = inner.connect_once().await?;
         inner.conn.send_replace(Some(conn));
@@ -117,8 +123,19 @@ impl DirectoryClient {
         }
     }
 
-    /// Closes the connection: the directory marks us offline at once.
-    pub fn close(&self) {
+    /// Leaves: acknowledgements already owed reach the directory, then the connection closes
+    /// and the directory marks us offline at once.
+    pub async fn close(&self) {
+        self.inner.leaving.send_replace(true);
+        let task = self
+            .inner
+            .events_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
         if let Some(conn) = self.inner.conn.send_replace(None) {
             conn.close(codes::OK.into(), b"bye");
         }
@@ -212,7 +229,18 @@ impl Inner {
             other => bail!("unexpected answer to registration: {other:?}"),
         }
         if s.online {
-            tokio::spawn(serve_events(conn.clone(), self.inbox.clone()).in_current_span());
+            let leaving = self.leaving.subscribe();
+            let task = tokio::spawn(
+                serve_events(conn.clone(), self.inbox.clone(), leaving).in_current_span(),
+            );
+            let old = self
+                .events_task
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .replace(task);
+            if let Some(old) = old {
+                old.abort();
+            }
         }
         Ok(conn)
     }
@@ -268,9 +296,14 @@ async fn supervise(inner: Arc<Inner>) {
     }
 }
 
-/// Reads the directory's event stream: mailbox messages and the idle marker.
-async fn serve_events(conn: quinn::Connection, inbox: Inbox) {
-    let (mut send, mut recv) = match conn.accept_bi().await {
+/// Reads the directory's event stream: mailbox messages and the idle marker. When we leave, it
+/// stops between two messages and waits until the directory has every ack written so far.
+async fn serve_events(conn: quinn::Connection, inbox: Inbox, mut leaving: watch::Receiver<bool>) {
+    let streams = tokio::select! {
+        streams = conn.accept_bi() => streams,
+        _ = left(&mut leaving) => return,
+    };
+    let (mut send, mut recv) = match streams {
         Ok(streams) => streams,
         Err(e) => {
             debug!(cause = %e, "no event stream");
@@ -278,7 +311,17 @@ async fn serve_events(conn: quinn::Connection, inbox: Inbox) {
         }
     };
     loop {
-        match framing::read_frame::<DirectoryEvent, _>(&mut recv).await {
+        let frame = tokio::select! {
+            frame = framing::read_frame::<DirectoryEvent, _>(&mut recv) => frame,
+            _ = left(&mut leaving) => {
+                // Reading is abandoned mid-frame at worst: that message was never shown.
+                if send.finish().is_ok() {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+                }
+                return;
+            }
+        };
+        match frame {
             Ok(Some(DirectoryEvent::Deliver(message))) => {
                 let id = message.id;
                 if inbox.receive(message, Via::Mailbox).await.is_err() {
@@ -302,4 +345,9 @@ async fn serve_events(conn: quinn::Connection, inbox: Inbox) {
             }
         }
     }
+}
+
+/// Resolves once `leaving` is set.
+async fn left(leaving: &mut watch::Receiver<bool>) {
+    let _ = leaving.wait_for(|l| *l).await;
 }

@@ -138,7 +138,7 @@ impl Node {
 
     /// Leaves cleanly: the directory marks us offline at once, and peers see the close.
     pub async fn shutdown(&self) {
-        self.directory.close();
+        self.directory.close().await;
         self.endpoint.close(common::wire::codes::OK.into(), b"bye");
         // Long enough for the close frames to leave; the draining period is not worth waiting.
         let _ = tokio::time::timeout(Duration::from_millis(200), self.endpoint.wait_idle()).await;

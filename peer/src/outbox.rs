@@ -432,10 +432,7 @@ impl Conversation {
                 Ok(other) => Err(anyhow!("unexpected answer from the directory: {other:?}")),
                 Err(e) => Err(match e.downcast_ref::<DirectoryError>() {
                     Some(DirectoryError(ErrorCode::MailboxFull)) => {
-                        anyhow!(
-                            "the mailbox of {} is full; the message was not sent",
-                            self.to
-                        )
+                        anyhow!("{}'s mailbox is full; the message was not sent", self.to)
                     }
                     Some(DirectoryError(ErrorCode::UnknownPeer)) => {
                         anyhow!("no peer is named {}", self.to)

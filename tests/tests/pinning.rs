@@ -128,7 +128,7 @@ fn fingerprint_command_and_clean_exit() -> Result<()> {
 #[test]
 fn sigterm_right_after_start_line_exits_zero() -> Result<()> {
     let mut net = Net::new()?;
-    for round in 0..5 {
+    for round in 0..10 {
         if round > 0 {
             net.dir_mut().restart()?;
         }

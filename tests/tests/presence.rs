@@ -173,7 +173,7 @@ fn stays_online_while_listening() -> Result<()> {
 #[test]
 fn sigterm_right_after_online_exits_zero() -> Result<()> {
     let net = Net::new()?;
-    for round in 0..5 {
+    for round in 0..10 {
         let mut l = net.peer("c2").json().args(["listen"]).spawn()?;
         l.wait_online()?;
         l.terminate()

@@ -1,0 +1,210 @@
+//! [`Net`]: one test's world: a temporary root, a directory, and a home per identity.
+
+use crate::directory::{DirOpts, Directory};
+use crate::logs::Logs;
+use crate::peer::PeerCmd;
+use crate::running::Running;
+use crate::util::{is_hex32, poll_until};
+use crate::SHORT;
+use anyhow::{ensure, Result};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// One test's world: a temporary root, a directory, and a home per peer identity.
+pub struct Net {
+    // Fields drop in order: the directory must die before its data directory is removed.
+    dir: Directory,
+    homes: Mutex<HashMap<String, PathBuf>>,
+    extra_dirs: Mutex<u32>,
+    logs: Arc<Logs>,
+    root_path: PathBuf,
+    root: Option<tempfile::TempDir>,
+}
+
+impl Net {
+    /// A directory with default options.
+    pub fn new() -> Result<Self> {
+        Self::with(DirOpts::default())
+    }
+
+    /// A directory started with `opts`.
+    pub fn with(opts: DirOpts) -> Result<Self> {
+        let root = tempfile::Builder::new().prefix("chat-e2e-").tempdir()?;
+        let root_path = root.path().to_path_buf();
+        let logs = Logs::new(root_path.join("logs"))?;
+        let dir = Directory::start("directory", root_path.join("dir-data"), logs.clone(), opts)?;
+        Ok(Self {
+            root: Some(root),
+            root_path,
+            logs,
+            dir,
+            homes: Mutex::new(HashMap::new()),
+            extra_dirs: Mutex::new(0),
+        })
+    }
+
+    /// The test's temporary root.
+    pub fn root(&self) -> &Path {
+        &self.root_path
+    }
+
+    /// The main directory.
+    pub fn dir(&self) -> &Directory {
+        &self.dir
+    }
+
+    /// The main directory, to kill or restart it.
+    pub fn dir_mut(&mut self) -> &mut Directory {
+        &mut self.dir
+    }
+
+    /// The logs of every process of this test.
+    pub fn logs(&self) -> &Arc<Logs> {
+        &self.logs
+    }
+
+    /// Starts another directory with its own fresh data directory.
+    pub fn start_directory(&self, opts: DirOpts) -> Result<Directory> {
+        let n = {
+            let mut n = self.extra_dirs.lock().expect("lock");
+            *n += 1;
+            *n
+        };
+        Directory::start(
+            &format!("directory-{n}"),
+            self.root_path.join(format!("dir-data-{n}")),
+            self.logs.clone(),
+            opts,
+        )
+    }
+
+    /// The home directory labelled `label` (created on first use).
+    pub fn home(&self, label: &str) -> Result<PathBuf> {
+        let mut homes = self.homes.lock().expect("homes lock");
+        if let Some(p) = homes.get(label) {
+            return Ok(p.clone());
+        }
+        let p = self.root_path.join("homes").join(label);
+        fs::create_dir_all(&p)?;
+        homes.insert(label.to_string(), p.clone());
+        Ok(p)
+    }
+
+    /// A `peer` command for `name`, with the home of the same label, against the main
+    /// directory.
+    pub fn peer(&self, name: &str) -> PeerCmd {
+        self.peer_in(name, name)
+    }
+
+    /// A `peer` command for `name` with the home labelled `home` (another home = another key).
+    pub fn peer_in(&self, name: &str, home: &str) -> PeerCmd {
+        let label = if name == home {
+            name.to_string()
+        } else {
+            format!("{name}@{home}")
+        };
+        PeerCmd::new(
+            label,
+            name,
+            self.home(home),
+            self.dir.addr(),
+            self.logs.clone(),
+        )
+    }
+
+    /// `peer --name NAME inbox`, which registers the name (binding it to its home's key) and
+    /// takes whatever waits; returns the message lines.
+    pub fn register(&self, name: &str) -> Result<Vec<Value>> {
+        let out = self
+            .peer(name)
+            .json()
+            .args(["inbox"])
+            .run(SHORT)?
+            .success()?;
+        Ok(out.of_type("message"))
+    }
+
+    /// `whois name` run by `asker`; returns the whois line.
+    pub fn whois(&self, asker: &str, name: &str) -> Result<Value> {
+        let out = self
+            .peer(asker)
+            .json()
+            .args(["whois", name])
+            .run(SHORT)?
+            .success()?;
+        out.one_of_type("whois")
+    }
+
+    /// `send to body` from `from`; returns the `sent` line.
+    pub fn send(&self, from: &str, to: &str, body: &str) -> Result<Value> {
+        let out = self
+            .peer(from)
+            .json()
+            .args(["send", to, body])
+            .run(SHORT)?
+            .success()?;
+        let sent = out.one_of_type("sent")?;
+        ensure!(
+            sent["to"] == to && sent["id"].as_str().is_some_and(is_hex32),
+            "malformed sent line {sent} for send {from}->{to}"
+        );
+        Ok(sent)
+    }
+
+    /// Spawns `listen --json` for `name` and waits for its `online` line.
+    pub fn listen(&self, name: &str) -> Result<Running> {
+        self.listen_with(self.peer(name))
+    }
+
+    /// Spawns `cmd` + `listen --json` and waits for its `online` line.
+    pub fn listen_with(&self, cmd: PeerCmd) -> Result<Running> {
+        let mut r = cmd.json().args(["listen"]).spawn()?;
+        r.wait_online()?;
+        Ok(r)
+    }
+
+    /// Polls `whois name` (asked by `asker`) until `online` equals `online`; returns that line.
+    pub fn wait_presence(
+        &self,
+        asker: &str,
+        name: &str,
+        online: bool,
+        timeout: Duration,
+    ) -> Result<Value> {
+        poll_until(
+            &format!("whois {name} to say online={online}"),
+            timeout,
+            Duration::from_millis(100),
+            || {
+                let w = self.whois(asker, name)?;
+                Ok((w["online"] == online).then_some(w))
+            },
+        )
+    }
+
+    /// Fails if any process of this test logged a panic.
+    pub fn assert_no_panics(&self) -> Result<()> {
+        self.logs.assert_no_panics()
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        // Shown by libtest only when the test failed.
+        eprintln!(
+            "==== logs of this test's processes (root {}) ====\n{}",
+            self.root_path.display(),
+            self.logs.dump()
+        );
+        if std::env::var_os("CHAT_TESTS_KEEP").is_some() {
+            if let Some(root) = self.root.take() {
+                let kept = root.keep();
+                eprintln!("kept {}", kept.display());
+            }
+        }
+    }
+}
