@@ -12,6 +12,29 @@ use crate::{
 };
 use serde::{Deserialize, Serialize};
 
+/// How a direct link to a peer came about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Path {
+    /// On one of the peer's own interface addresses that is not what the directory observes:
+    /// the same LAN.
+    Lan,
+    /// On the address the directory observes, without help: the peer is reachable as is.
+    Public,
+    /// Only after the directory introduced us and both sides dialed at once (hole punching).
+    Punched,
+}
+
+impl Path {
+    /// The name used in JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Path::Lan => "lan",
+            Path::Public => "public",
+            Path::Punched => "punched",
+        }
+    }
+}
+
 /// A request from a short command to the running peer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControlRequest {
@@ -51,9 +74,16 @@ pub enum ControlResponse {
         to: Name,
         /// Delivered directly (true) or queued in the mailbox (false).
         delivered: bool,
+        /// The direct path it was delivered on.
+        path: Option<Path>,
     },
     /// The answer to a lookup.
-    Whois(PeerInfo),
+    Whois {
+        /// What the directory knows.
+        info: PeerInfo,
+        /// The direct link the running peer has to it, if any.
+        path: Option<Path>,
+    },
     /// An incoming message, after [`ControlRequest::Attach`].
     Message {
         /// The message.

@@ -87,6 +87,21 @@ pub enum DirectoryRequest {
         /// The message; `from` must be the depositor.
         message: ChatMessage,
     },
+    /// Tell online peer `name` to dial us now (hole punching): the directory sends it our
+    /// addresses and key on its event stream, and we dial its addresses at the same time.
+    Introduce {
+        /// The peer to reach.
+        name: Name,
+    },
+    /// How an introduction ended, for the directory's counters.
+    PunchOutcome {
+        /// The peer we were introduced to.
+        name: Name,
+        /// Whether a direct link came up.
+        success: bool,
+        /// How long it took from the introduction, in milliseconds.
+        millis: u32,
+    },
 }
 
 /// The directory's answer to one [`DirectoryRequest`].
@@ -105,6 +120,10 @@ pub enum DirectoryResponse {
     Stored,
     /// The request failed.
     Error(ErrorCode),
+    /// The introduction was sent to the other peer.
+    Introduced,
+    /// Noted.
+    Noted,
 }
 
 /// What the directory knows about one name.
@@ -154,6 +173,9 @@ pub enum ErrorCode {
     /// Register was sent twice on one connection.
     #[error("already registered")]
     AlreadyRegistered,
+    /// The peer is not online.
+    #[error("the peer is offline")]
+    Offline,
 }
 
 /// Written by the directory on the event stream it opens towards a registered peer.
@@ -163,6 +185,16 @@ pub enum DirectoryEvent {
     Deliver(ChatMessage),
     /// Everything in the mailbox so far has been delivered and acknowledged.
     MailboxIdle,
+    /// Peer `name` wants a direct link and is dialing us now: dial it back at `addrs` (its
+    /// observed address first), accepting only `key`. No ack.
+    Introduction {
+        /// Who is dialing.
+        name: Name,
+        /// Its key.
+        key: KeyId,
+        /// Where to dial it.
+        addrs: Vec<SocketAddr>,
+    },
 }
 
 /// Written by the peer on the event stream.

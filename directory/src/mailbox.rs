@@ -1,5 +1,5 @@
-//! Delivery of held messages to an online recipient, on the event stream the directory opens
-//! towards it after `Register`.
+//! The event stream the directory opens towards an online peer after `Register`: delivery of
+//! held messages, and introductions from peers that want a direct link (hole punching).
 //!
 //! Messages go out oldest first, at most [`DELIVERY_WINDOW`] unacknowledged at a time. A
 //! message is deleted only after the recipient's `Delivered` ack, and the deletion is committed
@@ -10,17 +10,26 @@ use crate::server::Shared;
 use anyhow::{bail, Context, Result};
 use common::{
     defaults::DELIVERY_WINDOW,
-    framing,
+    framing::{self, FrameError},
     wire::{codes, DirectoryEvent, EventAck, MessageId},
     Name,
 };
 use std::{collections::VecDeque, sync::Arc};
-use tokio::{sync::Notify, task::JoinSet};
+use tokio::{
+    sync::{mpsc, Notify},
+    task::JoinSet,
+};
 use tracing::{debug, warn};
 
 /// Runs until the connection ends or the recipient misbehaves.
-pub async fn deliver(conn: quinn::Connection, name: Name, shared: Arc<Shared>, wake: Arc<Notify>) {
-    if let Err(e) = deliver_inner(&conn, &name, &shared, &wake).await {
+pub async fn deliver(
+    conn: quinn::Connection,
+    name: Name,
+    shared: Arc<Shared>,
+    wake: Arc<Notify>,
+    mut events: mpsc::Receiver<DirectoryEvent>,
+) {
+    if let Err(e) = deliver_inner(&conn, &name, &shared, &wake, &mut events).await {
         debug!(cause = %e, "mailbox delivery ended");
     }
 }
@@ -30,47 +39,50 @@ async fn deliver_inner(
     name: &Name,
     shared: &Shared,
     wake: &Notify,
+    events: &mut mpsc::Receiver<DirectoryEvent>,
 ) -> Result<()> {
-    let (mut send, mut recv) = conn.open_bi().await.context("opening the event stream")?;
+    let (mut send, recv) = conn.open_bi().await.context("opening the event stream")?;
+    // Reading a frame is not cancel-safe, so acks are read on their own task and come here
+    // through a channel that `select!` can poll safely.
+    let mut acks = read_acks(recv);
     let mut in_flight: VecDeque<(MessageId, u64)> = VecDeque::new();
     let mut removing = JoinSet::new();
     // Highest seq already written to the stream; the next read starts after it.
     let mut cursor: Option<u64> = None;
+    // The store may hold messages after `cursor`: at start, after a wake, after a full batch.
+    let mut maybe_more = true;
     let mut idle_sent = false;
     loop {
-        if in_flight.len() < DELIVERY_WINDOW {
-            let (store, n, limit) = (
-                shared.store.clone(),
-                name.clone(),
-                DELIVERY_WINDOW - in_flight.len(),
-            );
+        if maybe_more && in_flight.len() < DELIVERY_WINDOW {
+            let limit = DELIVERY_WINDOW - in_flight.len();
+            let (store, n) = (shared.store.clone(), name.clone());
             let batch =
                 tokio::task::spawn_blocking(move || store.pending(&n, cursor, limit)).await??;
-            for stored in &batch {
-                framing::write_frame(&mut send, &DirectoryEvent::Deliver(stored.message.clone()))
-                    .await?;
+            maybe_more = batch.len() == limit;
+            for stored in batch {
                 in_flight.push_back((stored.message.id, stored.seq));
                 cursor = Some(stored.seq);
                 idle_sent = false;
-            }
-            if in_flight.is_empty() && removing.is_empty() && !idle_sent {
-                framing::write_frame(&mut send, &DirectoryEvent::MailboxIdle).await?;
-                idle_sent = true;
+                framing::write_frame(&mut send, &DirectoryEvent::Deliver(stored.message)).await?;
             }
         }
+        if !maybe_more && in_flight.is_empty() && removing.is_empty() && !idle_sent {
+            framing::write_frame(&mut send, &DirectoryEvent::MailboxIdle).await?;
+            idle_sent = true;
+        }
         tokio::select! {
-            ack = framing::read_frame::<EventAck, _>(&mut recv) => {
+            ack = acks.recv() => {
                 let id = match ack {
-                    Ok(Some(EventAck::Delivered(id))) => id,
-                    Ok(None) => {
+                    Some(Ok(EventAck::Delivered(id))) => id,
+                    None => {
                         // The peer is leaving; its last acks still get their deletions.
                         while let Some(done) = removing.join_next().await {
                             done??;
                         }
                         return Ok(());
                     }
-                    Err(e) if !e.is_violation() => return Err(e.into()),
-                    Err(e) => {
+                    Some(Err(e)) if !e.is_violation() => return Err(e.into()),
+                    Some(Err(e)) => {
                         warn!(cause = %e, "bad frame on the event stream; closing the connection");
                         conn.close(e.code().into(), b"bad event ack");
                         return Err(e.into());
@@ -87,7 +99,26 @@ async fn deliver_inner(
             Some(done) = removing.join_next(), if !removing.is_empty() => {
                 done??;
             }
-            _ = wake.notified() => {}
+            _ = wake.notified() => maybe_more = true,
+            Some(event) = events.recv() => framing::write_frame(&mut send, &event).await?,
         }
     }
+}
+
+/// Reads acks until the stream ends (the channel closes) or fails (one `Err`, then closed).
+fn read_acks(mut recv: quinn::RecvStream) -> mpsc::Receiver<Result<EventAck, FrameError>> {
+    let (tx, rx) = mpsc::channel(DELIVERY_WINDOW);
+    tokio::spawn(async move {
+        loop {
+            let (item, last) = match framing::read_frame::<EventAck, _>(&mut recv).await {
+                Ok(Some(ack)) => (Ok(ack), false),
+                Ok(None) => return,
+                Err(e) => (Err(e), true),
+            };
+            if tx.send(item).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    rx
 }

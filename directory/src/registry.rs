@@ -1,6 +1,7 @@
 //! Who is online right now: name → live connection, addresses and last heartbeat. In memory
 //! only; the durable name → key binding is in [`crate::store`].
 
+use common::wire::DirectoryEvent;
 use common::{KeyId, Name};
 use std::{
     collections::HashMap,
@@ -8,7 +9,7 @@ use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 
 /// One online peer.
 #[derive(Debug, Clone)]
@@ -25,6 +26,8 @@ pub struct Online {
     pub last_seen: Instant,
     /// Wakes its mailbox task when a message is deposited for it.
     pub wake: Arc<Notify>,
+    /// Other events for its event stream (introductions).
+    pub events: mpsc::Sender<DirectoryEvent>,
 }
 
 /// The set of online peers.

@@ -9,7 +9,11 @@ use crate::{
 };
 use anyhow::Result;
 use common::{now_ms, wire::codes};
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::{atomic::AtomicU64, Arc},
+    time::Duration,
+};
 use tokio::task::JoinSet;
 use tracing::{debug, info, Instrument};
 
@@ -32,6 +36,19 @@ pub struct Shared {
     pub registry: Registry,
     /// Settings.
     pub config: Config,
+    /// Counters, for logs.
+    pub metrics: Metrics,
+}
+
+/// What the directory counts.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Introductions sent (hole punching).
+    pub introductions: AtomicU64,
+    /// Introductions that ended in a direct link, as reported by the peer that asked.
+    pub punched: AtomicU64,
+    /// Introductions that did not.
+    pub punch_failed: AtomicU64,
 }
 
 /// Serves `endpoint` until `shutdown` resolves.
@@ -47,6 +64,7 @@ pub async fn run(
         writer,
         registry: Registry::default(),
         config,
+        metrics: Metrics::default(),
     });
     let mut sessions = JoinSet::new();
     let sweeper = tokio::spawn(sweep_expired(shared.clone()));

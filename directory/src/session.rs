@@ -7,15 +7,18 @@ use common::{
     defaults::{MAX_BODY_LEN, REQUEST_TIMEOUT},
     framing::{self, FrameError},
     now_ms, tls,
-    wire::{codes, ChatMessage, DirectoryRequest, DirectoryResponse, ErrorCode, PeerInfo},
+    wire::{
+        codes, ChatMessage, DirectoryEvent, DirectoryRequest, DirectoryResponse, ErrorCode,
+        PeerInfo,
+    },
     KeyId, Name,
 };
 use std::{
     net::SocketAddr,
-    sync::{Arc, OnceLock},
+    sync::{atomic::Ordering, Arc, OnceLock},
     time::Instant,
 };
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, warn, Instrument};
 
 /// The state of one connection.
@@ -25,6 +28,8 @@ struct Session {
     shared: Arc<Shared>,
     /// Set once by `Register`.
     name: OnceLock<Name>,
+    /// The addresses the peer said it listens on, set by `Register`.
+    listen_addrs: OnceLock<Vec<SocketAddr>>,
 }
 
 /// Runs one connection to its end. Errors end this connection only.
@@ -47,6 +52,7 @@ pub async fn run(incoming: quinn::Incoming, shared: Arc<Shared>) {
         key,
         shared,
         name: OnceLock::new(),
+        listen_addrs: OnceLock::new(),
     });
     let reason = loop {
         match conn.accept_bi().await {
@@ -150,6 +156,29 @@ impl Session {
                     .await
                     .map(|()| DirectoryResponse::Stored)
             }
+            DirectoryRequest::Introduce { name } => {
+                let me = self.registered()?;
+                self.introduce(me, &name)
+                    .map(|()| DirectoryResponse::Introduced)
+            }
+            DirectoryRequest::PunchOutcome {
+                name,
+                success,
+                millis,
+            } => {
+                let me = self.registered()?;
+                let m = &self.shared.metrics;
+                let counter = if success { &m.punched } else { &m.punch_failed };
+                counter.fetch_add(1, Ordering::Relaxed);
+                info!(
+                    from = %me, to = %name, success, millis,
+                    introductions = m.introductions.load(Ordering::Relaxed),
+                    punched = m.punched.load(Ordering::Relaxed),
+                    failed = m.punch_failed.load(Ordering::Relaxed),
+                    "hole punching outcome"
+                );
+                Ok(DirectoryResponse::Noted)
+            }
         }
     }
 
@@ -187,6 +216,8 @@ impl Session {
         if self.name.set(name.clone()).is_err() {
             return Err(ErrorCode::AlreadyRegistered);
         }
+        let listen_addrs: Vec<SocketAddr> = listen_addrs.into_iter().take(16).collect();
+        let _ = self.listen_addrs.set(listen_addrs.clone());
         tracing::Span::current().record("name", name.as_str());
         let observed_addr = self.conn.remote_address();
         if !online {
@@ -194,13 +225,15 @@ impl Session {
             return Ok(DirectoryResponse::Registered { observed_addr });
         }
         let wake = Arc::new(Notify::new());
+        let (events_tx, events) = mpsc::channel(64);
         let entry = Online {
             conn: self.conn.clone(),
             key: self.key,
-            listen_addrs: listen_addrs.into_iter().take(16).collect(),
+            listen_addrs,
             heartbeat: presence::interval(heartbeat_ms),
             last_seen: Instant::now(),
             wake: wake.clone(),
+            events: events_tx,
         };
         if let Some(old) = self.shared.registry.insert(name.clone(), entry) {
             if old.conn.stable_id() != self.conn.stable_id() {
@@ -211,9 +244,41 @@ impl Session {
         }
         info!(key = %self.key.short(), "online");
         tokio::spawn(
-            mailbox::deliver(self.conn.clone(), name, self.shared.clone(), wake).in_current_span(),
+            mailbox::deliver(self.conn.clone(), name, self.shared.clone(), wake, events)
+                .in_current_span(),
         );
         Ok(DirectoryResponse::Registered { observed_addr })
+    }
+
+    /// Sends `name` our addresses on its event stream, so it dials us while we dial it.
+    fn introduce(&self, me: &Name, name: &Name) -> Result<(), ErrorCode> {
+        let now = Instant::now();
+        let target = self
+            .shared
+            .registry
+            .get(name)
+            .filter(|o| !presence::expired(o.last_seen, o.heartbeat, now))
+            .ok_or(ErrorCode::Offline)?;
+        let mut addrs = vec![self.conn.remote_address()];
+        addrs.extend(self.listen_addrs.get().into_iter().flatten().copied());
+        let event = DirectoryEvent::Introduction {
+            name: me.clone(),
+            key: self.key,
+            addrs,
+        };
+        // A full queue means the target is not reading its events; the caller falls back.
+        target
+            .events
+            .try_send(event)
+            .map_err(|_| ErrorCode::Offline)?;
+        let n = self
+            .shared
+            .metrics
+            .introductions
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        info!(to = %name, introductions = n, "introduced");
+        Ok(())
     }
 
     async fn lookup(&self, me: Name, name: Name) -> Result<PeerInfo, ErrorCode> {

@@ -133,7 +133,7 @@ async fn lines(mut session: Session, console: Console, mut with: Name) -> Result
                         }
                     }
                 }
-                Some(Update::Whois(Ok(info))) => print_line(&console.whois(&info))?,
+                Some(Update::Whois(Ok((info, path)))) => print_line(&console.whois(&info, path))?,
                 Some(Update::Whois(Err(e))) => eprintln!("peer: {e}"),
                 Some(Update::Notice(text)) => eprintln!("{text}"),
                 Some(Update::MailboxIdle) => {}
@@ -217,7 +217,7 @@ async fn terminal(mut session: Session, console: Console, mut with: Name) -> Res
                 }
                 Some(Update::Sent(Ok(_))) => {}
                 Some(Update::Sent(Err(e))) => say(format!("  ! not sent: {e}")),
-                Some(Update::Whois(Ok(info))) => say(console.whois(&info)),
+                Some(Update::Whois(Ok((info, path)))) => say(console.whois(&info, path)),
                 Some(Update::Whois(Err(e))) => say(format!("  ! {e}")),
                 Some(Update::Notice(text)) => say(text),
                 Some(Update::MailboxIdle) => {}

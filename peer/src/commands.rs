@@ -51,7 +51,8 @@ async fn whois(mut session: Session, console: Console, name: Name) -> Result<()>
         }
     };
     session.close().await;
-    print_line(&console.whois(&result?))?;
+    let (info, path) = result?;
+    print_line(&console.whois(&info, path))?;
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 
 use crate::{inbox::Via, outbox::Sent};
 use common::{
+    control::Path,
     wire::{ChatMessage, PeerInfo},
     KeyId, Name,
 };
@@ -54,19 +55,23 @@ impl Console {
                 "id": s.id.to_string(),
                 "to": s.to.as_str(),
                 "status": s.status.as_str(),
+                "path": s.path.map(Path::as_str),
             })
             .to_string();
         }
         match s.status {
-            crate::outbox::Status::Delivered => format!("delivered to {} (direct)", s.to),
+            crate::outbox::Status::Delivered => match s.path {
+                Some(path) => format!("delivered to {} (direct, {})", s.to, path.as_str()),
+                None => format!("delivered to {} (direct)", s.to),
+            },
             crate::outbox::Status::Queued => {
                 format!("queued for {} in the directory's mailbox", s.to)
             }
         }
     }
 
-    /// The lines for a lookup.
-    pub fn whois(&self, p: &PeerInfo) -> String {
+    /// The lines for a lookup; `path` is the direct link this peer has to it, if any.
+    pub fn whois(&self, p: &PeerInfo, path: Option<Path>) -> String {
         if self.json {
             return json!({
                 "type": "whois",
@@ -76,6 +81,7 @@ impl Console {
                 "observed_addr": p.observed_addr.map(|a| a.to_string()),
                 "listen_addrs": p.listen_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                 "key": p.key.to_string(),
+                "path": path.map(Path::as_str),
             })
             .to_string();
         }
@@ -85,6 +91,9 @@ impl Console {
             (false, None) => "offline, never seen".to_string(),
         };
         let mut out = format!("{}: {seen}\n  key {}", p.name, p.key);
+        if let Some(path) = path {
+            out.push_str(&format!("\n  direct link: {}", path.as_str()));
+        }
         if let Some(addr) = p.observed_addr {
             out.push_str(&format!("\n  observed at {addr}"));
         }

@@ -9,6 +9,7 @@ use crate::{
     home::Home,
     inbox::Via,
     node::Node,
+    outbox::{Sent, Status},
     session::{Received, Update},
 };
 use anyhow::{bail, Context, Result};
@@ -104,6 +105,7 @@ async fn serve_client(stream: UnixStream, node: Arc<Node>) {
                                 id: s.id,
                                 to: s.to,
                                 delivered: s.status == crate::outbox::Status::Delivered,
+                                path: s.path,
                             },
                             Err(e) => ControlResponse::SendFailed {
                                 to,
@@ -123,7 +125,7 @@ async fn serve_client(stream: UnixStream, node: Arc<Node>) {
                 let (node, tx) = (node.clone(), tx.clone());
                 tokio::spawn(async move {
                     let _ = tx.send(match node.whois(&name).await {
-                        Ok(info) => ControlResponse::Whois(info),
+                        Ok((info, path)) => ControlResponse::Whois { info, path },
                         Err(e) => ControlResponse::WhoisFailed {
                             name,
                             reason: format!("{e:#}"),
@@ -218,8 +220,23 @@ impl ControlClient {
         tokio::spawn(async move {
             loop {
                 let update = match framing::read_frame::<ControlResponse, _>(&mut rd).await {
-                    Ok(Some(ControlResponse::Sent { id, to, delivered })) => {
-                        Update::Sent(Ok((id, to, delivered).into()))
+                    Ok(Some(ControlResponse::Sent {
+                        id,
+                        to,
+                        delivered,
+                        path,
+                    })) => {
+                        let status = if delivered {
+                            Status::Delivered
+                        } else {
+                            Status::Queued
+                        };
+                        Update::Sent(Ok(Sent {
+                            id,
+                            to,
+                            status,
+                            path,
+                        }))
                     }
                     Ok(Some(ControlResponse::SendFailed { reason, .. })) => {
                         Update::Sent(Err(reason))
@@ -228,7 +245,9 @@ impl ControlClient {
                         Update::Whois(Err(reason))
                     }
                     Ok(Some(ControlResponse::Notice(text))) => Update::Notice(text),
-                    Ok(Some(ControlResponse::Whois(info))) => Update::Whois(Ok(info)),
+                    Ok(Some(ControlResponse::Whois { info, path })) => {
+                        Update::Whois(Ok((info, path)))
+                    }
                     Ok(Some(ControlResponse::Message {
                         message,
                         via_mailbox,

@@ -9,6 +9,7 @@
 use crate::{
     home::Home,
     inbox::{Inbox, Via},
+    punch::Introduction,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use common::{
@@ -21,7 +22,7 @@ use common::{
     Identity, Name,
 };
 use std::{net::SocketAddr, sync::Arc, time::Duration};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn, Instrument};
 
 /// What the peer needs to reach its directory.
@@ -57,6 +58,8 @@ struct Inner {
     observed: watch::Sender<Option<SocketAddr>>,
     /// Set when we leave: the event stream stops taking messages and flushes its acks.
     leaving: watch::Sender<bool>,
+    /// Where introductions from the directory go.
+    introductions: mpsc::UnboundedSender<Introduction>,
     /// The task reading the current event stream.
     events_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -70,6 +73,7 @@ impl DirectoryClient {
         home: Home,
         settings: Settings,
         inbox: Inbox,
+        introductions: mpsc::UnboundedSender<Introduction>,
     ) -> Result<Self> {
         let mut client_config = tls::client_config(identity, ALPN_DIRECTORY, Expect::AnyKey)?;
         // Heartbeats keep the connection busy, so a connection idle for as long as the
@@ -87,6 +91,7 @@ impl DirectoryClient {
             conn: watch::Sender::new(None),
             observed: watch::Sender::new(None),
             leaving: watch::Sender::new(false),
+            introductions,
             events_task: Default::default(),
         });
         let conn = inner.connect_once().await?;
@@ -231,7 +236,13 @@ impl Inner {
         if s.online {
             let leaving = self.leaving.subscribe();
             let task = tokio::spawn(
-                serve_events(conn.clone(), self.inbox.clone(), leaving).in_current_span(),
+                serve_events(
+                    conn.clone(),
+                    self.inbox.clone(),
+                    self.introductions.clone(),
+                    leaving,
+                )
+                .in_current_span(),
             );
             let old = self
                 .events_task
@@ -298,7 +309,12 @@ async fn supervise(inner: Arc<Inner>) {
 
 /// Reads the directory's event stream: mailbox messages and the idle marker. When we leave, it
 /// stops between two messages and waits until the directory has every ack written so far.
-async fn serve_events(conn: quinn::Connection, inbox: Inbox, mut leaving: watch::Receiver<bool>) {
+async fn serve_events(
+    conn: quinn::Connection,
+    inbox: Inbox,
+    introductions: mpsc::UnboundedSender<Introduction>,
+    mut leaving: watch::Receiver<bool>,
+) {
     let streams = tokio::select! {
         streams = conn.accept_bi() => streams,
         _ = left(&mut leaving) => return,
@@ -333,6 +349,10 @@ async fn serve_events(conn: quinn::Connection, inbox: Inbox, mut leaving: watch:
                 }
             }
             Ok(Some(DirectoryEvent::MailboxIdle)) => inbox.mailbox_idle().await,
+            Ok(Some(DirectoryEvent::Introduction { name, key, addrs })) => {
+                let addrs = addrs.into_iter().take(16).collect();
+                let _ = introductions.send(Introduction { name, key, addrs });
+            }
             Ok(None) => return,
             Err(e) if !e.is_violation() => {
                 debug!(cause = %e, "event stream ended");

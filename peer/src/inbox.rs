@@ -6,9 +6,10 @@
 //! sender, and [`serve_connection`] asks the directory whether that name is bound to that key
 //! before showing anything. Every later message on the connection must carry the same sender.
 
-use crate::{directory_client::DirectoryClient, endpoint::Links};
+use crate::{directory_client::DirectoryClient, links::Links, punch};
 use anyhow::{anyhow, bail, Result};
 use common::{
+    control::Path,
     defaults::MAX_BODY_LEN,
     framing, tls,
     wire::{codes, ChatMessage, MessageId, PeerFrame},
@@ -197,7 +198,14 @@ pub async fn serve(
                         return;
                     }
                 };
-                serve_connection(conn, None, inbox, directory, links).await;
+                // A peer we asked the directory to introduce is answering: its key is the one
+                // the directory holds for the name, so the link is verified already.
+                let known = tls::remote_key(&conn).and_then(|key| links.expected(&key));
+                if let Some(name) = &known {
+                    debug!(peer = %name, "introduced peer connected");
+                    links.insert(name.clone(), conn.clone(), Path::Punched);
+                }
+                serve_connection(conn, known, inbox, directory, links).await;
             }
             .instrument(span),
         );
@@ -291,7 +299,8 @@ impl ChatStream {
                         anyhow!("{from} is not the owner of key {}", self.key.short()),
                     ));
                 }
-                self.links.insert(from.clone(), self.conn.clone());
+                let path = punch::classify(self.conn.remote_address(), &info, false);
+                self.links.insert(from.clone(), self.conn.clone(), path);
                 Ok(from.clone())
             })
             .await?;

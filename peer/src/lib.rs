@@ -8,6 +8,8 @@
 //! * [`endpoint`]: the one QUIC endpoint (one UDP socket) that dials and accepts.
 //! * [`directory_client`]: the connection to the directory: register, heartbeat, requests,
 //!   and the event stream that brings mailbox messages.
+//! * [`links`]: live direct connections by name, and introductions awaited.
+//! * [`punch`]: dialing a peer: every candidate address at once, hole punching via introductions.
 //! * [`outbox`]: sending: one task per conversation, direct with acks, else the mailbox.
 //! * [`inbox`]: receiving: accepts direct streams, checks who is talking, drops duplicates.
 //! * [`node`]: a running peer, tying the pieces together behind `send`, `whois`, `events`.
@@ -35,6 +37,8 @@ pub mod directory_client;
 pub mod endpoint;
 pub mod home;
 pub mod inbox;
+pub mod links;
 pub mod node;
 pub mod outbox;
+pub mod punch;
 pub mod session;

@@ -2,13 +2,15 @@
 
 use crate::{
     directory_client::{self, DirectoryClient},
-    endpoint::{self, Links},
+    endpoint,
     home::Home,
     inbox::{self, Event, Inbox},
+    links::Links,
     outbox::{self, Outbox, Sent},
+    punch::{Dialer, Introduction},
 };
 use anyhow::Result;
-use common::{wire::PeerInfo, KeyId, Name};
+use common::{control::Path, wire::PeerInfo, KeyId, Name};
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -44,6 +46,7 @@ pub struct Node {
     directory: DirectoryClient,
     outbox: Outbox,
     inbox: Inbox,
+    links: Arc<Links>,
 }
 
 impl Node {
@@ -61,12 +64,14 @@ impl Node {
             heartbeat: options.heartbeat,
             online: options.online,
         };
+        let (intro_tx, mut intros) = mpsc::unbounded_channel::<Introduction>();
         let directory = DirectoryClient::connect(
             endpoint.clone(),
             &identity,
             options.home.clone(),
             settings,
             inbox.clone(),
+            intro_tx,
         )
         .await?;
         let links = Arc::new(Links::default());
@@ -79,14 +84,26 @@ impl Node {
             )
             .in_current_span(),
         );
-        let outbox = Outbox::new(outbox::Shared {
-            me: options.name.clone(),
+        let dialer = Arc::new(Dialer {
             identity,
             endpoint: endpoint.clone(),
             directory: directory.clone(),
             inbox: inbox.clone(),
-            links,
+            links: links.clone(),
             direct_timeout: options.direct_timeout,
+        });
+        let answering = dialer.clone();
+        tokio::spawn(
+            async move {
+                while let Some(intro) = intros.recv().await {
+                    tokio::spawn(answering.clone().answer(intro).in_current_span());
+                }
+            }
+            .in_current_span(),
+        );
+        let outbox = Outbox::new(outbox::Shared {
+            me: options.name.clone(),
+            dialer,
         });
         let node = Self {
             name: options.name,
@@ -95,6 +112,7 @@ impl Node {
             directory,
             outbox,
             inbox,
+            links,
         };
         Ok((node, events))
     }
@@ -113,9 +131,11 @@ impl Node {
         self.outbox.submit(to, body)
     }
 
-    /// What the directory knows about `name`.
-    pub async fn whois(&self, name: &Name) -> Result<PeerInfo> {
-        self.directory
+    /// What the directory knows about `name`, and the direct link we have to it, if any.
+    pub async fn whois(&self, name: &Name) -> Result<(PeerInfo, Option<Path>)> {
+        let path = self.links.get(name).map(|(_, path)| path);
+        let info = self
+            .directory
             .lookup(name)
             .await
             .map_err(|e| match e.downcast_ref() {
@@ -123,7 +143,8 @@ impl Node {
                     anyhow::anyhow!("no peer is named {name}")
                 }
                 _ => e,
-            })
+            })?;
+        Ok((info, path))
     }
 
     /// The inbox, for attaching more listeners.

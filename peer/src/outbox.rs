@@ -13,25 +13,17 @@
 //! the mailbox until the directory reports none of our messages waiting for that recipient
 //! (`queued_from_you == 0`), so a later direct message can never overtake a queued one.
 
-use crate::{
-    directory_client::{DirectoryClient, DirectoryError},
-    endpoint::Links,
-    inbox::{self, Inbox},
-};
-use anyhow::{anyhow, bail, Context, Result};
+use crate::{directory_client::DirectoryError, punch::Dialer};
+use anyhow::{anyhow, bail, Result};
 use common::{
-    defaults::{ALPN_PEER, MAX_BODY_LEN, SEND_WINDOW},
+    control::Path,
+    defaults::{MAX_BODY_LEN, SEND_WINDOW},
     framing, now_ms,
-    tls::{self, Expect},
-    wire::{
-        ChatMessage, DirectoryRequest, DirectoryResponse, ErrorCode, MessageId, PeerFrame, PeerInfo,
-    },
-    Identity, Name,
+    wire::{ChatMessage, DirectoryRequest, DirectoryResponse, ErrorCode, MessageId, PeerFrame},
+    Name,
 };
-use futures::FutureExt;
 use std::{
     collections::{HashMap, VecDeque},
-    net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -69,24 +61,16 @@ pub struct Sent {
     pub to: Name,
     /// Delivered or queued.
     pub status: Status,
+    /// The direct path it was delivered on.
+    pub path: Option<Path>,
 }
 
 /// What a conversation task needs.
 pub struct Shared {
     /// Our name.
     pub me: Name,
-    /// Our identity, for dialing.
-    pub identity: Arc<Identity>,
-    /// Our endpoint.
-    pub endpoint: quinn::Endpoint,
-    /// The directory.
-    pub directory: DirectoryClient,
-    /// Where messages on reverse streams go.
-    pub inbox: Inbox,
-    /// Live connections.
-    pub links: Arc<Links>,
-    /// Bound on a direct dial plus delivery.
-    pub direct_timeout: Duration,
+    /// Makes direct links.
+    pub dialer: Arc<Dialer>,
 }
 
 /// Sends messages; cheap to clone.
@@ -102,11 +86,15 @@ struct Pending {
 }
 
 impl Pending {
-    fn answer(self, result: Result<Status>) {
+    fn answer(self, result: Result<(Status, Option<Path>)>) {
         let (id, to) = (self.message.id, self.message.to);
-        let _ = self
-            .reply
-            .send(result.map(|status| Sent { id, to, status }));
+        let sent = result.map(|(status, path)| Sent {
+            id,
+            to,
+            status,
+            path,
+        });
+        let _ = self.reply.send(sent);
     }
 }
 
@@ -163,6 +151,9 @@ impl Outbox {
     }
 }
 
+/// After a direct attempt to a peer failed, how long its messages go straight to the mailbox.
+const NO_DIRECT_BACKOFF: Duration = Duration::from_secs(10);
+
 /// A direct chat stream with the messages written on it and not yet acknowledged.
 struct Link {
     send: quinn::SendStream,
@@ -170,6 +161,8 @@ struct Link {
     in_flight: VecDeque<(Pending, Instant)>,
     /// Until the first ack, every message shares the deadline of the dial.
     first_deadline: Option<Instant>,
+    /// How the link came about.
+    path: Path,
 }
 
 enum Route {
@@ -184,6 +177,8 @@ struct Conversation {
     link: Option<Link>,
     /// Some of our messages may still wait in the recipient's mailbox.
     mailbox_pending: bool,
+    /// After a failed attempt, no new one before this: each would cost a full direct timeout.
+    no_direct_until: Option<Instant>,
 }
 
 impl Conversation {
@@ -194,6 +189,7 @@ impl Conversation {
             queue: VecDeque::new(),
             link: None,
             mailbox_pending: false,
+            no_direct_until: None,
         }
     }
 
@@ -246,7 +242,7 @@ impl Conversation {
         rx: &mut mpsc::UnboundedReceiver<Pending>,
         open: &mut bool,
     ) -> Result<()> {
-        let timeout = self.ctx.direct_timeout;
+        let timeout = self.ctx.dialer.direct_timeout;
         let Some(link) = self.link.as_mut() else {
             return Ok(());
         };
@@ -275,7 +271,7 @@ impl Conversation {
                     bail!("ack out of order");
                 }
                 link.first_deadline = None;
-                p.answer(Ok(Status::Delivered));
+                p.answer(Ok((Status::Delivered, Some(link.path))));
             }
             p = rx.recv(), if *open => match p {
                 Some(p) => self.queue.push_back(p),
@@ -298,15 +294,16 @@ impl Conversation {
 
     /// Decides how the next messages go.
     async fn route(&mut self) -> Result<Route> {
-        let started = Instant::now();
+        let dialer = self.ctx.dialer.clone();
+        let deadline = Instant::now() + dialer.direct_timeout;
         if !self.mailbox_pending {
-            if let Some(conn) = self.ctx.links.get(&self.to) {
-                if let Ok(link) = self.open_link(&conn, started).await {
+            if let Some((conn, path)) = dialer.links.get(&self.to) {
+                if let Ok(link) = open_link(&conn, path, deadline).await {
                     return Ok(Route::Direct(link));
                 }
             }
         }
-        let info = match self.ctx.directory.lookup(&self.to).await {
+        let info = match dialer.directory.lookup(&self.to).await {
             Ok(info) => info,
             Err(e) => match e.downcast_ref::<DirectoryError>() {
                 Some(DirectoryError(ErrorCode::UnknownPeer)) => {
@@ -323,99 +320,22 @@ impl Conversation {
             return Ok(Route::Mailbox);
         }
         self.mailbox_pending = false;
-        if !info.online {
+        if !info.online || self.no_direct_until.is_some_and(|t| Instant::now() < t) {
             return Ok(Route::Mailbox);
         }
-        if let Some(conn) = self.ctx.links.get(&self.to) {
-            if let Ok(link) = self.open_link(&conn, started).await {
-                return Ok(Route::Direct(link));
-            }
-        }
-        match self.dial(&info, started).await {
-            Ok(conn) => match self.open_link(&conn, started).await {
-                Ok(link) => Ok(Route::Direct(link)),
-                Err(e) => {
-                    debug!(cause = %e, "opening a chat stream failed");
-                    Ok(Route::Mailbox)
-                }
-            },
+        let Some((conn, path)) = dialer.connect(&info, deadline).await else {
+            info!("no direct path; using the mailbox");
+            self.no_direct_until = Some(Instant::now() + NO_DIRECT_BACKOFF);
+            return Ok(Route::Mailbox);
+        };
+        self.no_direct_until = None;
+        match open_link(&conn, path, deadline).await {
+            Ok(link) => Ok(Route::Direct(link)),
             Err(e) => {
-                info!(cause = %format!("{e:#}"), "no direct path; using the mailbox");
+                debug!(cause = %e, "opening a chat stream failed");
                 Ok(Route::Mailbox)
             }
         }
-    }
-
-    /// Dials every address the directory knows for the peer at once; the first handshake that
-    /// completes with the expected key wins.
-    async fn dial(&self, info: &PeerInfo, started: Instant) -> Result<quinn::Connection> {
-        let config = tls::client_config(&self.ctx.identity, ALPN_PEER, Expect::Key(info.key))?;
-        let local_v4 = self.ctx.endpoint.local_addr()?.is_ipv4();
-        let mut candidates: Vec<SocketAddr> = info.observed_addr.into_iter().collect();
-        candidates.extend(info.listen_addrs.iter().copied());
-        candidates.retain(|a| a.is_ipv4() == local_v4 && !a.ip().is_unspecified() && a.port() != 0);
-        candidates.dedup();
-        let mut seen = std::collections::HashSet::new();
-        candidates.retain(|a| seen.insert(*a));
-        if candidates.is_empty() {
-            bail!("the directory knows no address for {}", self.to);
-        }
-        let attempts = candidates.into_iter().filter_map(|addr| {
-            let connecting = self
-                .ctx
-                .endpoint
-                .connect_with(config.clone(), addr, "peer")
-                .ok()?;
-            Some(async move { connecting.await.with_context(|| format!("dialing {addr}")) }.boxed())
-        });
-        let attempts: Vec<_> = attempts.collect();
-        if attempts.is_empty() {
-            bail!("no address for {} could be dialed", self.to);
-        }
-        let (conn, _losers) = tokio::time::timeout_at(
-            started + self.ctx.direct_timeout,
-            futures::future::select_ok(attempts),
-        )
-        .await
-        .map_err(|_| anyhow!("dialing {} timed out", self.to))??;
-        debug!(remote = %conn.remote_address(), "direct connection up");
-        self.ctx.links.insert(self.to.clone(), conn.clone());
-        tokio::spawn(
-            inbox::serve_connection(
-                conn.clone(),
-                Some(self.to.clone()),
-                self.ctx.inbox.clone(),
-                self.ctx.directory.clone(),
-                self.ctx.links.clone(),
-            )
-            .in_current_span(),
-        );
-        Ok(conn)
-    }
-
-    async fn open_link(&self, conn: &quinn::Connection, started: Instant) -> Result<Link> {
-        let (send, mut recv) = conn.open_bi().await?;
-        let (ack_tx, acks) = mpsc::channel(SEND_WINDOW);
-        tokio::spawn(async move {
-            loop {
-                let ack = match framing::read_frame::<PeerFrame, _>(&mut recv).await {
-                    Ok(Some(PeerFrame::Ack(id))) => Ok(id),
-                    Ok(Some(other)) => Err(anyhow!("unexpected {other:?} on a chat stream")),
-                    Ok(None) => Err(anyhow!("the chat stream ended")),
-                    Err(e) => Err(e.into()),
-                };
-                let last = ack.is_err();
-                if ack_tx.send(ack).await.is_err() || last {
-                    return;
-                }
-            }
-        });
-        Ok(Link {
-            send,
-            acks,
-            in_flight: VecDeque::new(),
-            first_deadline: Some(started + self.ctx.direct_timeout),
-        })
     }
 
     /// Deposits every queued message in the mailbox, oldest first.
@@ -424,10 +344,10 @@ impl Conversation {
             let request = DirectoryRequest::Deposit {
                 message: p.message.clone(),
             };
-            let result = match self.ctx.directory.request(&request).await {
+            let result = match self.ctx.dialer.directory.request(&request).await {
                 Ok(DirectoryResponse::Stored) => {
                     self.mailbox_pending = true;
-                    Ok(Status::Queued)
+                    Ok((Status::Queued, None))
                 }
                 Ok(other) => Err(anyhow!("unexpected answer from the directory: {other:?}")),
                 Err(e) => Err(match e.downcast_ref::<DirectoryError>() {
@@ -446,4 +366,34 @@ impl Conversation {
             p.answer(result);
         }
     }
+}
+
+/// Opens a chat stream on `conn`, with a task that reads its acks (reading a frame is not
+/// cancel-safe, so it cannot sit in a `select!`).
+async fn open_link(conn: &quinn::Connection, path: Path, deadline: Instant) -> Result<Link> {
+    let (send, mut recv) = tokio::time::timeout_at(deadline, conn.open_bi())
+        .await
+        .map_err(|_| anyhow!("opening a stream timed out"))??;
+    let (ack_tx, acks) = mpsc::channel(SEND_WINDOW);
+    tokio::spawn(async move {
+        loop {
+            let ack = match framing::read_frame::<PeerFrame, _>(&mut recv).await {
+                Ok(Some(PeerFrame::Ack(id))) => Ok(id),
+                Ok(Some(other)) => Err(anyhow!("unexpected {other:?} on a chat stream")),
+                Ok(None) => Err(anyhow!("the chat stream ended")),
+                Err(e) => Err(e.into()),
+            };
+            let last = ack.is_err();
+            if ack_tx.send(ack).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    Ok(Link {
+        send,
+        acks,
+        in_flight: VecDeque::new(),
+        first_deadline: Some(deadline),
+        path,
+    })
 }

@@ -6,10 +6,11 @@ use crate::{
     control::ControlClient,
     inbox::{Event, Incoming, Via},
     node::Node,
-    outbox::{Sent, Status},
+    outbox::Sent,
 };
 use anyhow::Result;
 use common::{
+    control::Path,
     wire::{ChatMessage, PeerInfo},
     KeyId, Name,
 };
@@ -23,8 +24,8 @@ pub enum Update {
     Message(Received),
     /// The outcome of a [`Session::submit`], in no particular order across recipients.
     Sent(Result<Sent, String>),
-    /// The answer to a [`Session::whois`].
-    Whois(Result<PeerInfo, String>),
+    /// The answer to a [`Session::whois`], with the direct link the peer has to it, if any.
+    Whois(Result<(PeerInfo, Option<Path>), String>),
     /// The mailbox has been drained (own node only).
     MailboxIdle,
     /// Something to tell the user.
@@ -174,16 +175,5 @@ impl Session {
         if let Backend::Local(node) = &self.backend {
             node.shutdown().await;
         }
-    }
-}
-
-impl From<(common::wire::MessageId, Name, bool)> for Sent {
-    fn from((id, to, delivered): (common::wire::MessageId, Name, bool)) -> Self {
-        let status = if delivered {
-            Status::Delivered
-        } else {
-            Status::Queued
-        };
-        Sent { id, to, status }
     }
 }

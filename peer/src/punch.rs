@@ -1,0 +1,290 @@
+//! Reaching a peer directly, across NATs where they allow it.
+//!
+//! To reach c2, c1 dials every address the directory knows for it at once: the address the
+//! directory observes (c2's public side, through its NAT) and the addresses c2 listens on (its
+//! LAN). If nothing answers within [`PUNCH_DELAY`], c1 asks the directory to introduce it: the
+//! directory sends c2 c1's observed and listen addresses and key, and c2 dials them from the one
+//! socket it also uses for the directory. Each side's outgoing packets open its own NAT for the
+//! other's, so whichever handshake completes first, c1's dial or c2's, becomes the link
+//! (simultaneous open, as in RFC 8445's connectivity checks and libp2p's DCUtR). Every dial
+//! accepts only the key the directory holds for the name, so a wrong address can waste a
+//! packet but never reach the wrong peer.
+//!
+//! What it cannot do: two NATs that both pick a new port per destination (symmetric) leave no
+//! address to aim at; then messages go through the directory's mailbox.
+
+use crate::{directory_client::DirectoryClient, inbox, inbox::Inbox, links::Links};
+use anyhow::{anyhow, bail, Context, Result};
+use common::{
+    control::Path,
+    defaults::ALPN_PEER,
+    tls::{self, Expect},
+    wire::{DirectoryRequest, PeerInfo},
+    Identity, KeyId, Name,
+};
+use futures::FutureExt;
+use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
+use tokio::time::Instant;
+use tracing::{debug, info, Instrument};
+
+/// How long a plain dial may take before we ask the directory for an introduction. A LAN or
+/// public peer answers within a round trip; waiting longer only delays the punch.
+pub const PUNCH_DELAY: Duration = Duration::from_millis(250);
+
+/// An introduction from the directory: `name` is dialing us now.
+#[derive(Debug, Clone)]
+pub struct Introduction {
+    /// Who.
+    pub name: Name,
+    /// Its key.
+    pub key: KeyId,
+    /// Its addresses, observed first.
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// Everything needed to make and keep direct links.
+pub struct Dialer {
+    /// Our identity, presented on every dial.
+    pub identity: Arc<Identity>,
+    /// Our one endpoint.
+    pub endpoint: quinn::Endpoint,
+    /// The directory, for lookups and introductions.
+    pub directory: DirectoryClient,
+    /// Where messages on streams the remote opens go.
+    pub inbox: Inbox,
+    /// Live links.
+    pub links: Arc<Links>,
+    /// Bound on a direct dial plus delivery.
+    pub direct_timeout: Duration,
+}
+
+impl Dialer {
+    /// A direct link to the peer `info` describes, made by `deadline`; `None` when no direct
+    /// path came up.
+    pub async fn connect(
+        &self,
+        info: &PeerInfo,
+        deadline: Instant,
+    ) -> Option<(quinn::Connection, Path)> {
+        if let Some(link) = self.links.get(&info.name) {
+            return Some(link);
+        }
+        let candidates = self.candidates(info.observed_addr, &info.listen_addrs);
+        if candidates.is_empty() {
+            debug!("no address to dial");
+            return None;
+        }
+        self.links.expect(info.key, info.name.clone());
+        let result = self.race(info, &candidates, deadline).await;
+        self.links.unexpect(&info.key);
+        result
+    }
+
+    /// Dials, introduces after [`PUNCH_DELAY`], and takes the first link to come up either way.
+    async fn race(
+        &self,
+        info: &PeerInfo,
+        candidates: &[SocketAddr],
+        deadline: Instant,
+    ) -> Option<(quinn::Connection, Path)> {
+        let started = Instant::now();
+        let mut dial = std::pin::pin!(self.dial(info.key, candidates).fuse());
+        let mut dial_done = false;
+        let mut introduced: Option<Instant> = None;
+        let outcome = loop {
+            let changed = self.links.changed();
+            if let Some(link) = self.links.get(&info.name) {
+                break Some(link); // the peer dialed us (answering our introduction)
+            }
+            tokio::select! {
+                dialed = &mut dial, if !dial_done => match dialed {
+                    Ok((conn, addr)) => {
+                        let path = classify(addr, info, introduced.is_some());
+                        break Some(self.adopt(info.name.clone(), conn, path));
+                    }
+                    Err(e) => {
+                        debug!(cause = %format!("{e:#}"), "dial failed");
+                        dial_done = true;
+                        if introduced.is_some() { continue } // the peer may still dial us
+                        break None;
+                    }
+                },
+                _ = tokio::time::sleep_until(started + PUNCH_DELAY), if introduced.is_none() => {
+                    let request = DirectoryRequest::Introduce { name: info.name.clone() };
+                    match self.directory.request(&request).await {
+                        Ok(_) => introduced = Some(Instant::now()),
+                        Err(e) => {
+                            debug!(cause = %format!("{e:#}"), "no introduction");
+                            introduced = Some(Instant::now());
+                        }
+                    }
+                }
+                _ = changed => {}
+                _ = tokio::time::sleep_until(deadline) => break None,
+            }
+        };
+        if let Some(at) = introduced {
+            let success = outcome.as_ref().is_some_and(|(_, p)| *p == Path::Punched);
+            let millis = at.elapsed().as_millis().min(u32::MAX as u128) as u32;
+            let request = DirectoryRequest::PunchOutcome {
+                name: info.name.clone(),
+                success,
+                millis,
+            };
+            let directory = self.directory.clone();
+            tokio::spawn(async move { directory.request(&request).await }.in_current_span());
+            info!(
+                success,
+                after_ms = started.elapsed().as_millis() as u64,
+                "hole punching"
+            );
+        }
+        outcome
+    }
+
+    /// Answers an introduction: dials the peer that is dialing us, so both NATs open.
+    pub async fn answer(self: Arc<Self>, intro: Introduction) {
+        if self.links.get(&intro.name).is_some() {
+            return;
+        }
+        let candidates = self.candidates(intro.addrs.first().copied(), &intro.addrs);
+        let deadline = Instant::now() + self.direct_timeout;
+        match tokio::time::timeout_at(deadline, self.dial(intro.key, &candidates)).await {
+            Ok(Ok((conn, _))) => {
+                debug!(peer = %intro.name, remote = %conn.remote_address(), "punched through");
+                self.adopt(intro.name, conn, Path::Punched);
+            }
+            Ok(Err(e)) => {
+                debug!(peer = %intro.name, cause = %format!("{e:#}"), "answering an introduction failed")
+            }
+            Err(_) => debug!(peer = %intro.name, "answering an introduction timed out"),
+        }
+    }
+
+    /// Records a new link and serves the streams the remote opens on it.
+    pub fn adopt(
+        &self,
+        name: Name,
+        conn: quinn::Connection,
+        path: Path,
+    ) -> (quinn::Connection, Path) {
+        self.links.insert(name.clone(), conn.clone(), path);
+        let link = self.links.get(&name).unwrap_or((conn.clone(), path));
+        tokio::spawn(
+            inbox::serve_connection(
+                conn,
+                Some(name),
+                self.inbox.clone(),
+                self.directory.clone(),
+                self.links.clone(),
+            )
+            .in_current_span(),
+        );
+        link
+    }
+
+    /// The addresses worth dialing: observed first, then listen addresses, of our family, each
+    /// once.
+    fn candidates(&self, observed: Option<SocketAddr>, listen: &[SocketAddr]) -> Vec<SocketAddr> {
+        let v4 = self
+            .endpoint
+            .local_addr()
+            .map(|a| a.is_ipv4())
+            .unwrap_or(true);
+        let mut seen = HashSet::new();
+        observed
+            .into_iter()
+            .chain(listen.iter().copied())
+            .filter(|a| a.is_ipv4() == v4 && !a.ip().is_unspecified() && a.port() != 0)
+            .filter(|a| seen.insert(*a))
+            .collect()
+    }
+
+    /// Dials every candidate at once, accepting only `key`; the first handshake wins. Runs
+    /// until one succeeds or all fail (QUIC retransmits its handshake meanwhile, which is what
+    /// lets a punch that opens late still succeed).
+    async fn dial(
+        &self,
+        key: KeyId,
+        candidates: &[SocketAddr],
+    ) -> Result<(quinn::Connection, SocketAddr)> {
+        let config = tls::client_config(&self.identity, ALPN_PEER, Expect::Key(key))?;
+        let attempts: Vec<_> = candidates
+            .iter()
+            .filter_map(|&addr| {
+                let connecting = self
+                    .endpoint
+                    .connect_with(config.clone(), addr, "peer")
+                    .ok()?;
+                Some(
+                    async move {
+                        let conn = connecting
+                            .await
+                            .with_context(|| format!("dialing {addr}"))?;
+                        Ok::<_, anyhow::Error>((conn, addr))
+                    }
+                    .boxed(),
+                )
+            })
+            .collect();
+        if attempts.is_empty() {
+            bail!("no address could be dialed");
+        }
+        let (won, _others) = futures::future::select_ok(attempts)
+            .await
+            .map_err(|e| anyhow!(e))?;
+        Ok(won)
+    }
+}
+
+/// How a link made by dialing `addr` came about.
+pub fn classify(addr: SocketAddr, info: &PeerInfo, introduced: bool) -> Path {
+    if Some(addr) != info.observed_addr && info.listen_addrs.contains(&addr) {
+        Path::Lan
+    } else if introduced && !info.listen_addrs.contains(&addr) {
+        // A NATed peer's observed address answered only once it dialed us too.
+        Path::Punched
+    } else {
+        Path::Public
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(observed: &str, listen: &[&str]) -> PeerInfo {
+        PeerInfo {
+            name: Name::new("c2").expect("name"),
+            key: KeyId([0; 32]),
+            online: true,
+            last_seen_ms: None,
+            observed_addr: Some(observed.parse().expect("addr")),
+            listen_addrs: listen.iter().map(|a| a.parse().expect("addr")).collect(),
+            queued_from_you: 0,
+        }
+    }
+
+    #[test]
+    fn paths_are_classified_by_the_address_that_answered() {
+        let natted = info("198.18.0.11:4000", &["198.19.1.2:5000"]);
+        assert_eq!(
+            classify("198.19.1.2:5000".parse().expect("a"), &natted, false),
+            Path::Lan
+        );
+        assert_eq!(
+            classify("198.18.0.11:4000".parse().expect("a"), &natted, false),
+            Path::Public
+        );
+        assert_eq!(
+            classify("198.18.0.11:4000".parse().expect("a"), &natted, true),
+            Path::Punched
+        );
+        // A peer without NAT: its observed address is its own, so it is public even late.
+        let public = info("198.18.0.20:4000", &["198.18.0.20:4000"]);
+        assert_eq!(
+            classify("198.18.0.20:4000".parse().expect("a"), &public, true),
+            Path::Public
+        );
+    }
+}
