@@ -1,0 +1,248 @@
+//! Hostile input at the protocol level: a hand-made QUIC client that speaks the wire protocol
+//! wrongly on purpose. Each case checks that the bad stream or connection is closed with the
+//! right error code, and that everyone else is still served.
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use common::{
+    defaults::{ALPN_DIRECTORY, ALPN_PEER},
+    framing,
+    tls::{self, Expect},
+    wire::{
+        codes, ChatMessage, DirectoryRequest, DirectoryResponse, ErrorCode, MessageId, PeerFrame,
+    },
+    Identity, KeyId, Name,
+};
+use std::{net::SocketAddr, time::Duration};
+use tests::{Json, Net, SHORT};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn name(s: &str) -> Name {
+    Name::new(s).expect("valid test name")
+}
+
+/// A client with its own key and one QUIC endpoint on loopback.
+struct Raw {
+    identity: Identity,
+    endpoint: quinn::Endpoint,
+}
+
+impl Raw {
+    fn new(subject: &str) -> Result<Self> {
+        let identity = Identity::generate(subject)?;
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+        Ok(Self { identity, endpoint })
+    }
+
+    async fn dial(
+        &self,
+        addr: SocketAddr,
+        alpn: &[u8],
+        expect: Expect,
+    ) -> Result<quinn::Connection> {
+        let config = tls::client_config(&self.identity, alpn, expect)?;
+        let connecting = self.endpoint.connect_with(config, addr, "test")?;
+        Ok(tokio::time::timeout(WAIT, connecting).await??)
+    }
+}
+
+async fn request(conn: &quinn::Connection, req: &DirectoryRequest) -> Result<DirectoryResponse> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    framing::write_frame(&mut send, req).await?;
+    send.finish()?;
+    tokio::time::timeout(WAIT, framing::read_frame(&mut recv))
+        .await??
+        .ok_or_else(|| anyhow!("no response"))
+}
+
+async fn register(conn: &quinn::Connection, who: &str) -> Result<()> {
+    let req = DirectoryRequest::Register {
+        name: name(who),
+        listen_addrs: vec![],
+        heartbeat_ms: 10_000,
+        online: false,
+    };
+    match request(conn, &req).await? {
+        DirectoryResponse::Registered { .. } => Ok(()),
+        other => bail!("registration answered {other:?}"),
+    }
+}
+
+/// Writes raw bytes on a fresh stream and returns the error code the server closed it with.
+async fn send_raw(conn: &quinn::Connection, bytes: &[u8]) -> Result<Option<u32>> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let _ = send.write_all(bytes).await;
+    let _ = send.finish();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(WAIT, async {
+        let mut chunk = [0u8; 1024];
+        loop {
+            match recv.read(&mut chunk).await {
+                Ok(Some(n)) => buf.extend_from_slice(&chunk[..n]),
+                Ok(None) => return Ok(None),
+                Err(quinn::ReadError::Reset(code)) => return Ok(Some(code.into_inner() as u32)),
+                Err(e) => return Err(anyhow!(e)),
+            }
+        }
+    })
+    .await
+    .context("the server neither answered nor reset the stream")?;
+    read
+}
+
+fn message(from: &str, to: &str, body: &str) -> ChatMessage {
+    ChatMessage {
+        id: MessageId::random(),
+        from: name(from),
+        to: name(to),
+        sent_at_ms: 1,
+        body: body.into(),
+    }
+}
+
+/// Oversized, malformed and trailing-byte frames each cost only their own stream; the same
+/// connection and other peers keep being served.
+#[test]
+fn bad_frames_close_only_their_stream() -> Result<()> {
+    let net = Net::new()?;
+    net.register("c2")?;
+    let dir = net.dir().addr();
+    runtime()?.block_on(async {
+        let raw = Raw::new("mallory")?;
+        let conn = raw.dial(dir, ALPN_DIRECTORY, Expect::AnyKey).await?;
+        register(&conn, "mallory").await?;
+
+        // A length prefix far over the cap: refused before anything is allocated.
+        let code = send_raw(&conn, &u32::MAX.to_be_bytes()).await?;
+        ensure!(
+            code == Some(codes::TOO_LARGE),
+            "oversized frame: stream closed with {code:?}"
+        );
+
+        // A valid length with bytes that decode to nothing.
+        let code = send_raw(&conn, &[0, 0, 0, 3, 0xff, 0xff, 0xff]).await?;
+        ensure!(
+            code == Some(codes::PROTOCOL),
+            "malformed frame: stream closed with {code:?}"
+        );
+
+        // A valid request followed by trailing bytes inside the same frame.
+        let mut frame = framing::encode(&DirectoryRequest::Heartbeat)?;
+        frame.push(7);
+        let len = (frame.len() - 4) as u32;
+        frame[..4].copy_from_slice(&len.to_be_bytes());
+        let code = send_raw(&conn, &frame).await?;
+        ensure!(
+            code == Some(codes::PROTOCOL),
+            "trailing bytes: stream closed with {code:?}"
+        );
+
+        // The connection itself still works.
+        match request(&conn, &DirectoryRequest::Lookup { name: name("c2") }).await? {
+            DirectoryResponse::Peer(info) => ensure!(info.name == name("c2"), "{info:?}"),
+            other => bail!("lookup after bad frames answered {other:?}"),
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    // And so does everybody else.
+    let w = net.whois("c3", "c2")?;
+    ensure!(w["name"] == "c2", "whois after hostile input: {w}");
+    net.assert_no_panics()
+}
+
+/// Requests before registration, and a second registration, are refused with a code.
+#[test]
+fn requests_out_of_order_are_refused() -> Result<()> {
+    let net = Net::new()?;
+    let dir = net.dir().addr();
+    runtime()?.block_on(async {
+        let raw = Raw::new("mallory")?;
+        let conn = raw.dial(dir, ALPN_DIRECTORY, Expect::AnyKey).await?;
+        let answer = request(&conn, &DirectoryRequest::Lookup { name: name("x") }).await?;
+        ensure!(
+            answer == DirectoryResponse::Error(ErrorCode::NotRegistered),
+            "lookup before register answered {answer:?}"
+        );
+        register(&conn, "mallory").await?;
+        let again = DirectoryRequest::Register {
+            name: name("other"),
+            listen_addrs: vec![],
+            heartbeat_ms: 1,
+            online: true,
+        };
+        let answer = request(&conn, &again).await?;
+        ensure!(
+            answer == DirectoryResponse::Error(ErrorCode::AlreadyRegistered),
+            "second register answered {answer:?}"
+        );
+        Ok(())
+    })?;
+    net.assert_no_panics()
+}
+
+/// Nobody can deposit a message in someone else's name, nor talk to a peer directly while
+/// claiming another peer's name: the receiver checks the key against the directory and closes
+/// the connection, and shows nothing.
+#[test]
+fn nobody_speaks_for_another_name() -> Result<()> {
+    let net = Net::new()?;
+    net.register("c1")?;
+    let mut c2 = net.listen("c2")?;
+    let info = net.whois("c1", "c2")?;
+    let c2_addr: SocketAddr = info["observed_addr"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no address for c2: {info}"))?
+        .parse()?;
+    let c2_key: KeyId = info["key"].as_str().unwrap_or_default().parse()?;
+    let dir = net.dir().addr();
+    runtime()?.block_on(async {
+        let raw = Raw::new("mallory")?;
+        let conn = raw.dial(dir, ALPN_DIRECTORY, Expect::AnyKey).await?;
+        register(&conn, "mallory").await?;
+
+        // The mailbox: a deposit whose sender is not the depositor.
+        let spoofed = DirectoryRequest::Deposit {
+            message: message("c1", "c2", "from c1, honest"),
+        };
+        let answer = request(&conn, &spoofed).await?;
+        ensure!(
+            answer == DirectoryResponse::Error(ErrorCode::NotSender),
+            "spoofed deposit answered {answer:?}"
+        );
+
+        // The direct path: mallory's key, claiming to be c1.
+        let direct = raw.dial(c2_addr, ALPN_PEER, Expect::Key(c2_key)).await?;
+        let (mut send, mut recv) = direct.open_bi().await?;
+        framing::write_frame(
+            &mut send,
+            &PeerFrame::Chat(message("c1", "c2", "it is me, c1")),
+        )
+        .await?;
+        let ack =
+            tokio::time::timeout(WAIT, framing::read_frame::<PeerFrame, _>(&mut recv)).await?;
+        ensure!(
+            !matches!(ack, Ok(Some(PeerFrame::Ack(_)))),
+            "c2 acknowledged an impostor"
+        );
+        let closed = tokio::time::timeout(WAIT, direct.closed()).await?;
+        match closed {
+            quinn::ConnectionError::ApplicationClosed(close)
+                if close.error_code.into_inner() == u64::from(codes::UNAUTHORIZED) => {}
+            other => bail!("impostor connection ended with {other:?}, not UNAUTHORIZED"),
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    // A real message afterwards arrives, and nothing before it was shown.
+    let sent = net.send("c1", "c2", "the real c1")?;
+    ensure!(sent["status"] == "delivered", "{sent}");
+    let got = c2.wait_json("the real message", SHORT, |v: &Json| v["type"] == "message")?;
+    ensure!(got["body"] == "the real c1", "c2 showed {got} first");
+    c2.terminate()?;
+    net.assert_no_panics()
+}
