@@ -2,7 +2,7 @@
 
 use crate::bins::bins;
 use crate::logs::Logs;
-use crate::util::{is_hex64, read_lossy, scrub_env, send_signal, tail, wait_child};
+use crate::util::{in_netns, is_hex64, read_lossy, scrub_env, send_signal, tail, wait_child};
 use crate::{DIRECTORY_START, EXIT, TAIL};
 use anyhow::{bail, ensure, Context, Result};
 use nix::sys::signal::Signal;
@@ -23,6 +23,10 @@ pub struct DirOpts {
     pub quota_messages: Option<u64>,
     /// `--mailbox-quota-bytes`.
     pub quota_bytes: Option<u64>,
+    /// Run inside this network namespace (`ip netns exec NS directory ...`).
+    pub netns: Option<String>,
+    /// Extra environment variables (e.g. `RUST_LOG`).
+    pub env: Vec<(String, String)>,
 }
 
 /// A running (or stopped) `directory` process and its data directory.
@@ -61,8 +65,12 @@ impl Directory {
         let bins = bins()?;
         let bind = bind.unwrap_or_else(|| "127.0.0.1:0".parse().expect("literal addr"));
         let (log_label, stderr_path, stderr_file) = self.logs.create(&self.label)?;
-        let mut cmd = Command::new(&bins.directory);
+        let mut cmd = match &self.opts.netns {
+            Some(ns) => in_netns(ns, &bins.directory),
+            None => Command::new(&bins.directory),
+        };
         scrub_env(&mut cmd);
+        cmd.envs(self.opts.env.iter().map(|(k, v)| (k, v)));
         cmd.arg("--bind")
             .arg(bind.to_string())
             .arg("--data")

@@ -11,6 +11,8 @@
 //! - [`Directory`]: a running `directory` process; kill -9, SIGTERM, restart on the same data.
 //! - [`PeerCmd`]: a builder for one `peer` invocation; [`PeerCmd::run`] for short commands,
 //!   [`PeerCmd::spawn`] for `listen` and `chat`, which give a [`Running`].
+//! - [`netns`]: real Linux NATs made of network namespaces, for the NAT traversal scenarios;
+//!   [`PeerCmd::netns`] and [`DirOpts::netns`] run a process inside one.
 //! - [`Running`]: a long-lived process whose stdout lines are read on a thread; `wait_*`
 //!   return the first matching line or fail with what was received and the stderr tail.
 //!
@@ -32,6 +34,7 @@ mod checks;
 mod directory;
 mod logs;
 mod net;
+pub mod netns;
 mod peer;
 mod running;
 mod util;

@@ -3,7 +3,7 @@
 use crate::bins::bins;
 use crate::logs::Logs;
 use crate::running::Running;
-use crate::util::{is_type, read_lossy, scrub_env, tail, wait_child};
+use crate::util::{in_netns, is_type, read_lossy, scrub_env, tail, wait_child};
 use crate::TAIL;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
@@ -28,6 +28,8 @@ pub struct PeerCmd {
     globals: Vec<OsString>,
     command: Vec<OsString>,
     stdin_null: bool,
+    netns: Option<String>,
+    envs: Vec<(OsString, OsString)>,
     logs: Arc<Logs>,
 }
 
@@ -50,6 +52,8 @@ impl PeerCmd {
             globals: Vec::new(),
             command: Vec::new(),
             stdin_null: false,
+            netns: None,
+            envs: Vec::new(),
             logs,
         }
     }
@@ -119,6 +123,19 @@ impl PeerCmd {
         self
     }
 
+    /// Runs the peer inside the network namespace `ns` (`ip netns exec NS peer ...`; `ip`
+    /// execs the peer, so the child's pid and signals are the peer's own).
+    pub fn netns(mut self, ns: &str) -> Self {
+        self.netns = Some(ns.to_string());
+        self
+    }
+
+    /// Sets an environment variable for the process (e.g. `RUST_LOG`).
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.envs.push((key.into(), value.into()));
+        self
+    }
+
     fn command(&self) -> Result<(Command, String)> {
         let bins = bins()?;
         let home = self
@@ -153,12 +170,21 @@ impl PeerCmd {
                 }
             })
             .collect();
-        let cmdline = format!("peer {}", shown.join(" "));
-        let mut cmd = Command::new(&bins.peer);
+        let mut cmdline = format!("peer {}", shown.join(" "));
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                cmdline = format!("ip netns exec {ns} {cmdline}");
+                in_netns(ns, &bins.peer)
+            }
+            None => Command::new(&bins.peer),
+        };
         scrub_env(&mut cmd);
         cmd.args(&argv)
             .env("RUST_BACKTRACE", "1")
             .env("NO_COLOR", "1");
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
         Ok((cmd, cmdline))
     }
 

@@ -109,6 +109,15 @@ pub(crate) fn wait_child(child: &mut Child, timeout: Duration) -> Result<Option<
     }
 }
 
+/// A command that runs `program` inside the network namespace `ns`: `ip netns exec NS
+/// PROGRAM`. `ip` switches namespace and then execs the program, so the child's pid is the
+/// program's.
+pub(crate) fn in_netns(ns: &str, program: &Path) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).arg(program);
+    cmd
+}
+
 /// Removes the binaries' own environment settings (`CHAT_*`, `DIRECTORY_*`) that a developer's
 /// shell or CI may hold, so that only the flags a scenario passes count.
 pub(crate) fn scrub_env(cmd: &mut Command) {
