@@ -163,6 +163,8 @@ struct Link {
     first_deadline: Option<Instant>,
     /// How the link came about.
     path: Path,
+    /// An introduction was asked for since the last ack (see [`Conversation::step`]).
+    nudged: bool,
 }
 
 enum Route {
@@ -271,7 +273,18 @@ impl Conversation {
                     bail!("ack out of order");
                 }
                 link.first_deadline = None;
+                link.nudged = false;
                 p.answer(Ok((Status::Delivered, Some(link.path))));
+            }
+            // Halfway to the deadline without an ack, the link may have lost a NAT mapping:
+            // our packets renew ours, but the peer's NAT only reopens when the peer sends.
+            // An introduction makes it dial us from the same socket, which reopens it for
+            // this connection too, often before the deadline.
+            _ = tokio::time::sleep_until(deadline - timeout / 2), if !link.nudged && link.first_deadline.is_none() => {
+                link.nudged = true;
+                let directory = self.ctx.dialer.directory.clone();
+                let request = DirectoryRequest::Introduce { name: self.to.clone() };
+                tokio::spawn(async move { directory.request(&request).await }.in_current_span());
             }
             p = rx.recv(), if *open => match p {
                 Some(p) => self.queue.push_back(p),
@@ -395,5 +408,6 @@ async fn open_link(conn: &quinn::Connection, path: Path, deadline: Instant) -> R
         in_flight: VecDeque::new(),
         first_deadline: Some(deadline),
         path,
+        nudged: false,
     })
 }

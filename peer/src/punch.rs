@@ -142,11 +142,10 @@ impl Dialer {
         outcome
     }
 
-    /// Answers an introduction: dials the peer that is dialing us, so both NATs open.
+    /// Answers an introduction: dials the peer that is dialing us, so both NATs open. We dial
+    /// even when a link exists: the peer asks again when that link stalls, and our packets
+    /// from this socket are what reopen our NAT for it.
     pub async fn answer(self: Arc<Self>, intro: Introduction) {
-        if self.links.get(&intro.name).is_some() {
-            return;
-        }
         let candidates = self.candidates(intro.addrs.first().copied(), &intro.addrs);
         let deadline = Instant::now() + self.direct_timeout;
         match tokio::time::timeout_at(deadline, self.dial(intro.key, &candidates)).await {

@@ -1,0 +1,351 @@
+#!/usr/bin/env bash
+# The multi-peer test in containers: builds the images (deploy/build-images.sh), brings up
+# deploy/docker-compose.yml (a directory and peers c1, c2, c3, each `peer --json listen`) under
+# a project name of its own, and checks from outside, with `compose exec ... peer --json`:
+#
+#   1. c1 -> c2 and c2 -> c1 at the same time: every message delivered, and received, `direct`;
+#   2. c3 stopped: c1's messages to it are `queued`;
+#   3. the directory is killed (docker kill) and started again: healthy with the same key, and
+#      the peers reconnect (the queued messages are checked in step 4);
+#   4. c3 started again: it receives every queued message (from before and after the kill)
+#      exactly once, in order, via `mailbox`;
+#   5. c2 cut off (docker network disconnect) in the middle of a conversation: c1's next
+#      messages are `queued` within a bound; after docker network connect, c2 receives them
+#      all, once, in order, and the conversation carries on;
+#   6. no container's log shows a panic, and no container was restarted behind our back.
+#
+# What each peer received is read from its container's stdout (`docker logs`, stdout only):
+# the JSON Lines of its `listen`. Everything is torn down at the end, also on failure; a failure
+# names the step and prints expected vs received, then the tail of every container's log.
+#
+# Environment: COMPOSE_TEST_SKIP_BUILD=1 reuses the images already built (for iterating on this
+# script); COMPOSE_TEST_KEEP=1 leaves the stack up after a failure, for a look around.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+started=$SECONDS
+step="setup"
+log() { printf '[%3ds] %s\n' "$((SECONDS - started))" "$*"; }
+
+if docker compose version >/dev/null 2>&1; then
+  compose=(docker compose)
+elif command -v docker-compose >/dev/null 2>&1; then
+  compose=(docker-compose)
+else
+  echo "compose-test: neither 'docker compose' nor 'docker-compose' is available" >&2
+  exit 1
+fi
+
+project="p2pchat-test-$$"
+run="r$$"                 # in every message body, so nothing else can be mistaken for ours
+heartbeat=1               # seconds; a dead connection is noticed after 3 heartbeats
+direct_timeout=3          # seconds before a sender gives up on the direct path
+send_bound=20             # seconds any `peer` command may take, all included
+fallback_slack=9          # seconds a fallback may take beyond the direct timeout (exec, deposit)
+export CHAT_HEARTBEAT=$heartbeat CHAT_DIRECT_TIMEOUT=$direct_timeout
+export IMAGE_PREFIX=${IMAGE_PREFIX:-p2pchat} IMAGE_TAG=${IMAGE_TAG:-latest}
+export RUST_LOG=${RUST_LOG:-peer=info,directory=info}
+
+dc() { timeout 180 "${compose[@]}" -p "$project" -f deploy/docker-compose.yml "$@"; }
+
+declare -A cid=()
+services=(directory c1 c2 c3)
+
+logs_dir="${CARGO_TARGET_DIR:-$root/target}/compose-test-logs"
+
+teardown() {
+  local rc=$?
+  set +e
+  # Every container's whole log (stdout and stderr), kept for a look after the run.
+  rm -rf "$logs_dir" && mkdir -p "$logs_dir"
+  for s in "${services[@]}"; do
+    [ -n "${cid[$s]:-}" ] && timeout 20 docker logs -t "${cid[$s]}" >"$logs_dir/$s.log" 2>&1
+  done
+  if [ "$rc" -ne 0 ]; then
+    for s in "${services[@]}"; do
+      [ -n "${cid[$s]:-}" ] || continue
+      echo "---- last lines of $s's log (stdout and stderr)"
+      timeout 20 docker logs --tail 40 "${cid[$s]}" 2>&1
+    done
+  fi
+  if [ "$rc" -ne 0 ] && [ "${COMPOSE_TEST_KEEP:-}" = 1 ]; then
+    echo "compose-test: left the stack up: ${compose[*]} -p $project -f deploy/docker-compose.yml down -v"
+  else
+    log "tearing down"
+    dc down -v --remove-orphans -t 5 >/dev/null 2>&1 ||
+      echo "compose-test: teardown failed; remove project $project by hand" >&2
+  fi
+  echo "compose-test: the containers' logs are in $logs_dir"
+  if [ "$rc" -eq 0 ]; then
+    log "compose test passed"
+  else
+    echo "compose-test: FAILED in $step (after $((SECONDS - started)) s)" >&2
+  fi
+  exit "$rc"
+}
+trap teardown EXIT
+trap 'exit 130' INT TERM
+
+# fail WHAT EXPECTED RECEIVED
+fail() {
+  {
+    echo "FAILED: $step: $1"
+    echo "  expected: $2"
+    echo "  received: ${3//$'\n'/$'\n            '}"
+  } >&2
+  exit 1
+}
+
+# wait_for SECONDS CMD...: runs CMD every 0.3 s until it succeeds; non-zero after SECONDS.
+wait_for() {
+  local deadline=$((SECONDS + $1))
+  shift
+  until "$@"; do
+    [ "$SECONDS" -lt "$deadline" ] || return 1
+    sleep 0.3
+  done
+}
+
+# The stdout of a service's container: the JSON Lines its `listen` printed, over all its runs.
+stdout_of() { timeout 20 docker logs "${cid[$1]}" 2>/dev/null; }
+
+# received SERVICE FROM TAG: "BODY VIA" for each message from FROM whose body starts with TAG,
+# in the order SERVICE printed them.
+received() {
+  stdout_of "$1" | python3 -c '
+import json, sys
+sender, tag = sys.argv[1], sys.argv[2]
+for line in sys.stdin:
+    try:
+        o = json.loads(line)
+    except ValueError:
+        continue
+    if o.get("type") == "message" and o.get("from") == sender and o.get("body", "").startswith(tag):
+        print(o["body"], o["via"])
+' "$2" "$3"
+}
+
+# json_field FIELD: the FIELD of the first JSON object on stdin.
+json_field() {
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        o = json.loads(line)
+    except ValueError:
+        continue
+    print(o.get(sys.argv[1], ""))
+    break
+' "$1"
+}
+
+# peer_cmd SERVICE ARGS...: runs `peer --name SERVICE --json ARGS` in SERVICE's container,
+# where it goes through the running `listen` (control socket).
+peer_cmd() {
+  local svc=$1
+  shift
+  timeout "$send_bound" "${compose[@]}" -p "$project" -f deploy/docker-compose.yml \
+    exec -T "$svc" peer --name "$svc" --json "$@"
+}
+
+# send FROM TO BODY: prints "STATUS SECONDS" (STATUS is delivered, queued, or error:...).
+send() {
+  local t0 t out status
+  t0=${EPOCHREALTIME/./}
+  if out=$(peer_cmd "$1" send "$2" "$3" 2>&1); then
+    status=$(json_field status <<<"$out")
+  else
+    status="error:$(tr '\n' ' ' <<<"$out")"
+  fi
+  t=$((${EPOCHREALTIME/./} - t0))
+  echo "${status:-error:$(tr '\n' ' ' <<<"$out")} $((t / 1000000)).$((t / 100000 % 10))"
+}
+
+# send_all FROM TO TAG FIRST LAST EXPECTED_STATUS [MAX_SECONDS]: sends TAG-FIRST .. TAG-LAST in
+# order; each must end as EXPECTED_STATUS (or anything, if "any"), within MAX_SECONDS if given
+# (and always within $send_bound).
+send_all() {
+  local from=$1 to=$2 tag=$3 first=$4 last=$5 want=$6 max=${7:-} i result status secs
+  for i in $(seq "$first" "$last"); do
+    result=$(send "$from" "$to" "$tag-$i")
+    status=${result% *}
+    secs=${result##* }
+    if [ "$want" != any ] && [ "$status" != "$want" ]; then
+      fail "$from sends $tag-$i to $to" "status $want" "$status after ${secs}s"
+    fi
+    if [ -n "$max" ] && [ "${secs%.*}" -ge "$max" ]; then
+      fail "$from sends $tag-$i to $to" "$want within ${max}s" "$status after ${secs}s"
+    fi
+    echo "$tag-$i $status ${secs}s"
+  done
+}
+
+# same_as EXPECTED GOT: the same "BODY VIA" lines in the same order, where an expected VIA of
+# "any" stands for either path.
+same_as() {
+  local e g
+  [ "$(grep -c . <<<"$1")" = "$(grep -c . <<<"$2")" ] || return 1
+  while IFS= read -r e <&3 && IFS= read -r g <&4; do
+    [ "$e" = "$g" ] || { [ "${e##* }" = any ] && [ "${e% *}" = "${g% *}" ]; } || return 1
+  done 3<<<"$1" 4<<<"$2"
+}
+
+# expect_received SERVICE FROM TAG WAIT EXPECTED: waits up to WAIT seconds until SERVICE has
+# printed as many TAG messages from FROM as EXPECTED has lines, then compares (body and via,
+# in order; a duplicate or a reordering fails).
+expect_received() {
+  local svc=$1 from=$2 tag=$3 wait=$4 expected=$5 n got
+  n=$(grep -c . <<<"$expected")
+  have_enough() { [ "$(received "$svc" "$from" "$tag" | grep -c .)" -ge "$n" ]; }
+  wait_for "$wait" have_enough || true
+  got=$(received "$svc" "$from" "$tag")
+  if ! same_as "$expected" "$got"; then
+    fail "$svc's messages from $from ($tag-*), within ${wait}s" \
+      "$(tr '\n' ',' <<<"$expected")" "$(tr '\n' ',' <<<"${got:-nothing}")"
+  fi
+}
+
+# lines TAG FIRST LAST VIA: the expected "BODY VIA" lines.
+lines() { for i in $(seq "$2" "$3"); do echo "$1-$i $4"; done; }
+
+is_online() { # is_online ASKER NAME
+  [ "$(peer_cmd "$1" whois "$2" 2>/dev/null | json_field online)" = True ]
+}
+is_offline() {
+  [ "$(peer_cmd "$1" whois "$2" 2>/dev/null | json_field online)" = False ]
+}
+health() { timeout 10 docker inspect -f '{{.State.Health.Status}}' "${cid[directory]}"; }
+is_healthy() { [ "$(health)" = healthy ]; }
+is_running() { [ "$(timeout 10 docker inspect -f '{{.State.Running}}' "${cid[$1]}")" = true ]; }
+printed_online() { stdout_of "$1" | grep -q '"type":"online"'; }
+
+# ---------------------------------------------------------------------------------------------
+step="build"
+if [ "${COMPOSE_TEST_SKIP_BUILD:-}" = 1 ]; then
+  log "reusing the images $IMAGE_PREFIX/{directory,peer}:$IMAGE_TAG"
+else
+  log "building the images"
+  deploy/build-images.sh
+fi
+for bin in directory peer; do
+  docker image inspect "$IMAGE_PREFIX/$bin:$IMAGE_TAG" >/dev/null ||
+    fail "image $IMAGE_PREFIX/$bin:$IMAGE_TAG" "built" "missing"
+done
+
+step="start"
+log "starting the stack (project $project, ${compose[*]})"
+out=$(dc up -d 2>&1) || fail "${compose[*]} up -d" "the stack up" "$out"
+for s in "${services[@]}"; do
+  cid[$s]=$(dc ps -q "$s")
+  [ -n "${cid[$s]}" ] || fail "container of $s" "a container id" "none"
+done
+net=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}' "${cid[c2]}")
+wait_for 60 is_healthy || fail "directory health" "healthy" "$(health)"
+for s in c1 c2 c3; do
+  # The peer printed "online" only after it resolved `directory` and registered there.
+  wait_for 60 printed_online "$s" || fail "$s online" '{"type":"online",...} on stdout' \
+    "$(timeout 10 docker logs --tail 20 "${cid[$s]}" 2>&1)"
+done
+for pair in "c1 c2" "c1 c3" "c2 c1"; do
+  # shellcheck disable=SC2086
+  wait_for 30 is_online $pair || fail "whois ${pair#* } from ${pair% *}" "online: true" \
+    "$(peer_cmd ${pair% *} whois ${pair#* } 2>&1)"
+done
+fingerprint=$(stdout_of directory | sed -nE 's/^directory listening on .* fingerprint ([0-9a-f]+)$/\1/p')
+log "up: c1, c2, c3 resolved directory:9000 and registered; directory $fingerprint, network $net"
+
+# ---------------------------------------------------------------------------------------------
+step="step 1 (c1 -> c2 and c2 -> c1 at the same time, direct)"
+log "$step"
+n1=5
+tmp=$(mktemp -d)
+send_all c1 c2 "$run-s1-c1" 1 "$n1" delivered >"$tmp/a" 2>"$tmp/a.err" &
+pa=$!
+send_all c2 c1 "$run-s1-c2" 1 "$n1" delivered >"$tmp/b" 2>"$tmp/b.err" &
+pb=$!
+ra=0 rb=0
+wait "$pa" || ra=$?
+wait "$pb" || rb=$?
+cat "$tmp/a" "$tmp/b"
+if [ "$ra" -ne 0 ] || [ "$rb" -ne 0 ]; then
+  cat "$tmp/a.err" "$tmp/b.err" >&2
+  rm -rf "$tmp"
+  exit 1
+fi
+rm -rf "$tmp"
+expect_received c2 c1 "$run-s1-c1" 20 "$(lines "$run-s1-c1" 1 "$n1" direct)"
+expect_received c1 c2 "$run-s1-c2" 20 "$(lines "$run-s1-c2" 1 "$n1" direct)"
+
+# ---------------------------------------------------------------------------------------------
+step="step 2 (c3 stopped: queued)"
+log "$step"
+dc stop -t 10 c3 >/dev/null 2>&1
+wait_for 30 is_offline c1 c3 || fail "whois c3 after stopping it" "online: false" \
+  "$(peer_cmd c1 whois c3 2>&1)"
+send_all c1 c3 "$run-s2" 1 3 queued
+
+# ---------------------------------------------------------------------------------------------
+step="step 3 (directory killed and started again)"
+log "$step"
+timeout 30 docker kill "${cid[directory]}" >/dev/null
+not_running() { ! is_running directory; }
+wait_for 30 not_running || fail "directory after docker kill" "stopped" "still running"
+timeout 30 docker start "${cid[directory]}" >/dev/null
+wait_for 60 is_healthy || fail "directory health after the restart" "healthy" "$(health)"
+fingerprints=$(stdout_of directory | sed -nE 's/^directory listening on .* fingerprint ([0-9a-f]+)$/\1/p' | sort -u)
+[ "$fingerprints" = "$fingerprint" ] ||
+  fail "the directory's key after the restart" "$fingerprint" "$fingerprints"
+# The peers notice the dead connection (3 heartbeats) and reconnect, with the pinned key.
+wait_for 60 is_online c1 c2 || fail "c2 reconnected, seen by c1" "online: true" \
+  "$(peer_cmd c1 whois c2 2>&1)"
+wait_for 30 is_online c2 c1 || fail "c1 reconnected, seen by c2" "online: true" \
+  "$(peer_cmd c2 whois c1 2>&1)"
+# More for c3, behind the ones queued before the kill.
+send_all c1 c3 "$run-s2" 4 5 queued
+
+# ---------------------------------------------------------------------------------------------
+step="step 4 (c3 back: the mailbox, exactly once, in order)"
+log "$step"
+dc start c3 >/dev/null 2>&1
+expect_received c3 c1 "$run-s2" 60 "$(lines "$run-s2" 1 5 mailbox)"
+
+# ---------------------------------------------------------------------------------------------
+step="step 5 (c2 cut off mid-conversation)"
+log "$step"
+send_all c1 c2 "$run-s5" 1 3 delivered
+expect_received c2 c1 "$run-s5" 20 "$(lines "$run-s5" 1 3 direct)"
+timeout 30 docker network disconnect "$net" "${cid[c2]}"
+log "c2 disconnected from $net"
+# The first send waits out the direct timeout (${direct_timeout}s) for an ack that cannot come,
+# then goes to the mailbox; the next ones see the mailbox in use. Each must be queued within
+# the direct timeout plus $fallback_slack s (for docker exec and the deposit).
+send_all c1 c2 "$run-s5" 4 6 queued $((direct_timeout + fallback_slack))
+if [ -n "$(received c2 c1 "$run-s5-" | sed -n '4,$p')" ]; then
+  fail "c2 while cut off" "nothing after $run-s5-3" "$(received c2 c1 "$run-s5-")"
+fi
+timeout 30 docker network connect --alias c2 "$net" "${cid[c2]}"
+log "c2 connected again"
+# c2 gets the queued ones from the mailbox. A copy c1 had written on the direct stream before
+# it gave up may still get through when the path comes back (QUIC retransmits it); it carries
+# the same id, so c2 shows whichever copy comes first, once. Hence "any" path for 4 to 6.
+expect_received c2 c1 "$run-s5" 60 "$(lines "$run-s5" 1 3 direct; lines "$run-s5" 4 6 any)"
+# The conversation carries on (by either path: the mailbox stays in use until it is drained).
+send_all c1 c2 "$run-s5" 7 8 any
+expect_received c2 c1 "$run-s5" 30 "$(lines "$run-s5" 1 3 direct; lines "$run-s5" 4 8 any)"
+
+# ---------------------------------------------------------------------------------------------
+step="step 6 (no panics, nothing restarted, no late duplicates)"
+log "$step"
+for s in "${services[@]}"; do
+  panics=$(timeout 20 docker logs "${cid[$s]}" 2>&1 | grep -iE 'panicked|RUST_BACKTRACE|stack backtrace' || true)
+  [ -z "$panics" ] || fail "$s's log" "no panic" "$panics"
+  restarts=$(timeout 10 docker inspect -f '{{.RestartCount}}' "${cid[$s]}")
+  [ "$restarts" = 0 ] || fail "$s's restart count" 0 "$restarts"
+  is_running "$s" || fail "$s" "running" "$(timeout 10 docker inspect -f '{{.State.Status}} exit {{.State.ExitCode}}' "${cid[$s]}")"
+done
+# Everything received so far, once more: a duplicate that came late would show here.
+expect_received c2 c1 "$run-s1-c1" 1 "$(lines "$run-s1-c1" 1 "$n1" direct)"
+expect_received c1 c2 "$run-s1-c2" 1 "$(lines "$run-s1-c2" 1 "$n1" direct)"
+expect_received c3 c1 "$run-s2" 1 "$(lines "$run-s2" 1 5 mailbox)"
+expect_received c2 c1 "$run-s5" 1 "$(lines "$run-s5" 1 3 direct; lines "$run-s5" 4 8 any)"
