@@ -50,8 +50,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Colour only for a person at a terminal: not in files, pipes or `docker logs`.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )

@@ -10,7 +10,7 @@ use std::{net::SocketAddr, path::PathBuf};
 #[command(version)]
 pub struct Cli {
     /// Your name (1-32 characters of a-z 0-9 . _ -).
-    #[arg(long, value_parser = parse_name)]
+    #[arg(long, env = "CHAT_NAME", value_parser = parse_name)]
     pub name: Name,
 
     /// The directory, HOST:PORT.

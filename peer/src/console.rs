@@ -82,6 +82,7 @@ impl Console {
                 "listen_addrs": p.listen_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                 "key": p.key.to_string(),
                 "path": path.map(Path::as_str),
+                "queued_from_you": p.queued_from_you,
             })
             .to_string();
         }

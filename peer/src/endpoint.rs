@@ -13,7 +13,7 @@ pub fn bind(identity: &Identity, bind: SocketAddr) -> Result<quinn::Endpoint> {
 }
 
 /// The addresses other peers may dial to reach `local`: `local` itself when it names one
-/// address, or every interface address of its family when it is a wildcard.
+/// address, or every non-loopback interface address of its family when it is a wildcard.
 pub fn listen_addrs(local: SocketAddr) -> Vec<SocketAddr> {
     if !local.ip().is_unspecified() {
         return vec![local];
@@ -24,7 +24,8 @@ pub fn listen_addrs(local: SocketAddr) -> Vec<SocketAddr> {
     let mut addrs: Vec<SocketAddr> = interfaces
         .into_iter()
         .map(|i| i.ip())
-        .filter(|ip| ip.is_ipv4() == local.is_ipv4() && !is_link_local(ip))
+        // Loopback only reaches this host, where the observed address works as well.
+        .filter(|ip| ip.is_ipv4() == local.is_ipv4() && !is_link_local(ip) && !ip.is_loopback())
         .map(|ip| SocketAddr::new(ip, local.port()))
         .collect();
     addrs.sort();
