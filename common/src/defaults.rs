@@ -44,7 +44,7 @@ pub const MAILBOX_QUOTA_MESSAGES: u64 = 10_000;
 pub const MAILBOX_QUOTA_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Most mailbox messages the directory sends on an event stream before waiting for acks.
-pub const DELIVERY_WINDOW: usize = 64;
+pub const DELIVERY_WINDOW: usize = 256;
 
 /// Most direct messages a sender keeps unacknowledged on one chat stream.
 pub const SEND_WINDOW: usize = 256;

@@ -53,11 +53,10 @@ async fn deliver_inner(
     let mut maybe_more = true;
     let mut idle_sent = false;
     loop {
-        if maybe_more && in_flight.len() < DELIVERY_WINDOW {
+        // Refill once half the window is free, not after every ack: one read per batch.
+        if maybe_more && in_flight.len() <= DELIVERY_WINDOW / 2 {
             let limit = DELIVERY_WINDOW - in_flight.len();
-            let (store, n) = (shared.store.clone(), name.clone());
-            let batch =
-                tokio::task::spawn_blocking(move || store.pending(&n, cursor, limit)).await??;
+            let batch = shared.store.pending(name, cursor, limit)?;
             maybe_more = batch.len() == limit;
             for stored in batch {
                 in_flight.push_back((stored.message.id, stored.seq));
