@@ -54,6 +54,84 @@ pub enum ControlRequest {
     },
     /// Stream copies of every incoming message from now on.
     Attach,
+    /// The local history of the conversation with `with`, the last `limit` entries, oldest
+    /// first. Answered with [`ControlResponse::HistoryEntry`] frames, then
+    /// [`ControlResponse::HistoryEnd`] (one frame per entry keeps each under the frame cap).
+    History {
+        /// The other side of the conversation.
+        with: Name,
+        /// Most entries to return (the latest ones).
+        limit: u32,
+    },
+    /// Send the file at `path` (absolute, on this machine) over a direct link. Answered by
+    /// [`ControlResponse::FileProgress`] updates, then [`ControlResponse::FileSent`] or
+    /// [`ControlResponse::FileFailed`].
+    SendFile {
+        /// Recipient.
+        to: Name,
+        /// The file.
+        path: String,
+    },
+}
+
+/// Where one message of the local history stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HistoryState {
+    /// We received it.
+    Received {
+        /// It came from the mailbox.
+        via_mailbox: bool,
+    },
+    /// We sent it and have no outcome yet (or the process ended before it came).
+    Sending,
+    /// The recipient acknowledged it directly.
+    Delivered {
+        /// The direct path it went on.
+        path: Option<Path>,
+    },
+    /// The directory holds it in the recipient's mailbox.
+    Queued,
+    /// It could not be sent.
+    Failed {
+        /// Why, for the user.
+        reason: String,
+    },
+}
+
+impl HistoryState {
+    /// The name used in JSON output.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            HistoryState::Received { .. } => "received",
+            HistoryState::Sending => "sending",
+            HistoryState::Delivered { .. } => "delivered",
+            HistoryState::Queued => "queued",
+            HistoryState::Failed { .. } => "failed",
+        }
+    }
+
+    /// True for a message we sent.
+    pub fn is_ours(&self) -> bool {
+        !matches!(self, HistoryState::Received { .. })
+    }
+}
+
+/// One message of the local history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// The message id; `None` for a message of ours that never got one (it failed before
+    /// leaving, or the process ended first).
+    pub id: Option<MessageId>,
+    /// Sender.
+    pub from: Name,
+    /// Recipient.
+    pub to: Name,
+    /// When it was sent, by the sender's clock (ms since the epoch).
+    pub sent_at_ms: u64,
+    /// The text.
+    pub body: String,
+    /// Where it stands.
+    pub state: HistoryState,
 }
 
 /// An answer from the running peer.
@@ -109,4 +187,39 @@ pub enum ControlResponse {
     Notice(String),
     /// Attached.
     Attached,
+    /// One entry of the history asked for with [`ControlRequest::History`], oldest first.
+    HistoryEntry(HistoryEntry),
+    /// The end of the history asked for; `available` is false when the running peer keeps
+    /// none (its database could not be opened).
+    HistoryEnd {
+        /// Whether the running peer has a history at all.
+        available: bool,
+    },
+    /// How far a file transfer is: bytes the recipient has, of the total.
+    FileProgress {
+        /// Bytes the recipient has.
+        done: u64,
+        /// The file's size.
+        total: u64,
+    },
+    /// A file arrived whole at its recipient.
+    FileSent {
+        /// Recipient.
+        to: Name,
+        /// Size in bytes.
+        size: u64,
+        /// SHA-256.
+        sha256: [u8; 32],
+        /// Bytes the recipient kept from an earlier attempt.
+        resumed_from: u64,
+        /// The direct path it went over.
+        path: Path,
+    },
+    /// A file could not be sent; the reason is for the user.
+    FileFailed {
+        /// Recipient.
+        to: Name,
+        /// Why.
+        reason: String,
+    },
 }

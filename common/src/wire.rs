@@ -204,13 +204,61 @@ pub enum EventAck {
     Delivered(MessageId),
 }
 
-/// A frame on a direct chat stream between two peers.
+/// A frame on a direct stream between two peers. The opener's first frame says what the
+/// stream is for: [`PeerFrame::Chat`] starts a chat stream, [`PeerFrame::FileOffer`] a file
+/// stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerFrame {
     /// A message, from the stream's opener.
     Chat(ChatMessage),
     /// The receiver has the message with this id.
     Ack(MessageId),
+    /// Opens a file stream: the opener offers a file.
+    FileOffer(FileOffer),
+    /// The receiver takes the file and already holds its first `offset` bytes (from an
+    /// interrupted transfer): the opener now writes the bytes from `offset` to the end, raw,
+    /// and finishes the stream.
+    FileAccept {
+        /// Bytes the receiver already has.
+        offset: u64,
+    },
+    /// The receiver will not take the file.
+    FileRefused(FileRefusal),
+    /// The receiver has all the bytes and checked them against the offered hash.
+    FileDone {
+        /// The hash matched and the file is stored.
+        ok: bool,
+    },
+}
+
+/// A file one peer offers another.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileOffer {
+    /// Made by the sender, unique per transfer attempt.
+    pub id: MessageId,
+    /// The sender; checked like a chat message's.
+    pub from: Name,
+    /// The recipient.
+    pub to: Name,
+    /// The file's name as the sender has it. Only a hint: the receiver makes its own safe name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the whole file; also names the partial file a resumed transfer continues.
+    pub sha256: [u8; 32],
+    /// Sender's wall clock, ms since the Unix epoch.
+    pub sent_at_ms: u64,
+}
+
+/// Why a receiver refused a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum FileRefusal {
+    /// Larger than the receiver takes.
+    #[error("the file is larger than the recipient accepts")]
+    TooLarge,
+    /// The receiver cannot store it (disk full, permissions).
+    #[error("the recipient cannot store the file")]
+    CannotStore,
 }
 
 /// QUIC application error codes used when closing a stream or a connection.

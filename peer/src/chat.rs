@@ -1,9 +1,9 @@
 //! `peer chat NAME`: the conversation.
 //!
-//! With stdin on a terminal, the typed line lives in an editor (rustyline) whose external
-//! printer writes incoming messages above the prompt, so they never break the line being typed.
-//! Otherwise it is line mode for scripts: each input line is one message, each received message
-//! one output line, and at end of input it waits until every message is delivered or queued.
+//! With stdin and stdout on a terminal (and no `--json`), it is the full-screen client of
+//! [`crate::tui`]. Otherwise it is line mode for scripts: each input line is one message, each
+//! received message one output line, and at end of input it waits until every message is
+//! delivered or queued.
 
 use crate::{
     commands::shutdown_signal,
@@ -12,27 +12,23 @@ use crate::{
 };
 use anyhow::{anyhow, bail, Result};
 use common::Name;
-use rustyline::ExternalPrinter;
 use std::io::IsTerminal;
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    sync::mpsc,
-};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 const HELP: &str =
     "commands: /to NAME (talk to NAME), /who (presence of known peers), /help, /quit";
 
 /// Runs the conversation with `with`.
 pub async fn run(session: Session, console: Console, with: Name) -> Result<()> {
-    if std::io::stdin().is_terminal() && !console.json {
-        terminal(session, console, with).await
+    if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() && !console.json {
+        crate::tui::run(session, with).await
     } else {
         lines(session, console, with).await
     }
 }
 
 /// A line of input: a message or a command.
-enum Input {
+pub(crate) enum Input {
     Text(String),
     To(Name),
     Who,
@@ -41,7 +37,8 @@ enum Input {
     Bad(String),
 }
 
-fn parse(line: &str) -> Option<Input> {
+/// What a typed line means; `None` for a blank one.
+pub(crate) fn parse(line: &str) -> Option<Input> {
     let trimmed = line.trim();
     if trimmed.is_empty() {
         return None;
@@ -119,6 +116,8 @@ async fn lines(mut session: Session, console: Console, mut with: Name) -> Result
                     print_line(&console.message(&received.message, received.via))?;
                     received.shown();
                 }
+                Some(Update::File(file)) => print_line(&console.file(&file))?,
+                Some(Update::FileProgress { .. } | Update::FileSent(_)) => {}
                 Some(Update::Sent(result)) => {
                     outstanding = outstanding.saturating_sub(1);
                     match result {
@@ -147,85 +146,5 @@ async fn lines(mut session: Session, console: Console, mut with: Name) -> Result
     if failed > 0 {
         bail!("{failed} message(s) could not be sent");
     }
-    Ok(())
-}
-
-async fn terminal(mut session: Session, console: Console, mut with: Name) -> Result<()> {
-    let shutdown = shutdown_signal()?;
-    let (line_tx, mut line_rx) = mpsc::unbounded_channel::<Option<String>>();
-    let mut editor = rustyline::DefaultEditor::new()?;
-    let mut printer = editor.create_external_printer()?;
-    let prompt = format!("{} > ", with);
-    let (prompt_tx, prompt_rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        let mut prompt = prompt;
-        loop {
-            while let Ok(p) = prompt_rx.try_recv() {
-                prompt = p;
-            }
-            match editor.readline(&prompt) {
-                Ok(line) => {
-                    let _ = editor.add_history_entry(line.as_str());
-                    if line_tx.send(Some(line)).is_err() {
-                        return;
-                    }
-                }
-                Err(_) => {
-                    let _ = line_tx.send(None);
-                    return;
-                }
-            }
-        }
-    });
-    session.attach();
-    let mut known = Known::default();
-    known.add(&with);
-    let mut say = |text: String| {
-        let _ = printer.print(text);
-    };
-    say(format!(
-        "chatting with {} as {}; {HELP}",
-        console.name(&with),
-        console.name(&session.name)
-    ));
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            line = line_rx.recv() => match line.flatten().as_deref().map(parse) {
-                None => break,
-                Some(None) => {}
-                Some(Some(Input::Text(text))) => session.submit(with.clone(), text),
-                Some(Some(Input::To(name))) => {
-                    known.add(&name);
-                    with = name;
-                    let _ = prompt_tx.send(format!("{with} > "));
-                    say(format!("now talking to {}", console.name(&with)));
-                }
-                Some(Some(Input::Who)) => known.0.iter().for_each(|n| session.whois(n.clone())),
-                Some(Some(Input::Help)) => say(HELP.to_string()),
-                Some(Some(Input::Quit)) => break,
-                Some(Some(Input::Bad(e))) => say(e),
-            },
-            update = session.next() => match update {
-                Some(Update::Message(received)) => {
-                    known.add(&received.message.from);
-                    say(console.message(&received.message, received.via));
-                    received.shown();
-                }
-                Some(Update::Sent(Ok(sent))) if sent.status == crate::outbox::Status::Queued => {
-                    say(format!("  ({} is away: queued in the mailbox)", sent.to));
-                }
-                Some(Update::Sent(Ok(_))) => {}
-                Some(Update::Sent(Err(e))) => say(format!("  ! not sent: {e}")),
-                Some(Update::Whois(Ok((info, path)))) => say(console.whois(&info, path)),
-                Some(Update::Whois(Err(e))) => say(format!("  ! {e}")),
-                Some(Update::Notice(text)) => say(text),
-                Some(Update::MailboxIdle) => {}
-                None => break,
-            },
-            _ = &mut shutdown => break,
-        }
-    }
-    session.close().await;
     Ok(())
 }

@@ -50,7 +50,8 @@ pub struct Cli {
 /// The commands.
 #[derive(Subcommand, Debug, Clone)]
 pub enum Command {
-    /// Chat with NAME: type a line to send it. /to NAME, /who, /help, /quit.
+    /// Chat with NAME: full-screen on a terminal, else one message per input line.
+    /// /to NAME, /who, /help, /quit.
     Chat {
         /// Whom to talk to.
         #[arg(value_parser = parse_name)]
@@ -65,6 +66,15 @@ pub enum Command {
         #[arg(required = true, num_args = 1..)]
         text: Vec<String>,
     },
+    /// Send a file over a direct link, with its hash checked at the end. Sending the same file
+    /// again after an interruption continues where it stopped.
+    SendFile {
+        /// Recipient.
+        #[arg(value_parser = parse_name)]
+        to: Name,
+        /// The file.
+        path: PathBuf,
+    },
     /// Stay online and print every incoming message until interrupted.
     Listen,
     /// Print and acknowledge the messages waiting in the mailbox, then exit.
@@ -74,6 +84,15 @@ pub enum Command {
         /// The name to look up.
         #[arg(value_parser = parse_name)]
         name: Name,
+    },
+    /// Print the local history of the conversation with NAME, oldest first.
+    History {
+        /// The other side of the conversation.
+        #[arg(value_parser = parse_name)]
+        with: Name,
+        /// Print only the last N messages.
+        #[arg(long)]
+        limit: Option<usize>,
     },
 }
 

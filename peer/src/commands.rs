@@ -5,25 +5,69 @@ use crate::{
     chat,
     cli::{Cli, Command},
     console::{print_line, Console},
+    control::ControlClient,
+    history::{self, History, HistoryError},
+    home::Home,
     session::{Session, Update},
 };
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use common::Name;
-use std::io::IsTerminal;
+use std::{io::IsTerminal, time::Duration};
 
 /// Runs the command in `cli` on `session`, then closes it.
 pub async fn run(cli: &Cli, session: Session) -> Result<()> {
-    let console = Console {
-        json: cli.json,
-        colour: !cli.json && std::io::stdout().is_terminal(),
-    };
+    let console = console(cli);
     match &cli.command {
         Command::Send { to, text } => send(session, console, to.clone(), text.join(" ")).await,
         Command::Whois { name } => whois(session, console, name.clone()).await,
+        Command::SendFile { to, path } => send_file(session, console, to.clone(), path).await,
         Command::Listen => listen(session, console).await,
         Command::Inbox => inbox(session, console).await,
         Command::Chat { with } => chat::run(session, console, with.clone()).await,
+        Command::History { .. } => {
+            session.close().await;
+            bail!("history runs without a session")
+        }
     }
+}
+
+fn console(cli: &Cli) -> Console {
+    Console {
+        json: cli.json,
+        colour: !cli.json && std::io::stdout().is_terminal(),
+    }
+}
+
+/// `peer history NAME`: asks the running peer, which holds the database, or reads the file.
+pub async fn history(cli: &Cli, home: &Home, with: &Name, limit: Option<usize>) -> Result<()> {
+    let limit = limit.unwrap_or(usize::MAX);
+    let entries = match ControlClient::connect(home).await {
+        Some(mut client) => {
+            client.hello().await?;
+            client
+                .history(with, limit)
+                .await?
+                .ok_or_else(|| anyhow!("the running peer keeps no history (see its stderr)"))?
+        }
+        None => {
+            let path = history::path(home.path());
+            let (with, shown) = (with.clone(), path.display().to_string());
+            tokio::task::spawn_blocking(move || {
+                let history = History::open_waiting(&path, Duration::from_secs(5))?;
+                history.conversation(&with, limit)
+            })
+            .await?
+            .map_err(|e| match e {
+                HistoryError::Locked => anyhow!("another process has {shown} open"),
+                e => anyhow!(e),
+            })?
+        }
+    };
+    let console = console(cli);
+    for entry in &entries {
+        print_line(&console.history(entry))?;
+    }
+    Ok(())
 }
 
 async fn send(mut session: Session, console: Console, to: Name, body: String) -> Result<()> {
@@ -39,6 +83,46 @@ async fn send(mut session: Session, console: Console, to: Name, body: String) ->
     session.close().await;
     print_line(&console.sent(&result?))?;
     Ok(())
+}
+
+async fn send_file(
+    mut session: Session,
+    console: Console,
+    to: Name,
+    path: &std::path::Path,
+) -> Result<()> {
+    session.send_file(to, path.to_path_buf());
+    let bar = progress_bar(console);
+    let result = loop {
+        match session.next().await {
+            Some(Update::FileProgress { done, total }) => {
+                bar.set_length(total);
+                bar.set_position(done);
+            }
+            Some(Update::FileSent(result)) => break result.map_err(|e| anyhow!(e)),
+            Some(_) => {}
+            None => break Err(anyhow!("the peer stopped before the file was sent")),
+        }
+    };
+    bar.finish_and_clear();
+    session.close().await;
+    print_line(&console.file_sent(&result?))?;
+    Ok(())
+}
+
+/// A progress bar on stderr with rate and time left, for a person at a terminal only.
+fn progress_bar(console: Console) -> indicatif::ProgressBar {
+    if console.json || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    let style = indicatif::ProgressStyle::with_template(
+        "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} {eta} left",
+    );
+    if let Ok(style) = style {
+        bar.set_style(style);
+    }
+    bar
 }
 
 async fn whois(mut session: Session, console: Console, name: Name) -> Result<()> {
@@ -76,6 +160,7 @@ async fn listen(mut session: Session, console: Console) -> Result<()> {
                     received.shown();
                 }
                 Some(Update::Notice(text)) => eprintln!("{text}"),
+                Some(Update::File(file)) => print_line(&console.file(&file))?,
                 Some(_) => {}
                 None => break Err(anyhow!("the running peer stopped")),
             },

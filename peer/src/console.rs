@@ -3,7 +3,7 @@
 
 use crate::{inbox::Via, outbox::Sent};
 use common::{
-    control::Path,
+    control::{HistoryEntry, HistoryState, Path},
     wire::{ChatMessage, PeerInfo},
     KeyId, Name,
 };
@@ -44,6 +44,55 @@ impl Console {
             "[{}] {from}: {}{note}",
             clock(m.sent_at_ms),
             sanitize(&m.body)
+        )
+    }
+
+    /// The line for a file that arrived.
+    pub fn file(&self, f: &crate::files::ReceivedFile) -> String {
+        if self.json {
+            return json!({
+                "type": "file",
+                "from": f.from.as_str(),
+                "path": f.path.display().to_string(),
+                "size": f.size,
+                "sha256": hex::encode(f.sha256),
+                "sent_at_ms": f.sent_at_ms,
+                "resumed_from": f.resumed_from,
+            })
+            .to_string();
+        }
+        format!(
+            "[{}] {} sent a file: {} ({} bytes)",
+            clock(f.sent_at_ms),
+            self.name(&f.from),
+            sanitize(&f.path.display().to_string()),
+            f.size
+        )
+    }
+
+    /// The line for a file that reached its recipient.
+    pub fn file_sent(&self, f: &crate::files::FileSent) -> String {
+        if self.json {
+            return json!({
+                "type": "file_sent",
+                "to": f.to.as_str(),
+                "size": f.size,
+                "sha256": hex::encode(f.sha256),
+                "resumed_from": f.resumed_from,
+                "path": f.path.as_str(),
+            })
+            .to_string();
+        }
+        let resumed = match f.resumed_from {
+            0 => String::new(),
+            n => format!(", resumed after {n} bytes"),
+        };
+        format!(
+            "sent {} bytes to {} (direct, {}{resumed}); sha256 {}",
+            f.size,
+            f.to,
+            f.path.as_str(),
+            hex::encode(f.sha256)
         )
     }
 
@@ -105,6 +154,42 @@ impl Console {
         out
     }
 
+    /// The line for one message of the local history.
+    pub fn history(&self, e: &HistoryEntry) -> String {
+        let direction = if e.state.is_ours() { "out" } else { "in" };
+        if self.json {
+            let mut v = json!({
+                "type": "message",
+                "id": e.id.map(|id| id.to_string()),
+                "from": e.from.as_str(),
+                "to": e.to.as_str(),
+                "sent_at_ms": e.sent_at_ms,
+                "body": e.body,
+                "direction": direction,
+                "state": e.state.as_str(),
+            });
+            match &e.state {
+                HistoryState::Received { via_mailbox } => {
+                    v["via"] = json!(if *via_mailbox { "mailbox" } else { "direct" })
+                }
+                HistoryState::Delivered { path } => v["path"] = json!(path.map(Path::as_str)),
+                HistoryState::Failed { reason } => v["reason"] = json!(reason),
+                HistoryState::Sending | HistoryState::Queued => {}
+            }
+            return v.to_string();
+        }
+        let note = match &e.state {
+            HistoryState::Received { .. } => String::new(),
+            state => format!("  ({})", state_text(state)),
+        };
+        format!(
+            "[{}] {}: {}{note}",
+            clock(e.sent_at_ms),
+            self.name(&e.from),
+            sanitize(&e.body)
+        )
+    }
+
     /// The line announcing we are online.
     pub fn online(&self, name: &Name, key: &KeyId) -> Option<String> {
         self.json.then(|| {
@@ -148,7 +233,23 @@ pub fn sanitize(body: &str) -> String {
         .collect()
 }
 
-fn clock(ms: u64) -> String {
+/// A short description of where a message stands, for people.
+pub fn state_text(state: &HistoryState) -> String {
+    match state {
+        HistoryState::Received { via_mailbox: true } => "received via the mailbox".into(),
+        HistoryState::Received { via_mailbox: false } => "received".into(),
+        HistoryState::Sending => "sending".into(),
+        HistoryState::Delivered { path: Some(path) } => {
+            format!("delivered, direct {}", path.as_str())
+        }
+        HistoryState::Delivered { path: None } => "delivered, direct".into(),
+        HistoryState::Queued => "queued in the mailbox".into(),
+        HistoryState::Failed { reason } => format!("failed: {reason}"),
+    }
+}
+
+/// `HH:MM:SS` of a timestamp in ms since the epoch (UTC).
+pub fn clock(ms: u64) -> String {
     let secs = ms / 1000;
     format!(
         "{:02}:{:02}:{:02}",
@@ -158,7 +259,8 @@ fn clock(ms: u64) -> String {
     )
 }
 
-fn ago(ms: u64) -> String {
+/// How long ago a timestamp in ms since the epoch was: `5s ago`, `3m ago`, ...
+pub fn ago(ms: u64) -> String {
     let secs = common::now_ms().saturating_sub(ms) / 1000;
     match secs {
         0..=59 => format!("{secs}s ago"),

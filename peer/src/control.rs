@@ -6,15 +6,16 @@
 //! of the running process, so two processes never both think they serve the name.
 
 use crate::{
+    history::History,
     home::Home,
     inbox::Via,
     node::Node,
     outbox::{Sent, Status},
-    session::{Received, Update},
+    session::{Received, SendFailed, Update},
 };
 use anyhow::{bail, Context, Result};
 use common::{
-    control::{ControlRequest, ControlResponse},
+    control::{ControlRequest, ControlResponse, HistoryEntry},
     framing, KeyId, Name,
 };
 use std::{fs::File, path::PathBuf, sync::Arc};
@@ -53,8 +54,14 @@ pub fn lock(home: &Home) -> Result<Option<File>> {
     }
 }
 
-/// Serves the control socket for `node` until the process ends.
-pub fn serve(home: &Home, lock: File, node: Arc<Node>) -> Result<ControlGuard> {
+/// Serves the control socket for `node` until the process ends. Messages sent through it are
+/// recorded in `history`, which also answers [`ControlRequest::History`].
+pub fn serve(
+    home: &Home,
+    lock: File,
+    node: Arc<Node>,
+    history: Option<History>,
+) -> Result<ControlGuard> {
     let path = home.control_socket();
     // We hold the lock, so a socket file left here is from a process that died.
     let _ = std::fs::remove_file(&path);
@@ -64,7 +71,7 @@ pub fn serve(home: &Home, lock: File, node: Arc<Node>) -> Result<ControlGuard> {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    tokio::spawn(serve_client(stream, node.clone()));
+                    tokio::spawn(serve_client(stream, node.clone(), history.clone()));
                 }
                 Err(e) => {
                     warn!(cause = %e, "control socket accept failed");
@@ -76,7 +83,7 @@ pub fn serve(home: &Home, lock: File, node: Arc<Node>) -> Result<ControlGuard> {
     Ok(ControlGuard { _lock: lock, path })
 }
 
-async fn serve_client(stream: UnixStream, node: Arc<Node>) {
+async fn serve_client(stream: UnixStream, node: Arc<Node>, history: Option<History>) {
     let (mut rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel::<ControlResponse>();
     tokio::spawn(write_responses(wr, rx));
@@ -96,11 +103,21 @@ async fn serve_client(stream: UnixStream, node: Arc<Node>) {
                     key: node.key,
                 });
             }
-            ControlRequest::Send { to, body } => match node.submit(to.clone(), body) {
+            ControlRequest::Send { to, body } => match node.submit(to.clone(), body.clone()) {
                 Ok(outcome) => {
                     let tx = tx.clone();
+                    let record = history
+                        .as_ref()
+                        .map(|h| (h.clone(), h.sending(&node.name, &to, &body)));
                     tokio::spawn(async move {
-                        let _ = tx.send(match outcome.await {
+                        let outcome = outcome.await;
+                        if let Some((history, key)) = record {
+                            match &outcome {
+                                Ok(sent) => history.settle(key, Ok(sent)),
+                                Err(e) => history.settle(key, Err(&format!("{e:#}"))),
+                            }
+                        }
+                        let _ = tx.send(match outcome {
                             Ok(s) => ControlResponse::Sent {
                                 id: s.id,
                                 to: s.to,
@@ -121,6 +138,10 @@ async fn serve_client(stream: UnixStream, node: Arc<Node>) {
                     });
                 }
             },
+            ControlRequest::SendFile { to, path } => {
+                let (node, tx) = (node.clone(), tx.clone());
+                tokio::spawn(send_file(node, tx, to, PathBuf::from(path)));
+            }
             ControlRequest::Whois { name } => {
                 let (node, tx) = (node.clone(), tx.clone());
                 tokio::spawn(async move {
@@ -131,6 +152,29 @@ async fn serve_client(stream: UnixStream, node: Arc<Node>) {
                             reason: format!("{e:#}"),
                         },
                     });
+                });
+            }
+            ControlRequest::History { with, limit } => {
+                let (history, tx) = (history.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let Some(history) = history else {
+                        let _ = tx.send(ControlResponse::HistoryEnd { available: false });
+                        return;
+                    };
+                    let read = tokio::task::spawn_blocking(move || {
+                        history.conversation(&with, limit as usize)
+                    })
+                    .await;
+                    match read {
+                        Ok(Ok(entries)) => {
+                            for entry in entries {
+                                let _ = tx.send(ControlResponse::HistoryEntry(entry));
+                            }
+                        }
+                        Ok(Err(e)) => warn!("history: {e}"),
+                        Err(e) => warn!("history: {e}"),
+                    }
+                    let _ = tx.send(ControlResponse::HistoryEnd { available: true });
                 });
             }
             ControlRequest::Attach => {
@@ -166,6 +210,45 @@ async fn serve_client(stream: UnixStream, node: Arc<Node>) {
     }
 }
 
+/// Sends a file for a short command, relaying progress at most every 100 ms.
+async fn send_file(
+    node: Arc<Node>,
+    tx: mpsc::UnboundedSender<ControlResponse>,
+    to: Name,
+    path: PathBuf,
+) {
+    let total = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let (progress, mut watch) = tokio::sync::watch::channel(0u64);
+    let relay_tx = tx.clone();
+    let relay = tokio::spawn(async move {
+        while watch.changed().await.is_ok() {
+            let done = *watch.borrow_and_update();
+            if relay_tx
+                .send(ControlResponse::FileProgress { done, total })
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
+    let result = node.send_file(&to, &path, progress).await;
+    relay.abort();
+    let _ = tx.send(match result {
+        Ok(sent) => ControlResponse::FileSent {
+            to: sent.to,
+            size: sent.size,
+            sha256: sent.sha256,
+            resumed_from: sent.resumed_from,
+            path: sent.path,
+        },
+        Err(e) => ControlResponse::FileFailed {
+            to,
+            reason: format!("{e:#}"),
+        },
+    });
+}
+
 async fn write_responses(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<ControlResponse>) {
     while let Some(response) = rx.recv().await {
         if framing::write_frame(&mut wr, &response).await.is_err() {
@@ -199,6 +282,34 @@ impl ControlClient {
         match framing::read_frame(stream).await? {
             Some(ControlResponse::Hello { name, key }) => Ok((name, key)),
             other => bail!("the running peer answered {other:?}"),
+        }
+    }
+
+    /// The last `limit` entries of the conversation with `with` in the running peer's history,
+    /// oldest first; `None` when it keeps none. Call after [`ControlClient::hello`], instead of
+    /// [`ControlClient::start`].
+    pub async fn history(
+        &mut self,
+        with: &Name,
+        limit: usize,
+    ) -> Result<Option<Vec<HistoryEntry>>> {
+        let Some(stream) = self.stream.as_mut() else {
+            bail!("control session already started")
+        };
+        let limit = u32::try_from(limit).unwrap_or(u32::MAX);
+        let request = ControlRequest::History {
+            with: with.clone(),
+            limit,
+        };
+        framing::write_frame(stream, &request).await?;
+        let mut entries = Vec::new();
+        loop {
+            match framing::read_frame(stream).await? {
+                Some(ControlResponse::HistoryEntry(entry)) => entries.push(entry),
+                Some(ControlResponse::HistoryEnd { available: true }) => return Ok(Some(entries)),
+                Some(ControlResponse::HistoryEnd { available: false }) => return Ok(None),
+                other => bail!("the running peer answered {other:?}"),
+            }
         }
     }
 
@@ -238,13 +349,32 @@ impl ControlClient {
                             path,
                         }))
                     }
-                    Ok(Some(ControlResponse::SendFailed { reason, .. })) => {
-                        Update::Sent(Err(reason))
+                    Ok(Some(ControlResponse::SendFailed { to, reason })) => {
+                        Update::Sent(Err(SendFailed { to, reason }))
                     }
                     Ok(Some(ControlResponse::WhoisFailed { reason, .. })) => {
                         Update::Whois(Err(reason))
                     }
                     Ok(Some(ControlResponse::Notice(text))) => Update::Notice(text),
+                    Ok(Some(ControlResponse::FileProgress { done, total })) => {
+                        Update::FileProgress { done, total }
+                    }
+                    Ok(Some(ControlResponse::FileSent {
+                        to,
+                        size,
+                        sha256,
+                        resumed_from,
+                        path,
+                    })) => Update::FileSent(Ok(crate::files::FileSent {
+                        to,
+                        size,
+                        sha256,
+                        resumed_from,
+                        path,
+                    })),
+                    Ok(Some(ControlResponse::FileFailed { reason, .. })) => {
+                        Update::FileSent(Err(reason))
+                    }
                     Ok(Some(ControlResponse::Whois { info, path })) => {
                         Update::Whois(Ok((info, path)))
                     }
@@ -278,6 +408,15 @@ impl ControlClient {
     /// Sends a message through the running peer.
     pub fn send(&self, to: Name, body: String) {
         self.request(ControlRequest::Send { to, body });
+    }
+
+    /// Sends a file through the running peer.
+    pub fn send_file(&self, to: Name, path: PathBuf) {
+        let path = std::path::absolute(&path).unwrap_or(path);
+        self.request(ControlRequest::SendFile {
+            to,
+            path: path.to_string_lossy().into_owned(),
+        });
     }
 
     /// Looks a name up through the running peer.

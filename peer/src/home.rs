@@ -5,6 +5,7 @@
 //! HOME/key.der, HOME/cert.der   the peer's key pair (see common::identity)
 //! HOME/known_directories        "HOST:PORT FINGERPRINT" lines, like SSH's known_hosts
 //! HOME/control.sock             present while `listen` or `chat` runs
+//! HOME/downloads/               files received (HOME/downloads/.partial/: still arriving)
 //! ```
 
 use anyhow::{bail, Context, Result};
@@ -45,6 +46,11 @@ impl Home {
     pub fn identity(&self, name: &Name) -> Result<Identity> {
         Identity::load_or_generate(&self.dir, name.as_str())
             .with_context(|| format!("loading the key in {}", self.dir.display()))
+    }
+
+    /// Where files from other peers are stored.
+    pub fn downloads(&self) -> PathBuf {
+        self.dir.join("downloads")
     }
 
     /// Where a running peer listens for other commands.

@@ -6,20 +6,26 @@
 //! sender, and [`serve_connection`] asks the directory whether that name is bound to that key
 //! before showing anything. Every later message on the connection must carry the same sender.
 
-use crate::{directory_client::DirectoryClient, links::Links, punch};
+use crate::{
+    directory_client::DirectoryClient,
+    files::{self, ReceivedFile},
+    links::Links,
+    punch,
+};
 use anyhow::{anyhow, bail, Result};
 use common::{
     control::Path,
     defaults::MAX_BODY_LEN,
     framing, tls,
-    wire::{codes, ChatMessage, MessageId, PeerFrame},
+    wire::{codes, ChatMessage, FileOffer, MessageId, PeerFrame},
     KeyId, Name,
 };
 use std::{
-    collections::{HashSet, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
+    path::PathBuf,
     sync::{Arc, Mutex},
 };
-use tokio::sync::{broadcast, mpsc, oneshot, OnceCell};
+use tokio::sync::{broadcast, mpsc, oneshot, Notify, OnceCell};
 use tracing::{debug, info_span, warn, Instrument};
 
 /// How many message ids are remembered for duplicate detection.
@@ -69,6 +75,8 @@ pub enum Event {
     Message(Incoming),
     /// Everything waiting in the mailbox has been delivered.
     MailboxIdle,
+    /// A file arrived whole, its hash checked, and is stored.
+    File(ReceivedFile),
 }
 
 /// Dedup and hand-off of incoming messages; cheap to clone.
@@ -79,6 +87,11 @@ pub struct Inbox {
 
 struct InboxInner {
     me: Name,
+    /// Where arriving files are stored.
+    downloads: PathBuf,
+    /// Files arriving now, by partial file: a newer transfer of the same file from the same
+    /// sender (after the sender restarted) takes over from the stalled older one.
+    arriving: Mutex<HashMap<PathBuf, Arc<Notify>>>,
     seen: Mutex<Seen>,
     events: mpsc::Sender<Event>,
     /// Copies for other local commands attached through the control socket.
@@ -92,11 +105,13 @@ pub struct NotShown;
 
 impl Inbox {
     /// An inbox for `me`, with the receiver of its events.
-    pub fn new(me: Name) -> (Self, mpsc::Receiver<Event>) {
+    pub fn new(me: Name, downloads: PathBuf) -> (Self, mpsc::Receiver<Event>) {
         let (events, rx) = mpsc::channel(1024);
         let (copies, _) = broadcast::channel(1024);
         let inner = InboxInner {
             me,
+            downloads,
+            arriving: Mutex::default(),
             seen: Mutex::new(Seen::default()),
             events,
             copies,
@@ -140,6 +155,23 @@ impl Inbox {
             return Err(NotShown);
         }
         Ok(())
+    }
+
+    /// Where arriving files are stored.
+    pub fn downloads(&self) -> &std::path::Path {
+        &self.inner.downloads
+    }
+
+    fn arriving(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Arc<Notify>>> {
+        self.inner
+            .arriving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reports a file that arrived.
+    pub async fn file(&self, file: ReceivedFile) {
+        let _ = self.inner.events.send(Event::File(file)).await;
     }
 
     /// Reports that the mailbox has been drained.
@@ -268,6 +300,9 @@ impl ChatStream {
         loop {
             let message = match framing::read_frame::<PeerFrame, _>(&mut recv).await {
                 Ok(Some(PeerFrame::Chat(message))) => message,
+                Ok(Some(PeerFrame::FileOffer(offer))) => {
+                    return self.receive_file(offer, &mut send, &mut recv).await;
+                }
                 Ok(None) => return Ok(()),
                 Ok(Some(other)) => {
                     return Err(self.refuse(codes::PROTOCOL, anyhow!("unexpected {other:?}")))
@@ -285,6 +320,40 @@ impl ChatStream {
             self.inbox.receive(message, Via::Direct).await?;
             framing::write_frame(&mut send, &PeerFrame::Ack(id)).await?;
         }
+    }
+
+    /// A file stream: the offer came first; the rest is the file's bytes.
+    async fn receive_file(
+        &self,
+        offer: FileOffer,
+        send: &mut quinn::SendStream,
+        recv: &mut quinn::RecvStream,
+    ) -> Result<()> {
+        if offer.to != *self.inbox.me() {
+            return Err(self.refuse(codes::PROTOCOL, anyhow!("file not for us")));
+        }
+        self.check_sender(&offer.from).await?;
+        let partial = files::partial_path(self.inbox.downloads(), &offer);
+        let mine = Arc::new(Notify::new());
+        let older = self.inbox.arriving().insert(partial.clone(), mine.clone());
+        if let Some(older) = older {
+            older.notify_one();
+        }
+        let result = tokio::select! {
+            result = files::receive(self.inbox.downloads(), offer, send, recv) => result,
+            _ = mine.notified() => Err(anyhow!("a newer transfer of the same file took over")),
+        };
+        {
+            let mut arriving = self.inbox.arriving();
+            if arriving
+                .get(&partial)
+                .is_some_and(|n| Arc::ptr_eq(n, &mine))
+            {
+                arriving.remove(&partial);
+            }
+        }
+        self.inbox.file(result?).await;
+        Ok(())
     }
 
     /// Checks that the connection's key owns `from`, asking the directory the first time.

@@ -8,6 +8,7 @@
 //! * [`endpoint`]: the one QUIC endpoint (one UDP socket) that dials and accepts.
 //! * [`directory_client`]: the connection to the directory: register, heartbeat, requests,
 //!   and the event stream that brings mailbox messages.
+//! * [`files`]: file transfer on a direct stream of its own: constant memory, hash, resume.
 //! * [`links`]: live direct connections by name, and introductions awaited.
 //! * [`punch`]: dialing a peer: every candidate address at once, hole punching via introductions.
 //! * [`outbox`]: sending: one task per conversation, direct with acks, else the mailbox.
@@ -16,8 +17,14 @@
 //! * [`control`]: the local socket through which other commands reuse a running peer.
 //! * [`session`]: what commands talk to: the own node, or a running one via [`control`].
 //! * [`console`]: what the user sees: plain lines, colours, or JSON Lines.
+//! * [`history`]: the local history of every conversation (redb, group commit), which also
+//!   drops redeliveries across restarts.
 //! * [`commands`]: one function per subcommand.
-//! * [`chat`]: the conversation: line mode for scripts, an editable prompt on a terminal.
+//! * [`chat`]: the conversation: line mode for scripts, or the full-screen [`tui`] on a
+//!   terminal.
+//! * [`tui`]: the full-screen terminal client (ratatui + crossterm).
+//! * [`logsink`]: where logs go: stderr, or a file while the full-screen client owns the
+//!   terminal.
 //!
 //! # Path of one message (c1 → c2)
 //!
@@ -35,10 +42,14 @@ pub mod console;
 pub mod control;
 pub mod directory_client;
 pub mod endpoint;
+pub mod files;
+pub mod history;
 pub mod home;
 pub mod inbox;
 pub mod links;
+pub mod logsink;
 pub mod node;
 pub mod outbox;
 pub mod punch;
 pub mod session;
+pub mod tui;

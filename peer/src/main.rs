@@ -7,7 +7,9 @@ use peer::{
     cli::{Cli, Command},
     commands, control,
     control::ControlClient,
+    history::{self, History, HistoryError},
     home::Home,
+    logsink,
     node::{Node, Options},
     session::Session,
 };
@@ -19,7 +21,7 @@ fn main() -> ExitCode {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(|| logsink::Sink)
         .with_ansi(ansi)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -46,6 +48,9 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     let home = Home::new(cli.home.clone(), &cli.name)?;
+    if let Command::History { with, limit } = &cli.command {
+        return commands::history(&cli, &home, with, *limit).await;
+    }
     let session = match open_session(&cli, &home).await? {
         Opened::Remote(session) => session,
         Opened::Local(session, guard) => {
@@ -101,20 +106,54 @@ async fn open_session(cli: &Cli, home: &Home) -> Result<Opened> {
             Command::Chat { .. } | Command::Listen | Command::Inbox
         ),
     };
+    let history = if matches!(cli.command, Command::Whois { .. }) {
+        None
+    } else {
+        open_history(home).await
+    };
     let (node, events) = Node::start(options).await?;
     let node = Arc::new(node);
     let guard = match lock {
-        Some(lock) => Some(control::serve(home, lock, node.clone())?),
+        Some(lock) => Some(control::serve(home, lock, node.clone(), history.clone())?),
         None => None,
     };
-    Ok(Opened::Local(Session::local(node, events), guard))
+    Ok(Opened::Local(Session::local(node, events, history), guard))
+}
+
+/// How long a command waits for another process to release the history before going on
+/// without it.
+const HISTORY_WAIT: Duration = Duration::from_secs(2);
+
+/// The history of this process's own node; `None`, with a warning, when it cannot be had.
+async fn open_history(home: &Home) -> Option<History> {
+    let path = history::path(home.path());
+    let opened =
+        tokio::task::spawn_blocking(move || History::open_waiting(&path, HISTORY_WAIT)).await;
+    match opened {
+        Ok(Ok(history)) => Some(history),
+        Ok(Err(HistoryError::Locked)) => {
+            eprintln!(
+                "peer: warning: another process has {} open; going on without the local history",
+                history::path(home.path()).display()
+            );
+            None
+        }
+        Ok(Err(e)) => {
+            eprintln!("peer: warning: going on without the local history: {e}");
+            None
+        }
+        Err(e) => {
+            eprintln!("peer: warning: going on without the local history: {e}");
+            None
+        }
+    }
 }
 
 async fn remote(cli: &Cli, home: &Home) -> Result<Option<Session>> {
     let Some(client) = ControlClient::connect(home).await else {
         return Ok(None);
     };
-    let session = Session::remote(client).await?;
+    let session = Session::remote(client, home.clone()).await?;
     if session.name != cli.name {
         bail!(
             "the peer running with home {} is {}, not {}",

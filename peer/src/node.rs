@@ -3,6 +3,7 @@
 use crate::{
     directory_client::{self, DirectoryClient},
     endpoint,
+    files::{self, FileSent},
     home::Home,
     inbox::{self, Event, Inbox},
     links::Links,
@@ -10,7 +11,11 @@ use crate::{
     punch::{Dialer, Introduction},
 };
 use anyhow::Result;
-use common::{control::Path, wire::PeerInfo, KeyId, Name};
+use common::{
+    control::Path,
+    wire::{FileOffer, PeerInfo},
+    KeyId, Name,
+};
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -47,6 +52,7 @@ pub struct Node {
     outbox: Outbox,
     inbox: Inbox,
     links: Arc<Links>,
+    dialer: Arc<Dialer>,
 }
 
 impl Node {
@@ -56,7 +62,7 @@ impl Node {
         let identity = Arc::new(options.home.identity(&options.name)?);
         let key = identity.key_id;
         let endpoint = endpoint::bind(&identity, options.bind)?;
-        let (inbox, events) = Inbox::new(options.name.clone());
+        let (inbox, events) = Inbox::new(options.name.clone(), options.home.downloads());
         let settings = directory_client::Settings {
             addr: options.directory.clone(),
             pin: options.pin,
@@ -103,7 +109,7 @@ impl Node {
         );
         let outbox = Outbox::new(outbox::Shared {
             me: options.name.clone(),
-            dialer,
+            dialer: dialer.clone(),
         });
         let node = Self {
             name: options.name,
@@ -113,6 +119,7 @@ impl Node {
             outbox,
             inbox,
             links,
+            dialer,
         };
         Ok((node, events))
     }
@@ -145,6 +152,48 @@ impl Node {
                 _ => e,
             })?;
         Ok((info, path))
+    }
+
+    /// Sends the file at `path` to `to` over a direct link; `progress` counts the bytes the
+    /// recipient has. Files need a direct link: with none, this fails and says so.
+    pub async fn send_file(
+        &self,
+        to: &Name,
+        path: &std::path::Path,
+        progress: tokio::sync::watch::Sender<u64>,
+    ) -> Result<FileSent> {
+        let (sha256, size) = files::hash_file(path).await?;
+        let (info, _) = self.whois(to).await?;
+        if !info.online {
+            anyhow::bail!(
+                "{to} is offline; files go over a direct link only, so try when {to} is online"
+            );
+        }
+        let deadline = tokio::time::Instant::now() + self.dialer.direct_timeout;
+        let Some((conn, link)) = self.dialer.connect(&info, deadline).await else {
+            anyhow::bail!("no direct link to {to} could be made; files go over a direct link only");
+        };
+        let offer = FileOffer {
+            id: common::wire::MessageId::random(),
+            from: self.name.clone(),
+            to: to.clone(),
+            name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "file".into()),
+            size,
+            sha256,
+            sent_at_ms: common::now_ms(),
+        };
+        let (to, size) = (offer.to.clone(), offer.size);
+        let resumed_from = files::send(&conn, offer, path, &progress).await?;
+        Ok(FileSent {
+            to,
+            size,
+            sha256,
+            resumed_from,
+            path: link,
+        })
     }
 
     /// The inbox, for attaching more listeners.

@@ -13,8 +13,11 @@
 //!   [`PeerCmd::spawn`] for `listen` and `chat`, which give a [`Running`].
 //! - [`netns`]: real Linux NATs made of network namespaces, for the NAT traversal scenarios;
 //!   [`PeerCmd::netns`] and [`DirOpts::netns`] run a process inside one.
+//! - [`raw`]: a hand-made QUIC client for hostile input at the protocol level.
 //! - [`Running`]: a long-lived process whose stdout lines are read on a thread; `wait_*`
 //!   return the first matching line or fail with what was received and the stderr tail.
+//! - [`Tmux`]: a `peer` on a real terminal (a tmux pane of its own tmux server), for the
+//!   full-screen client: type keys, paste, read the screen, signal it.
 //!
 //! # Rules the scenarios follow
 //!
@@ -36,7 +39,9 @@ mod logs;
 mod net;
 pub mod netns;
 mod peer;
+pub mod raw;
 mod running;
+mod tmux;
 mod util;
 
 pub use bins::{bins, workspace_root, Bins};
@@ -48,6 +53,7 @@ pub use nix::sys::signal::Signal as Sig;
 pub use peer::{CmdOutput, PeerCmd};
 pub use running::Running;
 pub use serde_json::Value as Json;
+pub use tmux::Tmux;
 pub use util::{body, is_hex32, is_hex64, is_message_from, is_type, now_ms, poll_until, tail};
 
 /// How long a directory may take to print its start line.

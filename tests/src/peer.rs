@@ -136,7 +136,16 @@ impl PeerCmd {
         self
     }
 
-    fn command(&self) -> Result<(Command, String)> {
+    /// Its stderr log file (with the command line as the first line) and its label.
+    pub(crate) fn stderr_log(&self, cmdline: &str) -> Result<(String, PathBuf)> {
+        let (label, path, file) = self.logs.create(&self.label)?;
+        let mut f = &file;
+        let _ = writeln!(f, "[harness] {cmdline}");
+        Ok((label, path))
+    }
+
+    /// The process to run and its command line, for messages.
+    pub(crate) fn command(&self) -> Result<(Command, String)> {
         let bins = bins()?;
         let home = self
             .home

@@ -6,72 +6,22 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use common::{
     defaults::{ALPN_DIRECTORY, ALPN_PEER},
     framing,
-    tls::{self, Expect},
+    tls::Expect,
     wire::{
         codes, ChatMessage, DirectoryRequest, DirectoryResponse, ErrorCode, MessageId, PeerFrame,
     },
-    Identity, KeyId, Name,
+    KeyId, Name,
 };
 use std::{net::SocketAddr, time::Duration};
-use tests::{Json, Net, SHORT};
+use tests::{
+    raw::{register, request, runtime, Raw, RAW_WAIT},
+    Json, Net, SHORT,
+};
 
-const WAIT: Duration = Duration::from_secs(10);
-
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
-}
+const WAIT: Duration = RAW_WAIT;
 
 fn name(s: &str) -> Name {
     Name::new(s).expect("valid test name")
-}
-
-/// A client with its own key and one QUIC endpoint on loopback.
-struct Raw {
-    identity: Identity,
-    endpoint: quinn::Endpoint,
-}
-
-impl Raw {
-    fn new(subject: &str) -> Result<Self> {
-        let identity = Identity::generate(subject)?;
-        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-        Ok(Self { identity, endpoint })
-    }
-
-    async fn dial(
-        &self,
-        addr: SocketAddr,
-        alpn: &[u8],
-        expect: Expect,
-    ) -> Result<quinn::Connection> {
-        let config = tls::client_config(&self.identity, alpn, expect)?;
-        let connecting = self.endpoint.connect_with(config, addr, "test")?;
-        Ok(tokio::time::timeout(WAIT, connecting).await??)
-    }
-}
-
-async fn request(conn: &quinn::Connection, req: &DirectoryRequest) -> Result<DirectoryResponse> {
-    let (mut send, mut recv) = conn.open_bi().await?;
-    framing::write_frame(&mut send, req).await?;
-    send.finish()?;
-    tokio::time::timeout(WAIT, framing::read_frame(&mut recv))
-        .await??
-        .ok_or_else(|| anyhow!("no response"))
-}
-
-async fn register(conn: &quinn::Connection, who: &str) -> Result<()> {
-    let req = DirectoryRequest::Register {
-        name: name(who),
-        listen_addrs: vec![],
-        heartbeat_ms: 10_000,
-        online: false,
-    };
-    match request(conn, &req).await? {
-        DirectoryResponse::Registered { .. } => Ok(()),
-        other => bail!("registration answered {other:?}"),
-    }
 }
 
 /// Writes raw bytes on a fresh stream and returns the error code the server closed it with.

@@ -1,0 +1,562 @@
+//! The benchmark runner: measures every figure of the benchmark table (issue 5) several times
+//! and writes `results.json`, `results.md` and `presence.csv` to `--out`.
+//!
+//! ```sh
+//! cargo build --release -p directory -p bench
+//! target/release/loadgen --runs 5 --out target/bench          # the full run (~15 min)
+//! target/release/loadgen --smoke --out target/bench-smoke     # seconds; proves it all works
+//! ```
+//!
+//! Nothing here fails on a timing: a figure that misses its target is reported as such. A
+//! figure whose measurement errs (a message not delivered, a request refused) is reported with
+//! the error, and the exit code is non-zero.
+
+use anyhow::{Context, Result};
+use bench::{
+    figures::{self, Params, Presence},
+    DirectoryProcess, Summary,
+};
+use clap::Parser;
+use serde::Serialize;
+use std::{path::PathBuf, time::Instant};
+
+#[derive(Parser, Debug)]
+#[command(about = "p2pchat benchmark runner")]
+struct Cli {
+    /// A tiny, quick version of everything (for CI): proves the suite still works.
+    #[arg(long)]
+    smoke: bool,
+    /// Repetitions of each figure (presence: measurement windows per population).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Where results are written.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Only these figure groups (comma separated): peer, first, lookups, presence, mailbox,
+    /// bulk, disk.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Online populations for the presence figure, e.g. 1000,5000,10000.
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<usize>,
+    /// Length of the lookup load window in seconds (longer for profiling).
+    #[arg(long)]
+    lookup_secs: Option<f64>,
+}
+
+/// How a figure compares with its target.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+enum Better {
+    Higher,
+    Lower,
+}
+
+#[derive(Debug, Serialize)]
+struct Figure {
+    id: &'static str,
+    title: &'static str,
+    unit: &'static str,
+    target: Option<f64>,
+    better: Better,
+    runs: Vec<f64>,
+    summary: Option<Summary>,
+    errors: Vec<String>,
+}
+
+#[derive(Default, Serialize)]
+struct Report {
+    smoke: bool,
+    runs: usize,
+    machine: String,
+    started_unix: u64,
+    seconds: f64,
+    figures: Vec<Figure>,
+    presence: Vec<Presence>,
+}
+
+impl Report {
+    fn figure(
+        &mut self,
+        id: &'static str,
+        title: &'static str,
+        unit: &'static str,
+        target: Option<f64>,
+        better: Better,
+    ) -> &mut Figure {
+        if let Some(i) = self.figures.iter().position(|f| f.id == id) {
+            return &mut self.figures[i];
+        }
+        self.figures.push(Figure {
+            id,
+            title,
+            unit,
+            target,
+            better,
+            runs: vec![],
+            summary: None,
+            errors: vec![],
+        });
+        let last = self.figures.len() - 1;
+        &mut self.figures[last]
+    }
+
+    fn push(&mut self, spec: Spec, value: Result<f64>) {
+        let f = self.figure(spec.0, spec.1, spec.2, spec.3, spec.4);
+        match value {
+            Ok(v) => {
+                eprintln!("  {:<44} {:>12.1} {}", f.title, v, f.unit);
+                f.runs.push(v);
+            }
+            Err(e) => {
+                eprintln!("  {:<44} ERROR {e:#}", f.title);
+                f.errors.push(format!("{e:#}"));
+            }
+        }
+    }
+}
+
+type Spec = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<f64>,
+    Better,
+);
+
+const RTT_P50: Spec = (
+    "rtt_p50",
+    "direct RTT p50",
+    "µs",
+    Some(150.0),
+    Better::Lower,
+);
+const RTT_P99: Spec = (
+    "rtt_p99",
+    "direct RTT p99",
+    "µs",
+    Some(1000.0),
+    Better::Lower,
+);
+const TPUT: Spec = (
+    "direct_msgs",
+    "direct msgs/s (100 B, all acked)",
+    "msg/s",
+    Some(100_000.0),
+    Better::Higher,
+);
+const FIRST: Spec = (
+    "first_message",
+    "first message to a new peer (median of peers)",
+    "µs",
+    Some(3000.0),
+    Better::Lower,
+);
+const LOOKUPS: Spec = (
+    "lookups",
+    "directory lookups/s",
+    "req/s",
+    Some(50_000.0),
+    Better::Higher,
+);
+const LOOKUP_CPU: Spec = (
+    "lookups_dir_cpu",
+    "  directory CPU during lookups",
+    "% core",
+    None,
+    Better::Lower,
+);
+const LOOKUP_GEN_CPU: Spec = (
+    "lookups_gen_cpu",
+    "  load generator CPU during lookups",
+    "% core",
+    None,
+    Better::Lower,
+);
+const PRES_RSS: Spec = (
+    "presence_rss",
+    "directory RSS, largest population",
+    "MiB",
+    Some(1024.0),
+    Better::Lower,
+);
+const PRES_CPU: Spec = (
+    "presence_cpu",
+    "directory CPU, largest population heartbeating",
+    "% core",
+    Some(10.0),
+    Better::Lower,
+);
+const DEPOSITS: Spec = (
+    "mailbox_deposits",
+    "mailbox committed deposits/s",
+    "msg/s",
+    Some(20_000.0),
+    Better::Higher,
+);
+const DRAIN: Spec = (
+    "mailbox_drain",
+    "mailbox drain rate",
+    "msg/s",
+    Some(20_000.0),
+    Better::Higher,
+);
+const BULK_CHAT: Spec = (
+    "bulk_chat",
+    "peer bulk: 32 KiB chat messages",
+    "MiB/s",
+    None,
+    Better::Higher,
+);
+const BULK_PEER_CFG: Spec = (
+    "bulk_peer_stream",
+    "one stream on the peers' QUIC config",
+    "MiB/s",
+    None,
+    Better::Higher,
+);
+const BULK_REF: Spec = (
+    "bulk_quinn_ref",
+    "reference: minimal quinn sender/receiver",
+    "MiB/s",
+    None,
+    Better::Higher,
+);
+const BULK_RATIO: Spec = (
+    "bulk_ratio",
+    "peer bulk (chat) / quinn reference",
+    "%",
+    Some(80.0),
+    Better::Higher,
+);
+const BULK_STREAM_RATIO: Spec = (
+    "bulk_stream_ratio",
+    "peers' stream / quinn reference",
+    "%",
+    Some(80.0),
+    Better::Higher,
+);
+const FSYNC_P50: Spec = (
+    "fsync_p50",
+    "reference: 4 KiB write + fdatasync p50",
+    "µs",
+    None,
+    Better::Lower,
+);
+const FSYNC_P99: Spec = (
+    "fsync_p99",
+    "reference: 4 KiB write + fdatasync p99",
+    "µs",
+    None,
+    Better::Lower,
+);
+const REDB_COMMIT: Spec = (
+    "redb_commit",
+    "reference: one redb durable commit (1 msg)",
+    "µs",
+    None,
+    Better::Lower,
+);
+
+const MIB: f64 = (1 << 20) as f64;
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        // On Ctrl-C or SIGTERM, dropping `run` drops (and so kills) every spawned directory.
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! {
+            r = run(cli) => r,
+            _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+            _ = term.recv() => anyhow::bail!("terminated"),
+        }
+    })
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let mut p = if cli.smoke {
+        Params::smoke()
+    } else {
+        Params::full()
+    };
+    if let Some(secs) = cli.lookup_secs {
+        p.lookup_window = std::time::Duration::from_secs_f64(secs);
+    }
+    if !cli.peers.is_empty() {
+        p.presence_sizes = cli.peers.clone();
+    }
+    let runs = cli.runs.unwrap_or(if cli.smoke { 1 } else { 5 });
+    if cli.smoke {
+        p.presence_windows = p.presence_windows.min(runs.max(1));
+    } else {
+        p.presence_windows = runs.max(1);
+    }
+    let wants = |g: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == g);
+    let bin = bench::directory_bin()?;
+    let identity = bench::load_identity()?;
+    std::fs::create_dir_all(&cli.out)?;
+    let started = Instant::now();
+    let mut report = Report {
+        smoke: cli.smoke,
+        runs,
+        machine: machine(),
+        started_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        ..Default::default()
+    };
+
+    for run in 0..runs {
+        eprintln!("run {}/{runs}", run + 1);
+        if wants("peer") || wants("first") || wants("bulk") {
+            let dir = DirectoryProcess::spawn(&bin, &[])?;
+            if wants("peer") {
+                match figures::direct_rtt(&dir, &p).await {
+                    Ok((p50, p99)) => {
+                        report.push(RTT_P50, Ok(p50));
+                        report.push(RTT_P99, Ok(p99));
+                    }
+                    Err(e) => report.push(RTT_P50, Err(e)),
+                }
+                report.push(TPUT, figures::direct_throughput(&dir, &p).await);
+            }
+            if wants("first") {
+                let r = figures::first_message(&dir, &p, run).await;
+                report.push(
+                    FIRST,
+                    r.map(|v| Summary::of(&v).map_or(f64::NAN, |s| s.median)),
+                );
+            }
+            if wants("bulk") {
+                // Alternate the order, so that drift in background load does not favour one.
+                let (chat, stream, reference) = if run % 2 == 0 {
+                    let c = figures::bulk_chat(&dir, &p).await;
+                    let s = figures::bulk_peer_config(p.bulk_bytes).await;
+                    (c, s, figures::bulk_quinn_reference(p.bulk_bytes).await)
+                } else {
+                    let r = figures::bulk_quinn_reference(p.bulk_bytes).await;
+                    let s = figures::bulk_peer_config(p.bulk_bytes).await;
+                    (figures::bulk_chat(&dir, &p).await, s, r)
+                };
+                if let (Ok(c), Ok(s), Ok(r)) = (&chat, &stream, &reference) {
+                    report.push(BULK_RATIO, Ok(c / r * 100.0));
+                    report.push(BULK_STREAM_RATIO, Ok(s / r * 100.0));
+                }
+                report.push(BULK_CHAT, chat.map(|v| v / MIB));
+                report.push(BULK_PEER_CFG, stream.map(|v| v / MIB));
+                report.push(BULK_REF, reference.map(|v| v / MIB));
+            }
+        }
+        if wants("lookups") {
+            let dir = DirectoryProcess::spawn(&bin, &[])?;
+            match figures::lookups(&dir, &identity, &p).await {
+                Ok(w) => {
+                    report.push(LOOKUPS, Ok(w.rate));
+                    report.push(LOOKUP_CPU, Ok(w.directory_cpu_pct));
+                    report.push(LOOKUP_GEN_CPU, Ok(w.loadgen_cpu_pct));
+                }
+                Err(e) => report.push(LOOKUPS, Err(e)),
+            }
+        }
+        if wants("mailbox") {
+            let dir = DirectoryProcess::spawn(
+                &bin,
+                &[
+                    "--mailbox-quota-messages",
+                    "100000000",
+                    "--mailbox-quota-bytes",
+                    "100000000000",
+                ],
+            )?;
+            match figures::mailbox(&dir, &identity, &p).await {
+                Ok((dep, drain)) => {
+                    report.push(DEPOSITS, Ok(dep));
+                    report.push(DRAIN, Ok(drain));
+                }
+                Err(e) => report.push(DEPOSITS, Err(e)),
+            }
+        }
+        if wants("disk") {
+            match figures::fsync_cost(p.fsync_count) {
+                Ok((p50, p99)) => {
+                    report.push(FSYNC_P50, Ok(p50));
+                    report.push(FSYNC_P99, Ok(p99));
+                }
+                Err(e) => report.push(FSYNC_P50, Err(e)),
+            }
+            report.push(REDB_COMMIT, figures::redb_commit_cost(p.fsync_count));
+        }
+    }
+
+    if wants("presence") {
+        for &n in &p.presence_sizes {
+            eprintln!("presence: {n} peers online");
+            match figures::presence(&bin, &identity, n, &p).await {
+                Ok(pr) => {
+                    eprintln!(
+                        "  registered in {:.1} s; RSS {:.1} MiB; CPU {:?} %; heartbeats/s {:?}; probe p50 {:?} µs",
+                        pr.register_secs, pr.rss_mib, pr.cpu_pct, pr.heartbeats_per_sec, pr.probe_p50_us
+                    );
+                    report.presence.push(pr);
+                }
+                Err(e) => {
+                    eprintln!("  ERROR {e:#}");
+                    report.push(PRES_CPU, Err(e.context(format!("{n} peers"))));
+                }
+            }
+        }
+        if let Some(largest) = report.presence.iter().max_by_key(|pr| pr.peers).cloned() {
+            report.push(PRES_RSS, Ok(largest.rss_mib));
+            for &c in &largest.cpu_pct {
+                report.push(PRES_CPU, Ok(c));
+            }
+        }
+    }
+
+    for f in &mut report.figures {
+        f.summary = Summary::of(&f.runs);
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    let failed: usize = report.figures.iter().map(|f| f.errors.len()).sum();
+    write_outputs(&cli.out, &report)?;
+    println!("{}", markdown(&report));
+    eprintln!(
+        "wrote {}/results.json, results.md, presence.csv in {:.0} s",
+        cli.out.display(),
+        report.seconds
+    );
+    if failed > 0 {
+        anyhow::bail!("{failed} measurements failed (see errors in results.json)");
+    }
+    Ok(())
+}
+
+fn write_outputs(out: &std::path::Path, report: &Report) -> Result<()> {
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(report)?,
+    )
+    .context("writing results.json")?;
+    std::fs::write(out.join("results.md"), markdown(report))?;
+    let mut csv = String::from(
+        "peers,heartbeat_s,register_s,rss_mib,cpu_pct_median,cpu_pct_min,cpu_pct_max,heartbeats_per_s,probe_p50_us,probe_p99_us\n",
+    );
+    for pr in &report.presence {
+        let cpu = Summary::of(&pr.cpu_pct);
+        let med = |v: &[f64]| Summary::of(v).map_or(f64::NAN, |s| s.median);
+        csv.push_str(&format!(
+            "{},{},{:.2},{:.1},{:.3},{:.3},{:.3},{:.1},{:.1},{:.1}\n",
+            pr.peers,
+            pr.heartbeat_secs,
+            pr.register_secs,
+            pr.rss_mib,
+            cpu.map_or(f64::NAN, |s| s.median),
+            cpu.map_or(f64::NAN, |s| s.min),
+            cpu.map_or(f64::NAN, |s| s.max),
+            med(&pr.heartbeats_per_sec),
+            med(&pr.probe_p50_us),
+            med(&pr.probe_p99_us),
+        ));
+    }
+    std::fs::write(out.join("presence.csv"), csv)?;
+    Ok(())
+}
+
+fn fmt(v: f64) -> String {
+    if !v.is_finite() {
+        "—".into()
+    } else if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+fn markdown(report: &Report) -> String {
+    let mut s = String::from(
+        "| figure | target | median | min – max | runs | meets target |\n|---|---|---|---|---|---|\n",
+    );
+    for f in &report.figures {
+        let target = match (f.target, f.better) {
+            (Some(t), Better::Higher) => format!("≥ {} {}", fmt(t), f.unit),
+            (Some(t), Better::Lower) => format!("≤ {} {}", fmt(t), f.unit),
+            (None, _) => "reference".into(),
+        };
+        let (median, spread, meets) = match f.summary {
+            Some(sm) => (
+                format!("{} {}", fmt(sm.median), f.unit),
+                format!("{} – {}", fmt(sm.min), fmt(sm.max)),
+                match (f.target, f.better) {
+                    (Some(t), Better::Higher) => yes_no(sm.median >= t),
+                    (Some(t), Better::Lower) => yes_no(sm.median <= t),
+                    (None, _) => "",
+                },
+            ),
+            None => ("—".into(), "—".into(), ""),
+        };
+        let errors = if f.errors.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} failed)", f.errors.len())
+        };
+        s.push_str(&format!(
+            "| {} | {target} | {median} | {spread} | {}{errors} | {meets} |\n",
+            f.title.trim(),
+            f.runs.len()
+        ));
+    }
+    if !report.presence.is_empty() {
+        s.push_str("\n| online peers | heartbeat | register all | RSS | RSS at start | directory CPU (median, min – max) | heartbeats/s | probe lookup RTT p50 / p99 |\n|---|---|---|---|---|---|---|---|\n");
+        for pr in &report.presence {
+            let cpu = Summary::of(&pr.cpu_pct);
+            let med = |v: &[f64]| Summary::of(v).map_or(f64::NAN, |s| s.median);
+            s.push_str(&format!(
+                "| {} | {} s | {:.1} s | {:.1} MiB | {:.1} MiB | {:.2} % ({:.2} – {:.2}) | {:.0} | {} / {} µs |\n",
+                pr.peers,
+                pr.heartbeat_secs,
+                pr.register_secs,
+                pr.rss_mib,
+                pr.rss_idle_mib,
+                cpu.map_or(f64::NAN, |s| s.median),
+                cpu.map_or(f64::NAN, |s| s.min),
+                cpu.map_or(f64::NAN, |s| s.max),
+                med(&pr.heartbeats_per_sec),
+                fmt(med(&pr.probe_p50_us)),
+                fmt(med(&pr.probe_p99_us)),
+            ));
+        }
+    }
+    s
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "**no**"
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(|l| l.to_string()))
+        .unwrap_or_default();
+    format!("{cpu}, {cores} cores, {mem}")
+}

@@ -1,0 +1,637 @@
+//! One function per figure of the benchmark table. Each starts what it needs (a `directory`
+//! process, in-process peers, raw clients), measures, tears everything down, and returns plain
+//! numbers; repetition and summaries are the runner's job.
+
+use crate::{cpu_time, quantile_us, register, request, rss_bytes, ClientPool, DirectoryProcess};
+use anyhow::{anyhow, bail, Context, Result};
+use common::{
+    framing, now_ms,
+    wire::{ChatMessage, DirectoryEvent, DirectoryRequest, DirectoryResponse, EventAck, MessageId},
+    Identity, Name,
+};
+use directory::store::{Quota, RedbStore, Store};
+use peer::{
+    home::Home,
+    inbox::Event,
+    node::{Node, Options},
+};
+use std::{
+    io::{Seek, Write},
+    net::SocketAddr,
+    path::Path,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+use tokio::task::JoinSet;
+
+/// How much of everything: the full run, or a quick smoke run that only proves it works.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub rtt_count: usize,
+    pub tput_count: usize,
+    pub first_count: usize,
+    pub lookup_conns: usize,
+    pub lookup_streams: usize,
+    pub lookup_window: Duration,
+    pub presence_sizes: Vec<usize>,
+    pub presence_heartbeat: Duration,
+    pub presence_windows: usize,
+    pub presence_window: Duration,
+    pub mailbox_msgs: usize,
+    pub mailbox_conns: usize,
+    pub mailbox_streams: usize,
+    pub bulk_bytes: u64,
+    pub bulk_chat_msgs: usize,
+    pub fsync_count: usize,
+}
+
+impl Params {
+    pub fn full() -> Self {
+        Self {
+            rtt_count: 5000,
+            tput_count: 50_000,
+            first_count: 10,
+            lookup_conns: 64,
+            lookup_streams: 8,
+            lookup_window: Duration::from_secs(4),
+            presence_sizes: vec![1000, 5000, 10_000],
+            presence_heartbeat: Duration::from_secs(10),
+            presence_windows: 5,
+            presence_window: Duration::from_secs(10),
+            mailbox_msgs: 20_000,
+            mailbox_conns: 32,
+            mailbox_streams: 8,
+            bulk_bytes: 256 << 20,
+            bulk_chat_msgs: 2048,
+            fsync_count: 200,
+        }
+    }
+
+    pub fn smoke() -> Self {
+        Self {
+            rtt_count: 200,
+            tput_count: 2000,
+            first_count: 2,
+            lookup_conns: 4,
+            lookup_streams: 4,
+            lookup_window: Duration::from_millis(500),
+            presence_sizes: vec![20, 50],
+            presence_heartbeat: Duration::from_secs(1),
+            presence_windows: 2,
+            presence_window: Duration::from_secs(1),
+            mailbox_msgs: 300,
+            mailbox_conns: 4,
+            mailbox_streams: 4,
+            bulk_bytes: 8 << 20,
+            bulk_chat_msgs: 64,
+            fsync_count: 20,
+        }
+    }
+}
+
+const BODY_100: &str = "0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789";
+
+// ---------------------------------------------------------------------------------------------
+// Peers in this process
+
+/// A running [`Node`] whose incoming messages are shown (and so acknowledged) at once.
+pub struct PeerNode {
+    pub node: Node,
+    pub shown: Arc<AtomicU64>,
+    _home: tempfile::TempDir,
+}
+
+impl PeerNode {
+    pub async fn start(dir: &DirectoryProcess, name: &str) -> Result<Self> {
+        let home = tempfile::Builder::new().prefix("bench-peer").tempdir()?;
+        let name = Name::new(name)?;
+        let options = Options {
+            name: name.clone(),
+            directory: dir.addr.to_string(),
+            home: Home::new(Some(home.path().to_path_buf()), &name)?,
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            pin: Some(dir.fingerprint),
+            heartbeat: Duration::from_secs(10),
+            direct_timeout: Duration::from_secs(3),
+            online: true,
+        };
+        let (node, mut events) = Node::start(options).await?;
+        let shown = Arc::new(AtomicU64::new(0));
+        let counter = shown.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                if let Event::Message(incoming) = event {
+                    incoming.shown();
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        Ok(Self {
+            node,
+            shown,
+            _home: home,
+        })
+    }
+
+    /// Sends and insists on a direct delivery.
+    pub async fn send_direct(&self, to: &Name, body: &str) -> Result<()> {
+        let sent = self.node.send(to.clone(), body.to_string()).await?;
+        if sent.status.as_str() != "delivered" {
+            bail!(
+                "message to {to} was {}, not delivered",
+                sent.status.as_str()
+            );
+        }
+        Ok(())
+    }
+
+    pub async fn stop(self) {
+        self.node.shutdown().await;
+    }
+}
+
+/// Direct round trip on an established link: `send` until the receiver's ack, one at a time.
+/// Returns (p50, p99) in microseconds.
+pub async fn direct_rtt(dir: &DirectoryProcess, p: &Params) -> Result<(f64, f64)> {
+    let a = PeerNode::start(dir, "rtta").await?;
+    let b = PeerNode::start(dir, "rttb").await?;
+    let to = b.node.name.clone();
+    for _ in 0..200.min(p.rtt_count) {
+        a.send_direct(&to, BODY_100).await?;
+    }
+    let mut samples = Vec::with_capacity(p.rtt_count);
+    for _ in 0..p.rtt_count {
+        let t = Instant::now();
+        a.send_direct(&to, BODY_100).await?;
+        samples.push(t.elapsed());
+    }
+    let out = (
+        quantile_us(&mut samples, 0.5),
+        quantile_us(&mut samples, 0.99),
+    );
+    a.stop().await;
+    b.stop().await;
+    Ok(out)
+}
+
+/// Pipelined messages (100-byte bodies) on one conversation, every one acknowledged; msgs/s.
+pub async fn direct_throughput(dir: &DirectoryProcess, p: &Params) -> Result<f64> {
+    let a = PeerNode::start(dir, "tputa").await?;
+    let b = PeerNode::start(dir, "tputb").await?;
+    let to = b.node.name.clone();
+    a.send_direct(&to, BODY_100).await?;
+    let rate = pipelined(&a, &to, BODY_100, p.tput_count).await?;
+    a.stop().await;
+    b.stop().await;
+    Ok(rate)
+}
+
+/// Submits `count` messages at once and waits for every answer; messages per second.
+async fn pipelined(a: &PeerNode, to: &Name, body: &str, count: usize) -> Result<f64> {
+    let t = Instant::now();
+    let mut answers = Vec::with_capacity(count);
+    for _ in 0..count {
+        answers.push(a.node.submit(to.clone(), body.to_string())?);
+    }
+    for answer in answers {
+        let sent = answer.await?;
+        if sent.status.as_str() != "delivered" {
+            bail!("a pipelined message was {}", sent.status.as_str());
+        }
+    }
+    Ok(count as f64 / t.elapsed().as_secs_f64())
+}
+
+/// First message to peers never contacted: lookup + handshake + delivery, per new peer, in µs.
+pub async fn first_message(dir: &DirectoryProcess, p: &Params, run: usize) -> Result<Vec<f64>> {
+    let a = PeerNode::start(dir, &format!("firsta{run}")).await?;
+    let mut out = Vec::new();
+    for k in 0..p.first_count {
+        let b = PeerNode::start(dir, &format!("first{run}x{k}")).await?;
+        let to = b.node.name.clone();
+        let t = Instant::now();
+        a.send_direct(&to, BODY_100).await?;
+        out.push(t.elapsed().as_secs_f64() * 1e6);
+        b.stop().await;
+    }
+    a.stop().await;
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The directory under load from simulated peers
+
+/// What a load window cost the directory and this process.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct LoadWindow {
+    pub rate: f64,
+    pub directory_cpu_pct: f64,
+    pub loadgen_cpu_pct: f64,
+}
+
+/// Lookups per second from many concurrent clients, each request on its own stream.
+pub async fn lookups(dir: &DirectoryProcess, id: &Identity, p: &Params) -> Result<LoadWindow> {
+    let pool = ClientPool::new(id, 4)?;
+    let target_conn = pool.connect(0, dir.addr).await?;
+    let target = crate::name("target", 0);
+    register(&target_conn, &target, Duration::from_secs(10), true).await?;
+    let mut conns = Vec::new();
+    for i in 0..p.lookup_conns {
+        let conn = pool.connect(i, dir.addr).await?;
+        register(&conn, &crate::name("lk", i), Duration::from_secs(10), false).await?;
+        conns.push(conn);
+    }
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let cpu0 = (cpu_time(dir.pid())?, cpu_time(std::process::id())?);
+    let start = Instant::now();
+    let deadline = start + p.lookup_window;
+    let mut tasks = JoinSet::new();
+    for conn in &conns {
+        for _ in 0..p.lookup_streams {
+            let (conn, target, done, failed) =
+                (conn.clone(), target.clone(), done.clone(), failed.clone());
+            tasks.spawn(async move {
+                let req = DirectoryRequest::Lookup { name: target };
+                while Instant::now() < deadline {
+                    match request(&conn, &req).await {
+                        Ok(DirectoryResponse::Peer(_)) => done.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            });
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu1 = (cpu_time(dir.pid())?, cpu_time(std::process::id())?);
+    pool.close();
+    if failed.load(Ordering::Relaxed) > 0 {
+        bail!("{} lookups failed", failed.load(Ordering::Relaxed));
+    }
+    Ok(LoadWindow {
+        rate: done.load(Ordering::Relaxed) as f64 / elapsed,
+        directory_cpu_pct: (cpu1.0 - cpu0.0).as_secs_f64() / elapsed * 100.0,
+        loadgen_cpu_pct: (cpu1.1 - cpu0.1).as_secs_f64() / elapsed * 100.0,
+    })
+}
+
+/// One population of online, heartbeating peers measured over several windows.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Presence {
+    pub peers: usize,
+    pub heartbeat_secs: f64,
+    pub register_secs: f64,
+    pub rss_mib: f64,
+    pub rss_idle_mib: f64,
+    /// Directory CPU per window, percent of one core.
+    pub cpu_pct: Vec<f64>,
+    pub heartbeats_per_sec: Vec<f64>,
+    /// A probe's lookup round trip while the population is online, per window (µs).
+    pub probe_p50_us: Vec<f64>,
+    pub probe_p99_us: Vec<f64>,
+}
+
+/// Holds `n` simulated peers online on one directory process, heartbeating, and measures it.
+pub async fn presence(bin: &Path, id: &Identity, n: usize, p: &Params) -> Result<Presence> {
+    let dir = DirectoryProcess::spawn(bin, &[])?;
+    let rss_idle = rss_bytes(dir.pid())?;
+    let pool = Arc::new(ClientPool::new(id, n.div_ceil(500))?);
+    let hb = p.presence_heartbeat;
+    let beats = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let t = Instant::now();
+    let mut tasks = JoinSet::new();
+    let next = Arc::new(AtomicUsize::new(0));
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<Result<()>>(n.max(1));
+    // Registration commits twice per peer (bind + last seen), so it is done 64 at a time.
+    for _ in 0..64.min(n) {
+        let (pool, next, beats, errors, ready) = (
+            pool.clone(),
+            next.clone(),
+            beats.clone(),
+            errors.clone(),
+            ready_tx.clone(),
+        );
+        let addr = dir.addr;
+        tasks.spawn(async move {
+            let mut heartbeats = JoinSet::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let r = async {
+                    let conn = pool.connect(i, addr).await?;
+                    register(&conn, &crate::name("p", i), hb, true).await?;
+                    Ok::<_, anyhow::Error>(conn)
+                }
+                .await;
+                match r {
+                    Ok(conn) => {
+                        // Heartbeat from now on, at a phase spread over the interval.
+                        let phase = hb.mul_f64((i as f64 * 0.618_034).fract());
+                        let (beats, errors) = (beats.clone(), errors.clone());
+                        heartbeats.spawn(async move {
+                            let start = tokio::time::Instant::now() + phase;
+                            let mut tick = tokio::time::interval_at(start, hb);
+                            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                            loop {
+                                tick.tick().await;
+                                match request(&conn, &DirectoryRequest::Heartbeat).await {
+                                    Ok(DirectoryResponse::Alive) => {
+                                        beats.fetch_add(1, Ordering::Relaxed)
+                                    }
+                                    _ => errors.fetch_add(1, Ordering::Relaxed),
+                                };
+                            }
+                        });
+                        let _ = ready.send(Ok(())).await;
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+            // Dropping the set would stop the heartbeats: keep it until this task is aborted.
+            std::future::pending::<()>().await;
+            drop(heartbeats);
+        });
+    }
+    drop(ready_tx);
+    for _ in 0..n {
+        match ready_rx.recv().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(e.context("registering a simulated peer")),
+            None => bail!("registration tasks ended early"),
+        }
+    }
+    let register_secs = t.elapsed().as_secs_f64();
+    // Let the registration burst settle before measuring the steady state.
+    tokio::time::sleep(Duration::from_secs(2).min(hb)).await;
+    let probe_conn = pool.connect(0, dir.addr).await?;
+    register(&probe_conn, &crate::name("probe", 0), hb, false).await?;
+    let probe_target = crate::name("p", 0);
+    let mut out = Presence {
+        peers: n,
+        heartbeat_secs: hb.as_secs_f64(),
+        register_secs,
+        rss_mib: 0.0,
+        rss_idle_mib: rss_idle as f64 / (1 << 20) as f64,
+        cpu_pct: vec![],
+        heartbeats_per_sec: vec![],
+        probe_p50_us: vec![],
+        probe_p99_us: vec![],
+    };
+    for _ in 0..p.presence_windows {
+        let (c0, b0, t0) = (
+            cpu_time(dir.pid())?,
+            beats.load(Ordering::Relaxed),
+            Instant::now(),
+        );
+        let mut rtts = Vec::new();
+        while t0.elapsed() < p.presence_window {
+            let t = Instant::now();
+            let req = DirectoryRequest::Lookup {
+                name: probe_target.clone(),
+            };
+            match request(&probe_conn, &req).await? {
+                DirectoryResponse::Peer(info) if info.online => rtts.push(t.elapsed()),
+                other => bail!("probe lookup: {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let (c1, b1) = (cpu_time(dir.pid())?, beats.load(Ordering::Relaxed));
+        out.cpu_pct.push((c1 - c0).as_secs_f64() / secs * 100.0);
+        out.heartbeats_per_sec.push((b1 - b0) as f64 / secs);
+        out.probe_p50_us.push(quantile_us(&mut rtts, 0.5));
+        out.probe_p99_us.push(quantile_us(&mut rtts, 0.99));
+    }
+    out.rss_mib = rss_bytes(dir.pid())? as f64 / (1 << 20) as f64;
+    let errs = errors.load(Ordering::Relaxed);
+    tasks.abort_all();
+    pool.close();
+    if errs > 0 {
+        bail!("{errs} heartbeats failed with {n} peers online");
+    }
+    Ok(out)
+}
+
+/// Mailbox: committed deposits per second from many concurrent senders, then the rate at which
+/// the recipient drains (receives, acknowledges, and the directory deletes) them.
+pub async fn mailbox(dir: &DirectoryProcess, id: &Identity, p: &Params) -> Result<(f64, f64)> {
+    let pool = ClientPool::new(id, 4)?;
+    let sink = crate::name("sink", 0);
+    let c = pool.connect(0, dir.addr).await?;
+    register(&c, &sink, Duration::from_secs(10), false).await?;
+    c.close(0u32.into(), b"bound");
+    let mut senders = Vec::new();
+    for i in 0..p.mailbox_conns {
+        let conn = pool.connect(i, dir.addr).await?;
+        let me = crate::name("md", i);
+        register(&conn, &me, Duration::from_secs(10), false).await?;
+        senders.push((conn, me));
+    }
+    let next = Arc::new(AtomicUsize::new(0));
+    let total = p.mailbox_msgs;
+    let t = Instant::now();
+    let mut tasks = JoinSet::new();
+    for (conn, me) in &senders {
+        for _ in 0..p.mailbox_streams {
+            let (conn, me, sink, next) = (conn.clone(), me.clone(), sink.clone(), next.clone());
+            tasks.spawn(async move {
+                while next.fetch_add(1, Ordering::Relaxed) < total {
+                    let message = ChatMessage {
+                        id: MessageId::random(),
+                        from: me.clone(),
+                        to: sink.clone(),
+                        sent_at_ms: now_ms(),
+                        body: BODY_100.to_string(),
+                    };
+                    match request(&conn, &DirectoryRequest::Deposit { message }).await? {
+                        DirectoryResponse::Stored => {}
+                        other => bail!("deposit: {other:?}"),
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let deposit_rate = total as f64 / t.elapsed().as_secs_f64();
+
+    // Drain: the recipient comes online; count Deliver events until MailboxIdle after all.
+    let conn = pool.connect(1, dir.addr).await?;
+    let t = Instant::now();
+    let req = DirectoryRequest::Register {
+        name: sink.clone(),
+        listen_addrs: vec![],
+        heartbeat_ms: 10_000,
+        online: true,
+    };
+    match request(&conn, &req).await? {
+        DirectoryResponse::Registered { .. } => {}
+        other => bail!("register sink: {other:?}"),
+    }
+    let drain = async {
+        let (mut send, mut recv) = conn.accept_bi().await?;
+        let mut got = 0usize;
+        while let Some(event) = framing::read_frame::<DirectoryEvent, _>(&mut recv).await? {
+            match event {
+                DirectoryEvent::Deliver(m) => {
+                    got += 1;
+                    framing::write_frame(&mut send, &EventAck::Delivered(m.id)).await?;
+                }
+                DirectoryEvent::MailboxIdle if got >= total => return Ok(got),
+                _ => {}
+            }
+        }
+        Err(anyhow!("event stream ended after {got} messages"))
+    };
+    let got: usize = tokio::time::timeout(Duration::from_secs(300), drain)
+        .await
+        .map_err(|_| anyhow!("drain timed out"))??;
+    let drain_rate = got as f64 / t.elapsed().as_secs_f64();
+    pool.close();
+    Ok((deposit_rate, drain_rate))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bulk transfer: the peers vs quinn on its own
+
+/// Bytes per second of one bi-stream carrying `bytes` from a client to a server endpoint,
+/// until the server confirms the count.
+async fn stream_transfer(
+    server_config: quinn::ServerConfig,
+    client_config: quinn::ClientConfig,
+    server_name: &str,
+    bytes: u64,
+) -> Result<f64> {
+    let server = quinn::Endpoint::server(server_config, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let addr = server.local_addr()?;
+    let receiver = tokio::spawn(async move {
+        let conn = server.accept().await.context("no connection")?.await?;
+        let (mut send, mut recv) = conn.accept_bi().await?;
+        let mut n = 0u64;
+        while let Some(chunk) = recv.read_chunk(usize::MAX, true).await? {
+            n += chunk.bytes.len() as u64;
+        }
+        send.write_all(&n.to_be_bytes()).await?;
+        send.finish()?;
+        conn.closed().await;
+        Ok::<u64, anyhow::Error>(n)
+    });
+    let client = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let conn = client
+        .connect_with(client_config, addr, server_name)?
+        .await?;
+    let buf = vec![0x5au8; 64 * 1024];
+    let t = Instant::now();
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let mut left = bytes;
+    while left > 0 {
+        let k = left.min(buf.len() as u64) as usize;
+        send.write_all(&buf[..k]).await?;
+        left -= k as u64;
+    }
+    send.finish()?;
+    let echo = recv.read_to_end(8).await?;
+    let elapsed = t.elapsed().as_secs_f64();
+    conn.close(0u32.into(), b"done");
+    let n = receiver.await??;
+    if n != bytes || echo != bytes.to_be_bytes() {
+        bail!("sent {bytes} bytes, the receiver counted {n}");
+    }
+    client.wait_idle().await;
+    Ok(bytes as f64 / elapsed)
+}
+
+/// Reference: quinn with its default transport settings and a plain self-signed certificate.
+pub async fn bulk_quinn_reference(bytes: u64) -> Result<f64> {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+    let cert = ck.cert.der().clone();
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der());
+    let server = quinn::ServerConfig::with_single_cert(vec![cert.clone()], key.into())?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert)?;
+    let client = quinn::ClientConfig::with_root_certificates(Arc::new(roots))?;
+    stream_transfer(server, client, "localhost", bytes).await
+}
+
+/// The same stream on the peers' own QUIC configuration (key-pinned mutual TLS, their
+/// transport settings).
+pub async fn bulk_peer_config(bytes: u64) -> Result<f64> {
+    use common::{defaults::ALPN_PEER, tls};
+    let a = Identity::generate("bulk-a")?;
+    let b = Identity::generate("bulk-b")?;
+    let server = tls::server_config(&b, ALPN_PEER)?;
+    let client = tls::client_config(&a, ALPN_PEER, tls::Expect::Key(b.key_id))?;
+    stream_transfer(server, client, "peer", bytes).await
+}
+
+/// What the peers can move today: pipelined chat messages with 32 KiB bodies; bytes/s.
+pub async fn bulk_chat(dir: &DirectoryProcess, p: &Params) -> Result<f64> {
+    let a = PeerNode::start(dir, "bulka").await?;
+    let b = PeerNode::start(dir, "bulkb").await?;
+    let to = b.node.name.clone();
+    a.send_direct(&to, BODY_100).await?;
+    let body = "x".repeat(common::defaults::MAX_BODY_LEN);
+    let rate = pipelined(&a, &to, &body, p.bulk_chat_msgs).await?;
+    a.stop().await;
+    b.stop().await;
+    Ok(rate * body.len() as f64)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Disk references
+
+/// One 4 KiB write + fdatasync on the disk that holds temporary folders; (p50, p99) in µs.
+pub fn fsync_cost(count: usize) -> Result<(f64, f64)> {
+    let dir = tempfile::Builder::new().prefix("bench-fsync").tempdir()?;
+    let mut f = std::fs::File::create(dir.path().join("f"))?;
+    let block = [0xa5u8; 4096];
+    let mut samples = Vec::with_capacity(count);
+    for _ in 0..count {
+        f.rewind()?;
+        let t = Instant::now();
+        f.write_all(&block)?;
+        f.sync_data()?;
+        samples.push(t.elapsed());
+    }
+    Ok((
+        quantile_us(&mut samples, 0.5),
+        quantile_us(&mut samples, 0.99),
+    ))
+}
+
+/// One durable redb commit as the directory makes it: a one-message `deposit_batch`; p50 µs.
+pub fn redb_commit_cost(count: usize) -> Result<f64> {
+    let dir = tempfile::Builder::new().prefix("bench-redb").tempdir()?;
+    let store = RedbStore::open(&dir.path().join("d.redb"))?;
+    let (from, to) = (Name::new("a")?, Name::new("b")?);
+    let quota = Quota {
+        max_messages: u64::MAX,
+        max_bytes: u64::MAX,
+    };
+    let mut samples = Vec::with_capacity(count);
+    for _ in 0..count {
+        let m = ChatMessage {
+            id: MessageId::random(),
+            from: from.clone(),
+            to: to.clone(),
+            sent_at_ms: now_ms(),
+            body: BODY_100.to_string(),
+        };
+        let t = Instant::now();
+        store.deposit_batch(std::slice::from_ref(&m), quota)?;
+        samples.push(t.elapsed());
+    }
+    Ok(quantile_us(&mut samples, 0.5))
+}

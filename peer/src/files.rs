@@ -1,0 +1,383 @@
+//! File transfer over a direct stream of its own.
+//!
+//! ```text
+//! sender                                   receiver
+//!  | -- bi: FileOffer{name,size,sha256} ---> |  checks the sender like a chat message
+//!  | <- FileAccept{offset} ----------------- |  offset = bytes kept from an earlier attempt
+//!  | -- raw bytes offset..size, finish ----> |  appended to DOWNLOADS/.partial/FROM-SHA256
+//!  | <- FileDone{ok} ----------------------- |  hash checked, file moved to a safe new name
+//! ```
+//!
+//! Memory stays constant whatever the size: bytes go from disk to the stream and from the
+//! stream to disk through one fixed buffer. The partial file is named after the sender and the
+//! content hash, so offering the same file again resumes where the last attempt stopped. The
+//! receiver never trusts the offered name: it keeps only a plain file name of safe characters
+//! and never overwrites an existing file.
+
+use anyhow::{anyhow, bail, Context, Result};
+use common::{
+    framing,
+    wire::{FileOffer, FileRefusal, PeerFrame},
+    Name,
+};
+use std::{
+    fs::{self, File},
+    io::{Read, SeekFrom},
+    path::{Path, PathBuf},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt},
+    sync::watch,
+};
+
+/// Largest file a peer accepts.
+pub const MAX_FILE_SIZE: u64 = 1 << 40;
+
+/// Bytes moved per read or write.
+const CHUNK: usize = 256 * 1024;
+
+/// Folder, inside the downloads folder, for files still arriving.
+const PARTIAL_DIR: &str = ".partial";
+
+/// A file that arrived whole and checked.
+#[derive(Debug, Clone)]
+pub struct ReceivedFile {
+    /// The sender.
+    pub from: Name,
+    /// Where it is stored.
+    pub path: PathBuf,
+    /// Its size.
+    pub size: u64,
+    /// Its SHA-256.
+    pub sha256: [u8; 32],
+    /// Sender's clock at the offer.
+    pub sent_at_ms: u64,
+    /// Bytes kept from an earlier, interrupted attempt.
+    pub resumed_from: u64,
+}
+
+/// The outcome of sending a file.
+#[derive(Debug, Clone)]
+pub struct FileSent {
+    /// The recipient.
+    pub to: Name,
+    /// Its size.
+    pub size: u64,
+    /// Its SHA-256.
+    pub sha256: [u8; 32],
+    /// Bytes the recipient already had from an earlier attempt.
+    pub resumed_from: u64,
+    /// The direct path it went over.
+    pub path: common::control::Path,
+}
+
+/// SHA-256 and size of the file at `path`, read once in fixed-size chunks.
+pub async fn hash_file(path: &Path) -> Result<([u8; 32], u64)> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut file =
+            File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        if !file.metadata()?.is_file() {
+            bail!("{} is not a file", path.display());
+        }
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut buf = vec![0u8; CHUNK];
+        let mut size = 0u64;
+        loop {
+            let n = file
+                .read(&mut buf)
+                .with_context(|| format!("reading {}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            ctx.update(&buf[..n]);
+            size += n as u64;
+        }
+        Ok((digest(ctx), size))
+    })
+    .await?
+}
+
+fn digest(ctx: ring::digest::Context) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// Sends the file at `path`, described by `offer`, on a new stream of `conn`. `progress` counts
+/// the bytes the recipient has, including those it kept from an earlier attempt. Returns how
+/// many bytes the recipient had kept.
+pub async fn send(
+    conn: &quinn::Connection,
+    offer: FileOffer,
+    path: &Path,
+    progress: &watch::Sender<u64>,
+) -> Result<u64> {
+    let (mut send, mut recv) = conn.open_bi().await.context("opening a file stream")?;
+    framing::write_frame(&mut send, &PeerFrame::FileOffer(offer.clone())).await?;
+    let offset = match framing::read_frame::<PeerFrame, _>(&mut recv).await? {
+        Some(PeerFrame::FileAccept { offset }) if offset <= offer.size => offset,
+        Some(PeerFrame::FileRefused(why)) => bail!("{} refused the file: {why}", offer.to),
+        other => bail!("unexpected answer to a file offer: {other:?}"),
+    };
+    progress.send_replace(offset);
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    file.seek(SeekFrom::Start(offset)).await?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut done = offset;
+    while done < offer.size {
+        let want = CHUNK.min((offer.size - done) as usize);
+        let n = file.read(&mut buf[..want]).await?;
+        if n == 0 {
+            bail!("{} shrank while it was being sent", path.display());
+        }
+        send.write_all(&buf[..n])
+            .await
+            .context("the file stream failed")?;
+        done += n as u64;
+        progress.send_replace(done);
+    }
+    send.finish()?;
+    match framing::read_frame::<PeerFrame, _>(&mut recv).await? {
+        Some(PeerFrame::FileDone { ok: true }) => Ok(offset),
+        Some(PeerFrame::FileDone { ok: false }) => {
+            bail!(
+                "{} received the file but its hash did not match; send it again",
+                offer.to
+            )
+        }
+        other => bail!("unexpected answer after the file: {other:?}"),
+    }
+}
+
+/// Receives the file `offer` describes into `downloads`; `send`/`recv` are the file stream,
+/// its offer already read and its sender already checked.
+pub async fn receive(
+    downloads: &Path,
+    offer: FileOffer,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+) -> Result<ReceivedFile> {
+    if offer.size > MAX_FILE_SIZE {
+        framing::write_frame(send, &PeerFrame::FileRefused(FileRefusal::TooLarge)).await?;
+        bail!("refused a file of {} bytes from {}", offer.size, offer.from);
+    }
+    let partial_path = partial_path(downloads, &offer);
+    // An older transfer of this file that is being taken over may hold the lock a moment.
+    let mut opened = Err(anyhow!("not tried"));
+    for _ in 0..40 {
+        let path = partial_path.clone();
+        opened = tokio::task::spawn_blocking(move || open_partial(&path)).await?;
+        match &opened {
+            Err(e) if e.downcast_ref::<Busy>().is_some() => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            _ => break,
+        }
+    }
+    let (file, ctx, offset) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            framing::write_frame(send, &PeerFrame::FileRefused(FileRefusal::CannotStore)).await?;
+            return Err(e);
+        }
+    };
+    // A longer partial is not this file's prefix; start over.
+    let (file, ctx, offset) = if offset > offer.size {
+        file.set_len(0)?;
+        (file, ring::digest::Context::new(&ring::digest::SHA256), 0)
+    } else {
+        (file, ctx, offset)
+    };
+    framing::write_frame(send, &PeerFrame::FileAccept { offset }).await?;
+    let mut file = tokio::fs::File::from_std(file);
+    file.seek(SeekFrom::End(0)).await?;
+    let mut ctx = ctx;
+    let mut buf = vec![0u8; CHUNK];
+    let mut have = offset;
+    loop {
+        let n = recv
+            .read(&mut buf)
+            .await
+            .context("the file stream failed")?;
+        let Some(n) = n else { break };
+        if have + n as u64 > offer.size {
+            bail!("{} sent more bytes than it offered", offer.from);
+        }
+        ctx.update(&buf[..n]);
+        file.write_all(&buf[..n]).await?;
+        have += n as u64;
+    }
+    file.flush().await?;
+    if have != offer.size {
+        bail!(
+            "the file stream ended after {have} of {} bytes; kept for resuming",
+            offer.size
+        );
+    }
+    file.sync_all().await?;
+    drop(file);
+    if digest(ctx) != offer.sha256 {
+        let _ = fs::remove_file(&partial_path);
+        framing::write_frame(send, &PeerFrame::FileDone { ok: false }).await?;
+        bail!(
+            "a file from {} did not match its hash; discarded",
+            offer.from
+        );
+    }
+    let path = tokio::task::spawn_blocking({
+        let (downloads, name) = (downloads.to_path_buf(), safe_name(&offer.name));
+        move || store(&partial_path, &downloads, &name)
+    })
+    .await??;
+    framing::write_frame(send, &PeerFrame::FileDone { ok: true }).await?;
+    let _ = send.finish();
+    Ok(ReceivedFile {
+        from: offer.from,
+        path,
+        size: offer.size,
+        sha256: offer.sha256,
+        sent_at_ms: offer.sent_at_ms,
+        resumed_from: offset,
+    })
+}
+
+/// Where the bytes of `offer` collect until the file is whole.
+pub fn partial_path(downloads: &Path, offer: &FileOffer) -> PathBuf {
+    downloads
+        .join(PARTIAL_DIR)
+        .join(format!("{}-{}.part", offer.from, hex::encode(offer.sha256)))
+}
+
+/// The partial file is locked by another transfer.
+#[derive(Debug, thiserror::Error)]
+#[error("the same file is already arriving")]
+struct Busy;
+
+/// Opens (or creates) a partial file, locked against a second transfer of the same file, and
+/// hashes what it already holds.
+fn open_partial(path: &Path) -> Result<(File, ring::digest::Context, u64)> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.try_lock().map_err(|_| Busy)?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; CHUNK];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok((file, ctx, len))
+}
+
+/// Moves the finished partial file into `downloads` under `name`, or `name (1)`, `name (2)`…
+/// if taken. The name is claimed with `create_new` first, so nothing is ever overwritten, even
+/// by a file that appears meanwhile.
+fn store(partial: &Path, downloads: &Path, name: &str) -> Result<PathBuf> {
+    let (stem, ext) = match name.rfind('.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name, ""),
+    };
+    for n in 0..10_000u32 {
+        let candidate = match n {
+            0 => downloads.join(name),
+            n => downloads.join(format!("{stem} ({n}){ext}")),
+        };
+        match File::options()
+            .write(true)
+            .create_new(true)
+            .open(&candidate)
+        {
+            Ok(_) => {
+                fs::rename(partial, &candidate)
+                    .with_context(|| format!("storing {}", candidate.display()))?;
+                if let Ok(dir) = File::open(downloads) {
+                    let _ = dir.sync_all();
+                }
+                return Ok(candidate);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", candidate.display())),
+        }
+    }
+    bail!("no free name for {name} in {}", downloads.display())
+}
+
+/// A file name that is safe to create in the downloads folder: the last path component only,
+/// without control characters, separators or characters other systems reserve, not hidden,
+/// at most 200 bytes, never empty.
+pub fn safe_name(offered: &str) -> String {
+    let last = offered.rsplit(['/', '\\']).next().unwrap_or("");
+    let cleaned: String = last
+        .chars()
+        .map(|c| {
+            if c.is_control() || "<>:\"|?*".contains(c) {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    let trimmed = cleaned.trim().trim_start_matches('.').trim();
+    let mut name = String::new();
+    for c in trimmed.chars() {
+        if name.len() + c.len_utf8() > 200 {
+            break;
+        }
+        name.push(c);
+    }
+    if name.is_empty() {
+        "file".to_string()
+    } else {
+        name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_names_become_plain_file_names() {
+        assert_eq!(safe_name("../../etc/passwd"), "passwd");
+        assert_eq!(safe_name("..\\..\\boot.ini"), "boot.ini");
+        assert_eq!(safe_name("/abs/path/x.txt"), "x.txt");
+        assert_eq!(safe_name(".bashrc"), "bashrc");
+        assert_eq!(safe_name(".."), "file");
+        assert_eq!(safe_name(""), "file");
+        assert_eq!(safe_name("dir/"), "file");
+        assert_eq!(safe_name("a\u{1b}[2Jb\n.txt"), "a_[2Jb_.txt");
+        assert_eq!(safe_name("con:x?.txt"), "con_x_.txt");
+        assert!(safe_name(&"é".repeat(300)).len() <= 200);
+    }
+
+    #[test]
+    fn stored_files_never_overwrite() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("files-test-{}", rand::random::<u64>()));
+        fs::create_dir_all(&dir)?;
+        for i in 0..3 {
+            let partial = dir.join(format!("p{i}"));
+            fs::write(&partial, format!("content {i}"))?;
+            store(&partial, &dir, "report.pdf")?;
+        }
+        assert_eq!(fs::read_to_string(dir.join("report.pdf"))?, "content 0");
+        assert_eq!(fs::read_to_string(dir.join("report (1).pdf"))?, "content 1");
+        assert_eq!(fs::read_to_string(dir.join("report (2).pdf"))?, "content 2");
+        let _ = fs::remove_dir_all(dir);
+        Ok(())
+    }
+}

@@ -1,0 +1,530 @@
+//! The local history: every message shown to the user and every message they sent, per
+//! conversation, in order, in `HOME/history.redb`.
+//!
+//! # What is stored
+//!
+//! | table      | key                   | value                          | why                                 |
+//! |------------|-----------------------|--------------------------------|-------------------------------------|
+//! | `messages` | (other peer, seq)     | postcard [`HistoryEntry`]      | one conversation is one key range   |
+//! | `ids`      | message id            | (other peer, seq)              | duplicates dropped across restarts  |
+//! | `peers`    | other peer            | sent_at_ms of its last message | the list of conversations           |
+//! | `meta`     | `"next_seq"`          | u64                            | order survives restarts             |
+//!
+//! # Writes
+//!
+//! One thread owns every write and commits whatever is queued in one transaction with
+//! [`Durability::Immediate`] (group commit, as the directory's store does): a message of a busy
+//! conversation costs a share of one fsync. An incoming message is recorded, and the commit
+//! awaited, before it is acknowledged ([`History::record_in`]), so a message acknowledged to
+//! its sender is always in the history and a redelivery after a restart is recognised by its
+//! id ([`History::contains`]). Our own messages are written when submitted (`sending`) and
+//! updated with their outcome ([`History::sending`], [`History::settle`]), without waiting.
+//!
+//! Only the process that owns the node opens the file: redb locks it, so a second process gets
+//! [`HistoryError::Locked`] and either goes through the running one ([`crate::control`]) or
+//! does without.
+
+use crate::{inbox::Via, outbox::Sent};
+use common::{
+    control::{HistoryEntry, HistoryState},
+    now_ms,
+    wire::{ChatMessage, MessageId},
+    Name,
+};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc as std_mpsc, Arc,
+    },
+    time::{Duration, Instant},
+};
+use tokio::sync::oneshot;
+
+const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+const IDS: TableDefinition<&[u8; 16], (&str, u64)> = TableDefinition::new("ids");
+const PEERS: TableDefinition<&str, u64> = TableDefinition::new("peers");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const NEXT_SEQ: &str = "next_seq";
+/// The file in the peer's home.
+pub const FILE: &str = "history.redb";
+/// Most operations one commit takes from the queue.
+const MAX_BATCH: usize = 1024;
+
+/// Why the history could not be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HistoryError {
+    /// Another process has the file open.
+    #[error("another process has the history open")]
+    Locked,
+    /// The database failed (I/O, corruption, encoding, or the writer thread stopped).
+    #[error("history database failure: {0}")]
+    Db(String),
+}
+
+macro_rules! db_errors {
+    ($($t:ty),* $(,)?) => {$(
+        impl From<$t> for HistoryError {
+            fn from(e: $t) -> Self {
+                Self::Db(e.to_string())
+            }
+        }
+    )*};
+}
+db_errors!(
+    redb::Error,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError,
+    postcard::Error,
+);
+
+impl From<redb::DatabaseError> for HistoryError {
+    fn from(e: redb::DatabaseError) -> Self {
+        match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Self::Locked,
+            e => Self::Db(e.to_string()),
+        }
+    }
+}
+
+/// Where one of our messages is recorded, to [`History::settle`] it later.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutKey {
+    peer: Name,
+    seq: u64,
+}
+
+type Reply = oneshot::Sender<Result<(), HistoryError>>;
+
+enum Op {
+    /// A new entry under (peer, seq); indexed by id if it has one.
+    Insert {
+        peer: Name,
+        seq: u64,
+        entry: HistoryEntry,
+        reply: Option<Reply>,
+    },
+    /// The outcome of one of our messages.
+    Settle {
+        key: OutKey,
+        id: Option<MessageId>,
+        state: HistoryState,
+    },
+    /// Answered once everything queued before it is committed.
+    Flush(Reply),
+}
+
+/// The history of one peer; cheap to clone. The writer thread ends with the last clone.
+#[derive(Clone)]
+pub struct History {
+    db: Arc<Database>,
+    tx: std_mpsc::Sender<Op>,
+    next_seq: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for History {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("History").finish_non_exhaustive()
+    }
+}
+
+/// `HOME/history.redb`.
+pub fn path(home: &Path) -> PathBuf {
+    home.join(FILE)
+}
+
+impl History {
+    /// Opens (or creates) the history at `path` and starts its writer thread.
+    pub fn open(path: &Path) -> Result<Self, HistoryError> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(MESSAGES)?;
+            txn.open_table(IDS)?;
+            txn.open_table(PEERS)?;
+            txn.open_table(META)?;
+        }
+        txn.commit()?;
+        let next = {
+            let txn = db.begin_read()?;
+            let meta = txn.open_table(META)?;
+            let next = meta.get(NEXT_SEQ)?.map_or(1, |g| g.value());
+            next
+        };
+        let db = Arc::new(db);
+        let (tx, rx) = std_mpsc::channel();
+        let writer_db = db.clone();
+        std::thread::Builder::new()
+            .name("history-writer".into())
+            .spawn(move || run(&writer_db, rx))
+            .map_err(|e| HistoryError::Db(format!("cannot start the writer: {e}")))?;
+        Ok(Self {
+            db,
+            tx,
+            next_seq: Arc::new(AtomicU64::new(next)),
+        })
+    }
+
+    /// [`History::open`], retrying for up to `wait` while another process holds the file.
+    pub fn open_waiting(path: &Path, wait: Duration) -> Result<Self, HistoryError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            match Self::open(path) {
+                Err(HistoryError::Locked) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::SeqCst)
+    }
+
+    fn queue(&self, op: Op) -> Result<(), HistoryError> {
+        self.tx.send(op).map_err(|_| stopped())
+    }
+
+    /// Durably records an incoming message; resolves once it is committed. Recording an id
+    /// already present does nothing.
+    pub fn record_in(
+        &self,
+        message: &ChatMessage,
+        via: Via,
+    ) -> impl std::future::Future<Output = Result<(), HistoryError>> + Send + 'static {
+        let (reply, answer) = oneshot::channel();
+        let queued = self.queue(Op::Insert {
+            peer: message.from.clone(),
+            seq: self.seq(),
+            entry: HistoryEntry {
+                id: Some(message.id),
+                from: message.from.clone(),
+                to: message.to.clone(),
+                sent_at_ms: message.sent_at_ms,
+                body: message.body.clone(),
+                state: HistoryState::Received {
+                    via_mailbox: via == Via::Mailbox,
+                },
+            },
+            reply: Some(reply),
+        });
+        async move {
+            queued?;
+            answer.await.map_err(|_| stopped())?
+        }
+    }
+
+    /// Records a message of ours as `sending`, now; [`History::settle`] it with its outcome.
+    pub fn sending(&self, from: &Name, to: &Name, body: &str) -> OutKey {
+        let key = OutKey {
+            peer: to.clone(),
+            seq: self.seq(),
+        };
+        let entry = HistoryEntry {
+            id: None,
+            from: from.clone(),
+            to: to.clone(),
+            sent_at_ms: now_ms(),
+            body: body.to_string(),
+            state: HistoryState::Sending,
+        };
+        let op = Op::Insert {
+            peer: key.peer.clone(),
+            seq: key.seq,
+            entry,
+            reply: None,
+        };
+        if let Err(e) = self.queue(op) {
+            tracing::warn!("history: {e}");
+        }
+        key
+    }
+
+    /// Records the outcome of a message recorded by [`History::sending`].
+    pub fn settle(&self, key: OutKey, outcome: Result<&Sent, &str>) {
+        let (id, state) = match outcome {
+            Ok(sent) => (Some(sent.id), state_of(sent)),
+            Err(reason) => (
+                None,
+                HistoryState::Failed {
+                    reason: reason.to_string(),
+                },
+            ),
+        };
+        if let Err(e) = self.queue(Op::Settle { key, id, state }) {
+            tracing::warn!("history: {e}");
+        }
+    }
+
+    /// Resolves once everything recorded so far is on disk.
+    pub async fn flush(&self) -> Result<(), HistoryError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue(Op::Flush(reply))?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Whether a message with this id is recorded (as received, or as sent).
+    pub fn contains(&self, id: &MessageId) -> Result<bool, HistoryError> {
+        let txn = self.db.begin_read()?;
+        let ids = txn.open_table(IDS)?;
+        Ok(ids.get(&id.0)?.is_some())
+    }
+
+    /// The last `limit` entries of the conversation with `with`, oldest first.
+    pub fn conversation(
+        &self,
+        with: &Name,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, HistoryError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(MESSAGES)?;
+        let peer = with.as_str();
+        let mut out = Vec::new();
+        for row in table.range((peer, 0)..=(peer, u64::MAX))?.rev().take(limit) {
+            let (_, value) = row?;
+            out.push(postcard::from_bytes(value.value())?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Every peer with a conversation, and when its last message was sent, latest first.
+    pub fn peers(&self) -> Result<Vec<(Name, u64)>, HistoryError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PEERS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (name, at) = row?;
+            if let Ok(name) = Name::new(name.value()) {
+                out.push((name, at.value()));
+            }
+        }
+        out.sort_by_key(|p| std::cmp::Reverse(p.1));
+        Ok(out)
+    }
+}
+
+/// The recorded state for a send outcome.
+pub fn state_of(sent: &Sent) -> HistoryState {
+    match sent.status {
+        crate::outbox::Status::Delivered => HistoryState::Delivered { path: sent.path },
+        crate::outbox::Status::Queued => HistoryState::Queued,
+    }
+}
+
+fn stopped() -> HistoryError {
+    HistoryError::Db("the history writer has stopped".into())
+}
+
+fn run(db: &Database, rx: std_mpsc::Receiver<Op>) {
+    while let Ok(first) = rx.recv() {
+        let mut ops = vec![first];
+        while ops.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut replies = Vec::new();
+        let result = commit(db, ops, &mut replies);
+        if let Err(e) = &result {
+            tracing::warn!("history: {e}");
+        }
+        for reply in replies {
+            let _ = reply.send(result.clone());
+        }
+    }
+}
+
+/// Applies `ops` in one durable transaction; collects the replies owed.
+fn commit(db: &Database, ops: Vec<Op>, replies: &mut Vec<Reply>) -> Result<(), HistoryError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    txn.set_quick_repair(true);
+    let mut failure = None;
+    {
+        let mut messages = txn.open_table(MESSAGES)?;
+        let mut ids = txn.open_table(IDS)?;
+        let mut peers = txn.open_table(PEERS)?;
+        let mut meta = txn.open_table(META)?;
+        let mut next = meta.get(NEXT_SEQ)?.map_or(1, |g| g.value());
+        for op in ops {
+            // Apply every op even if one fails, so each caller gets an answer.
+            let applied = match op {
+                Op::Insert {
+                    peer,
+                    seq,
+                    entry,
+                    reply,
+                } => {
+                    replies.extend(reply);
+                    next = next.max(seq + 1);
+                    insert(&mut messages, &mut ids, &mut peers, &peer, seq, &entry)
+                }
+                Op::Settle { key, id, state } => {
+                    settle(&mut messages, &mut ids, &key, id, state).map(|_| ())
+                }
+                Op::Flush(reply) => {
+                    replies.push(reply);
+                    Ok(())
+                }
+            };
+            if let Err(e) = applied {
+                failure = Some(e);
+            }
+        }
+        meta.insert(NEXT_SEQ, next)?;
+    }
+    txn.commit()?;
+    failure.map_or(Ok(()), Err)
+}
+
+type Messages<'t> = redb::Table<'t, (&'static str, u64), &'static [u8]>;
+type Ids<'t> = redb::Table<'t, &'static [u8; 16], (&'static str, u64)>;
+
+fn insert(
+    messages: &mut Messages<'_>,
+    ids: &mut Ids<'_>,
+    peers: &mut redb::Table<'_, &'static str, u64>,
+    peer: &Name,
+    seq: u64,
+    entry: &HistoryEntry,
+) -> Result<(), HistoryError> {
+    if let Some(id) = entry.id {
+        if ids.get(&id.0)?.is_some() {
+            return Ok(());
+        }
+        ids.insert(&id.0, (peer.as_str(), seq))?;
+    }
+    let bytes = postcard::to_allocvec(entry)?;
+    messages.insert((peer.as_str(), seq), bytes.as_slice())?;
+    let last = peers.get(peer.as_str())?.map_or(0, |g| g.value());
+    peers.insert(peer.as_str(), last.max(entry.sent_at_ms))?;
+    Ok(())
+}
+
+fn settle(
+    messages: &mut Messages<'_>,
+    ids: &mut Ids<'_>,
+    key: &OutKey,
+    id: Option<MessageId>,
+    state: HistoryState,
+) -> Result<bool, HistoryError> {
+    let row = (key.peer.as_str(), key.seq);
+    let Some(bytes) = messages.get(row)?.map(|g| g.value().to_vec()) else {
+        return Ok(false);
+    };
+    let mut entry: HistoryEntry = postcard::from_bytes(&bytes)?;
+    entry.state = state;
+    if let Some(id) = id {
+        entry.id = Some(id);
+        ids.insert(&id.0, row)?;
+    }
+    let bytes = postcard::to_allocvec(&entry)?;
+    messages.insert(row, bytes.as_slice())?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::Status;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn name(s: &str) -> Name {
+        Name::new(s).expect("valid test name")
+    }
+
+    fn incoming(from: &str, body: &str) -> ChatMessage {
+        ChatMessage {
+            id: MessageId::random(),
+            from: name(from),
+            to: name("me"),
+            sent_at_ms: now_ms(),
+            body: body.into(),
+        }
+    }
+
+    fn bodies(entries: &[HistoryEntry]) -> Vec<&str> {
+        entries.iter().map(|e| e.body.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn both_directions_in_order_across_reopen() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let file = path(dir.path());
+        let a = incoming("c2", "hello");
+        let sent_id = MessageId::random();
+        {
+            let h = History::open(&file)?;
+            h.record_in(&a, Via::Direct).await?;
+            let key = h.sending(&name("me"), &name("c2"), "hi back");
+            let failed = h.sending(&name("me"), &name("c2"), "lost");
+            h.record_in(&incoming("c3", "elsewhere"), Via::Mailbox)
+                .await?;
+            let sent = Sent {
+                id: sent_id,
+                to: name("c2"),
+                status: Status::Queued,
+                path: None,
+            };
+            h.settle(key, Ok(&sent));
+            h.settle(failed, Err("no route"));
+            h.flush().await?;
+        }
+        // The writer thread lets go of the file just after the last handle is dropped.
+        let h = History::open_waiting(&file, Duration::from_secs(5))?;
+        let c2 = h.conversation(&name("c2"), 100)?;
+        assert_eq!(bodies(&c2), ["hello", "hi back", "lost"]);
+        assert_eq!(c2[1].state, HistoryState::Queued);
+        assert_eq!(c2[1].id, Some(sent_id));
+        assert_eq!(
+            c2[2].state,
+            HistoryState::Failed {
+                reason: "no route".into()
+            }
+        );
+        assert!(h.contains(&a.id)? && h.contains(&sent_id)?);
+        assert_eq!(
+            bodies(&h.conversation(&name("c2"), 2)?),
+            ["hi back", "lost"]
+        );
+        let peers: Vec<String> = h.peers()?.into_iter().map(|p| p.0.to_string()).collect();
+        assert_eq!(peers.len(), 2);
+        // New entries after a reopen come after the old ones.
+        h.record_in(&incoming("c2", "later"), Via::Direct).await?;
+        assert_eq!(
+            bodies(&h.conversation(&name("c2"), 100)?).last(),
+            Some(&"later")
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_id_is_recorded_once() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let h = History::open(&path(dir.path()))?;
+        let m = incoming("c2", "once");
+        h.record_in(&m, Via::Direct).await?;
+        h.record_in(&m, Via::Mailbox).await?;
+        assert_eq!(bodies(&h.conversation(&name("c2"), 10)?), ["once"]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_second_open_is_locked() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let _h = History::open(&path(dir.path()))?;
+        let started = Instant::now();
+        let again = History::open_waiting(&path(dir.path()), Duration::from_millis(200));
+        assert_eq!(again.err(), Some(HistoryError::Locked));
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        Ok(())
+    }
+}

@@ -1,0 +1,580 @@
+//! The client's state, without a terminal: conversations with their messages, unread counts
+//! and presence, the input line, scrolling, and what each key or update does to them. The
+//! loop in [`super`] feeds it; [`super::view`] draws it.
+
+use super::input::Editor;
+use crate::{outbox::Sent, session::SendFailed};
+use common::{
+    control::{HistoryEntry, HistoryState},
+    now_ms,
+    wire::{ChatMessage, PeerInfo},
+    Name,
+};
+use std::collections::VecDeque;
+
+/// The commands, for `/help` and Tab.
+pub(crate) const COMMANDS: [&str; 5] = ["/to", "/who", "/file", "/help", "/quit"];
+
+/// The help text, one line per entry.
+pub(crate) const HELP: [&str; 8] = [
+    "/to NAME    talk to NAME (opens the conversation)",
+    "/who        presence of every peer in the list",
+    "/file PATH  send a file (not yet available)",
+    "/help       this help;  /quit (or Ctrl-C, or Ctrl-D on an empty line) leaves",
+    "Enter sends; a paste of several lines is one message (Alt-Enter adds a line break)",
+    "Up/Down recall what you typed; PageUp/PageDown scroll; Tab completes names and commands",
+    "Ctrl-N/Ctrl-P: next/previous conversation",
+    "//text sends a message that starts with /",
+];
+
+/// What someone's presence is, as last polled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Presence {
+    /// Not asked yet.
+    Unknown,
+    /// Online now.
+    Online,
+    /// Offline, last seen then (ms since the epoch), if ever.
+    Offline(Option<u64>),
+}
+
+/// One line of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Entry {
+    /// A message, ours (`state` other than `Received`) or theirs.
+    Message {
+        /// Sender.
+        from: Name,
+        /// Sender's clock.
+        at_ms: u64,
+        /// Text.
+        body: String,
+        /// Where it stands.
+        state: HistoryState,
+    },
+    /// Something the client says: presence changes, command answers, errors.
+    Notice {
+        /// When.
+        at_ms: u64,
+        /// What.
+        text: String,
+        /// An error or warning.
+        alarm: bool,
+    },
+}
+
+/// One conversation.
+#[derive(Debug)]
+pub(crate) struct Conversation {
+    /// The other side.
+    pub(crate) name: Name,
+    /// Its lines, oldest first.
+    pub(crate) entries: Vec<Entry>,
+    /// Messages received while another conversation was shown.
+    pub(crate) unread: usize,
+    /// As last polled.
+    pub(crate) presence: Presence,
+    /// Our messages without an outcome, oldest first (indices into `entries`); outcomes for
+    /// one recipient come in submission order.
+    pending: VecDeque<usize>,
+}
+
+impl Conversation {
+    fn new(name: Name) -> Self {
+        Self {
+            name,
+            entries: Vec::new(),
+            unread: 0,
+            presence: Presence::Unknown,
+            pending: VecDeque::new(),
+        }
+    }
+}
+
+/// What the loop should do after a key.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Nothing more.
+    None,
+    /// Send this text to that peer.
+    Send(Name, String),
+    /// Ask for the presence of these peers and show the answers.
+    Who(Vec<Name>),
+    /// Leave.
+    Quit,
+}
+
+/// The whole client state.
+#[derive(Debug)]
+pub(crate) struct App {
+    /// Our name.
+    pub(crate) me: Name,
+    /// The conversations, in the side list's order.
+    pub(crate) conversations: Vec<Conversation>,
+    /// The one shown.
+    pub(crate) current: usize,
+    /// The input line.
+    pub(crate) input: Editor,
+    /// Lines scrolled up from the bottom of the message pane.
+    pub(crate) scroll: usize,
+    /// Height of the message pane at the last draw, for PageUp/PageDown.
+    pub(crate) page: usize,
+    /// `/who` answers still to show.
+    who_pending: usize,
+    /// Set once the user asked to leave; the loop waits for outstanding sends.
+    pub(crate) quitting: bool,
+}
+
+impl App {
+    /// A client for `me`, showing the conversation with `with`.
+    pub(crate) fn new(me: Name, with: Name) -> Self {
+        Self {
+            me,
+            conversations: vec![Conversation::new(with)],
+            current: 0,
+            input: Editor::default(),
+            scroll: 0,
+            page: 10,
+            who_pending: 0,
+            quitting: false,
+        }
+    }
+
+    /// The conversation shown.
+    pub(crate) fn shown(&self) -> &Conversation {
+        &self.conversations[self.current]
+    }
+
+    /// The index of the conversation with `name`, opened at the end of the list if new.
+    pub(crate) fn open(&mut self, name: &Name) -> usize {
+        if let Some(i) = self.conversations.iter().position(|c| c.name == *name) {
+            return i;
+        }
+        self.conversations.push(Conversation::new(name.clone()));
+        self.conversations.len() - 1
+    }
+
+    /// Shows conversation `i`.
+    pub(crate) fn switch_to(&mut self, i: usize) {
+        if i < self.conversations.len() {
+            self.current = i;
+            self.conversations[i].unread = 0;
+            self.scroll = 0;
+        }
+    }
+
+    /// Puts earlier messages (from the local history) before what the conversation holds.
+    pub(crate) fn load_history(&mut self, with: &Name, entries: Vec<HistoryEntry>) {
+        let i = self.open(with);
+        let conv = &mut self.conversations[i];
+        let mut earlier: Vec<Entry> = entries
+            .into_iter()
+            .map(|e| Entry::Message {
+                from: e.from,
+                at_ms: e.sent_at_ms,
+                body: e.body,
+                state: e.state,
+            })
+            .collect();
+        let shift = earlier.len();
+        earlier.append(&mut conv.entries);
+        conv.entries = earlier;
+        conv.pending.iter_mut().for_each(|p| *p += shift);
+    }
+
+    /// Adds a notice to the conversation shown.
+    pub(crate) fn notice(&mut self, text: impl Into<String>, alarm: bool) {
+        let i = self.current;
+        self.notice_in(i, text, alarm);
+    }
+
+    fn notice_in(&mut self, i: usize, text: impl Into<String>, alarm: bool) {
+        self.conversations[i].entries.push(Entry::Notice {
+            at_ms: now_ms(),
+            text: text.into(),
+            alarm,
+        });
+    }
+
+    /// A message came in.
+    pub(crate) fn incoming(&mut self, m: &ChatMessage, via_mailbox: bool) {
+        let i = self.open(&m.from);
+        let conv = &mut self.conversations[i];
+        conv.entries.push(Entry::Message {
+            from: m.from.clone(),
+            at_ms: m.sent_at_ms,
+            body: m.body.clone(),
+            state: HistoryState::Received { via_mailbox },
+        });
+        if i != self.current {
+            conv.unread += 1;
+        }
+    }
+
+    /// We sent `body` to `to`; its outcome comes with [`App::outcome`].
+    pub(crate) fn submitted(&mut self, to: &Name, body: String) {
+        let i = self.open(to);
+        let me = self.me.clone();
+        let conv = &mut self.conversations[i];
+        conv.pending.push_back(conv.entries.len());
+        conv.entries.push(Entry::Message {
+            from: me,
+            at_ms: now_ms(),
+            body,
+            state: HistoryState::Sending,
+        });
+    }
+
+    /// How many of our messages have no outcome yet.
+    pub(crate) fn outstanding(&self) -> usize {
+        self.conversations.iter().map(|c| c.pending.len()).sum()
+    }
+
+    /// The outcome of the oldest pending message to its recipient.
+    pub(crate) fn outcome(&mut self, result: Result<&Sent, &SendFailed>) {
+        let (to, state) = match result {
+            Ok(sent) => (&sent.to, crate::history::state_of(sent)),
+            Err(failed) => (
+                &failed.to,
+                HistoryState::Failed {
+                    reason: failed.reason.clone(),
+                },
+            ),
+        };
+        let i = self.open(to);
+        let conv = &mut self.conversations[i];
+        if let Some(at) = conv.pending.pop_front() {
+            if let Some(Entry::Message { state: s, .. }) = conv.entries.get_mut(at) {
+                *s = state;
+            }
+        } else if let HistoryState::Failed { reason } = state {
+            self.notice_in(i, format!("not sent: {reason}"), true);
+        }
+    }
+
+    /// The names of the conversations, for polling presence.
+    pub(crate) fn names(&self) -> Vec<Name> {
+        self.conversations.iter().map(|c| c.name.clone()).collect()
+    }
+
+    /// A presence answer: updates the list, says so in the conversation when it changed, and
+    /// shows it if `/who` asked.
+    pub(crate) fn presence(&mut self, info: &PeerInfo) {
+        let now = if info.online {
+            Presence::Online
+        } else {
+            Presence::Offline(info.last_seen_ms)
+        };
+        let Some(i) = self.conversations.iter().position(|c| c.name == info.name) else {
+            return;
+        };
+        let before = std::mem::replace(&mut self.conversations[i].presence, now.clone());
+        let name = &info.name;
+        match (&before, &now) {
+            (Presence::Offline(_), Presence::Online) => {
+                self.notice_in(i, format!("{name} is online"), false)
+            }
+            (Presence::Online, Presence::Offline(_)) => {
+                self.notice_in(i, format!("{name} left"), false)
+            }
+            _ => {}
+        }
+        if self.who_pending > 0 {
+            self.who_pending -= 1;
+            let text = format!("{name}: {}", presence_text(&now));
+            self.notice(text, false);
+        }
+    }
+
+    /// A failed presence answer: shown only if `/who` asked.
+    pub(crate) fn presence_failed(&mut self, reason: &str) {
+        if self.who_pending > 0 {
+            self.who_pending -= 1;
+            self.notice(reason.to_string(), true);
+        }
+    }
+
+    /// Enter: a message for the peer shown, or a command.
+    pub(crate) fn enter(&mut self) -> Action {
+        let line = self.input.take();
+        let trimmed = line.trim();
+        let mut words = trimmed.split_whitespace();
+        match words.next() {
+            None => Action::None,
+            Some("/file") => {
+                self.notice(
+                    "/file is not yet available: file transfer comes later",
+                    true,
+                );
+                Action::None
+            }
+            Some("/help") => {
+                for line in HELP {
+                    self.notice(line, false);
+                }
+                Action::None
+            }
+            _ => match crate::chat::parse(&line) {
+                None => Action::None,
+                Some(crate::chat::Input::Text(text)) => {
+                    // A pasted block often ends with a line break that means nothing.
+                    let text = text.trim_matches('\n').to_string();
+                    let to = self.shown().name.clone();
+                    self.scroll = 0;
+                    Action::Send(to, text)
+                }
+                Some(crate::chat::Input::To(name)) => {
+                    let i = self.open(&name);
+                    self.switch_to(i);
+                    Action::None
+                }
+                Some(crate::chat::Input::Who) => {
+                    let names = self.names();
+                    self.who_pending += names.len();
+                    Action::Who(names)
+                }
+                Some(crate::chat::Input::Help) => Action::None,
+                Some(crate::chat::Input::Quit) => Action::Quit,
+                Some(crate::chat::Input::Bad(_)) => {
+                    let word = trimmed.split_whitespace().next().unwrap_or(trimmed);
+                    let text = if COMMANDS.contains(&word) {
+                        format!("usage: see /help ({trimmed:?})")
+                    } else {
+                        format!("unknown command {word:?}; /help lists them")
+                    };
+                    self.notice(text, true);
+                    Action::None
+                }
+            },
+        }
+    }
+
+    /// Tab: completes the command (first word) or name before the cursor; several candidates
+    /// complete their common prefix and are listed.
+    pub(crate) fn complete(&mut self) {
+        let (word, first) = self.input.word_before_cursor();
+        let names = self.names();
+        let candidates: Vec<String> = if first && word.starts_with('/') {
+            COMMANDS.iter().map(|c| c.to_string()).collect()
+        } else {
+            names.iter().map(|n| n.to_string()).collect()
+        };
+        let matching: Vec<&String> = candidates.iter().filter(|c| c.starts_with(&word)).collect();
+        match matching.as_slice() {
+            [] => {}
+            [one] => self.input.complete_word(&format!("{one} ")),
+            many => {
+                let prefix = common_prefix(many);
+                if prefix.len() > word.len() {
+                    self.input.complete_word(&prefix);
+                } else {
+                    let list: Vec<&str> = many.iter().map(|s| s.as_str()).collect();
+                    self.notice(list.join("  "), false);
+                }
+            }
+        }
+    }
+
+    /// PageUp.
+    pub(crate) fn page_up(&mut self) {
+        self.scroll += self.page.saturating_sub(1).max(1);
+    }
+
+    /// PageDown.
+    pub(crate) fn page_down(&mut self) {
+        self.scroll = self
+            .scroll
+            .saturating_sub(self.page.saturating_sub(1).max(1));
+    }
+
+    /// Ctrl-N / Ctrl-P: the next or previous conversation.
+    pub(crate) fn cycle(&mut self, forward: bool) {
+        let n = self.conversations.len();
+        let i = if forward {
+            (self.current + 1) % n
+        } else {
+            (self.current + n - 1) % n
+        };
+        self.switch_to(i);
+    }
+}
+
+/// "online", "offline, last seen 5m ago", ...
+pub(crate) fn presence_text(p: &Presence) -> String {
+    match p {
+        Presence::Unknown => "?".into(),
+        Presence::Online => "online".into(),
+        Presence::Offline(Some(ms)) => format!("last seen {}", crate::console::ago(*ms)),
+        Presence::Offline(None) => "offline".into(),
+    }
+}
+
+fn common_prefix(words: &[&String]) -> String {
+    let Some(first) = words.first() else {
+        return String::new();
+    };
+    let mut prefix: String = first.to_string();
+    for w in &words[1..] {
+        while !w.starts_with(&prefix) {
+            prefix.pop();
+        }
+    }
+    prefix
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::Status;
+    use common::{wire::MessageId, KeyId};
+
+    fn name(s: &str) -> Name {
+        Name::new(s).expect("valid test name")
+    }
+
+    fn app() -> App {
+        App::new(name("c1"), name("c2"))
+    }
+
+    fn typed(app: &mut App, s: &str) {
+        s.chars().for_each(|c| app.input.insert(c));
+    }
+
+    fn info(n: &str, online: bool) -> PeerInfo {
+        PeerInfo {
+            name: name(n),
+            key: KeyId([0; 32]),
+            online,
+            last_seen_ms: Some(now_ms()),
+            observed_addr: None,
+            listen_addrs: Vec::new(),
+            queued_from_you: 0,
+        }
+    }
+
+    fn states(app: &App, i: usize) -> Vec<HistoryState> {
+        app.conversations[i]
+            .entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Message { state, .. } => Some(state.clone()),
+                Entry::Notice { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn outcomes_settle_messages_per_recipient_in_order() {
+        let mut app = app();
+        typed(&mut app, "hello");
+        assert_eq!(app.enter(), Action::Send(name("c2"), "hello".into()));
+        app.submitted(&name("c2"), "hello".into());
+        app.submitted(&name("c2"), "again".into());
+        app.submitted(&name("c3"), "elsewhere".into());
+        assert_eq!(app.outstanding(), 3);
+        let failed = SendFailed {
+            to: name("c3"),
+            reason: "no route".into(),
+        };
+        app.outcome(Err(&failed));
+        let sent = |status| Sent {
+            id: MessageId::random(),
+            to: name("c2"),
+            status,
+            path: None,
+        };
+        app.outcome(Ok(&sent(Status::Delivered)));
+        assert_eq!(
+            states(&app, 0),
+            [
+                HistoryState::Delivered { path: None },
+                HistoryState::Sending
+            ]
+        );
+        app.outcome(Ok(&sent(Status::Queued)));
+        assert_eq!(states(&app, 0)[1], HistoryState::Queued);
+        assert!(matches!(states(&app, 1)[0], HistoryState::Failed { .. }));
+        assert_eq!(app.outstanding(), 0);
+    }
+
+    #[test]
+    fn unread_counts_and_switching() {
+        let mut app = app();
+        let m = ChatMessage {
+            id: MessageId::random(),
+            from: name("c3"),
+            to: name("c1"),
+            sent_at_ms: now_ms(),
+            body: "psst".into(),
+        };
+        app.incoming(&m, false);
+        app.incoming(&m, true);
+        assert_eq!(app.conversations[1].unread, 2);
+        typed(&mut app, "/to c3");
+        assert_eq!(app.enter(), Action::None);
+        assert_eq!((app.current, app.conversations[1].unread), (1, 0));
+        app.cycle(true);
+        assert_eq!(app.current, 0);
+    }
+
+    #[test]
+    fn presence_changes_become_notices() {
+        let mut app = app();
+        app.presence(&info("c2", false));
+        assert!(
+            app.conversations[0].entries.is_empty(),
+            "first answer is no change"
+        );
+        app.presence(&info("c2", true));
+        app.presence(&info("c2", true));
+        app.presence(&info("c2", false));
+        let notices: Vec<&str> = app.conversations[0]
+            .entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Notice { text, .. } => Some(text.as_str()),
+                Entry::Message { .. } => None,
+            })
+            .collect();
+        assert_eq!(notices, ["c2 is online", "c2 left"]);
+    }
+
+    #[test]
+    fn tab_completes_commands_and_names() {
+        let mut app = app();
+        app.open(&name("carol"));
+        typed(&mut app, "/t");
+        app.complete();
+        assert_eq!(app.input.text(), "/to ");
+        typed(&mut app, "ca");
+        app.complete();
+        assert_eq!(app.input.text(), "/to carol ");
+        app.input.take();
+        typed(&mut app, "c");
+        app.complete();
+        assert_eq!(
+            app.input.text(),
+            "c",
+            "c2 and carol: no common prefix longer than c"
+        );
+        assert!(matches!(
+            app.conversations[0].entries.last(),
+            Some(Entry::Notice { text, .. }) if text == "c2  carol"
+        ));
+    }
+
+    #[test]
+    fn file_and_unknown_commands_explain_themselves() {
+        let mut app = app();
+        typed(&mut app, "/file x");
+        assert_eq!(app.enter(), Action::None);
+        typed(&mut app, "/nope");
+        assert_eq!(app.enter(), Action::None);
+        typed(&mut app, "//slash");
+        assert_eq!(app.enter(), Action::Send(name("c2"), "/slash".into()));
+        typed(&mut app, "/quit");
+        assert_eq!(app.enter(), Action::Quit);
+        let n = app.conversations[0].entries.len();
+        assert_eq!(n, 2);
+    }
+}

@@ -1,0 +1,255 @@
+//! The full-screen terminal client of `peer chat NAME` (ratatui + crossterm), used when stdin
+//! and stdout are terminals and `--json` is off.
+//!
+//! # Layout
+//!
+//! * [`input`]: the input line's editor (pure state).
+//! * [`app`]: conversations, unread counts, presence, the state of each message we sent, and
+//!   what each command does (pure state).
+//! * [`view`]: drawing the state.
+//! * [`terminal`]: taking the terminal and giving it back on every way out.
+//!
+//! # The loop
+//!
+//! One task waits on three sources: terminal events (keys, paste, resize) from a reading
+//! thread, the [`Session`]'s updates, and a presence tick. An incoming message is drawn before
+//! [`crate::session::Received::shown`] is called, which records it in the local history and
+//! lets it be acknowledged. Every few seconds the client asks the directory about each peer in
+//! the side list ([`Session::whois`]); a change becomes a notice in that conversation.
+//!
+//! Leaving (`/quit`, Ctrl-C, Ctrl-D on an empty line) waits up to [`QUIT_WAIT`] for messages
+//! still being sent, so none is dropped on the way out; a second Ctrl-C leaves at once. SIGTERM,
+//! SIGINT and SIGHUP leave at once. Log lines are shown in the conversation while the screen is
+//! ours, since stderr would scribble over it.
+
+mod app;
+mod input;
+mod terminal;
+mod view;
+
+use crate::{
+    commands::shutdown_signal,
+    session::{Session, Update},
+};
+use anyhow::Result;
+use app::{Action, App};
+use common::Name;
+use ratatui::crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use std::{
+    io::Write,
+    time::{Duration, Instant},
+};
+use terminal::Screen;
+use tokio::sync::mpsc;
+
+/// How often the presence of the peers in the side list is asked.
+pub const PRESENCE_EVERY: Duration = Duration::from_secs(3);
+/// How long leaving waits for messages still being sent.
+pub const QUIT_WAIT: Duration = Duration::from_secs(15);
+/// Earlier messages shown per conversation at start.
+const HISTORY_SHOWN: usize = 200;
+/// Most conversations from the history put in the side list at start.
+const HISTORY_PEERS: usize = 30;
+
+/// Runs the client, talking to `with` first.
+pub async fn run(mut session: Session, with: Name) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let shutdown = shutdown_signal()?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut app = App::new(session.name.clone(), with.clone());
+    load_history(&session, &mut app, &with).await;
+    session.attach();
+
+    let (log_tx, mut logs) = mpsc::unbounded_channel();
+    crate::logsink::divert(Some(Box::new(LogLines(log_tx))));
+    let result = async {
+        let (mut screen, mut events) = Screen::enter()?;
+        let mut presence = tokio::time::interval(PRESENCE_EVERY);
+        let mut leave_by: Option<Instant> = None;
+        tokio::pin!(shutdown);
+        loop {
+            if let Some(deadline) = leave_by {
+                if app.outstanding() == 0 || Instant::now() >= deadline {
+                    break;
+                }
+            }
+            screen.terminal.draw(|f| view::draw(f, &mut app))?;
+            tokio::select! {
+                event = events.recv() => {
+                    let Some(event) = event else { break };
+                    match on_event(&mut app, event) {
+                        Action::None => {}
+                        Action::Send(to, body) => {
+                            app.submitted(&to, body.clone());
+                            session.submit(to, body);
+                        }
+                        Action::Who(names) => names.into_iter().for_each(|n| session.whois(n)),
+                        Action::Quit if leave_by.is_some() => break,
+                        Action::Quit => {
+                            app.quitting = true;
+                            leave_by = Some(Instant::now() + QUIT_WAIT);
+                        }
+                    }
+                }
+                update = session.next() => match update {
+                    Some(Update::Message(received)) => {
+                        app.incoming(&received.message, received.via == crate::inbox::Via::Mailbox);
+                        screen.terminal.draw(|f| view::draw(f, &mut app))?;
+                        received.shown();
+                    }
+                    Some(Update::Sent(result)) => app.outcome(result.as_ref()),
+                    Some(Update::Whois(Ok((info, _)))) => app.presence(&info),
+                    Some(Update::Whois(Err(e))) => app.presence_failed(&e),
+                    Some(Update::Notice(text)) => app.notice(text, false),
+                    Some(Update::FileProgress { .. } | Update::FileSent(_)) => {}
+                    Some(Update::File(file)) => app.notice(
+                        format!("{} sent a file: {} ({} bytes)", file.from, file.path.display(), file.size),
+                        false,
+                    ),
+                    Some(Update::MailboxIdle) => {}
+                    None => {
+                        app.notice("the running peer stopped", true);
+                        break;
+                    }
+                },
+                _ = presence.tick() => {
+                    for name in app.names() {
+                        session.whois(name);
+                    }
+                }
+                Some(line) = logs.recv() => app.notice(line, true),
+                _ = &mut shutdown => break,
+                _ = hangup.recv() => break,
+            }
+        }
+        drop(screen);
+        anyhow::Ok(())
+    }
+    .await;
+    crate::logsink::divert(None);
+    terminal::restore();
+    session.close().await;
+    result
+}
+
+/// Puts the conversations of the history in the side list, with their earlier messages.
+async fn load_history(session: &Session, app: &mut App, with: &Name) {
+    let mut names = vec![with.clone()];
+    for name in session.history_peers().into_iter().take(HISTORY_PEERS) {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    for name in names {
+        match session.history(&name, HISTORY_SHOWN).await {
+            Ok(Some(entries)) => app.load_history(&name, entries),
+            Ok(None) => {
+                app.notice("no local history: another process has it open", true);
+                return;
+            }
+            Err(e) => {
+                app.notice(format!("cannot read the history: {e:#}"), true);
+                return;
+            }
+        }
+    }
+}
+
+/// What a terminal event does.
+fn on_event(app: &mut App, event: Event) -> Action {
+    match event {
+        Event::Key(key) if key.kind != KeyEventKind::Release => on_key(app, key),
+        Event::Paste(text) => {
+            app.input.paste(&text);
+            Action::None
+        }
+        _ => Action::None,
+    }
+}
+
+fn on_key(app: &mut App, key: KeyEvent) -> Action {
+    let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+    let alt = key.modifiers.contains(KeyModifiers::ALT);
+    let input = &mut app.input;
+    match key.code {
+        KeyCode::Char('c') if ctrl => return Action::Quit,
+        KeyCode::Char('d') if ctrl && input.is_empty() => return Action::Quit,
+        KeyCode::Char('d') if ctrl => input.delete(),
+        KeyCode::Char('a') if ctrl => input.home(),
+        KeyCode::Char('e') if ctrl => input.end(),
+        KeyCode::Char('b') if ctrl => input.left(),
+        KeyCode::Char('f') if ctrl => input.right(),
+        KeyCode::Char('u') if ctrl => input.kill_before(),
+        KeyCode::Char('k') if ctrl => input.kill_after(),
+        KeyCode::Char('w') if ctrl => input.kill_word(),
+        KeyCode::Char('n') if ctrl => app.cycle(true),
+        KeyCode::Char('p') if ctrl => app.cycle(false),
+        KeyCode::Char('l') if ctrl => {}
+        KeyCode::Char(_) if ctrl => {}
+        KeyCode::Char(c) => input.insert(c),
+        KeyCode::Enter if alt => input.insert('\n'),
+        KeyCode::Enter => return app.enter(),
+        KeyCode::Backspace => input.backspace(),
+        KeyCode::Delete => input.delete(),
+        KeyCode::Left if ctrl || alt => input.word_left(),
+        KeyCode::Right if ctrl || alt => input.word_right(),
+        KeyCode::Left => input.left(),
+        KeyCode::Right => input.right(),
+        KeyCode::Home => input.home(),
+        KeyCode::End => input.end(),
+        KeyCode::Up => input.older(),
+        KeyCode::Down => input.newer(),
+        KeyCode::PageUp => app.page_up(),
+        KeyCode::PageDown => app.page_down(),
+        KeyCode::Tab => app.complete(),
+        _ => {}
+    }
+    Action::None
+}
+
+/// Log output while the screen is ours: each line, without colour codes, to the loop.
+struct LogLines(mpsc::UnboundedSender<String>);
+
+impl Write for LogLines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = strip_ansi(&String::from_utf8_lossy(buf));
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let _ = self.0.send(format!("log: {}", line.trim()));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Removes `ESC [ ... letter` sequences.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_lose_their_colours() {
+        assert_eq!(strip_ansi("\x1b[33m WARN\x1b[0m peer: x"), " WARN peer: x");
+    }
+}

@@ -1,0 +1,255 @@
+//! Drawing the [`App`]: the side list of conversations with presence and unread counts, the
+//! message pane (timestamps, a stable colour per sender, the state of our messages), and the
+//! input line. Messages are wrapped here, by display width, so scrolling counts real rows.
+
+use super::app::{presence_text, App, Entry, Presence};
+use crate::console::clock;
+use common::{control::HistoryState, Name};
+use ratatui::{
+    layout::{Constraint, Layout, Position, Rect},
+    style::{Color, Modifier, Style},
+    text::{Line, Span},
+    widgets::{Block, Borders, Paragraph},
+    Frame,
+};
+use unicode_width::UnicodeWidthChar;
+
+/// Width of the side list, borders included.
+const SIDE: u16 = 26;
+
+/// Draws everything and places the cursor in the input line.
+pub(crate) fn draw(frame: &mut Frame, app: &mut App) {
+    let [side, main] =
+        Layout::horizontal([Constraint::Length(SIDE), Constraint::Min(20)]).areas(frame.area());
+    let [messages, input] =
+        Layout::vertical([Constraint::Min(3), Constraint::Length(3)]).areas(main);
+    draw_side(frame, app, side);
+    draw_messages(frame, app, messages);
+    draw_input(frame, app, input);
+}
+
+/// One colour per name, stable across runs (the same hash as the line mode's colours).
+pub(crate) fn colour(name: &Name) -> Color {
+    const COLOURS: [Color; 6] = [
+        Color::Red,
+        Color::Green,
+        Color::Yellow,
+        Color::Blue,
+        Color::Magenta,
+        Color::Cyan,
+    ];
+    let hash = name
+        .as_str()
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));
+    COLOURS[(hash as usize) % COLOURS.len()]
+}
+
+fn draw_side(frame: &mut Frame, app: &App, area: Rect) {
+    let dim = Style::default().fg(Color::DarkGray);
+    let mut lines = Vec::new();
+    for (i, c) in app.conversations.iter().enumerate() {
+        let (dot, dot_style) = match c.presence {
+            Presence::Online => ("●", Style::default().fg(Color::Green)),
+            Presence::Offline(_) => ("○", dim),
+            Presence::Unknown => ("·", dim),
+        };
+        let mut name_style = Style::default().fg(colour(&c.name));
+        if i == app.current {
+            name_style = name_style.add_modifier(Modifier::REVERSED | Modifier::BOLD);
+        }
+        let mut line = vec![
+            Span::styled(dot, dot_style),
+            Span::raw(" "),
+            Span::styled(c.name.to_string(), name_style),
+        ];
+        if c.unread > 0 {
+            line.push(Span::styled(
+                format!(" ({})", c.unread),
+                Style::default()
+                    .fg(Color::Yellow)
+                    .add_modifier(Modifier::BOLD),
+            ));
+        }
+        lines.push(Line::from(line));
+        lines.push(Line::from(Span::styled(
+            format!("  {}", presence_text(&c.presence)),
+            dim,
+        )));
+    }
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .title(format!(" {} ", app.me));
+    frame.render_widget(Paragraph::new(lines).block(block), area);
+}
+
+fn draw_messages(frame: &mut Frame, app: &mut App, area: Rect) {
+    let conv = &app.conversations[app.current];
+    let (name, presence) = (conv.name.clone(), presence_text(&conv.presence));
+    let inner_width = area.width.saturating_sub(2) as usize;
+    let height = area.height.saturating_sub(2) as usize;
+    let mut rows = Vec::new();
+    for entry in &conv.entries {
+        rows.extend(entry_rows(entry, &app.me, inner_width));
+    }
+    let max_scroll = rows.len().saturating_sub(height);
+    app.scroll = app.scroll.min(max_scroll);
+    app.page = height.max(1);
+    let end = rows.len() - app.scroll;
+    let start = end.saturating_sub(height);
+    let title = if app.scroll > 0 {
+        format!(" {name} · {presence} · ↓ {} more (PageDown) ", app.scroll)
+    } else {
+        format!(" {name} · {presence} · /help ")
+    };
+    let block = Block::default().borders(Borders::ALL).title(title);
+    let shown: Vec<Line> = rows.drain(start..end).collect();
+    frame.render_widget(Paragraph::new(shown).block(block), area);
+}
+
+fn draw_input(frame: &mut Frame, app: &App, area: Rect) {
+    let width = area.width.saturating_sub(2) as usize;
+    let (text, column) = app.input.view(width.saturating_sub(1));
+    let title = if app.quitting {
+        format!(" leaving: waiting for {} message(s) ", app.outstanding())
+    } else {
+        format!(" to {} ", app.shown().name)
+    };
+    let block = Block::default().borders(Borders::ALL).title(title);
+    frame.render_widget(Paragraph::new(text).block(block), area);
+    let x = area.x + 1 + u16::try_from(column).unwrap_or(0);
+    frame.set_cursor_position(Position::new(
+        x.min(area.right().saturating_sub(2)),
+        area.y + 1,
+    ));
+}
+
+/// The rows of one entry, wrapped to `width` columns; continuation rows are indented.
+fn entry_rows(entry: &Entry, me: &Name, width: usize) -> Vec<Line<'static>> {
+    let dim = Style::default().fg(Color::DarkGray);
+    let mut spans: Vec<(String, Style)> = Vec::new();
+    match entry {
+        Entry::Message {
+            from,
+            at_ms,
+            body,
+            state,
+        } => {
+            spans.push((format!("{} ", clock(*at_ms)), dim));
+            let mut name_style = Style::default()
+                .fg(colour(from))
+                .add_modifier(Modifier::BOLD);
+            if from == me {
+                name_style = name_style.add_modifier(Modifier::DIM);
+            }
+            spans.push((format!("{from}: "), name_style));
+            spans.push((clean(body), Style::default()));
+            if let Some((text, style)) = state_label(state) {
+                spans.push((format!("  {text}"), style));
+            }
+        }
+        Entry::Notice { at_ms, text, alarm } => {
+            spans.push((format!("{} ", clock(*at_ms)), dim));
+            let style = if *alarm {
+                Style::default().fg(Color::Red)
+            } else {
+                Style::default()
+                    .fg(Color::DarkGray)
+                    .add_modifier(Modifier::ITALIC)
+            };
+            spans.push((format!("-- {} --", clean(text)), style));
+        }
+    }
+    wrap(&spans, width, 9)
+}
+
+/// How one of our messages stands, or `None` for theirs (mailbox ones say so).
+fn state_label(state: &HistoryState) -> Option<(String, Style)> {
+    let style = |c: Color| Style::default().fg(c);
+    Some(match state {
+        HistoryState::Received { via_mailbox: true } => {
+            ("(via mailbox)".into(), style(Color::DarkGray))
+        }
+        HistoryState::Received { via_mailbox: false } => return None,
+        HistoryState::Sending => ("… sending".into(), style(Color::Yellow)),
+        HistoryState::Delivered { path: Some(p) } => {
+            (format!("✓ delivered ({})", p.as_str()), style(Color::Green))
+        }
+        HistoryState::Delivered { path: None } => ("✓ delivered".into(), style(Color::Green)),
+        HistoryState::Queued => ("✉ queued (mailbox)".into(), style(Color::Cyan)),
+        HistoryState::Failed { reason } => (format!("✗ failed: {reason}"), style(Color::Red)),
+    })
+}
+
+/// Text from the network, made safe to draw: control characters shown as U+FFFD, tabs as a
+/// space; line breaks stay (they break the row).
+fn clean(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '\n' => '\n',
+            '\t' => ' ',
+            c if c.is_control() => char::REPLACEMENT_CHARACTER,
+            c => c,
+        })
+        .collect()
+}
+
+/// Lays styled text out in rows of at most `width` columns, breaking at `\n` and where a row
+/// is full; every row after the first starts with `indent` spaces.
+fn wrap(spans: &[(String, Style)], width: usize, indent: usize) -> Vec<Line<'static>> {
+    let width = width.max(indent + 4);
+    let mut rows: Vec<Line<'static>> = Vec::new();
+    let mut row: Vec<Span<'static>> = Vec::new();
+    let mut used = 0;
+    let mut piece = String::new();
+    let new_row = |rows: &mut Vec<Line<'static>>, row: &mut Vec<Span<'static>>| {
+        rows.push(Line::from(std::mem::take(row)));
+        row.push(Span::raw(" ".repeat(indent)));
+    };
+    for (text, style) in spans {
+        for c in text.chars() {
+            let w = c.width().unwrap_or(0);
+            if c == '\n' || used + w > width {
+                row.push(Span::styled(std::mem::take(&mut piece), *style));
+                new_row(&mut rows, &mut row);
+                used = indent;
+                if c == '\n' || c == ' ' {
+                    continue;
+                }
+            }
+            piece.push(c);
+            used += w;
+        }
+        row.push(Span::styled(std::mem::take(&mut piece), *style));
+    }
+    rows.push(Line::from(row));
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(line: &Line) -> String {
+        line.spans.iter().map(|s| s.content.as_ref()).collect()
+    }
+
+    #[test]
+    fn long_and_multi_line_bodies_wrap_with_an_indent() {
+        let spans = vec![
+            ("12:00:00 ".to_string(), Style::default()),
+            ("c2: ".to_string(), Style::default()),
+            ("one two three\nfour".to_string(), Style::default()),
+        ];
+        let rows: Vec<String> = wrap(&spans, 20, 9).iter().map(text).collect();
+        assert_eq!(
+            rows,
+            ["12:00:00 c2: one two", "         three", "         four"]
+        );
+    }
+
+    #[test]
+    fn control_characters_never_reach_the_screen() {
+        assert_eq!(clean("a\x1b[2Jb\tc\nd"), "a\u{fffd}[2Jb c\nd");
+    }
+}

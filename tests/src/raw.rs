@@ -1,0 +1,76 @@
+//! A hand-made QUIC client that speaks the wire protocol directly, for scenarios that need to
+//! say what the real `peer` never would: malformed frames, someone else's name, hostile file
+//! names.
+
+use anyhow::{anyhow, bail, Result};
+use common::{
+    framing,
+    tls::{self, Expect},
+    wire::{DirectoryRequest, DirectoryResponse},
+    Identity, Name,
+};
+use std::{net::SocketAddr, time::Duration};
+
+/// How long one raw exchange may take.
+pub const RAW_WAIT: Duration = Duration::from_secs(10);
+
+/// A single-threaded runtime for a raw exchange inside a plain `#[test]`.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// A client with its own key and one QUIC endpoint on loopback.
+pub struct Raw {
+    identity: Identity,
+    endpoint: quinn::Endpoint,
+}
+
+impl Raw {
+    /// A new key and endpoint. Call inside a runtime.
+    pub fn new(subject: &str) -> Result<Self> {
+        let identity = Identity::generate(subject)?;
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+        Ok(Self { identity, endpoint })
+    }
+
+    /// Dials `addr` speaking `alpn`, accepting the server key `expect` allows.
+    pub async fn dial(
+        &self,
+        addr: SocketAddr,
+        alpn: &[u8],
+        expect: Expect,
+    ) -> Result<quinn::Connection> {
+        let config = tls::client_config(&self.identity, alpn, expect)?;
+        let connecting = self.endpoint.connect_with(config, addr, "test")?;
+        Ok(tokio::time::timeout(RAW_WAIT, connecting).await??)
+    }
+}
+
+/// One request on its own stream, one response.
+pub async fn request(
+    conn: &quinn::Connection,
+    req: &DirectoryRequest,
+) -> Result<DirectoryResponse> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    framing::write_frame(&mut send, req).await?;
+    send.finish()?;
+    tokio::time::timeout(RAW_WAIT, framing::read_frame(&mut recv))
+        .await??
+        .ok_or_else(|| anyhow!("no response"))
+}
+
+/// Registers `who` on a directory connection, without going online.
+pub async fn register(conn: &quinn::Connection, who: &str) -> Result<()> {
+    let req = DirectoryRequest::Register {
+        name: Name::new(who)?,
+        listen_addrs: vec![],
+        heartbeat_ms: 10_000,
+        online: false,
+    };
+    match request(conn, &req).await? {
+        DirectoryResponse::Registered { .. } => Ok(()),
+        other => bail!("registration answered {other:?}"),
+    }
+}

@@ -1,0 +1,293 @@
+//! File transfer: a large file arrives intact, an interrupted transfer resumes, a hostile name
+//! cannot escape the downloads folder or overwrite anything.
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use common::{
+    defaults::{ALPN_DIRECTORY, ALPN_PEER},
+    framing,
+    tls::Expect,
+    wire::{FileOffer, MessageId, PeerFrame},
+    KeyId, Name,
+};
+use std::{
+    fs,
+    io::Write,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+use tests::{
+    is_type,
+    raw::{register, runtime, Raw, RAW_WAIT},
+    Json, Net,
+};
+
+/// Long enough for a gigabyte through debug builds on a busy 2-core machine.
+const TRANSFER: Duration = Duration::from_secs(600);
+
+/// Writes `mib` MiB of pseudo-random bytes (xorshift, so every MiB differs) to `path`.
+fn make_file(path: &Path, mib: usize) -> Result<()> {
+    let mut file = std::io::BufWriter::new(fs::File::create(path)?);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut block = vec![0u8; 1 << 20];
+    for _ in 0..mib {
+        for chunk in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes());
+        }
+        file.write_all(&block)?;
+    }
+    file.flush()?;
+    Ok(())
+}
+
+/// SHA-256 of a file, by coreutils' `sha256sum`, independent of the code under test.
+fn sha256sum(path: &Path) -> Result<String> {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .context("running sha256sum")?;
+    ensure!(out.status.success(), "sha256sum {} failed", path.display());
+    let text = String::from_utf8(out.stdout)?;
+    text.split_whitespace()
+        .next()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("sha256sum printed nothing"))
+}
+
+fn downloads(net: &Net, name: &str) -> Result<PathBuf> {
+    Ok(net.home(name)?.join("downloads"))
+}
+
+/// The one `file` line a listener printed.
+fn file_line(lines: &[Json]) -> Result<Json> {
+    let files: Vec<&Json> = lines.iter().filter(|v| is_type(v, "file")).collect();
+    match files.as_slice() {
+        [one] => Ok((*one).clone()),
+        other => bail!("expected one file line, got {other:?}"),
+    }
+}
+
+/// A gigabyte crosses a direct link, streamed, and arrives with the sender's hash.
+#[test]
+fn a_gigabyte_arrives_intact() -> Result<()> {
+    let net = Net::new()?;
+    let mut c2 = net.listen("c2")?;
+    let path = net.root().join("big.bin");
+    make_file(&path, 1024)?;
+    let expected = sha256sum(&path)?;
+    let started = Instant::now();
+    let out = net
+        .peer("c1")
+        .json()
+        .args(["send-file", "c2"])
+        .args([&path])
+        .run(TRANSFER)?
+        .success()?;
+    let elapsed = started.elapsed();
+    let sent = out.one_of_type("file_sent")?;
+    ensure!(
+        sent["sha256"] == expected.as_str(),
+        "sender's hash {sent} vs sha256sum {expected}"
+    );
+    ensure!(sent["size"] == 1u64 << 30, "size in {sent}");
+    eprintln!(
+        "1 GiB sent in {elapsed:?} ({:.0} MiB/s)",
+        1024.0 / elapsed.as_secs_f64()
+    );
+    let got = c2.wait_json("the file line", Duration::from_secs(30), |v| {
+        is_type(v, "file")
+    })?;
+    ensure!(
+        got["from"] == "c1" && got["sha256"] == expected.as_str(),
+        "c2 printed {got}"
+    );
+    let stored = PathBuf::from(got["path"].as_str().context("no path")?);
+    ensure!(
+        stored.starts_with(downloads(&net, "c2")?),
+        "stored outside downloads: {got}"
+    );
+    ensure!(
+        sha256sum(&stored)? == expected,
+        "the stored file's hash differs"
+    );
+    fs::remove_file(&path)?;
+    fs::remove_file(&stored)?;
+    c2.terminate()?;
+    net.assert_no_panics()
+}
+
+/// The sender dies in the middle; sending the same file again continues from what the
+/// receiver kept, and the result is whole.
+#[test]
+fn an_interrupted_transfer_resumes() -> Result<()> {
+    let net = Net::new()?;
+    let mut c2 = net.listen("c2")?;
+    let path = net.root().join("resume.bin");
+    make_file(&path, 256)?;
+    let expected = sha256sum(&path)?;
+    let partial_dir = downloads(&net, "c2")?.join(".partial");
+
+    let mut first = net
+        .peer("c1")
+        .json()
+        .args(["send-file", "c2"])
+        .args([&path])
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let kept = loop {
+        let size: u64 = fs::read_dir(&partial_dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        if size >= 16 << 20 {
+            break size;
+        }
+        ensure!(
+            first.is_running(),
+            "the first send ended before 16 MiB arrived"
+        );
+        ensure!(
+            Instant::now() < deadline,
+            "only {size} bytes arrived in 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(20)); // polling a file's size, with a deadline
+    };
+    first.kill9()?;
+    eprintln!("sender killed with {kept} bytes at the receiver");
+
+    let out = net
+        .peer("c1")
+        .json()
+        .args(["send-file", "c2"])
+        .args([&path])
+        .run(TRANSFER)?
+        .success()?;
+    let sent = out.one_of_type("file_sent")?;
+    let resumed = sent["resumed_from"].as_u64().unwrap_or(0);
+    ensure!(
+        resumed >= 16 << 20,
+        "the second send did not resume: {sent}"
+    );
+    let got = c2.wait_json("the file line", Duration::from_secs(30), |v| {
+        is_type(v, "file")
+    })?;
+    ensure!(got["sha256"] == expected.as_str(), "c2 printed {got}");
+    ensure!(
+        got["resumed_from"] == resumed,
+        "receiver and sender disagree: {got} vs {sent}"
+    );
+    let stored = PathBuf::from(got["path"].as_str().context("no path")?);
+    ensure!(
+        sha256sum(&stored)? == expected,
+        "the resumed file's hash differs"
+    );
+    c2.terminate()?;
+    ensure!(
+        file_line(&c2.json_lines()).is_ok(),
+        "c2 printed the file more than once"
+    );
+    net.assert_no_panics()
+}
+
+/// A sender that offers `../../x` gets a plain name inside the downloads folder, and a second
+/// file of the same name gets a new name instead of overwriting the first.
+#[test]
+fn hostile_file_names_stay_inside_downloads() -> Result<()> {
+    let net = Net::new()?;
+    let mut c2 = net.listen("c2")?;
+    let info = net.whois("c1", "c2")?;
+    let addr: SocketAddr = info["observed_addr"]
+        .as_str()
+        .context("no address")?
+        .parse()?;
+    let key: KeyId = info["key"].as_str().unwrap_or_default().parse()?;
+    let dir = net.dir().addr();
+    let downloads = downloads(&net, "c2")?;
+    runtime()?.block_on(async {
+        let raw = Raw::new("mallory")?;
+        let conn = raw.dial(dir, ALPN_DIRECTORY, Expect::AnyKey).await?;
+        register(&conn, "mallory").await?;
+        let direct = raw.dial(addr, ALPN_PEER, Expect::Key(key)).await?;
+        for content in [&b"first"[..], &b"second"[..]] {
+            offer(&direct, "../../../evil.sh", content).await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    let lines = c2.wait_json_n("two file lines", 2, Duration::from_secs(10), |v| {
+        is_type(v, "file")
+    })?;
+    let paths: Vec<PathBuf> = lines
+        .iter()
+        .filter_map(|v| v["path"].as_str())
+        .map(PathBuf::from)
+        .collect();
+    ensure!(
+        paths == [downloads.join("evil.sh"), downloads.join("evil (1).sh")],
+        "stored as {paths:?}"
+    );
+    ensure!(
+        fs::read(&paths[0])? == b"first" && fs::read(&paths[1])? == b"second",
+        "contents"
+    );
+    ensure!(
+        !net.root().join("evil.sh").exists(),
+        "a file escaped the downloads folder"
+    );
+    c2.terminate()?;
+    net.assert_no_panics()
+}
+
+/// Offers `content` as `name` on a new stream and waits for the receiver's verdict.
+async fn offer(conn: &quinn::Connection, name: &str, content: &[u8]) -> Result<()> {
+    let sha256 = {
+        let out = sha256_of_bytes(content)?;
+        let mut id = [0u8; 32];
+        hex_to(&out, &mut id)?;
+        id
+    };
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let offer = FileOffer {
+        id: MessageId::random(),
+        from: Name::new("mallory")?,
+        to: Name::new("c2")?,
+        name: name.into(),
+        size: content.len() as u64,
+        sha256,
+        sent_at_ms: 1,
+    };
+    framing::write_frame(&mut send, &PeerFrame::FileOffer(offer)).await?;
+    match tokio::time::timeout(RAW_WAIT, framing::read_frame::<PeerFrame, _>(&mut recv)).await?? {
+        Some(PeerFrame::FileAccept { offset: 0 }) => {}
+        other => bail!("offer answered {other:?}"),
+    }
+    send.write_all(content).await?;
+    send.finish()?;
+    match tokio::time::timeout(RAW_WAIT, framing::read_frame::<PeerFrame, _>(&mut recv)).await?? {
+        Some(PeerFrame::FileDone { ok: true }) => Ok(()),
+        other => bail!("after the bytes: {other:?}"),
+    }
+}
+
+/// SHA-256 of bytes via `sha256sum`, so the test does not lean on the code it checks.
+fn sha256_of_bytes(content: &[u8]) -> Result<String> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("x");
+    fs::write(&path, content)?;
+    sha256sum(&path)
+}
+
+fn hex_to(text: &str, out: &mut [u8; 32]) -> Result<()> {
+    ensure!(text.len() == 64, "not a sha256: {text}");
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! The full-screen client on a real terminal: `peer chat` in a tmux pane, driven with keys and
+//! checked by what the screen shows, against a real directory and real peers.
+
+use anyhow::{ensure, Result};
+use std::time::Duration;
+use tests::{body, is_message_from, Net, Sig, EXIT, SHORT};
+
+/// How long the screen may take to show something that depends on the network.
+const SHOWN: Duration = Duration::from_secs(20);
+
+/// Messages both ways, their states, `/to`, unread counts, a multi-line paste, resizing,
+/// `/quit`, and the terminal as it was afterwards.
+#[test]
+fn chat_on_a_terminal() -> Result<()> {
+    let net = Net::new()?;
+    let mut c2 = net.listen("c2")?;
+    let mut c3 = net.listen("c3")?;
+    let chat = net
+        .peer("c1")
+        .args(["chat", "c2"])
+        .tmux(net.root(), 120, 40)?;
+    // The side list polls presence: c2 shows as online.
+    chat.wait_for("c2 online in the side list", SHOWN, |s| {
+        s.contains("● c2") && s.contains("c2 · online")
+    })?;
+    ensure!(chat.alternate_screen()?, "the client is not full-screen");
+
+    // A message from c2 appears with its sender.
+    net.send("c2", "c1", "hello from c2")?;
+    chat.wait_text("c2: hello from c2", SHOWN)?;
+
+    // Typing and Enter sends; c2 receives it; the screen says it was delivered.
+    chat.line("hi c2, typed")?;
+    let got = c2.wait_json("c1's typed message", SHORT, |v| is_message_from(v, "c1"))?;
+    ensure!(body(&got) == "hi c2, typed", "c2 got {got}");
+    chat.wait_for("the typed message delivered", SHOWN, |s| {
+        s.lines()
+            .any(|l| l.contains("c1: hi c2, typed") && l.contains("✓ delivered"))
+    })?;
+
+    // Editing: backspace, move left, insert, home, delete, end.
+    chat.type_text("helox")?;
+    chat.keys(&["BSpace", "Left", "Left"])?;
+    chat.type_text("l")?;
+    chat.keys(&["Home", "Delete"])?;
+    chat.type_text("H")?;
+    chat.keys(&["End", "Enter"])?;
+    let got = c2.wait_json("the edited message", SHORT, |v| is_message_from(v, "c1"))?;
+    ensure!(body(&got) == "Hello", "editing gave {got}");
+
+    // /to switches (Tab completes the command).
+    chat.type_text("/t")?;
+    chat.keys(&["Tab"])?;
+    chat.type_text("c3")?;
+    chat.keys(&["Enter"])?;
+    chat.wait_text("c3 ·", SHOWN)?;
+    chat.line("hi c3")?;
+    let got = c3.wait_json("c1's message to c3", SHORT, |v| is_message_from(v, "c1"))?;
+    ensure!(body(&got) == "hi c3", "c3 got {got}");
+
+    // Tab on a name with two candidates lists them; on one, completes it.
+    chat.type_text("/to c")?;
+    chat.keys(&["Tab"])?;
+    chat.wait_text("-- c2  c3 --", SHOWN)?;
+    chat.keys(&["C-u"])?;
+
+    // While c3 is shown, c2's message counts as unread.
+    net.send("c2", "c1", "are you there?")?;
+    chat.wait_text("c2 (1)", SHOWN)?;
+
+    // A paste of several lines is one message.
+    chat.paste("first line\nsecond line")?;
+    chat.keys(&["Enter"])?;
+    let got = c3.wait_json("the pasted message", SHORT, |v| is_message_from(v, "c1"))?;
+    ensure!(
+        body(&got) == "first line\nsecond line",
+        "the paste arrived as {got}"
+    );
+    chat.wait_text("second line", SHOWN)?;
+
+    // Resizing redraws to the new size.
+    chat.resize(80, 20)?;
+    chat.wait_for("a redraw at 80 columns", SHOWN, |s| {
+        s.lines()
+            .next()
+            .is_some_and(|l| l.chars().count() == 80 && l.ends_with('┐'))
+    })?;
+
+    // /file says it is not there yet; /quit leaves and gives the terminal back.
+    chat.line("/file /etc/hostname")?;
+    chat.wait_text("not yet available", SHOWN)?;
+    chat.line("/quit")?;
+    chat.wait_clean_exit(EXIT)?;
+    c2.terminate()?;
+    c3.terminate()?;
+    net.assert_no_panics()
+}
+
+/// Earlier messages from the history at start, the queued state, presence notices when the
+/// peer comes and goes, and SIGTERM restoring the terminal.
+#[test]
+fn history_queued_presence_and_sigterm() -> Result<()> {
+    let net = Net::new()?;
+    net.register("c2")?;
+    let sent = net.send("c1", "c2", "written before the chat")?;
+    ensure!(sent["status"] == "queued", "c2 is offline, yet {sent}");
+    let chat = net
+        .peer("c1")
+        .args(["chat", "c2"])
+        .tmux(net.root(), 120, 40)?;
+    chat.wait_for("the earlier message, queued", SHOWN, |s| {
+        s.lines()
+            .any(|l| l.contains("c1: written before the chat") && l.contains("queued"))
+    })?;
+    chat.wait_text("c2 · last seen", SHOWN)?;
+
+    chat.line("while you are away")?;
+    chat.wait_for("the new message queued", SHOWN, |s| {
+        s.lines()
+            .any(|l| l.contains("c1: while you are away") && l.contains("queued"))
+    })?;
+
+    let mut c2 = net.listen("c2")?;
+    chat.wait_text("c2 is online", SHOWN)?;
+    let got = c2.wait_json_n("both queued messages", 2, SHORT, |v| {
+        is_message_from(v, "c1")
+    })?;
+    ensure!(
+        body(&got[0]) == "written before the chat" && body(&got[1]) == "while you are away",
+        "c2 got {got:?}"
+    );
+    c2.terminate()?;
+    chat.wait_text("c2 left", SHOWN)?;
+
+    chat.signal(Sig::SIGTERM)?;
+    chat.wait_clean_exit(EXIT)?;
+    net.assert_no_panics()
+}
+
+/// Ctrl-D on an empty line and Ctrl-C leave cleanly.
+#[test]
+fn ctrl_d_and_ctrl_c_leave() -> Result<()> {
+    let net = Net::new()?;
+    for key in ["C-d", "C-c"] {
+        let chat = net
+            .peer("c1")
+            .args(["chat", "c2"])
+            .tmux(net.root(), 100, 30)?;
+        chat.wait_text("to c2", SHOWN)?;
+        chat.keys(&[key])?;
+        chat.wait_clean_exit(EXIT)?;
+    }
+    net.assert_no_panics()
+}
