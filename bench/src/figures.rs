@@ -299,23 +299,21 @@ pub struct Presence {
 pub async fn presence(bin: &Path, id: &Identity, n: usize, p: &Params) -> Result<Presence> {
     let dir = DirectoryProcess::spawn(bin, &[])?;
     let rss_idle = rss_bytes(dir.pid())?;
-    let pool = Arc::new(ClientPool::new(id, n.div_ceil(500))?);
+    let pool = Arc::new(ClientPool::heartbeating(
+        id,
+        n.div_ceil(500),
+        p.presence_heartbeat,
+    )?);
     let hb = p.presence_heartbeat;
-    let beats = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let t = Instant::now();
     let mut tasks = JoinSet::new();
     let next = Arc::new(AtomicUsize::new(0));
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<Result<()>>(n.max(1));
-    // Registration commits twice per peer (bind + last seen), so it is done 64 at a time.
+    // A new name's registration is a durable commit, so it is done 64 at a time.
     for _ in 0..64.min(n) {
-        let (pool, next, beats, errors, ready) = (
-            pool.clone(),
-            next.clone(),
-            beats.clone(),
-            errors.clone(),
-            ready_tx.clone(),
-        );
+        let (pool, next, errors, ready) =
+            (pool.clone(), next.clone(), errors.clone(), ready_tx.clone());
         let addr = dir.addr;
         tasks.spawn(async move {
             let mut heartbeats = JoinSet::new();
@@ -332,22 +330,12 @@ pub async fn presence(bin: &Path, id: &Identity, n: usize, p: &Params) -> Result
                 .await;
                 match r {
                     Ok(conn) => {
-                        // Heartbeat from now on, at a phase spread over the interval.
-                        let phase = hb.mul_f64((i as f64 * 0.618_034).fract());
-                        let (beats, errors) = (beats.clone(), errors.clone());
+                        // Heartbeats are the connection's QUIC keep-alives, as in the peer;
+                        // a connection that dies counts as a failed heartbeat.
+                        let errors = errors.clone();
                         heartbeats.spawn(async move {
-                            let start = tokio::time::Instant::now() + phase;
-                            let mut tick = tokio::time::interval_at(start, hb);
-                            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                            loop {
-                                tick.tick().await;
-                                match request(&conn, &DirectoryRequest::Heartbeat).await {
-                                    Ok(DirectoryResponse::Alive) => {
-                                        beats.fetch_add(1, Ordering::Relaxed)
-                                    }
-                                    _ => errors.fetch_add(1, Ordering::Relaxed),
-                                };
-                            }
+                            let _ = conn.closed().await;
+                            errors.fetch_add(1, Ordering::Relaxed);
                         });
                         let _ = ready.send(Ok(())).await;
                     }
@@ -388,11 +376,7 @@ pub async fn presence(bin: &Path, id: &Identity, n: usize, p: &Params) -> Result
         probe_p99_us: vec![],
     };
     for _ in 0..p.presence_windows {
-        let (c0, b0, t0) = (
-            cpu_time(dir.pid())?,
-            beats.load(Ordering::Relaxed),
-            Instant::now(),
-        );
+        let (c0, t0) = (cpu_time(dir.pid())?, Instant::now());
         let mut rtts = Vec::new();
         while t0.elapsed() < p.presence_window {
             let t = Instant::now();
@@ -406,9 +390,11 @@ pub async fn presence(bin: &Path, id: &Identity, n: usize, p: &Params) -> Result
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let secs = t0.elapsed().as_secs_f64();
-        let (c1, b1) = (cpu_time(dir.pid())?, beats.load(Ordering::Relaxed));
+        let c1 = cpu_time(dir.pid())?;
         out.cpu_pct.push((c1 - c0).as_secs_f64() / secs * 100.0);
-        out.heartbeats_per_sec.push((b1 - b0) as f64 / secs);
+        // Keep-alives are not counted one by one; the live connections send one each per
+        // interval.
+        out.heartbeats_per_sec.push(n as f64 / hb.as_secs_f64());
         out.probe_p50_us.push(quantile_us(&mut rtts, 0.5));
         out.probe_p99_us.push(quantile_us(&mut rtts, 0.99));
     }

@@ -204,6 +204,17 @@ impl ClientPool {
         Ok(Self { endpoints, config })
     }
 
+    /// Like [`ClientPool::new`], but every connection heartbeats as a real peer does: a QUIC
+    /// keep-alive every `heartbeat`, idle timeout three of them.
+    pub fn heartbeating(identity: &Identity, sockets: usize, heartbeat: Duration) -> Result<Self> {
+        let mut pool = Self::new(identity, sockets)?;
+        let mut transport = tls::transport_config(false);
+        transport.keep_alive_interval(Some(heartbeat));
+        transport.max_idle_timeout((heartbeat * 3).try_into().ok());
+        pool.config.transport_config(Arc::new(transport));
+        Ok(pool)
+    }
+
     /// Connection number `i`, on endpoint `i % sockets`.
     pub async fn connect(&self, i: usize, addr: SocketAddr) -> Result<quinn::Connection> {
         let ep = &self.endpoints[i % self.endpoints.len()];

@@ -59,7 +59,19 @@ pub fn server_config(identity: &Identity, alpn: &[u8]) -> Result<quinn::ServerCo
     tls.max_early_data_size = 0;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).context("QUIC TLS")?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config(false)));
+    let mut transport = transport_config(false);
+    if alpn == defaults::ALPN_DIRECTORY {
+        // Presence is the connection's liveness: each peer proposes an idle timeout of three of
+        // its heartbeats (QUIC keep-alives), and the smaller of the two proposals applies. This
+        // ceiling only stops a peer from holding a dead entry for longer than the slowest
+        // heartbeat allowed.
+        transport.max_idle_timeout(
+            (defaults::HEARTBEAT_MAX * defaults::MISSED_HEARTBEATS)
+                .try_into()
+                .ok(),
+        );
+    }
+    config.transport_config(Arc::new(transport));
     Ok(config)
 }
 

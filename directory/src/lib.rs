@@ -5,8 +5,8 @@
 //!
 //! * [`server`]: the accept loop: connection cap, one task per connection, shutdown.
 //! * [`session`]: one peer's connection: its requests in, responses out.
-//! * [`registry`]: who is online now, on which connection, at which addresses.
-//! * [`presence`]: when a peer that stopped heartbeating counts as gone (pure functions of time).
+//! * [`registry`]: who is online now, on which connection, at which addresses; why a live QUIC
+//!   connection is what online means.
 //! * [`mailbox`]: pushes held messages to an online recipient and deletes them once acknowledged.
 //! * [`store`]: the durable state (name bindings, mailbox) in redb, behind a small trait.
 //!
@@ -19,7 +19,6 @@
 //! `Delivered` ack, the message is removed.
 
 pub mod mailbox;
-pub mod presence;
 pub mod registry;
 pub mod server;
 pub mod session;

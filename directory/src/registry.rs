@@ -1,5 +1,11 @@
-//! Who is online right now: name → live connection, addresses and last heartbeat. In memory
-//! only; the durable name → key binding is in [`crate::store`].
+//! Who is online right now: name → live connection and addresses. In memory only; the durable
+//! name → key binding is in [`crate::store`].
+//!
+//! Online means registered on a live connection. Liveness is QUIC's: a peer sends keep-alives
+//! (its heartbeats) and proposes an idle timeout of three of them, so a peer that stops
+//! heartbeating has its connection closed by QUIC after three missed heartbeats, and a peer that
+//! leaves closes it at once. Either way its session ends and removes it here. The directory
+//! spends nothing per heartbeat beyond acknowledging a packet: no stream, no task, no timer.
 
 use common::wire::DirectoryEvent;
 use common::{KeyId, Name};
@@ -7,7 +13,6 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
 };
 use tokio::sync::{mpsc, Notify};
 
@@ -20,10 +25,6 @@ pub struct Online {
     pub key: KeyId,
     /// The addresses it says it listens on.
     pub listen_addrs: Vec<SocketAddr>,
-    /// How often it promised to heartbeat.
-    pub heartbeat: Duration,
-    /// When it was last heard from.
-    pub last_seen: Instant,
     /// Wakes its mailbox task when a message is deposited for it.
     pub wake: Arc<Notify>,
     /// Other events for its event stream (introductions).
@@ -64,31 +65,9 @@ impl Registry {
         false
     }
 
-    /// Notes a heartbeat from `name` on connection `stable_id`.
-    pub fn touch(&self, name: &Name, stable_id: usize, now: Instant) {
-        if let Some(o) = self.map().get_mut(name) {
-            if o.conn.stable_id() == stable_id {
-                o.last_seen = now;
-            }
-        }
-    }
-
     /// The online entry for `name`.
     pub fn get(&self, name: &Name) -> Option<Online> {
         self.map().get(name).cloned()
-    }
-
-    /// Takes out every entry `expired` says is gone.
-    pub fn take_expired(&self, mut expired: impl FnMut(&Online) -> bool) -> Vec<(Name, Online)> {
-        let mut map = self.map();
-        let gone: Vec<Name> = map
-            .iter()
-            .filter(|(_, o)| expired(o))
-            .map(|(n, _)| n.clone())
-            .collect();
-        gone.into_iter()
-            .filter_map(|n| map.remove(&n).map(|o| (n, o)))
-            .collect()
     }
 
     /// How many peers are online.

@@ -2,20 +2,19 @@
 //! expires silent peers, and shuts everything down when asked.
 
 use crate::{
-    presence,
     registry::Registry,
     session,
     store::{Quota, Store, Writer},
 };
 use anyhow::Result;
-use common::{now_ms, wire::codes};
+use common::wire::codes;
 use std::{
     future::Future,
     sync::{atomic::AtomicU64, Arc},
     time::Duration,
 };
 use tokio::task::JoinSet;
-use tracing::{debug, info, Instrument};
+use tracing::{info, Instrument};
 
 /// How the directory is run.
 #[derive(Debug, Clone)]
@@ -67,7 +66,6 @@ pub async fn run(
         metrics: Metrics::default(),
     });
     let mut sessions = JoinSet::new();
-    let sweeper = tokio::spawn(sweep_expired(shared.clone()));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -89,32 +87,9 @@ pub async fn run(
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }
     }
-    sweeper.abort();
     endpoint.close(codes::SHUTDOWN.into(), b"directory shutting down");
     // Give peers a moment to hear the close; sessions end as their connections do.
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     sessions.shutdown().await;
     Ok(())
-}
-
-/// Closes the connections of peers that stopped heartbeating. The check in
-/// [`presence::expired`] is what lookups use too, so this only cleans up.
-async fn sweep_expired(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(common::defaults::HEARTBEAT_MIN);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let now = tokio::time::Instant::now().into_std();
-        let gone = shared
-            .registry
-            .take_expired(|o| presence::expired(o.last_seen, o.heartbeat, now));
-        for (name, online) in gone {
-            debug!(%name, "missed heartbeats; offline");
-            online
-                .conn
-                .close(codes::EXPIRED.into(), b"missed heartbeats");
-            let store = shared.store.clone();
-            let _ = tokio::task::spawn_blocking(move || store.set_last_seen(&name, now_ms())).await;
-        }
-    }
 }

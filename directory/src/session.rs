@@ -1,7 +1,7 @@
 //! One peer's connection: the handshake proves its key, `Register` binds its name, then each
 //! bi-stream carries one request and one response.
 
-use crate::{mailbox, presence, registry::Online, server::Shared, store::StoreError};
+use crate::{mailbox, registry::Online, server::Shared, store::StoreError};
 use anyhow::{anyhow, Result};
 use common::{
     defaults::{MAX_BODY_LEN, REQUEST_TIMEOUT},
@@ -16,7 +16,6 @@ use common::{
 use std::{
     net::SocketAddr,
     sync::{atomic::Ordering, Arc, OnceLock},
-    time::Instant,
 };
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, warn, Instrument};
@@ -140,10 +139,9 @@ impl Session {
                     .await
             }
             DirectoryRequest::Heartbeat => {
-                let name = self.registered()?;
-                self.shared
-                    .registry
-                    .touch(name, self.conn.stable_id(), Instant::now());
+                // Liveness is the connection's (see `registry`); an explicit heartbeat is
+                // still answered, for clients that send one.
+                self.registered()?;
                 Ok(DirectoryResponse::Alive)
             }
             DirectoryRequest::Lookup { name } => {
@@ -227,8 +225,6 @@ impl Session {
             conn: self.conn.clone(),
             key: self.key,
             listen_addrs,
-            heartbeat: presence::interval(heartbeat_ms),
-            last_seen: Instant::now(),
             wake: wake.clone(),
             events: events_tx,
         };
@@ -239,7 +235,7 @@ impl Session {
                     .close(codes::REPLACED.into(), b"replaced by a newer connection");
             }
         }
-        info!(key = %self.key.short(), "online");
+        info!(key = %self.key.short(), heartbeat_ms, "online");
         tokio::spawn(
             mailbox::deliver(self.conn.clone(), name, self.shared.clone(), wake, events)
                 .in_current_span(),
@@ -249,13 +245,7 @@ impl Session {
 
     /// Sends `name` our addresses on its event stream, so it dials us while we dial it.
     fn introduce(&self, me: &Name, name: &Name) -> Result<(), ErrorCode> {
-        let now = Instant::now();
-        let target = self
-            .shared
-            .registry
-            .get(name)
-            .filter(|o| !presence::expired(o.last_seen, o.heartbeat, now))
-            .ok_or(ErrorCode::Offline)?;
+        let target = self.shared.registry.get(name).ok_or(ErrorCode::Offline)?;
         let mut addrs = vec![self.conn.remote_address()];
         addrs.extend(self.listen_addrs.get().into_iter().flatten().copied());
         let event = DirectoryEvent::Introduction {
@@ -290,20 +280,14 @@ impl Session {
             None => 0,
         };
         let record = record.ok_or(ErrorCode::UnknownPeer)?;
-        let now = Instant::now();
-        let online = self
-            .shared
-            .registry
-            .get(&name)
-            .filter(|o| !presence::expired(o.last_seen, o.heartbeat, now));
-        Ok(match online {
+        Ok(match self.shared.registry.get(&name) {
             Some(o) => PeerInfo {
                 name,
                 key: o.key,
                 online: true,
-                last_seen_ms: Some(
-                    now_ms().saturating_sub(now.duration_since(o.last_seen).as_millis() as u64),
-                ),
+                // Its connection is alive now: QUIC closes it three missed heartbeats after
+                // the last one.
+                last_seen_ms: Some(now_ms()),
                 observed_addr: Some(o.conn.remote_address()),
                 listen_addrs: o.listen_addrs,
                 queued_from_you: queued,

@@ -76,10 +76,13 @@ impl DirectoryClient {
         introductions: mpsc::UnboundedSender<Introduction>,
     ) -> Result<Self> {
         let mut client_config = tls::client_config(identity, ALPN_DIRECTORY, Expect::AnyKey)?;
-        // Heartbeats keep the connection busy, so a connection idle for as long as the
-        // directory takes to declare us gone means the directory is gone (a crash sends no
-        // close): QUIC's idle timeout then ends it and we reconnect.
+        // Heartbeats are QUIC keep-alives: a PING every interval, which the directory only
+        // acknowledges. Both sides use an idle timeout of three intervals (we propose it; the
+        // smaller proposal wins), so three missed heartbeats end the connection on whichever
+        // side still runs: the directory marks us offline, or we reconnect to a directory that
+        // crashed without a close. The PINGs also keep our NAT mapping to the directory open.
         let mut transport = tls::transport_config(false);
+        transport.keep_alive_interval(Some(settings.heartbeat));
         transport.max_idle_timeout((settings.heartbeat * MISSED_HEARTBEATS).try_into().ok());
         client_config.transport_config(Arc::new(transport));
         let inner = Arc::new(Inner {
@@ -257,25 +260,16 @@ impl Inner {
     }
 }
 
-/// Heartbeats, and reconnects when the connection drops, until [`DirectoryClient::close`].
+/// Reconnects when the connection drops, until [`DirectoryClient::close`]. (Heartbeats are the
+/// connection's QUIC keep-alives; see [`DirectoryClient::connect`].)
 async fn supervise(inner: Arc<Inner>) {
     let mut conn_rx = inner.conn.subscribe();
     loop {
         let Some(conn) = conn_rx.borrow_and_update().clone() else {
             return;
         };
-        let mut tick = tokio::time::interval(inner.settings.heartbeat);
-        tick.tick().await;
         let reason = loop {
             tokio::select! {
-                _ = tick.tick() => {
-                    let hb = request_on(&conn, &DirectoryRequest::Heartbeat);
-                    match tokio::time::timeout(inner.settings.heartbeat, hb).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => debug!(cause = %e, "heartbeat failed"),
-                        Err(_) => debug!("heartbeat timed out"),
-                    }
-                }
                 reason = conn.closed() => break reason,
                 changed = conn_rx.changed() => {
                     if changed.is_err() || conn_rx.borrow().is_none() { return; }
