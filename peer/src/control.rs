@@ -210,30 +210,18 @@ async fn serve_client(stream: UnixStream, node: Arc<Node>, history: Option<Histo
     }
 }
 
-/// Sends a file for a short command, relaying progress at most every 100 ms.
+/// Sends a file for a short command, relaying its progress.
 async fn send_file(
     node: Arc<Node>,
     tx: mpsc::UnboundedSender<ControlResponse>,
     to: Name,
     path: PathBuf,
 ) {
-    let total = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    let (progress, mut watch) = tokio::sync::watch::channel(0u64);
-    let relay_tx = tx.clone();
-    let relay = tokio::spawn(async move {
-        while watch.changed().await.is_ok() {
-            let done = *watch.borrow_and_update();
-            if relay_tx
-                .send(ControlResponse::FileProgress { done, total })
-                .is_err()
-            {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    });
-    let result = node.send_file(&to, &path, progress).await;
-    relay.abort();
+    let progress = tx.clone();
+    let report = move |done, total| {
+        let _ = progress.send(ControlResponse::FileProgress { done, total });
+    };
+    let result = node.send_file(&to, &path, report).await;
     let _ = tx.send(match result {
         Ok(sent) => ControlResponse::FileSent {
             to: sent.to,

@@ -154,13 +154,14 @@ impl Node {
         Ok((info, path))
     }
 
-    /// Sends the file at `path` to `to` over a direct link; `progress` counts the bytes the
-    /// recipient has. Files need a direct link: with none, this fails and says so.
+    /// Sends the file at `path` to `to` over a direct link. `report(done, total)` hears how
+    /// many bytes the recipient has, at most every 100 ms. Files need a direct link: with none,
+    /// this fails and says so.
     pub async fn send_file(
         &self,
         to: &Name,
         path: &std::path::Path,
-        progress: tokio::sync::watch::Sender<u64>,
+        report: impl Fn(u64, u64) + Send + 'static,
     ) -> Result<FileSent> {
         let (sha256, size) = files::hash_file(path).await?;
         let (info, _) = self.whois(to).await?;
@@ -186,7 +187,16 @@ impl Node {
             sent_at_ms: common::now_ms(),
         };
         let (to, size) = (offer.to.clone(), offer.size);
-        let resumed_from = files::send(&conn, offer, path, &progress).await?;
+        let (progress, mut watch) = tokio::sync::watch::channel(0u64);
+        let relay = tokio::spawn(async move {
+            while watch.changed().await.is_ok() {
+                report(*watch.borrow_and_update(), size);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let result = files::send(&conn, offer, path, &progress).await;
+        relay.abort();
+        let resumed_from = result?;
         Ok(FileSent {
             to,
             size,

@@ -265,7 +265,11 @@ impl Session {
             Backend::Local(node, _) => {
                 let (node, tx) = (node.clone(), self.tx.clone());
                 tokio::spawn(async move {
-                    let result = send_file_here(&node, &tx, &to, &path).await;
+                    let progress = tx.clone();
+                    let report = move |done, total| {
+                        let _ = progress.send(Update::FileProgress { done, total });
+                    };
+                    let result = node.send_file(&to, &path, report).await;
                     let _ = tx.send(Update::FileSent(result.map_err(|e| format!("{e:#}"))));
                 });
             }
@@ -312,29 +316,6 @@ impl Session {
             node.shutdown().await;
         }
     }
-}
-
-/// Sends a file from this process's own node, turning its progress into updates at most
-/// every 100 ms.
-async fn send_file_here(
-    node: &Node,
-    tx: &mpsc::UnboundedSender<Update>,
-    to: &Name,
-    path: &std::path::Path,
-) -> Result<FileSent> {
-    let total = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    let (progress, mut watch) = tokio::sync::watch::channel(0u64);
-    let relay_tx = tx.clone();
-    let relay = tokio::spawn(async move {
-        while watch.changed().await.is_ok() {
-            let done = *watch.borrow_and_update();
-            let _ = relay_tx.send(Update::FileProgress { done, total });
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    });
-    let result = node.send_file(to, path, progress).await;
-    relay.abort();
-    result
 }
 
 /// Whether `message` is in the history already (a redelivery after a restart).
