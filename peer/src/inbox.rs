@@ -15,7 +15,7 @@ use crate::{
 use anyhow::{anyhow, bail, Result};
 use common::{
     control::Path,
-    defaults::MAX_BODY_LEN,
+    defaults::{MAX_BODY_LEN, SEND_WINDOW},
     framing, tls,
     wire::{codes, ChatMessage, FileOffer, MessageId, PeerFrame},
     KeyId, Name,
@@ -98,6 +98,25 @@ struct InboxInner {
     copies: broadcast::Sender<(ChatMessage, Via)>,
 }
 
+/// Resolves when a handed-over message may be acknowledged: it was shown, or it was a
+/// duplicate of one shown before.
+pub struct Shown(Option<(MessageId, oneshot::Receiver<()>, Inbox)>);
+
+impl Shown {
+    /// Waits until the message was shown.
+    pub async fn wait(self) -> Result<(), NotShown> {
+        let Some((id, was_shown, inbox)) = self.0 else {
+            return Ok(());
+        };
+        if was_shown.await.is_err() {
+            // Nobody showed it: forget the id so a redelivery is not taken for a duplicate.
+            inbox.seen().remove(&id);
+            return Err(NotShown);
+        }
+        Ok(())
+    }
+}
+
 /// Why a message was not taken.
 #[derive(Debug, thiserror::Error)]
 #[error("the message could not be shown")]
@@ -137,10 +156,17 @@ impl Inbox {
     /// Takes one message. `Ok` means it may be acknowledged: it was shown now, or it is a
     /// duplicate of one shown before.
     pub async fn receive(&self, message: ChatMessage, via: Via) -> Result<(), NotShown> {
+        self.hand_over(message, via).await?.wait().await
+    }
+
+    /// Hands one message to the program and returns at once with [`Shown`], which resolves
+    /// when it may be acknowledged. Messages handed over one after another are shown in that
+    /// order, so a stream can take the next message while earlier ones are being shown.
+    pub async fn hand_over(&self, message: ChatMessage, via: Via) -> Result<Shown, NotShown> {
         let id = message.id;
         if !self.seen().insert(id) {
             debug!(%id, "duplicate dropped");
-            return Ok(());
+            return Ok(Shown(None));
         }
         let _ = self.inner.copies.send((message.clone(), via));
         let (shown, was_shown) = oneshot::channel();
@@ -149,12 +175,11 @@ impl Inbox {
             via,
             shown,
         });
-        if self.inner.events.send(event).await.is_err() || was_shown.await.is_err() {
-            // Nobody showed it: forget the id so a redelivery is not taken for a duplicate.
+        if self.inner.events.send(event).await.is_err() {
             self.seen().remove(&id);
             return Err(NotShown);
         }
-        Ok(())
+        Ok(Shown(Some((id, was_shown, self.clone()))))
     }
 
     /// Where arriving files are stored.
@@ -296,29 +321,64 @@ struct ChatStream {
 }
 
 impl ChatStream {
+    /// Serves one stream the remote opened: its first frame says whether it is a chat stream
+    /// or a file stream.
     async fn run(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) -> Result<()> {
-        loop {
-            let message = match framing::read_frame::<PeerFrame, _>(&mut recv).await {
-                Ok(Some(PeerFrame::Chat(message))) => message,
-                Ok(Some(PeerFrame::FileOffer(offer))) => {
-                    return self.receive_file(offer, &mut send, &mut recv).await;
-                }
-                Ok(None) => return Ok(()),
-                Ok(Some(other)) => {
-                    return Err(self.refuse(codes::PROTOCOL, anyhow!("unexpected {other:?}")))
-                }
-                Err(e) if e.is_violation() => return Err(self.refuse(e.code(), e.into())),
-                Err(e) => return Err(e.into()),
-            };
-            if message.to != *self.inbox.me() || message.body.len() > MAX_BODY_LEN {
-                return Err(
-                    self.refuse(codes::PROTOCOL, anyhow!("message not for us or too large"))
-                );
+        let first = match self.next_frame(&mut recv).await? {
+            Some(PeerFrame::FileOffer(offer)) => {
+                return self.receive_file(offer, &mut send, &mut recv).await;
             }
-            self.check_sender(&message.from).await?;
-            let id = message.id;
-            self.inbox.receive(message, Via::Direct).await?;
-            framing::write_frame(&mut send, &PeerFrame::Ack(id)).await?;
+            Some(PeerFrame::Chat(message)) => message,
+            Some(other) => {
+                return Err(self.refuse(codes::PROTOCOL, anyhow!("unexpected {other:?}")))
+            }
+            None => return Ok(()),
+        };
+        // Reading runs ahead of acknowledging: messages are handed over in order while earlier
+        // ones are still being shown (and recorded), and the acks follow in the same order.
+        let (pending_tx, mut pending) = mpsc::channel::<(MessageId, Shown)>(SEND_WINDOW);
+        let read = async {
+            let mut next = Some(first);
+            while let Some(message) = next {
+                if message.to != *self.inbox.me() || message.body.len() > MAX_BODY_LEN {
+                    return Err(
+                        self.refuse(codes::PROTOCOL, anyhow!("message not for us or too large"))
+                    );
+                }
+                self.check_sender(&message.from).await?;
+                let id = message.id;
+                let shown = self.inbox.hand_over(message, Via::Direct).await?;
+                if pending_tx.send((id, shown)).await.is_err() {
+                    return Ok(()); // the ack writer failed; its error is the one reported
+                }
+                next = match self.next_frame(&mut recv).await? {
+                    Some(PeerFrame::Chat(message)) => Some(message),
+                    Some(other) => {
+                        return Err(self.refuse(codes::PROTOCOL, anyhow!("unexpected {other:?}")))
+                    }
+                    None => None,
+                };
+            }
+            drop(pending_tx);
+            Ok::<_, anyhow::Error>(())
+        };
+        let ack = async {
+            while let Some((id, shown)) = pending.recv().await {
+                shown.wait().await?;
+                framing::write_frame(&mut send, &PeerFrame::Ack(id)).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        };
+        tokio::try_join!(read, ack)?;
+        Ok(())
+    }
+
+    /// The next frame; a frame that breaks the protocol closes the connection.
+    async fn next_frame(&self, recv: &mut quinn::RecvStream) -> Result<Option<PeerFrame>> {
+        match framing::read_frame::<PeerFrame, _>(recv).await {
+            Ok(frame) => Ok(frame),
+            Err(e) if e.is_violation() => Err(self.refuse(e.code(), e.into())),
+            Err(e) => Err(e.into()),
         }
     }
 
