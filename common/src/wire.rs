@@ -176,6 +176,9 @@ pub enum ErrorCode {
     /// The peer is not online.
     #[error("the peer is offline")]
     Offline,
+    /// Too many requests of this kind; try later.
+    #[error("too many requests; try later")]
+    RateLimited,
 }
 
 /// Written by the directory on the event stream it opens towards a registered peer.

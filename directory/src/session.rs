@@ -29,7 +29,16 @@ struct Session {
     name: OnceLock<Name>,
     /// The addresses the peer said it listens on, set by `Register`.
     listen_addrs: OnceLock<Vec<SocketAddr>>,
+    /// When this connection's recent introductions were sent (see [`INTRODUCTIONS`]).
+    introductions: std::sync::Mutex<std::collections::VecDeque<std::time::Instant>>,
 }
+
+/// At most this many introductions per connection in [`INTRODUCTION_WINDOW`]: each one makes
+/// another peer send packets to addresses the asker chose, so a hostile peer must not be able
+/// to turn peers into a packet cannon.
+const INTRODUCTIONS: usize = 20;
+/// See [`INTRODUCTIONS`].
+const INTRODUCTION_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs one connection to its end. Errors end this connection only.
 pub async fn run(incoming: quinn::Incoming, shared: Arc<Shared>) {
@@ -52,6 +61,7 @@ pub async fn run(incoming: quinn::Incoming, shared: Arc<Shared>) {
         shared,
         name: OnceLock::new(),
         listen_addrs: OnceLock::new(),
+        introductions: Default::default(),
     });
     let reason = loop {
         match conn.accept_bi().await {
@@ -245,6 +255,21 @@ impl Session {
 
     /// Sends `name` our addresses on its event stream, so it dials us while we dial it.
     fn introduce(&self, me: &Name, name: &Name) -> Result<(), ErrorCode> {
+        {
+            let mut recent = self.introductions.lock().unwrap_or_else(|e| e.into_inner());
+            let now = std::time::Instant::now();
+            while recent
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > INTRODUCTION_WINDOW)
+            {
+                recent.pop_front();
+            }
+            if recent.len() >= INTRODUCTIONS {
+                debug!("introduction refused: rate limit");
+                return Err(ErrorCode::RateLimited);
+            }
+            recent.push_back(now);
+        }
         let target = self.shared.registry.get(name).ok_or(ErrorCode::Offline)?;
         let mut addrs = vec![self.conn.remote_address()];
         addrs.extend(self.listen_addrs.get().into_iter().flatten().copied());

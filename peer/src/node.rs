@@ -97,6 +97,7 @@ impl Node {
             inbox: inbox.clone(),
             links: links.clone(),
             direct_timeout: options.direct_timeout,
+            answered: Default::default(),
         });
         let answering = dialer.clone();
         tokio::spawn(

@@ -59,7 +59,13 @@ pub struct Dialer {
     pub links: Arc<Links>,
     /// Bound on a direct dial plus delivery.
     pub direct_timeout: Duration,
+    /// When we last answered an introduction from each peer (see [`Dialer::answer`]).
+    pub answered: std::sync::Mutex<std::collections::HashMap<Name, Instant>>,
 }
+
+/// Least time between two answers to introductions from the same peer. A peer asks again only
+/// when a link stalls; more often is a peer trying to make us send packets for it.
+pub const ANSWER_GAP: Duration = Duration::from_secs(1);
 
 impl Dialer {
     /// A direct link to the peer `info` describes, made by `deadline`; `None` when no direct
@@ -149,6 +155,19 @@ impl Dialer {
     /// even when a link exists: the peer asks again when that link stalls, and our packets
     /// from this socket are what reopen our NAT for it.
     pub async fn answer(self: Arc<Self>, intro: Introduction) {
+        {
+            let mut answered = self.answered.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            if answered
+                .get(&intro.name)
+                .is_some_and(|t| now < *t + ANSWER_GAP)
+            {
+                debug!(peer = %intro.name, "introduction ignored: answered one just before");
+                return;
+            }
+            answered.retain(|_, t| now < *t + ANSWER_GAP);
+            answered.insert(intro.name.clone(), now);
+        }
         let candidates = self.candidates(intro.addrs.first().copied(), &intro.addrs);
         let deadline = Instant::now() + self.direct_timeout;
         match tokio::time::timeout_at(deadline, self.dial(intro.key, &candidates)).await {

@@ -196,3 +196,34 @@ fn nobody_speaks_for_another_name() -> Result<()> {
     c2.terminate()?;
     net.assert_no_panics()
 }
+
+/// Introductions make another peer send packets to addresses the asker chose, so a connection
+/// may ask for only so many: the 21st within 10 s is refused.
+#[test]
+fn introductions_are_rate_limited() -> Result<()> {
+    let net = Net::new()?;
+    let mut c2 = net.listen("c2")?;
+    let dir = net.dir().addr();
+    runtime()?.block_on(async {
+        let raw = Raw::new("mallory")?;
+        let conn = raw.dial(dir, ALPN_DIRECTORY, Expect::AnyKey).await?;
+        register(&conn, "mallory").await?;
+        let introduce = DirectoryRequest::Introduce { name: name("c2") };
+        for i in 0..20 {
+            let answer = request(&conn, &introduce).await?;
+            ensure!(
+                answer == DirectoryResponse::Introduced,
+                "introduction {i}: {answer:?}"
+            );
+        }
+        let answer = request(&conn, &introduce).await?;
+        ensure!(
+            answer == DirectoryResponse::Error(ErrorCode::RateLimited),
+            "the 21st introduction within 10 s answered {answer:?}"
+        );
+        Ok::<_, anyhow::Error>(())
+    })?;
+    c2.ensure_running()?;
+    c2.terminate()?;
+    net.assert_no_panics()
+}
