@@ -24,7 +24,8 @@ echo "== $(cat "$work/directory.out")"
 peer() { local name=$1; shift; "$bin/peer" --name "$name" --directory "$addr" --home "$work/$name" "$@"; }
 
 peer c3 inbox >/dev/null                  # c3 claims its name once, then goes away
-peer c2 listen >"$work/c2.out" 2>"$work/c2.log" &
+# The binary itself, not the function: $! must be its pid for the cleanup to stop it.
+"$bin/peer" --name c2 --directory "$addr" --home "$work/c2" listen >"$work/c2.out" 2>"$work/c2.log" &
 pids+=($!)
 for _ in $(seq 100); do peer c1 whois c2 2>/dev/null | grep -q ': online' && break; sleep 0.1; done
 
