@@ -18,7 +18,8 @@ pub const MAX_FRAME_LEN: usize = 64 * 1024;
 /// Largest message body in bytes. Leaves room in a frame for the envelope.
 pub const MAX_BODY_LEN: usize = 32 * 1024;
 
-/// How often a peer heartbeats on its directory connection unless told otherwise.
+/// How often a peer heartbeats (a QUIC keep-alive) on its directory connection unless told
+/// otherwise.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A peer is offline after this many heartbeat intervals without one.
@@ -50,6 +51,6 @@ pub const SEND_WINDOW: usize = 256;
 /// Most connections a directory serves at once.
 pub const MAX_CONNECTIONS: u32 = 50_000;
 
-/// QUIC idle timeout. Heartbeats keep the directory link busier than this; direct links send
-/// QUIC keep-alives at a third of it.
+/// QUIC idle timeout of direct links between peers, which send keep-alives at a third of it.
+/// (The directory link's idle timeout is three heartbeats; see `tls::server_config`.)
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);

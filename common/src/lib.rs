@@ -24,7 +24,8 @@
 //!  | -- bi: Register{name,..} --------> |   binds name -> key on first use
 //!  | <- bi (opened by directory) ------ |   event stream: Deliver(msg) / MailboxIdle ...
 //!  | -- EventAck(id) -----------------> |   mailbox entry deleted only now
-//!  | -- bi: Heartbeat / Lookup / Deposit |   one request per stream, one response
+//!  | -- bi: Lookup / Deposit / Introduce |   one request per stream, one response
+//!  | -- QUIC keep-alive every heartbeat  |   three missed: the connection idles out, offline
 //!
 //! peer c1                            peer c2
 //!  | -- QUIC + mTLS (ALPN chat-peer/1) ->|   each checks the other's key against the directory

@@ -68,14 +68,16 @@ pub enum DirectoryRequest {
         name: Name,
         /// Addresses the peer's endpoint listens on, as the peer sees them.
         listen_addrs: Vec<SocketAddr>,
-        /// How often the peer will heartbeat, in milliseconds.
+        /// How often the peer heartbeats (QUIC keep-alives), in milliseconds; informational:
+        /// the idle timeout the peer proposes is what enforces it.
         heartbeat_ms: u32,
         /// True for a peer that stays to receive (`listen`, `chat`, `inbox`): it is shown
         /// online and mailbox messages are pushed to it. False for a short command that only
         /// sends or looks up: the name's key is checked, but presence does not change.
         online: bool,
     },
-    /// Still here.
+    /// Still here. Answered, but peers heartbeat with QUIC keep-alives instead: presence is the
+    /// connection's liveness.
     Heartbeat,
     /// Who is `name`, and how can it be reached?
     Lookup {
@@ -276,7 +278,8 @@ pub mod codes {
     pub const UNAUTHORIZED: u32 = 3;
     /// Another connection registered the same name and key.
     pub const REPLACED: u32 = 4;
-    /// Missed too many heartbeats.
+    /// Missed too many heartbeats. Unused since QUIC's idle timeout ends such connections;
+    /// the number stays reserved.
     pub const EXPIRED: u32 = 5;
     /// The server is shutting down.
     pub const SHUTDOWN: u32 = 6;

@@ -6,8 +6,9 @@
 //!
 //! * [`home`]: the peer's folder: key, certificate, pinned directory keys, control socket.
 //! * [`endpoint`]: the one QUIC endpoint (one UDP socket) that dials and accepts.
-//! * [`directory_client`]: the connection to the directory: register, heartbeat, requests,
-//!   and the event stream that brings mailbox messages.
+//! * [`directory_client`]: the connection to the directory: register, keep-alive heartbeats,
+//!   reconnection, requests, and the event stream that brings mailbox messages and
+//!   introductions.
 //! * [`files`]: file transfer on a direct stream of its own: constant memory, hash, resume.
 //! * [`links`]: live direct connections by name, and introductions awaited.
 //! * [`punch`]: dialing a peer: every candidate address at once, hole punching via introductions.
