@@ -177,7 +177,7 @@ pub async fn receive(
             _ => break,
         }
     }
-    let (file, ctx, offset) = match opened {
+    let (file, mut ctx, mut offset) = match opened {
         Ok(opened) => opened,
         Err(e) => {
             framing::write_frame(send, &PeerFrame::FileRefused(FileRefusal::CannotStore)).await?;
@@ -185,16 +185,14 @@ pub async fn receive(
         }
     };
     // A longer partial is not this file's prefix; start over.
-    let (file, ctx, offset) = if offset > offer.size {
+    if offset > offer.size {
         file.set_len(0)?;
-        (file, ring::digest::Context::new(&ring::digest::SHA256), 0)
-    } else {
-        (file, ctx, offset)
-    };
+        ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        offset = 0;
+    }
     framing::write_frame(send, &PeerFrame::FileAccept { offset }).await?;
     let mut file = tokio::fs::File::from_std(file);
     file.seek(SeekFrom::End(0)).await?;
-    let mut ctx = ctx;
     let mut buf = vec![0u8; CHUNK];
     let mut have = offset;
     loop {
