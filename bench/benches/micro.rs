@@ -6,7 +6,7 @@
 
 use common::{
     framing,
-    wire::{ChatMessage, MessageId, PeerFrame},
+    wire::{ChatMessage, Mail, MessageId, PeerFrame},
     Name,
 };
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -82,11 +82,11 @@ fn store(c: &mut Criterion) {
     };
     let to = bob();
     let mut next = 0u64;
-    let mut batch = |n: usize| -> Vec<ChatMessage> {
+    let mut batch = |n: usize| -> Vec<Mail> {
         (0..n)
             .map(|_| {
                 next += 1;
-                message(next, &to)
+                Mail::Chat(message(next, &to))
             })
             .collect()
     };
@@ -128,7 +128,7 @@ fn store(c: &mut Criterion) {
                     .map(|s| (to.clone(), s.seq))
                     .collect::<Vec<_>>()
             },
-            |entries| store.remove_batch(&entries),
+            |entries| store.remove_batch(&entries, quota),
             BatchSize::PerIteration,
         )
     });

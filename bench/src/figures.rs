@@ -6,7 +6,10 @@ use crate::{cpu_time, quantile_us, register, request, rss_bytes, ClientPool, Dir
 use anyhow::{anyhow, bail, Context, Result};
 use common::{
     framing, now_ms,
-    wire::{ChatMessage, DirectoryEvent, DirectoryRequest, DirectoryResponse, EventAck, MessageId},
+    wire::{
+        ChatMessage, DirectoryEvent, DirectoryRequest, DirectoryResponse, EventAck, Mail,
+        MessageId,
+    },
     Identity, Name,
 };
 use directory::store::{Quota, RedbStore, Store};
@@ -116,6 +119,7 @@ impl PeerNode {
             pin: Some(dir.fingerprint),
             heartbeat: Duration::from_secs(10),
             direct_timeout: Duration::from_secs(3),
+            mailbox_file_max: common::defaults::MAILBOX_FILE_MAX,
             online: true,
         };
         let (node, mut events) = Node::start(options).await?;
@@ -608,13 +612,13 @@ pub fn redb_commit_cost(count: usize) -> Result<f64> {
     };
     let mut samples = Vec::with_capacity(count);
     for _ in 0..count {
-        let m = ChatMessage {
+        let m = Mail::Chat(ChatMessage {
             id: MessageId::random(),
             from: from.clone(),
             to: to.clone(),
             sent_at_ms: now_ms(),
             body: BODY_100.to_string(),
-        };
+        });
         let t = Instant::now();
         store.deposit_batch(std::slice::from_ref(&m), quota)?;
         samples.push(t.elapsed());

@@ -96,6 +96,12 @@ pub enum HistoryState {
         /// Why, for the user.
         reason: String,
     },
+    /// It was queued, and its recipient has since taken it from the mailbox: the receipt came
+    /// back.
+    DeliveredLater {
+        /// When the recipient took it (the directory's clock, ms since the epoch).
+        at_ms: u64,
+    },
 }
 
 impl HistoryState {
@@ -107,6 +113,7 @@ impl HistoryState {
             HistoryState::Delivered { .. } => "delivered",
             HistoryState::Queued => "queued",
             HistoryState::Failed { .. } => "failed",
+            HistoryState::DeliveredLater { .. } => "delivered_later",
         }
     }
 
@@ -221,5 +228,23 @@ pub enum ControlResponse {
         to: Name,
         /// Why.
         reason: String,
+    },
+    /// A file went into the recipient's mailbox (no direct link; small enough).
+    FileQueued {
+        /// Recipient.
+        to: Name,
+        /// Size in bytes.
+        size: u64,
+        /// SHA-256.
+        sha256: [u8; 32],
+    },
+    /// After [`ControlRequest::Attach`]: a recipient took mail of ours from its mailbox.
+    Receipt {
+        /// Who took it.
+        from: Name,
+        /// Our messages (and file ids) it took.
+        delivered: Vec<MessageId>,
+        /// When (the directory's clock, ms since the epoch).
+        at_ms: u64,
     },
 }

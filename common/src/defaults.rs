@@ -18,6 +18,14 @@ pub const MAX_FRAME_LEN: usize = 64 * 1024;
 /// Largest message body in bytes. Leaves room in a frame for the envelope.
 pub const MAX_BODY_LEN: usize = 32 * 1024;
 
+/// Bytes of a file per mailbox part ([`crate::wire::FilePart`]): a part stays well under
+/// [`MAX_FRAME_LEN`] with its envelope.
+pub const FILE_PART_LEN: usize = 32 * 1024;
+
+/// Largest file sent through the mailbox when the recipient has no direct link, unless the
+/// sender sets another limit. Larger files wait for a direct link.
+pub const MAILBOX_FILE_MAX: u64 = 8 * 1024 * 1024;
+
 /// How often a peer heartbeats (a QUIC keep-alive) on its directory connection unless told
 /// otherwise.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);

@@ -8,7 +8,10 @@
 //! the peer proved during the TLS handshake. Once registered, the directory opens one bi-stream
 //! towards the peer, the event stream, and writes [`DirectoryEvent`]s on it; the peer answers
 //! each delivered message with an [`EventAck`] on the same stream, and only then does the
-//! directory delete it.
+//! directory delete it. The mailbox holds [`Mail`]: chat messages, parts of small files
+//! ([`DirectoryRequest::DepositFilePart`]) and receipts. Deleting delivered mail leaves a
+//! [`Receipt`] in the sender's mailbox, so the sender learns that its queued messages were
+//! taken, whether it is online then or comes back later.
 //!
 //! # Peer protocol (ALPN [`crate::defaults::ALPN_PEER`])
 //!
@@ -103,6 +106,12 @@ pub enum DirectoryRequest {
         success: bool,
         /// How long it took from the introduction, in milliseconds.
         millis: u32,
+    },
+    /// Hold this part of a small file until its recipient takes it (the mailbox path of a
+    /// file, when there is no direct link). Parts of one file are deposited in order.
+    DepositFilePart {
+        /// The part; its offer's `from` must be the depositor.
+        part: FilePart,
     },
 }
 
@@ -200,6 +209,12 @@ pub enum DirectoryEvent {
         /// Where to dial it.
         addrs: Vec<SocketAddr>,
     },
+    /// A part of a file from the mailbox; answer with [`EventAck::Delivered`] of its id once
+    /// it is written.
+    DeliverFilePart(FilePart),
+    /// Messages we sent through the mailbox have been taken by their recipient; answer with
+    /// [`EventAck::Delivered`] of the receipt's id.
+    Receipt(Receipt),
 }
 
 /// Written by the peer on the event stream.
@@ -253,6 +268,103 @@ pub struct FileOffer {
     pub sha256: [u8; 32],
     /// Sender's wall clock, ms since the Unix epoch.
     pub sent_at_ms: u64,
+}
+
+/// A slice of a file sent through the mailbox. Parts go in order; the receiver appends each
+/// to the partial file named by the offer, as a direct transfer would, and checks the hash
+/// after the last.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilePart {
+    /// Made by the sender, unique per part: the mailbox's dedup and ack key.
+    pub id: MessageId,
+    /// The whole file's description, repeated in every part so that each stands alone.
+    pub offer: FileOffer,
+    /// Where `data` starts in the file.
+    pub offset: u64,
+    /// At most [`crate::defaults::FILE_PART_LEN`] bytes.
+    pub data: Vec<u8>,
+}
+
+impl FilePart {
+    /// True for the part that completes the file.
+    pub fn is_last(&self) -> bool {
+        self.offset.saturating_add(self.data.len() as u64) == self.offer.size
+    }
+}
+
+/// Made by the directory when a recipient takes mail from its mailbox, and held in the
+/// sender's mailbox in turn: the recipient's acks travel back to the sender, even when the
+/// sender is offline at the time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// Made by the directory; the ack key on the sender's event stream.
+    pub id: MessageId,
+    /// Who took the mail (the original recipient).
+    pub from: Name,
+    /// Who sent it (the receipt's recipient).
+    pub to: Name,
+    /// The chat messages taken, and the file ids ([`FileOffer::id`]) of files taken whole.
+    pub delivered: Vec<MessageId>,
+    /// When the directory saw the recipient's acks, ms since the epoch (directory's clock).
+    pub at_ms: u64,
+}
+
+/// One entry of a mailbox, as the directory stores it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mail {
+    /// A chat message.
+    Chat(ChatMessage),
+    /// A part of a file.
+    FilePart(FilePart),
+    /// A delivery receipt.
+    Receipt(Receipt),
+}
+
+impl Mail {
+    /// The id the mailbox dedups and acknowledges by.
+    pub fn id(&self) -> MessageId {
+        match self {
+            Mail::Chat(m) => m.id,
+            Mail::FilePart(p) => p.id,
+            Mail::Receipt(r) => r.id,
+        }
+    }
+
+    /// Who it is from.
+    pub fn from(&self) -> &Name {
+        match self {
+            Mail::Chat(m) => &m.from,
+            Mail::FilePart(p) => &p.offer.from,
+            Mail::Receipt(r) => &r.from,
+        }
+    }
+
+    /// Whose mailbox holds it.
+    pub fn to(&self) -> &Name {
+        match self {
+            Mail::Chat(m) => &m.to,
+            Mail::FilePart(p) => &p.offer.to,
+            Mail::Receipt(r) => &r.to,
+        }
+    }
+
+    /// The bytes it counts against the recipient's quota.
+    pub fn size(&self) -> u64 {
+        match self {
+            Mail::Chat(m) => m.body.len() as u64,
+            Mail::FilePart(p) => p.data.len() as u64,
+            Mail::Receipt(r) => 16 * r.delivered.len() as u64,
+        }
+    }
+
+    /// What the recipient's event stream carries for it.
+    pub fn into_event(self) -> DirectoryEvent {
+        match self {
+            Mail::Chat(m) => DirectoryEvent::Deliver(m),
+            Mail::FilePart(p) => DirectoryEvent::DeliverFilePart(p),
+            Mail::Receipt(r) => DirectoryEvent::Receipt(r),
+        }
+    }
 }
 
 /// Why a receiver refused a file.

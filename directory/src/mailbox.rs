@@ -1,10 +1,12 @@
 //! The event stream the directory opens towards an online peer after `Register`: delivery of
-//! held messages, and introductions from peers that want a direct link (hole punching).
+//! held mail (messages, file parts, receipts), and introductions from peers that want a direct
+//! link (hole punching).
 //!
 //! Messages go out oldest first, at most [`DELIVERY_WINDOW`] unacknowledged at a time. A
 //! message is deleted only after the recipient's `Delivered` ack, and the deletion is committed
 //! before `MailboxIdle` is sent, so a recipient that saw `MailboxIdle` will never be handed those
-//! messages again.
+//! messages again. Removing delivered mail stores a receipt for its sender (see
+//! [`crate::store`]), whose own delivery task is woken to send it.
 
 use crate::server::Shared;
 use anyhow::{bail, Context, Result};
@@ -59,10 +61,10 @@ async fn deliver_inner(
             let batch = shared.store.pending(name, cursor, limit)?;
             maybe_more = batch.len() == limit;
             for stored in batch {
-                in_flight.push_back((stored.message.id, stored.seq));
+                in_flight.push_back((stored.mail.id(), stored.seq));
                 cursor = Some(stored.seq);
                 idle_sent = false;
-                framing::write_frame(&mut send, &DirectoryEvent::Deliver(stored.message)).await?;
+                framing::write_frame(&mut send, &stored.mail.into_event()).await?;
             }
         }
         if !maybe_more && in_flight.is_empty() && removing.is_empty() && !idle_sent {
@@ -76,7 +78,7 @@ async fn deliver_inner(
                     None => {
                         // The peer is leaving; its last acks still get their deletions.
                         while let Some(done) = removing.join_next().await {
-                            done??;
+                            wake_sender(shared, done??);
                         }
                         return Ok(());
                     }
@@ -96,11 +98,18 @@ async fn deliver_inner(
                 removing.spawn(async move { writer.remove(n, seq).await });
             }
             Some(done) = removing.join_next(), if !removing.is_empty() => {
-                done??;
+                wake_sender(shared, done??);
             }
             _ = wake.notified() => maybe_more = true,
             Some(event) = events.recv() => framing::write_frame(&mut send, &event).await?,
         }
+    }
+}
+
+/// A receipt was stored for `sender`: if it is online, its own delivery task sends it now.
+fn wake_sender(shared: &Shared, sender: Option<Name>) {
+    if let Some(online) = sender.and_then(|s| shared.registry.get(&s)) {
+        online.wake.notify_one();
     }
 }
 

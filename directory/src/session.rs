@@ -4,13 +4,10 @@
 use crate::{mailbox, registry::Online, server::Shared, store::StoreError};
 use anyhow::{anyhow, Result};
 use common::{
-    defaults::{MAX_BODY_LEN, REQUEST_TIMEOUT},
+    defaults::{FILE_PART_LEN, MAX_BODY_LEN, REQUEST_TIMEOUT},
     framing::{self, FrameError},
     now_ms, tls,
-    wire::{
-        codes, ChatMessage, DirectoryEvent, DirectoryRequest, DirectoryResponse, ErrorCode,
-        PeerInfo,
-    },
+    wire::{codes, DirectoryEvent, DirectoryRequest, DirectoryResponse, ErrorCode, Mail, PeerInfo},
     KeyId, Name,
 };
 use std::{
@@ -160,7 +157,13 @@ impl Session {
             }
             DirectoryRequest::Deposit { message } => {
                 let me = self.registered()?;
-                self.deposit(me, message)
+                self.deposit(me, Mail::Chat(message))
+                    .await
+                    .map(|()| DirectoryResponse::Stored)
+            }
+            DirectoryRequest::DepositFilePart { part } => {
+                let me = self.registered()?;
+                self.deposit(me, Mail::FilePart(part))
                     .await
                     .map(|()| DirectoryResponse::Stored)
             }
@@ -329,23 +332,34 @@ impl Session {
         })
     }
 
-    async fn deposit(&self, me: &Name, message: ChatMessage) -> Result<(), ErrorCode> {
-        if &message.from != me {
+    /// Stores a chat message or a file part from `me` (receipts are the directory's own).
+    async fn deposit(&self, me: &Name, mail: Mail) -> Result<(), ErrorCode> {
+        if mail.from() != me {
             return Err(ErrorCode::NotSender);
         }
-        if message.body.len() > MAX_BODY_LEN {
+        let fits = match &mail {
+            Mail::Chat(m) => m.body.len() <= MAX_BODY_LEN,
+            Mail::FilePart(p) => {
+                p.data.len() <= FILE_PART_LEN
+                    && p.offset
+                        .checked_add(p.data.len() as u64)
+                        .is_some_and(|end| end <= p.offer.size)
+            }
+            Mail::Receipt(_) => return Err(ErrorCode::NotSender),
+        };
+        if !fits {
             return Err(ErrorCode::TooLarge);
         }
+        let to = mail.to().clone();
         let known = self
             .shared
             .store
-            .name(&message.to)
+            .name(&to)
             .map_err(|_| ErrorCode::Internal)?;
         if known.is_none() {
             return Err(ErrorCode::UnknownPeer);
         }
-        let to = message.to.clone();
-        match self.shared.writer.deposit(message).await {
+        match self.shared.writer.deposit(mail).await {
             Ok(()) => {}
             Err(StoreError::MailboxFull) => return Err(ErrorCode::MailboxFull),
             Err(e) => {

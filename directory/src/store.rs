@@ -6,17 +6,31 @@
 //! |---------------|-----------------------|-----------------------------|---------------------------------------|
 //! | `names`       | name                  | (key id, last seen ms)      | first-use binding of a name to a key  |
 //! | `meta`        | `"next_seq"`          | u64                         | the global sequence counter           |
-//! | `mailbox`     | (recipient, seq)      | postcard [`ChatMessage`]    | held messages, oldest first per name  |
-//! | `mailbox_ids` | (recipient, msg id)   | seq                         | makes a retried deposit a no-op       |
-//! | `usage`       | recipient             | (messages, body bytes)      | quota checks without a scan           |
-//! | `queued_from` | (recipient, sender)   | messages                    | `queued_from_you` without a scan      |
+//! | `mail`        | (recipient, seq)      | postcard [`Mail`]           | held mail, oldest first per name      |
+//! | `mailbox_ids` | (recipient, mail id)  | seq                         | makes a retried deposit a no-op       |
+//! | `usage`       | recipient             | (entries, bytes)            | quota checks without a scan           |
+//! | `queued_from` | (recipient, sender)   | messages and file parts     | `queued_from_you` without a scan      |
 //!
 //! Sequence numbers come from one counter kept in `meta`, so mailbox order survives restarts and
-//! a seq is never reused. `mailbox_ids`, `usage` and `queued_from` are derived from `mailbox` and
+//! a seq is never reused. `mailbox_ids`, `usage` and `queued_from` are derived from `mail` and
 //! always change in the same transaction as it. `queued_from` is a counter table rather than a
 //! scan because every lookup asks for it, while a mailbox may hold thousands of messages.
 //! An id is only remembered while its message is held: once delivered and removed, a retry is
 //! stored again, and the recipient drops the duplicate by id.
+//!
+//! # Receipts
+//!
+//! Removing delivered mail stores, in the same transaction, a [`Receipt`] in each sender's
+//! mailbox naming the chat messages (and whole files) its recipient took: the recipient's acks
+//! travel back to the sender through the mailbox, online or not. One receipt covers everything
+//! of one sender removed in one batch. Receipts count against the sender's quota but not in
+//! `queued_from` (they must not hold the recipient's own messages back), and a receipt that
+//! does not fit is dropped: it is a courtesy, the message itself was delivered.
+//!
+//! # Upgrades
+//!
+//! Version 1 kept bare [`ChatMessage`]s in a table named `mailbox`; opening such a file moves
+//! them into `mail` once, under the same keys.
 //!
 //! # Durability
 //!
@@ -27,18 +41,21 @@
 
 use common::{
     defaults::{MAILBOX_QUOTA_BYTES, MAILBOX_QUOTA_MESSAGES},
-    wire::ChatMessage,
+    now_ms,
+    wire::{ChatMessage, Mail, MessageId, Receipt},
     KeyId, Name,
 };
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
 };
-use std::{path::Path, sync::Arc};
+use std::{collections::BTreeMap, path::Path, sync::Arc};
 use tokio::sync::{mpsc, oneshot};
 
 const NAMES: TableDefinition<&str, (&[u8; 32], Option<u64>)> = TableDefinition::new("names");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const MAILBOX: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("mailbox");
+const MAIL: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("mail");
+/// Version 1's mailbox of bare chat messages; see "Upgrades".
+const MAILBOX_V1: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("mailbox");
 const IDS: TableDefinition<(&str, &[u8; 16]), u64> = TableDefinition::new("mailbox_ids");
 const USAGE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("usage");
 const QUEUED: TableDefinition<(&str, &str), u64> = TableDefinition::new("queued_from");
@@ -67,7 +84,7 @@ pub enum Bind {
 pub struct Quota {
     /// Most messages held for one recipient.
     pub max_messages: u64,
-    /// Most body bytes (sum of `body.len()`) held for one recipient.
+    /// Most bytes (message bodies and file parts, see [`Mail::size`]) held for one recipient.
     pub max_bytes: u64,
 }
 
@@ -80,13 +97,13 @@ impl Default for Quota {
     }
 }
 
-/// A held message and its mailbox sequence number.
+/// Held mail and its mailbox sequence number.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stored {
     /// Position in the global order; pass it to [`Store::remove_batch`] once delivered.
     pub seq: u64,
-    /// The message as deposited.
-    pub message: ChatMessage,
+    /// The mail as deposited.
+    pub mail: Mail,
 }
 
 /// Why a storage operation failed.
@@ -134,13 +151,13 @@ pub trait Store: Send + Sync + 'static {
     /// Records when `name` was last seen; does nothing if the name is not bound. One commit
     /// each, so call it on disconnect rather than on every heartbeat.
     fn set_last_seen(&self, name: &Name, ms: u64) -> Result<(), StoreError>;
-    /// Durably stores each message (one transaction, one fsync for the whole batch: group
+    /// Durably stores each mail (one transaction, one fsync for the whole batch: group
     /// commit). Each entry's result is independent: `MailboxFull` for one does not fail the
-    /// others. Idempotent by (recipient, message id): depositing an id already held for that
+    /// others. Idempotent by (recipient, mail id): depositing an id already held for that
     /// recipient is `Ok` and stores nothing new.
     fn deposit_batch(
         &self,
-        messages: &[ChatMessage],
+        mail: &[Mail],
         quota: Quota,
     ) -> Result<Vec<Result<(), StoreError>>, StoreError>;
     /// Oldest first, seq > `after` (`None` = from the start), at most `limit`.
@@ -150,11 +167,17 @@ pub trait Store: Send + Sync + 'static {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<Stored>, StoreError>;
-    /// Deletes these (recipient, seq) entries in one transaction; missing ones are ignored.
-    fn remove_batch(&self, entries: &[(Name, u64)]) -> Result<(), StoreError>;
-    /// How many messages from `sender` wait in `recipient`'s mailbox.
+    /// Deletes these (recipient, seq) entries in one transaction, missing ones ignored, and
+    /// stores receipts for their senders (see "Receipts"), within `quota`. For each entry,
+    /// returns the sender whose mailbox got a receipt for it, to be woken.
+    fn remove_batch(
+        &self,
+        entries: &[(Name, u64)],
+        quota: Quota,
+    ) -> Result<Vec<Option<Name>>, StoreError>;
+    /// How many messages and file parts from `sender` wait in `recipient`'s mailbox.
     fn queued_from(&self, recipient: &Name, sender: &Name) -> Result<u32, StoreError>;
-    /// Total (messages, body bytes) held for `recipient`.
+    /// Total (entries, bytes) held for `recipient`.
     fn usage(&self, recipient: &Name) -> Result<(u64, u64), StoreError>;
 }
 
@@ -180,41 +203,44 @@ struct Mailbox<'t> {
 impl<'t> Mailbox<'t> {
     fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
         Ok(Self {
-            messages: txn.open_table(MAILBOX)?,
+            messages: txn.open_table(MAIL)?,
             ids: txn.open_table(IDS)?,
             usage: txn.open_table(USAGE)?,
             queued: txn.open_table(QUEUED)?,
         })
     }
 
-    /// Stores one message under `seq` unless it is a duplicate (`Ok(false)`) or over quota.
-    fn deposit(&mut self, m: &ChatMessage, seq: u64, quota: Quota) -> Result<bool, StoreError> {
-        let to = m.to.as_str();
-        if self.ids.get((to, &m.id.0))?.is_some() {
+    /// Stores one mail under `seq` unless it is a duplicate (`Ok(false)`) or over quota.
+    fn deposit(&mut self, mail: &Mail, seq: u64, quota: Quota) -> Result<bool, StoreError> {
+        let (to, id) = (mail.to().as_str(), mail.id());
+        if self.ids.get((to, &id.0))?.is_some() {
             return Ok(false);
         }
         let (count, bytes) = self.usage.get(to)?.map_or((0, 0), |g| g.value());
-        let len = m.body.len() as u64;
+        let len = mail.size();
         if count >= quota.max_messages || bytes.saturating_add(len) > quota.max_bytes {
             return Err(StoreError::MailboxFull);
         }
-        let encoded = postcard::to_allocvec(m)?;
+        let encoded = postcard::to_allocvec(mail)?;
         self.messages.insert((to, seq), encoded.as_slice())?;
-        self.ids.insert((to, &m.id.0), seq)?;
+        self.ids.insert((to, &id.0), seq)?;
         self.usage.insert(to, (count + 1, bytes + len))?;
-        let from = m.from.as_str();
-        let queued = self.queued.get((to, from))?.map_or(0, |g| g.value());
-        self.queued.insert((to, from), queued + 1)?;
+        if !matches!(mail, Mail::Receipt(_)) {
+            let from = mail.from().as_str();
+            let queued = self.queued.get((to, from))?.map_or(0, |g| g.value());
+            self.queued.insert((to, from), queued + 1)?;
+        }
         Ok(true)
     }
 
-    /// Deletes one entry and its derived rows; `false` if it was not there.
-    fn remove(&mut self, to: &str, seq: u64) -> Result<bool, StoreError> {
+    /// Deletes one entry and its derived rows, returning it; `None` if it was not there (or
+    /// could not be decoded).
+    fn remove(&mut self, to: &str, seq: u64) -> Result<Option<Mail>, StoreError> {
         let Some(bytes) = self.messages.remove((to, seq))?.map(|g| g.value().to_vec()) else {
-            return Ok(false);
+            return Ok(None);
         };
-        let m: ChatMessage = match postcard::from_bytes(&bytes) {
-            Ok(m) => m,
+        let mail: Mail = match postcard::from_bytes(&bytes) {
+            Ok(mail) => mail,
             Err(e) => {
                 // Keeping an entry nobody can read helps no one; its counters stay a little off.
                 tracing::warn!(
@@ -222,29 +248,83 @@ impl<'t> Mailbox<'t> {
                     seq,
                     "removed an undecodable mailbox entry: {e}"
                 );
-                return Ok(true);
+                return Ok(None);
             }
         };
-        self.ids.remove((to, &m.id.0))?;
+        self.ids.remove((to, &mail.id().0))?;
         let (count, bytes) = self.usage.get(to)?.map_or((0, 0), |g| g.value());
-        let usage = (
-            count.saturating_sub(1),
-            bytes.saturating_sub(m.body.len() as u64),
-        );
+        let usage = (count.saturating_sub(1), bytes.saturating_sub(mail.size()));
         if usage.0 == 0 {
             self.usage.remove(to)?;
         } else {
             self.usage.insert(to, usage)?;
         }
-        let from = m.from.as_str();
-        let queued = self.queued.get((to, from))?.map_or(0, |g| g.value());
-        if queued <= 1 {
-            self.queued.remove((to, from))?;
-        } else {
-            self.queued.insert((to, from), queued - 1)?;
+        if !matches!(mail, Mail::Receipt(_)) {
+            let from = mail.from().as_str();
+            let queued = self.queued.get((to, from))?.map_or(0, |g| g.value());
+            if queued <= 1 {
+                self.queued.remove((to, from))?;
+            } else {
+                self.queued.insert((to, from), queued - 1)?;
+            }
         }
-        Ok(true)
+        Ok(Some(mail))
     }
+}
+
+/// A receipt being gathered while a batch is removed.
+#[derive(Default)]
+struct Gathered {
+    /// What it tells the sender.
+    delivered: Vec<MessageId>,
+    /// The batch's entries it answers (indices), whose callers learn the sender to wake.
+    entries: Vec<usize>,
+}
+
+/// What a removed entry tells its sender: the id of a chat message, or of a file whose last
+/// part it was. Receipts and other file parts tell nothing.
+fn receipt_for(mail: &Mail) -> Option<(&Name, MessageId)> {
+    match mail {
+        Mail::Chat(m) if m.from != m.to => Some((&m.from, m.id)),
+        Mail::FilePart(p) if p.is_last() && p.offer.from != p.offer.to => {
+            Some((&p.offer.from, p.offer.id))
+        }
+        _ => None,
+    }
+}
+
+/// Moves version 1's bare chat messages into the `mail` table (see "Upgrades").
+fn upgrade_v1(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let old: Vec<((String, u64), Vec<u8>)> = {
+        let table = txn.open_table(MAILBOX_V1)?;
+        let mut rows = Vec::new();
+        for row in table.iter()? {
+            let (key, value) = row?;
+            let (to, seq) = key.value();
+            rows.push(((to.to_string(), seq), value.value().to_vec()));
+        }
+        rows
+    };
+    if !old.is_empty() {
+        let mut mail = txn.open_table(MAIL)?;
+        for ((to, seq), bytes) in &old {
+            match postcard::from_bytes::<ChatMessage>(bytes) {
+                Ok(m) => {
+                    let encoded = postcard::to_allocvec(&Mail::Chat(m))?;
+                    mail.insert((to.as_str(), *seq), encoded.as_slice())?;
+                }
+                Err(e) => {
+                    tracing::warn!(recipient = %to, seq, "dropped an undecodable v1 entry: {e}")
+                }
+            }
+        }
+        tracing::info!(
+            entries = old.len(),
+            "moved the version 1 mailbox into `mail`"
+        );
+    }
+    txn.delete_table(MAILBOX_V1)?;
+    Ok(())
 }
 
 impl RedbStore {
@@ -257,6 +337,7 @@ impl RedbStore {
         txn.open_table(NAMES)?;
         txn.open_table(META)?;
         Mailbox::open(&txn)?;
+        upgrade_v1(&txn)?;
         txn.commit()?;
         Ok(store)
     }
@@ -325,7 +406,7 @@ impl Store for RedbStore {
 
     fn deposit_batch(
         &self,
-        messages: &[ChatMessage],
+        mail: &[Mail],
         quota: Quota,
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
         let txn = self.write()?;
@@ -333,8 +414,8 @@ impl Store for RedbStore {
             let mut meta = txn.open_table(META)?;
             let mut mailbox = Mailbox::open(&txn)?;
             let mut next = meta.get(NEXT_SEQ)?.map_or(1, |g| g.value());
-            let mut results = Vec::with_capacity(messages.len());
-            for m in messages {
+            let mut results = Vec::with_capacity(mail.len());
+            for m in mail {
                 results.push(match mailbox.deposit(m, next, quota) {
                     Ok(stored) => {
                         next += u64::from(stored);
@@ -367,25 +448,67 @@ impl Store for RedbStore {
         };
         let to = recipient.as_str();
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(MAILBOX)?;
+        let table = txn.open_table(MAIL)?;
         let mut out = Vec::new();
         for entry in table.range((to, from)..=(to, u64::MAX))?.take(limit) {
             let (key, value) = entry?;
             out.push(Stored {
                 seq: key.value().1,
-                message: postcard::from_bytes(value.value())?,
+                mail: postcard::from_bytes(value.value())?,
             });
         }
         Ok(out)
     }
 
-    fn remove_batch(&self, entries: &[(Name, u64)]) -> Result<(), StoreError> {
+    fn remove_batch(
+        &self,
+        entries: &[(Name, u64)],
+        quota: Quota,
+    ) -> Result<Vec<Option<Name>>, StoreError> {
         let txn = self.write()?;
         let mut changed = false;
+        let mut woken = vec![None; entries.len()];
         {
             let mut mailbox = Mailbox::open(&txn)?;
-            for (name, seq) in entries {
-                changed |= mailbox.remove(name.as_str(), *seq)?;
+            // By (recipient who took the mail, its sender).
+            let mut receipts: BTreeMap<(&Name, Name), Gathered> = BTreeMap::new();
+            for (i, (name, seq)) in entries.iter().enumerate() {
+                let Some(mail) = mailbox.remove(name.as_str(), *seq)? else {
+                    continue;
+                };
+                changed = true;
+                if let Some((sender, id)) = receipt_for(&mail) {
+                    let gathered = receipts.entry((name, sender.clone())).or_default();
+                    gathered.delivered.push(id);
+                    gathered.entries.push(i);
+                }
+            }
+            if !receipts.is_empty() {
+                let mut meta = txn.open_table(META)?;
+                let mut next = meta.get(NEXT_SEQ)?.map_or(1, |g| g.value());
+                let at_ms = now_ms();
+                for ((recipient, sender), gathered) in receipts {
+                    let receipt = Mail::Receipt(Receipt {
+                        id: MessageId::random(),
+                        from: recipient.clone(),
+                        to: sender.clone(),
+                        delivered: gathered.delivered,
+                        at_ms,
+                    });
+                    match mailbox.deposit(&receipt, next, quota) {
+                        Ok(_) => {
+                            next += 1;
+                            for i in gathered.entries {
+                                woken[i] = Some(sender.clone());
+                            }
+                        }
+                        Err(StoreError::MailboxFull) => {
+                            tracing::debug!(%sender, "no room for a receipt; dropped");
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                meta.insert(NEXT_SEQ, next)?;
             }
         }
         if changed {
@@ -393,7 +516,7 @@ impl Store for RedbStore {
         } else {
             txn.abort()?;
         }
-        Ok(())
+        Ok(woken)
     }
 
     fn queued_from(&self, recipient: &Name, sender: &Name) -> Result<u32, StoreError> {
@@ -416,10 +539,11 @@ impl Store for RedbStore {
 const MAX_BATCH: usize = 1024;
 
 type Reply = oneshot::Sender<Result<(), StoreError>>;
+type RemoveReply = oneshot::Sender<Result<Option<Name>, StoreError>>;
 
 enum Op {
-    Deposit(ChatMessage, Reply),
-    Remove((Name, u64), Reply),
+    Deposit(Mail, Reply),
+    Remove((Name, u64), RemoveReply),
 }
 
 /// Group-commit front of a [`Store`] for async code. One dedicated thread takes everything
@@ -449,24 +573,25 @@ impl Writer {
         Writer { tx }
     }
 
-    /// Durably stores `message`; `Ok` once it is committed (or was already held).
-    pub async fn deposit(&self, message: ChatMessage) -> Result<(), StoreError> {
+    /// Durably stores `mail`; `Ok` once it is committed (or was already held).
+    pub async fn deposit(&self, mail: Mail) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.submit(Op::Deposit(message, reply), answer).await
+        self.submit(Op::Deposit(mail, reply), answer).await
     }
 
-    /// Durably deletes the mailbox entry `(recipient, seq)`, if it exists.
-    pub async fn remove(&self, recipient: Name, seq: u64) -> Result<(), StoreError> {
+    /// Durably deletes the mailbox entry `(recipient, seq)`, if it exists, with the receipt it
+    /// earns its sender; returns that sender if a receipt was stored.
+    pub async fn remove(&self, recipient: Name, seq: u64) -> Result<Option<Name>, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.submit(Op::Remove((recipient, seq), reply), answer)
             .await
     }
 
-    async fn submit(
+    async fn submit<T>(
         &self,
         op: Op,
-        answer: oneshot::Receiver<Result<(), StoreError>>,
-    ) -> Result<(), StoreError> {
+        answer: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         self.tx.send(op).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
@@ -498,9 +623,17 @@ fn run(store: &dyn Store, quota: Quota, mut rx: mpsc::Receiver<Op>) {
         }
         // Removals first, so the space they free is there for this batch's deposits.
         if !removes.is_empty() {
-            let result = store.remove_batch(&removes);
-            for reply in remove_replies {
-                let _ = reply.send(result.clone());
+            match store.remove_batch(&removes, quota) {
+                Ok(woken) => {
+                    for (reply, sender) in remove_replies.into_iter().zip(woken) {
+                        let _ = reply.send(Ok(sender));
+                    }
+                }
+                Err(e) => {
+                    for reply in remove_replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
             }
         }
         if !deposits.is_empty() {
@@ -532,7 +665,7 @@ mod tests {
         Name::new(s).expect("valid test name")
     }
 
-    fn msg(from: &str, to: &str, body: &str) -> ChatMessage {
+    fn chat(from: &str, to: &str, body: &str) -> ChatMessage {
         ChatMessage {
             id: MessageId::random(),
             from: name(from),
@@ -542,12 +675,23 @@ mod tests {
         }
     }
 
+    fn msg(from: &str, to: &str, body: &str) -> Mail {
+        Mail::Chat(chat(from, to, body))
+    }
+
+    fn body(mail: &Mail) -> &str {
+        match mail {
+            Mail::Chat(m) => &m.body,
+            _ => "(not a chat message)",
+        }
+    }
+
     fn open(dir: &tempfile::TempDir) -> Result<RedbStore, StoreError> {
         RedbStore::open(&dir.path().join("directory.redb"))
     }
 
     fn bodies(stored: &[Stored]) -> Vec<&str> {
-        stored.iter().map(|s| s.message.body.as_str()).collect()
+        stored.iter().map(|s| body(&s.mail)).collect()
     }
 
     #[test]
@@ -603,11 +747,14 @@ mod tests {
     fn deposit_is_idempotent() -> TestResult {
         let dir = tempfile::tempdir()?;
         let store = open(&dir)?;
-        let m = msg("c1", "c2", "hello");
-        let results = store.deposit_batch(&[m.clone(), m.clone()], Quota::default())?;
+        let m = chat("c1", "c2", "hello");
+        let results = store.deposit_batch(
+            &[Mail::Chat(m.clone()), Mail::Chat(m.clone())],
+            Quota::default(),
+        )?;
         assert_eq!(results, [Ok(()), Ok(())]);
         assert_eq!(
-            store.deposit_batch(std::slice::from_ref(&m), Quota::default())?,
+            store.deposit_batch(&[Mail::Chat(m.clone())], Quota::default())?,
             [Ok(())]
         );
         assert_eq!(store.usage(&name("c2"))?, (1, 5));
@@ -617,7 +764,7 @@ mod tests {
             to: name("c3"),
             ..m
         };
-        store.deposit_batch(&[other], Quota::default())?;
+        store.deposit_batch(&[Mail::Chat(other)], Quota::default())?;
         assert_eq!(store.usage(&name("c3"))?, (1, 5));
         Ok(())
     }
@@ -673,7 +820,11 @@ mod tests {
             .iter()
             .map(|s| s.seq)
             .collect();
-        store.remove_batch(&[(name("c2"), seqs[1]), (name("c2"), 999), (name("c9"), 1)])?;
+        let woken = store.remove_batch(
+            &[(name("c2"), seqs[1]), (name("c2"), 999), (name("c9"), 1)],
+            Quota::default(),
+        )?;
+        assert_eq!(woken, [Some(name("c1")), None, None]);
         assert_eq!(bodies(&store.pending(&name("c2"), None, 10)?), ["a", "ccc"]);
         assert_eq!(store.usage(&name("c2"))?, (2, 4));
         // A removed id may be deposited again (the recipient dedupes by id).
@@ -687,9 +838,11 @@ mod tests {
             .into_iter()
             .map(|s| (name("c2"), s.seq))
             .collect();
-        store.remove_batch(&all)?;
+        store.remove_batch(&all, Quota::default())?;
         assert!(store.pending(&name("c2"), None, 10)?.is_empty());
         assert_eq!(store.usage(&name("c2"))?, (0, 0));
+        // c1 holds one receipt per batch that removed its messages.
+        assert_eq!(store.pending(&name("c1"), None, 10)?.len(), 2);
         Ok(())
     }
 
@@ -709,8 +862,131 @@ mod tests {
         assert_eq!(store.queued_from(&name("c3"), &name("c1"))?, 1);
         assert_eq!(store.queued_from(&name("c1"), &name("c2"))?, 0);
         let first = store.pending(&name("c2"), None, 1)?;
-        store.remove_batch(&[(name("c2"), first[0].seq)])?;
+        store.remove_batch(&[(name("c2"), first[0].seq)], Quota::default())?;
         assert_eq!(store.queued_from(&name("c2"), &name("c1"))?, 1);
+        // The receipt waiting for c1 does not hold c2's own messages to c1 back.
+        assert_eq!(store.pending(&name("c1"), None, 10)?.len(), 1);
+        assert_eq!(store.queued_from(&name("c1"), &name("c2"))?, 0);
+        Ok(())
+    }
+
+    fn receipts(stored: &[Stored]) -> Vec<(String, Vec<MessageId>)> {
+        stored
+            .iter()
+            .filter_map(|s| match &s.mail {
+                Mail::Receipt(r) => Some((r.from.to_string(), r.delivered.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn part(from: &str, to: &str, offset: u64, data: &[u8], size: u64) -> (Mail, MessageId) {
+        let offer = common::wire::FileOffer {
+            id: MessageId([9; 16]),
+            from: name(from),
+            to: name(to),
+            name: "f".into(),
+            size,
+            sha256: [0; 32],
+            sent_at_ms: 1,
+        };
+        let part = common::wire::FilePart {
+            id: MessageId::random(),
+            offer,
+            offset,
+            data: data.to_vec(),
+        };
+        (Mail::FilePart(part), MessageId([9; 16]))
+    }
+
+    #[test]
+    fn removing_delivered_mail_leaves_receipts_for_its_senders() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = open(&dir)?;
+        let (a, b, c) = (
+            chat("c1", "c2", "a"),
+            chat("c3", "c2", "b"),
+            chat("c1", "c2", "c"),
+        );
+        let (first, file_id) = part("c1", "c2", 0, b"12", 4);
+        let (last, _) = part("c1", "c2", 2, b"34", 4);
+        let mail = [
+            Mail::Chat(a.clone()),
+            Mail::Chat(b.clone()),
+            Mail::Chat(c.clone()),
+            first,
+            last,
+        ];
+        store.deposit_batch(&mail, Quota::default())?;
+        assert_eq!(store.usage(&name("c2"))?, (5, 7));
+        let all: Vec<(Name, u64)> = store
+            .pending(&name("c2"), None, 10)?
+            .iter()
+            .map(|s| (name("c2"), s.seq))
+            .collect();
+        let woken = store.remove_batch(&all, Quota::default())?;
+        let (c1, c3) = (Some(name("c1")), Some(name("c3")));
+        assert_eq!(woken, [c1.clone(), c3, c1.clone(), None, c1]);
+        // One receipt per sender; only a file's last part earns one, under the file's id.
+        let held = store.pending(&name("c1"), None, 10)?;
+        assert_eq!(receipts(&held), [("c2".into(), vec![a.id, c.id, file_id])]);
+        assert_eq!(
+            receipts(&store.pending(&name("c3"), None, 10)?),
+            [("c2".into(), vec![b.id])]
+        );
+        // Taking a receipt earns none in turn.
+        let woken = store.remove_batch(&[(name("c1"), held[0].seq)], Quota::default())?;
+        assert_eq!(woken, [None]);
+        assert!(store.pending(&name("c2"), None, 10)?.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn a_receipt_that_does_not_fit_is_dropped() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = open(&dir)?;
+        let quota = Quota {
+            max_messages: 1,
+            max_bytes: 1000,
+        };
+        store.deposit_batch(&[msg("c2", "c1", "fills c1's mailbox")], quota)?;
+        store.deposit_batch(&[msg("c1", "c2", "hi")], quota)?;
+        let held = store.pending(&name("c2"), None, 10)?;
+        let woken = store.remove_batch(&[(name("c2"), held[0].seq)], quota)?;
+        assert_eq!(woken, [None]);
+        assert!(store.pending(&name("c2"), None, 10)?.is_empty());
+        assert_eq!(store.usage(&name("c1"))?, (1, 18));
+        Ok(())
+    }
+
+    #[test]
+    fn a_version_1_mailbox_is_moved_into_mail() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("directory.redb");
+        let old = chat("c1", "c2", "from before");
+        {
+            let db = Database::create(&path)?;
+            let txn = db.begin_write()?;
+            {
+                let mut v1 = txn.open_table(MAILBOX_V1)?;
+                let bytes = postcard::to_allocvec(&old)?;
+                v1.insert(("c2", 7), bytes.as_slice())?;
+                txn.open_table(IDS)?.insert(("c2", &old.id.0), 7)?;
+                txn.open_table(USAGE)?.insert("c2", (1, 11))?;
+                txn.open_table(META)?.insert(NEXT_SEQ, 8)?;
+            }
+            txn.commit()?;
+        }
+        let store = RedbStore::open(&path)?;
+        let held = store.pending(&name("c2"), None, 10)?;
+        assert_eq!(held.len(), 1);
+        assert_eq!((held[0].seq, &held[0].mail), (7, &Mail::Chat(old)));
+        store.remove_batch(&[(name("c2"), 7)], Quota::default())?;
+        assert_eq!(store.usage(&name("c2"))?, (0, 0));
+        drop(store);
+        // Reopening finds nothing left to move.
+        let store = RedbStore::open(&path)?;
+        assert!(store.pending(&name("c2"), None, 10)?.is_empty());
         Ok(())
     }
 
@@ -741,17 +1017,20 @@ mod tests {
         let mut per_sender: HashMap<&str, Vec<usize>> = HashMap::new();
         for s in &pending {
             per_sender
-                .entry(s.message.from.as_str())
+                .entry(s.mail.from().as_str())
                 .or_default()
-                .push(s.message.body.parse()?);
+                .push(body(&s.mail).parse()?);
         }
         let expected: Vec<usize> = (0..EACH).collect();
         assert_eq!(per_sender.len(), SENDERS);
         assert!(per_sender.values().all(|v| *v == expected));
         assert_eq!(store.queued_from(&name("r"), &name("s0"))?, EACH as u32);
 
-        writer.remove(name("r"), pending[0].seq).await?;
-        writer.remove(name("r"), pending[0].seq).await?;
+        assert_eq!(
+            writer.remove(name("r"), pending[0].seq).await?,
+            Some(name("s0"))
+        );
+        assert_eq!(writer.remove(name("r"), pending[0].seq).await?, None);
         assert_eq!(store.usage(&name("r"))?.0, (SENDERS * EACH - 1) as u64);
         Ok(())
     }

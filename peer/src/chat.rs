@@ -12,11 +12,11 @@ use crate::{
 };
 use anyhow::{anyhow, bail, Result};
 use common::Name;
-use std::io::IsTerminal;
+use std::{io::IsTerminal, path::PathBuf};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-const HELP: &str =
-    "commands: /to NAME (talk to NAME), /who (presence of known peers), /help, /quit";
+const HELP: &str = "commands: /to NAME (talk to NAME), /who (presence of known peers), \
+                    /file PATH (send a file), /help, /quit";
 
 /// Runs the conversation with `with`.
 pub async fn run(session: Session, console: Console, with: Name) -> Result<()> {
@@ -31,6 +31,7 @@ pub async fn run(session: Session, console: Console, with: Name) -> Result<()> {
 pub(crate) enum Input {
     Text(String),
     To(Name),
+    File(PathBuf),
     Who,
     Help,
     Quit,
@@ -56,11 +57,24 @@ pub(crate) fn parse(line: &str) -> Option<Input> {
             Ok(name) => Input::To(name),
             Err(e) => Input::Bad(format!("invalid name {name:?}: {e}")),
         },
+        (Some("/file"), Some(_)) => Input::File(file_path(
+            trimmed.strip_prefix("/file").unwrap_or_default().trim(),
+        )),
         (Some("/who"), None) => Input::Who,
         (Some("/help"), _) => Input::Help,
         (Some("/quit"), _) => Input::Quit,
         _ => Input::Bad(format!("unknown command {trimmed:?}; {HELP}")),
     })
+}
+
+/// The path typed after `/file` (the rest of the line, so spaces are allowed; `~/` is the home
+/// folder), made absolute: a running peer may be the one that opens it.
+fn file_path(typed: &str) -> PathBuf {
+    let path = match (typed.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(typed),
+    };
+    std::path::absolute(&path).unwrap_or(path)
 }
 
 /// Tracks which peers the conversation has touched, for `/who`.
@@ -101,6 +115,10 @@ async fn lines(mut session: Session, console: Console, mut with: Name) -> Result
                         known.add(&name);
                         with = name;
                     }
+                    Some(Input::File(path)) => {
+                        session.send_file(with.clone(), path);
+                        outstanding += 1;
+                    }
                     Some(Input::Who) => known.0.iter().for_each(|n| session.whois(n.clone())),
                     Some(Input::Help) => eprintln!("{HELP}"),
                     Some(Input::Quit) => eof = true,
@@ -117,7 +135,22 @@ async fn lines(mut session: Session, console: Console, mut with: Name) -> Result
                     received.shown();
                 }
                 Some(Update::File(file)) => print_line(&console.file(&file))?,
-                Some(Update::FileProgress { .. } | Update::FileSent(_)) => {}
+                Some(Update::FileProgress { .. }) => {}
+                Some(Update::FileSent(result)) => {
+                    outstanding = outstanding.saturating_sub(1);
+                    match result {
+                        Ok(sent) => print_line(&console.file_sent(&sent))?,
+                        Err(e) => {
+                            failed += 1;
+                            eprintln!("peer: {e}");
+                        }
+                    }
+                }
+                Some(Update::Receipt { from, delivered, .. }) => {
+                    if !console.json {
+                        eprintln!("{from} picked up {} queued item(s)", delivered.len());
+                    }
+                }
                 Some(Update::Sent(result)) => {
                     outstanding = outstanding.saturating_sub(1);
                     match result {

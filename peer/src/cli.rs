@@ -1,7 +1,7 @@
 //! The command line.
 
 use clap::{Parser, Subcommand};
-use common::{KeyId, Name};
+use common::{defaults::MAILBOX_FILE_MAX, KeyId, Name};
 use std::{net::SocketAddr, path::PathBuf};
 
 /// Peer-to-peer chat: talk to other peers directly over QUIC, with the directory's mailbox when
@@ -42,6 +42,11 @@ pub struct Cli {
     #[arg(long, env = "CHAT_DIRECT_TIMEOUT", default_value_t = 3.0, value_parser = parse_secs)]
     pub direct_timeout: f64,
 
+    /// Largest file, in bytes, sent through the directory's mailbox when the recipient cannot
+    /// be reached directly; larger ones wait until it is back.
+    #[arg(long, env = "CHAT_MAILBOX_FILE_MAX", default_value_t = MAILBOX_FILE_MAX)]
+    pub mailbox_file_max: u64,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -51,7 +56,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug, Clone)]
 pub enum Command {
     /// Chat with NAME: full-screen on a terminal, else one message per input line.
-    /// /to NAME, /who, /help, /quit.
+    /// /to NAME, /who, /file PATH, /help, /quit.
     Chat {
         /// Whom to talk to.
         #[arg(value_parser = parse_name)]

@@ -100,6 +100,7 @@ async fn send_file(
                 bar.set_position(done);
             }
             Some(Update::FileSent(result)) => break result.map_err(|e| anyhow!(e)),
+            Some(Update::Notice(text)) => bar.suspend(|| eprintln!("{text}")),
             Some(_) => {}
             None => break Err(anyhow!("the peer stopped before the file was sent")),
         }

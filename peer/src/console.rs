@@ -58,6 +58,7 @@ impl Console {
                 "sha256": hex::encode(f.sha256),
                 "sent_at_ms": f.sent_at_ms,
                 "resumed_from": f.resumed_from,
+                "via": if f.via_mailbox { "mailbox" } else { "direct" },
             })
             .to_string();
         }
@@ -73,16 +74,27 @@ impl Console {
     /// The line for a file that reached its recipient.
     pub fn file_sent(&self, f: &crate::files::FileSent) -> String {
         if self.json {
-            return json!({
+            let mut v = json!({
                 "type": "file_sent",
                 "to": f.to.as_str(),
                 "size": f.size,
                 "sha256": hex::encode(f.sha256),
                 "resumed_from": f.resumed_from,
-                "path": f.path.as_str(),
-            })
-            .to_string();
+                "status": if f.path.is_some() { "delivered" } else { "queued" },
+            });
+            if let Some(path) = f.path {
+                v["path"] = json!(path.as_str());
+            }
+            return v.to_string();
         }
+        let Some(path) = f.path else {
+            return format!(
+                "queued {} bytes for {} in the mailbox; sha256 {}",
+                f.size,
+                f.to,
+                hex::encode(f.sha256)
+            );
+        };
         let resumed = match f.resumed_from {
             0 => String::new(),
             n => format!(", resumed after {n} bytes"),
@@ -91,7 +103,7 @@ impl Console {
             "sent {} bytes to {} (direct, {}{resumed}); sha256 {}",
             f.size,
             f.to,
-            f.path.as_str(),
+            path.as_str(),
             hex::encode(f.sha256)
         )
     }
@@ -174,6 +186,7 @@ impl Console {
                 }
                 HistoryState::Delivered { path } => v["path"] = json!(path.map(Path::as_str)),
                 HistoryState::Failed { reason } => v["reason"] = json!(reason),
+                HistoryState::DeliveredLater { at_ms } => v["delivered_at_ms"] = json!(at_ms),
                 HistoryState::Sending | HistoryState::Queued => {}
             }
             return v.to_string();
@@ -245,6 +258,9 @@ pub fn state_text(state: &HistoryState) -> String {
         HistoryState::Delivered { path: None } => "delivered, direct".into(),
         HistoryState::Queued => "queued in the mailbox".into(),
         HistoryState::Failed { reason } => format!("failed: {reason}"),
+        HistoryState::DeliveredLater { at_ms } => {
+            format!("delivered later, from the mailbox, {}", ago(*at_ms))
+        }
     }
 }
 

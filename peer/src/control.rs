@@ -9,7 +9,7 @@ use crate::{
     history::History,
     home::Home,
     inbox::Via,
-    node::Node,
+    node::{FileUpdate, Node},
     outbox::{Sent, Status},
     session::{Received, SendFailed, Update},
 };
@@ -179,8 +179,30 @@ async fn serve_client(stream: UnixStream, node: Arc<Node>, history: Option<Histo
             }
             ControlRequest::Attach => {
                 let mut copies = node.inbox().subscribe();
+                let mut receipts = node.inbox().subscribe_receipts();
                 let tx = tx.clone();
                 let _ = tx.send(ControlResponse::Attached);
+                let receipts_tx = tx.clone();
+                tokio::spawn(async move {
+                    // A receipt lost to a slow reader only leaves a mark stale in this window;
+                    // the running peer recorded it.
+                    use tokio::sync::broadcast::error::RecvError;
+                    loop {
+                        let r = match receipts.recv().await {
+                            Ok(r) => r,
+                            Err(RecvError::Lagged(_)) => continue,
+                            Err(RecvError::Closed) => return,
+                        };
+                        let receipt = ControlResponse::Receipt {
+                            from: r.from,
+                            delivered: r.delivered,
+                            at_ms: r.at_ms,
+                        };
+                        if receipts_tx.send(receipt).is_err() {
+                            return;
+                        }
+                    }
+                });
                 tokio::spawn(async move {
                     loop {
                         match copies.recv().await {
@@ -218,17 +240,27 @@ async fn send_file(
     path: PathBuf,
 ) {
     let progress = tx.clone();
-    let report = move |done, total| {
-        let _ = progress.send(ControlResponse::FileProgress { done, total });
+    let report = move |update| {
+        let _ = progress.send(match update {
+            FileUpdate::Progress { done, total } => ControlResponse::FileProgress { done, total },
+            FileUpdate::Waiting(text) => ControlResponse::Notice(text),
+        });
     };
     let result = node.send_file(&to, &path, report).await;
     let _ = tx.send(match result {
-        Ok(sent) => ControlResponse::FileSent {
-            to: sent.to,
-            size: sent.size,
-            sha256: sent.sha256,
-            resumed_from: sent.resumed_from,
-            path: sent.path,
+        Ok(sent) => match sent.path {
+            Some(path) => ControlResponse::FileSent {
+                to: sent.to,
+                size: sent.size,
+                sha256: sent.sha256,
+                resumed_from: sent.resumed_from,
+                path,
+            },
+            None => ControlResponse::FileQueued {
+                to: sent.to,
+                size: sent.size,
+                sha256: sent.sha256,
+            },
         },
         Err(e) => ControlResponse::FileFailed {
             to,
@@ -358,8 +390,26 @@ impl ControlClient {
                         size,
                         sha256,
                         resumed_from,
-                        path,
+                        path: Some(path),
                     })),
+                    Ok(Some(ControlResponse::FileQueued { to, size, sha256 })) => {
+                        Update::FileSent(Ok(crate::files::FileSent {
+                            to,
+                            size,
+                            sha256,
+                            resumed_from: 0,
+                            path: None,
+                        }))
+                    }
+                    Ok(Some(ControlResponse::Receipt {
+                        from,
+                        delivered,
+                        at_ms,
+                    })) => Update::Receipt {
+                        from,
+                        delivered,
+                        at_ms,
+                    },
                     Ok(Some(ControlResponse::FileFailed { reason, .. })) => {
                         Update::FileSent(Err(reason))
                     }

@@ -301,7 +301,8 @@ async fn supervise(inner: Arc<Inner>) {
     }
 }
 
-/// Reads the directory's event stream: mailbox messages and the idle marker. When we leave, it
+/// Reads the directory's event stream: mailbox messages, file parts and receipts, the idle
+/// marker, and introductions. When we leave, it
 /// stops between two messages and waits until the directory has every ack written so far.
 async fn serve_events(
     conn: quinn::Connection,
@@ -331,21 +332,39 @@ async fn serve_events(
                 return;
             }
         };
-        match frame {
+        // Mail is acknowledged once it is in our hands (shown, written, recorded); what could
+        // not be taken is not acknowledged, and the directory keeps it for the next connection.
+        let taken = match frame {
             Ok(Some(DirectoryEvent::Deliver(message))) => {
                 let id = message.id;
                 if inbox.receive(message, Via::Mailbox).await.is_err() {
-                    return; // not shown, so not acknowledged: the directory keeps it
-                }
-                if let Err(e) = framing::write_frame(&mut send, &EventAck::Delivered(id)).await {
-                    debug!(cause = %e, "event stream closed");
                     return;
                 }
+                id
             }
-            Ok(Some(DirectoryEvent::MailboxIdle)) => inbox.mailbox_idle().await,
+            Ok(Some(DirectoryEvent::DeliverFilePart(part))) => {
+                let id = part.id;
+                if let Err(e) = inbox.file_part(part).await {
+                    warn!(cause = %format!("{e:#}"), "cannot take a file part from the mailbox");
+                    return;
+                }
+                id
+            }
+            Ok(Some(DirectoryEvent::Receipt(receipt))) => {
+                let id = receipt.id;
+                if inbox.receipt(receipt).await.is_err() {
+                    return;
+                }
+                id
+            }
+            Ok(Some(DirectoryEvent::MailboxIdle)) => {
+                inbox.mailbox_idle().await;
+                continue;
+            }
             Ok(Some(DirectoryEvent::Introduction { name, key, addrs })) => {
                 let addrs = addrs.into_iter().take(16).collect();
                 let _ = introductions.send(Introduction { name, key, addrs });
+                continue;
             }
             Ok(None) => return,
             Err(e) if !e.is_violation() => {
@@ -357,6 +376,10 @@ async fn serve_events(
                 conn.close(e.code().into(), b"bad event frame");
                 return;
             }
+        };
+        if let Err(e) = framing::write_frame(&mut send, &EventAck::Delivered(taken)).await {
+            debug!(cause = %e, "event stream closed");
+            return;
         }
     }
 }

@@ -13,16 +13,23 @@
 //! content hash, so offering the same file again resumes where the last attempt stopped. The
 //! receiver never trusts the offered name: it keeps only a plain file name of safe characters
 //! and never overwrites an existing file.
+//!
+//! When no direct link can be made, a file of at most the sender's mailbox limit goes through
+//! the directory's mailbox instead, in [`FilePart`]s of [`FILE_PART_LEN`] bytes deposited in
+//! order ([`parts`]); the receiver appends each to the same partial file ([`write_part`]) and
+//! checks the hash after the last. A larger file waits for the recipient (see
+//! [`crate::node::Node::send_file`]).
 
 use anyhow::{anyhow, bail, Context, Result};
 use common::{
+    defaults::FILE_PART_LEN,
     framing,
-    wire::{FileOffer, FileRefusal, PeerFrame},
+    wire::{FileOffer, FilePart, FileRefusal, MessageId, PeerFrame},
     Name,
 };
 use std::{
     fs::{self, File},
-    io::{Read, SeekFrom},
+    io::{Read, Seek, SeekFrom, Write},
     path::{Path, PathBuf},
 };
 use tokio::{
@@ -54,6 +61,8 @@ pub struct ReceivedFile {
     pub sent_at_ms: u64,
     /// Bytes kept from an earlier, interrupted attempt.
     pub resumed_from: u64,
+    /// It came through the mailbox, in parts.
+    pub via_mailbox: bool,
 }
 
 /// The outcome of sending a file.
@@ -67,8 +76,20 @@ pub struct FileSent {
     pub sha256: [u8; 32],
     /// Bytes the recipient already had from an earlier attempt.
     pub resumed_from: u64,
-    /// The direct path it went over.
-    pub path: common::control::Path,
+    /// The direct path it went over; `None` when it went into the recipient's mailbox.
+    pub path: Option<common::control::Path>,
+}
+
+/// Why [`send`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The transfer cannot succeed as it is: the recipient refused the file or found its hash
+    /// wrong, or the file could not be read here. Trying again changes nothing.
+    #[error("{0:#}")]
+    Final(anyhow::Error),
+    /// The link failed; the recipient keeps what it has, and a new attempt resumes there.
+    #[error("{0:#}")]
+    Interrupted(anyhow::Error),
 }
 
 /// SHA-256 and size of the file at `path`, read once in fixed-size chunks.
@@ -112,44 +133,107 @@ pub async fn send(
     offer: FileOffer,
     path: &Path,
     progress: &watch::Sender<u64>,
-) -> Result<u64> {
-    let (mut send, mut recv) = conn.open_bi().await.context("opening a file stream")?;
-    framing::write_frame(&mut send, &PeerFrame::FileOffer(offer.clone())).await?;
-    let offset = match framing::read_frame::<PeerFrame, _>(&mut recv).await? {
+) -> Result<u64, SendError> {
+    use SendError::{Final, Interrupted};
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| Interrupted(anyhow!("opening a file stream: {e}")))?;
+    framing::write_frame(&mut send, &PeerFrame::FileOffer(offer.clone()))
+        .await
+        .map_err(|e| Interrupted(e.into()))?;
+    let answer = framing::read_frame::<PeerFrame, _>(&mut recv).await;
+    let offset = match answer.map_err(|e| Interrupted(e.into()))? {
         Some(PeerFrame::FileAccept { offset }) if offset <= offer.size => offset,
-        Some(PeerFrame::FileRefused(why)) => bail!("{} refused the file: {why}", offer.to),
-        other => bail!("unexpected answer to a file offer: {other:?}"),
+        Some(PeerFrame::FileRefused(why)) => {
+            return Err(Final(anyhow!("{} refused the file: {why}", offer.to)))
+        }
+        other => {
+            return Err(Final(anyhow!(
+                "unexpected answer to a file offer: {other:?}"
+            )))
+        }
     };
     progress.send_replace(offset);
     let mut file = tokio::fs::File::open(path)
         .await
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    file.seek(SeekFrom::Start(offset)).await?;
+        .with_context(|| format!("cannot open {}", path.display()))
+        .map_err(Final)?;
+    file.seek(SeekFrom::Start(offset))
+        .await
+        .map_err(|e| Final(e.into()))?;
     let mut buf = vec![0u8; CHUNK];
     let mut done = offset;
     while done < offer.size {
         let want = CHUNK.min((offer.size - done) as usize);
-        let n = file.read(&mut buf[..want]).await?;
+        let n = file
+            .read(&mut buf[..want])
+            .await
+            .map_err(|e| Final(e.into()))?;
         if n == 0 {
-            bail!("{} shrank while it was being sent", path.display());
+            return Err(Final(anyhow!(
+                "{} shrank while it was being sent",
+                path.display()
+            )));
         }
         send.write_all(&buf[..n])
             .await
-            .context("the file stream failed")?;
+            .map_err(|e| Interrupted(anyhow!("the file stream failed: {e}")))?;
         done += n as u64;
         progress.send_replace(done);
     }
-    send.finish()?;
-    match framing::read_frame::<PeerFrame, _>(&mut recv).await? {
+    send.finish().map_err(|e| Interrupted(e.into()))?;
+    let answer = framing::read_frame::<PeerFrame, _>(&mut recv).await;
+    match answer.map_err(|e| Interrupted(e.into()))? {
         Some(PeerFrame::FileDone { ok: true }) => Ok(offset),
-        Some(PeerFrame::FileDone { ok: false }) => {
-            bail!(
-                "{} received the file but its hash did not match; send it again",
-                offer.to
-            )
-        }
-        other => bail!("unexpected answer after the file: {other:?}"),
+        Some(PeerFrame::FileDone { ok: false }) => Err(Final(anyhow!(
+            "{} received the file but its hash did not match; send it again",
+            offer.to
+        ))),
+        None => Err(Interrupted(anyhow!(
+            "the file stream ended before the recipient confirmed"
+        ))),
+        other => Err(Final(anyhow!(
+            "unexpected answer after the file: {other:?}"
+        ))),
     }
+}
+
+/// The parts of the file at `path`, described by `offer`, for the mailbox, in order, each
+/// at most [`FILE_PART_LEN`] bytes (one empty part for an empty file). Part ids are derived
+/// from the offer's id and the offset, so depositing a part again is a no-op.
+pub fn parts(
+    offer: FileOffer,
+    path: &Path,
+) -> Result<impl Iterator<Item = Result<FilePart>> + Send + 'static> {
+    let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut offset = 0u64;
+    let mut finished = false;
+    Ok(std::iter::from_fn(move || {
+        if finished {
+            return None;
+        }
+        let want = FILE_PART_LEN.min((offer.size - offset) as usize);
+        let mut data = vec![0u8; want];
+        if let Err(e) = file.read_exact(&mut data) {
+            finished = true;
+            return Some(Err(anyhow!("reading the file: {e}")));
+        }
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(&offer.id.0);
+        ctx.update(&offset.to_le_bytes());
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&digest(ctx)[..16]);
+        let part = FilePart {
+            id: MessageId(id),
+            offer: offer.clone(),
+            offset,
+            data,
+        };
+        offset += want as u64;
+        finished = offset >= offer.size;
+        Some(Ok(part))
+    }))
 }
 
 /// Receives the file `offer` describes into `downloads`; `send`/`recv` are the file stream,
@@ -239,7 +323,98 @@ pub async fn receive(
         sha256: offer.sha256,
         sent_at_ms: offer.sent_at_ms,
         resumed_from: offset,
+        via_mailbox: false,
     })
+}
+
+/// What became of a part of a file from the mailbox.
+#[derive(Debug)]
+pub enum PartOutcome {
+    /// Written (or already held); more parts follow.
+    Kept,
+    /// The last part: the file is whole, checked and stored.
+    Complete(ReceivedFile),
+    /// The file cannot be completed (a part is missing, or the hash does not match) and was
+    /// dropped; the reason is for the user.
+    Discarded(String),
+}
+
+/// Writes one part of a file from the mailbox into the partial file its offer names (the same
+/// one a direct transfer of that file uses), durably, so that it may be acknowledged. Parts
+/// come in order; one already held is skipped. The last part checks the hash and stores the
+/// file as [`receive`] does. Blocking.
+pub fn write_part(downloads: &Path, part: &FilePart) -> Result<PartOutcome> {
+    let offer = &part.offer;
+    let end = part.offset.checked_add(part.data.len() as u64);
+    if offer.size > MAX_FILE_SIZE || end.is_none_or(|end| end > offer.size) {
+        return Ok(PartOutcome::Discarded(format!(
+            "a part of {:?} from {} lies outside the file; dropped",
+            offer.name, offer.from
+        )));
+    }
+    let end = part.offset + part.data.len() as u64;
+    let path = partial_path(downloads, offer);
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.try_lock().map_err(|_| Busy)?;
+    let len = file.metadata()?.len();
+    if part.offset > len {
+        // An earlier part is missing: the file cannot be completed from here on.
+        return Ok(if part.is_last() {
+            let _ = fs::remove_file(&path);
+            PartOutcome::Discarded(format!(
+                "{:?} from {} came through the mailbox incomplete; dropped",
+                offer.name, offer.from
+            ))
+        } else {
+            PartOutcome::Kept
+        });
+    }
+    if end > len {
+        file.set_len(part.offset)?;
+        file.seek(SeekFrom::Start(part.offset))?;
+        file.write_all(&part.data)?;
+        file.sync_data()?;
+    }
+    if !part.is_last() {
+        return Ok(PartOutcome::Kept);
+    }
+    file.seek(SeekFrom::Start(0))?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    drop(file);
+    if digest(ctx) != offer.sha256 {
+        let _ = fs::remove_file(&path);
+        return Ok(PartOutcome::Discarded(format!(
+            "{:?} from {} did not match its hash; discarded",
+            offer.name, offer.from
+        )));
+    }
+    let stored = store(&path, downloads, &safe_name(&offer.name))?;
+    Ok(PartOutcome::Complete(ReceivedFile {
+        from: offer.from.clone(),
+        path: stored,
+        size: offer.size,
+        sha256: offer.sha256,
+        sent_at_ms: offer.sent_at_ms,
+        resumed_from: 0,
+        via_mailbox: true,
+    }))
 }
 
 /// Where the bytes of `offer` collect until the file is whole.

@@ -114,6 +114,12 @@ enum Op {
         id: Option<MessageId>,
         state: HistoryState,
     },
+    /// Our queued messages with these ids were taken by their recipient.
+    DeliveredLater {
+        ids: Vec<MessageId>,
+        at_ms: u64,
+        reply: Reply,
+    },
     /// Answered once everything queued before it is committed.
     Flush(Reply),
 }
@@ -261,6 +267,22 @@ impl History {
         }
     }
 
+    /// Durably marks our messages with these ids as delivered later (a receipt came back);
+    /// resolves once that is committed. Ids not in the history, or of messages that were
+    /// delivered directly, are left alone.
+    pub fn delivered_later(
+        &self,
+        ids: Vec<MessageId>,
+        at_ms: u64,
+    ) -> impl std::future::Future<Output = Result<(), HistoryError>> + Send + 'static {
+        let (reply, answer) = oneshot::channel();
+        let queued = self.queue(Op::DeliveredLater { ids, at_ms, reply });
+        async move {
+            queued?;
+            answer.await.map_err(|_| stopped())?
+        }
+    }
+
     /// Resolves once everything recorded so far is on disk.
     pub async fn flush(&self) -> Result<(), HistoryError> {
         let (reply, answer) = oneshot::channel();
@@ -369,6 +391,16 @@ fn commit(db: &Database, ops: Vec<Op>, replies: &mut Vec<Reply>) -> Result<(), H
                 Op::Settle { key, id, state } => {
                     settle(&mut messages, &mut ids, &key, id, state).map(|_| ())
                 }
+                Op::DeliveredLater {
+                    ids: taken,
+                    at_ms,
+                    reply,
+                } => {
+                    replies.push(reply);
+                    taken
+                        .iter()
+                        .try_for_each(|id| delivered_later(&mut messages, &ids, id, at_ms))
+                }
                 Op::Flush(reply) => {
                     replies.push(reply);
                     Ok(())
@@ -405,6 +437,34 @@ fn insert(
     messages.insert((peer.as_str(), seq), bytes.as_slice())?;
     let last = peers.get(peer.as_str())?.map_or(0, |g| g.value());
     peers.insert(peer.as_str(), last.max(entry.sent_at_ms))?;
+    Ok(())
+}
+
+/// Marks our message `id` as delivered later, if it is ours and was queued (or its outcome
+/// never came).
+fn delivered_later(
+    messages: &mut Messages<'_>,
+    ids: &Ids<'_>,
+    id: &MessageId,
+    at_ms: u64,
+) -> Result<(), HistoryError> {
+    let Some((peer, seq)) = ids.get(&id.0)?.map(|g| {
+        let (peer, seq) = g.value();
+        (peer.to_string(), seq)
+    }) else {
+        return Ok(());
+    };
+    let row = (peer.as_str(), seq);
+    let Some(bytes) = messages.get(row)?.map(|g| g.value().to_vec()) else {
+        return Ok(());
+    };
+    let mut entry: HistoryEntry = postcard::from_bytes(&bytes)?;
+    if !matches!(entry.state, HistoryState::Queued | HistoryState::Sending) {
+        return Ok(());
+    }
+    entry.state = HistoryState::DeliveredLater { at_ms };
+    let bytes = postcard::to_allocvec(&entry)?;
+    messages.insert(row, bytes.as_slice())?;
     Ok(())
 }
 
@@ -502,6 +562,42 @@ mod tests {
         assert_eq!(
             bodies(&h.conversation(&name("c2"), 100)?).last(),
             Some(&"later")
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn receipts_mark_only_queued_messages_of_ours() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let h = History::open(&path(dir.path()))?;
+        let mut ids = Vec::new();
+        for (body, status) in [("queued", Status::Queued), ("direct", Status::Delivered)] {
+            let key = h.sending(&name("me"), &name("c2"), body);
+            let sent = Sent {
+                id: MessageId::random(),
+                to: name("c2"),
+                status,
+                path: None,
+            };
+            h.settle(key, Ok(&sent));
+            ids.push(sent.id);
+        }
+        let theirs = incoming("c2", "theirs");
+        h.record_in(&theirs, Via::Mailbox).await?;
+        ids.extend([theirs.id, MessageId::random()]);
+        h.delivered_later(ids, 42).await?;
+        let states: Vec<HistoryState> = h
+            .conversation(&name("c2"), 10)?
+            .into_iter()
+            .map(|e| e.state)
+            .collect();
+        assert_eq!(
+            states,
+            [
+                HistoryState::DeliveredLater { at_ms: 42 },
+                HistoryState::Delivered { path: None },
+                HistoryState::Received { via_mailbox: true },
+            ]
         );
         Ok(())
     }

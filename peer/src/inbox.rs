@@ -1,6 +1,8 @@
 //! Receiving: direct chat streams from other peers, and mailbox messages handed over by the
 //! directory client. Both end in [`Inbox::receive`], which drops duplicates by message id and
 //! waits until the user's side has shown the message before the caller acknowledges it.
+//! The mailbox also brings parts of small files ([`Inbox::file_part`]) and receipts for our
+//! own queued messages ([`Inbox::receipt`]).
 //!
 //! A direct connection proves a key in its TLS handshake; the first message on it names its
 //! sender, and [`serve_connection`] asks the directory whether that name is bound to that key
@@ -8,16 +10,16 @@
 
 use crate::{
     directory_client::DirectoryClient,
-    files::{self, ReceivedFile},
+    files::{self, PartOutcome, ReceivedFile},
     links::Links,
     punch,
 };
 use anyhow::{anyhow, bail, Result};
 use common::{
     control::Path,
-    defaults::{MAX_BODY_LEN, SEND_WINDOW},
+    defaults::{FILE_PART_LEN, MAX_BODY_LEN, SEND_WINDOW},
     framing, tls,
-    wire::{codes, ChatMessage, FileOffer, MessageId, PeerFrame},
+    wire::{codes, ChatMessage, FileOffer, FilePart, MessageId, PeerFrame, Receipt},
     KeyId, Name,
 };
 use std::{
@@ -77,6 +79,25 @@ pub enum Event {
     MailboxIdle,
     /// A file arrived whole, its hash checked, and is stored.
     File(ReceivedFile),
+    /// A recipient took our mail from its mailbox; call [`Taken::done`] once it is recorded.
+    Receipt(Taken),
+    /// Something the user should know (a file from the mailbox that had to be dropped).
+    Notice(String),
+}
+
+/// A receipt waiting to be recorded; acknowledged to the directory after [`Taken::done`].
+#[derive(Debug)]
+pub struct Taken {
+    /// The receipt.
+    pub receipt: Receipt,
+    done: oneshot::Sender<()>,
+}
+
+impl Taken {
+    /// Marks the receipt as recorded, which lets it be acknowledged.
+    pub fn done(self) {
+        let _ = self.done.send(());
+    }
 }
 
 /// Dedup and hand-off of incoming messages; cheap to clone.
@@ -96,6 +117,8 @@ struct InboxInner {
     events: mpsc::Sender<Event>,
     /// Copies for other local commands attached through the control socket.
     copies: broadcast::Sender<(ChatMessage, Via)>,
+    /// Copies of receipts, likewise.
+    receipts: broadcast::Sender<Receipt>,
 }
 
 /// Resolves when a handed-over message may be acknowledged: it was shown, or it was a
@@ -127,6 +150,7 @@ impl Inbox {
     pub fn new(me: Name, downloads: PathBuf) -> (Self, mpsc::Receiver<Event>) {
         let (events, rx) = mpsc::channel(1024);
         let (copies, _) = broadcast::channel(1024);
+        let (receipts, _) = broadcast::channel(256);
         let inner = InboxInner {
             me,
             downloads,
@@ -134,6 +158,7 @@ impl Inbox {
             seen: Mutex::new(Seen::default()),
             events,
             copies,
+            receipts,
         };
         (
             Self {
@@ -151,6 +176,46 @@ impl Inbox {
     /// Copies of every new message, for local commands attached through the control socket.
     pub fn subscribe(&self) -> broadcast::Receiver<(ChatMessage, Via)> {
         self.inner.copies.subscribe()
+    }
+
+    /// Copies of every receipt, for local commands attached through the control socket.
+    pub fn subscribe_receipts(&self) -> broadcast::Receiver<Receipt> {
+        self.inner.receipts.subscribe()
+    }
+
+    /// Takes one receipt from the mailbox. `Ok` means it was recorded and may be acknowledged.
+    pub async fn receipt(&self, receipt: Receipt) -> Result<(), NotShown> {
+        let _ = self.inner.receipts.send(receipt.clone());
+        let (done, recorded) = oneshot::channel();
+        let event = Event::Receipt(Taken { receipt, done });
+        if self.inner.events.send(event).await.is_err() {
+            return Err(NotShown);
+        }
+        recorded.await.map_err(|_| NotShown)
+    }
+
+    /// Takes one part of a file from the mailbox: `Ok` once it is on disk (and, for the last
+    /// part, once the file is checked, stored and reported), so it may be acknowledged. A part
+    /// that cannot be used is an error and is not acknowledged.
+    pub async fn file_part(&self, part: FilePart) -> Result<()> {
+        if part.offer.to != *self.me() || part.data.len() > FILE_PART_LEN {
+            bail!("a file part not for us, or too large");
+        }
+        let downloads = self.downloads().to_path_buf();
+        let partial = files::partial_path(&downloads, &part.offer);
+        if self.arriving().contains_key(&partial) {
+            // A direct transfer of the same file is under way and holds the partial file.
+            bail!("the same file is arriving directly");
+        }
+        match tokio::task::spawn_blocking(move || files::write_part(&downloads, &part)).await?? {
+            PartOutcome::Kept => {}
+            PartOutcome::Complete(file) => self.file(file).await,
+            PartOutcome::Discarded(reason) => {
+                warn!("{reason}");
+                let _ = self.inner.events.send(Event::Notice(reason)).await;
+            }
+        }
+        Ok(())
     }
 
     /// Takes one message. `Ok` means it may be acknowledged: it was shown now, or it is a

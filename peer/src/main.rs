@@ -101,6 +101,7 @@ async fn open_session(cli: &Cli, home: &Home) -> Result<Opened> {
         pin: cli.pin,
         heartbeat: Duration::from_secs_f64(cli.heartbeat),
         direct_timeout: Duration::from_secs_f64(cli.direct_timeout),
+        mailbox_file_max: cli.mailbox_file_max,
         online: matches!(
             cli.command,
             Command::Chat { .. } | Command::Listen | Command::Inbox

@@ -10,15 +10,15 @@ use crate::{
     outbox::{self, Outbox, Sent},
     punch::{Dialer, Introduction},
 };
-use anyhow::Result;
+use anyhow::{anyhow, bail, Result};
 use common::{
     control::Path,
-    wire::{FileOffer, PeerInfo},
+    wire::{DirectoryRequest, DirectoryResponse, ErrorCode, FileOffer, MessageId, PeerInfo},
     KeyId, Name,
 };
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::sync::mpsc;
-use tracing::Instrument;
+use tracing::{debug, Instrument};
 
 /// How to run a peer.
 #[derive(Debug, Clone)]
@@ -39,7 +39,26 @@ pub struct Options {
     pub direct_timeout: Duration,
     /// Stay online and receive (long-running commands).
     pub online: bool,
+    /// Largest file sent through the mailbox when there is no direct link.
+    pub mailbox_file_max: u64,
 }
+
+/// What [`Node::send_file`] tells its caller along the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileUpdate {
+    /// The recipient (or its mailbox) has `done` bytes of `total`.
+    Progress {
+        /// Bytes the recipient has.
+        done: u64,
+        /// The file's size.
+        total: u64,
+    },
+    /// Why the file does not leave yet; for the user.
+    Waiting(String),
+}
+
+/// Longest pause between two attempts to send a file that waits for its recipient.
+const FILE_RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// A running peer.
 pub struct Node {
@@ -53,6 +72,7 @@ pub struct Node {
     inbox: Inbox,
     links: Arc<Links>,
     dialer: Arc<Dialer>,
+    mailbox_file_max: u64,
 }
 
 impl Node {
@@ -121,6 +141,7 @@ impl Node {
             inbox,
             links,
             dialer,
+            mailbox_file_max: options.mailbox_file_max,
         };
         Ok((node, events))
     }
@@ -155,28 +176,19 @@ impl Node {
         Ok((info, path))
     }
 
-    /// Sends the file at `path` to `to` over a direct link. `report(done, total)` hears how
-    /// many bytes the recipient has, at most every 100 ms. Files need a direct link: with none,
-    /// this fails and says so.
+    /// Sends the file at `path` to `to`. Over a direct link when one can be made; otherwise a
+    /// file of at most the mailbox limit goes into `to`'s mailbox, and a larger one waits until
+    /// `to` is back (and a transfer cut short resumes), for as long as this runs. `report`
+    /// hears how many bytes the recipient has (at most every 100 ms), and why it waits.
     pub async fn send_file(
         &self,
         to: &Name,
         path: &std::path::Path,
-        report: impl Fn(u64, u64) + Send + 'static,
+        report: impl Fn(FileUpdate) + Send + Sync + 'static,
     ) -> Result<FileSent> {
         let (sha256, size) = files::hash_file(path).await?;
-        let (info, _) = self.whois(to).await?;
-        if !info.online {
-            anyhow::bail!(
-                "{to} is offline; files go over a direct link only, so try when {to} is online"
-            );
-        }
-        let deadline = tokio::time::Instant::now() + self.dialer.direct_timeout;
-        let Some((conn, link)) = self.dialer.connect(&info, deadline).await else {
-            anyhow::bail!("no direct link to {to} could be made; files go over a direct link only");
-        };
         let offer = FileOffer {
-            id: common::wire::MessageId::random(),
+            id: MessageId::random(),
             from: self.name.clone(),
             to: to.clone(),
             name: path
@@ -187,23 +199,113 @@ impl Node {
             sha256,
             sent_at_ms: common::now_ms(),
         };
-        let (to, size) = (offer.to.clone(), offer.size);
+        let report = Arc::new(report);
+        let mut backoff = Duration::from_secs(1);
+        let mut told = false;
+        loop {
+            let (info, _) = self.whois(to).await?;
+            let why = if info.online {
+                match self.send_file_direct(&info, &offer, path, &report).await {
+                    Ok(sent) => return Ok(sent),
+                    Err(files::SendError::Final(e)) => return Err(e),
+                    Err(files::SendError::Interrupted(e)) => {
+                        debug!(cause = %format!("{e:#}"), "direct file transfer failed");
+                        "unreachable"
+                    }
+                }
+            } else {
+                "offline"
+            };
+            if size <= self.mailbox_file_max {
+                return self.send_file_mailbox(&offer, path, &report).await;
+            }
+            if !told {
+                told = true;
+                report(FileUpdate::Waiting(format!(
+                    "{to} is {why}, and {:?} ({size} bytes) is over the {} byte limit for the \
+                     mailbox: it goes to {to} directly once {to} is back, as long as this runs",
+                    offer.name, self.mailbox_file_max
+                )));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(FILE_RETRY_MAX);
+        }
+    }
+
+    /// One attempt over a direct link.
+    async fn send_file_direct(
+        &self,
+        info: &PeerInfo,
+        offer: &FileOffer,
+        path: &std::path::Path,
+        report: &Arc<impl Fn(FileUpdate) + Send + Sync + 'static>,
+    ) -> Result<FileSent, files::SendError> {
+        let deadline = tokio::time::Instant::now() + self.dialer.direct_timeout;
+        let Some((conn, link)) = self.dialer.connect(info, deadline).await else {
+            return Err(files::SendError::Interrupted(anyhow!("no direct link")));
+        };
+        let size = offer.size;
         let (progress, mut watch) = tokio::sync::watch::channel(0u64);
-        let relay = tokio::spawn(async move {
-            while watch.changed().await.is_ok() {
-                report(*watch.borrow_and_update(), size);
-                tokio::time::sleep(Duration::from_millis(100)).await;
+        let relay = tokio::spawn({
+            let report = report.clone();
+            async move {
+                while watch.changed().await.is_ok() {
+                    let done = *watch.borrow_and_update();
+                    report(FileUpdate::Progress { done, total: size });
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
         });
-        let result = files::send(&conn, offer, path, &progress).await;
+        let result = files::send(&conn, offer.clone(), path, &progress).await;
         relay.abort();
-        let resumed_from = result?;
         Ok(FileSent {
-            to,
+            to: offer.to.clone(),
             size,
-            sha256,
-            resumed_from,
-            path: link,
+            sha256: offer.sha256,
+            resumed_from: result?,
+            path: Some(link),
+        })
+    }
+
+    /// Deposits the file in parts into the recipient's mailbox, in order.
+    async fn send_file_mailbox(
+        &self,
+        offer: &FileOffer,
+        path: &std::path::Path,
+        report: &Arc<impl Fn(FileUpdate) + Send + Sync + 'static>,
+    ) -> Result<FileSent> {
+        let to = &offer.to;
+        let mut parts = files::parts(offer.clone(), path)?;
+        let mut last_report = tokio::time::Instant::now();
+        while let Some(part) = parts.next().transpose()? {
+            let done = part.offset + part.data.len() as u64;
+            let request = DirectoryRequest::DepositFilePart { part };
+            match self.directory.request(&request).await {
+                Ok(DirectoryResponse::Stored) => {}
+                Ok(other) => bail!("unexpected answer from the directory: {other:?}"),
+                Err(e) => {
+                    return Err(match e.downcast_ref::<directory_client::DirectoryError>() {
+                        Some(directory_client::DirectoryError(ErrorCode::MailboxFull)) => {
+                            anyhow!("{to}'s mailbox is full; the file was not sent")
+                        }
+                        _ => e.context("the file could not be queued"),
+                    })
+                }
+            }
+            if done == offer.size || last_report.elapsed() >= Duration::from_millis(100) {
+                last_report = tokio::time::Instant::now();
+                report(FileUpdate::Progress {
+                    done,
+                    total: offer.size,
+                });
+            }
+        }
+        Ok(FileSent {
+            to: to.clone(),
+            size: offer.size,
+            sha256: offer.sha256,
+            resumed_from: 0,
+            path: None,
         })
     }
 

@@ -13,15 +13,15 @@ use crate::{
     files::FileSent,
     history::History,
     home::Home,
-    inbox::{Event, Incoming, Via},
-    node::Node,
+    inbox::{Event, Incoming, Taken, Via},
+    node::{FileUpdate, Node},
     outbox::Sent,
 };
 use anyhow::{bail, Result};
 use common::{
     control::{HistoryEntry, Path},
     defaults::MAX_BODY_LEN,
-    wire::{ChatMessage, PeerInfo},
+    wire::{ChatMessage, MessageId, PeerInfo},
     KeyId, Name,
 };
 use std::{path::PathBuf, sync::Arc};
@@ -52,6 +52,15 @@ pub enum Update {
     },
     /// The outcome of [`Session::send_file`].
     FileSent(Result<FileSent, String>),
+    /// `from` took these messages (or files) of ours from its mailbox, at that time.
+    Receipt {
+        /// The recipient that took them.
+        from: Name,
+        /// Their ids.
+        delivered: Vec<MessageId>,
+        /// When, by the directory's clock.
+        at_ms: u64,
+    },
 }
 
 /// A send that failed: to whom, and why (for the user).
@@ -152,6 +161,16 @@ impl Session {
                     }
                     Event::MailboxIdle => Update::MailboxIdle,
                     Event::File(file) => Update::File(file),
+                    Event::Notice(text) => Update::Notice(text),
+                    Event::Receipt(taken) => {
+                        let receipt = taken.receipt.clone();
+                        record_receipt(pump_history.as_ref(), taken);
+                        Update::Receipt {
+                            from: receipt.from,
+                            delivered: receipt.delivered,
+                            at_ms: receipt.at_ms,
+                        }
+                    }
                 };
                 if pump.send(update).is_err() {
                     return;
@@ -258,16 +277,22 @@ impl Session {
         }
     }
 
-    /// Sends the file at `path` to `to` over a direct link; progress comes back as
-    /// [`Update::FileProgress`], the outcome as [`Update::FileSent`].
+    /// Sends the file at `path` to `to` (see [`Node::send_file`]); progress comes back as
+    /// [`Update::FileProgress`], reasons to wait as [`Update::Notice`], the outcome as
+    /// [`Update::FileSent`].
     pub fn send_file(&self, to: Name, path: PathBuf) {
         match &self.backend {
             Backend::Local(node, _) => {
                 let (node, tx) = (node.clone(), self.tx.clone());
                 tokio::spawn(async move {
                     let progress = tx.clone();
-                    let report = move |done, total| {
-                        let _ = progress.send(Update::FileProgress { done, total });
+                    let report = move |update| {
+                        let _ = progress.send(match update {
+                            FileUpdate::Progress { done, total } => {
+                                Update::FileProgress { done, total }
+                            }
+                            FileUpdate::Waiting(text) => Update::Notice(text),
+                        });
                     };
                     let result = node.send_file(&to, &path, report).await;
                     let _ = tx.send(Update::FileSent(result.map_err(|e| format!("{e:#}"))));
@@ -316,6 +341,21 @@ impl Session {
             node.shutdown().await;
         }
     }
+}
+
+/// Records a receipt in the history, then lets it be acknowledged.
+fn record_receipt(history: Option<&History>, taken: Taken) {
+    let Some(history) = history else {
+        taken.done();
+        return;
+    };
+    let recorded = history.delivered_later(taken.receipt.delivered.clone(), taken.receipt.at_ms);
+    tokio::spawn(async move {
+        if let Err(e) = recorded.await {
+            tracing::warn!("history: {e}");
+        }
+        taken.done();
+    });
 }
 
 /// Whether `message` is in the history already (a redelivery after a restart).

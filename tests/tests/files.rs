@@ -18,9 +18,9 @@ use std::{
     time::{Duration, Instant},
 };
 use tests::{
-    is_type,
+    is_type, poll_until,
     raw::{register, runtime, Raw, RAW_WAIT},
-    Json, Net,
+    Json, Net, SHORT,
 };
 
 /// Long enough for a gigabyte through debug builds on a busy 2-core machine.
@@ -290,4 +290,106 @@ fn hex_to(text: &str, out: &mut [u8; 32]) -> Result<()> {
         *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)?;
     }
     Ok(())
+}
+
+/// `make_file`, then `extra` more bytes, so the size is not a whole number of mailbox parts.
+fn make_odd_file(path: &Path, mib: usize, extra: usize) -> Result<u64> {
+    make_file(path, mib)?;
+    let mut file = fs::OpenOptions::new().append(true).open(path)?;
+    file.write_all(&vec![0x5a; extra])?;
+    Ok(((mib as u64) << 20) + extra as u64)
+}
+
+/// The recipient is offline: a small file goes into its mailbox (through the sender's running
+/// peer, over the control socket) and arrives whole, once, when the recipient comes back.
+#[test]
+fn a_small_file_waits_in_the_mailbox() -> Result<()> {
+    let net = Net::new()?;
+    net.register("c2")?;
+    let mut c1 = net.listen("c1")?;
+    let path = net.root().join("notes.bin");
+    let size = make_odd_file(&path, 3, 1000)?;
+    let expected = sha256sum(&path)?;
+    let out = net
+        .peer("c1")
+        .json()
+        .args(["send-file", "c2"])
+        .args([&path])
+        .run(TRANSFER)?
+        .success()?;
+    let sent = out.one_of_type("file_sent")?;
+    ensure!(
+        sent["status"] == "queued" && sent["size"] == size && sent["sha256"] == expected.as_str(),
+        "c2 is offline, yet: {sent}"
+    );
+
+    let mut c2 = net.listen("c2")?;
+    let got = c2.wait_json("the file line", Duration::from_secs(60), |v| {
+        is_type(v, "file")
+    })?;
+    ensure!(
+        got["from"] == "c1" && got["via"] == "mailbox" && got["sha256"] == expected.as_str(),
+        "c2 printed {got}"
+    );
+    let stored = PathBuf::from(got["path"].as_str().context("no path")?);
+    ensure!(
+        stored.parent() == Some(downloads(&net, "c2")?.as_path()),
+        "stored elsewhere: {got}"
+    );
+    ensure!(sha256sum(&stored)? == expected, "the stored file differs");
+    let partial = downloads(&net, "c2")?.join(".partial");
+    let left = fs::read_dir(&partial)?.count();
+    ensure!(left == 0, "{left} partial file(s) left behind");
+    c2.terminate()?;
+    ensure!(
+        file_line(&c2.json_lines()).is_ok(),
+        "c2 printed the file more than once"
+    );
+    c1.terminate()?;
+    net.assert_no_panics()
+}
+
+/// A file over the sender's mailbox limit, to an offline recipient: the sender says so, keeps
+/// running, and sends it directly once the recipient is back.
+#[test]
+fn a_large_file_waits_for_its_recipient() -> Result<()> {
+    let net = Net::new()?;
+    net.register("c2")?;
+    let path = net.root().join("large.bin");
+    let size = make_odd_file(&path, 2, 7)?;
+    let expected = sha256sum(&path)?;
+    let mut c1 = net
+        .peer("c1")
+        .json()
+        .global(["--mailbox-file-max", "1048576"])
+        .args(["send-file", "c2"])
+        .args([&path])
+        .spawn()?;
+    poll_until(
+        "c1 to say it waits for c2",
+        SHORT,
+        Duration::from_millis(100),
+        || {
+            Ok(c1
+                .stderr_tail()
+                .contains("as long as this runs")
+                .then_some(()))
+        },
+    )?;
+    ensure!(c1.is_running(), "the sender gave up");
+
+    let mut c2 = net.listen("c2")?;
+    let got = c2.wait_json("the file line", TRANSFER, |v| is_type(v, "file"))?;
+    ensure!(
+        got["via"] == "direct" && got["sha256"] == expected.as_str() && got["size"] == size,
+        "c2 printed {got}"
+    );
+    let sent = c1.wait_json("the file_sent line", SHORT, |v| is_type(v, "file_sent"))?;
+    ensure!(
+        sent["status"] == "delivered" && sent["path"].is_string(),
+        "c1 printed {sent}"
+    );
+    c1.wait_exit(SHORT)?;
+    c2.terminate()?;
+    net.assert_no_panics()
 }

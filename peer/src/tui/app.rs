@@ -3,14 +3,14 @@
 //! loop in [`super`] feeds it; [`super::view`] draws it.
 
 use super::input::Editor;
-use crate::{outbox::Sent, session::SendFailed};
+use crate::{files::FileSent, outbox::Sent, session::SendFailed};
 use common::{
     control::{HistoryEntry, HistoryState},
     now_ms,
-    wire::{ChatMessage, PeerInfo},
+    wire::{ChatMessage, MessageId, PeerInfo},
     Name,
 };
-use std::collections::VecDeque;
+use std::{collections::VecDeque, path::PathBuf};
 
 /// The commands, for `/help` and Tab.
 pub(crate) const COMMANDS: [&str; 5] = ["/to", "/who", "/file", "/help", "/quit"];
@@ -19,7 +19,7 @@ pub(crate) const COMMANDS: [&str; 5] = ["/to", "/who", "/file", "/help", "/quit"
 pub(crate) const HELP: [&str; 8] = [
     "/to NAME    talk to NAME (opens the conversation)",
     "/who        presence of every peer in the list",
-    "/file PATH  send a file (not yet available)",
+    "/file PATH  send a file (direct; small ones go to the mailbox if NAME is away)",
     "/help       this help;  /quit (or Ctrl-C, or Ctrl-D on an empty line) leaves",
     "Enter sends; a paste of several lines is one message (Alt-Enter adds a line break)",
     "Up/Down recall what you typed; PageUp/PageDown scroll; Tab completes names and commands",
@@ -43,6 +43,8 @@ pub(crate) enum Presence {
 pub(crate) enum Entry {
     /// A message, ours (`state` other than `Received`) or theirs.
     Message {
+        /// Its id, once known (ours get theirs with the outcome).
+        id: Option<MessageId>,
         /// Sender.
         from: Name,
         /// Sender's clock.
@@ -100,6 +102,8 @@ pub(crate) enum Action {
     Send(Name, String),
     /// Ask for the presence of these peers and show the answers.
     Who(Vec<Name>),
+    /// Send this file to that peer.
+    SendFile(Name, PathBuf),
     /// Leave.
     Quit,
 }
@@ -170,6 +174,7 @@ impl App {
         let mut earlier: Vec<Entry> = entries
             .into_iter()
             .map(|e| Entry::Message {
+                id: e.id,
                 from: e.from,
                 at_ms: e.sent_at_ms,
                 body: e.body,
@@ -201,6 +206,7 @@ impl App {
         let i = self.open(&m.from);
         let conv = &mut self.conversations[i];
         conv.entries.push(Entry::Message {
+            id: Some(m.id),
             from: m.from.clone(),
             at_ms: m.sent_at_ms,
             body: m.body.clone(),
@@ -218,6 +224,7 @@ impl App {
         let conv = &mut self.conversations[i];
         conv.pending.push_back(conv.entries.len());
         conv.entries.push(Entry::Message {
+            id: None,
             from: me,
             at_ms: now_ms(),
             body,
@@ -232,23 +239,69 @@ impl App {
 
     /// The outcome of the oldest pending message to its recipient.
     pub(crate) fn outcome(&mut self, result: Result<&Sent, &SendFailed>) {
-        let (to, state) = match result {
-            Ok(sent) => (&sent.to, crate::history::state_of(sent)),
+        let (to, state, sent_id) = match result {
+            Ok(sent) => (&sent.to, crate::history::state_of(sent), Some(sent.id)),
             Err(failed) => (
                 &failed.to,
                 HistoryState::Failed {
                     reason: failed.reason.clone(),
                 },
+                None,
             ),
         };
         let i = self.open(to);
         let conv = &mut self.conversations[i];
         if let Some(at) = conv.pending.pop_front() {
-            if let Some(Entry::Message { state: s, .. }) = conv.entries.get_mut(at) {
-                *s = state;
+            if let Some(Entry::Message { state: s, id, .. }) = conv.entries.get_mut(at) {
+                // A receipt may have come first, when the outcome was slow to arrive.
+                if !matches!(s, HistoryState::DeliveredLater { .. }) {
+                    *s = state;
+                }
+                *id = sent_id;
             }
         } else if let HistoryState::Failed { reason } = state {
             self.notice_in(i, format!("not sent: {reason}"), true);
+        }
+    }
+
+    /// `from` took these queued messages of ours from its mailbox.
+    pub(crate) fn receipt(&mut self, from: &Name, delivered: &[MessageId], at_ms: u64) {
+        let Some(conv) = self.conversations.iter_mut().find(|c| c.name == *from) else {
+            return;
+        };
+        for entry in conv.entries.iter_mut().rev() {
+            if let Entry::Message {
+                id: Some(id),
+                state,
+                ..
+            } = entry
+            {
+                if delivered.contains(id)
+                    && matches!(state, HistoryState::Queued | HistoryState::Sending)
+                {
+                    *state = HistoryState::DeliveredLater { at_ms };
+                }
+            }
+        }
+    }
+
+    /// The outcome of a `/file`.
+    pub(crate) fn file_outcome(&mut self, result: Result<&FileSent, &str>) {
+        match result {
+            Ok(f) => {
+                let i = self.open(&f.to);
+                let text = match f.path {
+                    Some(path) => format!(
+                        "✓ file delivered to {} ({} bytes, direct, {})",
+                        f.to,
+                        f.size,
+                        path.as_str()
+                    ),
+                    None => format!("✉ file queued in {}'s mailbox ({} bytes)", f.to, f.size),
+                };
+                self.notice_in(i, text, false);
+            }
+            Err(reason) => self.notice(format!("✗ file not sent: {reason}"), true),
         }
     }
 
@@ -301,13 +354,6 @@ impl App {
         let mut words = trimmed.split_whitespace();
         match words.next() {
             None => Action::None,
-            Some("/file") => {
-                self.notice(
-                    "/file is not yet available: file transfer comes later",
-                    true,
-                );
-                Action::None
-            }
             Some("/help") => {
                 for line in HELP {
                     self.notice(line, false);
@@ -327,6 +373,11 @@ impl App {
                     let i = self.open(&name);
                     self.switch_to(i);
                     Action::None
+                }
+                Some(crate::chat::Input::File(path)) => {
+                    let to = self.shown().name.clone();
+                    self.notice(format!("sending {} to {to}…", path.display()), false);
+                    Action::SendFile(to, path)
                 }
                 Some(crate::chat::Input::Who) => {
                     let names = self.names();
@@ -426,7 +477,7 @@ fn common_prefix(words: &[&String]) -> String {
 mod tests {
     use super::*;
     use crate::outbox::Status;
-    use common::{wire::MessageId, KeyId};
+    use common::KeyId;
 
     fn name(s: &str) -> Name {
         Name::new(s).expect("valid test name")
@@ -564,10 +615,45 @@ mod tests {
     }
 
     #[test]
+    fn receipts_mark_queued_messages_delivered_later() {
+        let mut app = app();
+        app.submitted(&name("c2"), "one".into());
+        app.submitted(&name("c2"), "two".into());
+        let queued = Sent {
+            id: MessageId::random(),
+            to: name("c2"),
+            status: Status::Queued,
+            path: None,
+        };
+        let other = Sent {
+            id: MessageId::random(),
+            ..queued.clone()
+        };
+        app.outcome(Ok(&queued));
+        app.outcome(Ok(&other));
+        app.receipt(&name("c3"), &[queued.id], 7);
+        assert_eq!(
+            states(&app, 0),
+            [HistoryState::Queued, HistoryState::Queued]
+        );
+        app.receipt(&name("c2"), &[queued.id], 7);
+        assert_eq!(
+            states(&app, 0),
+            [
+                HistoryState::DeliveredLater { at_ms: 7 },
+                HistoryState::Queued
+            ]
+        );
+    }
+
+    #[test]
     fn file_and_unknown_commands_explain_themselves() {
         let mut app = app();
-        typed(&mut app, "/file x");
-        assert_eq!(app.enter(), Action::None);
+        typed(&mut app, "/file /tmp/a b.txt");
+        assert_eq!(
+            app.enter(),
+            Action::SendFile(name("c2"), PathBuf::from("/tmp/a b.txt"))
+        );
         typed(&mut app, "/nope");
         assert_eq!(app.enter(), Action::None);
         typed(&mut app, "//slash");
@@ -575,6 +661,6 @@ mod tests {
         typed(&mut app, "/quit");
         assert_eq!(app.enter(), Action::Quit);
         let n = app.conversations[0].entries.len();
-        assert_eq!(n, 2);
+        assert_eq!(n, 2, "the /file notice and the unknown command's");
     }
 }

@@ -84,6 +84,7 @@ pub async fn run(mut session: Session, with: Name) -> Result<()> {
                             session.submit(to, body);
                         }
                         Action::Who(names) => names.into_iter().for_each(|n| session.whois(n)),
+                        Action::SendFile(to, path) => session.send_file(to, path),
                         Action::Quit if leave_by.is_some() => break,
                         Action::Quit => {
                             app.quitting = true;
@@ -101,9 +102,21 @@ pub async fn run(mut session: Session, with: Name) -> Result<()> {
                     Some(Update::Whois(Ok((info, _)))) => app.presence(&info),
                     Some(Update::Whois(Err(e))) => app.presence_failed(&e),
                     Some(Update::Notice(text)) => app.notice(text, false),
-                    Some(Update::FileProgress { .. } | Update::FileSent(_)) => {}
+                    Some(Update::FileProgress { .. }) => {}
+                    Some(Update::FileSent(result)) => {
+                        app.file_outcome(result.as_ref().map_err(|e| e.as_str()))
+                    }
+                    Some(Update::Receipt { from, delivered, at_ms }) => {
+                        app.receipt(&from, &delivered, at_ms)
+                    }
                     Some(Update::File(file)) => app.notice(
-                        format!("{} sent a file: {} ({} bytes)", file.from, file.path.display(), file.size),
+                        format!(
+                            "{} sent a file: {} ({} bytes{})",
+                            file.from,
+                            file.path.display(),
+                            file.size,
+                            if file.via_mailbox { ", via the mailbox" } else { "" },
+                        ),
                         false,
                     ),
                     Some(Update::MailboxIdle) => {}

@@ -134,6 +134,7 @@ fn entry_rows(entry: &Entry, me: &Name, width: usize) -> Vec<Line<'static>> {
             at_ms,
             body,
             state,
+            ..
         } => {
             spans.push((format!("{} ", clock(*at_ms)), dim));
             let mut name_style = Style::default()
@@ -177,6 +178,7 @@ fn state_label(state: &HistoryState) -> Option<(String, Style)> {
         }
         HistoryState::Delivered { path: None } => ("✓ delivered".into(), style(Color::Green)),
         HistoryState::Queued => ("✉ queued (mailbox)".into(), style(Color::Cyan)),
+        HistoryState::DeliveredLater { .. } => ("✓ delivered later".into(), style(Color::Green)),
         HistoryState::Failed { reason } => (format!("✗ failed: {reason}"), style(Color::Red)),
     })
 }
