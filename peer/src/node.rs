@@ -223,7 +223,7 @@ impl Node {
                 told = true;
                 report(FileUpdate::Waiting(format!(
                     "{to} is {why}, and {:?} ({size} bytes) is over the {} byte limit for the \
-                     mailbox: it goes to {to} directly once {to} is back, as long as this runs",
+                     mailbox: it goes directly once {to} can be reached, as long as this runs",
                     offer.name, self.mailbox_file_max
                 )));
             }

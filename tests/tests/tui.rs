@@ -3,13 +3,13 @@
 
 use anyhow::{ensure, Result};
 use std::time::Duration;
-use tests::{body, is_message_from, Net, Sig, EXIT, SHORT};
+use tests::{body, is_message_from, is_type, Net, Sig, EXIT, SHORT};
 
 /// How long the screen may take to show something that depends on the network.
 const SHOWN: Duration = Duration::from_secs(20);
 
 /// Messages both ways, their states, `/to`, unread counts, a multi-line paste, resizing,
-/// `/quit`, and the terminal as it was afterwards.
+/// `/file`, `/quit`, and the terminal as it was afterwards.
 #[test]
 fn chat_on_a_terminal() -> Result<()> {
     let net = Net::new()?;
@@ -86,9 +86,18 @@ fn chat_on_a_terminal() -> Result<()> {
             .is_some_and(|l| l.chars().count() == 80 && l.ends_with('┐'))
     })?;
 
-    // /file says it is not there yet; /quit leaves and gives the terminal back.
-    chat.line("/file /etc/hostname")?;
-    chat.wait_text("not yet available", SHOWN)?;
+    // /file sends a file to the peer shown (c3, online: directly).
+    let path = net.root().join("for c3.txt");
+    std::fs::write(&path, "a file for c3\n")?;
+    chat.line(&format!("/file {}", path.display()))?;
+    let got = c3.wait_json("the file", SHORT, |v| is_type(v, "file"))?;
+    ensure!(
+        got["from"] == "c1" && got["size"] == 14 && got["via"] == "direct",
+        "c3 printed {got}"
+    );
+    chat.wait_text("file delivered to c3", SHOWN)?;
+
+    // /quit leaves and gives the terminal back.
     chat.line("/quit")?;
     chat.wait_clean_exit(EXIT)?;
     c2.terminate()?;
@@ -96,8 +105,8 @@ fn chat_on_a_terminal() -> Result<()> {
     net.assert_no_panics()
 }
 
-/// Earlier messages from the history at start, the queued state, presence notices when the
-/// peer comes and goes, and SIGTERM restoring the terminal.
+/// Earlier messages from the history at start, the queued state and then "delivered later",
+/// presence notices when the peer comes and goes, and SIGTERM restoring the terminal.
 #[test]
 fn history_queued_presence_and_sigterm() -> Result<()> {
     let net = Net::new()?;
@@ -129,6 +138,15 @@ fn history_queued_presence_and_sigterm() -> Result<()> {
         body(&got[0]) == "written before the chat" && body(&got[1]) == "while you are away",
         "c2 got {got:?}"
     );
+    // The receipt comes back: both messages turn "delivered later".
+    chat.wait_for("both messages delivered later", SHOWN, |s| {
+        ["c1: written before the chat", "c1: while you are away"]
+            .iter()
+            .all(|m| {
+                s.lines()
+                    .any(|l| l.contains(m) && l.contains("delivered later"))
+            })
+    })?;
     c2.terminate()?;
     chat.wait_text("c2 left", SHOWN)?;
 
