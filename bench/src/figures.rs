@@ -7,8 +7,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use common::{
     framing, now_ms,
     wire::{
-        ChatMessage, DirectoryEvent, DirectoryRequest, DirectoryResponse, EventAck, Mail,
-        MessageId,
+        ChatMessage, DirectoryEvent, DirectoryRequest, DirectoryResponse, EventAck, Mail, MessageId,
     },
     Identity, Name,
 };

@@ -8,7 +8,8 @@
 //! other's, so whichever handshake completes first, c1's dial or c2's, becomes the link
 //! (simultaneous open, as in RFC 8445's connectivity checks and libp2p's DCUtR). Every dial
 //! accepts only the key the directory holds for the name, so a wrong address can waste a
-//! packet but never reach the wrong peer.
+//! packet but never reach the wrong peer; and declared listen addresses are dialed only when a
+//! LAN could hold them ([`plausible`]), so a peer cannot aim others' packets at arbitrary hosts.
 //!
 //! What it cannot do: two NATs that both pick a new port per destination (symmetric) leave no
 //! address to aim at; then messages go through the directory's mailbox.
@@ -23,7 +24,12 @@ use common::{
     Identity, KeyId, Name,
 };
 use futures::FutureExt;
-use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 use tokio::time::Instant;
 use tracing::{debug, info, Instrument};
 
@@ -204,8 +210,8 @@ impl Dialer {
         link
     }
 
-    /// The addresses worth dialing: observed first, then listen addresses, of our family, each
-    /// once.
+    /// The addresses worth dialing: observed first, then the listen addresses that pass
+    /// [`plausible`], of our family, each once.
     fn candidates(&self, observed: Option<SocketAddr>, listen: &[SocketAddr]) -> Vec<SocketAddr> {
         let v4 = self
             .endpoint
@@ -215,7 +221,7 @@ impl Dialer {
         let mut seen = HashSet::new();
         observed
             .into_iter()
-            .chain(listen.iter().copied())
+            .chain(listen.iter().copied().filter(|a| plausible(*a, observed)))
             .filter(|a| a.is_ipv4() == v4 && !a.ip().is_unspecified() && a.port() != 0)
             .filter(|a| seen.insert(*a))
             .collect()
@@ -259,6 +265,38 @@ impl Dialer {
     }
 }
 
+/// Whether a listen address a peer declares is worth a packet. The observed address is the
+/// directory's to vouch for; listen addresses are only the peer's word, and a hostile peer
+/// could name any host to make others send it handshakes. So only addresses a LAN can hold
+/// are dialed (private, shared, link-local, benchmarking and unique-local ranges), loopback only
+/// when the peer is on our loopback too, and a public address only on the observed host.
+pub fn plausible(listen: SocketAddr, observed: Option<SocketAddr>) -> bool {
+    let ip = listen.ip();
+    if observed.is_some_and(|o| o.ip() == ip) {
+        return true;
+    }
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            if v4.is_loopback() {
+                return observed.is_some_and(|o| o.ip().is_loopback());
+            }
+            v4.is_private()
+                || v4.is_link_local()
+                || (a == 100 && (64..128).contains(&b)) // shared address space, RFC 6598
+                || (a == 198 && (18..20).contains(&b)) // benchmarking, RFC 2544
+        }
+        IpAddr::V6(v6) => {
+            if v6.is_loopback() {
+                return observed.is_some_and(|o| o.ip().is_loopback());
+            }
+            let first = v6.segments()[0];
+            (first & 0xfe00) == 0xfc00 // unique local, RFC 4193
+                || (first & 0xffc0) == 0xfe80 // link-local
+        }
+    }
+}
+
 /// How a link made by dialing `addr` came about.
 pub fn classify(addr: SocketAddr, info: &PeerInfo, introduced: bool) -> Path {
     if Some(addr) != info.observed_addr && info.listen_addrs.contains(&addr) {
@@ -285,6 +323,42 @@ mod tests {
             listen_addrs: listen.iter().map(|a| a.parse().expect("addr")).collect(),
             queued_from_you: 0,
         }
+    }
+
+    #[test]
+    fn only_listen_addresses_a_lan_could_hold_are_dialed() {
+        let a = |s: &str| -> SocketAddr { s.parse().expect("addr") };
+        let observed = Some(a("203.0.113.7:4000"));
+        for lan in [
+            "10.1.2.3:5",
+            "172.16.0.9:5",
+            "192.168.1.4:5",
+            "169.254.3.3:5",
+            "100.64.0.1:5",
+            "198.19.1.2:5",
+            "[fd00::1]:5",
+            "[fe80::1]:5",
+            "203.0.113.7:5000",
+        ] {
+            assert!(
+                plausible(a(lan), observed),
+                "{lan} is a LAN or the same host"
+            );
+        }
+        for elsewhere in [
+            "8.8.8.8:53",
+            "203.0.113.8:4000",
+            "127.0.0.1:22",
+            "[2001:db8::1]:5",
+        ] {
+            assert!(
+                !plausible(a(elsewhere), observed),
+                "{elsewhere} is someone else"
+            );
+        }
+        // Loopback only between peers on one host.
+        assert!(plausible(a("127.0.0.1:9"), Some(a("127.0.0.1:4000"))));
+        assert!(!plausible(a("127.0.0.1:9"), None));
     }
 
     #[test]
