@@ -264,15 +264,30 @@ pub fn state_text(state: &HistoryState) -> String {
     }
 }
 
-/// `HH:MM:SS` of a timestamp in ms since the epoch (UTC).
+/// `HH:MM:SS` of a timestamp in ms since the epoch, in the local time zone (`TZ`, else
+/// `/etc/localtime`, else UTC), with `YYYY-MM-DD` in front when it is not today.
 pub fn clock(ms: u64) -> String {
-    let secs = ms / 1000;
-    format!(
-        "{:02}:{:02}:{:02}",
-        (secs / 3600) % 24,
-        (secs / 60) % 60,
-        secs % 60
-    )
+    clock_at(ms, chrono::Local::now().date_naive(), &chrono::Local)
+}
+
+/// [`clock`] in the time zone `tz`, on the day `today` there: the time of day, with the date
+/// in front when it is another day.
+fn clock_at<Tz: chrono::TimeZone>(ms: u64, today: chrono::NaiveDate, tz: &Tz) -> String
+where
+    Tz::Offset: std::fmt::Display,
+{
+    let Some(at) = i64::try_from(ms)
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+    else {
+        return "--:--:--".into();
+    };
+    let local = at.with_timezone(tz);
+    if local.date_naive() == today {
+        local.format("%H:%M:%S").to_string()
+    } else {
+        local.format("%Y-%m-%d %H:%M:%S").to_string()
+    }
 }
 
 /// How long ago a timestamp in ms since the epoch was: `5s ago`, `3m ago`, ...
@@ -289,6 +304,18 @@ pub fn ago(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clock_is_local_and_dated_when_not_today() {
+        let tz = chrono::FixedOffset::east_opt(2 * 3600).expect("offset");
+        // 2024-11-21 23:30:05 UTC is 01:30:05 on the 22nd two hours east.
+        let ms = 1_732_231_805_000;
+        let day = |d| chrono::NaiveDate::from_ymd_opt(2024, 11, d).expect("date");
+        assert_eq!(clock_at(ms, day(22), &tz), "01:30:05");
+        assert_eq!(clock_at(ms, day(23), &tz), "2024-11-22 01:30:05");
+        assert_eq!(clock_at(ms, day(21), &chrono::Utc), "23:30:05");
+        assert_eq!(clock_at(u64::MAX, day(21), &chrono::Utc), "--:--:--");
+    }
 
     #[test]
     fn control_characters_cannot_reach_the_terminal() {
