@@ -299,15 +299,12 @@ impl Session {
     async fn lookup(&self, me: Name, name: Name) -> Result<PeerInfo, ErrorCode> {
         // Reads are served inline: a redb read transaction on a hot page costs microseconds,
         // less than the hop to a blocking thread, which profiling showed dominating lookups.
-        let store = &self.shared.store;
-        let record = store.name(&name).map_err(|_| ErrorCode::Internal)?;
-        let queued = match record {
-            Some(_) => store
-                .queued_from(&name, &me)
-                .map_err(|_| ErrorCode::Internal)?,
-            None => 0,
-        };
-        let record = record.ok_or(ErrorCode::UnknownPeer)?;
+        let (record, queued) = self
+            .shared
+            .store
+            .lookup(&name, &me)
+            .map_err(|_| ErrorCode::Internal)?
+            .ok_or(ErrorCode::UnknownPeer)?;
         Ok(match self.shared.registry.get(&name) {
             Some(o) => PeerInfo {
                 name,

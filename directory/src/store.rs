@@ -177,6 +177,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Option<Name>>, StoreError>;
     /// How many messages and file parts from `sender` wait in `recipient`'s mailbox.
     fn queued_from(&self, recipient: &Name, sender: &Name) -> Result<u32, StoreError>;
+    /// What a lookup of `name` by `asker` needs: the binding, and how many of the asker's
+    /// messages wait in `name`'s mailbox; `None` if the name is not bound. One read
+    /// transaction.
+    fn lookup(&self, name: &Name, asker: &Name) -> Result<Option<(NameRecord, u32)>, StoreError>;
     /// Total (entries, bytes) held for `recipient`.
     fn usage(&self, recipient: &Name) -> Result<(u64, u64), StoreError>;
 }
@@ -517,6 +521,25 @@ impl Store for RedbStore {
             txn.abort()?;
         }
         Ok(woken)
+    }
+
+    fn lookup(&self, name: &Name, asker: &Name) -> Result<Option<(NameRecord, u32)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let names = txn.open_table(NAMES)?;
+        let Some(record) = names.get(name.as_str())?.map(|g| {
+            let (key, last_seen_ms) = g.value();
+            NameRecord {
+                key: KeyId(*key),
+                last_seen_ms,
+            }
+        }) else {
+            return Ok(None);
+        };
+        let queued = txn
+            .open_table(QUEUED)?
+            .get((name.as_str(), asker.as_str()))?
+            .map_or(0, |g| g.value());
+        Ok(Some((record, u32::try_from(queued).unwrap_or(u32::MAX))))
     }
 
     fn queued_from(&self, recipient: &Name, sender: &Name) -> Result<u32, StoreError> {
@@ -861,6 +884,12 @@ mod tests {
         assert_eq!(store.queued_from(&name("c2"), &name("c3"))?, 1);
         assert_eq!(store.queued_from(&name("c3"), &name("c1"))?, 1);
         assert_eq!(store.queued_from(&name("c1"), &name("c2"))?, 0);
+        store.bind(&name("c2"), &KeyId([5; 32]))?;
+        let (record, queued) = store
+            .lookup(&name("c2"), &name("c1"))?
+            .ok_or("no binding")?;
+        assert_eq!((record.key, queued), (KeyId([5; 32]), 2));
+        assert_eq!(store.lookup(&name("nobody"), &name("c1"))?, None);
         let first = store.pending(&name("c2"), None, 1)?;
         store.remove_batch(&[(name("c2"), first[0].seq)], Quota::default())?;
         assert_eq!(store.queued_from(&name("c2"), &name("c1"))?, 1);
