@@ -161,6 +161,11 @@ async fn serve_client(stream: UnixStream, node: Arc<Node>, history: Option<Histo
                         let _ = tx.send(ControlResponse::HistoryEnd { available: false });
                         return;
                     };
+                    // Everything recorded before this request (a send's outcome, say) is in
+                    // the answer.
+                    if let Err(e) = history.flush().await {
+                        warn!("history: {e}");
+                    }
                     let read = tokio::task::spawn_blocking(move || {
                         history.conversation(&with, limit as usize)
                     })

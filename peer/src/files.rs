@@ -101,22 +101,27 @@ pub async fn hash_file(path: &Path) -> Result<([u8; 32], u64)> {
         if !file.metadata()?.is_file() {
             bail!("{} is not a file", path.display());
         }
-        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-        let mut buf = vec![0u8; CHUNK];
-        let mut size = 0u64;
-        loop {
-            let n = file
-                .read(&mut buf)
-                .with_context(|| format!("reading {}", path.display()))?;
-            if n == 0 {
-                break;
-            }
-            ctx.update(&buf[..n]);
-            size += n as u64;
-        }
+        let (ctx, size) =
+            hash_rest(&mut file).with_context(|| format!("reading {}", path.display()))?;
         Ok((digest(ctx), size))
     })
     .await?
+}
+
+/// Hashes what is left of `file` to read, in fixed-size chunks; returns the hash so far and
+/// how many bytes it covers.
+fn hash_rest(file: &mut File) -> std::io::Result<(ring::digest::Context, u64)> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; CHUNK];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok((ctx, len));
+        }
+        ctx.update(&buf[..n]);
+        len += n as u64;
+    }
 }
 
 fn digest(ctx: ring::digest::Context) -> [u8; 32] {
@@ -354,17 +359,7 @@ pub fn write_part(downloads: &Path, part: &FilePart) -> Result<PartOutcome> {
     }
     let end = part.offset + part.data.len() as u64;
     let path = partial_path(downloads, offer);
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let mut file = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    file.try_lock().map_err(|_| Busy)?;
+    let mut file = lock_partial(&path)?;
     let len = file.metadata()?.len();
     if part.offset > len {
         // An earlier part is missing: the file cannot be completed from here on.
@@ -388,15 +383,7 @@ pub fn write_part(downloads: &Path, part: &FilePart) -> Result<PartOutcome> {
         return Ok(PartOutcome::Kept);
     }
     file.seek(SeekFrom::Start(0))?;
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        ctx.update(&buf[..n]);
-    }
+    let (ctx, _) = hash_rest(&mut file)?;
     drop(file);
     if digest(ctx) != offer.sha256 {
         let _ = fs::remove_file(&path);
@@ -432,10 +419,18 @@ struct Busy;
 /// Opens (or creates) a partial file, locked against a second transfer of the same file, and
 /// hashes what it already holds.
 fn open_partial(path: &Path) -> Result<(File, ring::digest::Context, u64)> {
+    let mut file = lock_partial(path)?;
+    let (ctx, len) = hash_rest(&mut file)?;
+    Ok((file, ctx, len))
+}
+
+/// Opens (or creates) a partial file, with its folder, and locks it; [`Busy`] if another
+/// transfer holds it.
+fn lock_partial(path: &Path) -> Result<File> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let mut file = File::options()
+    let file = File::options()
         .read(true)
         .write(true)
         .create(true)
@@ -443,18 +438,7 @@ fn open_partial(path: &Path) -> Result<(File, ring::digest::Context, u64)> {
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
     file.try_lock().map_err(|_| Busy)?;
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut buf = vec![0u8; CHUNK];
-    let mut len = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        ctx.update(&buf[..n]);
-        len += n as u64;
-    }
-    Ok((file, ctx, len))
+    Ok(file)
 }
 
 /// Moves the finished partial file into `downloads` under `name`, or `name (1)`, `name (2)`…

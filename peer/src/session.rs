@@ -250,6 +250,7 @@ impl Session {
         match &self.backend {
             Backend::Local(_, None) => Ok(None),
             Backend::Local(_, Some(history)) => {
+                history.flush().await?;
                 let (history, with) = (history.clone(), with.clone());
                 let entries =
                     tokio::task::spawn_blocking(move || history.conversation(&with, limit))

@@ -139,6 +139,17 @@ impl Net {
         out.one_of_type("whois")
     }
 
+    /// `peer history with --json`, run as `me`; returns the message lines.
+    pub fn history(&self, me: &str, with: &str) -> Result<Vec<Value>> {
+        let out = self
+            .peer(me)
+            .json()
+            .args(["history", with])
+            .run(SHORT)?
+            .success()?;
+        Ok(out.of_type("message"))
+    }
+
     /// `send to body` from `from`; returns the `sent` line.
     pub fn send(&self, from: &str, to: &str, body: &str) -> Result<Value> {
         let out = self

@@ -15,17 +15,6 @@ use tests::{
     Json, Net, SHORT,
 };
 
-/// `peer history NAME --json`, run as `me`.
-fn history(net: &Net, me: &str, with: &str) -> Result<Vec<Json>> {
-    let out = net
-        .peer(me)
-        .json()
-        .args(["history", with])
-        .run(SHORT)?
-        .success()?;
-    Ok(out.of_type("message"))
-}
-
 /// (direction, state, body) of each line.
 fn summary(lines: &[Json]) -> Vec<(String, String, String)> {
     lines
@@ -56,7 +45,7 @@ fn both_directions_in_order_across_restarts() -> Result<()> {
     net.send("c2", "c1", "two, from c2")?;
     c1.wait_json("c2's message", SHORT, |v| v["body"] == "two, from c2")?;
     // c1's listen holds the database: history goes through it.
-    let lines = history(&net, "c1", "c2")?;
+    let lines = net.history("c1", "c2")?;
     ensure!(
         summary(&lines)
             == [
@@ -75,7 +64,7 @@ fn both_directions_in_order_across_restarts() -> Result<()> {
     })?;
     c1.terminate()?;
     // Nobody runs as c1: history reads the file. --limit keeps the latest.
-    let lines = history(&net, "c1", "c2")?;
+    let lines = net.history("c1", "c2")?;
     ensure!(
         summary(&lines)
             == [
@@ -96,7 +85,7 @@ fn both_directions_in_order_across_restarts() -> Result<()> {
         out.stdout
     );
     // The other side has its own history, with the directions the other way round.
-    let theirs = history(&net, "c2", "c1")?;
+    let theirs = net.history("c2", "c1")?;
     ensure!(
         summary(&theirs)[0] == row("in", "received", "one, from c1")
             && summary(&theirs)[1] == row("out", "delivered", "two, from c2"),
@@ -160,7 +149,7 @@ fn a_message_delivered_twice_is_shown_once_across_restarts() -> Result<()> {
         "still waiting after the redelivery: {left:?}"
     );
 
-    let lines = history(&net, "c1", "dup")?;
+    let lines = net.history("c1", "dup")?;
     ensure!(
         summary(&lines) == [row("in", "received", "only once, please")],
         "history: {lines:?}"

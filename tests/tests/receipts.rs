@@ -5,20 +5,10 @@ use anyhow::{ensure, Result};
 use std::time::Duration;
 use tests::{is_type, poll_until, Json, Net, SHORT};
 
-/// `peer history with --json`, run as `me`: the message lines.
-fn history(net: &Net, me: &str, with: &str) -> Result<Vec<Json>> {
-    let out = net
-        .peer(me)
-        .json()
-        .args(["history", with])
-        .run(SHORT)?
-        .success()?;
-    Ok(out.of_type("message"))
-}
-
 /// The state of the message with `id` in `me`'s history with `with`.
 fn state_of(net: &Net, me: &str, with: &str, id: &Json) -> Result<Option<String>> {
-    Ok(history(net, me, with)?
+    Ok(net
+        .history(me, with)?
         .into_iter()
         .find(|v| v["id"] == *id)
         .and_then(|v| v["state"].as_str().map(str::to_string)))
@@ -37,7 +27,7 @@ fn an_online_sender_hears_at_once() -> Result<()> {
     ensure!(
         state_of(&net, "c1", "c2", &sent["id"])?.as_deref() == Some("queued"),
         "before c2 comes back: {:?}",
-        history(&net, "c1", "c2")?
+        net.history("c1", "c2")?
     );
 
     let mut c2 = net.listen("c2")?;
@@ -47,7 +37,7 @@ fn an_online_sender_hears_at_once() -> Result<()> {
         Duration::from_secs(20),
         Duration::from_millis(100),
         || {
-            let lines = history(&net, "c1", "c2")?;
+            let lines = net.history("c1", "c2")?;
             Ok(lines
                 .into_iter()
                 .find(|v| v["id"] == sent["id"] && v["state"] == "delivered_later"))
@@ -84,7 +74,7 @@ fn an_offline_sender_hears_when_it_returns() -> Result<()> {
     ensure!(
         state_of(&net, "c1", "c2", &queued["id"])?.as_deref() == Some("queued"),
         "c1 has not been back yet, but: {:?}",
-        history(&net, "c1", "c2")?
+        net.history("c1", "c2")?
     );
 
     ensure!(
@@ -94,7 +84,7 @@ fn an_offline_sender_hears_when_it_returns() -> Result<()> {
     ensure!(
         state_of(&net, "c1", "c2", &queued["id"])?.as_deref() == Some("delivered_later"),
         "after c1 drained its mailbox: {:?}",
-        history(&net, "c1", "c2")?
+        net.history("c1", "c2")?
     );
 
     let mut c2 = net.listen("c2")?;
@@ -105,7 +95,7 @@ fn an_offline_sender_hears_when_it_returns() -> Result<()> {
     ensure!(
         state_of(&net, "c1", "c2", &direct["id"])?.as_deref() == Some("delivered"),
         "{:?}",
-        history(&net, "c1", "c2")?
+        net.history("c1", "c2")?
     );
     net.assert_no_panics()
 }
