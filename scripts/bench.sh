@@ -9,6 +9,8 @@
 #
 # Loopback only, ephemeral ports, temporary folders. Nothing fails on a timing: the exit code
 # is non-zero only if a measurement could not be made (a message lost, a request refused).
+# The bulk figure sends a real file (256 MiB; --smoke: 8 MiB) from a temporary folder: allow
+# about three times that in free space there (the file, the received copy, the fsync reference).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -20,10 +20,10 @@ use peer::{
 use std::{
     io::{Seek, Write},
     net::SocketAddr,
-    path::Path,
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
-        Arc,
+        Arc, OnceLock,
     },
     time::{Duration, Instant},
 };
@@ -565,7 +565,117 @@ pub async fn bulk_peer_config(bytes: u64) -> Result<f64> {
     stream_transfer(server, client, "peer", bytes).await
 }
 
-/// What the peers can move today: pipelined chat messages with 32 KiB bodies; bytes/s.
+/// A file of pseudo-random bytes in a temporary folder, sent by [`bulk_file`]; removed on drop.
+pub struct BulkFile {
+    pub path: PathBuf,
+    pub size: u64,
+    _dir: tempfile::TempDir,
+}
+
+impl BulkFile {
+    /// Writes `size` bytes of a splitmix64 stream (not compressible, not one repeated byte) on
+    /// the disk that holds temporary folders, and syncs them, so that their write-back does not
+    /// fall into a measurement. The file stays in the page cache, as a file just saved would.
+    pub fn create(size: u64) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("bench-file").tempdir()?;
+        let path = dir.path().join("bulk.bin");
+        let mut file = std::fs::File::create(&path)?;
+        let mut state = 0x5eed_0fb0_1cf1_1e00u64;
+        let mut block = vec![0u8; 1 << 20];
+        let mut left = size;
+        while left > 0 {
+            for word in block.chunks_exact_mut(8) {
+                state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                word.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+            }
+            let k = left.min(block.len() as u64) as usize;
+            file.write_all(&block[..k])?;
+            left -= k as u64;
+        }
+        file.sync_all()?;
+        Ok(Self {
+            path,
+            size,
+            _dir: dir,
+        })
+    }
+}
+
+/// One file sent with [`Node::send_file`], timed at the sender; every rate is bytes/s of the
+/// whole file.
+#[derive(Debug, Clone, Copy)]
+pub struct FileTransfer {
+    /// The whole `send_file` call: the sender hashes the file (BLAKE3, one pass over it), looks
+    /// the recipient up at the directory, offers the file on the existing link and waits for
+    /// the acceptance; the bytes cross; the receiver writes them, hashing as they arrive, then
+    /// fsyncs the file, moves it into its downloads folder and answers.
+    pub whole: f64,
+    /// From the first progress report (sent when the receiver has accepted the offer) to the
+    /// end of the call: the same without the sender's hash, the lookup and the offer's round
+    /// trip. Still includes the receiver's writes, hash, fsync and move.
+    pub transfer: f64,
+    /// `files::hash_file` alone on the same file, just before the call (page cache warm): the
+    /// sender's first pass.
+    pub hash: f64,
+}
+
+/// The bulk figure: peer A sends `file` to peer B with [`Node::send_file`], over a link made
+/// beforehand (one chat message, as for [`bulk_chat`]) so that no handshake is timed. A file
+/// that went through the mailbox instead, or resumed, is an error, not a figure.
+pub async fn bulk_file(dir: &DirectoryProcess, file: &BulkFile) -> Result<FileTransfer> {
+    let a = PeerNode::start(dir, "filea").await?;
+    let b = PeerNode::start(dir, "fileb").await?;
+    let to = b.node.name.clone();
+    a.send_direct(&to, BODY_100).await?;
+
+    let t = Instant::now();
+    let (hash, size) = peer::files::hash_file(&file.path).await?;
+    let hash_secs = t.elapsed().as_secs_f64();
+    if size != file.size {
+        bail!("hashed {size} bytes of a {} byte file", file.size);
+    }
+
+    let first = Arc::new(OnceLock::<(Instant, u64)>::new());
+    let on_report = first.clone();
+    let t = Instant::now();
+    // send_file waits for a recipient it cannot reach; the bench does not.
+    let sent = tokio::time::timeout(
+        Duration::from_secs(300),
+        a.node.send_file(&to, &file.path, move |update| {
+            if let peer::node::FileUpdate::Progress { done, .. } = update {
+                on_report.get_or_init(|| (Instant::now(), done));
+            }
+        }),
+    )
+    .await;
+    let end = Instant::now();
+    a.stop().await;
+    b.stop().await;
+    let sent = sent.map_err(|_| anyhow!("send_file did not finish in 300 s"))??;
+    if sent.path.is_none() {
+        bail!("the file went through the mailbox, not over the direct link");
+    }
+    if sent.size != file.size || sent.hash != hash || sent.resumed_from != 0 {
+        bail!(
+            "sent {} bytes resumed from {}, expected {} from 0 (or the hash differs)",
+            sent.size,
+            sent.resumed_from,
+            file.size
+        );
+    }
+    let &(accepted, had) = first.get().context("send_file made no progress report")?;
+    Ok(FileTransfer {
+        whole: size as f64 / (end - t).as_secs_f64(),
+        transfer: (size - had) as f64 / (end - accepted).as_secs_f64(),
+        hash: size as f64 / hash_secs,
+    })
+}
+
+/// A secondary bulk figure, what the chat path moves: pipelined chat messages with 32 KiB
+/// bodies, each framed, handed over and acknowledged; bytes/s.
 pub async fn bulk_chat(dir: &DirectoryProcess, p: &Params) -> Result<f64> {
     let a = PeerNode::start(dir, "bulka").await?;
     let b = PeerNode::start(dir, "bulkb").await?;
@@ -598,6 +708,23 @@ pub fn fsync_cost(count: usize) -> Result<(f64, f64)> {
         quantile_us(&mut samples, 0.5),
         quantile_us(&mut samples, 0.99),
     ))
+}
+
+/// Reference for the receiver's last step: `bytes` written to a new file (page cache), then
+/// the `fsync` alone is timed; bytes/s of that fsync.
+pub fn fsync_bulk(bytes: u64) -> Result<f64> {
+    let dir = tempfile::Builder::new().prefix("bench-fsync").tempdir()?;
+    let mut f = std::fs::File::create(dir.path().join("f"))?;
+    let block = vec![0xa5u8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        let k = left.min(block.len() as u64) as usize;
+        f.write_all(&block[..k])?;
+        left -= k as u64;
+    }
+    let t = Instant::now();
+    f.sync_all()?;
+    Ok(bytes as f64 / t.elapsed().as_secs_f64())
 }
 
 /// One durable redb commit as the directory makes it: a one-message `deposit_batch`; p50 µs.

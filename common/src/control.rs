@@ -215,8 +215,8 @@ pub enum ControlResponse {
         to: Name,
         /// Size in bytes.
         size: u64,
-        /// SHA-256.
-        sha256: [u8; 32],
+        /// BLAKE3.
+        hash: [u8; 32],
         /// Bytes the recipient kept from an earlier attempt.
         resumed_from: u64,
         /// The direct path it went over.
@@ -235,8 +235,8 @@ pub enum ControlResponse {
         to: Name,
         /// Size in bytes.
         size: u64,
-        /// SHA-256.
-        sha256: [u8; 32],
+        /// BLAKE3.
+        hash: [u8; 32],
     },
     /// After [`ControlRequest::Attach`]: a recipient took mail of ours from its mailbox.
     Receipt {

@@ -264,8 +264,8 @@ pub struct FileOffer {
     pub name: String,
     /// Size in bytes.
     pub size: u64,
-    /// SHA-256 of the whole file; also names the partial file a resumed transfer continues.
-    pub sha256: [u8; 32],
+    /// BLAKE3 of the whole file; also names the partial file a resumed transfer continues.
+    pub hash: [u8; 32],
     /// Sender's wall clock, ms since the Unix epoch.
     pub sent_at_ms: u64,
 }

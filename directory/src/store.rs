@@ -916,7 +916,7 @@ mod tests {
             to: name(to),
             name: "f".into(),
             size,
-            sha256: [0; 32],
+            hash: [0; 32],
             sent_at_ms: 1,
         };
         let part = common::wire::FilePart {

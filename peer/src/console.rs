@@ -55,7 +55,7 @@ impl Console {
                 "from": f.from.as_str(),
                 "path": f.path.display().to_string(),
                 "size": f.size,
-                "sha256": hex::encode(f.sha256),
+                "blake3": hex::encode(f.hash),
                 "sent_at_ms": f.sent_at_ms,
                 "resumed_from": f.resumed_from,
                 "via": if f.via_mailbox { "mailbox" } else { "direct" },
@@ -78,7 +78,7 @@ impl Console {
                 "type": "file_sent",
                 "to": f.to.as_str(),
                 "size": f.size,
-                "sha256": hex::encode(f.sha256),
+                "blake3": hex::encode(f.hash),
                 "resumed_from": f.resumed_from,
                 "status": if f.path.is_some() { "delivered" } else { "queued" },
             });
@@ -89,10 +89,10 @@ impl Console {
         }
         let Some(path) = f.path else {
             return format!(
-                "queued {} bytes for {} in the mailbox; sha256 {}",
+                "queued {} bytes for {} in the mailbox; blake3 {}",
                 f.size,
                 f.to,
-                hex::encode(f.sha256)
+                hex::encode(f.hash)
             );
         };
         let resumed = match f.resumed_from {
@@ -100,11 +100,11 @@ impl Console {
             n => format!(", resumed after {n} bytes"),
         };
         format!(
-            "sent {} bytes to {} (direct, {}{resumed}); sha256 {}",
+            "sent {} bytes to {} (direct, {}{resumed}); blake3 {}",
             f.size,
             f.to,
             path.as_str(),
-            hex::encode(f.sha256)
+            hex::encode(f.hash)
         )
     }
 

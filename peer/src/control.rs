@@ -257,14 +257,14 @@ async fn send_file(
             Some(path) => ControlResponse::FileSent {
                 to: sent.to,
                 size: sent.size,
-                sha256: sent.sha256,
+                hash: sent.hash,
                 resumed_from: sent.resumed_from,
                 path,
             },
             None => ControlResponse::FileQueued {
                 to: sent.to,
                 size: sent.size,
-                sha256: sent.sha256,
+                hash: sent.hash,
             },
         },
         Err(e) => ControlResponse::FileFailed {
@@ -387,21 +387,21 @@ impl ControlClient {
                     Ok(Some(ControlResponse::FileSent {
                         to,
                         size,
-                        sha256,
+                        hash,
                         resumed_from,
                         path,
                     })) => Update::FileSent(Ok(crate::files::FileSent {
                         to,
                         size,
-                        sha256,
+                        hash,
                         resumed_from,
                         path: Some(path),
                     })),
-                    Ok(Some(ControlResponse::FileQueued { to, size, sha256 })) => {
+                    Ok(Some(ControlResponse::FileQueued { to, size, hash })) => {
                         Update::FileSent(Ok(crate::files::FileSent {
                             to,
                             size,
-                            sha256,
+                            hash,
                             resumed_from: 0,
                             path: None,
                         }))

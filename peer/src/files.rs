@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! sender                                   receiver
-//!  | -- bi: FileOffer{name,size,sha256} ---> |  checks the sender like a chat message
+//!  | -- bi: FileOffer{name,size,hash} -----> |  checks the sender like a chat message
 //!  | <- FileAccept{offset} ----------------- |  offset = bytes kept from an earlier attempt
 //!  | -- raw bytes offset..size, finish ----> |  appended to DOWNLOADS/.partial/FROM-SHA256
 //!  | <- FileDone{ok} ----------------------- |  hash checked, file moved to a safe new name
@@ -33,8 +33,8 @@ use std::{
     path::{Path, PathBuf},
 };
 use tokio::{
-    io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt},
-    sync::watch,
+    io::{AsyncReadExt, AsyncSeekExt},
+    sync::{mpsc, watch},
 };
 
 /// Largest file a peer accepts.
@@ -42,6 +42,9 @@ pub const MAX_FILE_SIZE: u64 = 1 << 40;
 
 /// Bytes moved per read or write.
 const CHUNK: usize = 256 * 1024;
+
+/// Chunks read from the network and not yet hashed and written, per arriving file.
+const IN_FLIGHT_CHUNKS: usize = 8;
 
 /// Folder, inside the downloads folder, for files still arriving.
 const PARTIAL_DIR: &str = ".partial";
@@ -55,8 +58,8 @@ pub struct ReceivedFile {
     pub path: PathBuf,
     /// Its size.
     pub size: u64,
-    /// Its SHA-256.
-    pub sha256: [u8; 32],
+    /// Its BLAKE3 hash.
+    pub hash: [u8; 32],
     /// Sender's clock at the offer.
     pub sent_at_ms: u64,
     /// Bytes kept from an earlier, interrupted attempt.
@@ -72,8 +75,8 @@ pub struct FileSent {
     pub to: Name,
     /// Its size.
     pub size: u64,
-    /// Its SHA-256.
-    pub sha256: [u8; 32],
+    /// Its BLAKE3 hash.
+    pub hash: [u8; 32],
     /// Bytes the recipient already had from an earlier attempt.
     pub resumed_from: u64,
     /// The direct path it went over; `None` when it went into the recipient's mailbox.
@@ -92,7 +95,7 @@ pub enum SendError {
     Interrupted(anyhow::Error),
 }
 
-/// SHA-256 and size of the file at `path`, read once in fixed-size chunks.
+/// BLAKE3 hash and size of the file at `path`, read once in fixed-size chunks.
 pub async fn hash_file(path: &Path) -> Result<([u8; 32], u64)> {
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
@@ -101,33 +104,27 @@ pub async fn hash_file(path: &Path) -> Result<([u8; 32], u64)> {
         if !file.metadata()?.is_file() {
             bail!("{} is not a file", path.display());
         }
-        let (ctx, size) =
+        let (hasher, size) =
             hash_rest(&mut file).with_context(|| format!("reading {}", path.display()))?;
-        Ok((digest(ctx), size))
+        Ok((*hasher.finalize().as_bytes(), size))
     })
     .await?
 }
 
 /// Hashes what is left of `file` to read, in fixed-size chunks; returns the hash so far and
 /// how many bytes it covers.
-fn hash_rest(file: &mut File) -> std::io::Result<(ring::digest::Context, u64)> {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+fn hash_rest(file: &mut File) -> std::io::Result<(blake3::Hasher, u64)> {
+    let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; CHUNK];
     let mut len = 0u64;
     loop {
         let n = file.read(&mut buf)?;
         if n == 0 {
-            return Ok((ctx, len));
+            return Ok((hasher, len));
         }
-        ctx.update(&buf[..n]);
+        hasher.update(&buf[..n]);
         len += n as u64;
     }
-}
-
-fn digest(ctx: ring::digest::Context) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.finish().as_ref());
-    out
 }
 
 /// Sends the file at `path`, described by `offer`, on a new stream of `conn`. `progress` counts
@@ -224,11 +221,11 @@ pub fn parts(
             finished = true;
             return Some(Err(anyhow!("reading the file: {e}")));
         }
-        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-        ctx.update(&offer.id.0);
-        ctx.update(&offset.to_le_bytes());
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&offer.id.0);
+        hasher.update(&offset.to_le_bytes());
         let mut id = [0u8; 16];
-        id.copy_from_slice(&digest(ctx)[..16]);
+        id.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
         let part = FilePart {
             id: MessageId(id),
             offer: offer.clone(),
@@ -266,7 +263,7 @@ pub async fn receive(
             _ => break,
         }
     }
-    let (file, mut ctx, mut offset) = match opened {
+    let (file, mut hasher, mut offset) = match opened {
         Ok(opened) => opened,
         Err(e) => {
             framing::write_frame(send, &PeerFrame::FileRefused(FileRefusal::CannotStore)).await?;
@@ -276,37 +273,61 @@ pub async fn receive(
     // A longer partial is not this file's prefix; start over.
     if offset > offer.size {
         file.set_len(0)?;
-        ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        hasher = blake3::Hasher::new();
         offset = 0;
     }
     framing::write_frame(send, &PeerFrame::FileAccept { offset }).await?;
-    let mut file = tokio::fs::File::from_std(file);
-    file.seek(SeekFrom::End(0)).await?;
-    let mut buf = vec![0u8; CHUNK];
-    let mut have = offset;
-    loop {
-        let n = recv
-            .read(&mut buf)
-            .await
-            .context("the file stream failed")?;
-        let Some(n) = n else { break };
-        if have + n as u64 > offer.size {
-            bail!("{} sent more bytes than it offered", offer.from);
+    // Hashing and writing run on a thread of their own, fed chunk by chunk, so that they
+    // overlap with taking the next bytes off the network instead of alternating with it.
+    let (chunks, mut taken) = mpsc::channel::<Vec<u8>>(IN_FLIGHT_CHUNKS);
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<blake3::Hasher> {
+        let mut file = file;
+        file.seek(SeekFrom::End(0))?;
+        while let Some(chunk) = taken.blocking_recv() {
+            hasher.update(&chunk);
+            file.write_all(&chunk)?;
         }
-        ctx.update(&buf[..n]);
-        file.write_all(&buf[..n]).await?;
-        have += n as u64;
-    }
-    file.flush().await?;
+        file.sync_all()?;
+        Ok(hasher)
+    });
+    let mut have = offset;
+    let read = async {
+        loop {
+            // Whole chunks: BLAKE3 hashes a large update on several lanes at once.
+            let mut chunk = vec![0u8; CHUNK];
+            let mut filled = 0;
+            while filled < CHUNK {
+                match recv
+                    .read(&mut chunk[filled..])
+                    .await
+                    .context("the file stream failed")?
+                {
+                    Some(n) => filled += n,
+                    None => break,
+                }
+            }
+            chunk.truncate(filled);
+            have += filled as u64;
+            if have > offer.size {
+                bail!("{} sent more bytes than it offered", offer.from);
+            }
+            if filled == 0 || chunks.send(chunk).await.is_err() {
+                // The end, or the writer failed (its error is the one reported).
+                return Ok(());
+            }
+        }
+    };
+    let read = read.await;
+    drop(chunks);
+    let hasher = writer.await?.context("writing the file")?;
+    read?;
     if have != offer.size {
         bail!(
             "the file stream ended after {have} of {} bytes; kept for resuming",
             offer.size
         );
     }
-    file.sync_all().await?;
-    drop(file);
-    if digest(ctx) != offer.sha256 {
+    if *hasher.finalize().as_bytes() != offer.hash {
         let _ = fs::remove_file(&partial_path);
         framing::write_frame(send, &PeerFrame::FileDone { ok: false }).await?;
         bail!(
@@ -325,7 +346,7 @@ pub async fn receive(
         from: offer.from,
         path,
         size: offer.size,
-        sha256: offer.sha256,
+        hash: offer.hash,
         sent_at_ms: offer.sent_at_ms,
         resumed_from: offset,
         via_mailbox: false,
@@ -383,9 +404,9 @@ pub fn write_part(downloads: &Path, part: &FilePart) -> Result<PartOutcome> {
         return Ok(PartOutcome::Kept);
     }
     file.seek(SeekFrom::Start(0))?;
-    let (ctx, _) = hash_rest(&mut file)?;
+    let (hasher, _) = hash_rest(&mut file)?;
     drop(file);
-    if digest(ctx) != offer.sha256 {
+    if *hasher.finalize().as_bytes() != offer.hash {
         let _ = fs::remove_file(&path);
         return Ok(PartOutcome::Discarded(format!(
             "{:?} from {} did not match its hash; discarded",
@@ -397,7 +418,7 @@ pub fn write_part(downloads: &Path, part: &FilePart) -> Result<PartOutcome> {
         from: offer.from.clone(),
         path: stored,
         size: offer.size,
-        sha256: offer.sha256,
+        hash: offer.hash,
         sent_at_ms: offer.sent_at_ms,
         resumed_from: 0,
         via_mailbox: true,
@@ -408,7 +429,7 @@ pub fn write_part(downloads: &Path, part: &FilePart) -> Result<PartOutcome> {
 pub fn partial_path(downloads: &Path, offer: &FileOffer) -> PathBuf {
     downloads
         .join(PARTIAL_DIR)
-        .join(format!("{}-{}.part", offer.from, hex::encode(offer.sha256)))
+        .join(format!("{}-{}.part", offer.from, hex::encode(offer.hash)))
 }
 
 /// The partial file is locked by another transfer.
@@ -418,10 +439,10 @@ struct Busy;
 
 /// Opens (or creates) a partial file, locked against a second transfer of the same file, and
 /// hashes what it already holds.
-fn open_partial(path: &Path) -> Result<(File, ring::digest::Context, u64)> {
+fn open_partial(path: &Path) -> Result<(File, blake3::Hasher, u64)> {
     let mut file = lock_partial(path)?;
-    let (ctx, len) = hash_rest(&mut file)?;
-    Ok((file, ctx, len))
+    let (hasher, len) = hash_rest(&mut file)?;
+    Ok((file, hasher, len))
 }
 
 /// Opens (or creates) a partial file, with its folder, and locks it; [`Busy`] if another

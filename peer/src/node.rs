@@ -186,7 +186,7 @@ impl Node {
         path: &std::path::Path,
         report: impl Fn(FileUpdate) + Send + Sync + 'static,
     ) -> Result<FileSent> {
-        let (sha256, size) = files::hash_file(path).await?;
+        let (hash, size) = files::hash_file(path).await?;
         let offer = FileOffer {
             id: MessageId::random(),
             from: self.name.clone(),
@@ -196,7 +196,7 @@ impl Node {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "file".into()),
             size,
-            sha256,
+            hash,
             sent_at_ms: common::now_ms(),
         };
         let report = Arc::new(report);
@@ -261,7 +261,7 @@ impl Node {
         Ok(FileSent {
             to: offer.to.clone(),
             size,
-            sha256: offer.sha256,
+            hash: offer.hash,
             resumed_from: result?,
             path: Some(link),
         })
@@ -303,7 +303,7 @@ impl Node {
         Ok(FileSent {
             to: to.clone(),
             size: offer.size,
-            sha256: offer.sha256,
+            hash: offer.hash,
             resumed_from: 0,
             path: None,
         })

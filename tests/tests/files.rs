@@ -1,7 +1,7 @@
 //! File transfer: a large file arrives intact, an interrupted transfer resumes, a hostile name
 //! cannot escape the downloads folder or overwrite anything.
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use common::{
     defaults::{ALPN_DIRECTORY, ALPN_PEER},
     framing,
@@ -14,7 +14,6 @@ use std::{
     io::Write,
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 use tests::{
@@ -44,18 +43,14 @@ fn make_file(path: &Path, mib: usize) -> Result<()> {
     Ok(())
 }
 
-/// SHA-256 of a file, by coreutils' `sha256sum`, independent of the code under test.
-fn sha256sum(path: &Path) -> Result<String> {
-    let out = Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .context("running sha256sum")?;
-    ensure!(out.status.success(), "sha256sum {} failed", path.display());
-    let text = String::from_utf8(out.stdout)?;
-    text.split_whitespace()
-        .next()
-        .map(str::to_string)
-        .ok_or_else(|| anyhow!("sha256sum printed nothing"))
+/// BLAKE3 of a file, hex, by the reference implementation (the `blake3` crate), not by the
+/// code under test.
+fn b3sum(path: &Path) -> Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    hasher
+        .update_reader(fs::File::open(path)?)
+        .with_context(|| format!("hashing {}", path.display()))?;
+    Ok(hasher.finalize().to_hex().to_string())
 }
 
 fn downloads(net: &Net, name: &str) -> Result<PathBuf> {
@@ -78,7 +73,7 @@ fn a_gigabyte_arrives_intact() -> Result<()> {
     let mut c2 = net.listen("c2")?;
     let path = net.root().join("big.bin");
     make_file(&path, 1024)?;
-    let expected = sha256sum(&path)?;
+    let expected = b3sum(&path)?;
     let started = Instant::now();
     let out = net
         .peer("c1")
@@ -90,8 +85,8 @@ fn a_gigabyte_arrives_intact() -> Result<()> {
     let elapsed = started.elapsed();
     let sent = out.one_of_type("file_sent")?;
     ensure!(
-        sent["sha256"] == expected.as_str(),
-        "sender's hash {sent} vs sha256sum {expected}"
+        sent["blake3"] == expected.as_str(),
+        "sender's hash {sent} vs b3sum {expected}"
     );
     ensure!(sent["size"] == 1u64 << 30, "size in {sent}");
     eprintln!(
@@ -102,7 +97,7 @@ fn a_gigabyte_arrives_intact() -> Result<()> {
         is_type(v, "file")
     })?;
     ensure!(
-        got["from"] == "c1" && got["sha256"] == expected.as_str(),
+        got["from"] == "c1" && got["blake3"] == expected.as_str(),
         "c2 printed {got}"
     );
     let stored = PathBuf::from(got["path"].as_str().context("no path")?);
@@ -111,7 +106,7 @@ fn a_gigabyte_arrives_intact() -> Result<()> {
         "stored outside downloads: {got}"
     );
     ensure!(
-        sha256sum(&stored)? == expected,
+        b3sum(&stored)? == expected,
         "the stored file's hash differs"
     );
     fs::remove_file(&path)?;
@@ -128,7 +123,7 @@ fn an_interrupted_transfer_resumes() -> Result<()> {
     let mut c2 = net.listen("c2")?;
     let path = net.root().join("resume.bin");
     make_file(&path, 256)?;
-    let expected = sha256sum(&path)?;
+    let expected = b3sum(&path)?;
     let partial_dir = downloads(&net, "c2")?.join(".partial");
 
     let mut first = net
@@ -179,14 +174,14 @@ fn an_interrupted_transfer_resumes() -> Result<()> {
     let got = c2.wait_json("the file line", Duration::from_secs(30), |v| {
         is_type(v, "file")
     })?;
-    ensure!(got["sha256"] == expected.as_str(), "c2 printed {got}");
+    ensure!(got["blake3"] == expected.as_str(), "c2 printed {got}");
     ensure!(
         got["resumed_from"] == resumed,
         "receiver and sender disagree: {got} vs {sent}"
     );
     let stored = PathBuf::from(got["path"].as_str().context("no path")?);
     ensure!(
-        sha256sum(&stored)? == expected,
+        b3sum(&stored)? == expected,
         "the resumed file's hash differs"
     );
     c2.terminate()?;
@@ -247,12 +242,6 @@ fn hostile_file_names_stay_inside_downloads() -> Result<()> {
 
 /// Offers `content` as `name` on a new stream and waits for the receiver's verdict.
 async fn offer(conn: &quinn::Connection, name: &str, content: &[u8]) -> Result<()> {
-    let sha256 = {
-        let out = sha256_of_bytes(content)?;
-        let mut id = [0u8; 32];
-        hex_to(&out, &mut id)?;
-        id
-    };
     let (mut send, mut recv) = conn.open_bi().await?;
     let offer = FileOffer {
         id: MessageId::random(),
@@ -260,7 +249,7 @@ async fn offer(conn: &quinn::Connection, name: &str, content: &[u8]) -> Result<(
         to: Name::new("c2")?,
         name: name.into(),
         size: content.len() as u64,
-        sha256,
+        hash: *blake3::hash(content).as_bytes(),
         sent_at_ms: 1,
     };
     framing::write_frame(&mut send, &PeerFrame::FileOffer(offer)).await?;
@@ -274,22 +263,6 @@ async fn offer(conn: &quinn::Connection, name: &str, content: &[u8]) -> Result<(
         Some(PeerFrame::FileDone { ok: true }) => Ok(()),
         other => bail!("after the bytes: {other:?}"),
     }
-}
-
-/// SHA-256 of bytes via `sha256sum`, so the test does not lean on the code it checks.
-fn sha256_of_bytes(content: &[u8]) -> Result<String> {
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("x");
-    fs::write(&path, content)?;
-    sha256sum(&path)
-}
-
-fn hex_to(text: &str, out: &mut [u8; 32]) -> Result<()> {
-    ensure!(text.len() == 64, "not a sha256: {text}");
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)?;
-    }
-    Ok(())
 }
 
 /// `make_file`, then `extra` more bytes, so the size is not a whole number of mailbox parts.
@@ -309,7 +282,7 @@ fn a_small_file_waits_in_the_mailbox() -> Result<()> {
     let mut c1 = net.listen("c1")?;
     let path = net.root().join("notes.bin");
     let size = make_odd_file(&path, 3, 1000)?;
-    let expected = sha256sum(&path)?;
+    let expected = b3sum(&path)?;
     let out = net
         .peer("c1")
         .json()
@@ -319,7 +292,7 @@ fn a_small_file_waits_in_the_mailbox() -> Result<()> {
         .success()?;
     let sent = out.one_of_type("file_sent")?;
     ensure!(
-        sent["status"] == "queued" && sent["size"] == size && sent["sha256"] == expected.as_str(),
+        sent["status"] == "queued" && sent["size"] == size && sent["blake3"] == expected.as_str(),
         "c2 is offline, yet: {sent}"
     );
 
@@ -328,7 +301,7 @@ fn a_small_file_waits_in_the_mailbox() -> Result<()> {
         is_type(v, "file")
     })?;
     ensure!(
-        got["from"] == "c1" && got["via"] == "mailbox" && got["sha256"] == expected.as_str(),
+        got["from"] == "c1" && got["via"] == "mailbox" && got["blake3"] == expected.as_str(),
         "c2 printed {got}"
     );
     let stored = PathBuf::from(got["path"].as_str().context("no path")?);
@@ -336,7 +309,7 @@ fn a_small_file_waits_in_the_mailbox() -> Result<()> {
         stored.parent() == Some(downloads(&net, "c2")?.as_path()),
         "stored elsewhere: {got}"
     );
-    ensure!(sha256sum(&stored)? == expected, "the stored file differs");
+    ensure!(b3sum(&stored)? == expected, "the stored file differs");
     let partial = downloads(&net, "c2")?.join(".partial");
     let left = fs::read_dir(&partial)?.count();
     ensure!(left == 0, "{left} partial file(s) left behind");
@@ -357,7 +330,7 @@ fn a_large_file_waits_for_its_recipient() -> Result<()> {
     net.register("c2")?;
     let path = net.root().join("large.bin");
     let size = make_odd_file(&path, 2, 7)?;
-    let expected = sha256sum(&path)?;
+    let expected = b3sum(&path)?;
     let mut c1 = net
         .peer("c1")
         .json()
@@ -381,7 +354,7 @@ fn a_large_file_waits_for_its_recipient() -> Result<()> {
     let mut c2 = net.listen("c2")?;
     let got = c2.wait_json("the file line", TRANSFER, |v| is_type(v, "file"))?;
     ensure!(
-        got["via"] == "direct" && got["sha256"] == expected.as_str() && got["size"] == size,
+        got["via"] == "direct" && got["blake3"] == expected.as_str() && got["size"] == size,
         "c2 printed {got}"
     );
     let sent = c1.wait_json("the file_sent line", SHORT, |v| is_type(v, "file_sent"))?;
