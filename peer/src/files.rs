@@ -40,6 +40,15 @@ use tokio::{
 /// Largest file a peer accepts.
 pub const MAX_FILE_SIZE: u64 = 1 << 40;
 
+/// Largest file a peer takes through the mailbox: the directory's default quota per recipient.
+/// Senders keep to their own, smaller limit; this bounds what a sender that does not can make
+/// us write.
+pub const MAX_MAILBOX_FILE: u64 = common::defaults::MAILBOX_QUOTA_BYTES;
+
+/// Partial files untouched for this long are deleted when the peer starts: their transfers are
+/// not coming back, and they hold disk space.
+pub const PARTIAL_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 /// Bytes moved per read or write.
 const CHUNK: usize = 256 * 1024;
 
@@ -372,11 +381,23 @@ pub enum PartOutcome {
 pub fn write_part(downloads: &Path, part: &FilePart) -> Result<PartOutcome> {
     let offer = &part.offer;
     let end = part.offset.checked_add(part.data.len() as u64);
-    if offer.size > MAX_FILE_SIZE || end.is_none_or(|end| end > offer.size) {
+    if end.is_none_or(|end| end > offer.size) {
         return Ok(PartOutcome::Discarded(format!(
             "a part of {:?} from {} lies outside the file; dropped",
             offer.name, offer.from
         )));
+    }
+    if offer.size > MAX_MAILBOX_FILE {
+        // Said once, at the first part; the others are dropped quietly.
+        return Ok(if part.offset == 0 {
+            PartOutcome::Discarded(format!(
+                "{:?} from {} came through the mailbox but is over the {MAX_MAILBOX_FILE} byte \
+                 limit for files from the mailbox; dropped",
+                offer.name, offer.from
+            ))
+        } else {
+            PartOutcome::Kept
+        });
     }
     let end = part.offset + part.data.len() as u64;
     let path = partial_path(downloads, offer);
@@ -423,6 +444,25 @@ pub fn write_part(downloads: &Path, part: &FilePart) -> Result<PartOutcome> {
         resumed_from: 0,
         via_mailbox: true,
     }))
+}
+
+/// Deletes the partial files in `downloads` untouched for [`PARTIAL_MAX_AGE`]; returns how
+/// many. Blocking.
+pub fn prune_partials(downloads: &Path) -> usize {
+    let Ok(dir) = fs::read_dir(downloads.join(PARTIAL_DIR)) else {
+        return 0;
+    };
+    let stale = |entry: &fs::DirEntry| {
+        entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > PARTIAL_MAX_AGE)
+    };
+    dir.flatten()
+        .filter(|e| stale(e) && fs::remove_file(e.path()).is_ok())
+        .count()
 }
 
 /// Where the bytes of `offer` collect until the file is whole.
@@ -541,6 +581,108 @@ mod tests {
         assert_eq!(safe_name("a\u{1b}[2Jb\n.txt"), "a_[2Jb_.txt");
         assert_eq!(safe_name("con:x?.txt"), "con_x_.txt");
         assert!(safe_name(&"é".repeat(300)).len() <= 200);
+    }
+
+    fn parts_of(content: &[u8], size: u64, part_len: usize) -> Vec<FilePart> {
+        let offer = FileOffer {
+            id: MessageId([3; 16]),
+            from: Name::new("c1").expect("name"),
+            to: Name::new("c2").expect("name"),
+            name: "../notes.txt".into(),
+            size,
+            hash: *blake3::hash(content).as_bytes(),
+            sent_at_ms: 1,
+        };
+        let mut out = Vec::new();
+        let mut offset = 0;
+        loop {
+            let end = (offset + part_len).min(content.len());
+            out.push(FilePart {
+                id: MessageId::random(),
+                offer: offer.clone(),
+                offset: offset as u64,
+                data: content[offset..end].to_vec(),
+            });
+            offset = end;
+            if offset >= content.len() {
+                return out;
+            }
+        }
+    }
+
+    #[test]
+    fn mailbox_parts_make_the_file_once_whole() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let content: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let parts = parts_of(&content, content.len() as u64, 4096);
+        assert_eq!(parts.len(), 3);
+        assert!(matches!(
+            write_part(dir.path(), &parts[0])?,
+            PartOutcome::Kept
+        ));
+        // A part delivered again (the ack was lost) changes nothing.
+        assert!(matches!(
+            write_part(dir.path(), &parts[0])?,
+            PartOutcome::Kept
+        ));
+        assert!(matches!(
+            write_part(dir.path(), &parts[1])?,
+            PartOutcome::Kept
+        ));
+        let PartOutcome::Complete(file) = write_part(dir.path(), &parts[2])? else {
+            bail!("the last part did not complete the file");
+        };
+        assert!(file.via_mailbox);
+        assert_eq!(file.path, dir.path().join("notes.txt"));
+        assert_eq!(fs::read(&file.path)?, content);
+        assert_eq!(fs::read_dir(dir.path().join(PARTIAL_DIR))?.count(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_mailbox_parts_are_dropped_and_said_once() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let content = vec![7u8; 9000];
+        // A part missing: the last one cannot complete the file.
+        let parts = parts_of(&content, content.len() as u64, 4096);
+        write_part(dir.path(), &parts[0])?;
+        assert!(matches!(
+            write_part(dir.path(), &parts[2])?,
+            PartOutcome::Discarded(_)
+        ));
+        // Wrong content for the offered hash.
+        let mut forged = parts_of(&content, content.len() as u64, 9000);
+        forged[0].data[0] = 8;
+        assert!(matches!(
+            write_part(dir.path(), &forged[0])?,
+            PartOutcome::Discarded(_)
+        ));
+        // Over the size taken from the mailbox: said at the first part, quiet after.
+        let huge = parts_of(&content, MAX_MAILBOX_FILE + 1, 4096);
+        assert!(matches!(
+            write_part(dir.path(), &huge[0])?,
+            PartOutcome::Discarded(_)
+        ));
+        assert!(matches!(
+            write_part(dir.path(), &huge[1])?,
+            PartOutcome::Kept
+        ));
+        assert_eq!(fs::read_dir(dir.path())?.count(), 1, "only .partial");
+        Ok(())
+    }
+
+    #[test]
+    fn week_old_partials_are_pruned() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let partials = dir.path().join(PARTIAL_DIR);
+        fs::create_dir_all(&partials)?;
+        fs::write(partials.join("fresh.part"), "x")?;
+        let old = File::create(partials.join("old.part"))?;
+        old.set_modified(std::time::SystemTime::now() - PARTIAL_MAX_AGE * 2)?;
+        drop(old);
+        assert_eq!(prune_partials(dir.path()), 1);
+        assert!(partials.join("fresh.part").exists() && !partials.join("old.part").exists());
+        Ok(())
     }
 
     #[test]

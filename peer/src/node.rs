@@ -83,6 +83,13 @@ impl Node {
         let key = identity.key_id;
         let endpoint = endpoint::bind(&identity, options.bind)?;
         let (inbox, events) = Inbox::new(options.name.clone(), options.home.downloads());
+        let downloads = options.home.downloads();
+        tokio::task::spawn_blocking(move || {
+            let pruned = files::prune_partials(&downloads);
+            if pruned > 0 {
+                tracing::info!(pruned, "deleted partial files untouched for a week");
+            }
+        });
         let settings = directory_client::Settings {
             addr: options.directory.clone(),
             pin: options.pin,
