@@ -187,6 +187,8 @@ async fn inbox(mut session: Session, console: Console) -> Result<()> {
                 print_line(&console.message(&received.message, received.via))?;
                 received.shown();
             }
+            Some(Update::File(file)) => print_line(&console.file(&file))?,
+            Some(Update::Notice(text)) => eprintln!("{text}"),
             Some(Update::MailboxIdle) => break Ok(()),
             Some(_) => {}
             None => break Err(anyhow!("the connection ended before the mailbox was read")),

@@ -322,6 +322,44 @@ fn a_small_file_waits_in_the_mailbox() -> Result<()> {
     net.assert_no_panics()
 }
 
+/// `inbox` takes a file waiting in the mailbox and prints it like `listen` does.
+#[test]
+fn inbox_takes_a_file_from_the_mailbox() -> Result<()> {
+    let net = Net::new()?;
+    net.register("c2")?;
+    let path = net.root().join("small.txt");
+    fs::write(&path, "a short note\n")?;
+    let expected = b3sum(&path)?;
+    let out = net
+        .peer("c1")
+        .json()
+        .args(["send-file", "c2"])
+        .args([&path])
+        .run(SHORT)?
+        .success()?;
+    ensure!(
+        out.one_of_type("file_sent")?["status"] == "queued",
+        "c2 is offline"
+    );
+    let out = net
+        .peer("c2")
+        .json()
+        .args(["inbox"])
+        .run(SHORT)?
+        .success()?;
+    let got = file_line(&out.json())?;
+    ensure!(
+        got["via"] == "mailbox" && got["blake3"] == expected.as_str(),
+        "inbox printed {got}"
+    );
+    let stored = PathBuf::from(got["path"].as_str().context("no path")?);
+    ensure!(
+        fs::read_to_string(stored)? == "a short note\n",
+        "content differs"
+    );
+    net.assert_no_panics()
+}
+
 /// A file over the sender's mailbox limit, to an offline recipient: the sender says so, keeps
 /// running, and sends it directly once the recipient is back.
 #[test]
