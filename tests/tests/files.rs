@@ -57,6 +57,16 @@ fn downloads(net: &Net, name: &str) -> Result<PathBuf> {
     Ok(net.home(name)?.join("downloads"))
 }
 
+/// `peer --name c1 --json send-file c2 PATH`, which must succeed within `timeout`.
+fn send_file(net: &Net, path: &Path, timeout: Duration) -> Result<tests::CmdOutput> {
+    net.peer("c1")
+        .json()
+        .args(["send-file", "c2"])
+        .args([path])
+        .run(timeout)?
+        .success()
+}
+
 /// The one `file` line a listener printed.
 fn file_line(lines: &[Json]) -> Result<Json> {
     let files: Vec<&Json> = lines.iter().filter(|v| is_type(v, "file")).collect();
@@ -75,13 +85,7 @@ fn a_gigabyte_arrives_intact() -> Result<()> {
     make_file(&path, 1024)?;
     let expected = b3sum(&path)?;
     let started = Instant::now();
-    let out = net
-        .peer("c1")
-        .json()
-        .args(["send-file", "c2"])
-        .args([&path])
-        .run(TRANSFER)?
-        .success()?;
+    let out = send_file(&net, &path, TRANSFER)?;
     let elapsed = started.elapsed();
     let sent = out.one_of_type("file_sent")?;
     ensure!(
@@ -158,13 +162,7 @@ fn an_interrupted_transfer_resumes() -> Result<()> {
     first.kill9()?;
     eprintln!("sender killed with {kept} bytes at the receiver");
 
-    let out = net
-        .peer("c1")
-        .json()
-        .args(["send-file", "c2"])
-        .args([&path])
-        .run(TRANSFER)?
-        .success()?;
+    let out = send_file(&net, &path, TRANSFER)?;
     let sent = out.one_of_type("file_sent")?;
     let resumed = sent["resumed_from"].as_u64().unwrap_or(0);
     ensure!(
@@ -283,13 +281,7 @@ fn a_small_file_waits_in_the_mailbox() -> Result<()> {
     let path = net.root().join("notes.bin");
     let size = make_odd_file(&path, 3, 1000)?;
     let expected = b3sum(&path)?;
-    let out = net
-        .peer("c1")
-        .json()
-        .args(["send-file", "c2"])
-        .args([&path])
-        .run(TRANSFER)?
-        .success()?;
+    let out = send_file(&net, &path, TRANSFER)?;
     let sent = out.one_of_type("file_sent")?;
     ensure!(
         sent["status"] == "queued" && sent["size"] == size && sent["blake3"] == expected.as_str(),
@@ -330,13 +322,7 @@ fn inbox_takes_a_file_from_the_mailbox() -> Result<()> {
     let path = net.root().join("small.txt");
     fs::write(&path, "a short note\n")?;
     let expected = b3sum(&path)?;
-    let out = net
-        .peer("c1")
-        .json()
-        .args(["send-file", "c2"])
-        .args([&path])
-        .run(SHORT)?
-        .success()?;
+    let out = send_file(&net, &path, SHORT)?;
     ensure!(
         out.one_of_type("file_sent")?["status"] == "queued",
         "c2 is offline"
