@@ -286,6 +286,16 @@ pub struct FilePart {
 }
 
 impl FilePart {
+    /// True when the part lies inside the offered file and is at most
+    /// [`crate::defaults::FILE_PART_LEN`] bytes.
+    pub fn fits_offer(&self) -> bool {
+        self.data.len() <= crate::defaults::FILE_PART_LEN
+            && self
+                .offset
+                .checked_add(self.data.len() as u64)
+                .is_some_and(|end| end <= self.offer.size)
+    }
+
     /// True for the part that completes the file.
     pub fn is_last(&self) -> bool {
         self.offset.saturating_add(self.data.len() as u64) == self.offer.size

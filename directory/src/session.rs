@@ -4,7 +4,7 @@
 use crate::{mailbox, registry::Online, server::Shared, store::StoreError};
 use anyhow::{anyhow, Result};
 use common::{
-    defaults::{FILE_PART_LEN, MAX_BODY_LEN, REQUEST_TIMEOUT},
+    defaults::{MAX_BODY_LEN, REQUEST_TIMEOUT},
     framing::{self, FrameError},
     now_ms, tls,
     wire::{codes, DirectoryEvent, DirectoryRequest, DirectoryResponse, ErrorCode, Mail, PeerInfo},
@@ -336,12 +336,7 @@ impl Session {
         }
         let fits = match &mail {
             Mail::Chat(m) => m.body.len() <= MAX_BODY_LEN,
-            Mail::FilePart(p) => {
-                p.data.len() <= FILE_PART_LEN
-                    && p.offset
-                        .checked_add(p.data.len() as u64)
-                        .is_some_and(|end| end <= p.offer.size)
-            }
+            Mail::FilePart(p) => p.fits_offer(),
             Mail::Receipt(_) => return Err(ErrorCode::NotSender),
         };
         if !fits {
