@@ -11,7 +11,7 @@
 use crate::{
     control::ControlClient,
     files::FileSent,
-    history::History,
+    history::{History, HistoryError},
     home::Home,
     inbox::{Event, Incoming, Taken, Via},
     node::{FileUpdate, Node},
@@ -24,7 +24,7 @@ use common::{
     wire::{ChatMessage, MessageId, PeerInfo},
     KeyId, Name,
 };
-use std::{path::PathBuf, sync::Arc};
+use std::{future::Future, path::PathBuf, sync::Arc};
 use tokio::sync::mpsc;
 
 /// Something for the command to show or act on.
@@ -101,18 +101,8 @@ impl Received {
         let Some(incoming) = self.ack else {
             return;
         };
-        let Some(history) = self.history else {
-            incoming.shown();
-            return;
-        };
-        let recorded = history.record_in(&self.message, self.via);
-        tokio::spawn(async move {
-            if let Err(e) = recorded.await {
-                // The history is a convenience; the message was shown, so it may be taken.
-                tracing::warn!("history: {e}");
-            }
-            incoming.shown();
-        });
+        let recorded = self.history.map(|h| h.record_in(&self.message, self.via));
+        when_recorded(recorded, move || incoming.shown());
     }
 }
 
@@ -346,16 +336,26 @@ impl Session {
 
 /// Records a receipt in the history, then lets it be acknowledged.
 fn record_receipt(history: Option<&History>, taken: Taken) {
-    let Some(history) = history else {
-        taken.done();
+    let recorded =
+        history.map(|h| h.delivered_later(taken.receipt.delivered.clone(), taken.receipt.at_ms));
+    when_recorded(recorded, move || taken.done());
+}
+
+/// Calls `then` once the history write `recorded` (if any) is on disk. A failed write is only
+/// logged: the history is a convenience, and what it was about has reached the user.
+fn when_recorded(
+    recorded: Option<impl Future<Output = Result<(), HistoryError>> + Send + 'static>,
+    then: impl FnOnce() + Send + 'static,
+) {
+    let Some(recorded) = recorded else {
+        then();
         return;
     };
-    let recorded = history.delivered_later(taken.receipt.delivered.clone(), taken.receipt.at_ms);
     tokio::spawn(async move {
         if let Err(e) = recorded.await {
             tracing::warn!("history: {e}");
         }
-        taken.done();
+        then();
     });
 }
 
