@@ -21,7 +21,7 @@ use common::{
 use std::{fs::File, path::PathBuf, sync::Arc};
 use tokio::{
     net::{unix::OwnedWriteHalf, UnixListener, UnixStream},
-    sync::mpsc,
+    sync::{broadcast, mpsc},
 };
 use tracing::{debug, warn};
 
@@ -183,58 +183,61 @@ async fn serve_client(stream: UnixStream, node: Arc<Node>, history: Option<Histo
                 });
             }
             ControlRequest::Attach => {
-                let mut copies = node.inbox().subscribe();
-                let mut receipts = node.inbox().subscribe_receipts();
-                let tx = tx.clone();
                 let _ = tx.send(ControlResponse::Attached);
-                let receipts_tx = tx.clone();
-                tokio::spawn(async move {
-                    // A receipt lost to a slow reader only leaves a mark stale in this window;
-                    // the running peer recorded it.
-                    use tokio::sync::broadcast::error::RecvError;
-                    loop {
-                        let r = match receipts.recv().await {
-                            Ok(r) => r,
-                            Err(RecvError::Lagged(_)) => continue,
-                            Err(RecvError::Closed) => return,
-                        };
-                        let receipt = ControlResponse::Receipt {
-                            from: r.from,
-                            delivered: r.delivered,
-                            at_ms: r.at_ms,
-                        };
-                        if receipts_tx.send(receipt).is_err() {
-                            return;
-                        }
-                    }
-                });
-                tokio::spawn(async move {
-                    loop {
-                        match copies.recv().await {
-                            Ok((message, via)) => {
-                                let via_mailbox = via == Via::Mailbox;
-                                if tx
-                                    .send(ControlResponse::Message {
-                                        message,
-                                        via_mailbox,
-                                    })
-                                    .is_err()
-                                {
-                                    return;
-                                }
-                            }
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                                let _ = tx.send(ControlResponse::Notice(format!(
-                                    "{n} messages were not copied to this window; see the main one"
-                                )));
-                            }
-                            Err(_) => return,
-                        }
-                    }
-                });
+                let inbox = node.inbox();
+                forward(
+                    inbox.subscribe(),
+                    tx.clone(),
+                    |(message, via)| ControlResponse::Message {
+                        message,
+                        via_mailbox: via == Via::Mailbox,
+                    },
+                    |n| {
+                        Some(ControlResponse::Notice(format!(
+                            "{n} messages were not copied to this window; see the main one"
+                        )))
+                    },
+                );
+                // A receipt lost to a slow reader only leaves a mark stale in this window; the
+                // running peer recorded it.
+                forward(
+                    inbox.subscribe_receipts(),
+                    tx.clone(),
+                    |r| ControlResponse::Receipt {
+                        from: r.from,
+                        delivered: r.delivered,
+                        at_ms: r.at_ms,
+                    },
+                    |_| None,
+                );
             }
         }
     }
+}
+
+/// Copies every item of `copies` to an attached client as `response(item)`, until either side
+/// goes away; `lagged(n)` says what to tell it when `n` items were lost to its slowness.
+fn forward<T: Clone + Send + 'static>(
+    mut copies: broadcast::Receiver<T>,
+    tx: mpsc::UnboundedSender<ControlResponse>,
+    response: impl Fn(T) -> ControlResponse + Send + 'static,
+    lagged: impl Fn(u64) -> Option<ControlResponse> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        loop {
+            let sent = match copies.recv().await {
+                Ok(item) => tx.send(response(item)),
+                Err(broadcast::error::RecvError::Lagged(n)) => match lagged(n) {
+                    Some(notice) => tx.send(notice),
+                    None => Ok(()),
+                },
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// Sends a file for a short command, relaying its progress.
