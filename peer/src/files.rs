@@ -16,7 +16,7 @@
 //!
 //! When no direct link can be made, a file of at most the sender's mailbox limit goes through
 //! the directory's mailbox instead, in [`FilePart`]s of [`FILE_PART_LEN`] bytes deposited in
-//! order ([`parts`]); the receiver appends each to the same partial file ([`write_part`]) and
+//! order ([`Parts`]); the receiver appends each to the same partial file ([`write_part`]) and
 //! checks the hash after the last. A larger file waits for the recipient (see
 //! [`crate::node::Node::send_file`]).
 
@@ -210,41 +210,56 @@ pub async fn send(
     }
 }
 
-/// The parts of the file at `path`, described by `offer`, for the mailbox, in order, each
-/// at most [`FILE_PART_LEN`] bytes (one empty part for an empty file). Part ids are derived
-/// from the offer's id and the offset, so depositing a part again is a no-op.
-pub fn parts(
+/// A file read as mailbox parts, in order, each at most [`FILE_PART_LEN`] bytes (one empty part
+/// for an empty file). Part ids are derived from the offer's id and the offset, so depositing a
+/// part again is a no-op.
+pub struct Parts {
+    file: tokio::fs::File,
     offer: FileOffer,
-    path: &Path,
-) -> Result<impl Iterator<Item = Result<FilePart>> + Send + 'static> {
-    let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut offset = 0u64;
-    let mut finished = false;
-    Ok(std::iter::from_fn(move || {
-        if finished {
-            return None;
+    offset: u64,
+    finished: bool,
+}
+
+impl Parts {
+    /// Opens the file at `path`, which `offer` describes.
+    pub async fn open(offer: FileOffer, path: &Path) -> Result<Self> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(Self {
+            file,
+            offer,
+            offset: 0,
+            finished: false,
+        })
+    }
+
+    /// The next part; `None` after the last.
+    pub async fn next(&mut self) -> Result<Option<FilePart>> {
+        if self.finished {
+            return Ok(None);
         }
-        let want = FILE_PART_LEN.min((offer.size - offset) as usize);
+        let want = FILE_PART_LEN.min((self.offer.size - self.offset) as usize);
         let mut data = vec![0u8; want];
-        if let Err(e) = file.read_exact(&mut data) {
-            finished = true;
-            return Some(Err(anyhow!("reading the file: {e}")));
-        }
+        self.file
+            .read_exact(&mut data)
+            .await
+            .context("reading the file")?;
         let mut hasher = blake3::Hasher::new();
-        hasher.update(&offer.id.0);
-        hasher.update(&offset.to_le_bytes());
+        hasher.update(&self.offer.id.0);
+        hasher.update(&self.offset.to_le_bytes());
         let mut id = [0u8; 16];
         id.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
         let part = FilePart {
             id: MessageId(id),
-            offer: offer.clone(),
-            offset,
+            offer: self.offer.clone(),
+            offset: self.offset,
             data,
         };
-        offset += want as u64;
-        finished = offset >= offer.size;
-        Some(Ok(part))
-    }))
+        self.offset += want as u64;
+        self.finished = self.offset >= self.offer.size;
+        Ok(Some(part))
+    }
 }
 
 /// Receives the file `offer` describes into `downloads`; `send`/`recv` are the file stream,
@@ -380,8 +395,7 @@ pub enum PartOutcome {
 /// file as [`receive`] does. Blocking.
 pub fn write_part(downloads: &Path, part: &FilePart) -> Result<PartOutcome> {
     let offer = &part.offer;
-    let end = part.offset.checked_add(part.data.len() as u64);
-    if end.is_none_or(|end| end > offer.size) {
+    if !part.fits_offer() {
         return Ok(PartOutcome::Discarded(format!(
             "a part of {:?} from {} lies outside the file; dropped",
             offer.name, offer.from

@@ -82,8 +82,8 @@ impl Node {
         let identity = Arc::new(options.home.identity(&options.name)?);
         let key = identity.key_id;
         let endpoint = endpoint::bind(&identity, options.bind)?;
-        let (inbox, events) = Inbox::new(options.name.clone(), options.home.downloads());
         let downloads = options.home.downloads();
+        let (inbox, events) = Inbox::new(options.name.clone(), downloads.clone());
         tokio::task::spawn_blocking(move || {
             let pruned = files::prune_partials(&downloads);
             if pruned > 0 {
@@ -282,9 +282,9 @@ impl Node {
         report: &Arc<impl Fn(FileUpdate) + Send + Sync + 'static>,
     ) -> Result<FileSent> {
         let to = &offer.to;
-        let mut parts = files::parts(offer.clone(), path)?;
+        let mut parts = files::Parts::open(offer.clone(), path).await?;
         let mut last_report = tokio::time::Instant::now();
-        while let Some(part) = parts.next().transpose()? {
+        while let Some(part) = parts.next().await? {
             let done = part.offset + part.data.len() as u64;
             let request = DirectoryRequest::DepositFilePart { part };
             match self.directory.request(&request).await {
