@@ -441,36 +441,12 @@ fn case1_both_behind_plain_nats_are_punched() -> Result<()> {
 /// punched: `public` or `punched`.
 #[test]
 fn case2_plain_nat_to_public_peer_is_direct() -> Result<()> {
-    const T: &str = "case2";
-    let mut topo = topology!(T);
-    let r1 = topo.router("r1", Nat::Plain)?;
-    let h1 = topo.private_host("c1", &r1)?;
-    let h2 = topo.public_host("c2")?;
-    let s = Scene::new(topo)?;
-    let mut c1 = s.listen("c1", &h1)?;
-    let mut c2 = s.listen("c2", &h2)?;
-    s.check_seen("c2", &h2, "c1", &h1, r1.wan)?;
-    s.check_seen("c1", &h1, "c2", &h2, h2.ip)?;
-
-    let (sent, took) = s.send("c1", &h1, "c2", "out 0")?;
-    report(T, "first direct delivery c1->c2", took, &sent);
-    expect_direct(&sent, &["public"], "c1 (plain NAT) -> c2 (public)")?;
-    receive(&mut c2, "c1", &sent, "direct")?;
-
-    let (back, took) = s.send("c2", &h2, "c1", "in 0")?;
-    report(T, "c2->c1", took, &back);
-    expect_direct(
-        &back,
-        &["public", "punched"],
+    natted_to_public_is_direct(
+        "case2",
+        Nat::Plain,
+        "c2->c1",
         "c2 (public) -> c1 (plain NAT)",
-    )?;
-    receive(&mut c1, "c2", &back, "direct")?;
-
-    c1.terminate()?;
-    c2.terminate()?;
-    check_all_received(&c2, "c2", "c1", &numbered("out", 0..1), Some("direct"))?;
-    check_all_received(&c1, "c1", "c2", &numbered("in", 0..1), Some("direct"))?;
-    s.net.assert_no_panics()
+    )
 }
 
 /// Case 3a: c1 behind a symmetric NAT (`--random-fully`), c2 public. Expected: direct both ways.
@@ -482,28 +458,44 @@ fn case2_plain_nat_to_public_peer_is_direct() -> Result<()> {
 /// towards c2, neither c1's observed nor a LAN address, so the label is `public` or `punched`.
 #[test]
 fn case3_symmetric_nat_to_public_peer_is_direct() -> Result<()> {
-    const T: &str = "case3_public";
-    let mut topo = topology!(T);
-    let r1 = topo.router("r1", Nat::Symmetric)?;
+    natted_to_public_is_direct(
+        "case3_public",
+        Nat::Symmetric,
+        "c2->c1 (reusing c1's connection)",
+        "c2 -> c1 while c1's connection is up",
+    )
+}
+
+/// Cases 2 and 3a: c1 behind a NAT of kind `nat`, c2 on the public segment. One message each
+/// way: c1 -> c2 must be direct on `public`, c2 -> c1 direct on `public` or `punched`
+/// (`back_step` and `back_case` name that second step in the report and in a failure).
+fn natted_to_public_is_direct(t: &str, nat: Nat, back_step: &str, back_case: &str) -> Result<()> {
+    let mut topo = topology!(t);
+    let r1 = topo.router("r1", nat)?;
     let h1 = topo.private_host("c1", &r1)?;
     let h2 = topo.public_host("c2")?;
     let s = Scene::new(topo)?;
     let mut c1 = s.listen("c1", &h1)?;
     let mut c2 = s.listen("c2", &h2)?;
     s.check_seen("c2", &h2, "c1", &h1, r1.wan)?;
+    s.check_seen("c1", &h1, "c2", &h2, h2.ip)?;
 
     let (sent, took) = s.send("c1", &h1, "c2", "out 0")?;
-    report(T, "first direct delivery c1->c2", took, &sent);
-    expect_direct(&sent, &["public"], "c1 (symmetric NAT) -> c2 (public)")?;
+    report(t, "first direct delivery c1->c2", took, &sent);
+    let nat_name = match nat {
+        Nat::Plain => "plain",
+        Nat::Symmetric => "symmetric",
+    };
+    expect_direct(
+        &sent,
+        &["public"],
+        &format!("c1 ({nat_name} NAT) -> c2 (public)"),
+    )?;
     receive(&mut c2, "c1", &sent, "direct")?;
 
     let (back, took) = s.send("c2", &h2, "c1", "in 0")?;
-    report(T, "c2->c1 (reusing c1's connection)", took, &back);
-    expect_direct(
-        &back,
-        &["public", "punched"],
-        "c2 -> c1 while c1's connection is up",
-    )?;
+    report(t, back_step, took, &back);
+    expect_direct(&back, &["public", "punched"], back_case)?;
     receive(&mut c1, "c2", &back, "direct")?;
 
     c1.terminate()?;
