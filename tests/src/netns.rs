@@ -226,32 +226,22 @@ impl Topology {
         ip(&["-n", &ns, "link", "set", "lan", "up"])?;
         bridge_without_netfilter(&ns);
         sysctl(&ns, "net.ipv4.ip_forward", "1")?;
-        let masquerade: &[&str] = match nat {
-            Nat::Plain => &[
-                "-t",
-                "nat",
-                "-A",
-                "POSTROUTING",
-                "-o",
-                "wan",
-                "-j",
-                "MASQUERADE",
-            ],
-            Nat::Symmetric => &[
-                "-t",
-                "nat",
-                "-A",
-                "POSTROUTING",
-                "-o",
-                "wan",
-                "-j",
-                "MASQUERADE",
-                "--random-fully",
-            ],
-        };
+        let mut masquerade = vec![
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-o",
+            "wan",
+            "-j",
+            "MASQUERADE",
+        ];
+        if nat == Nat::Symmetric {
+            masquerade.push("--random-fully");
+        }
         let est = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED"];
         let rules: Vec<Vec<&str>> = vec![
-            masquerade.to_vec(),
+            masquerade,
             vec!["-P", "FORWARD", "DROP"],
             vec!["-A", "FORWARD", "-i", "lan", "-o", "wan", "-j", "ACCEPT"],
             // LAN to LAN stays on the bridge; accepted should bridge netfilter be on anyway.
