@@ -248,7 +248,11 @@ impl Dialer {
             .map(|(i, &addr)| {
                 let (endpoint, config) = (self.endpoint.clone(), config.clone());
                 async move {
-                    tokio::time::sleep(DIAL_STAGGER * i as u32).await;
+                    // Not even a zero sleep for the first: tokio's timer rounds up to its next
+                    // millisecond tick, which would be a third of a first message's time.
+                    if i > 0 {
+                        tokio::time::sleep(DIAL_STAGGER * i as u32).await;
+                    }
                     let conn = endpoint
                         .connect_with(config, addr, "peer")?
                         .await
