@@ -62,3 +62,9 @@ pub const MAX_CONNECTIONS: u32 = 50_000;
 /// QUIC idle timeout of direct links between peers, which send keep-alives at a third of it.
 /// (The directory link's idle timeout is three heartbeats; see `tls::server_config`.)
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Receive and send buffer asked for on every QUIC socket. Linux's default (208 KiB) holds
+/// well under a millisecond of a fast transfer, so a receiver busy for a moment (hashing,
+/// writing to disk) drops datagrams and the sender backs off; QUIC stacks ask for several MiB
+/// (quic-go 7 MiB). The kernel caps the request at `net.core.rmem_max` / `wmem_max`.
+pub const SOCKET_BUFFER: usize = 8 * 1024 * 1024;

@@ -12,6 +12,7 @@
 //! * [`framing`]: length-prefixed postcard frames with a hard size cap, over QUIC streams.
 //! * [`identity`]: a long-term key and self-signed certificate (rcgen), and [`KeyId`], the
 //!   SHA-256 fingerprint of a public key that names an identity.
+//! * [`socket`]: the UDP socket under each QUIC endpoint, its buffers sized for QUIC.
 //! * [`control`]: the local protocol between a short command and a running peer.
 //! * [`tls`]: rustls configurations for mutual TLS in which trust comes from a pinned [`KeyId`],
 //!   not from certificate authorities.
@@ -40,6 +41,7 @@ pub mod defaults;
 pub mod framing;
 pub mod identity;
 pub mod name;
+pub mod socket;
 pub mod tls;
 pub mod wire;
 

@@ -102,7 +102,7 @@ fn run(cli: Cli) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
         let server_config = common::tls::server_config(&identity, defaults::ALPN_DIRECTORY)?;
-        let endpoint = quinn::Endpoint::server(server_config, cli.bind)
+        let endpoint = common::socket::endpoint(Some(server_config), cli.bind)
             .with_context(|| format!("binding {}", cli.bind))?;
         let addr = endpoint.local_addr()?;
         let shutdown = shutdown_signal()?;

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 /// Binds the endpoint on `bind`, ready to accept peer connections.
 pub fn bind(identity: &Identity, bind: SocketAddr) -> Result<quinn::Endpoint> {
     let server = tls::server_config(identity, ALPN_PEER)?;
-    quinn::Endpoint::server(server, bind).with_context(|| format!("binding UDP {bind}"))
+    common::socket::endpoint(Some(server), bind).with_context(|| format!("binding UDP {bind}"))
 }
 
 /// The addresses other peers may dial to reach `local`: `local` itself when it names one
