@@ -55,6 +55,11 @@ const CHUNK: usize = 256 * 1024;
 /// Chunks read from the network and not yet hashed and written, per arriving file.
 const IN_FLIGHT_CHUNKS: usize = 8;
 
+/// While a file arrives, what has been written is flushed to disk each time this many more
+/// bytes are written, on a thread of its own: the fsync that must come before `FileDone` then
+/// has little left to write, instead of the whole file (a tenth of a second per 256 MiB here).
+const FLUSH_EVERY: u64 = 16 * 1024 * 1024;
+
 /// Folder, inside the downloads folder, for files still arriving.
 const PARTIAL_DIR: &str = ".partial";
 
@@ -303,17 +308,8 @@ pub async fn receive(
     framing::write_frame(send, &PeerFrame::FileAccept { offset }).await?;
     // Hashing and writing run on a thread of their own, fed chunk by chunk, so that they
     // overlap with taking the next bytes off the network instead of alternating with it.
-    let (chunks, mut taken) = mpsc::channel::<Vec<u8>>(IN_FLIGHT_CHUNKS);
-    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<blake3::Hasher> {
-        let mut file = file;
-        file.seek(SeekFrom::End(0))?;
-        while let Some(chunk) = taken.blocking_recv() {
-            hasher.update(&chunk);
-            file.write_all(&chunk)?;
-        }
-        file.sync_all()?;
-        Ok(hasher)
-    });
+    let (chunks, taken) = mpsc::channel::<Vec<u8>>(IN_FLIGHT_CHUNKS);
+    let writer = tokio::task::spawn_blocking(move || write_chunks(file, hasher, taken));
     let mut have = offset;
     let read = async {
         loop {
@@ -374,6 +370,48 @@ pub async fn receive(
         sent_at_ms: offer.sent_at_ms,
         resumed_from: offset,
         via_mailbox: false,
+    })
+}
+
+/// Appends every chunk from `taken` to `file` and to `hasher`, then syncs the file. Meanwhile
+/// a second thread flushes what is written every [`FLUSH_EVERY`] bytes. Blocking.
+fn write_chunks(
+    mut file: File,
+    mut hasher: blake3::Hasher,
+    mut taken: mpsc::Receiver<Vec<u8>>,
+) -> std::io::Result<blake3::Hasher> {
+    file.seek(SeekFrom::End(0))?;
+    let flushing = file.try_clone()?;
+    std::thread::scope(|scope| {
+        // One flush at a time; a request while one runs is dropped, the next covers it.
+        let (flush, flushes) = std::sync::mpsc::sync_channel::<()>(1);
+        let flusher = scope.spawn(move || -> std::io::Result<()> {
+            while flushes.recv().is_ok() {
+                flushing.sync_data()?;
+            }
+            Ok(())
+        });
+        let mut unflushed = 0;
+        let written = (|| {
+            while let Some(chunk) = taken.blocking_recv() {
+                hasher.update(&chunk);
+                file.write_all(&chunk)?;
+                unflushed += chunk.len() as u64;
+                if unflushed >= FLUSH_EVERY {
+                    let _ = flush.try_send(());
+                    unflushed = 0;
+                }
+            }
+            Ok(())
+        })();
+        drop(flush);
+        // A write-back error is reported to one fsync only, possibly the flusher's: both count.
+        let flushed = flusher
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the flushing thread panicked")));
+        written.and(flushed)?;
+        file.sync_all()?;
+        Ok(hasher)
     })
 }
 
