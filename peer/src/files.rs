@@ -21,6 +21,7 @@
 //! [`crate::node::Node::send_file`]).
 
 use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
 use common::{
     defaults::FILE_PART_LEN,
     framing,
@@ -33,7 +34,7 @@ use std::{
     path::{Path, PathBuf},
 };
 use tokio::{
-    io::{AsyncReadExt, AsyncSeekExt},
+    io::AsyncReadExt,
     sync::{mpsc, watch},
 };
 
@@ -171,32 +172,28 @@ pub async fn send(
         }
     };
     progress.send_replace(offset);
-    let mut file = tokio::fs::File::open(path)
+    let file = tokio::fs::File::open(path)
         .await
         .with_context(|| format!("cannot open {}", path.display()))
         .map_err(Final)?;
-    file.seek(SeekFrom::Start(offset))
-        .await
-        .map_err(|e| Final(e.into()))?;
-    let mut buf = vec![0u8; CHUNK];
+    let mut chunks = read_ahead(file.into_std().await, offset, offer.size);
     let mut done = offset;
-    while done < offer.size {
-        let want = CHUNK.min((offer.size - done) as usize);
-        let n = file
-            .read(&mut buf[..want])
-            .await
-            .map_err(|e| Final(e.into()))?;
-        if n == 0 {
-            return Err(Final(anyhow!(
-                "{} shrank while it was being sent",
-                path.display()
-            )));
-        }
-        send.write_all(&buf[..n])
+    while let Some(chunk) = chunks.recv().await {
+        let chunk = chunk
+            .with_context(|| format!("cannot read {}", path.display()))
+            .map_err(Final)?;
+        done += chunk.len() as u64;
+        // The chunk is handed to quinn as it is: no copy into the stream's buffer.
+        send.write_chunk(chunk)
             .await
             .map_err(|e| Interrupted(anyhow!("the file stream failed: {e}")))?;
-        done += n as u64;
         progress.send_replace(done);
+    }
+    if done < offer.size {
+        return Err(Final(anyhow!(
+            "{} shrank while it was being sent",
+            path.display()
+        )));
     }
     send.finish().map_err(|e| Interrupted(e.into()))?;
     let answer = framing::read_frame::<PeerFrame, _>(&mut recv).await;
@@ -213,6 +210,36 @@ pub async fn send(
             "unexpected answer after the file: {other:?}"
         ))),
     }
+}
+
+/// Reads `file` from `offset` up to `size` in [`CHUNK`]s on a thread of its own, a few chunks
+/// ahead of the stream, so that reading the disk overlaps sending. The channel ends early if
+/// the file is shorter than `size`.
+fn read_ahead(mut file: File, offset: u64, size: u64) -> mpsc::Receiver<std::io::Result<Bytes>> {
+    let (chunks, read) = mpsc::channel(IN_FLIGHT_CHUNKS);
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = file.seek(SeekFrom::Start(offset)) {
+            let _ = chunks.blocking_send(Err(e));
+            return;
+        }
+        let mut file = file.take(size - offset.min(size));
+        loop {
+            let mut chunk = Vec::with_capacity(CHUNK);
+            match (&mut file).take(CHUNK as u64).read_to_end(&mut chunk) {
+                Ok(0) => return,
+                Ok(_) => {
+                    if chunks.blocking_send(Ok(Bytes::from(chunk))).is_err() {
+                        return; // the stream failed
+                    }
+                }
+                Err(e) => {
+                    let _ = chunks.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    read
 }
 
 /// A file read as mailbox parts, in order, each at most [`FILE_PART_LEN`] bytes (one empty part
