@@ -608,17 +608,17 @@ impl BulkFile {
 /// whole file.
 #[derive(Debug, Clone, Copy)]
 pub struct FileTransfer {
-    /// The whole `send_file` call: the sender hashes the file (BLAKE3, one pass over it), looks
-    /// the recipient up at the directory, offers the file on the existing link and waits for
-    /// the acceptance; the bytes cross; the receiver writes them, hashing as they arrive, then
-    /// fsyncs the file, moves it into its downloads folder and answers.
+    /// The whole `send_file` call: the sender looks the recipient up at the directory, offers
+    /// the file on the existing link and waits for the acceptance; the bytes cross, hashed
+    /// (BLAKE3) as the sender reads them, then the hash; the receiver writes them, hashing as
+    /// they arrive, then fsyncs the file, moves it into its downloads folder and answers.
     pub whole: f64,
     /// From the first progress report (sent when the receiver has accepted the offer) to the
-    /// end of the call: the same without the sender's hash, the lookup and the offer's round
-    /// trip. Still includes the receiver's writes, hash, fsync and move.
+    /// end of the call: the same without the lookup and the offer's round trip. Still includes
+    /// both hashes and the receiver's writes, fsync and move.
     pub transfer: f64,
-    /// `files::hash_file` alone on the same file, just before the call (page cache warm): the
-    /// sender's first pass.
+    /// `files::hash_file` alone on the same file, just before the call (page cache warm): what
+    /// one BLAKE3 pass costs (the sender no longer makes one before sending; a reference).
     pub hash: f64,
 }
 

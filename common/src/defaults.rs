@@ -10,7 +10,7 @@ pub const DIRECTORY_PORT: u16 = 9000;
 pub const ALPN_DIRECTORY: &[u8] = b"chat-dir/1";
 
 /// ALPN for a direct connection between two peers.
-pub const ALPN_PEER: &[u8] = b"chat-peer/2";
+pub const ALPN_PEER: &[u8] = b"chat-peer/3";
 
 /// Largest frame either side accepts. Checked before any allocation.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;

@@ -29,7 +29,7 @@
 //!  | -- QUIC keep-alive every heartbeat  |   three missed: the connection idles out, offline
 //!
 //! peer c1                            peer c2
-//!  | -- QUIC + mTLS (ALPN chat-peer/2) ->|   each checks the other's key against the directory
+//!  | -- QUIC + mTLS (ALPN chat-peer/3) ->|   each checks the other's key against the directory
 //!  | -- bi: Chat, Chat, Chat ... -------> |   one long-lived stream per direction, in order
 //!  | <- Ack, Ack, Ack ... --------------- |   an Ack is the only proof of delivery
 //! ```

@@ -225,7 +225,7 @@ pub enum EventAck {
 }
 
 /// A frame on a direct stream between two peers. The opener's first frame says what the
-/// stream is for: [`PeerFrame::Chat`] starts a chat stream, [`PeerFrame::FileOffer`] a file
+/// stream is for: [`PeerFrame::Chat`] starts a chat stream, [`PeerFrame::FileStream`] a file
 /// stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerFrame {
@@ -234,24 +234,48 @@ pub enum PeerFrame {
     /// The receiver has the message with this id.
     Ack(MessageId),
     /// Opens a file stream: the opener offers a file.
-    FileOffer(FileOffer),
+    FileStream(FileHeader),
     /// The receiver takes the file and already holds its first `offset` bytes (from an
     /// interrupted transfer): the opener now writes the bytes from `offset` to the end, raw,
-    /// and finishes the stream.
+    /// then the BLAKE3 hash of the whole file (32 bytes, computed while sending), and finishes
+    /// the stream.
     FileAccept {
         /// Bytes the receiver already has.
         offset: u64,
     },
     /// The receiver will not take the file.
     FileRefused(FileRefusal),
-    /// The receiver has all the bytes and checked them against the offered hash.
+    /// The receiver has all the bytes and checked them against the hash that followed them.
     FileDone {
         /// The hash matched and the file is stored.
         ok: bool,
     },
 }
 
-/// A file one peer offers another.
+/// A file one peer offers another on a direct stream. Unlike a [`FileOffer`] it does not carry
+/// the file's hash: the sender computes that while sending and writes it after the bytes, so
+/// the first byte leaves at once instead of after a pass over the whole file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileHeader {
+    /// Made by the sender, unique per transfer attempt.
+    pub id: MessageId,
+    /// The sender; checked like a chat message's.
+    pub from: Name,
+    /// The recipient.
+    pub to: Name,
+    /// The file's name as the sender has it. Only a hint: the receiver makes its own safe name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Names the partial file a resumed transfer continues. The sender derives it from what
+    /// identifies the file on its side (path, size, modification time), so sending the same
+    /// file again resumes; a file changed under the same key fails the hash check instead.
+    pub resume_key: [u8; 32],
+    /// Sender's wall clock, ms since the Unix epoch.
+    pub sent_at_ms: u64,
+}
+
+/// A file one peer sends another through the mailbox (see [`FilePart`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileOffer {
     /// Made by the sender, unique per transfer attempt.

@@ -2,17 +2,21 @@
 //!
 //! ```text
 //! sender                                   receiver
-//!  | -- bi: FileOffer{name,size,hash} -----> |  checks the sender like a chat message
+//!  | -- bi: FileStream{name,size,key} -----> |  checks the sender like a chat message
 //!  | <- FileAccept{offset} ----------------- |  offset = bytes kept from an earlier attempt
-//!  | -- raw bytes offset..size, finish ----> |  appended to DOWNLOADS/.partial/FROM-SHA256
+//!  | -- raw bytes offset..size ------------> |  appended to DOWNLOADS/.partial/FROM-KEY.part
+//!  | -- BLAKE3 of the whole file, finish --> |  hashed while sending, not before
 //!  | <- FileDone{ok} ----------------------- |  hash checked, file moved to a safe new name
 //! ```
 //!
 //! Memory stays constant whatever the size: bytes go from disk to the stream and from the
-//! stream to disk through one fixed buffer. The partial file is named after the sender and the
-//! content hash, so offering the same file again resumes where the last attempt stopped. The
-//! receiver never trusts the offered name: it keeps only a plain file name of safe characters
-//! and never overwrites an existing file.
+//! stream to disk a few fixed-size chunks at a time. The sender hashes the file as it reads
+//! it for sending, so the first byte leaves at once and the file is read once, not twice. The
+//! partial file is named after the sender and a resume key the sender derives from the file's
+//! path, size and modification time, so sending the same file again resumes where the last
+//! attempt stopped; should the file have changed anyway, the hash check fails and the partial
+//! is discarded. The receiver never trusts the offered name: it keeps only a plain file name
+//! of safe characters and never overwrites an existing file.
 //!
 //! When no direct link can be made, a file of at most the sender's mailbox limit goes through
 //! the directory's mailbox instead, in [`FilePart`]s of [`FILE_PART_LEN`] bytes deposited in
@@ -25,7 +29,7 @@ use bytes::Bytes;
 use common::{
     defaults::FILE_PART_LEN,
     framing,
-    wire::{FileOffer, FilePart, FileRefusal, MessageId, PeerFrame},
+    wire::{FileHeader, FileOffer, FilePart, FileRefusal, MessageId, PeerFrame},
     Name,
 };
 use std::{
@@ -110,6 +114,20 @@ pub enum SendError {
     Interrupted(anyhow::Error),
 }
 
+/// Size and resume key ([`resume_key`]) of the file at `path`, which must be a regular file.
+pub async fn describe(path: &Path) -> Result<(u64, [u8; 32])> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let meta =
+            fs::metadata(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        if !meta.is_file() {
+            bail!("{} is not a file", path.display());
+        }
+        Ok((meta.len(), resume_key(&path, &meta)))
+    })
+    .await?
+}
+
 /// BLAKE3 hash and size of the file at `path`, read once in fixed-size chunks.
 pub async fn hash_file(path: &Path) -> Result<([u8; 32], u64)> {
     let path = path.to_path_buf();
@@ -142,28 +160,28 @@ fn hash_rest(file: &mut File) -> std::io::Result<(blake3::Hasher, u64)> {
     }
 }
 
-/// Sends the file at `path`, described by `offer`, on a new stream of `conn`. `progress` counts
-/// the bytes the recipient has, including those it kept from an earlier attempt. Returns how
-/// many bytes the recipient had kept.
+/// Sends the file at `path`, described by `header`, on a new stream of `conn`. `progress`
+/// counts the bytes the recipient has, including those it kept from an earlier attempt.
+/// Returns how many bytes the recipient had kept, and the file's BLAKE3 hash.
 pub async fn send(
     conn: &quinn::Connection,
-    offer: FileOffer,
+    header: FileHeader,
     path: &Path,
     progress: &watch::Sender<u64>,
-) -> Result<u64, SendError> {
+) -> Result<(u64, [u8; 32]), SendError> {
     use SendError::{Final, Interrupted};
     let (mut send, mut recv) = conn
         .open_bi()
         .await
         .map_err(|e| Interrupted(anyhow!("opening a file stream: {e}")))?;
-    framing::write_frame(&mut send, &PeerFrame::FileOffer(offer.clone()))
+    framing::write_frame(&mut send, &PeerFrame::FileStream(header.clone()))
         .await
         .map_err(|e| Interrupted(e.into()))?;
     let answer = framing::read_frame::<PeerFrame, _>(&mut recv).await;
     let offset = match answer.map_err(|e| Interrupted(e.into()))? {
-        Some(PeerFrame::FileAccept { offset }) if offset <= offer.size => offset,
+        Some(PeerFrame::FileAccept { offset }) if offset <= header.size => offset,
         Some(PeerFrame::FileRefused(why)) => {
-            return Err(Final(anyhow!("{} refused the file: {why}", offer.to)))
+            return Err(Final(anyhow!("{} refused the file: {why}", header.to)))
         }
         other => {
             return Err(Final(anyhow!(
@@ -176,12 +194,9 @@ pub async fn send(
         .await
         .with_context(|| format!("cannot open {}", path.display()))
         .map_err(Final)?;
-    let mut chunks = read_ahead(file.into_std().await, offset, offer.size);
+    let (mut chunks, hashed) = read_ahead(file.into_std().await, offset, header.size);
     let mut done = offset;
     while let Some(chunk) = chunks.recv().await {
-        let chunk = chunk
-            .with_context(|| format!("cannot read {}", path.display()))
-            .map_err(Final)?;
         done += chunk.len() as u64;
         // The chunk is handed to quinn as it is: no copy into the stream's buffer.
         send.write_chunk(chunk)
@@ -189,19 +204,22 @@ pub async fn send(
             .map_err(|e| Interrupted(anyhow!("the file stream failed: {e}")))?;
         progress.send_replace(done);
     }
-    if done < offer.size {
-        return Err(Final(anyhow!(
-            "{} shrank while it was being sent",
-            path.display()
-        )));
-    }
+    let hash = hashed
+        .await
+        .map_err(|e| Final(e.into()))?
+        .with_context(|| format!("cannot read {}", path.display()))
+        .map_err(Final)?;
+    send.write_all(&hash)
+        .await
+        .map_err(|e| Interrupted(anyhow!("the file stream failed: {e}")))?;
     send.finish().map_err(|e| Interrupted(e.into()))?;
     let answer = framing::read_frame::<PeerFrame, _>(&mut recv).await;
     match answer.map_err(|e| Interrupted(e.into()))? {
-        Some(PeerFrame::FileDone { ok: true }) => Ok(offset),
+        Some(PeerFrame::FileDone { ok: true }) => Ok((offset, hash)),
         Some(PeerFrame::FileDone { ok: false }) => Err(Final(anyhow!(
-            "{} received the file but its hash did not match; send it again",
-            offer.to
+            "{} received the file but its hash did not match (did the file change while it \
+             was being sent?); send it again",
+            header.to
         ))),
         None => Err(Interrupted(anyhow!(
             "the file stream ended before the recipient confirmed"
@@ -212,34 +230,68 @@ pub async fn send(
     }
 }
 
-/// Reads `file` from `offset` up to `size` in [`CHUNK`]s on a thread of its own, a few chunks
-/// ahead of the stream, so that reading the disk overlaps sending. The channel ends early if
-/// the file is shorter than `size`.
-fn read_ahead(mut file: File, offset: u64, size: u64) -> mpsc::Receiver<std::io::Result<Bytes>> {
+/// What names a file on the sender's side for resuming (see [`FileHeader::resume_key`]): its
+/// canonical path, size and modification time, hashed.
+pub fn resume_key(path: &Path, meta: &fs::Metadata) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new_derive_key("p2pchat 2026-11 file resume key");
+    let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let path = path.as_os_str().as_encoded_bytes();
+    hasher.update(&(path.len() as u64).to_le_bytes());
+    hasher.update(path);
+    hasher.update(&meta.len().to_le_bytes());
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .unwrap_or_default();
+    hasher.update(&modified.as_nanos().to_le_bytes());
+    *hasher.finalize().as_bytes()
+}
+
+/// Reads the first `size` bytes of `file` in [`CHUNK`]s on a thread of its own, hashing all
+/// of them, and sends those from `offset` on through the channel, a few chunks ahead of the
+/// stream, so that reading and hashing overlap sending. The task's result is the hash, or an
+/// error if the file could not be read or is shorter than `size`; the channel then ends early.
+fn read_ahead(
+    file: File,
+    offset: u64,
+    size: u64,
+) -> (
+    mpsc::Receiver<Bytes>,
+    tokio::task::JoinHandle<std::io::Result<[u8; 32]>>,
+) {
     let (chunks, read) = mpsc::channel(IN_FLIGHT_CHUNKS);
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = file.seek(SeekFrom::Start(offset)) {
-            let _ = chunks.blocking_send(Err(e));
-            return;
-        }
-        let mut file = file.take(size - offset.min(size));
+    let hashed = tokio::task::spawn_blocking(move || {
+        let mut hasher = blake3::Hasher::new();
+        let mut file = file.take(size);
+        let mut at = 0u64;
         loop {
-            let mut chunk = Vec::with_capacity(CHUNK);
-            match (&mut file).take(CHUNK as u64).read_to_end(&mut chunk) {
-                Ok(0) => return,
-                Ok(_) => {
-                    if chunks.blocking_send(Ok(Bytes::from(chunk))).is_err() {
-                        return; // the stream failed
-                    }
-                }
-                Err(e) => {
-                    let _ = chunks.blocking_send(Err(e));
-                    return;
-                }
+            // The kept prefix is only hashed, in chunks that end where sending starts.
+            let want = if at < offset {
+                (offset - at).min(CHUNK as u64)
+            } else {
+                CHUNK as u64
+            };
+            let mut chunk = Vec::with_capacity(want as usize);
+            if (&mut file).take(want).read_to_end(&mut chunk)? == 0 {
+                break;
+            }
+            hasher.update(&chunk);
+            let start = at;
+            at += chunk.len() as u64;
+            if start >= offset && chunks.blocking_send(Bytes::from(chunk)).is_err() {
+                break; // the stream failed; its error is the one reported
             }
         }
+        if at < size {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the file shrank while it was being sent",
+            ));
+        }
+        Ok(*hasher.finalize().as_bytes())
     });
-    read
+    (read, hashed)
 }
 
 /// A file read as mailbox parts, in order, each at most [`FILE_PART_LEN`] bytes (one empty part
@@ -294,19 +346,23 @@ impl Parts {
     }
 }
 
-/// Receives the file `offer` describes into `downloads`; `send`/`recv` are the file stream,
-/// its offer already read and its sender already checked.
+/// Receives the file `header` describes into `downloads`; `send`/`recv` are the file stream,
+/// its header already read and its sender already checked.
 pub async fn receive(
     downloads: &Path,
-    offer: FileOffer,
+    header: FileHeader,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
 ) -> Result<ReceivedFile> {
-    if offer.size > MAX_FILE_SIZE {
+    if header.size > MAX_FILE_SIZE {
         framing::write_frame(send, &PeerFrame::FileRefused(FileRefusal::TooLarge)).await?;
-        bail!("refused a file of {} bytes from {}", offer.size, offer.from);
+        bail!(
+            "refused a file of {} bytes from {}",
+            header.size,
+            header.from
+        );
     }
-    let partial_path = partial_path(downloads, &offer);
+    let partial_path = partial_path(downloads, &header.from, &header.resume_key);
     // An older transfer of this file that is being taken over may hold the lock a moment.
     let mut opened = Err(anyhow!("not tried"));
     for _ in 0..40 {
@@ -327,7 +383,7 @@ pub async fn receive(
         }
     };
     // A longer partial is not this file's prefix; start over.
-    if offset > offer.size {
+    if offset > header.size {
         file.set_len(0)?;
         hasher = blake3::Hasher::new();
         offset = 0;
@@ -339,11 +395,12 @@ pub async fn receive(
     let writer = tokio::task::spawn_blocking(move || write_chunks(file, hasher, taken));
     let mut have = offset;
     let read = async {
-        loop {
+        while have < header.size {
             // Whole chunks: BLAKE3 hashes a large update on several lanes at once.
-            let mut chunk = vec![0u8; CHUNK];
+            let want = CHUNK.min((header.size - have) as usize);
+            let mut chunk = vec![0u8; want];
             let mut filled = 0;
-            while filled < CHUNK {
+            while filled < want {
                 match recv
                     .read(&mut chunk[filled..])
                     .await
@@ -355,46 +412,51 @@ pub async fn receive(
             }
             chunk.truncate(filled);
             have += filled as u64;
-            if have > offer.size {
-                bail!("{} sent more bytes than it offered", offer.from);
-            }
             if filled == 0 || chunks.send(chunk).await.is_err() {
-                // The end, or the writer failed (its error is the one reported).
-                return Ok(());
+                // The stream ended early, or the writer failed (its error is the one reported).
+                return Ok(None);
             }
         }
+        let mut hash = [0u8; 32];
+        recv.read_exact(&mut hash)
+            .await
+            .context("the file stream ended before the file's hash")?;
+        // The end of the stream must follow; anything more breaks the protocol.
+        recv.read_to_end(0)
+            .await
+            .with_context(|| format!("{} sent more than the file and its hash", header.from))?;
+        Ok::<_, anyhow::Error>(Some(hash))
     };
     let read = read.await;
     drop(chunks);
     let hasher = writer.await?.context("writing the file")?;
-    read?;
-    if have != offer.size {
+    let Some(hash) = read? else {
         bail!(
             "the file stream ended after {have} of {} bytes; kept for resuming",
-            offer.size
+            header.size
         );
-    }
-    if *hasher.finalize().as_bytes() != offer.hash {
+    };
+    if *hasher.finalize().as_bytes() != hash {
         let _ = fs::remove_file(&partial_path);
         framing::write_frame(send, &PeerFrame::FileDone { ok: false }).await?;
         bail!(
             "a file from {} did not match its hash; discarded",
-            offer.from
+            header.from
         );
     }
     let path = tokio::task::spawn_blocking({
-        let (downloads, name) = (downloads.to_path_buf(), safe_name(&offer.name));
+        let (downloads, name) = (downloads.to_path_buf(), safe_name(&header.name));
         move || store(&partial_path, &downloads, &name)
     })
     .await??;
     framing::write_frame(send, &PeerFrame::FileDone { ok: true }).await?;
     let _ = send.finish();
     Ok(ReceivedFile {
-        from: offer.from,
+        from: header.from,
         path,
-        size: offer.size,
-        hash: offer.hash,
-        sent_at_ms: offer.sent_at_ms,
+        size: header.size,
+        hash,
+        sent_at_ms: header.sent_at_ms,
         resumed_from: offset,
         via_mailbox: false,
     })
@@ -479,7 +541,7 @@ pub fn write_part(downloads: &Path, part: &FilePart) -> Result<PartOutcome> {
         });
     }
     let end = part.offset + part.data.len() as u64;
-    let path = partial_path(downloads, offer);
+    let path = partial_path(downloads, &offer.from, &offer.hash);
     let mut file = lock_partial(&path)?;
     let len = file.metadata()?.len();
     if part.offset > len {
@@ -544,11 +606,12 @@ pub fn prune_partials(downloads: &Path) -> usize {
         .count()
 }
 
-/// Where the bytes of `offer` collect until the file is whole.
-pub fn partial_path(downloads: &Path, offer: &FileOffer) -> PathBuf {
+/// Where the bytes of a file from `from` collect until the file is whole: `key` is a direct
+/// transfer's resume key, or a mailbox file's hash.
+pub fn partial_path(downloads: &Path, from: &Name, key: &[u8; 32]) -> PathBuf {
     downloads
         .join(PARTIAL_DIR)
-        .join(format!("{}-{}.part", offer.from, hex::encode(offer.hash)))
+        .join(format!("{from}-{}.part", hex::encode(key)))
 }
 
 /// The partial file is locked by another transfer.
@@ -660,6 +723,49 @@ mod tests {
         assert_eq!(safe_name("a\u{1b}[2Jb\n.txt"), "a_[2Jb_.txt");
         assert_eq!(safe_name("con:x?.txt"), "con_x_.txt");
         assert!(safe_name(&"é".repeat(300)).len() <= 200);
+    }
+
+    /// What [`read_ahead`] sends of a file of `len` bytes when the receiver kept `offset`,
+    /// and the hash it reports.
+    fn read_ahead_of(len: usize, offset: u64, size: u64) -> (Vec<u8>, std::io::Result<[u8; 32]>) {
+        let content: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("f");
+        fs::write(&path, &content).expect("write");
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let (sent, hash) = runtime.block_on(async {
+            let (mut chunks, hashed) = read_ahead(File::open(&path).expect("open"), offset, size);
+            let mut sent = Vec::new();
+            while let Some(chunk) = chunks.recv().await {
+                sent.extend_from_slice(&chunk);
+            }
+            (sent, hashed.await.expect("join"))
+        });
+        (sent, hash)
+    }
+
+    #[test]
+    fn read_ahead_hashes_the_kept_prefix_and_sends_the_rest() {
+        let len = 2 * CHUNK + 12_345;
+        let content: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        for offset in [0, 1, CHUNK as u64 + 17, len as u64] {
+            let (sent, hash) = read_ahead_of(len, offset, len as u64);
+            assert_eq!(sent, content[offset as usize..], "offset {offset}");
+            assert_eq!(hash.expect("hash"), *blake3::hash(&content).as_bytes());
+        }
+        // A file that grew since it was described: only the described size counts.
+        let (sent, hash) = read_ahead_of(len, 0, 1000);
+        assert_eq!(sent, content[..1000]);
+        assert_eq!(
+            hash.expect("hash"),
+            *blake3::hash(&content[..1000]).as_bytes()
+        );
+        // One that shrank is an error, not a short file with a matching hash.
+        let (_, hash) = read_ahead_of(len, 0, len as u64 + 1);
+        assert_eq!(
+            hash.expect_err("shrank").kind(),
+            std::io::ErrorKind::UnexpectedEof
+        );
     }
 
     fn parts_of(content: &[u8], size: u64, part_len: usize) -> Vec<FilePart> {

@@ -19,7 +19,7 @@ use common::{
     control::Path,
     defaults::{FILE_PART_LEN, MAX_BODY_LEN, SEND_WINDOW},
     framing, tls,
-    wire::{codes, ChatMessage, FileOffer, FilePart, MessageId, PeerFrame, Receipt},
+    wire::{codes, ChatMessage, FileHeader, FilePart, MessageId, PeerFrame, Receipt},
     KeyId, Name,
 };
 use std::{
@@ -202,7 +202,7 @@ impl Inbox {
             bail!("a file part not for us, or too large");
         }
         let downloads = self.downloads().to_path_buf();
-        let partial = files::partial_path(&downloads, &part.offer);
+        let partial = files::partial_path(&downloads, &part.offer.from, &part.offer.hash);
         if self.arriving().contains_key(&partial) {
             // A direct transfer of the same file is under way and holds the partial file.
             bail!("the same file is arriving directly");
@@ -390,8 +390,8 @@ impl ChatStream {
     /// or a file stream.
     async fn run(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) -> Result<()> {
         let first = match self.next_frame(&mut recv).await? {
-            Some(PeerFrame::FileOffer(offer)) => {
-                return self.receive_file(offer, &mut send, &mut recv).await;
+            Some(PeerFrame::FileStream(header)) => {
+                return self.receive_file(header, &mut send, &mut recv).await;
             }
             Some(PeerFrame::Chat(message)) => message,
             Some(other) => {
@@ -447,25 +447,25 @@ impl ChatStream {
         }
     }
 
-    /// A file stream: the offer came first; the rest is the file's bytes.
+    /// A file stream: the header came first; the rest is the file's bytes and hash.
     async fn receive_file(
         &self,
-        offer: FileOffer,
+        header: FileHeader,
         send: &mut quinn::SendStream,
         recv: &mut quinn::RecvStream,
     ) -> Result<()> {
-        if offer.to != *self.inbox.me() {
+        if header.to != *self.inbox.me() {
             return Err(self.refuse(codes::PROTOCOL, anyhow!("file not for us")));
         }
-        self.check_sender(&offer.from).await?;
-        let partial = files::partial_path(self.inbox.downloads(), &offer);
+        self.check_sender(&header.from).await?;
+        let partial = files::partial_path(self.inbox.downloads(), &header.from, &header.resume_key);
         let mine = Arc::new(Notify::new());
         let older = self.inbox.arriving().insert(partial.clone(), mine.clone());
         if let Some(older) = older {
             older.notify_one();
         }
         let result = tokio::select! {
-            result = files::receive(self.inbox.downloads(), offer, send, recv) => result,
+            result = files::receive(self.inbox.downloads(), header, send, recv) => result,
             _ = mine.notified() => Err(anyhow!("a newer transfer of the same file took over")),
         };
         {

@@ -13,7 +13,9 @@ use crate::{
 use anyhow::{anyhow, bail, Result};
 use common::{
     control::Path,
-    wire::{DirectoryRequest, DirectoryResponse, ErrorCode, FileOffer, MessageId, PeerInfo},
+    wire::{
+        DirectoryRequest, DirectoryResponse, ErrorCode, FileHeader, FileOffer, MessageId, PeerInfo,
+    },
     KeyId, Name,
 };
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -193,8 +195,8 @@ impl Node {
         path: &std::path::Path,
         report: impl Fn(FileUpdate) + Send + Sync + 'static,
     ) -> Result<FileSent> {
-        let (hash, size) = files::hash_file(path).await?;
-        let offer = FileOffer {
+        let (size, resume_key) = files::describe(path).await?;
+        let header = FileHeader {
             id: MessageId::random(),
             from: self.name.clone(),
             to: to.clone(),
@@ -203,7 +205,7 @@ impl Node {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "file".into()),
             size,
-            hash,
+            resume_key,
             sent_at_ms: common::now_ms(),
         };
         let report = Arc::new(report);
@@ -212,7 +214,7 @@ impl Node {
         loop {
             let (info, _) = self.whois(to).await?;
             let why = if info.online {
-                match self.send_file_direct(&info, &offer, path, &report).await {
+                match self.send_file_direct(&info, &header, path, &report).await {
                     Ok(sent) => return Ok(sent),
                     Err(files::SendError::Final(e)) => return Err(e),
                     Err(files::SendError::Interrupted(e)) => {
@@ -224,14 +226,14 @@ impl Node {
                 "offline"
             };
             if size <= self.mailbox_file_max {
-                return self.send_file_mailbox(&offer, path, &report).await;
+                return self.send_file_mailbox(&header, path, &report).await;
             }
             if !told {
                 told = true;
                 report(FileUpdate::Waiting(format!(
                     "{to} is {why}, and {:?} ({size} bytes) is over the {} byte limit for the \
                      mailbox: it goes directly once {to} can be reached, as long as this runs",
-                    offer.name, self.mailbox_file_max
+                    header.name, self.mailbox_file_max
                 )));
             }
             tokio::time::sleep(backoff).await;
@@ -243,7 +245,7 @@ impl Node {
     async fn send_file_direct(
         &self,
         info: &PeerInfo,
-        offer: &FileOffer,
+        header: &FileHeader,
         path: &std::path::Path,
         report: &Arc<impl Fn(FileUpdate) + Send + Sync + 'static>,
     ) -> Result<FileSent, files::SendError> {
@@ -251,7 +253,7 @@ impl Node {
         let Some((conn, link)) = self.dialer.connect(info, deadline).await else {
             return Err(files::SendError::Interrupted(anyhow!("no direct link")));
         };
-        let size = offer.size;
+        let size = header.size;
         let (progress, mut watch) = tokio::sync::watch::channel(0u64);
         let relay = tokio::spawn({
             let report = report.clone();
@@ -263,24 +265,39 @@ impl Node {
                 }
             }
         });
-        let result = files::send(&conn, offer.clone(), path, &progress).await;
+        let result = files::send(&conn, header.clone(), path, &progress).await;
         relay.abort();
+        let (resumed_from, hash) = result?;
         Ok(FileSent {
-            to: offer.to.clone(),
+            to: header.to.clone(),
             size,
-            hash: offer.hash,
-            resumed_from: result?,
+            hash,
+            resumed_from,
             path: Some(link),
         })
     }
 
-    /// Deposits the file in parts into the recipient's mailbox, in order.
+    /// Deposits the file in parts into the recipient's mailbox, in order. Each part stands
+    /// alone, so the hash goes in every part: the (small) file is hashed first.
     async fn send_file_mailbox(
         &self,
-        offer: &FileOffer,
+        header: &FileHeader,
         path: &std::path::Path,
         report: &Arc<impl Fn(FileUpdate) + Send + Sync + 'static>,
     ) -> Result<FileSent> {
+        let (hash, size) = files::hash_file(path).await?;
+        if size != header.size {
+            bail!("{} changed size while it was being sent", path.display());
+        }
+        let offer = FileOffer {
+            id: header.id,
+            from: header.from.clone(),
+            to: header.to.clone(),
+            name: header.name.clone(),
+            size,
+            hash,
+            sent_at_ms: header.sent_at_ms,
+        };
         let to = &offer.to;
         let mut parts = files::Parts::open(offer.clone(), path).await?;
         let mut last_report = tokio::time::Instant::now();

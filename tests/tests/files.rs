@@ -1,12 +1,12 @@
 //! File transfer: a large file arrives intact, an interrupted transfer resumes, a hostile name
-//! cannot escape the downloads folder or overwrite anything.
+//! cannot escape the downloads folder or overwrite anything, a forged hash stores nothing.
 
 use anyhow::{bail, ensure, Context, Result};
 use common::{
     defaults::{ALPN_DIRECTORY, ALPN_PEER},
     framing,
     tls::Expect,
-    wire::{FileOffer, MessageId, PeerFrame},
+    wire::{FileHeader, MessageId, PeerFrame},
     KeyId, Name,
 };
 use std::{
@@ -191,7 +191,8 @@ fn an_interrupted_transfer_resumes() -> Result<()> {
 }
 
 /// A sender that offers `../../x` gets a plain name inside the downloads folder, and a second
-/// file of the same name gets a new name instead of overwriting the first.
+/// file of the same name gets a new name instead of overwriting the first. A file whose bytes
+/// do not match the hash that follows them is refused and not stored.
 #[test]
 fn hostile_file_names_stay_inside_downloads() -> Result<()> {
     let net = Net::new()?;
@@ -210,8 +211,17 @@ fn hostile_file_names_stay_inside_downloads() -> Result<()> {
         register(&conn, "mallory").await?;
         let direct = raw.dial(addr, ALPN_PEER, Expect::Key(key)).await?;
         for content in [&b"first"[..], &b"second"[..]] {
-            offer(&direct, "../../../evil.sh", content).await?;
+            let hash = *blake3::hash(content).as_bytes();
+            ensure!(
+                offer(&direct, "../../../evil.sh", content, hash).await?,
+                "refused"
+            );
         }
+        let forged = *blake3::hash(b"something else").as_bytes();
+        ensure!(
+            !offer(&direct, "forged.txt", b"third", forged).await?,
+            "a file with a forged hash was accepted"
+        );
         Ok::<_, anyhow::Error>(())
     })?;
     let lines = c2.wait_json_n("two file lines", 2, Duration::from_secs(10), |v| {
@@ -234,31 +244,42 @@ fn hostile_file_names_stay_inside_downloads() -> Result<()> {
         !net.root().join("evil.sh").exists(),
         "a file escaped the downloads folder"
     );
+    ensure!(
+        !downloads.join("forged.txt").exists(),
+        "the file with a forged hash was stored"
+    );
     c2.terminate()?;
     net.assert_no_panics()
 }
 
-/// Offers `content` as `name` on a new stream and waits for the receiver's verdict.
-async fn offer(conn: &quinn::Connection, name: &str, content: &[u8]) -> Result<()> {
+/// Offers `content` as `name` on a new stream, followed by `hash`, and returns the receiver's
+/// verdict on the hash.
+async fn offer(
+    conn: &quinn::Connection,
+    name: &str,
+    content: &[u8],
+    hash: [u8; 32],
+) -> Result<bool> {
     let (mut send, mut recv) = conn.open_bi().await?;
-    let offer = FileOffer {
+    let header = FileHeader {
         id: MessageId::random(),
         from: Name::new("mallory")?,
         to: Name::new("c2")?,
         name: name.into(),
         size: content.len() as u64,
-        hash: *blake3::hash(content).as_bytes(),
+        resume_key: rand::random(),
         sent_at_ms: 1,
     };
-    framing::write_frame(&mut send, &PeerFrame::FileOffer(offer)).await?;
+    framing::write_frame(&mut send, &PeerFrame::FileStream(header)).await?;
     match tokio::time::timeout(RAW_WAIT, framing::read_frame::<PeerFrame, _>(&mut recv)).await?? {
         Some(PeerFrame::FileAccept { offset: 0 }) => {}
         other => bail!("offer answered {other:?}"),
     }
     send.write_all(content).await?;
+    send.write_all(&hash).await?;
     send.finish()?;
     match tokio::time::timeout(RAW_WAIT, framing::read_frame::<PeerFrame, _>(&mut recv)).await?? {
-        Some(PeerFrame::FileDone { ok: true }) => Ok(()),
+        Some(PeerFrame::FileDone { ok }) => Ok(ok),
         other => bail!("after the bytes: {other:?}"),
     }
 }

@@ -230,7 +230,7 @@ const BULK_FILE_TRANSFER: Spec = (
 );
 const BULK_FILE_HASH: Spec = (
     "bulk_file_hash",
-    "  file: the sender's BLAKE3 pass alone",
+    "  file: one BLAKE3 pass over it (reference)",
     "MiB/s",
     None,
     Better::Higher,
