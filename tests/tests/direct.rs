@@ -146,8 +146,16 @@ fn check_chat_output(
 fn two_chats_fifty_each_way() -> Result<()> {
     const N: usize = 50;
     let net = Net::new()?;
-    let mut c1 = net.peer("c1").json().args(["chat", "c2"]).spawn()?;
-    let mut c2 = net.peer("c2").json().args(["chat", "c1"]).spawn()?;
+    // Both dial each other at once; should one fall back to the mailbox, its log says why.
+    let chat = |me: &str, to: &str| {
+        net.peer(me)
+            .json()
+            .env("RUST_LOG", "peer=debug")
+            .args(["chat", to])
+            .spawn()
+    };
+    let mut c1 = chat("c1", "c2")?;
+    let mut c2 = chat("c2", "c1")?;
     c1.wait_online()?;
     c2.wait_online()?;
 
