@@ -495,15 +495,20 @@ pub async fn mailbox(dir: &DirectoryProcess, id: &Identity, p: &Params) -> Resul
 // ---------------------------------------------------------------------------------------------
 // Bulk transfer: the peers vs quinn on its own
 
+/// How a side of a stream transfer binds its endpoint.
+type Bind = fn(Option<quinn::ServerConfig>, SocketAddr) -> std::io::Result<quinn::Endpoint>;
+
 /// Bytes per second of one bi-stream carrying `bytes` from a client to a server endpoint,
 /// until the server confirms the count.
 async fn stream_transfer(
+    bind: Bind,
     server_config: quinn::ServerConfig,
     client_config: quinn::ClientConfig,
     server_name: &str,
     bytes: u64,
 ) -> Result<f64> {
-    let server = quinn::Endpoint::server(server_config, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let server = bind(Some(server_config), loopback)?;
     let addr = server.local_addr()?;
     let receiver = tokio::spawn(async move {
         let conn = server.accept().await.context("no connection")?.await?;
@@ -517,7 +522,7 @@ async fn stream_transfer(
         conn.closed().await;
         Ok::<u64, anyhow::Error>(n)
     });
-    let client = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let client = bind(None, loopback)?;
     let conn = client
         .connect_with(client_config, addr, server_name)?
         .await?;
@@ -542,7 +547,30 @@ async fn stream_transfer(
     Ok(bytes as f64 / elapsed)
 }
 
-/// Reference: quinn with its default transport settings and a plain self-signed certificate.
+/// Socket buffers quinn's perf tool asks for by default (`--send-buffer-size`,
+/// `--recv-buffer-size`).
+const PERF_SOCKET_BUFFER: usize = 2 * 1024 * 1024;
+
+/// An endpoint bound as quinn's perf tool binds its own: a plain socket with
+/// [`PERF_SOCKET_BUFFER`] buffers.
+fn perf_endpoint(
+    server: Option<quinn::ServerConfig>,
+    addr: SocketAddr,
+) -> std::io::Result<quinn::Endpoint> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    socket.set_send_buffer_size(PERF_SOCKET_BUFFER)?;
+    socket.set_recv_buffer_size(PERF_SOCKET_BUFFER)?;
+    socket.bind(&addr.into())?;
+    let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no runtime"))?;
+    quinn::Endpoint::new(Default::default(), server, socket.into(), runtime)
+}
+
+/// Reference: quinn with its default transport settings, a plain self-signed certificate and
+/// the socket buffers of quinn's perf tool.
 pub async fn bulk_quinn_reference(bytes: u64) -> Result<f64> {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
     let cert = ck.cert.der().clone();
@@ -551,18 +579,18 @@ pub async fn bulk_quinn_reference(bytes: u64) -> Result<f64> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert)?;
     let client = quinn::ClientConfig::with_root_certificates(Arc::new(roots))?;
-    stream_transfer(server, client, "localhost", bytes).await
+    stream_transfer(perf_endpoint, server, client, "localhost", bytes).await
 }
 
 /// The same stream on the peers' own QUIC configuration (key-pinned mutual TLS, their
-/// transport settings).
+/// transport settings, their sockets).
 pub async fn bulk_peer_config(bytes: u64) -> Result<f64> {
     use common::{defaults::ALPN_PEER, tls};
     let a = Identity::generate("bulk-a")?;
     let b = Identity::generate("bulk-b")?;
     let server = tls::server_config(&b, ALPN_PEER)?;
     let client = tls::client_config(&a, ALPN_PEER, tls::Expect::Key(b.key_id))?;
-    stream_transfer(server, client, "peer", bytes).await
+    stream_transfer(common::socket::endpoint, server, client, "peer", bytes).await
 }
 
 /// A file of pseudo-random bytes in a temporary folder, sent by [`bulk_file`]; removed on drop.
