@@ -235,8 +235,24 @@ pub struct LoadWindow {
     pub loadgen_cpu_pct: f64,
 }
 
-/// Lookups per second from many concurrent clients, each request on its own stream.
-pub async fn lookups(dir: &DirectoryProcess, id: &Identity, p: &Params) -> Result<LoadWindow> {
+/// How the simulated clients of [`lookups`] send their requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requests {
+    /// Each client keeps `lookup_streams` lookups in flight on one long-lived stream, sending
+    /// the next as each answer arrives: the directory answers those that arrived together in
+    /// one write.
+    Pipelined,
+    /// Each client runs `lookup_streams` loops of one lookup on a stream of its own.
+    StreamEach,
+}
+
+/// Lookups per second from many concurrent clients.
+pub async fn lookups(
+    dir: &DirectoryProcess,
+    id: &Identity,
+    p: &Params,
+    how: Requests,
+) -> Result<LoadWindow> {
     let pool = ClientPool::new(id, 4)?;
     let target_conn = pool.connect(0, dir.addr).await?;
     let target = crate::name("target", 0);
@@ -254,6 +270,18 @@ pub async fn lookups(dir: &DirectoryProcess, id: &Identity, p: &Params) -> Resul
     let deadline = start + p.lookup_window;
     let mut tasks = JoinSet::new();
     for conn in &conns {
+        if how == Requests::Pipelined {
+            let (conn, target, done, failed) =
+                (conn.clone(), target.clone(), done.clone(), failed.clone());
+            let window = p.lookup_streams;
+            tasks.spawn(async move {
+                let r = pipelined_lookups(&conn, &target, window, deadline, &done).await;
+                if r.is_err() {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            continue;
+        }
         for _ in 0..p.lookup_streams {
             let (conn, target, done, failed) =
                 (conn.clone(), target.clone(), done.clone(), failed.clone());
@@ -280,6 +308,50 @@ pub async fn lookups(dir: &DirectoryProcess, id: &Identity, p: &Params) -> Resul
         directory_cpu_pct: (cpu1.0 - cpu0.0).as_secs_f64() / elapsed * 100.0,
         loadgen_cpu_pct: (cpu1.1 - cpu0.1).as_secs_f64() / elapsed * 100.0,
     })
+}
+
+/// Keeps `window` lookups of `target` in flight on one stream of `conn` until `deadline`,
+/// counting the answers in `done`.
+async fn pipelined_lookups(
+    conn: &quinn::Connection,
+    target: &Name,
+    window: usize,
+    deadline: Instant,
+    done: &AtomicU64,
+) -> Result<()> {
+    let request = common::framing::encode(&DirectoryRequest::Lookup {
+        name: target.clone(),
+    })?;
+    let (mut send, recv) = conn.open_bi().await?;
+    let mut answers = common::framing::FrameReader::new(recv);
+    let mut in_flight = 0;
+    loop {
+        let mut out = Vec::new();
+        while in_flight < window && Instant::now() < deadline {
+            out.extend_from_slice(&request);
+            in_flight += 1;
+        }
+        if !out.is_empty() {
+            send.write_all(&out).await?;
+        }
+        if in_flight == 0 {
+            break;
+        }
+        let Some(first) = answers.next(Duration::from_secs(10)).await? else {
+            bail!("the directory ended the stream");
+        };
+        let mut answer = Some(first);
+        while let Some(a) = answer {
+            match a {
+                DirectoryResponse::Peer(_) => done.fetch_add(1, Ordering::Relaxed),
+                other => bail!("lookup answered {other:?}"),
+            };
+            in_flight -= 1;
+            answer = answers.buffered()?;
+        }
+    }
+    send.finish()?;
+    Ok(())
 }
 
 /// One population of online, heartbeating peers measured over several windows.

@@ -6,6 +6,7 @@
 
 use crate::defaults::MAX_FRAME_LEN;
 use serde::{de::DeserializeOwned, Serialize};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Why a frame could not be read or written.
@@ -26,6 +27,9 @@ pub enum FrameError {
     /// The stream ended inside a frame.
     #[error("stream ended inside a frame")]
     Truncated,
+    /// A frame began but did not end in time.
+    #[error("a frame did not arrive whole within {0:?}")]
+    TimedOut(Duration),
     /// The transport failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -97,6 +101,93 @@ pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(
     decode(&buf).map(Some)
 }
 
+/// Reads frames from a long-lived stream through a buffer, so that frames that arrived together
+/// can be taken without waiting ([`FrameReader::buffered`]): a server answering a client that
+/// pipelines its requests can answer all that arrived in one write, and so in few packets.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    /// Where the unread bytes of `buf` start.
+    start: usize,
+}
+
+/// Bytes asked of the stream per read, beyond what a frame in progress still needs.
+const READ_AHEAD: usize = 16 * 1024;
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Reads from `inner`.
+    pub fn new(inner: R) -> Self {
+        Self {
+            inner,
+            buf: Vec::new(),
+            start: 0,
+        }
+    }
+
+    /// The stream underneath.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    /// The next frame. Waits as long as it takes for a frame to begin (a long-lived stream
+    /// may be idle), then at most `within` for the rest of it. `Ok(None)` is a clean end of
+    /// stream between frames.
+    pub async fn next<T: DeserializeOwned>(
+        &mut self,
+        within: Duration,
+    ) -> Result<Option<T>, FrameError> {
+        loop {
+            if let Some(frame) = self.buffered()? {
+                return Ok(Some(frame));
+            }
+            let read = if self.start == self.buf.len() {
+                self.fill().await?
+            } else {
+                tokio::time::timeout(within, self.fill())
+                    .await
+                    .map_err(|_| FrameError::TimedOut(within))??
+            };
+            if read == 0 {
+                return match self.start == self.buf.len() {
+                    true => Ok(None),
+                    false => Err(FrameError::Truncated),
+                };
+            }
+        }
+    }
+
+    /// A frame that has already arrived whole, without waiting for the stream.
+    pub fn buffered<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+        let unread = &self.buf[self.start..];
+        let Some(len) = unread.get(..4) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        if len > MAX_FRAME_LEN {
+            return Err(FrameError::TooLarge { len });
+        }
+        let Some(body) = unread.get(4..4 + len) else {
+            return Ok(None);
+        };
+        let frame = decode(body)?;
+        self.start += 4 + len;
+        Ok(Some(frame))
+    }
+
+    /// Reads more of the stream into the buffer; 0 at its end.
+    async fn fill(&mut self) -> Result<usize, FrameError> {
+        // Drop what was read, so the buffer holds at most one frame in progress plus a read.
+        self.buf.drain(..self.start);
+        self.start = 0;
+        let have = self.buf.len();
+        self.buf.resize(have + READ_AHEAD, 0);
+        let read = self.inner.read(&mut self.buf[have..]).await;
+        self.buf.truncate(have + *read.as_ref().unwrap_or(&0));
+        Ok(read?)
+    }
+}
+
 async fn read_exact<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> Result<(), FrameError> {
     match r.read_exact(buf).await {
         Ok(_) => Ok(()),
@@ -123,6 +214,64 @@ mod tests {
             .await
             .expect("eof")
             .is_none());
+    }
+
+    fn ack(n: u8) -> PeerFrame {
+        PeerFrame::Ack(crate::wire::MessageId([n; 16]))
+    }
+
+    #[tokio::test]
+    async fn a_reader_takes_frames_that_arrived_together_without_waiting() {
+        let mut bytes = Vec::new();
+        for n in 1..=3 {
+            bytes.extend(encode(&ack(n)).expect("encode"));
+        }
+        let (mut w, r) = tokio::io::duplex(1 << 16);
+        w.write_all(&bytes).await.expect("write");
+        let mut reader = FrameReader::new(r);
+        let within = Duration::from_secs(5);
+        assert_eq!(reader.next(within).await.expect("first"), Some(ack(1)));
+        assert_eq!(reader.buffered().expect("second"), Some(ack(2)));
+        assert_eq!(reader.buffered().expect("third"), Some(ack(3)));
+        assert_eq!(reader.buffered::<PeerFrame>().expect("none yet"), None);
+        // A frame split across writes waits for its end; the stream's end between frames is
+        // a clean end.
+        let fourth = encode(&ack(4)).expect("encode");
+        w.write_all(&fourth[..7]).await.expect("write");
+        assert_eq!(reader.buffered::<PeerFrame>().expect("partial"), None);
+        let rest = fourth[7..].to_vec();
+        let writer = tokio::spawn(async move {
+            w.write_all(&rest).await.expect("write");
+        });
+        assert_eq!(reader.next(within).await.expect("fourth"), Some(ack(4)));
+        writer.await.expect("writer");
+        assert_eq!(reader.next::<PeerFrame>(within).await.expect("end"), None);
+    }
+
+    #[tokio::test]
+    async fn a_reader_refuses_truncated_oversized_and_late_frames() {
+        let within = Duration::from_millis(20);
+        let frame = encode(&ack(1)).expect("encode");
+        let mut reader = FrameReader::new(&frame[..9]);
+        assert!(matches!(
+            reader.next::<PeerFrame>(within).await,
+            Err(FrameError::Truncated)
+        ));
+        let huge = u32::MAX.to_be_bytes();
+        let mut reader = FrameReader::new(&huge[..]);
+        assert!(matches!(
+            reader.next::<PeerFrame>(within).await,
+            Err(FrameError::TooLarge { .. })
+        ));
+        // Begun but never finished, on a stream that stays open.
+        let (mut w, r) = tokio::io::duplex(1 << 16);
+        w.write_all(&frame[..9]).await.expect("write");
+        let mut reader = FrameReader::new(r);
+        assert!(matches!(
+            reader.next::<PeerFrame>(within).await,
+            Err(FrameError::TimedOut(_))
+        ));
+        drop(w);
     }
 
     #[tokio::test]

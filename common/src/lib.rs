@@ -25,7 +25,7 @@
 //!  | -- bi: Register{name,..} --------> |   binds name -> key on first use
 //!  | <- bi (opened by directory) ------ |   event stream: Deliver(msg) / MailboxIdle ...
 //!  | -- EventAck(id) -----------------> |   mailbox entry deleted only now
-//!  | -- bi: Lookup / Deposit / Introduce |   one request per stream, one response
+//!  | -- bi: Lookup / Deposit / Introduce |   requests on a stream, answered in order
 //!  | -- QUIC keep-alive every heartbeat  |   three missed: the connection idles out, offline
 //!
 //! peer c1                            peer c2

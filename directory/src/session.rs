@@ -1,11 +1,13 @@
 //! One peer's connection: the handshake proves its key, `Register` binds its name, then each
-//! bi-stream carries one request and one response.
+//! bi-stream carries requests, one after another, each answered in order. A client may send
+//! the next requests before the answers come (pipelining): those that arrived together are
+//! answered in one write, so in as few packets as possible.
 
 use crate::{mailbox, registry::Online, server::Shared, store::StoreError};
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use common::{
     defaults::{MAX_BODY_LEN, REQUEST_TIMEOUT},
-    framing::{self, FrameError},
+    framing::{self, FrameError, FrameReader},
     now_ms, tls,
     wire::{codes, DirectoryEvent, DirectoryRequest, DirectoryResponse, ErrorCode, Mail, PeerInfo},
     KeyId, Name,
@@ -29,6 +31,9 @@ struct Session {
     /// When this connection's recent introductions were sent (see [`INTRODUCTIONS`]).
     introductions: std::sync::Mutex<std::collections::VecDeque<std::time::Instant>>,
 }
+
+/// Answers to pipelined requests are gathered into one write up to about this many bytes.
+const ANSWER_BATCH: usize = 16 * 1024;
 
 /// At most this many introductions per connection in [`INTRODUCTION_WINDOW`]: each one makes
 /// another peer send packets to addresses the asker chose, so a hostile peer must not be able
@@ -90,40 +95,53 @@ impl Session {
     async fn serve_stream(
         self: &Arc<Self>,
         mut send: quinn::SendStream,
-        mut recv: quinn::RecvStream,
+        recv: quinn::RecvStream,
     ) -> Result<()> {
-        let request = tokio::time::timeout(REQUEST_TIMEOUT, framing::read_frame(&mut recv)).await;
-        let request: DirectoryRequest = match request {
-            Err(_) => {
-                let _ = recv.stop(codes::PROTOCOL.into());
-                return Err(anyhow!("request timed out"));
+        let mut requests = FrameReader::new(recv);
+        loop {
+            let request = match requests.next(REQUEST_TIMEOUT).await {
+                Ok(Some(request)) => request,
+                Ok(None) => break,
+                Err(e) => return Err(self.refuse_stream(&mut send, requests.get_mut(), e)),
+            };
+            let mut answers = self.answer(request).await?;
+            while answers.len() < ANSWER_BATCH {
+                match requests.buffered() {
+                    Ok(Some(request)) => answers.extend(self.answer(request).await?),
+                    Ok(None) => break,
+                    Err(e) => return Err(self.refuse_stream(&mut send, requests.get_mut(), e)),
+                }
             }
-            Ok(Ok(Some(request))) => request,
-            Ok(Ok(None)) => return Err(anyhow!("empty request stream")),
-            Ok(Err(e)) if e.is_violation() => {
-                return Err(self.refuse_stream(&mut send, &mut recv, e))
-            }
-            Ok(Err(e)) => return Err(e.into()),
-        };
-        let response = match self.handle(request).await {
-            Ok(response) => response,
-            Err(code) => DirectoryResponse::Error(code),
-        };
-        framing::write_frame(&mut send, &response).await?;
+            send.write_all(&answers).await?;
+        }
         send.finish()?;
         Ok(())
     }
 
-    /// Closes a stream that carried a bad frame, with a code saying why.
+    /// The encoded answer to one request.
+    async fn answer(self: &Arc<Self>, request: DirectoryRequest) -> Result<Vec<u8>> {
+        let response = match self.handle(request).await {
+            Ok(response) => response,
+            Err(code) => DirectoryResponse::Error(code),
+        };
+        Ok(framing::encode(&response)?)
+    }
+
+    /// Closes a stream whose requests cannot be read: a bad frame (with a code saying why) or
+    /// one that did not arrive whole in time. A stream that merely ended or failed is left.
     fn refuse_stream(
         &self,
         send: &mut quinn::SendStream,
         recv: &mut quinn::RecvStream,
         e: FrameError,
     ) -> anyhow::Error {
-        warn!(cause = %e, "bad request frame; closing the stream");
-        let _ = send.reset(e.code().into());
-        let _ = recv.stop(e.code().into());
+        if e.is_violation() {
+            warn!(cause = %e, "bad request frame; closing the stream");
+        }
+        if e.is_violation() || matches!(e, FrameError::TimedOut(_)) {
+            let _ = send.reset(e.code().into());
+            let _ = recv.stop(e.code().into());
+        }
         e.into()
     }
 

@@ -158,6 +158,13 @@ const LOOKUPS: Spec = (
     Some(50_000.0),
     Better::Higher,
 );
+const LOOKUPS_STREAM_EACH: Spec = (
+    "lookups_stream_each",
+    "  lookups/s, one stream per lookup (no pipelining)",
+    "req/s",
+    None,
+    Better::Higher,
+);
 const LOOKUP_CPU: Spec = (
     "lookups_dir_cpu",
     "  directory CPU during lookups",
@@ -425,7 +432,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         if wants("lookups") {
             let dir = DirectoryProcess::spawn(&bin, &[])?;
-            match figures::lookups(&dir, &identity, &p).await {
+            match figures::lookups(&dir, &identity, &p, figures::Requests::Pipelined).await {
                 Ok(w) => {
                     report.push(LOOKUPS, Ok(w.rate));
                     report.push(LOOKUP_CPU, Ok(w.directory_cpu_pct));
@@ -433,6 +440,8 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 Err(e) => report.push(LOOKUPS, Err(e)),
             }
+            let each = figures::lookups(&dir, &identity, &p, figures::Requests::StreamEach).await;
+            report.push(LOOKUPS_STREAM_EACH, each.map(|w| w.rate));
         }
         if wants("mailbox") {
             let dir = DirectoryProcess::spawn(
