@@ -14,7 +14,7 @@ use crate::{
 use anyhow::{anyhow, bail, Context, Result};
 use common::{
     defaults::{ALPN_DIRECTORY, MISSED_HEARTBEATS, REQUEST_TIMEOUT},
-    framing,
+    framing::{self, FrameReader},
     tls::{self, Expect},
     wire::{
         codes, DirectoryEvent, DirectoryRequest, DirectoryResponse, ErrorCode, EventAck, PeerInfo,
@@ -62,6 +62,18 @@ struct Inner {
     introductions: mpsc::UnboundedSender<Introduction>,
     /// The task reading the current event stream.
     events_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The long-lived request stream (see [`Inner::exchange`]).
+    requests: tokio::sync::Mutex<Option<RequestStream>>,
+}
+
+/// A request stream kept open for the next request, on the connection `conn_id` names.
+struct RequestStream {
+    conn_id: usize,
+    send: quinn::SendStream,
+    answers: FrameReader<quinn::RecvStream>,
+    /// Set while a request waits for its answer. A request abandoned then (its caller timed
+    /// out or went away) leaves the stream a step behind, so the next one replaces it.
+    waiting: bool,
 }
 
 impl DirectoryClient {
@@ -96,6 +108,7 @@ impl DirectoryClient {
             leaving: watch::Sender::new(false),
             introductions,
             events_task: Default::default(),
+            requests: Default::default(),
         });
         let conn = inner.connect_once().await?;
         inner.conn.send_replace(Some(conn));
@@ -111,7 +124,7 @@ impl DirectoryClient {
     /// Sends one request and returns the directory's answer; an error code becomes an error.
     pub async fn request(&self, request: &DirectoryRequest) -> Result<DirectoryResponse> {
         let conn = self.current().await?;
-        let response = tokio::time::timeout(REQUEST_TIMEOUT, request_on(&conn, request))
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.inner.exchange(&conn, request))
             .await
             .map_err(|_| anyhow!("the directory did not answer within {REQUEST_TIMEOUT:?}"))??;
         match response {
@@ -188,6 +201,58 @@ async fn request_on(
 }
 
 impl Inner {
+    /// One request and its answer. Requests one at a time share a long-lived stream, which
+    /// saves opening and closing a stream each; a request that finds it busy takes a stream
+    /// of its own rather than wait behind a slower answer (a deposit waits for a disk commit).
+    async fn exchange(
+        &self,
+        conn: &quinn::Connection,
+        request: &DirectoryRequest,
+    ) -> Result<DirectoryResponse> {
+        let Ok(mut slot) = self.requests.try_lock() else {
+            return request_on(conn, request).await;
+        };
+        let reusable = slot
+            .as_ref()
+            .is_some_and(|s| s.conn_id == conn.stable_id() && !s.waiting);
+        if !reusable {
+            *slot = None;
+            let (send, recv) = conn
+                .open_bi()
+                .await
+                .context("the directory connection failed")?;
+            *slot = Some(RequestStream {
+                conn_id: conn.stable_id(),
+                send,
+                answers: FrameReader::new(recv),
+                waiting: false,
+            });
+        }
+        let Some(stream) = slot.as_mut() else {
+            bail!("no request stream");
+        };
+        stream.waiting = true;
+        let answer = async {
+            framing::write_frame(&mut stream.send, request).await?;
+            stream
+                .answers
+                .next(REQUEST_TIMEOUT)
+                .await?
+                .ok_or_else(|| anyhow!("the directory closed the request stream"))
+        }
+        .await;
+        match answer {
+            Ok(answer) => {
+                stream.waiting = false;
+                Ok(answer)
+            }
+            Err(e) => {
+                *slot = None;
+                Err(e)
+            }
+        }
+    }
+
     async fn connect_once(self: &Arc<Self>) -> Result<quinn::Connection> {
         let s = &self.settings;
         let addr = tokio::net::lookup_host(&s.addr)
