@@ -2,7 +2,7 @@
 # The benchmark suite in one command: builds in release, runs every figure of BENCHMARKS.md
 # (repeated, median and spread), the criterion micro-benchmarks, and draws the chart.
 #
-#   scripts/bench.sh                 # full run, ~15 min on 2 cores; results in target/bench/
+#   scripts/bench.sh                 # full run, ~8 min on 2 cores after the build; results in target/bench/
 #                                    # (under $CARGO_TARGET_DIR if set)
 #   scripts/bench.sh --smoke         # tiny version, well under a minute (CI keeps it working)
 #   scripts/bench.sh --runs 3        # other arguments go to the runner (loadgen --help)
