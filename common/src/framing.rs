@@ -112,8 +112,13 @@ pub struct FrameReader<R> {
     start: usize,
 }
 
-/// Bytes asked of the stream per read, beyond what a frame in progress still needs.
+/// Bytes asked of the stream per read while a frame is in progress or more are coming.
 const READ_AHEAD: usize = 16 * 1024;
+
+/// Bytes asked of the stream by a read between frames. A long-lived stream is mostly idle
+/// (the directory holds one per online peer), so that is all the memory it holds then; a
+/// burst of small pipelined requests still fits in one such read.
+const IDLE_READ: usize = 512;
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Reads from `inner`.
@@ -181,7 +186,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.buf.drain(..self.start);
         self.start = 0;
         let have = self.buf.len();
-        self.buf.resize(have + READ_AHEAD, 0);
+        let ahead = if have == 0 {
+            self.buf.shrink_to(IDLE_READ);
+            IDLE_READ
+        } else {
+            READ_AHEAD
+        };
+        self.buf.resize(have + ahead, 0);
         let read = self.inner.read(&mut self.buf[have..]).await;
         self.buf.truncate(have + *read.as_ref().unwrap_or(&0));
         Ok(read?)
@@ -242,9 +253,21 @@ mod tests {
         let rest = fourth[7..].to_vec();
         let writer = tokio::spawn(async move {
             w.write_all(&rest).await.expect("write");
+            w
         });
         assert_eq!(reader.next(within).await.expect("fourth"), Some(ack(4)));
-        writer.await.expect("writer");
+        let mut w = writer.await.expect("writer");
+        // A frame that begins on an idle stream is read with little memory.
+        w.write_all(&encode(&ack(5)).expect("encode"))
+            .await
+            .expect("write");
+        assert_eq!(reader.next(within).await.expect("fifth"), Some(ack(5)));
+        assert!(
+            reader.buf.capacity() <= IDLE_READ,
+            "{}",
+            reader.buf.capacity()
+        );
+        drop(w);
         assert_eq!(reader.next::<PeerFrame>(within).await.expect("end"), None);
     }
 
