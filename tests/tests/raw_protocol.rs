@@ -106,6 +106,57 @@ fn bad_frames_close_only_their_stream() -> Result<()> {
     net.assert_no_panics()
 }
 
+/// Several requests written at once on one stream are answered in order on that stream; a bad
+/// frame after them closes that stream only.
+#[test]
+fn pipelined_requests_are_answered_in_order() -> Result<()> {
+    let net = Net::new()?;
+    net.register("c2")?;
+    let dir = net.dir().addr();
+    runtime()?.block_on(async {
+        let raw = Raw::new("mallory")?;
+        let conn = raw.dial(dir, ALPN_DIRECTORY, Expect::AnyKey).await?;
+        register(&conn, "mallory").await?;
+        let (mut send, recv) = conn.open_bi().await?;
+        let mut batch = Vec::new();
+        for who in ["c2", "nobody", "c2"] {
+            batch.extend(framing::encode(&DirectoryRequest::Lookup {
+                name: name(who),
+            })?);
+        }
+        send.write_all(&batch).await?;
+        let mut answers = framing::FrameReader::new(recv);
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            match answers.next::<DirectoryResponse>(WAIT).await? {
+                Some(DirectoryResponse::Peer(info)) => got.push(info.name.to_string()),
+                Some(DirectoryResponse::Error(code)) => got.push(format!("{code:?}")),
+                other => bail!("pipelined lookup answered {other:?}"),
+            }
+        }
+        ensure!(
+            got == ["c2", "UnknownPeer", "c2"],
+            "answers out of order or wrong: {got:?}"
+        );
+        // The stream stays open for more; a malformed frame then resets it.
+        send.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).await?;
+        let end = tokio::time::timeout(WAIT, answers.next::<DirectoryResponse>(WAIT)).await?;
+        match end {
+            Err(framing::FrameError::Io(e)) => ensure!(
+                e.to_string().contains(&codes::PROTOCOL.to_string()),
+                "stream ended with {e}"
+            ),
+            other => bail!("after a malformed frame the stream gave {other:?}"),
+        }
+        match request(&conn, &DirectoryRequest::Lookup { name: name("c2") }).await? {
+            DirectoryResponse::Peer(info) => ensure!(info.name == name("c2"), "{info:?}"),
+            other => bail!("lookup after the reset answered {other:?}"),
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    net.assert_no_panics()
+}
+
 /// Requests before registration, and a second registration, are refused with a code.
 #[test]
 fn requests_out_of_order_are_refused() -> Result<()> {
