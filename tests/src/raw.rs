@@ -4,6 +4,7 @@
 
 use anyhow::{anyhow, bail, Result};
 use common::{
+    defaults::ALPN_DIRECTORY,
     framing,
     tls::{self, Expect},
     wire::{DirectoryRequest, DirectoryResponse},
@@ -45,6 +46,13 @@ impl Raw {
         let config = tls::client_config(&self.identity, alpn, expect)?;
         let connecting = self.endpoint.connect_with(config, addr, "test")?;
         Ok(tokio::time::timeout(RAW_WAIT, connecting).await??)
+    }
+
+    /// Dials the directory at `dir` and registers as `who` there (see [`register`]).
+    pub async fn registered(&self, dir: SocketAddr, who: &str) -> Result<quinn::Connection> {
+        let conn = self.dial(dir, ALPN_DIRECTORY, Expect::AnyKey).await?;
+        register(&conn, who).await?;
+        Ok(conn)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use common::{
-    defaults::{ALPN_DIRECTORY, ALPN_PEER},
+    defaults::ALPN_PEER,
     framing,
     tls::Expect,
     wire::{FileHeader, MessageId, PeerFrame},
@@ -18,7 +18,7 @@ use std::{
 };
 use tests::{
     is_type, poll_until,
-    raw::{register, runtime, Raw, RAW_WAIT},
+    raw::{runtime, Raw, RAW_WAIT},
     Json, Net, SHORT,
 };
 
@@ -207,8 +207,8 @@ fn hostile_file_names_stay_inside_downloads() -> Result<()> {
     let downloads = downloads(&net, "c2")?;
     runtime()?.block_on(async {
         let raw = Raw::new("mallory")?;
-        let conn = raw.dial(dir, ALPN_DIRECTORY, Expect::AnyKey).await?;
-        register(&conn, "mallory").await?;
+        // Registered for as long as the offers run: c2 checks mallory's name at the directory.
+        let _registered = raw.registered(dir, "mallory").await?;
         let direct = raw.dial(addr, ALPN_PEER, Expect::Key(key)).await?;
         for content in [&b"first"[..], &b"second"[..]] {
             let hash = *blake3::hash(content).as_bytes();

@@ -65,8 +65,7 @@ fn bad_frames_close_only_their_stream() -> Result<()> {
     let dir = net.dir().addr();
     runtime()?.block_on(async {
         let raw = Raw::new("mallory")?;
-        let conn = raw.dial(dir, ALPN_DIRECTORY, Expect::AnyKey).await?;
-        register(&conn, "mallory").await?;
+        let conn = raw.registered(dir, "mallory").await?;
 
         // A length prefix far over the cap: refused before anything is allocated.
         let code = send_raw(&conn, &u32::MAX.to_be_bytes()).await?;
@@ -115,8 +114,7 @@ fn pipelined_requests_are_answered_in_order() -> Result<()> {
     let dir = net.dir().addr();
     runtime()?.block_on(async {
         let raw = Raw::new("mallory")?;
-        let conn = raw.dial(dir, ALPN_DIRECTORY, Expect::AnyKey).await?;
-        register(&conn, "mallory").await?;
+        let conn = raw.registered(dir, "mallory").await?;
         let (mut send, recv) = conn.open_bi().await?;
         let mut batch = Vec::new();
         for who in ["c2", "nobody", "c2"] {
@@ -204,8 +202,7 @@ fn nobody_speaks_for_another_name() -> Result<()> {
     let dir = net.dir().addr();
     runtime()?.block_on(async {
         let raw = Raw::new("mallory")?;
-        let conn = raw.dial(dir, ALPN_DIRECTORY, Expect::AnyKey).await?;
-        register(&conn, "mallory").await?;
+        let conn = raw.registered(dir, "mallory").await?;
 
         // The mailbox: a deposit whose sender is not the depositor.
         let spoofed = DirectoryRequest::Deposit {
@@ -257,8 +254,7 @@ fn introductions_are_rate_limited() -> Result<()> {
     let dir = net.dir().addr();
     runtime()?.block_on(async {
         let raw = Raw::new("mallory")?;
-        let conn = raw.dial(dir, ALPN_DIRECTORY, Expect::AnyKey).await?;
-        register(&conn, "mallory").await?;
+        let conn = raw.registered(dir, "mallory").await?;
         let introduce = DirectoryRequest::Introduce { name: name("c2") };
         for i in 0..20 {
             let answer = request(&conn, &introduce).await?;
