@@ -112,7 +112,7 @@ pub struct FrameReader<R> {
     start: usize,
 }
 
-/// Bytes asked of the stream per read while a frame is in progress or more are coming.
+/// Room made for each read while a frame is in progress (at least; the buffer may have more).
 const READ_AHEAD: usize = 16 * 1024;
 
 /// Bytes asked of the stream by a read between frames. A long-lived stream is mostly idle
@@ -185,17 +185,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         // Drop what was read, so the buffer holds at most one frame in progress plus a read.
         self.buf.drain(..self.start);
         self.start = 0;
-        let have = self.buf.len();
-        let ahead = if have == 0 {
+        if self.buf.is_empty() {
             self.buf.shrink_to(IDLE_READ);
-            IDLE_READ
+            self.buf.reserve(IDLE_READ);
         } else {
-            READ_AHEAD
-        };
-        self.buf.resize(have + ahead, 0);
-        let read = self.inner.read(&mut self.buf[have..]).await;
-        self.buf.truncate(have + *read.as_ref().unwrap_or(&0));
-        Ok(read?)
+            self.buf.reserve(READ_AHEAD);
+        }
+        // Into the spare capacity: nothing to zero first, nothing to cut back after.
+        Ok(self.inner.read_buf(&mut self.buf).await?)
     }
 }
 
