@@ -466,31 +466,35 @@ pub async fn receive(
 }
 
 /// Appends every chunk from `taken` to `file` and to `hasher`, then syncs the file. Meanwhile
-/// a second thread flushes what is written every [`FLUSH_EVERY`] bytes. Blocking.
+/// a second thread flushes what is written every [`FLUSH_EVERY`] bytes and lets the page cache
+/// drop what it has flushed ([`drop_cached`]). Blocking.
 fn write_chunks(
     mut file: File,
     mut hasher: blake3::Hasher,
     mut taken: mpsc::Receiver<Vec<u8>>,
 ) -> std::io::Result<blake3::Hasher> {
-    file.seek(SeekFrom::End(0))?;
+    let mut written = file.seek(SeekFrom::End(0))?;
     let flushing = file.try_clone()?;
     std::thread::scope(|scope| {
-        // One flush at a time; a request while one runs is dropped, the next covers it.
-        let (flush, flushes) = std::sync::mpsc::sync_channel::<()>(1);
+        // One flush at a time, up to the length sent; a request while one runs is dropped,
+        // the next covers it.
+        let (flush, flushes) = std::sync::mpsc::sync_channel::<u64>(1);
         let flusher = scope.spawn(move || -> std::io::Result<()> {
-            while flushes.recv().is_ok() {
+            while let Ok(upto) = flushes.recv() {
                 flushing.sync_data()?;
+                drop_cached(&flushing, upto);
             }
             Ok(())
         });
         let mut unflushed = 0;
-        let written = (|| {
+        let wrote = (|| {
             while let Some(chunk) = taken.blocking_recv() {
                 hasher.update(&chunk);
                 file.write_all(&chunk)?;
+                written += chunk.len() as u64;
                 unflushed += chunk.len() as u64;
                 if unflushed >= FLUSH_EVERY {
-                    let _ = flush.try_send(());
+                    let _ = flush.try_send(written);
                     unflushed = 0;
                 }
             }
@@ -501,10 +505,24 @@ fn write_chunks(
         let flushed = flusher
             .join()
             .unwrap_or_else(|_| Err(std::io::Error::other("the flushing thread panicked")));
-        written.and(flushed)?;
+        wrote.and(flushed)?;
         file.sync_all()?;
+        drop_cached(&file, written);
         Ok(hasher)
     })
+}
+
+/// Tells the kernel that the first `len` bytes of `file`, already flushed, will not be read
+/// again soon, so that their pages leave the page cache now. A large file arriving then does
+/// not push what the user works with out of memory, and the pages it frees are the ones its
+/// next writes reuse. Advice only: where it is not supported, nothing happens.
+fn drop_cached(file: &File, len: u64) {
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+    if let Some(len) = std::num::NonZeroU64::new(len) {
+        let _ = rustix::fs::fadvise(file, 0, Some(len), rustix::fs::Advice::DontNeed);
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+    let _ = (file, len);
 }
 
 /// What became of a part of a file from the mailbox.
