@@ -2,7 +2,9 @@
 //! process, in-process peers, raw clients), measures, tears everything down, and returns plain
 //! numbers; repetition and summaries are the runner's job.
 
-use crate::{cpu_time, quantile_us, register, request, rss_bytes, ClientPool, DirectoryProcess};
+use crate::{
+    cpu_time, machine_busy, quantile_us, register, request, rss_bytes, ClientPool, DirectoryProcess,
+};
 use anyhow::{anyhow, bail, Context, Result};
 use common::{
     framing, now_ms,
@@ -567,18 +569,38 @@ pub async fn mailbox(dir: &DirectoryProcess, id: &Identity, p: &Params) -> Resul
 // ---------------------------------------------------------------------------------------------
 // Bulk transfer: the peers vs quinn on its own
 
+/// One bulk transfer: how fast, and how much CPU the machine spent on it.
+#[derive(Debug, Clone, Copy)]
+pub struct Bulk {
+    /// Bytes per second.
+    pub rate: f64,
+    /// Busy CPU time of the whole machine ([`machine_busy`]) during the transfer, per GiB moved:
+    /// both sides, and the kernel's work for them. With two cores, at most 2 s pass per second.
+    pub cpu_per_gib: f64,
+}
+
+impl Bulk {
+    fn new(bytes: u64, elapsed: Duration, busy: Duration) -> Self {
+        let gib = bytes as f64 / (1u64 << 30) as f64;
+        Self {
+            rate: bytes as f64 / elapsed.as_secs_f64(),
+            cpu_per_gib: busy.as_secs_f64() / gib,
+        }
+    }
+}
+
 /// How a side of a stream transfer binds its endpoint.
 type Bind = fn(Option<quinn::ServerConfig>, SocketAddr) -> std::io::Result<quinn::Endpoint>;
 
-/// Bytes per second of one bi-stream carrying `bytes` from a client to a server endpoint,
-/// until the server confirms the count.
+/// One bi-stream carrying `bytes` from a client to a server endpoint, timed until the server
+/// confirms the count.
 async fn stream_transfer(
     bind: Bind,
     server_config: quinn::ServerConfig,
     client_config: quinn::ClientConfig,
     server_name: &str,
     bytes: u64,
-) -> Result<f64> {
+) -> Result<Bulk> {
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let server = bind(Some(server_config), loopback)?;
     let addr = server.local_addr()?;
@@ -599,6 +621,7 @@ async fn stream_transfer(
         .connect_with(client_config, addr, server_name)?
         .await?;
     let buf = vec![0x5au8; 64 * 1024];
+    let busy = machine_busy()?;
     let t = Instant::now();
     let (mut send, mut recv) = conn.open_bi().await?;
     let mut left = bytes;
@@ -609,14 +632,15 @@ async fn stream_transfer(
     }
     send.finish()?;
     let echo = recv.read_to_end(8).await?;
-    let elapsed = t.elapsed().as_secs_f64();
+    let elapsed = t.elapsed();
+    let busy = machine_busy()? - busy;
     conn.close(0u32.into(), b"done");
     let n = receiver.await??;
     if n != bytes || echo != bytes.to_be_bytes() {
         bail!("sent {bytes} bytes, the receiver counted {n}");
     }
     client.wait_idle().await;
-    Ok(bytes as f64 / elapsed)
+    Ok(Bulk::new(bytes, elapsed, busy))
 }
 
 /// Socket buffers quinn's perf tool asks for by default (`--send-buffer-size`,
@@ -643,7 +667,7 @@ fn perf_endpoint(
 
 /// Reference: quinn with its default transport settings, a plain self-signed certificate and
 /// the socket buffers of quinn's perf tool.
-pub async fn bulk_quinn_reference(bytes: u64) -> Result<f64> {
+pub async fn bulk_quinn_reference(bytes: u64) -> Result<Bulk> {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
     let cert = ck.cert.der().clone();
     let key = rustls::pki_types::PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der());
@@ -656,7 +680,7 @@ pub async fn bulk_quinn_reference(bytes: u64) -> Result<f64> {
 
 /// The same stream on the peers' own QUIC configuration (key-pinned mutual TLS, their
 /// transport settings, their sockets).
-pub async fn bulk_peer_config(bytes: u64) -> Result<f64> {
+pub async fn bulk_peer_config(bytes: u64) -> Result<Bulk> {
     use common::{defaults::ALPN_PEER, tls};
     let a = Identity::generate("bulk-a")?;
     let b = Identity::generate("bulk-b")?;
@@ -717,6 +741,8 @@ pub struct FileTransfer {
     /// end of the call: the same without the lookup and the offer's round trip. Still includes
     /// both hashes and the receiver's writes, fsync and move.
     pub transfer: f64,
+    /// Busy CPU time of the machine during the whole call, per GiB ([`Bulk::cpu_per_gib`]).
+    pub cpu_per_gib: f64,
     /// `files::hash_file` alone on the same file, just before the call (page cache warm): what
     /// one BLAKE3 pass costs (the sender no longer makes one before sending; a reference).
     pub hash: f64,
@@ -740,6 +766,7 @@ pub async fn bulk_file(dir: &DirectoryProcess, file: &BulkFile) -> Result<FileTr
 
     let first = Arc::new(OnceLock::<(Instant, u64)>::new());
     let on_report = first.clone();
+    let busy = machine_busy()?;
     let t = Instant::now();
     // send_file waits for a recipient it cannot reach; the bench does not.
     let sent = tokio::time::timeout(
@@ -752,6 +779,7 @@ pub async fn bulk_file(dir: &DirectoryProcess, file: &BulkFile) -> Result<FileTr
     )
     .await;
     let end = Instant::now();
+    let busy = machine_busy()? - busy;
     a.stop().await;
     b.stop().await;
     let sent = sent.map_err(|_| anyhow!("send_file did not finish in 300 s"))??;
@@ -769,6 +797,7 @@ pub async fn bulk_file(dir: &DirectoryProcess, file: &BulkFile) -> Result<FileTr
     let &(accepted, had) = first.get().context("send_file made no progress report")?;
     Ok(FileTransfer {
         whole: size as f64 / (end - t).as_secs_f64(),
+        cpu_per_gib: Bulk::new(size, end - t, busy).cpu_per_gib,
         transfer: (size - had) as f64 / (end - accepted).as_secs_f64(),
         hash: size as f64 / hash_secs,
     })

@@ -81,6 +81,25 @@ pub fn cpu_time(pid: u32) -> Result<Duration> {
     ))
 }
 
+/// CPU time the whole machine has spent busy, all cores together (user, nice, system, irq and
+/// softirq time from the first line of `/proc/stat`). Unlike [`cpu_time`], it counts the work
+/// the kernel's own threads do for a process, such as writing its files back to disk.
+pub fn machine_busy() -> Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    // user nice system idle iowait irq softirq …
+    let busy: u64 = [0, 1, 2, 5, 6]
+        .iter()
+        .map(|&i| ticks.get(i).copied().context("short /proc/stat"))
+        .sum::<Result<_>>()?;
+    Ok(Duration::from_secs_f64(busy as f64 / clock_ticks() as f64))
+}
+
 /// Kernel clock ticks per second for `/proc` times (`getconf CLK_TCK`), 100 if unknown.
 pub fn clock_ticks() -> u64 {
     Command::new("getconf")

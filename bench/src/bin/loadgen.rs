@@ -284,6 +284,27 @@ const BULK_REF: Spec = (
     None,
     Better::Higher,
 );
+const BULK_FILE_CPU: Spec = (
+    "bulk_file_cpu",
+    "  machine CPU per GiB: file, whole send_file call",
+    "core-s",
+    None,
+    Better::Lower,
+);
+const BULK_PEER_CFG_CPU: Spec = (
+    "bulk_peer_stream_cpu",
+    "  machine CPU per GiB: one stream, peers' config",
+    "core-s",
+    None,
+    Better::Lower,
+);
+const BULK_REF_CPU: Spec = (
+    "bulk_quinn_ref_cpu",
+    "  machine CPU per GiB: quinn reference",
+    "core-s",
+    None,
+    Better::Lower,
+);
 const FSYNC_P50: Spec = (
     "fsync_p50",
     "reference: 4 KiB write + fdatasync p50",
@@ -402,16 +423,17 @@ async fn run(cli: Cli) -> Result<()> {
                 };
                 // The target applies to the file, the whole `send_file` call.
                 if let (Ok(f), Ok(r)) = (&file, &reference) {
-                    report.push(BULK_RATIO, Ok(f.whole / r * 100.0));
+                    report.push(BULK_RATIO, Ok(f.whole / r.rate * 100.0));
                 }
                 match file {
                     Ok(f) => {
                         report.push(BULK_FILE, Ok(f.whole / MIB));
                         if let Ok(r) = &reference {
-                            report.push(BULK_FILE_TRANSFER_RATIO, Ok(f.transfer / r * 100.0));
+                            report.push(BULK_FILE_TRANSFER_RATIO, Ok(f.transfer / r.rate * 100.0));
                         }
                         report.push(BULK_FILE_TRANSFER, Ok(f.transfer / MIB));
                         report.push(BULK_FILE_HASH, Ok(f.hash / MIB));
+                        report.push(BULK_FILE_CPU, Ok(f.cpu_per_gib));
                     }
                     Err(e) => report.push(BULK_FILE, Err(e)),
                 }
@@ -420,14 +442,20 @@ async fn run(cli: Cli) -> Result<()> {
                     figures::fsync_bulk(p.bulk_bytes).map(|v| v / MIB),
                 );
                 if let (Ok(c), Ok(r)) = (&chat, &reference) {
-                    report.push(BULK_CHAT_RATIO, Ok(c / r * 100.0));
+                    report.push(BULK_CHAT_RATIO, Ok(c / r.rate * 100.0));
                 }
                 report.push(BULK_CHAT, chat.map(|v| v / MIB));
                 if let (Ok(s), Ok(r)) = (&stream, &reference) {
-                    report.push(BULK_STREAM_RATIO, Ok(s / r * 100.0));
+                    report.push(BULK_STREAM_RATIO, Ok(s.rate / r.rate * 100.0));
                 }
-                report.push(BULK_PEER_CFG, stream.map(|v| v / MIB));
-                report.push(BULK_REF, reference.map(|v| v / MIB));
+                if let Ok(s) = &stream {
+                    report.push(BULK_PEER_CFG_CPU, Ok(s.cpu_per_gib));
+                }
+                report.push(BULK_PEER_CFG, stream.map(|s| s.rate / MIB));
+                if let Ok(r) = &reference {
+                    report.push(BULK_REF_CPU, Ok(r.cpu_per_gib));
+                }
+                report.push(BULK_REF, reference.map(|r| r.rate / MIB));
             }
         }
         if wants("lookups") {
