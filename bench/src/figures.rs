@@ -11,7 +11,7 @@ use common::{
     wire::{
         ChatMessage, DirectoryEvent, DirectoryRequest, DirectoryResponse, EventAck, Mail, MessageId,
     },
-    Identity, Name,
+    Identity, KeyId, Name,
 };
 use directory::store::{Quota, RedbStore, Store};
 use peer::{
@@ -110,14 +110,20 @@ pub struct PeerNode {
 
 impl PeerNode {
     pub async fn start(dir: &DirectoryProcess, name: &str) -> Result<Self> {
+        Self::start_at(dir.addr, dir.fingerprint, name.to_string()).await
+    }
+
+    /// [`PeerNode::start`] with the directory's address and key, for a future that must not
+    /// borrow the [`DirectoryProcess`] (one spawned on another runtime).
+    pub async fn start_at(addr: SocketAddr, fingerprint: KeyId, name: String) -> Result<Self> {
         let home = tempfile::Builder::new().prefix("bench-peer").tempdir()?;
-        let name = Name::new(name)?;
+        let name = Name::new(&name)?;
         let options = Options {
             name: name.clone(),
-            directory: dir.addr.to_string(),
+            directory: addr.to_string(),
             home: Home::new(Some(home.path().to_path_buf()), &name)?,
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            pin: Some(dir.fingerprint),
+            pin: Some(fingerprint),
             heartbeat: Duration::from_secs(10),
             direct_timeout: Duration::from_secs(3),
             mailbox_file_max: common::defaults::MAILBOX_FILE_MAX,
@@ -589,22 +595,111 @@ impl Bulk {
     }
 }
 
+/// Where the two sides of a bulk transfer run.
+#[derive(Clone)]
+pub struct Sides {
+    pub sender: tokio::runtime::Handle,
+    pub receiver: tokio::runtime::Handle,
+    /// Starts the peers' names, which differ by placement: a directory binds a name to the
+    /// first key that registers it.
+    pub tag: &'static str,
+}
+
+impl Sides {
+    /// Both sides on the runtime of the caller, sharing all its cores.
+    pub fn shared() -> Self {
+        let here = tokio::runtime::Handle::current();
+        Self {
+            sender: here.clone(),
+            receiver: here,
+            tag: "file",
+        }
+    }
+}
+
+/// A runtime for each side of a transfer, with every thread of each pinned to a core of its
+/// own: its worker, its blocking pool, and the threads those start (Linux threads inherit
+/// their affinity). As if sender and receiver were two one-core hosts.
+pub struct PinnedSides {
+    sender: Option<tokio::runtime::Runtime>,
+    receiver: Option<tokio::runtime::Runtime>,
+}
+
+impl PinnedSides {
+    /// The sender on core 0, the receiver on core 1.
+    pub fn new() -> Result<Self> {
+        Ok(Self {
+            sender: Some(pinned_runtime(0)?),
+            receiver: Some(pinned_runtime(1)?),
+        })
+    }
+
+    pub fn sides(&self) -> Sides {
+        let handle = |rt: &Option<tokio::runtime::Runtime>| {
+            rt.as_ref()
+                .map(|rt| rt.handle().clone())
+                .expect("runtime kept until drop")
+        };
+        Sides {
+            sender: handle(&self.sender),
+            receiver: handle(&self.receiver),
+            tag: "pinned",
+        }
+    }
+}
+
+impl Drop for PinnedSides {
+    fn drop(&mut self) {
+        // Dropped from async code, where a runtime may not block to shut down.
+        for rt in [self.sender.take(), self.receiver.take()]
+            .into_iter()
+            .flatten()
+        {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn pinned_runtime(core: usize) -> Result<tokio::runtime::Runtime> {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(core);
+    // Fail here, not silently in a thread, if the core cannot be had.
+    let probe = std::thread::spawn(move || rustix::thread::sched_setaffinity(None, &set));
+    probe
+        .join()
+        .map_err(|_| anyhow!("pinning probe panicked"))?
+        .with_context(|| format!("pinning a thread to core {core}"))?;
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(format!("side-{core}"))
+        .on_thread_start(move || {
+            let _ = rustix::thread::sched_setaffinity(None, &set);
+        })
+        .enable_all()
+        .build()?)
+}
+
 /// How a side of a stream transfer binds its endpoint.
 type Bind = fn(Option<quinn::ServerConfig>, SocketAddr) -> std::io::Result<quinn::Endpoint>;
 
-/// One bi-stream carrying `bytes` from a client to a server endpoint, timed until the server
-/// confirms the count.
+/// One bi-stream carrying `bytes` from a client endpoint on `sides.sender` to a server
+/// endpoint on `sides.receiver`, timed until the server confirms the count.
 async fn stream_transfer(
+    sides: &Sides,
     bind: Bind,
     server_config: quinn::ServerConfig,
     client_config: quinn::ClientConfig,
-    server_name: &str,
+    server_name: &'static str,
     bytes: u64,
 ) -> Result<Bulk> {
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    let server = bind(Some(server_config), loopback)?;
+    // An endpoint runs its driver on the runtime it is made on.
+    let server = sides
+        .receiver
+        .spawn(async move { bind(Some(server_config), loopback) })
+        .await??;
     let addr = server.local_addr()?;
-    let receiver = tokio::spawn(async move {
+    let receiver = sides.receiver.spawn(async move {
         let conn = server.accept().await.context("no connection")?.await?;
         let (mut send, mut recv) = conn.accept_bi().await?;
         let mut n = 0u64;
@@ -616,30 +711,34 @@ async fn stream_transfer(
         conn.closed().await;
         Ok::<u64, anyhow::Error>(n)
     });
-    let client = bind(None, loopback)?;
-    let conn = client
-        .connect_with(client_config, addr, server_name)?
-        .await?;
-    let buf = vec![0x5au8; 64 * 1024];
-    let busy = machine_busy()?;
-    let t = Instant::now();
-    let (mut send, mut recv) = conn.open_bi().await?;
-    let mut left = bytes;
-    while left > 0 {
-        let k = left.min(buf.len() as u64) as usize;
-        send.write_all(&buf[..k]).await?;
-        left -= k as u64;
-    }
-    send.finish()?;
-    let echo = recv.read_to_end(8).await?;
-    let elapsed = t.elapsed();
-    let busy = machine_busy()? - busy;
-    conn.close(0u32.into(), b"done");
+    let sender = sides.sender.spawn(async move {
+        let client = bind(None, loopback)?;
+        let conn = client
+            .connect_with(client_config, addr, server_name)?
+            .await?;
+        let buf = vec![0x5au8; 64 * 1024];
+        let busy = machine_busy()?;
+        let t = Instant::now();
+        let (mut send, mut recv) = conn.open_bi().await?;
+        let mut left = bytes;
+        while left > 0 {
+            let k = left.min(buf.len() as u64) as usize;
+            send.write_all(&buf[..k]).await?;
+            left -= k as u64;
+        }
+        send.finish()?;
+        let echo = recv.read_to_end(8).await?;
+        let elapsed = t.elapsed();
+        let busy = machine_busy()? - busy;
+        conn.close(0u32.into(), b"done");
+        client.wait_idle().await;
+        Ok::<_, anyhow::Error>((elapsed, busy, echo))
+    });
+    let (elapsed, busy, echo) = sender.await??;
     let n = receiver.await??;
     if n != bytes || echo != bytes.to_be_bytes() {
         bail!("sent {bytes} bytes, the receiver counted {n}");
     }
-    client.wait_idle().await;
     Ok(Bulk::new(bytes, elapsed, busy))
 }
 
@@ -667,7 +766,7 @@ fn perf_endpoint(
 
 /// Reference: quinn with its default transport settings, a plain self-signed certificate and
 /// the socket buffers of quinn's perf tool.
-pub async fn bulk_quinn_reference(bytes: u64) -> Result<Bulk> {
+pub async fn bulk_quinn_reference(sides: &Sides, bytes: u64) -> Result<Bulk> {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
     let cert = ck.cert.der().clone();
     let key = rustls::pki_types::PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der());
@@ -675,18 +774,26 @@ pub async fn bulk_quinn_reference(bytes: u64) -> Result<Bulk> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert)?;
     let client = quinn::ClientConfig::with_root_certificates(Arc::new(roots))?;
-    stream_transfer(perf_endpoint, server, client, "localhost", bytes).await
+    stream_transfer(sides, perf_endpoint, server, client, "localhost", bytes).await
 }
 
 /// The same stream on the peers' own QUIC configuration (key-pinned mutual TLS, their
 /// transport settings, their sockets).
-pub async fn bulk_peer_config(bytes: u64) -> Result<Bulk> {
+pub async fn bulk_peer_config(sides: &Sides, bytes: u64) -> Result<Bulk> {
     use common::{defaults::ALPN_PEER, tls};
     let a = Identity::generate("bulk-a")?;
     let b = Identity::generate("bulk-b")?;
     let server = tls::server_config(&b, ALPN_PEER)?;
     let client = tls::client_config(&a, ALPN_PEER, tls::Expect::Key(b.key_id))?;
-    stream_transfer(common::socket::endpoint, server, client, "peer", bytes).await
+    stream_transfer(
+        sides,
+        common::socket::endpoint,
+        server,
+        client,
+        "peer",
+        bytes,
+    )
+    .await
 }
 
 /// A file of pseudo-random bytes in a temporary folder, sent by [`bulk_file`]; removed on drop.
@@ -748,14 +855,33 @@ pub struct FileTransfer {
     pub hash: f64,
 }
 
-/// The bulk figure: peer A sends `file` to peer B with [`Node::send_file`], over a link made
-/// beforehand (one chat message, as for [`bulk_chat`]) so that no handshake is timed. A file
-/// that went through the mailbox instead, or resumed, is an error, not a figure.
-pub async fn bulk_file(dir: &DirectoryProcess, file: &BulkFile) -> Result<FileTransfer> {
-    let a = PeerNode::start(dir, "filea").await?;
-    let b = PeerNode::start(dir, "fileb").await?;
+/// The bulk figure: peer A, on `sides.sender`, sends `file` to peer B, on `sides.receiver`,
+/// with [`Node::send_file`], over a link made beforehand (one chat message, as for
+/// [`bulk_chat`]) so that no handshake is timed. A file that went through the mailbox
+/// instead, or resumed, is an error, not a figure.
+pub async fn bulk_file(
+    dir: &DirectoryProcess,
+    file: &BulkFile,
+    sides: &Sides,
+) -> Result<FileTransfer> {
+    let (addr, key) = (dir.addr, dir.fingerprint);
+    // A node runs its tasks on the runtime it starts on.
+    let b = sides
+        .receiver
+        .spawn(PeerNode::start_at(addr, key, format!("{}b", sides.tag)))
+        .await??;
     let to = b.node.name.clone();
-    a.send_direct(&to, BODY_100).await?;
+    let a = sides
+        .sender
+        .spawn({
+            let (to, tag) = (to.clone(), sides.tag);
+            async move {
+                let a = PeerNode::start_at(addr, key, format!("{tag}a")).await?;
+                a.send_direct(&to, BODY_100).await?;
+                Ok::<_, anyhow::Error>(a)
+            }
+        })
+        .await??;
 
     let t = Instant::now();
     let (hash, size) = peer::files::hash_file(&file.path).await?;
@@ -766,22 +892,27 @@ pub async fn bulk_file(dir: &DirectoryProcess, file: &BulkFile) -> Result<FileTr
 
     let first = Arc::new(OnceLock::<(Instant, u64)>::new());
     let on_report = first.clone();
-    let busy = machine_busy()?;
-    let t = Instant::now();
-    // send_file waits for a recipient it cannot reach; the bench does not.
-    let sent = tokio::time::timeout(
-        Duration::from_secs(300),
-        a.node.send_file(&to, &file.path, move |update| {
-            if let peer::node::FileUpdate::Progress { done, .. } = update {
-                on_report.get_or_init(|| (Instant::now(), done));
-            }
-        }),
-    )
-    .await;
-    let end = Instant::now();
-    let busy = machine_busy()? - busy;
-    a.stop().await;
-    b.stop().await;
+    let path = file.path.clone();
+    let sending = sides.sender.spawn(async move {
+        let busy = machine_busy()?;
+        let t = Instant::now();
+        // send_file waits for a recipient it cannot reach; the bench does not.
+        let sent = tokio::time::timeout(
+            Duration::from_secs(300),
+            a.node.send_file(&to, &path, move |update| {
+                if let peer::node::FileUpdate::Progress { done, .. } = update {
+                    on_report.get_or_init(|| (Instant::now(), done));
+                }
+            }),
+        )
+        .await;
+        let (elapsed, busy) = (t.elapsed(), machine_busy()? - busy);
+        a.stop().await;
+        Ok::<_, anyhow::Error>((sent, t, elapsed, busy))
+    });
+    let sent = sending.await?;
+    sides.receiver.spawn(b.stop()).await?;
+    let (sent, t, elapsed, busy) = sent?;
     let sent = sent.map_err(|_| anyhow!("send_file did not finish in 300 s"))??;
     if sent.path.is_none() {
         bail!("the file went through the mailbox, not over the direct link");
@@ -795,9 +926,10 @@ pub async fn bulk_file(dir: &DirectoryProcess, file: &BulkFile) -> Result<FileTr
         );
     }
     let &(accepted, had) = first.get().context("send_file made no progress report")?;
+    let end = t + elapsed;
     Ok(FileTransfer {
-        whole: size as f64 / (end - t).as_secs_f64(),
-        cpu_per_gib: Bulk::new(size, end - t, busy).cpu_per_gib,
+        whole: size as f64 / elapsed.as_secs_f64(),
+        cpu_per_gib: Bulk::new(size, elapsed, busy).cpu_per_gib,
         transfer: (size - had) as f64 / (end - accepted).as_secs_f64(),
         hash: size as f64 / hash_secs,
     })

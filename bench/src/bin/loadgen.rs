@@ -305,6 +305,27 @@ const BULK_REF_CPU: Spec = (
     None,
     Better::Lower,
 );
+const BULK_PINNED_RATIO: Spec = (
+    "bulk_pinned_ratio",
+    "file / quinn ref, each side pinned to a core of its own",
+    "%",
+    None,
+    Better::Higher,
+);
+const BULK_PINNED_FILE: Spec = (
+    "bulk_pinned_file",
+    "  file, whole send_file call, sides pinned",
+    "MiB/s",
+    None,
+    Better::Higher,
+);
+const BULK_PINNED_REF: Spec = (
+    "bulk_pinned_ref",
+    "  quinn reference, sides pinned",
+    "MiB/s",
+    None,
+    Better::Higher,
+);
 const FSYNC_P50: Spec = (
     "fsync_p50",
     "reference: 4 KiB write + fdatasync p50",
@@ -409,17 +430,24 @@ async fn run(cli: Cli) -> Result<()> {
                 );
             }
             if let Some(file) = &bulk_file {
+                let file_to_send = file;
                 // Alternate the order, so that drift in background load does not favour one.
+                let shared = figures::Sides::shared();
                 let (file, chat, stream, reference) = if run % 2 == 0 {
-                    let f = figures::bulk_file(&dir, file).await;
+                    let f = figures::bulk_file(&dir, file, &shared).await;
                     let c = figures::bulk_chat(&dir, &p).await;
-                    let s = figures::bulk_peer_config(p.bulk_bytes).await;
-                    (f, c, s, figures::bulk_quinn_reference(p.bulk_bytes).await)
+                    let s = figures::bulk_peer_config(&shared, p.bulk_bytes).await;
+                    (
+                        f,
+                        c,
+                        s,
+                        figures::bulk_quinn_reference(&shared, p.bulk_bytes).await,
+                    )
                 } else {
-                    let r = figures::bulk_quinn_reference(p.bulk_bytes).await;
-                    let s = figures::bulk_peer_config(p.bulk_bytes).await;
+                    let r = figures::bulk_quinn_reference(&shared, p.bulk_bytes).await;
+                    let s = figures::bulk_peer_config(&shared, p.bulk_bytes).await;
                     let c = figures::bulk_chat(&dir, &p).await;
-                    (figures::bulk_file(&dir, file).await, c, s, r)
+                    (figures::bulk_file(&dir, file, &shared).await, c, s, r)
                 };
                 // The target applies to the file, the whole `send_file` call.
                 if let (Ok(f), Ok(r)) = (&file, &reference) {
@@ -456,6 +484,29 @@ async fn run(cli: Cli) -> Result<()> {
                     report.push(BULK_REF_CPU, Ok(r.cpu_per_gib));
                 }
                 report.push(BULK_REF, reference.map(|r| r.rate / MIB));
+
+                // The same file and reference with each side on a core of its own, as on two
+                // hosts: what each side's own work allows. Needs two cores.
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                match (cores >= 2).then(figures::PinnedSides::new) {
+                    Some(Ok(pinned)) => {
+                        let sides = pinned.sides();
+                        let (file, reference) = if run % 2 == 0 {
+                            let f = figures::bulk_file(&dir, file_to_send, &sides).await;
+                            (f, figures::bulk_quinn_reference(&sides, p.bulk_bytes).await)
+                        } else {
+                            let r = figures::bulk_quinn_reference(&sides, p.bulk_bytes).await;
+                            (figures::bulk_file(&dir, file_to_send, &sides).await, r)
+                        };
+                        if let (Ok(f), Ok(r)) = (&file, &reference) {
+                            report.push(BULK_PINNED_RATIO, Ok(f.whole / r.rate * 100.0));
+                        }
+                        report.push(BULK_PINNED_FILE, file.map(|f| f.whole / MIB));
+                        report.push(BULK_PINNED_REF, reference.map(|r| r.rate / MIB));
+                    }
+                    Some(Err(e)) => report.push(BULK_PINNED_RATIO, Err(e)),
+                    None => {}
+                }
             }
         }
         if wants("lookups") {
