@@ -83,10 +83,14 @@ pub async fn run(incoming: quinn::Incoming, shared: Arc<Shared>) {
     };
     debug!(cause = %reason, "connection closed");
     if let Some(name) = session.name.get() {
+        // The time is stored before the peer leaves the registry, so that a lookup never finds
+        // it offline without a last-seen time. Should a newer connection hold the name, the
+        // time is still true, and that connection reports the peer online anyway.
+        let store = session.shared.store.clone();
+        let seen = name.clone();
+        let _ = tokio::task::spawn_blocking(move || store.set_last_seen(&seen, now_ms())).await;
         if session.shared.registry.remove_if(name, conn.stable_id()) {
             info!("offline");
-            let (store, name) = (session.shared.store.clone(), name.clone());
-            let _ = tokio::task::spawn_blocking(move || store.set_last_seen(&name, now_ms())).await;
         }
     }
 }
