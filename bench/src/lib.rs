@@ -100,15 +100,10 @@ pub fn machine_busy() -> Result<Duration> {
     Ok(Duration::from_secs_f64(busy as f64 / clock_ticks() as f64))
 }
 
-/// Kernel clock ticks per second for `/proc` times (`getconf CLK_TCK`), 100 if unknown.
+/// Kernel clock ticks per second for `/proc` times (`sysconf(_SC_CLK_TCK)`, from the process's
+/// auxiliary vector: no system call, so it costs nothing inside a measured window).
 pub fn clock_ticks() -> u64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100)
+    rustix::param::clock_ticks_per_second()
 }
 
 /// Resident set size of a process in bytes (`VmRSS` in `/proc/PID/status`).
