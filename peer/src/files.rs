@@ -467,7 +467,8 @@ pub async fn receive(
 
 /// Appends every chunk from `taken` to `file` and to `hasher`, then syncs the file. Meanwhile
 /// a second thread flushes what is written every [`FLUSH_EVERY`] bytes and lets the page cache
-/// drop what it has flushed ([`drop_cached`]). Blocking.
+/// drop each newly flushed stretch ([`drop_cached`]); the whole file goes after the last sync.
+/// Blocking.
 fn write_chunks(
     mut file: File,
     mut hasher: blake3::Hasher,
@@ -480,9 +481,11 @@ fn write_chunks(
         // the next covers it.
         let (flush, flushes) = std::sync::mpsc::sync_channel::<u64>(1);
         let flusher = scope.spawn(move || -> std::io::Result<()> {
+            let mut dropped = 0;
             while let Ok(upto) = flushes.recv() {
                 flushing.sync_data()?;
-                drop_cached(&flushing, upto);
+                drop_cached(&flushing, dropped, upto);
+                dropped = upto;
             }
             Ok(())
         });
@@ -507,22 +510,22 @@ fn write_chunks(
             .unwrap_or_else(|_| Err(std::io::Error::other("the flushing thread panicked")));
         wrote.and(flushed)?;
         file.sync_all()?;
-        drop_cached(&file, written);
+        drop_cached(&file, 0, written);
         Ok(hasher)
     })
 }
 
-/// Tells the kernel that the first `len` bytes of `file`, already flushed, will not be read
-/// again soon, so that their pages leave the page cache now. A large file arriving then does
-/// not push what the user works with out of memory, and the pages it frees are the ones its
-/// next writes reuse. Advice only: where it is not supported, nothing happens.
-fn drop_cached(file: &File, len: u64) {
+/// Tells the kernel that bytes `from..to` of `file`, already flushed, will not be read again
+/// soon, so that their pages leave the page cache now. A large file arriving then does not push
+/// what the user works with out of memory, and the pages it frees are the ones its next writes
+/// reuse. Advice only: where it is not supported, nothing happens.
+fn drop_cached(file: &File, from: u64, to: u64) {
     #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
-    if let Some(len) = std::num::NonZeroU64::new(len) {
-        let _ = rustix::fs::fadvise(file, 0, Some(len), rustix::fs::Advice::DontNeed);
+    if let Some(len) = std::num::NonZeroU64::new(to.saturating_sub(from)) {
+        let _ = rustix::fs::fadvise(file, from, Some(len), rustix::fs::Advice::DontNeed);
     }
     #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
-    let _ = (file, len);
+    let _ = (file, from, to);
 }
 
 /// What became of a part of a file from the mailbox.
