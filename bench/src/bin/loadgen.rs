@@ -429,12 +429,11 @@ async fn run(cli: Cli) -> Result<()> {
                     r.map(|v| Summary::of(&v).map_or(f64::NAN, |s| s.median)),
                 );
             }
-            if let Some(file) = &bulk_file {
-                let file_to_send = file;
+            if let Some(bulk) = &bulk_file {
                 // Alternate the order, so that drift in background load does not favour one.
                 let shared = figures::Sides::shared();
                 let (file, chat, stream, reference) = if run % 2 == 0 {
-                    let f = figures::bulk_file(&dir, file, &shared).await;
+                    let f = figures::bulk_file(&dir, bulk, &shared).await;
                     let c = figures::bulk_chat(&dir, &p).await;
                     let s = figures::bulk_peer_config(&shared, p.bulk_bytes).await;
                     (
@@ -447,7 +446,7 @@ async fn run(cli: Cli) -> Result<()> {
                     let r = figures::bulk_quinn_reference(&shared, p.bulk_bytes).await;
                     let s = figures::bulk_peer_config(&shared, p.bulk_bytes).await;
                     let c = figures::bulk_chat(&dir, &p).await;
-                    (figures::bulk_file(&dir, file, &shared).await, c, s, r)
+                    (figures::bulk_file(&dir, bulk, &shared).await, c, s, r)
                 };
                 // The target applies to the file, the whole `send_file` call.
                 if let (Ok(f), Ok(r)) = (&file, &reference) {
@@ -492,11 +491,11 @@ async fn run(cli: Cli) -> Result<()> {
                     Some(Ok(pinned)) => {
                         let sides = pinned.sides();
                         let (file, reference) = if run % 2 == 0 {
-                            let f = figures::bulk_file(&dir, file_to_send, &sides).await;
+                            let f = figures::bulk_file(&dir, bulk, &sides).await;
                             (f, figures::bulk_quinn_reference(&sides, p.bulk_bytes).await)
                         } else {
                             let r = figures::bulk_quinn_reference(&sides, p.bulk_bytes).await;
-                            (figures::bulk_file(&dir, file_to_send, &sides).await, r)
+                            (figures::bulk_file(&dir, bulk, &sides).await, r)
                         };
                         if let (Ok(f), Ok(r)) = (&file, &reference) {
                             report.push(BULK_PINNED_RATIO, Ok(f.whole / r.rate * 100.0));
