@@ -22,6 +22,8 @@ pub mod mailbox;
 pub mod registry;
 pub mod server;
 pub mod session;
+pub mod state;
 pub mod store;
 
-pub use server::{run, Config};
+pub use server::run;
+pub use state::Config;

@@ -8,7 +8,7 @@
 //! messages again. Removing delivered mail stores a receipt for its sender (see
 //! [`crate::store`]), whose own delivery task is woken to send it.
 
-use crate::server::Shared;
+use crate::state::Shared;
 use anyhow::{bail, Context, Result};
 use common::{
     defaults::DELIVERY_WINDOW,

@@ -2,53 +2,15 @@
 //! expires silent peers, and shuts everything down when asked.
 
 use crate::{
-    registry::Registry,
     session,
-    store::{Quota, Store, Writer},
+    state::{Config, Shared},
+    store::Store,
 };
 use anyhow::Result;
 use common::wire::codes;
-use std::{
-    future::Future,
-    sync::{atomic::AtomicU64, Arc},
-    time::Duration,
-};
+use std::{future::Future, sync::Arc, time::Duration};
 use tokio::task::JoinSet;
 use tracing::{info, Instrument};
-
-/// How the directory is run.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Mailbox quota per recipient.
-    pub quota: Quota,
-    /// Most connections served at once.
-    pub max_connections: u32,
-}
-
-/// What every session shares.
-pub struct Shared {
-    /// Durable state, for reads.
-    pub store: Arc<dyn Store>,
-    /// Durable state, for writes (group commit).
-    pub writer: Writer,
-    /// Who is online.
-    pub registry: Registry,
-    /// Settings.
-    pub config: Config,
-    /// Counters, for logs.
-    pub metrics: Metrics,
-}
-
-/// What the directory counts.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// Introductions sent (hole punching).
-    pub introductions: AtomicU64,
-    /// Introductions that ended in a direct link, as reported by the peer that asked.
-    pub punched: AtomicU64,
-    /// Introductions that did not.
-    pub punch_failed: AtomicU64,
-}
 
 /// Serves `endpoint` until `shutdown` resolves.
 pub async fn run(
@@ -57,14 +19,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let writer = Writer::spawn(store.clone(), config.quota);
-    let shared = Arc::new(Shared {
-        store,
-        writer,
-        registry: Registry::default(),
-        config,
-        metrics: Metrics::default(),
-    });
+    let shared = Arc::new(Shared::new(store, config));
     let mut sessions = JoinSet::new();
     tokio::pin!(shutdown);
     loop {

@@ -3,7 +3,7 @@
 //! the next requests before the answers come (pipelining): those that arrived together are
 //! answered in one write, so in as few packets as possible.
 
-use crate::{mailbox, registry::Online, server::Shared, store::StoreError};
+use crate::{mailbox, registry::Online, state::Shared, store::StoreError};
 use anyhow::Result;
 use common::{
     defaults::{MAX_BODY_LEN, REQUEST_TIMEOUT},
