@@ -21,6 +21,7 @@
 pub mod mailbox;
 pub mod registry;
 pub mod server;
+pub mod service;
 pub mod session;
 pub mod state;
 pub mod store;

@@ -8,7 +8,7 @@
 //! messages again. Removing delivered mail stores a receipt for its sender (see
 //! [`crate::store`]), whose own delivery task is woken to send it.
 
-use crate::state::Shared;
+use crate::{registry::Feed, state::Shared};
 use anyhow::{bail, Context, Result};
 use common::{
     defaults::DELIVERY_WINDOW,
@@ -24,14 +24,8 @@ use tokio::{
 use tracing::{debug, warn};
 
 /// Runs until the connection ends or the recipient misbehaves.
-pub async fn deliver(
-    conn: quinn::Connection,
-    name: Name,
-    shared: Arc<Shared>,
-    wake: Arc<Notify>,
-    mut events: mpsc::Receiver<DirectoryEvent>,
-) {
-    if let Err(e) = deliver_inner(&conn, &name, &shared, &wake, &mut events).await {
+pub async fn deliver(conn: quinn::Connection, name: Name, shared: Arc<Shared>, mut feed: Feed) {
+    if let Err(e) = deliver_inner(&conn, &name, &shared, &feed.wake, &mut feed.events).await {
         debug!(cause = %e, "mailbox delivery ended");
     }
 }

@@ -11,16 +11,32 @@ use common::wire::DirectoryEvent;
 use common::{KeyId, Name};
 use std::{
     collections::HashMap,
+    fmt::Debug,
     net::SocketAddr,
     sync::{Arc, Mutex},
 };
 use tokio::sync::{mpsc, Notify};
 
+/// A peer's connection as the registry sees it: where its packets come from, and how to end
+/// it. The QUIC connection is one (see `session`); the registry needs nothing else of QUIC.
+pub trait Link: Send + Sync + Debug + 'static {
+    /// The same for the connection's whole life, and unique among live connections.
+    fn id(&self) -> usize;
+    /// Where the peer's packets come from now (it changes if the peer's NAT rebinds).
+    fn remote_address(&self) -> SocketAddr;
+    /// Ends the connection with an application error `code` and a short `reason`.
+    fn close(&self, code: u32, reason: &[u8]);
+}
+
+/// Events queued for one peer's event stream at most; a full queue means the peer is not
+/// reading them.
+const EVENT_QUEUE: usize = 64;
+
 /// One online peer.
 #[derive(Debug, Clone)]
 pub struct Online {
     /// The connection it registered on.
-    pub conn: quinn::Connection,
+    pub link: Arc<dyn Link>,
     /// Its key, as proven in the handshake.
     pub key: KeyId,
     /// The addresses it says it listens on.
@@ -29,6 +45,37 @@ pub struct Online {
     pub wake: Arc<Notify>,
     /// Other events for its event stream (introductions).
     pub events: mpsc::Sender<DirectoryEvent>,
+}
+
+/// The receiving ends of an [`Online`] entry: what its mailbox task listens to.
+#[derive(Debug)]
+pub struct Feed {
+    /// Notified when mail is deposited for the peer.
+    pub wake: Arc<Notify>,
+    /// Events to forward on its event stream.
+    pub events: mpsc::Receiver<DirectoryEvent>,
+}
+
+impl Online {
+    /// The entry for a peer online on `link`, and the feed its mailbox task reads.
+    pub fn new(link: Arc<dyn Link>, key: KeyId, listen_addrs: Vec<SocketAddr>) -> (Self, Feed) {
+        let wake = Arc::new(Notify::new());
+        let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let online = Self {
+            link,
+            key,
+            listen_addrs,
+            wake: wake.clone(),
+            events,
+        };
+        (
+            online,
+            Feed {
+                wake,
+                events: events_rx,
+            },
+        )
+    }
 }
 
 /// The set of online peers.
@@ -46,19 +93,16 @@ impl Registry {
         self.online.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records `name` as online on `entry.conn`, returning the entry it replaces, if any.
+    /// Records `name` as online on `entry.link`, returning the entry it replaces, if any.
     pub fn insert(&self, name: Name, entry: Online) -> Option<Online> {
         self.map().insert(name, entry)
     }
 
-    /// Removes `name` if it is still registered on the connection with `stable_id`, so a
-    /// replaced connection that closes late cannot remove its successor.
-    pub fn remove_if(&self, name: &Name, stable_id: usize) -> bool {
+    /// Removes `name` if it is still registered on the connection with `link_id` (see
+    /// [`Link::id`]), so a replaced connection that closes late cannot remove its successor.
+    pub fn remove_if(&self, name: &Name, link_id: usize) -> bool {
         let mut map = self.map();
-        if map
-            .get(name)
-            .is_some_and(|o| o.conn.stable_id() == stable_id)
-        {
+        if map.get(name).is_some_and(|o| o.link.id() == link_id) {
             map.remove(name);
             return true;
         }
