@@ -25,6 +25,7 @@ pub mod service;
 pub mod session;
 pub mod state;
 pub mod store;
+pub mod window;
 
 pub use server::run;
 pub use state::Config;
