@@ -13,7 +13,6 @@
 //! * [`identity`]: a long-term key and self-signed certificate (rcgen), and [`KeyId`], the
 //!   SHA-256 fingerprint of a public key that names an identity.
 //! * [`socket`]: the UDP socket under each QUIC endpoint, its buffers sized for QUIC.
-//! * [`control`]: the local protocol between a short command and a running peer.
 //! * [`tls`]: rustls configurations for mutual TLS in which trust comes from a pinned [`KeyId`],
 //!   not from certificate authorities.
 //!
@@ -36,7 +35,6 @@
 
 #![deny(missing_docs)]
 
-pub mod control;
 pub mod defaults;
 pub mod framing;
 pub mod identity;

@@ -6,17 +6,16 @@
 //! delivered or queued.
 
 use crate::{
-    commands::shutdown_signal,
     console::{print_line, Console},
-    session::{Session, Update},
+    line::{parse, Input, HELP},
+    service::Update,
+    session::Session,
+    signals::shutdown_signal,
 };
 use anyhow::{anyhow, bail, Result};
 use common::Name;
-use std::{io::IsTerminal, path::PathBuf};
+use std::io::IsTerminal;
 use tokio::io::{AsyncBufReadExt, BufReader};
-
-const HELP: &str = "commands: /to NAME (talk to NAME), /who (presence of known peers), \
-                    /file PATH (send a file), /help, /quit";
 
 /// Runs the conversation with `with`.
 pub async fn run(session: Session, console: Console, with: Name) -> Result<()> {
@@ -25,56 +24,6 @@ pub async fn run(session: Session, console: Console, with: Name) -> Result<()> {
     } else {
         lines(session, console, with).await
     }
-}
-
-/// A line of input: a message or a command.
-pub(crate) enum Input {
-    Text(String),
-    To(Name),
-    File(PathBuf),
-    Who,
-    Help,
-    Quit,
-    Bad(String),
-}
-
-/// What a typed line means; `None` for a blank one.
-pub(crate) fn parse(line: &str) -> Option<Input> {
-    let trimmed = line.trim();
-    if trimmed.is_empty() {
-        return None;
-    }
-    if !trimmed.starts_with('/') || trimmed.starts_with("//") {
-        let text = trimmed
-            .strip_prefix('/')
-            .filter(|_| trimmed.starts_with("//"))
-            .unwrap_or(line);
-        return Some(Input::Text(text.to_string()));
-    }
-    let mut words = trimmed.split_whitespace();
-    Some(match (words.next(), words.next()) {
-        (Some("/to"), Some(name)) => match Name::new(name) {
-            Ok(name) => Input::To(name),
-            Err(e) => Input::Bad(format!("invalid name {name:?}: {e}")),
-        },
-        (Some("/file"), Some(_)) => Input::File(file_path(
-            trimmed.strip_prefix("/file").unwrap_or_default().trim(),
-        )),
-        (Some("/who"), None) => Input::Who,
-        (Some("/help"), _) => Input::Help,
-        (Some("/quit"), _) => Input::Quit,
-        _ => Input::Bad(format!("unknown command {trimmed:?}; {HELP}")),
-    })
-}
-
-/// The path typed after `/file` (the rest of the line, so spaces are allowed; `~/` is the home
-/// folder), made absolute: a running peer may be the one that opens it.
-fn file_path(typed: &str) -> PathBuf {
-    let path = match (typed.strip_prefix("~/"), std::env::var_os("HOME")) {
-        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
-        _ => PathBuf::from(typed),
-    };
-    std::path::absolute(&path).unwrap_or(path)
 }
 
 /// Tracks which peers the conversation has touched, for `/who`.

@@ -8,7 +8,9 @@ use crate::{
     control::ControlClient,
     history::{self, History, HistoryError},
     home::Home,
-    session::{Session, Update},
+    service::Update,
+    session::Session,
+    signals::shutdown_signal,
 };
 use anyhow::{anyhow, bail, Result};
 use common::Name;
@@ -75,7 +77,7 @@ async fn send(mut session: Session, console: Console, to: Name, body: String) ->
     let result = loop {
         match session.next().await {
             Some(Update::Sent(Ok(sent))) => break Ok(sent),
-            Some(Update::Sent(Err(e))) => break Err(anyhow!(e)),
+            Some(Update::Sent(Err(e))) => break Err(anyhow!(e.failure)),
             Some(_) => {}
             None => break Err(anyhow!("the peer stopped before the message was sent")),
         }
@@ -99,7 +101,7 @@ async fn send_file(
                 bar.set_length(total);
                 bar.set_position(done);
             }
-            Some(Update::FileSent(result)) => break result.map_err(|e| anyhow!(e)),
+            Some(Update::FileSent(result)) => break result.map_err(anyhow::Error::from),
             Some(Update::Notice(text)) => bar.suspend(|| eprintln!("{text}")),
             Some(_) => {}
             None => break Err(anyhow!("the peer stopped before the file was sent")),
@@ -130,7 +132,7 @@ async fn whois(mut session: Session, console: Console, name: Name) -> Result<()>
     session.whois(name);
     let result = loop {
         match session.next().await {
-            Some(Update::Whois(result)) => break result.map_err(|e| anyhow!(e)),
+            Some(Update::Whois(result)) => break result.map_err(anyhow::Error::from),
             Some(_) => {}
             None => break Err(anyhow!("the peer stopped before the answer came")),
         }
@@ -196,19 +198,4 @@ async fn inbox(mut session: Session, console: Console) -> Result<()> {
     };
     session.close().await;
     result
-}
-
-/// Listens for Ctrl-C and SIGTERM from now on, and returns a future that resolves on the first.
-/// Called before anything announces that the peer is up, so a signal sent the moment the
-/// announcement appears ends the peer cleanly instead of killing it.
-pub fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    Ok(async move {
-        tokio::select! {
-            _ = int.recv() => {},
-            _ = term.recv() => {},
-        }
-    })
 }

@@ -1,9 +1,13 @@
 //! What the user sees. Chat goes to stdout, as plain lines or JSON Lines (`--json`); logs and
 //! errors go to stderr.
 
-use crate::{inbox::Via, outbox::Sent};
+use crate::{
+    history::{HistoryEntry, HistoryState},
+    inbox::Via,
+    links::DirectPath,
+    outbox::{Sent, Status},
+};
 use common::{
-    control::{HistoryEntry, HistoryState, Path},
     wire::{ChatMessage, PeerInfo},
     KeyId, Name,
 };
@@ -58,7 +62,7 @@ impl Console {
                 "blake3": hex::encode(f.hash),
                 "sent_at_ms": f.sent_at_ms,
                 "resumed_from": f.resumed_from,
-                "via": if f.via_mailbox { "mailbox" } else { "direct" },
+                "via": f.via.as_str(),
             })
             .to_string();
         }
@@ -116,23 +120,23 @@ impl Console {
                 "id": s.id.to_string(),
                 "to": s.to.as_str(),
                 "status": s.status.as_str(),
-                "path": s.path.map(Path::as_str),
+                "path": s.path.map(DirectPath::as_str),
             })
             .to_string();
         }
         match s.status {
-            crate::outbox::Status::Delivered => match s.path {
+            Status::Delivered => match s.path {
                 Some(path) => format!("delivered to {} (direct, {})", s.to, path.as_str()),
                 None => format!("delivered to {} (direct)", s.to),
             },
-            crate::outbox::Status::Queued => {
+            Status::Queued => {
                 format!("queued for {} in the directory's mailbox", s.to)
             }
         }
     }
 
     /// The lines for a lookup; `path` is the direct link this peer has to it, if any.
-    pub fn whois(&self, p: &PeerInfo, path: Option<Path>) -> String {
+    pub fn whois(&self, p: &PeerInfo, path: Option<DirectPath>) -> String {
         if self.json {
             return json!({
                 "type": "whois",
@@ -142,7 +146,7 @@ impl Console {
                 "observed_addr": p.observed_addr.map(|a| a.to_string()),
                 "listen_addrs": p.listen_addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                 "key": p.key.to_string(),
-                "path": path.map(Path::as_str),
+                "path": path.map(DirectPath::as_str),
                 "queued_from_you": p.queued_from_you,
             })
             .to_string();
@@ -181,10 +185,8 @@ impl Console {
                 "state": e.state.as_str(),
             });
             match &e.state {
-                HistoryState::Received { via_mailbox } => {
-                    v["via"] = json!(if *via_mailbox { "mailbox" } else { "direct" })
-                }
-                HistoryState::Delivered { path } => v["path"] = json!(path.map(Path::as_str)),
+                HistoryState::Received { via } => v["via"] = json!(via.as_str()),
+                HistoryState::Delivered { path } => v["path"] = json!(path.map(DirectPath::as_str)),
                 HistoryState::Failed { reason } => v["reason"] = json!(reason),
                 HistoryState::DeliveredLater { at_ms } => v["delivered_at_ms"] = json!(at_ms),
                 HistoryState::Sending | HistoryState::Queued => {}
@@ -249,8 +251,8 @@ pub fn sanitize(body: &str) -> String {
 /// A short description of where a message stands, for people.
 pub fn state_text(state: &HistoryState) -> String {
     match state {
-        HistoryState::Received { via_mailbox: true } => "received via the mailbox".into(),
-        HistoryState::Received { via_mailbox: false } => "received".into(),
+        HistoryState::Received { via: Via::Mailbox } => "received via the mailbox".into(),
+        HistoryState::Received { via: Via::Direct } => "received".into(),
         HistoryState::Sending => "sending".into(),
         HistoryState::Delivered { path: Some(path) } => {
             format!("delivered, direct {}", path.as_str())

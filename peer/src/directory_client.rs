@@ -4,26 +4,122 @@
 //! directory's key against the pin in the home folder, and registers. A background task then
 //! heartbeats, and if the connection drops it reconnects with backoff and registers again. For
 //! a peer that stays online, the directory opens an event stream on which it pushes mailbox
-//! messages; each is handed to the [`Inbox`] and acknowledged only after that.
+//! mail and introductions; each becomes a [`FromDirectory`] on the channel the caller gave,
+//! and mail is acknowledged to the directory only once the receiver has taken it
+//! ([`Delivery::taken`]).
+//!
+//! Everything the directory's protocol means is here; callers get typed answers and
+//! [`DirectoryError`]s, mapped once.
 
-use crate::{
-    home::Home,
-    inbox::{Inbox, Via},
-    punch::Introduction,
-};
+use crate::{failure::Failure, home::Home, tasks::Tasks};
 use anyhow::{anyhow, bail, Context, Result};
 use common::{
     defaults::{ALPN_DIRECTORY, MISSED_HEARTBEATS, REQUEST_TIMEOUT},
     framing::{self, FrameReader},
     tls::{self, Expect},
     wire::{
-        codes, DirectoryEvent, DirectoryRequest, DirectoryResponse, ErrorCode, EventAck, PeerInfo,
+        codes, ChatMessage, DirectoryEvent, DirectoryRequest, DirectoryResponse, ErrorCode,
+        EventAck, FilePart, MessageId, PeerInfo, Receipt,
     },
-    Identity, Name,
+    Identity, KeyId, Name,
 };
 use std::{net::SocketAddr, sync::Arc, time::Duration};
-use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, warn, Instrument};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+/// Why a request to the directory failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DirectoryError {
+    /// The directory answered with an error code.
+    #[error("{0}")]
+    Refused(ErrorCode),
+    /// There is no connection to the directory, and none came up in time.
+    #[error("the directory at {addr} cannot be reached")]
+    Unreachable {
+        /// The directory's address as the user gave it.
+        addr: String,
+    },
+    /// The directory did not answer in time.
+    #[error("the directory did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The connection or the stream failed, or the answer made no sense.
+    #[error("the directory connection failed: {0}")]
+    Connection(String),
+}
+
+impl DirectoryError {
+    /// What the user is told when a request about `name` failed this way.
+    pub fn failure(self, name: &Name, addr: &str) -> Failure {
+        match self {
+            DirectoryError::Refused(ErrorCode::UnknownPeer) => {
+                Failure::UnknownPeer { name: name.clone() }
+            }
+            DirectoryError::Refused(ErrorCode::MailboxFull) => {
+                Failure::MailboxFull { name: name.clone() }
+            }
+            DirectoryError::Refused(ErrorCode::TooLarge) => Failure::TooLarge {
+                len: 0,
+                limit: common::defaults::MAX_BODY_LEN as u64,
+            },
+            DirectoryError::Refused(code) => Failure::Refused {
+                reason: code.to_string(),
+            },
+            DirectoryError::Unreachable { .. }
+            | DirectoryError::Timeout(_)
+            | DirectoryError::Connection(_) => Failure::DirectoryUnreachable { addr: addr.into() },
+        }
+    }
+}
+
+fn connection_failed(e: impl std::fmt::Display) -> DirectoryError {
+    DirectoryError::Connection(format!("{e:#}"))
+}
+
+/// What the directory pushes to an online peer.
+#[derive(Debug)]
+pub enum FromDirectory {
+    /// Mail from the mailbox. The directory hears of it only through [`Delivery::taken`];
+    /// mail dropped untaken stays in the mailbox for the next connection, and the event
+    /// stream stops there.
+    Mail(Mail, Delivery),
+    /// Everything waiting in the mailbox has been delivered.
+    MailboxIdle,
+    /// `name` is dialing us now and asks us to dial back (hole punching).
+    Introduction(Introduction),
+}
+
+/// One piece of mail from the mailbox.
+#[derive(Debug)]
+pub enum Mail {
+    /// A message.
+    Message(ChatMessage),
+    /// A part of a small file.
+    FilePart(FilePart),
+    /// A recipient took mail of ours from its mailbox.
+    Receipt(Receipt),
+}
+
+/// The acknowledgement owed for one piece of mail.
+#[derive(Debug)]
+pub struct Delivery(oneshot::Sender<()>);
+
+impl Delivery {
+    /// The mail is in our hands (shown, written, recorded): the directory may delete it.
+    pub fn taken(self) {
+        let _ = self.0.send(());
+    }
+}
+
+/// An introduction from the directory: `name` is dialing us now.
+#[derive(Debug, Clone)]
+pub struct Introduction {
+    /// Who.
+    pub name: Name,
+    /// Its key.
+    pub key: KeyId,
+    /// Its addresses, observed first.
+    pub addrs: Vec<SocketAddr>,
+}
 
 /// What the peer needs to reach its directory.
 #[derive(Debug, Clone)]
@@ -51,15 +147,15 @@ struct Inner {
     client_config: quinn::ClientConfig,
     home: Home,
     settings: Settings,
-    inbox: Inbox,
+    tasks: Tasks,
+    /// Where what the directory pushes goes.
+    pushed: mpsc::Sender<FromDirectory>,
     /// The current connection; `None` while reconnecting.
     conn: watch::Sender<Option<quinn::Connection>>,
     /// Our address as the directory sees it.
     observed: watch::Sender<Option<SocketAddr>>,
     /// Set when we leave: the event stream stops taking messages and flushes its acks.
     leaving: watch::Sender<bool>,
-    /// Where introductions from the directory go.
-    introductions: mpsc::UnboundedSender<Introduction>,
     /// The task reading the current event stream.
     events_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The long-lived request stream (see [`Inner::exchange`]).
@@ -78,14 +174,15 @@ struct RequestStream {
 
 impl DirectoryClient {
     /// Connects and registers. Errors here are the user's to see: a wrong key, a taken name, a
-    /// directory that cannot be reached.
+    /// directory that cannot be reached. What the directory pushes arrives on `pushed`; the
+    /// client's tasks are spawned on `tasks`.
     pub async fn connect(
         endpoint: quinn::Endpoint,
         identity: &Identity,
         home: Home,
         settings: Settings,
-        inbox: Inbox,
-        introductions: mpsc::UnboundedSender<Introduction>,
+        tasks: Tasks,
+        pushed: mpsc::Sender<FromDirectory>,
     ) -> Result<Self> {
         let mut client_config = tls::client_config(identity, ALPN_DIRECTORY, Expect::AnyKey)?;
         // Heartbeats are QUIC keep-alives: a PING every interval, which the directory only
@@ -102,17 +199,17 @@ impl DirectoryClient {
             client_config,
             home,
             settings,
-            inbox,
+            tasks,
+            pushed,
             conn: watch::Sender::new(None),
             observed: watch::Sender::new(None),
             leaving: watch::Sender::new(false),
-            introductions,
             events_task: Default::default(),
             requests: Default::default(),
         });
         let conn = inner.connect_once().await?;
         inner.conn.send_replace(Some(conn));
-        tokio::spawn(supervise(inner.clone()).in_current_span());
+        inner.tasks.spawn(supervise(inner.clone()));
         Ok(Self { inner })
     }
 
@@ -121,27 +218,66 @@ impl DirectoryClient {
         *self.inner.observed.borrow()
     }
 
+    /// The directory's address as the user gave it.
+    pub fn addr(&self) -> &str {
+        &self.inner.settings.addr
+    }
+
     /// Sends one request and returns the directory's answer; an error code becomes an error.
-    pub async fn request(&self, request: &DirectoryRequest) -> Result<DirectoryResponse> {
+    pub async fn request(
+        &self,
+        request: &DirectoryRequest,
+    ) -> Result<DirectoryResponse, DirectoryError> {
         let conn = self.current().await?;
         let response = tokio::time::timeout(REQUEST_TIMEOUT, self.inner.exchange(&conn, request))
             .await
-            .map_err(|_| anyhow!("the directory did not answer within {REQUEST_TIMEOUT:?}"))??;
+            .map_err(|_| DirectoryError::Timeout(REQUEST_TIMEOUT))?
+            .map_err(connection_failed)?;
         match response {
-            DirectoryResponse::Error(code) => Err(DirectoryError(code).into()),
+            DirectoryResponse::Error(code) => Err(DirectoryError::Refused(code)),
             other => Ok(other),
         }
     }
 
     /// What the directory knows about `name`.
-    pub async fn lookup(&self, name: &Name) -> Result<PeerInfo> {
+    pub async fn lookup(&self, name: &Name) -> Result<PeerInfo, DirectoryError> {
         match self
             .request(&DirectoryRequest::Lookup { name: name.clone() })
             .await?
         {
             DirectoryResponse::Peer(info) => Ok(info),
-            other => bail!("unexpected answer from the directory: {other:?}"),
+            other => Err(unexpected(&other)),
         }
+    }
+
+    /// Stores `request` (a deposit of a message or a file part) in a mailbox: `Ok` once the
+    /// directory has committed it.
+    pub async fn deposit(&self, request: &DirectoryRequest) -> Result<(), DirectoryError> {
+        match self.request(request).await? {
+            DirectoryResponse::Stored => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Asks the directory to introduce us to `name` (hole punching). Not waited for by the
+    /// caller that spawns it; its outcome only matters to the punch in progress.
+    pub async fn introduce(&self, name: &Name) -> Result<(), DirectoryError> {
+        self.request(&DirectoryRequest::Introduce { name: name.clone() })
+            .await
+            .map(drop)
+    }
+
+    /// Tells the directory how an introduction it made turned out; in the background.
+    pub fn report_punch(&self, name: &Name, success: bool, millis: u32) {
+        let request = DirectoryRequest::PunchOutcome {
+            name: name.clone(),
+            success,
+            millis,
+        };
+        let client = self.clone();
+        self.inner.tasks.spawn(async move {
+            let _ = client.request(&request).await;
+        });
     }
 
     /// Leaves: acknowledgements already owed reach the directory, then the connection closes
@@ -164,26 +300,22 @@ impl DirectoryClient {
         self.inner.conn.send_modify(|_| {});
     }
 
-    async fn current(&self) -> Result<quinn::Connection> {
+    async fn current(&self) -> Result<quinn::Connection, DirectoryError> {
         let mut rx = self.inner.conn.subscribe();
         let wait = rx.wait_for(|c| c.as_ref().is_some_and(|c| c.close_reason().is_none()));
         let conn = match tokio::time::timeout(REQUEST_TIMEOUT, wait).await {
             Ok(Ok(conn)) => conn.clone(),
             _ => None,
         };
-        conn.ok_or_else(|| {
-            anyhow!(
-                "the directory at {} cannot be reached",
-                self.inner.settings.addr
-            )
+        conn.ok_or_else(|| DirectoryError::Unreachable {
+            addr: self.inner.settings.addr.clone(),
         })
     }
 }
 
-/// An error code from the directory, kept typed so callers can match on it.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct DirectoryError(pub ErrorCode);
+fn unexpected(answer: &DirectoryResponse) -> DirectoryError {
+    DirectoryError::Connection(format!("unexpected answer from the directory: {answer:?}"))
+}
 
 async fn request_on(
     conn: &quinn::Connection,
@@ -303,15 +435,11 @@ impl Inner {
         }
         if s.online {
             let leaving = self.leaving.subscribe();
-            let task = tokio::spawn(
-                serve_events(
-                    conn.clone(),
-                    self.inbox.clone(),
-                    self.introductions.clone(),
-                    leaving,
-                )
-                .in_current_span(),
-            );
+            let task = tokio::spawn(tracing::Instrument::in_current_span(serve_events(
+                conn.clone(),
+                self.pushed.clone(),
+                leaving,
+            )));
             let old = self
                 .events_task
                 .lock()
@@ -367,12 +495,12 @@ async fn supervise(inner: Arc<Inner>) {
 }
 
 /// Reads the directory's event stream: mailbox messages, file parts and receipts, the idle
-/// marker, and introductions. When we leave, it
-/// stops between two messages and waits until the directory has every ack written so far.
+/// marker, and introductions, and passes them on `pushed`. Mail is acknowledged once it was
+/// taken, one piece at a time. When we leave, it stops between two pieces and waits until the
+/// directory has every ack written so far.
 async fn serve_events(
     conn: quinn::Connection,
-    inbox: Inbox,
-    introductions: mpsc::UnboundedSender<Introduction>,
+    pushed: mpsc::Sender<FromDirectory>,
     mut leaving: watch::Receiver<bool>,
 ) {
     let streams = tokio::select! {
@@ -399,36 +527,27 @@ async fn serve_events(
         };
         // Mail is acknowledged once it is in our hands (shown, written, recorded); what could
         // not be taken is not acknowledged, and the directory keeps it for the next connection.
-        let taken = match frame {
+        let (mail, id) = match frame {
             Ok(Some(DirectoryEvent::Deliver(message))) => {
                 let id = message.id;
-                if inbox.receive(message, Via::Mailbox).await.is_err() {
-                    return;
-                }
-                id
+                (Mail::Message(message), id)
             }
             Ok(Some(DirectoryEvent::DeliverFilePart(part))) => {
                 let id = part.id;
-                if let Err(e) = inbox.file_part(part).await {
-                    warn!(cause = %format!("{e:#}"), "cannot take a file part from the mailbox");
-                    return;
-                }
-                id
+                (Mail::FilePart(part), id)
             }
             Ok(Some(DirectoryEvent::Receipt(receipt))) => {
                 let id = receipt.id;
-                if inbox.receipt(receipt).await.is_err() {
-                    return;
-                }
-                id
+                (Mail::Receipt(receipt), id)
             }
             Ok(Some(DirectoryEvent::MailboxIdle)) => {
-                inbox.mailbox_idle().await;
+                let _ = pushed.send(FromDirectory::MailboxIdle).await;
                 continue;
             }
             Ok(Some(DirectoryEvent::Introduction { name, key, addrs })) => {
                 let addrs = addrs.into_iter().take(16).collect();
-                let _ = introductions.send(Introduction { name, key, addrs });
+                let intro = Introduction { name, key, addrs };
+                let _ = pushed.try_send(FromDirectory::Introduction(intro));
                 continue;
             }
             Ok(None) => return,
@@ -442,11 +561,28 @@ async fn serve_events(
                 return;
             }
         };
+        if !taken(&pushed, mail).await {
+            return;
+        }
+        let taken: MessageId = id;
         if let Err(e) = framing::write_frame(&mut send, &EventAck::Delivered(taken)).await {
             debug!(cause = %e, "event stream closed");
             return;
         }
     }
+}
+
+/// Hands one piece of mail over and waits until it was taken (`false`: it was not).
+async fn taken(pushed: &mpsc::Sender<FromDirectory>, mail: Mail) -> bool {
+    let (ack, was_taken) = oneshot::channel();
+    if pushed
+        .send(FromDirectory::Mail(mail, Delivery(ack)))
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    was_taken.await.is_ok()
 }
 
 /// Resolves once `leaving` is set.

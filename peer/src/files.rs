@@ -86,12 +86,12 @@ pub struct ReceivedFile {
     pub sent_at_ms: u64,
     /// Bytes kept from an earlier, interrupted attempt.
     pub resumed_from: u64,
-    /// It came through the mailbox, in parts.
-    pub via_mailbox: bool,
+    /// How it came: directly, or through the mailbox in parts.
+    pub via: crate::inbox::Via,
 }
 
 /// The outcome of sending a file.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FileSent {
     /// The recipient.
     pub to: Name,
@@ -102,7 +102,7 @@ pub struct FileSent {
     /// Bytes the recipient already had from an earlier attempt.
     pub resumed_from: u64,
     /// The direct path it went over; `None` when it went into the recipient's mailbox.
-    pub path: Option<common::control::Path>,
+    pub path: Option<crate::links::DirectPath>,
 }
 
 /// Why [`send`] stopped.
@@ -461,7 +461,7 @@ pub async fn receive(
         hash,
         sent_at_ms: header.sent_at_ms,
         resumed_from: offset,
-        via_mailbox: false,
+        via: crate::inbox::Via::Direct,
     })
 }
 
@@ -607,7 +607,7 @@ pub fn write_part(downloads: &Path, part: &FilePart) -> Result<PartOutcome> {
         hash: offer.hash,
         sent_at_ms: offer.sent_at_ms,
         resumed_from: 0,
-        via_mailbox: true,
+        via: crate::inbox::Via::Mailbox,
     }))
 }
 
@@ -841,7 +841,7 @@ mod tests {
         let PartOutcome::Complete(file) = write_part(dir.path(), &parts[2])? else {
             bail!("the last part did not complete the file");
         };
-        assert!(file.via_mailbox);
+        assert_eq!(file.via, crate::inbox::Via::Mailbox);
         assert_eq!(file.path, dir.path().join("notes.txt"));
         assert_eq!(fs::read(&file.path)?, content);
         assert_eq!(fs::read_dir(dir.path().join(PARTIAL_DIR))?.count(), 0);

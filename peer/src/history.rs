@@ -24,14 +24,18 @@
 //! [`HistoryError::Locked`] and either goes through the running one ([`crate::control`]) or
 //! does without.
 
-use crate::{inbox::Via, outbox::Sent};
+use crate::{
+    inbox::Via,
+    links::DirectPath,
+    outbox::{Sent, Status},
+};
 use common::{
-    control::{HistoryEntry, HistoryState},
     now_ms,
     wire::{ChatMessage, MessageId},
     Name,
 };
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
 use std::{
     path::{Path, PathBuf},
     sync::{
@@ -51,6 +55,74 @@ const NEXT_SEQ: &str = "next_seq";
 pub const FILE: &str = "history.redb";
 /// Most operations one commit takes from the queue.
 const MAX_BATCH: usize = 1024;
+
+/// Where one message of the local history stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HistoryState {
+    /// We received it.
+    Received {
+        /// How it came. (Stored as a bool before, `true` for the mailbox: [`Via`]'s encoding
+        /// is the same, so old records still read.)
+        via: Via,
+    },
+    /// We sent it and have no outcome yet (or the process ended before it came).
+    Sending,
+    /// The recipient acknowledged it directly.
+    Delivered {
+        /// The direct path it went on.
+        path: Option<DirectPath>,
+    },
+    /// The directory holds it in the recipient's mailbox.
+    Queued,
+    /// It could not be sent.
+    Failed {
+        /// Why, for the user.
+        reason: String,
+    },
+    /// It was queued, and its recipient has since taken it from the mailbox: the receipt came
+    /// back.
+    DeliveredLater {
+        /// When the recipient took it (the directory's clock, ms since the epoch).
+        at_ms: u64,
+    },
+}
+
+impl HistoryState {
+    /// The name used in JSON output.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            HistoryState::Received { .. } => "received",
+            HistoryState::Sending => "sending",
+            HistoryState::Delivered { .. } => "delivered",
+            HistoryState::Queued => "queued",
+            HistoryState::Failed { .. } => "failed",
+            HistoryState::DeliveredLater { .. } => "delivered_later",
+        }
+    }
+
+    /// True for a message we sent.
+    pub fn is_ours(&self) -> bool {
+        !matches!(self, HistoryState::Received { .. })
+    }
+}
+
+/// One message of the local history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// The message id; `None` for a message of ours that never got one (it failed before
+    /// leaving, or the process ended first).
+    pub id: Option<MessageId>,
+    /// Sender.
+    pub from: Name,
+    /// Recipient.
+    pub to: Name,
+    /// When it was sent, by the sender's clock (ms since the epoch).
+    pub sent_at_ms: u64,
+    /// The text.
+    pub body: String,
+    /// Where it stands.
+    pub state: HistoryState,
+}
 
 /// Why the history could not be used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -213,9 +285,7 @@ impl History {
                 to: message.to.clone(),
                 sent_at_ms: message.sent_at_ms,
                 body: message.body.clone(),
-                state: HistoryState::Received {
-                    via_mailbox: via == Via::Mailbox,
-                },
+                state: HistoryState::Received { via },
             },
             reply: Some(reply),
         });
@@ -334,8 +404,8 @@ impl History {
 /// The recorded state for a send outcome.
 pub fn state_of(sent: &Sent) -> HistoryState {
     match sent.status {
-        crate::outbox::Status::Delivered => HistoryState::Delivered { path: sent.path },
-        crate::outbox::Status::Queued => HistoryState::Queued,
+        Status::Delivered => HistoryState::Delivered { path: sent.path },
+        Status::Queued => HistoryState::Queued,
     }
 }
 
@@ -493,7 +563,6 @@ fn settle(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::Status;
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -596,7 +665,7 @@ mod tests {
             [
                 HistoryState::DeliveredLater { at_ms: 42 },
                 HistoryState::Delivered { path: None },
-                HistoryState::Received { via_mailbox: true },
+                HistoryState::Received { via: Via::Mailbox },
             ]
         );
         Ok(())
@@ -621,6 +690,22 @@ mod tests {
         let again = History::open_waiting(&path(dir.path()), Duration::from_millis(200));
         assert_eq!(again.err(), Some(HistoryError::Locked));
         assert!(started.elapsed() >= Duration::from_millis(200));
+        Ok(())
+    }
+
+    /// Entries written before `Received` carried a [`Via`] stored a bool in its place; both
+    /// encodings are the same bytes, so old histories still read.
+    #[test]
+    fn received_entries_of_the_bool_era_still_decode() -> TestResult {
+        #[derive(Serialize)]
+        enum OldState {
+            Received { via_mailbox: bool },
+        }
+        for (old, via) in [(false, Via::Direct), (true, Via::Mailbox)] {
+            let bytes = postcard::to_allocvec(&OldState::Received { via_mailbox: old })?;
+            let state: HistoryState = postcard::from_bytes(&bytes)?;
+            assert_eq!(state, HistoryState::Received { via });
+        }
         Ok(())
     }
 }

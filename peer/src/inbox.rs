@@ -1,40 +1,30 @@
-//! Receiving: direct chat streams from other peers, and mailbox messages handed over by the
-//! directory client. Both end in [`Inbox::receive`], which drops duplicates by message id and
-//! waits until the user's side has shown the message before the caller acknowledges it.
-//! The mailbox also brings parts of small files ([`Inbox::file_part`]) and receipts for our
-//! own queued messages ([`Inbox::receipt`]).
-//!
-//! A direct connection proves a key in its TLS handshake; the first message on it names its
-//! sender, and [`serve_connection`] asks the directory whether that name is bound to that key
-//! before showing anything. Every later message on the connection must carry the same sender.
+//! Where everything that arrives ends: messages from direct chat streams ([`crate::accept`])
+//! and from the mailbox ([`crate::node`] hands them over). [`Inbox::receive`] drops duplicates
+//! by message id and waits until the user's side has shown the message before the caller
+//! acknowledges it. The mailbox also brings parts of small files ([`Inbox::file_part`]) and
+//! receipts for our own queued messages ([`Inbox::receipt`]). The inbox knows nothing of
+//! connections: it is a sink with one event channel out.
 
-use crate::{
-    directory_client::DirectoryClient,
-    files::{self, PartOutcome, ReceivedFile},
-    links::Links,
-    punch,
-};
-use anyhow::{anyhow, bail, Result};
+use crate::files::{self, PartOutcome, ReceivedFile};
+use anyhow::{bail, Result};
 use common::{
-    control::Path,
-    defaults::{FILE_PART_LEN, MAX_BODY_LEN, SEND_WINDOW},
-    framing, tls,
-    wire::{codes, ChatMessage, FileHeader, FilePart, MessageId, PeerFrame, Receipt},
-    KeyId, Name,
+    defaults::FILE_PART_LEN,
+    wire::{ChatMessage, FilePart, MessageId, Receipt},
+    Name,
 };
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     path::PathBuf,
     sync::{Arc, Mutex},
 };
-use tokio::sync::{broadcast, mpsc, oneshot, Notify, OnceCell};
-use tracing::{debug, info_span, warn, Instrument};
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+use tracing::{debug, warn};
 
 /// How many message ids are remembered for duplicate detection.
 const SEEN_CAPACITY: usize = 100_000;
 
-/// Which path a message came by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which path a message came by. (Stored in the history: append variants only.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Via {
     /// Straight from the sender over QUIC.
     Direct,
@@ -252,7 +242,8 @@ impl Inbox {
         &self.inner.downloads
     }
 
-    fn arriving(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Arc<Notify>>> {
+    /// Files arriving directly now, by partial file (see [`crate::accept`]).
+    pub(crate) fn arriving(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Arc<Notify>>> {
         self.inner
             .arriving
             .lock()
@@ -298,218 +289,5 @@ impl Seen {
     fn remove(&mut self, id: &MessageId) {
         self.set.remove(id);
         self.order.retain(|x| x != id);
-    }
-}
-
-/// Accepts connections from other peers until the endpoint closes.
-pub async fn serve(
-    endpoint: quinn::Endpoint,
-    inbox: Inbox,
-    directory: DirectoryClient,
-    links: Arc<Links>,
-) {
-    while let Some(incoming) = endpoint.accept().await {
-        let span = info_span!("peer_conn", remote = %incoming.remote_address());
-        let (inbox, directory, links) = (inbox.clone(), directory.clone(), links.clone());
-        tokio::spawn(
-            async move {
-                let conn = match incoming.await {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        debug!(cause = %e, "incoming handshake failed");
-                        return;
-                    }
-                };
-                // A peer we asked the directory to introduce is answering: its key is the one
-                // the directory holds for the name, so the link is verified already.
-                let known = tls::remote_key(&conn).and_then(|key| links.expected(&key));
-                if let Some(name) = &known {
-                    debug!(peer = %name, "introduced peer connected");
-                    links.insert(name.clone(), conn.clone(), Path::Punched);
-                }
-                serve_connection(conn, known, inbox, directory, links).await;
-            }
-            .instrument(span),
-        );
-    }
-}
-
-/// Serves the chat streams the remote opens on `conn`. `known` is the remote's name when we
-/// dialed it (its key was checked then); otherwise the first message names it and the
-/// directory confirms it.
-pub async fn serve_connection(
-    conn: quinn::Connection,
-    known: Option<Name>,
-    inbox: Inbox,
-    directory: DirectoryClient,
-    links: Arc<Links>,
-) {
-    let Some(key) = tls::remote_key(&conn) else {
-        conn.close(codes::UNAUTHORIZED.into(), b"no certificate");
-        return;
-    };
-    let verified = Arc::new(OnceCell::new_with(known));
-    loop {
-        let (send, recv) = match conn.accept_bi().await {
-            Ok(streams) => streams,
-            Err(e) => {
-                debug!(cause = %e, "peer connection ended");
-                return;
-            }
-        };
-        let stream = ChatStream {
-            conn: conn.clone(),
-            key,
-            verified: verified.clone(),
-            inbox: inbox.clone(),
-            directory: directory.clone(),
-            links: links.clone(),
-        };
-        tokio::spawn(
-            async move {
-                if let Err(e) = stream.run(send, recv).await {
-                    debug!(cause = %format!("{e:#}"), "chat stream ended");
-                }
-            }
-            .in_current_span(),
-        );
-    }
-}
-
-struct ChatStream {
-    conn: quinn::Connection,
-    key: KeyId,
-    verified: Arc<OnceCell<Name>>,
-    inbox: Inbox,
-    directory: DirectoryClient,
-    links: Arc<Links>,
-}
-
-impl ChatStream {
-    /// Serves one stream the remote opened: its first frame says whether it is a chat stream
-    /// or a file stream.
-    async fn run(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) -> Result<()> {
-        let first = match self.next_frame(&mut recv).await? {
-            Some(PeerFrame::FileStream(header)) => {
-                return self.receive_file(header, &mut send, &mut recv).await;
-            }
-            Some(PeerFrame::Chat(message)) => message,
-            Some(other) => {
-                return Err(self.refuse(codes::PROTOCOL, anyhow!("unexpected {other:?}")))
-            }
-            None => return Ok(()),
-        };
-        // Reading runs ahead of acknowledging: messages are handed over in order while earlier
-        // ones are still being shown (and recorded), and the acks follow in the same order.
-        let (pending_tx, mut pending) = mpsc::channel::<(MessageId, Shown)>(SEND_WINDOW);
-        let read = async {
-            let mut next = Some(first);
-            while let Some(message) = next {
-                if message.to != *self.inbox.me() || message.body.len() > MAX_BODY_LEN {
-                    return Err(
-                        self.refuse(codes::PROTOCOL, anyhow!("message not for us or too large"))
-                    );
-                }
-                self.check_sender(&message.from).await?;
-                let id = message.id;
-                let shown = self.inbox.hand_over(message, Via::Direct).await?;
-                if pending_tx.send((id, shown)).await.is_err() {
-                    return Ok(()); // the ack writer failed; its error is the one reported
-                }
-                next = match self.next_frame(&mut recv).await? {
-                    Some(PeerFrame::Chat(message)) => Some(message),
-                    Some(other) => {
-                        return Err(self.refuse(codes::PROTOCOL, anyhow!("unexpected {other:?}")))
-                    }
-                    None => None,
-                };
-            }
-            drop(pending_tx);
-            Ok::<_, anyhow::Error>(())
-        };
-        let ack = async {
-            while let Some((id, shown)) = pending.recv().await {
-                shown.wait().await?;
-                framing::write_frame(&mut send, &PeerFrame::Ack(id)).await?;
-            }
-            Ok::<_, anyhow::Error>(())
-        };
-        tokio::try_join!(read, ack)?;
-        Ok(())
-    }
-
-    /// The next frame; a frame that breaks the protocol closes the connection.
-    async fn next_frame(&self, recv: &mut quinn::RecvStream) -> Result<Option<PeerFrame>> {
-        match framing::read_frame::<PeerFrame, _>(recv).await {
-            Ok(frame) => Ok(frame),
-            Err(e) if e.is_violation() => Err(self.refuse(e.code(), e.into())),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// A file stream: the header came first; the rest is the file's bytes and hash.
-    async fn receive_file(
-        &self,
-        header: FileHeader,
-        send: &mut quinn::SendStream,
-        recv: &mut quinn::RecvStream,
-    ) -> Result<()> {
-        if header.to != *self.inbox.me() {
-            return Err(self.refuse(codes::PROTOCOL, anyhow!("file not for us")));
-        }
-        self.check_sender(&header.from).await?;
-        let partial = files::partial_path(self.inbox.downloads(), &header.from, &header.resume_key);
-        let mine = Arc::new(Notify::new());
-        let older = self.inbox.arriving().insert(partial.clone(), mine.clone());
-        if let Some(older) = older {
-            older.notify_one();
-        }
-        let result = tokio::select! {
-            result = files::receive(self.inbox.downloads(), header, send, recv) => result,
-            _ = mine.notified() => Err(anyhow!("a newer transfer of the same file took over")),
-        };
-        {
-            let mut arriving = self.inbox.arriving();
-            if arriving
-                .get(&partial)
-                .is_some_and(|n| Arc::ptr_eq(n, &mine))
-            {
-                arriving.remove(&partial);
-            }
-        }
-        self.inbox.file(result?).await;
-        Ok(())
-    }
-
-    /// Checks that the connection's key owns `from`, asking the directory the first time.
-    async fn check_sender(&self, from: &Name) -> Result<()> {
-        let name = self
-            .verified
-            .get_or_try_init(|| async {
-                let info = self.directory.lookup(from).await?;
-                if info.key != self.key {
-                    return Err(self.refuse(
-                        codes::UNAUTHORIZED,
-                        anyhow!("{from} is not the owner of key {}", self.key.short()),
-                    ));
-                }
-                let path = punch::classify(self.conn.remote_address(), &info, false);
-                self.links.insert(from.clone(), self.conn.clone(), path);
-                Ok(from.clone())
-            })
-            .await?;
-        if name != from {
-            bail!(self.refuse(
-                codes::UNAUTHORIZED,
-                anyhow!("sender changed from {name} to {from}")
-            ));
-        }
-        Ok(())
-    }
-
-    fn refuse(&self, code: u32, cause: anyhow::Error) -> anyhow::Error {
-        warn!(cause = %cause, "closing a peer connection");
-        self.conn.close(code.into(), b"refused");
-        cause
     }
 }

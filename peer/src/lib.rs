@@ -36,6 +36,7 @@
 //! drops the message if its id was seen, shows it, and only then writes `Ack`. If no Ack comes in
 //! time, c1's outbox deposits the same message (same id) in the mailbox.
 
+pub mod accept;
 pub mod chat;
 pub mod cli;
 pub mod commands;
@@ -43,14 +44,19 @@ pub mod console;
 pub mod control;
 pub mod directory_client;
 pub mod endpoint;
+pub mod failure;
 pub mod files;
 pub mod history;
 pub mod home;
 pub mod inbox;
+pub mod line;
 pub mod links;
 pub mod logsink;
 pub mod node;
 pub mod outbox;
 pub mod punch;
+pub mod service;
 pub mod session;
+pub mod signals;
+pub mod tasks;
 pub mod tui;

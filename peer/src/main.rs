@@ -11,6 +11,7 @@ use peer::{
     home::Home,
     logsink,
     node::{Node, Options},
+    service::Service,
     session::Session,
 };
 use std::{process::ExitCode, sync::Arc, time::Duration};
@@ -113,12 +114,12 @@ async fn open_session(cli: &Cli, home: &Home) -> Result<Opened> {
         open_history(home).await
     };
     let (node, events) = Node::start(options).await?;
-    let node = Arc::new(node);
+    let service = Service::new(Arc::new(node), history);
     let guard = match lock {
-        Some(lock) => Some(control::serve(home, lock, node.clone(), history.clone())?),
+        Some(lock) => Some(control::serve(home, lock, service.clone())?),
         None => None,
     };
-    Ok(Opened::Local(Session::local(node, events, history), guard))
+    Ok(Opened::Local(Session::local(service, events), guard))
 }
 
 /// How long a command waits for another process to release the history before going on

@@ -1,26 +1,29 @@
-//! A running peer: its endpoint, its directory connection, its inbox and outbox.
+//! A running peer: its endpoint, its directory connection, its inbox and outbox, and the tasks
+//! that connect them. This is the one place that wires the pieces together: what the
+//! directory pushes goes to the inbox (mail) or the dialer (introductions); direct connections
+//! go to [`crate::accept`]; sends go to the [`Outbox`]. [`Node::shutdown`] ends every task.
 
 use crate::{
-    directory_client::{self, DirectoryClient},
+    accept::{self, Acceptor},
+    directory_client::{self, DirectoryClient, FromDirectory, Mail},
     endpoint,
+    failure::Failure,
     files::{self, FileSent},
     home::Home,
-    inbox::{self, Event, Inbox},
-    links::Links,
+    inbox::{Event, Inbox, Via},
+    links::{DirectPath, Links},
     outbox::{self, Outbox, Sent},
-    punch::{Dialer, Introduction},
+    punch::Dialer,
+    tasks::Tasks,
 };
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use common::{
-    control::Path,
-    wire::{
-        DirectoryRequest, DirectoryResponse, ErrorCode, FileHeader, FileOffer, MessageId, PeerInfo,
-    },
+    wire::{DirectoryRequest, FileHeader, FileOffer, MessageId, PeerInfo},
     KeyId, Name,
 };
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::sync::mpsc;
-use tracing::{debug, Instrument};
+use tracing::{debug, warn};
 
 /// How to run a peer.
 #[derive(Debug, Clone)]
@@ -75,19 +78,27 @@ pub struct Node {
     links: Arc<Links>,
     dialer: Arc<Dialer>,
     mailbox_file_max: u64,
+    tasks: Tasks,
 }
+
+/// How many pushes from the directory may wait for the node: mail comes one piece at a time,
+/// so this bounds the introductions that queue behind it (more are dropped).
+const PUSHED_BACKLOG: usize = 64;
 
 impl Node {
     /// Brings the peer up: binds the endpoint, connects and registers with the directory, and
     /// starts accepting direct connections. Incoming messages arrive on the returned receiver.
     pub async fn start(options: Options) -> Result<(Self, mpsc::Receiver<Event>)> {
+        let tasks = Tasks::default();
         let identity = Arc::new(options.home.identity(&options.name)?);
         let key = identity.key_id;
         let endpoint = endpoint::bind(&identity, options.bind)?;
         let downloads = options.home.downloads();
         let (inbox, events) = Inbox::new(options.name.clone(), downloads.clone());
-        tokio::task::spawn_blocking(move || {
-            let pruned = files::prune_partials(&downloads);
+        tasks.spawn(async move {
+            let pruned = tokio::task::spawn_blocking(move || files::prune_partials(&downloads))
+                .await
+                .unwrap_or(0);
             if pruned > 0 {
                 tracing::info!(pruned, "deleted partial files untouched for a week");
             }
@@ -99,47 +110,44 @@ impl Node {
             heartbeat: options.heartbeat,
             online: options.online,
         };
-        let (intro_tx, mut intros) = mpsc::unbounded_channel::<Introduction>();
+        let (pushed_tx, pushed) = mpsc::channel(PUSHED_BACKLOG);
         let directory = DirectoryClient::connect(
             endpoint.clone(),
             &identity,
             options.home.clone(),
             settings,
-            inbox.clone(),
-            intro_tx,
+            tasks.clone(),
+            pushed_tx,
         )
         .await?;
         let links = Arc::new(Links::default());
-        tokio::spawn(
-            inbox::serve(
-                endpoint.clone(),
-                inbox.clone(),
-                directory.clone(),
-                links.clone(),
-            )
-            .in_current_span(),
-        );
+        let acceptor = Acceptor {
+            inbox: inbox.clone(),
+            directory: directory.clone(),
+            links: links.clone(),
+            tasks: tasks.clone(),
+        };
+        tasks.spawn(accept::serve(endpoint.clone(), acceptor.clone()));
         let dialer = Arc::new(Dialer {
             identity,
             endpoint: endpoint.clone(),
             directory: directory.clone(),
-            inbox: inbox.clone(),
+            acceptor,
             links: links.clone(),
             direct_timeout: options.direct_timeout,
             answered: Default::default(),
         });
-        let answering = dialer.clone();
-        tokio::spawn(
-            async move {
-                while let Some(intro) = intros.recv().await {
-                    tokio::spawn(answering.clone().answer(intro).in_current_span());
-                }
-            }
-            .in_current_span(),
-        );
+        tasks.spawn(take_pushed(
+            pushed,
+            inbox.clone(),
+            dialer.clone(),
+            tasks.clone(),
+        ));
         let outbox = Outbox::new(outbox::Shared {
             me: options.name.clone(),
             dialer: dialer.clone(),
+            directory: directory.clone(),
+            tasks: tasks.clone(),
         });
         let node = Self {
             name: options.name,
@@ -151,12 +159,13 @@ impl Node {
             links,
             dialer,
             mailbox_file_max: options.mailbox_file_max,
+            tasks,
         };
         Ok((node, events))
     }
 
     /// Sends one message; returns once it is delivered or durably queued.
-    pub async fn send(&self, to: Name, body: String) -> Result<Sent> {
+    pub async fn send(&self, to: Name, body: String) -> Result<Sent, Failure> {
         self.outbox.send(to, body).await
     }
 
@@ -165,23 +174,19 @@ impl Node {
         &self,
         to: Name,
         body: String,
-    ) -> Result<impl std::future::Future<Output = Result<Sent>> + Send + 'static> {
+    ) -> Result<impl std::future::Future<Output = Result<Sent, Failure>> + Send + 'static, Failure>
+    {
         self.outbox.submit(to, body)
     }
 
     /// What the directory knows about `name`, and the direct link we have to it, if any.
-    pub async fn whois(&self, name: &Name) -> Result<(PeerInfo, Option<Path>)> {
+    pub async fn whois(&self, name: &Name) -> Result<(PeerInfo, Option<DirectPath>), Failure> {
         let path = self.links.get(name).map(|(_, path)| path);
         let info = self
             .directory
             .lookup(name)
             .await
-            .map_err(|e| match e.downcast_ref() {
-                Some(directory_client::DirectoryError(common::wire::ErrorCode::UnknownPeer)) => {
-                    anyhow::anyhow!("no peer is named {name}")
-                }
-                _ => e,
-            })?;
+            .map_err(|e| e.failure(name, self.directory.addr()))?;
         Ok((info, path))
     }
 
@@ -194,7 +199,7 @@ impl Node {
         to: &Name,
         path: &std::path::Path,
         report: impl Fn(FileUpdate) + Send + Sync + 'static,
-    ) -> Result<FileSent> {
+    ) -> Result<FileSent, Failure> {
         let (size, resume_key) = files::describe(path).await?;
         let header = FileHeader {
             id: MessageId::random(),
@@ -216,7 +221,7 @@ impl Node {
             let why = if info.online {
                 match self.send_file_direct(&info, &header, path, &report).await {
                     Ok(sent) => return Ok(sent),
-                    Err(files::SendError::Final(e)) => return Err(e),
+                    Err(files::SendError::Final(e)) => return Err(e.into()),
                     Err(files::SendError::Interrupted(e)) => {
                         debug!(cause = %format!("{e:#}"), "direct file transfer failed");
                         "unreachable"
@@ -284,10 +289,13 @@ impl Node {
         header: &FileHeader,
         path: &std::path::Path,
         report: &Arc<impl Fn(FileUpdate) + Send + Sync + 'static>,
-    ) -> Result<FileSent> {
+    ) -> Result<FileSent, Failure> {
         let (hash, size) = files::hash_file(path).await?;
         if size != header.size {
-            bail!("{} changed size while it was being sent", path.display());
+            return Err(Failure::Other(format!(
+                "{} changed size while it was being sent",
+                path.display()
+            )));
         }
         let offer = FileOffer {
             id: header.id,
@@ -304,17 +312,8 @@ impl Node {
         while let Some(part) = parts.next().await? {
             let done = part.offset + part.data.len() as u64;
             let request = DirectoryRequest::DepositFilePart { part };
-            match self.directory.request(&request).await {
-                Ok(DirectoryResponse::Stored) => {}
-                Ok(other) => bail!("unexpected answer from the directory: {other:?}"),
-                Err(e) => {
-                    return Err(match e.downcast_ref::<directory_client::DirectoryError>() {
-                        Some(directory_client::DirectoryError(ErrorCode::MailboxFull)) => {
-                            anyhow!("{to}'s mailbox is full; the file was not sent")
-                        }
-                        _ => e.context("the file could not be queued"),
-                    })
-                }
+            if let Err(e) = self.directory.deposit(&request).await {
+                return Err(e.failure(to, self.directory.addr()));
             }
             if done == offer.size || last_report.elapsed() >= Duration::from_millis(100) {
                 last_report = tokio::time::Instant::now();
@@ -343,11 +342,67 @@ impl Node {
         self.directory.observed_addr()
     }
 
-    /// Leaves cleanly: the directory marks us offline at once, and peers see the close.
+    /// Leaves cleanly: the directory marks us offline at once, peers see the close, and every
+    /// task of the node ends.
     pub async fn shutdown(&self) {
         self.directory.close().await;
         self.endpoint.close(common::wire::codes::OK.into(), b"bye");
         // Long enough for the close frames to leave; the draining period is not worth waiting.
         let _ = tokio::time::timeout(Duration::from_millis(200), self.endpoint.wait_idle()).await;
+        let left = self.tasks.shutdown(Duration::from_millis(200)).await;
+        if left > 0 {
+            debug!(left, "tasks still running at shutdown");
+        }
+    }
+
+    /// Runs `task` as one of the node's own: [`Node::shutdown`] ends it.
+    pub fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
+    }
+
+    /// How many background tasks the node runs now.
+    pub fn tasks(&self) -> usize {
+        self.tasks.len()
+    }
+}
+
+/// Takes what the directory pushes: mail goes to the inbox, acknowledged once taken (one
+/// piece at a time: the directory waits for each ack); introductions are answered at once,
+/// each on a task of its own, so a message waiting to be shown never holds a punch up.
+async fn take_pushed(
+    mut pushed: mpsc::Receiver<FromDirectory>,
+    inbox: Inbox,
+    dialer: Arc<Dialer>,
+    tasks: Tasks,
+) {
+    while let Some(push) = pushed.recv().await {
+        match push {
+            FromDirectory::Mail(mail, delivery) => {
+                let inbox = inbox.clone();
+                tasks.spawn(async move {
+                    let taken = match mail {
+                        Mail::Message(message) => {
+                            inbox.receive(message, Via::Mailbox).await.is_ok()
+                        }
+                        Mail::FilePart(part) => match inbox.file_part(part).await {
+                            Ok(()) => true,
+                            Err(e) => {
+                                warn!(cause = %format!("{e:#}"), "cannot take a file part from the mailbox");
+                                false
+                            }
+                        },
+                        Mail::Receipt(receipt) => inbox.receipt(receipt).await.is_ok(),
+                    };
+                    if taken {
+                        delivery.taken();
+                    }
+                });
+            }
+            FromDirectory::MailboxIdle => inbox.mailbox_idle().await,
+            FromDirectory::Introduction(intro) => {
+                let dialer = dialer.clone();
+                tasks.spawn(async move { dialer.answer(intro).await });
+            }
+        }
     }
 }

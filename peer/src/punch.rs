@@ -14,13 +14,16 @@
 //! What it cannot do: two NATs that both pick a new port per destination (symmetric) leave no
 //! address to aim at; then messages go through the directory's mailbox.
 
-use crate::{directory_client::DirectoryClient, inbox, inbox::Inbox, links::Links};
+use crate::{
+    accept::Acceptor,
+    directory_client::{DirectoryClient, Introduction},
+    links::{DirectPath, Links},
+};
 use anyhow::{anyhow, bail, Context, Result};
 use common::{
-    control::Path,
     defaults::ALPN_PEER,
     tls::{self, Expect},
-    wire::{DirectoryRequest, PeerInfo},
+    wire::PeerInfo,
     Identity, KeyId, Name,
 };
 use futures::FutureExt;
@@ -31,7 +34,7 @@ use std::{
     time::Duration,
 };
 use tokio::time::Instant;
-use tracing::{debug, info, Instrument};
+use tracing::{debug, info};
 
 /// How long a plain dial may take before we ask the directory for an introduction. A LAN or
 /// public peer answers within a round trip; waiting longer only delays the punch.
@@ -39,17 +42,6 @@ pub const PUNCH_DELAY: Duration = Duration::from_millis(250);
 
 /// Delay between starting dials to successive candidate addresses.
 pub const DIAL_STAGGER: Duration = Duration::from_millis(25);
-
-/// An introduction from the directory: `name` is dialing us now.
-#[derive(Debug, Clone)]
-pub struct Introduction {
-    /// Who.
-    pub name: Name,
-    /// Its key.
-    pub key: KeyId,
-    /// Its addresses, observed first.
-    pub addrs: Vec<SocketAddr>,
-}
 
 /// Everything needed to make and keep direct links.
 pub struct Dialer {
@@ -59,8 +51,8 @@ pub struct Dialer {
     pub endpoint: quinn::Endpoint,
     /// The directory, for lookups and introductions.
     pub directory: DirectoryClient,
-    /// Where messages on streams the remote opens go.
-    pub inbox: Inbox,
+    /// Serves the streams the remote opens on links we make.
+    pub acceptor: Acceptor,
     /// Live links.
     pub links: Arc<Links>,
     /// Bound on a direct dial plus delivery.
@@ -80,7 +72,7 @@ impl Dialer {
         &self,
         info: &PeerInfo,
         deadline: Instant,
-    ) -> Option<(quinn::Connection, Path)> {
+    ) -> Option<(quinn::Connection, DirectPath)> {
         if let Some(link) = self.links.get(&info.name) {
             return Some(link);
         }
@@ -101,7 +93,7 @@ impl Dialer {
         info: &PeerInfo,
         candidates: &[SocketAddr],
         deadline: Instant,
-    ) -> Option<(quinn::Connection, Path)> {
+    ) -> Option<(quinn::Connection, DirectPath)> {
         let started = Instant::now();
         let mut dial = std::pin::pin!(self.dial(info.key, candidates).fuse());
         let mut dial_done = false;
@@ -114,7 +106,7 @@ impl Dialer {
             tokio::select! {
                 dialed = &mut dial, if !dial_done => match dialed {
                     Ok((conn, addr)) => {
-                        let path = classify(addr, info, introduced.is_some());
+                        let path = DirectPath::classify(addr, info, introduced.is_some());
                         break Some(self.adopt(info.name.clone(), conn, path));
                     }
                     Err(e) => {
@@ -125,8 +117,7 @@ impl Dialer {
                     }
                 },
                 _ = tokio::time::sleep_until(started + PUNCH_DELAY), if introduced.is_none() => {
-                    let request = DirectoryRequest::Introduce { name: info.name.clone() };
-                    match self.directory.request(&request).await {
+                    match self.directory.introduce(&info.name).await {
                         Ok(_) => introduced = Some(Instant::now()),
                         Err(e) => {
                             debug!(cause = %format!("{e:#}"), "no introduction");
@@ -139,15 +130,11 @@ impl Dialer {
             }
         };
         if let Some(at) = introduced {
-            let success = outcome.as_ref().is_some_and(|(_, p)| *p == Path::Punched);
+            let success = outcome
+                .as_ref()
+                .is_some_and(|(_, p)| *p == DirectPath::Punched);
             let millis = at.elapsed().as_millis().min(u32::MAX as u128) as u32;
-            let request = DirectoryRequest::PunchOutcome {
-                name: info.name.clone(),
-                success,
-                millis,
-            };
-            let directory = self.directory.clone();
-            tokio::spawn(async move { directory.request(&request).await }.in_current_span());
+            self.directory.report_punch(&info.name, success, millis);
             info!(
                 success,
                 after_ms = started.elapsed().as_millis() as u64,
@@ -160,7 +147,7 @@ impl Dialer {
     /// Answers an introduction: dials the peer that is dialing us, so both NATs open. We dial
     /// even when a link exists: the peer asks again when that link stalls, and our packets
     /// from this socket are what reopen our NAT for it.
-    pub async fn answer(self: Arc<Self>, intro: Introduction) {
+    pub async fn answer(&self, intro: Introduction) {
         {
             let mut answered = self.answered.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
@@ -179,7 +166,7 @@ impl Dialer {
         match tokio::time::timeout_at(deadline, self.dial(intro.key, &candidates)).await {
             Ok(Ok((conn, _))) => {
                 debug!(peer = %intro.name, remote = %conn.remote_address(), "punched through");
-                self.adopt(intro.name, conn, Path::Punched);
+                self.adopt(intro.name, conn, DirectPath::Punched);
             }
             Ok(Err(e)) => {
                 debug!(peer = %intro.name, cause = %format!("{e:#}"), "answering an introduction failed")
@@ -193,20 +180,11 @@ impl Dialer {
         &self,
         name: Name,
         conn: quinn::Connection,
-        path: Path,
-    ) -> (quinn::Connection, Path) {
+        path: DirectPath,
+    ) -> (quinn::Connection, DirectPath) {
         self.links.insert(name.clone(), conn.clone(), path);
         let link = self.links.get(&name).unwrap_or((conn.clone(), path));
-        tokio::spawn(
-            inbox::serve_connection(
-                conn,
-                Some(name),
-                self.inbox.clone(),
-                self.directory.clone(),
-                self.links.clone(),
-            )
-            .in_current_span(),
-        );
+        self.acceptor.adopt(name, conn);
         link
     }
 
@@ -301,33 +279,9 @@ pub fn plausible(listen: SocketAddr, observed: Option<SocketAddr>) -> bool {
     }
 }
 
-/// How a link made by dialing `addr` came about.
-pub fn classify(addr: SocketAddr, info: &PeerInfo, introduced: bool) -> Path {
-    if Some(addr) != info.observed_addr && info.listen_addrs.contains(&addr) {
-        Path::Lan
-    } else if introduced && !info.listen_addrs.contains(&addr) {
-        // A NATed peer's observed address answered only once it dialed us too.
-        Path::Punched
-    } else {
-        Path::Public
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn info(observed: &str, listen: &[&str]) -> PeerInfo {
-        PeerInfo {
-            name: Name::new("c2").expect("name"),
-            key: KeyId([0; 32]),
-            online: true,
-            last_seen_ms: None,
-            observed_addr: Some(observed.parse().expect("addr")),
-            listen_addrs: listen.iter().map(|a| a.parse().expect("addr")).collect(),
-            queued_from_you: 0,
-        }
-    }
 
     #[test]
     fn only_listen_addresses_a_lan_could_hold_are_dialed() {
@@ -363,28 +317,5 @@ mod tests {
         // Loopback only between peers on one host.
         assert!(plausible(a("127.0.0.1:9"), Some(a("127.0.0.1:4000"))));
         assert!(!plausible(a("127.0.0.1:9"), None));
-    }
-
-    #[test]
-    fn paths_are_classified_by_the_address_that_answered() {
-        let natted = info("198.18.0.11:4000", &["198.19.1.2:5000"]);
-        assert_eq!(
-            classify("198.19.1.2:5000".parse().expect("a"), &natted, false),
-            Path::Lan
-        );
-        assert_eq!(
-            classify("198.18.0.11:4000".parse().expect("a"), &natted, false),
-            Path::Public
-        );
-        assert_eq!(
-            classify("198.18.0.11:4000".parse().expect("a"), &natted, true),
-            Path::Punched
-        );
-        // A peer without NAT: its observed address is its own, so it is public even late.
-        let public = info("198.18.0.20:4000", &["198.18.0.20:4000"]);
-        assert_eq!(
-            classify("198.18.0.20:4000".parse().expect("a"), &public, true),
-            Path::Public
-        );
     }
 }

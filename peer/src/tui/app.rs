@@ -3,9 +3,14 @@
 //! loop in [`super`] feeds it; [`super::view`] draws it.
 
 use super::input::Editor;
-use crate::{files::FileSent, outbox::Sent, session::SendFailed};
+use crate::{
+    failure::Failure,
+    files::FileSent,
+    history::{HistoryEntry, HistoryState},
+    inbox::Via,
+    outbox::{SendFailed, Sent},
+};
 use common::{
-    control::{HistoryEntry, HistoryState},
     now_ms,
     wire::{ChatMessage, MessageId, PeerInfo},
     Name,
@@ -202,7 +207,7 @@ impl App {
     }
 
     /// A message came in.
-    pub(crate) fn incoming(&mut self, m: &ChatMessage, via_mailbox: bool) {
+    pub(crate) fn incoming(&mut self, m: &ChatMessage, via: Via) {
         let i = self.open(&m.from);
         let conv = &mut self.conversations[i];
         conv.entries.push(Entry::Message {
@@ -210,7 +215,7 @@ impl App {
             from: m.from.clone(),
             at_ms: m.sent_at_ms,
             body: m.body.clone(),
-            state: HistoryState::Received { via_mailbox },
+            state: HistoryState::Received { via },
         });
         if i != self.current {
             conv.unread += 1;
@@ -244,12 +249,17 @@ impl App {
             Err(failed) => (
                 &failed.to,
                 HistoryState::Failed {
-                    reason: failed.reason.clone(),
+                    reason: failed.failure.to_string(),
                 },
                 None,
             ),
         };
         let i = self.open(to);
+        if let Err(SendFailed { failure, .. }) = result {
+            if let Some(hint) = failure.hint() {
+                self.notice_in(i, format!("{failure}: {hint}"), true);
+            }
+        }
         let conv = &mut self.conversations[i];
         if let Some(at) = conv.pending.pop_front() {
             if let Some(Entry::Message { state: s, id, .. }) = conv.entries.get_mut(at) {
@@ -286,7 +296,7 @@ impl App {
     }
 
     /// The outcome of a `/file`.
-    pub(crate) fn file_outcome(&mut self, result: Result<&FileSent, &str>) {
+    pub(crate) fn file_outcome(&mut self, result: Result<&FileSent, &Failure>) {
         match result {
             Ok(f) => {
                 let i = self.open(&f.to);
@@ -301,7 +311,7 @@ impl App {
                 };
                 self.notice_in(i, text, false);
             }
-            Err(reason) => self.notice(format!("✗ file not sent: {reason}"), true),
+            Err(failure) => self.notice(with_hint("✗ file not sent", failure), true),
         }
     }
 
@@ -340,10 +350,10 @@ impl App {
     }
 
     /// A failed presence answer: shown only if `/who` asked.
-    pub(crate) fn presence_failed(&mut self, reason: &str) {
+    pub(crate) fn presence_failed(&mut self, failure: &Failure) {
         if self.who_pending > 0 {
             self.who_pending -= 1;
-            self.notice(reason.to_string(), true);
+            self.notice(with_hint("no answer", failure), true);
         }
     }
 
@@ -360,33 +370,33 @@ impl App {
                 }
                 Action::None
             }
-            _ => match crate::chat::parse(&line) {
+            _ => match crate::line::parse(&line) {
                 None => Action::None,
-                Some(crate::chat::Input::Text(text)) => {
+                Some(crate::line::Input::Text(text)) => {
                     // A pasted block often ends with a line break that means nothing.
                     let text = text.trim_matches('\n').to_string();
                     let to = self.shown().name.clone();
                     self.scroll = 0;
                     Action::Send(to, text)
                 }
-                Some(crate::chat::Input::To(name)) => {
+                Some(crate::line::Input::To(name)) => {
                     let i = self.open(&name);
                     self.switch_to(i);
                     Action::None
                 }
-                Some(crate::chat::Input::File(path)) => {
+                Some(crate::line::Input::File(path)) => {
                     let to = self.shown().name.clone();
                     self.notice(format!("sending {} to {to}…", path.display()), false);
                     Action::SendFile(to, path)
                 }
-                Some(crate::chat::Input::Who) => {
+                Some(crate::line::Input::Who) => {
                     let names = self.names();
                     self.who_pending += names.len();
                     Action::Who(names)
                 }
-                Some(crate::chat::Input::Help) => Action::None,
-                Some(crate::chat::Input::Quit) => Action::Quit,
-                Some(crate::chat::Input::Bad(_)) => {
+                Some(crate::line::Input::Help) => Action::None,
+                Some(crate::line::Input::Quit) => Action::Quit,
+                Some(crate::line::Input::Bad(_)) => {
                     let word = trimmed.split_whitespace().next().unwrap_or(trimmed);
                     let text = if COMMANDS.contains(&word) {
                         format!("usage: see /help ({trimmed:?})")
@@ -473,6 +483,14 @@ fn common_prefix(words: &[&String]) -> String {
     prefix
 }
 
+/// `what: failure`, and what to do about it when there is something to say.
+fn with_hint(what: &str, failure: &Failure) -> String {
+    match failure.hint() {
+        Some(hint) => format!("{what}: {failure} ({hint})"),
+        None => format!("{what}: {failure}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -525,7 +543,7 @@ mod tests {
         assert_eq!(app.outstanding(), 3);
         let failed = SendFailed {
             to: name("c3"),
-            reason: "no route".into(),
+            failure: Failure::Other("no route".into()),
         };
         app.outcome(Err(&failed));
         let sent = |status| Sent {
@@ -558,8 +576,8 @@ mod tests {
             sent_at_ms: now_ms(),
             body: "psst".into(),
         };
-        app.incoming(&m, false);
-        app.incoming(&m, true);
+        app.incoming(&m, Via::Direct);
+        app.incoming(&m, Via::Mailbox);
         assert_eq!(app.conversations[1].unread, 2);
         typed(&mut app, "/to c3");
         assert_eq!(app.enter(), Action::None);

@@ -27,10 +27,7 @@ mod input;
 mod terminal;
 mod view;
 
-use crate::{
-    commands::shutdown_signal,
-    session::{Session, Update},
-};
+use crate::{service::Update, session::Session, signals::shutdown_signal};
 use anyhow::Result;
 use app::{Action, App};
 use common::Name;
@@ -94,7 +91,7 @@ pub async fn run(mut session: Session, with: Name) -> Result<()> {
                 }
                 update = session.next() => match update {
                     Some(Update::Message(received)) => {
-                        app.incoming(&received.message, received.via == crate::inbox::Via::Mailbox);
+                        app.incoming(&received.message, received.via);
                         screen.terminal.draw(|f| view::draw(f, &mut app))?;
                         received.shown();
                     }
@@ -104,7 +101,7 @@ pub async fn run(mut session: Session, with: Name) -> Result<()> {
                     Some(Update::Notice(text)) => app.notice(text, false),
                     Some(Update::FileProgress { .. }) => {}
                     Some(Update::FileSent(result)) => {
-                        app.file_outcome(result.as_ref().map_err(|e| e.as_str()))
+                        app.file_outcome(result.as_ref())
                     }
                     Some(Update::Receipt { from, delivered, at_ms }) => {
                         app.receipt(&from, &delivered, at_ms)
@@ -115,7 +112,7 @@ pub async fn run(mut session: Session, with: Name) -> Result<()> {
                             file.from,
                             file.path.display(),
                             file.size,
-                            if file.via_mailbox { ", via the mailbox" } else { "" },
+                            if file.via == crate::inbox::Via::Mailbox { ", via the mailbox" } else { "" },
                         ),
                         false,
                     ),

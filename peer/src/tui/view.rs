@@ -4,7 +4,8 @@
 
 use super::app::{presence_text, App, Entry, Presence};
 use crate::console::clock;
-use common::{control::HistoryState, Name};
+use crate::{history::HistoryState, inbox::Via};
+use common::Name;
 use ratatui::{
     layout::{Constraint, Layout, Position, Rect},
     style::{Color, Modifier, Style},
@@ -168,10 +169,10 @@ fn entry_rows(entry: &Entry, me: &Name, width: usize) -> Vec<Line<'static>> {
 fn state_label(state: &HistoryState) -> Option<(String, Style)> {
     let style = |c: Color| Style::default().fg(c);
     Some(match state {
-        HistoryState::Received { via_mailbox: true } => {
+        HistoryState::Received { via: Via::Mailbox } => {
             ("(via mailbox)".into(), style(Color::DarkGray))
         }
-        HistoryState::Received { via_mailbox: false } => return None,
+        HistoryState::Received { via: Via::Direct } => return None,
         HistoryState::Sending => ("… sending".into(), style(Color::Yellow)),
         HistoryState::Delivered { path: Some(p) } => {
             (format!("✓ delivered ({})", p.as_str()), style(Color::Green))

@@ -1,0 +1,247 @@
+//! Direct connections from other peers: accepting them, and serving the streams a remote
+//! opens on any link (accepted or dialed by us): chat streams and file streams.
+//!
+//! A direct connection proves a key in its TLS handshake; the first message on it names its
+//! sender, and the directory confirms that name is bound to that key before anything is
+//! shown. Every later message on the connection must carry the same sender.
+
+use crate::{
+    directory_client::DirectoryClient,
+    files,
+    inbox::{Inbox, Shown, Via},
+    links::{DirectPath, Links},
+    tasks::Tasks,
+};
+use anyhow::{anyhow, bail, Result};
+use common::{
+    defaults::{MAX_BODY_LEN, SEND_WINDOW},
+    framing, tls,
+    wire::{codes, FileHeader, MessageId, PeerFrame},
+    KeyId, Name,
+};
+use std::sync::Arc;
+use tokio::sync::{mpsc, Notify, OnceCell};
+use tracing::{debug, info_span, warn, Instrument};
+
+/// What serving peer connections needs; cheap to clone.
+#[derive(Clone)]
+pub struct Acceptor {
+    /// Where their messages and files go.
+    pub inbox: Inbox,
+    /// Confirms who owns a key.
+    pub directory: DirectoryClient,
+    /// Where verified connections are recorded.
+    pub links: Arc<Links>,
+    /// Where the tasks serving them run.
+    pub tasks: Tasks,
+}
+
+impl Acceptor {
+    /// Serves the streams the remote opens on `conn`, which we dialed to `name` (its key was
+    /// checked then), from now on.
+    pub fn adopt(&self, name: Name, conn: quinn::Connection) {
+        let this = self.clone();
+        self.tasks
+            .spawn(async move { serve_connection(conn, Some(name), this).await });
+    }
+}
+
+/// Accepts connections from other peers until the endpoint closes.
+pub async fn serve(endpoint: quinn::Endpoint, acceptor: Acceptor) {
+    while let Some(incoming) = endpoint.accept().await {
+        let span = info_span!("peer_conn", remote = %incoming.remote_address());
+        let acceptor = acceptor.clone();
+        acceptor.tasks.clone().spawn(
+            async move {
+                let links = &acceptor.links;
+                let conn = match incoming.await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        debug!(cause = %e, "incoming handshake failed");
+                        return;
+                    }
+                };
+                // A peer we asked the directory to introduce is answering: its key is the one
+                // the directory holds for the name, so the link is verified already.
+                let known = tls::remote_key(&conn).and_then(|key| links.expected(&key));
+                if let Some(name) = &known {
+                    debug!(peer = %name, "introduced peer connected");
+                    links.insert(name.clone(), conn.clone(), DirectPath::Punched);
+                }
+                serve_connection(conn, known, acceptor).await;
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Serves the chat streams the remote opens on `conn`. `known` is the remote's name when we
+/// dialed it (its key was checked then); otherwise the first message names it and the
+/// directory confirms it.
+async fn serve_connection(conn: quinn::Connection, known: Option<Name>, acceptor: Acceptor) {
+    let Some(key) = tls::remote_key(&conn) else {
+        conn.close(codes::UNAUTHORIZED.into(), b"no certificate");
+        return;
+    };
+    let verified = Arc::new(OnceCell::new_with(known));
+    loop {
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(streams) => streams,
+            Err(e) => {
+                debug!(cause = %e, "peer connection ended");
+                return;
+            }
+        };
+        let stream = ChatStream {
+            conn: conn.clone(),
+            key,
+            verified: verified.clone(),
+            inbox: acceptor.inbox.clone(),
+            directory: acceptor.directory.clone(),
+            links: acceptor.links.clone(),
+        };
+        acceptor.tasks.spawn(async move {
+            if let Err(e) = stream.run(send, recv).await {
+                debug!(cause = %format!("{e:#}"), "chat stream ended");
+            }
+        });
+    }
+}
+
+struct ChatStream {
+    conn: quinn::Connection,
+    key: KeyId,
+    verified: Arc<OnceCell<Name>>,
+    inbox: Inbox,
+    directory: DirectoryClient,
+    links: Arc<Links>,
+}
+
+impl ChatStream {
+    /// Serves one stream the remote opened: its first frame says whether it is a chat stream
+    /// or a file stream.
+    async fn run(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) -> Result<()> {
+        let first = match self.next_frame(&mut recv).await? {
+            Some(PeerFrame::FileStream(header)) => {
+                return self.receive_file(header, &mut send, &mut recv).await;
+            }
+            Some(PeerFrame::Chat(message)) => message,
+            Some(other) => {
+                return Err(self.refuse(codes::PROTOCOL, anyhow!("unexpected {other:?}")))
+            }
+            None => return Ok(()),
+        };
+        // Reading runs ahead of acknowledging: messages are handed over in order while earlier
+        // ones are still being shown (and recorded), and the acks follow in the same order.
+        let (pending_tx, mut pending) = mpsc::channel::<(MessageId, Shown)>(SEND_WINDOW);
+        let read = async {
+            let mut next = Some(first);
+            while let Some(message) = next {
+                if message.to != *self.inbox.me() || message.body.len() > MAX_BODY_LEN {
+                    return Err(
+                        self.refuse(codes::PROTOCOL, anyhow!("message not for us or too large"))
+                    );
+                }
+                self.check_sender(&message.from).await?;
+                let id = message.id;
+                let shown = self.inbox.hand_over(message, Via::Direct).await?;
+                if pending_tx.send((id, shown)).await.is_err() {
+                    return Ok(()); // the ack writer failed; its error is the one reported
+                }
+                next = match self.next_frame(&mut recv).await? {
+                    Some(PeerFrame::Chat(message)) => Some(message),
+                    Some(other) => {
+                        return Err(self.refuse(codes::PROTOCOL, anyhow!("unexpected {other:?}")))
+                    }
+                    None => None,
+                };
+            }
+            drop(pending_tx);
+            Ok::<_, anyhow::Error>(())
+        };
+        let ack = async {
+            while let Some((id, shown)) = pending.recv().await {
+                shown.wait().await?;
+                framing::write_frame(&mut send, &PeerFrame::Ack(id)).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        };
+        tokio::try_join!(read, ack)?;
+        Ok(())
+    }
+
+    /// The next frame; a frame that breaks the protocol closes the connection.
+    async fn next_frame(&self, recv: &mut quinn::RecvStream) -> Result<Option<PeerFrame>> {
+        match framing::read_frame::<PeerFrame, _>(recv).await {
+            Ok(frame) => Ok(frame),
+            Err(e) if e.is_violation() => Err(self.refuse(e.code(), e.into())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A file stream: the header came first; the rest is the file's bytes and hash.
+    async fn receive_file(
+        &self,
+        header: FileHeader,
+        send: &mut quinn::SendStream,
+        recv: &mut quinn::RecvStream,
+    ) -> Result<()> {
+        if header.to != *self.inbox.me() {
+            return Err(self.refuse(codes::PROTOCOL, anyhow!("file not for us")));
+        }
+        self.check_sender(&header.from).await?;
+        let partial = files::partial_path(self.inbox.downloads(), &header.from, &header.resume_key);
+        let mine = Arc::new(Notify::new());
+        let older = self.inbox.arriving().insert(partial.clone(), mine.clone());
+        if let Some(older) = older {
+            older.notify_one();
+        }
+        let result = tokio::select! {
+            result = files::receive(self.inbox.downloads(), header, send, recv) => result,
+            _ = mine.notified() => Err(anyhow!("a newer transfer of the same file took over")),
+        };
+        {
+            let mut arriving = self.inbox.arriving();
+            if arriving
+                .get(&partial)
+                .is_some_and(|n| Arc::ptr_eq(n, &mine))
+            {
+                arriving.remove(&partial);
+            }
+        }
+        self.inbox.file(result?).await;
+        Ok(())
+    }
+
+    /// Checks that the connection's key owns `from`, asking the directory the first time.
+    async fn check_sender(&self, from: &Name) -> Result<()> {
+        let name = self
+            .verified
+            .get_or_try_init(|| async {
+                let info = self.directory.lookup(from).await?;
+                if info.key != self.key {
+                    return Err(self.refuse(
+                        codes::UNAUTHORIZED,
+                        anyhow!("{from} is not the owner of key {}", self.key.short()),
+                    ));
+                }
+                let path = DirectPath::classify(self.conn.remote_address(), &info, false);
+                self.links.insert(from.clone(), self.conn.clone(), path);
+                Ok(from.clone())
+            })
+            .await?;
+        if name != from {
+            bail!(self.refuse(
+                codes::UNAUTHORIZED,
+                anyhow!("sender changed from {name} to {from}")
+            ));
+        }
+        Ok(())
+    }
+
+    fn refuse(&self, code: u32, cause: anyhow::Error) -> anyhow::Error {
+        warn!(cause = %cause, "closing a peer connection");
+        self.conn.close(code.into(), b"refused");
+        cause
+    }
+}

@@ -1,0 +1,114 @@
+//! The local control protocol: how a short `peer` command hands its work to the `peer` process
+//! already running for the same name, over a Unix socket in the peer's home folder.
+//!
+//! The client writes [`ControlRequest`] frames and reads [`ControlResponse`] frames (framed as
+//! in [`common::framing`]). Every request gets exactly one answer, except
+//! [`ControlRequest::Attach`], after which incoming messages follow as
+//! [`ControlResponse::Message`] until the client hangs up, and [`ControlRequest::History`] and
+//! [`ControlRequest::SendFile`], answered by a run of frames that ends with a last one. Both
+//! ends are the same binary, so the types are the peer's own, with no mapping in between.
+
+use crate::{
+    failure::Failure,
+    files::FileSent,
+    history::HistoryEntry,
+    inbox::Via,
+    links::DirectPath,
+    outbox::{SendFailed, Sent},
+};
+use common::{
+    wire::{ChatMessage, MessageId, PeerInfo},
+    KeyId, Name,
+};
+use serde::{Deserialize, Serialize};
+
+/// A request from a short command to the running peer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlRequest {
+    /// Who are you? Answered with [`ControlResponse::Hello`].
+    Hello,
+    /// Send a message; answered with [`ControlResponse::Sent`].
+    Send {
+        /// Recipient.
+        to: Name,
+        /// Text.
+        body: String,
+    },
+    /// Look a name up; answered with [`ControlResponse::Whois`].
+    Whois {
+        /// The name.
+        name: Name,
+    },
+    /// Stream copies of every incoming message from now on.
+    Attach,
+    /// The local history of the conversation with `with`, the last `limit` entries, oldest
+    /// first. Answered with [`ControlResponse::HistoryEntry`] frames, then
+    /// [`ControlResponse::HistoryEnd`] (one frame per entry keeps each under the frame cap).
+    History {
+        /// The other side of the conversation.
+        with: Name,
+        /// Most entries to return (the latest ones).
+        limit: u32,
+    },
+    /// Send the file at `path` (absolute, on this machine). Answered by
+    /// [`ControlResponse::FileProgress`] updates and notices, then [`ControlResponse::FileSent`].
+    SendFile {
+        /// Recipient.
+        to: Name,
+        /// The file.
+        path: String,
+    },
+}
+
+/// An answer from the running peer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlResponse {
+    /// The running peer's name and key.
+    Hello {
+        /// Name.
+        name: Name,
+        /// Key fingerprint.
+        key: KeyId,
+    },
+    /// The outcome of a send.
+    Sent(Result<Sent, SendFailed>),
+    /// The answer to a lookup, with the direct link the running peer has to it, if any.
+    Whois(Result<(PeerInfo, Option<DirectPath>), Failure>),
+    /// An incoming message, after [`ControlRequest::Attach`].
+    Message {
+        /// The message.
+        message: ChatMessage,
+        /// How it came.
+        via: Via,
+    },
+    /// Something the user should know, such as copies lost to a slow reader.
+    Notice(String),
+    /// Attached.
+    Attached,
+    /// One entry of the history asked for with [`ControlRequest::History`], oldest first.
+    HistoryEntry(HistoryEntry),
+    /// The end of the history asked for; `available` is false when the running peer keeps
+    /// none (its database could not be opened).
+    HistoryEnd {
+        /// Whether the running peer has a history at all.
+        available: bool,
+    },
+    /// How far a file transfer is: bytes the recipient has, of the total.
+    FileProgress {
+        /// Bytes the recipient has.
+        done: u64,
+        /// The file's size.
+        total: u64,
+    },
+    /// The outcome of sending a file: delivered directly, or queued in the mailbox (no path).
+    FileSent(Result<FileSent, Failure>),
+    /// After [`ControlRequest::Attach`]: a recipient took mail of ours from its mailbox.
+    Receipt {
+        /// Who took it.
+        from: Name,
+        /// Our messages (and file ids) it took.
+        delivered: Vec<MessageId>,
+        /// When (the directory's clock, ms since the epoch).
+        at_ms: u64,
+    },
+}

@@ -1,0 +1,122 @@
+//! Why something the user asked for did not happen, as a type: every interface (plain lines,
+//! JSON, the terminal client, a short command behind the control socket) says it its own way,
+//! and the terminal client can tell an unknown peer from a full mailbox or an unreachable
+//! directory. It crosses the control socket as it is.
+
+use common::Name;
+use serde::{Deserialize, Serialize};
+
+/// Why a send, a lookup or a file transfer failed. `Display` is the one line for the user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Failure {
+    /// No peer has registered this name.
+    #[error("no peer is named {name}")]
+    UnknownPeer {
+        /// The name asked for.
+        name: Name,
+    },
+    /// The recipient's mailbox is over its quota.
+    #[error("{name}'s mailbox is full; it was not sent")]
+    MailboxFull {
+        /// The recipient.
+        name: Name,
+    },
+    /// The message is over the body limit.
+    #[error("the message is too large: {len} bytes, the limit is {limit}")]
+    TooLarge {
+        /// Its size in bytes.
+        len: u64,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The directory could not be reached, or stopped answering.
+    #[error("the directory at {addr} cannot be reached")]
+    DirectoryUnreachable {
+        /// The address the user gave.
+        addr: String,
+    },
+    /// The directory refused our name: another key holds it.
+    #[error("the name {name} is registered to another key")]
+    NameTaken {
+        /// Our name.
+        name: Name,
+    },
+    /// The directory refused the request for another reason (its code, for the user).
+    #[error("the directory refused: {reason}")]
+    Refused {
+        /// What the directory said.
+        reason: String,
+    },
+    /// The peer program itself gave up: it is shutting down, or the running peer went away.
+    #[error("the peer stopped")]
+    Stopped,
+    /// Anything else (a file that cannot be read, a transfer cut short), said in words.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Failure {
+    /// What the user can do about it, when there is something to say.
+    pub fn hint(&self) -> Option<&'static str> {
+        Some(match self {
+            Failure::UnknownPeer { .. } => {
+                "check the spelling; a name exists once its owner has run peer with it"
+            }
+            Failure::MailboxFull { .. } => {
+                "the mailbox empties when its owner comes online; try again later"
+            }
+            Failure::TooLarge { .. } => "send long text as a file with /file",
+            Failure::DirectoryUnreachable { .. } => {
+                "is a directory running there? see --directory or CHAT_DIRECTORY"
+            }
+            Failure::NameTaken { .. } => "pick another --name, or use the home that holds its key",
+            Failure::Refused { .. } | Failure::Stopped | Failure::Other(_) => return None,
+        })
+    }
+
+    /// Wraps an error with its causes, as `{:#}` prints them.
+    pub fn other(e: impl std::fmt::Display) -> Self {
+        Failure::Other(format!("{e:#}"))
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        match e.downcast::<Failure>() {
+            Ok(failure) => failure,
+            Err(e) => Failure::other(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_reads_as_one_line_and_the_common_ones_say_what_to_do() {
+        let name = Name::new("bob").expect("name");
+        let cases = [
+            Failure::UnknownPeer { name: name.clone() },
+            Failure::MailboxFull { name: name.clone() },
+            Failure::DirectoryUnreachable {
+                addr: "127.0.0.1:9000".into(),
+            },
+            Failure::NameTaken { name },
+        ];
+        let mut hints = std::collections::HashSet::new();
+        for failure in cases {
+            assert!(!failure.to_string().contains('\n'));
+            assert!(hints.insert(failure.hint().expect("a hint")));
+        }
+    }
+
+    #[test]
+    fn a_failure_inside_anyhow_comes_back_out_typed() {
+        let failure = Failure::Stopped;
+        let wrapped: anyhow::Error = failure.clone().into();
+        assert_eq!(Failure::from(wrapped), failure);
+        let plain = anyhow::anyhow!("disk").context("reading");
+        assert_eq!(Failure::from(plain), Failure::Other("reading: disk".into()));
+    }
+}

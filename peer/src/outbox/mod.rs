@@ -1,0 +1,368 @@
+//! Sending. Each recipient has one conversation task, so messages to it leave in the order they
+//! were sent, whichever path they take. What the task decides is [`conversation`]'s, a state
+//! machine with no I/O whose docs state the delivery rules; the task here only does what it
+//! asks: open a chat stream, look up, dial, write, deposit.
+
+pub mod conversation;
+
+use crate::{
+    directory_client::DirectoryClient, failure::Failure, links::DirectPath, punch::Dialer,
+    tasks::Tasks,
+};
+use anyhow::{anyhow, Result};
+use common::{
+    defaults::{MAX_BODY_LEN, SEND_WINDOW},
+    framing, now_ms,
+    wire::{ChatMessage, DirectoryRequest, MessageId, PeerFrame},
+    Name,
+};
+use conversation::{Action, Conversation, DialFailed, Input};
+use serde::{Deserialize, Serialize};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
+use tracing::{debug, info, Instrument};
+
+/// How a message left us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    /// The recipient acknowledged it.
+    Delivered,
+    /// The directory committed it to the recipient's mailbox.
+    Queued,
+}
+
+impl Status {
+    /// The name used in JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Delivered => "delivered",
+            Status::Queued => "queued",
+        }
+    }
+}
+
+/// The outcome of one send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sent {
+    /// The message id.
+    pub id: MessageId,
+    /// The recipient.
+    pub to: Name,
+    /// Delivered or queued.
+    pub status: Status,
+    /// The direct path it was delivered on.
+    pub path: Option<DirectPath>,
+}
+
+/// A send that failed: to whom, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{failure}")]
+pub struct SendFailed {
+    /// The recipient.
+    pub to: Name,
+    /// Why.
+    pub failure: Failure,
+}
+
+/// What a conversation task needs.
+pub struct Shared {
+    /// Our name.
+    pub me: Name,
+    /// Makes direct links.
+    pub dialer: Arc<Dialer>,
+    /// The directory, for lookups, deposits and introductions.
+    pub directory: DirectoryClient,
+    /// Where the conversation tasks run.
+    pub tasks: Tasks,
+}
+
+/// Sends messages; cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    ctx: Arc<Shared>,
+    conversations: Arc<Mutex<HashMap<Name, mpsc::UnboundedSender<Pending>>>>,
+}
+
+struct Pending {
+    message: ChatMessage,
+    reply: oneshot::Sender<Result<Sent, Failure>>,
+}
+
+impl Outbox {
+    /// An outbox using `ctx`.
+    pub fn new(ctx: Shared) -> Self {
+        Self {
+            ctx: Arc::new(ctx),
+            conversations: Default::default(),
+        }
+    }
+
+    /// Sends `body` to `to` and returns once it is delivered or durably queued.
+    pub async fn send(&self, to: Name, body: String) -> Result<Sent, Failure> {
+        self.submit(to, body)?.await
+    }
+
+    /// Queues `body` for `to` now, behind every message submitted before it, and returns a
+    /// future of the outcome.
+    pub fn submit(
+        &self,
+        to: Name,
+        body: String,
+    ) -> Result<impl std::future::Future<Output = Result<Sent, Failure>> + Send + 'static, Failure>
+    {
+        if body.len() > MAX_BODY_LEN {
+            return Err(Failure::TooLarge {
+                len: body.len() as u64,
+                limit: MAX_BODY_LEN as u64,
+            });
+        }
+        let message = ChatMessage {
+            id: MessageId::random(),
+            from: self.ctx.me.clone(),
+            to: to.clone(),
+            sent_at_ms: now_ms(),
+            body,
+        };
+        let (reply, answer) = oneshot::channel();
+        let mut conversations = self.conversations.lock().unwrap_or_else(|e| e.into_inner());
+        let tx = conversations.entry(to.clone()).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let span = tracing::info_span!("to", peer = %to);
+            let driver = Driver::new(self.ctx.clone(), to.clone());
+            self.ctx.tasks.spawn(driver.run(rx).instrument(span));
+            tx
+        });
+        tx.send(Pending { message, reply })
+            .map_err(|_| Failure::Stopped)?;
+        drop(conversations);
+        Ok(async move { answer.await.map_err(|_| Failure::Stopped)? })
+    }
+}
+
+/// A chat stream: where messages are written, and its acks, read by a task of its own
+/// (reading a frame is not cancel-safe, so it cannot sit in a `select!`).
+struct ChatStream {
+    send: quinn::SendStream,
+    acks: mpsc::Receiver<Result<MessageId>>,
+}
+
+/// Does what one [`Conversation`] asks.
+struct Driver {
+    ctx: Arc<Shared>,
+    to: Name,
+    conversation: Conversation,
+    stream: Option<ChatStream>,
+    /// Whom to tell each message's outcome.
+    replies: HashMap<MessageId, (Name, oneshot::Sender<Result<Sent, Failure>>)>,
+}
+
+impl Driver {
+    fn new(ctx: Arc<Shared>, to: Name) -> Self {
+        let conversation = Conversation::new(ctx.dialer.direct_timeout);
+        Self {
+            ctx,
+            to,
+            conversation,
+            stream: None,
+            replies: HashMap::new(),
+        }
+    }
+
+    /// Runs until the outbox is gone and every message is settled.
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Pending>) {
+        let mut open = true;
+        loop {
+            while let Some(action) = self.conversation.poll_action() {
+                self.perform(action).await;
+            }
+            if !open && self.conversation.is_idle() {
+                return;
+            }
+            let timeout = self.conversation.poll_timeout();
+            let input = tokio::select! {
+                pending = rx.recv(), if open => match pending {
+                    Some(p) => {
+                        let id = p.message.id;
+                        self.replies.insert(id, (p.message.to.clone(), p.reply));
+                        Input::Submit(p.message)
+                    }
+                    None => {
+                        open = false;
+                        continue;
+                    }
+                },
+                ack = next_ack(&mut self.stream) => match ack {
+                    Ok(id) => Input::Acked(id),
+                    Err(e) => {
+                        debug!(cause = %format!("{e:#}"), "direct path failed; using the mailbox");
+                        Input::LinkFailed
+                    }
+                },
+                _ = sleep_until(timeout), if timeout.is_some() => {
+                    self.conversation.handle_timeout(Instant::now().into_std());
+                    continue;
+                }
+            };
+            self.conversation.handle(input, Instant::now().into_std());
+        }
+    }
+
+    /// Does one action, and hands the conversation its answer, if it has one.
+    async fn perform(&mut self, action: Action) {
+        let answer = match action {
+            Action::OpenLive { deadline } => {
+                let live = self.ctx.dialer.links.get(&self.to);
+                let opened = match live {
+                    Some((conn, path)) => self.open(&conn, deadline.into()).await.then_some(path),
+                    None => None,
+                };
+                Input::LiveOpened(opened)
+            }
+            Action::Lookup => Input::LookedUp(
+                self.ctx
+                    .directory
+                    .lookup(&self.to)
+                    .await
+                    .map_err(|e| e.failure(&self.to, self.ctx.directory.addr())),
+            ),
+            Action::Dial { info, deadline } => {
+                let dialed = match self.ctx.dialer.connect(&info, deadline.into()).await {
+                    None => {
+                        info!("no direct path; using the mailbox");
+                        Err(DialFailed::NoPath)
+                    }
+                    Some((conn, path)) => match self.open(&conn, deadline.into()).await {
+                        true => Ok(path),
+                        false => Err(DialFailed::NoStream),
+                    },
+                };
+                Input::Dialed(dialed)
+            }
+            Action::Write { message, deadline } => {
+                let Some(stream) = self.stream.as_mut() else {
+                    return self.conversation.handle(Input::LinkFailed, now());
+                };
+                let written = match framing::encode(&PeerFrame::Chat(message)) {
+                    Ok(frame) => {
+                        tokio::time::timeout_at(deadline.into(), stream.send.write_all(&frame))
+                            .await
+                            .map_err(|_| anyhow!("writing timed out"))
+                            .and_then(|w| w.map_err(Into::into))
+                    }
+                    Err(e) => Err(e.into()),
+                };
+                match written {
+                    Ok(()) => return,
+                    Err(e) => {
+                        debug!(cause = %format!("{e:#}"), "direct path failed; using the mailbox");
+                        Input::LinkFailed
+                    }
+                }
+            }
+            Action::CloseLink => {
+                self.stream = None;
+                return;
+            }
+            Action::Deposit(message) => {
+                let id = message.id;
+                let request = DirectoryRequest::Deposit { message };
+                let stored = self.ctx.directory.deposit(&request).await;
+                Input::Deposited(
+                    id,
+                    stored.map_err(|e| e.failure(&self.to, self.ctx.directory.addr())),
+                )
+            }
+            Action::Introduce => {
+                let (directory, to) = (self.ctx.directory.clone(), self.to.clone());
+                self.ctx.tasks.spawn(async move {
+                    let _ = directory.introduce(&to).await;
+                });
+                return;
+            }
+            Action::Settle(id, outcome) => {
+                if let Some((to, reply)) = self.replies.remove(&id) {
+                    let sent = outcome.map(|(status, path)| Sent {
+                        id,
+                        to,
+                        status,
+                        path,
+                    });
+                    let _ = reply.send(sent);
+                }
+                return;
+            }
+        };
+        self.conversation.handle(answer, now());
+    }
+
+    /// Opens a chat stream on `conn` by `deadline`; true when it is open.
+    async fn open(&mut self, conn: &quinn::Connection, deadline: Instant) -> bool {
+        match tokio::time::timeout_at(deadline, conn.open_bi()).await {
+            Ok(Ok((send, recv))) => {
+                self.stream = Some(ChatStream {
+                    send,
+                    acks: read_acks(recv, &self.ctx.tasks),
+                });
+                true
+            }
+            Ok(Err(e)) => {
+                debug!(cause = %e, "opening a chat stream failed");
+                false
+            }
+            Err(_) => {
+                debug!("opening a chat stream timed out");
+                false
+            }
+        }
+    }
+}
+
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+/// Sleeps until `at`; forever when there is no such time.
+async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next ack on the chat stream; never resolves while there is none.
+async fn next_ack(stream: &mut Option<ChatStream>) -> Result<MessageId> {
+    let Some(stream) = stream else {
+        return std::future::pending().await;
+    };
+    stream
+        .acks
+        .recv()
+        .await
+        .unwrap_or_else(|| Err(anyhow!("chat stream closed")))
+}
+
+/// Reads the acks of a chat stream until it ends (then one `Err`) or its reader is dropped.
+fn read_acks(mut recv: quinn::RecvStream, tasks: &Tasks) -> mpsc::Receiver<Result<MessageId>> {
+    let (ack_tx, acks) = mpsc::channel(SEND_WINDOW);
+    tasks.spawn(async move {
+        loop {
+            let ack = match framing::read_frame::<PeerFrame, _>(&mut recv).await {
+                Ok(Some(PeerFrame::Ack(id))) => Ok(id),
+                Ok(Some(other)) => Err(anyhow!("unexpected {other:?} on a chat stream")),
+                Ok(None) => Err(anyhow!("the chat stream ended")),
+                Err(e) => Err(e.into()),
+            };
+            let last = ack.is_err();
+            if ack_tx.send(ack).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    acks
+}

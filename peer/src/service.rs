@@ -1,0 +1,293 @@
+//! What the running peer does for a command, the same whether the command runs in this process
+//! ([`crate::session`]) or came through the control socket ([`crate::control`]): it sends
+//! and records in the local history, looks names up, sends files, reads the history, and turns
+//! what the inbox receives into [`Update`]s, recorded before they are acknowledged. The history
+//! is written here and nowhere else.
+
+use crate::{
+    failure::Failure,
+    files::{FileSent, ReceivedFile},
+    history::{History, HistoryEntry, HistoryError},
+    inbox::{Event, Incoming, Taken, Via},
+    links::DirectPath,
+    node::{FileUpdate, Node},
+    outbox::{SendFailed, Sent},
+};
+use common::{
+    defaults::MAX_BODY_LEN,
+    wire::{ChatMessage, MessageId, PeerInfo},
+    KeyId, Name,
+};
+use std::{future::Future, path::Path, sync::Arc};
+use tokio::sync::mpsc;
+
+/// Something for a command to show or act on.
+#[derive(Debug)]
+pub enum Update {
+    /// An incoming message.
+    Message(Received),
+    /// The outcome of a send, in submission order for each recipient.
+    Sent(Result<Sent, SendFailed>),
+    /// The answer to a lookup, with the direct link the peer has to it, if any.
+    Whois(Result<(PeerInfo, Option<DirectPath>), Failure>),
+    /// The mailbox has been drained (own node only).
+    MailboxIdle,
+    /// Something to tell the user.
+    Notice(String),
+    /// A file arrived and is stored.
+    File(ReceivedFile),
+    /// How far a file being sent is: bytes the recipient has, of the total.
+    FileProgress {
+        /// Bytes the recipient has.
+        done: u64,
+        /// The file's size.
+        total: u64,
+    },
+    /// The outcome of sending a file.
+    FileSent(Result<FileSent, Failure>),
+    /// `from` took these messages (or files) of ours from its mailbox, at that time.
+    Receipt {
+        /// The recipient that took them.
+        from: Name,
+        /// Their ids.
+        delivered: Vec<MessageId>,
+        /// When, by the directory's clock.
+        at_ms: u64,
+    },
+}
+
+/// An incoming message; call [`Received::shown`] once it is on screen.
+#[derive(Debug)]
+pub struct Received {
+    /// The message.
+    pub message: ChatMessage,
+    /// How it came.
+    pub via: Via,
+    ack: Option<Incoming>,
+    history: Option<History>,
+}
+
+impl Received {
+    /// A copy of a message that another process shows and acknowledges.
+    pub fn copy(message: ChatMessage, via: Via) -> Self {
+        Self {
+            message,
+            via,
+            ack: None,
+            history: None,
+        }
+    }
+
+    /// Lets the message be acknowledged (own node): it is recorded in the history first, and
+    /// acknowledged once that is on disk. A no-op for a copy from a running peer.
+    pub fn shown(self) {
+        let Some(incoming) = self.ack else {
+            return;
+        };
+        let recorded = self.history.map(|h| h.record_in(&self.message, self.via));
+        when_recorded(recorded, move || incoming.shown());
+    }
+}
+
+/// The running peer with its history; cheap to clone.
+#[derive(Clone)]
+pub struct Service {
+    node: Arc<Node>,
+    history: Option<History>,
+}
+
+impl Service {
+    /// The service of `node`, recording in `history` if there is one.
+    pub fn new(node: Arc<Node>, history: Option<History>) -> Self {
+        Self { node, history }
+    }
+
+    /// Our name.
+    pub fn name(&self) -> &Name {
+        &self.node.name
+    }
+
+    /// Our key.
+    pub fn key(&self) -> KeyId {
+        self.node.key
+    }
+
+    /// The node.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// The history, if there is one.
+    pub fn history(&self) -> Option<&History> {
+        self.history.as_ref()
+    }
+
+    /// Sends `body` to `to` behind every message submitted before it. It is recorded as
+    /// sending at once, and its outcome when the returned future has it. A body over the limit
+    /// is refused without being recorded.
+    pub fn submit(
+        &self,
+        to: Name,
+        body: String,
+    ) -> impl Future<Output = Result<Sent, SendFailed>> + Send + 'static {
+        let record = (body.len() <= MAX_BODY_LEN)
+            .then(|| {
+                self.history
+                    .as_ref()
+                    .map(|h| (h.clone(), h.sending(&self.node.name, &to, &body)))
+            })
+            .flatten();
+        let outcome = self.node.submit(to.clone(), body);
+        async move {
+            let result = match outcome {
+                Ok(outcome) => outcome.await,
+                Err(failure) => Err(failure),
+            }
+            .map_err(|failure| SendFailed { to, failure });
+            if let Some((history, key)) = record {
+                match &result {
+                    Ok(sent) => history.settle(key, Ok(sent)),
+                    Err(e) => history.settle(key, Err(&e.failure.to_string())),
+                }
+            }
+            result
+        }
+    }
+
+    /// What the directory knows about `name`, and our direct link to it.
+    pub async fn whois(&self, name: &Name) -> Result<(PeerInfo, Option<DirectPath>), Failure> {
+        self.node.whois(name).await
+    }
+
+    /// Sends the file at `path` to `to` (see [`Node::send_file`]).
+    pub async fn send_file(
+        &self,
+        to: &Name,
+        path: &Path,
+        report: impl Fn(FileUpdate) + Send + Sync + 'static,
+    ) -> Result<FileSent, Failure> {
+        self.node.send_file(to, path, report).await
+    }
+
+    /// The last `limit` messages of the conversation with `with`, oldest first, including
+    /// everything recorded before this call; `None` when there is no history.
+    pub async fn conversation(
+        &self,
+        with: &Name,
+        limit: usize,
+    ) -> Result<Option<Vec<HistoryEntry>>, HistoryError> {
+        let Some(history) = self.history.clone() else {
+            return Ok(None);
+        };
+        history.flush().await?;
+        let with = with.clone();
+        tokio::task::spawn_blocking(move || history.conversation(&with, limit))
+            .await
+            .map_err(|e| HistoryError::Db(e.to_string()))?
+            .map(Some)
+    }
+
+    /// The peers with a conversation in the local history, latest first.
+    pub fn history_peers(&self) -> Vec<Name> {
+        self.history
+            .as_ref()
+            .and_then(|h| h.peers().ok())
+            .map(|p| p.into_iter().map(|(name, _)| name).collect())
+            .unwrap_or_default()
+    }
+
+    /// Turns the inbox's events into updates on `updates`: a message already in the history
+    /// (a redelivery from before a restart) is acknowledged and not shown again; a receipt is
+    /// recorded, then acknowledged. Runs until either side is gone.
+    pub async fn pump(
+        self,
+        mut events: mpsc::Receiver<Event>,
+        updates: mpsc::UnboundedSender<Update>,
+    ) {
+        while let Some(event) = events.recv().await {
+            let update = match event {
+                Event::Message(incoming) => {
+                    if self.seen_before(&incoming.message) {
+                        incoming.shown();
+                        continue;
+                    }
+                    Update::Message(Received {
+                        message: incoming.message.clone(),
+                        via: incoming.via,
+                        ack: Some(incoming),
+                        history: self.history.clone(),
+                    })
+                }
+                Event::MailboxIdle => Update::MailboxIdle,
+                Event::File(file) => Update::File(file),
+                Event::Notice(text) => Update::Notice(text),
+                Event::Receipt(taken) => {
+                    let receipt = taken.receipt.clone();
+                    self.record_receipt(taken);
+                    Update::Receipt {
+                        from: receipt.from,
+                        delivered: receipt.delivered,
+                        at_ms: receipt.at_ms,
+                    }
+                }
+            };
+            if updates.send(update).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Records a receipt in the history, then lets it be acknowledged.
+    fn record_receipt(&self, taken: Taken) {
+        let recorded = self
+            .history
+            .as_ref()
+            .map(|h| h.delivered_later(taken.receipt.delivered.clone(), taken.receipt.at_ms));
+        when_recorded(recorded, move || taken.done());
+    }
+
+    /// Whether `message` is in the history already (a redelivery after a restart).
+    fn seen_before(&self, message: &ChatMessage) -> bool {
+        let Some(history) = &self.history else {
+            return false;
+        };
+        match history.contains(&message.id) {
+            Ok(seen) => seen,
+            Err(e) => {
+                tracing::warn!("history: {e}");
+                false
+            }
+        }
+    }
+
+    /// Records what is pending, then takes the node offline and ends its tasks.
+    pub async fn close(&self) {
+        if let Some(history) = &self.history {
+            if let Err(e) = history.flush().await {
+                tracing::warn!("history: {e}");
+            }
+        }
+        self.node.shutdown().await;
+    }
+}
+
+/// Calls `then` once the history write `recorded` (if any) is on disk. A failed write is only
+/// logged: the history is a convenience, and what it was about has reached the user. The wait
+/// is a task of its own so that the caller (the one place that shows messages) never blocks on
+/// the disk; it is not tracked because it always ends, when the history's writer thread
+/// answers the write (or stops).
+fn when_recorded(
+    recorded: Option<impl Future<Output = Result<(), HistoryError>> + Send + 'static>,
+    then: impl FnOnce() + Send + 'static,
+) {
+    let Some(recorded) = recorded else {
+        then();
+        return;
+    };
+    tokio::spawn(async move {
+        if let Err(e) = recorded.await {
+            tracing::warn!("history: {e}");
+        }
+        then();
+    });
+}
