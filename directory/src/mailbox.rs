@@ -25,18 +25,18 @@ use tokio::{sync::mpsc, task::JoinSet};
 use tracing::{debug, warn};
 
 /// Runs until the connection ends or the recipient misbehaves.
-pub async fn deliver(conn: quinn::Connection, name: Name, shared: Arc<Shared>, mut feed: Feed) {
-    if let Err(e) = deliver_inner(&conn, &name, &shared, &mut feed).await {
+pub async fn deliver(conn: quinn::Connection, shared: Arc<Shared>, feed: Feed) {
+    if let Err(e) = deliver_inner(&conn, &shared, feed).await {
         debug!(cause = %e, "mailbox delivery ended");
     }
 }
 
-async fn deliver_inner(
-    conn: &quinn::Connection,
-    name: &Name,
-    shared: &Shared,
-    feed: &mut Feed,
-) -> Result<()> {
+async fn deliver_inner(conn: &quinn::Connection, shared: &Shared, feed: Feed) -> Result<()> {
+    let Feed {
+        name,
+        wake,
+        mut events,
+    } = feed;
     let (mut send, recv) = conn.open_bi().await.context("opening the event stream")?;
     // Reading a frame is not cancel-safe, so acks are read on their own task and come here
     // through a channel that `select!` can poll safely. The task is this function's: it ends
@@ -49,7 +49,7 @@ async fn deliver_inner(
         while let Some(action) = window.poll_action() {
             match action {
                 Action::Read { after, limit } => {
-                    let batch = shared.store.pending(name, after, limit)?;
+                    let batch = shared.store.pending(&name, after, limit)?;
                     window.handle(Input::Read(batch))?;
                 }
                 Action::Write(event) => framing::write_frame(&mut send, &event).await?,
@@ -84,8 +84,8 @@ async fn deliver_inner(
                 let (seq, removed) = done?;
                 Input::Removed { seq, receipt_for: removed? }
             }
-            _ = feed.wake.notified(), if !leaving => Input::Wake,
-            Some(event) = feed.events.recv(), if !leaving => Input::Event(event),
+            _ = wake.notified(), if !leaving => Input::Wake,
+            Some(event) = events.recv(), if !leaving => Input::Event(event),
         };
         if let Err(e @ Violation::UnknownAck(_)) = window.handle(input) {
             conn.close(codes::PROTOCOL.into(), b"ack for a message not sent");

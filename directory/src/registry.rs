@@ -50,6 +50,8 @@ pub struct Online {
 /// The receiving ends of an [`Online`] entry: what its mailbox task listens to.
 #[derive(Debug)]
 pub struct Feed {
+    /// The peer it is for.
+    pub name: Name,
     /// Notified when mail is deposited for the peer.
     pub wake: Arc<Notify>,
     /// Events to forward on its event stream.
@@ -57,8 +59,13 @@ pub struct Feed {
 }
 
 impl Online {
-    /// The entry for a peer online on `link`, and the feed its mailbox task reads.
-    pub fn new(link: Arc<dyn Link>, key: KeyId, listen_addrs: Vec<SocketAddr>) -> (Self, Feed) {
+    /// The entry for peer `name` online on `link`, and the feed its mailbox task reads.
+    pub fn new(
+        name: Name,
+        link: Arc<dyn Link>,
+        key: KeyId,
+        listen_addrs: Vec<SocketAddr>,
+    ) -> (Self, Feed) {
         let wake = Arc::new(Notify::new());
         let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
         let online = Self {
@@ -71,6 +78,7 @@ impl Online {
         (
             online,
             Feed {
+                name,
                 wake,
                 events: events_rx,
             },

@@ -1,5 +1,12 @@
 //! The accept loop: admits connections up to a cap, runs one [`session`] task per connection,
-//! expires silent peers, and shuts everything down when asked.
+//! and shuts everything down when asked.
+//!
+//! Every task the directory runs is attached to a handle (as in iroh-relay's server): sessions
+//! to this loop's `JoinSet`, a connection's request streams and mailbox to its session's, the
+//! mailbox's ack reader and removals to the mailbox driver's. A set aborts its tasks when
+//! dropped, so aborting a session ends everything under it. On shutdown a
+//! `CancellationToken` stops the sessions, the endpoint closes every connection, and the
+//! sessions get a moment to finish before the rest is aborted.
 
 use crate::{
     session,
@@ -10,6 +17,7 @@ use anyhow::Result;
 use common::wire::codes;
 use std::{future::Future, sync::Arc, time::Duration};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, Instrument};
 
 /// Serves `endpoint` until `shutdown` resolves.
@@ -20,6 +28,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let shared = Arc::new(Shared::new(store, config));
+    let cancel = CancellationToken::new();
     let mut sessions = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -37,14 +46,21 @@ pub async fn run(
                     remote = %incoming.remote_address(),
                     name = tracing::field::Empty,
                 );
-                sessions.spawn(session::run(incoming, shared.clone()).instrument(span));
+                let session = session::run(incoming, shared.clone(), cancel.child_token());
+                sessions.spawn(session.instrument(span));
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }
     }
+    cancel.cancel();
     endpoint.close(codes::SHUTDOWN.into(), b"directory shutting down");
-    // Give peers a moment to hear the close; sessions end as their connections do.
-    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    // Give peers a moment to hear the close, and sessions to finish (their connections are
+    // closed, so their streams end); what is left then is aborted.
+    let finished = async {
+        endpoint.wait_idle().await;
+        while sessions.join_next().await.is_some() {}
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), finished).await;
     sessions.shutdown().await;
     Ok(())
 }

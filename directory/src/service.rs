@@ -191,7 +191,7 @@ async fn register(
         debug!(key = %caller.key.short(), "registered for a short command");
         return Ok(registered.into());
     }
-    let (entry, feed) = Online::new(caller.link.clone(), caller.key, listen_addrs);
+    let (entry, feed) = Online::new(name.clone(), caller.link.clone(), caller.key, listen_addrs);
     if let Some(old) = shared.registry.insert(name, entry) {
         if old.link.id() != caller.link.id() {
             info!("replacing an older connection for the same name");

@@ -6,7 +6,7 @@
 
 use crate::{
     mailbox,
-    registry::Link,
+    registry::{Feed, Link},
     service::{self, Caller, Reply},
     state::Shared,
 };
@@ -18,20 +18,26 @@ use common::{
     wire::{codes, DirectoryRequest, DirectoryResponse},
 };
 use std::{net::SocketAddr, sync::Arc};
+use tokio::{sync::mpsc, task::JoinSet};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 /// The state of one connection.
 struct Session {
-    conn: quinn::Connection,
     shared: Arc<Shared>,
     caller: Caller,
+    /// Hands the session's loop the feed of a `Register` that brought the peer online, for it
+    /// to start the mailbox task.
+    online: mpsc::Sender<Feed>,
 }
 
 /// Answers to pipelined requests are gathered into one write up to about this many bytes.
 const ANSWER_BATCH: usize = 16 * 1024;
 
-/// Runs one connection to its end. Errors end this connection only.
-pub async fn run(incoming: quinn::Incoming, shared: Arc<Shared>) {
+/// Runs one connection to its end, or until `cancel` fires, then waits for its tasks: one per
+/// request stream, and the mailbox once the peer is online. They are this function's, in its
+/// `JoinSet`, so aborting it aborts them. Errors end this connection only.
+pub async fn run(incoming: quinn::Incoming, shared: Arc<Shared>, cancel: CancellationToken) {
     let conn = match incoming.await {
         Ok(conn) => conn,
         Err(e) => {
@@ -45,39 +51,58 @@ pub async fn run(incoming: quinn::Incoming, shared: Arc<Shared>) {
         return;
     };
     debug!(key = %key.short(), "connected");
+    // Register succeeds at most once per connection, so one slot is enough.
+    let (online, mut online_rx) = mpsc::channel(1);
     let session = Arc::new(Session {
-        conn: conn.clone(),
-        shared,
+        shared: shared.clone(),
         caller: Caller::new(key, Arc::new(conn.clone())),
+        online,
     });
-    let reason = loop {
-        match conn.accept_bi().await {
-            Ok((send, recv)) => {
-                let session = session.clone();
-                tokio::spawn(
-                    async move {
-                        if let Err(e) = session.serve_stream(send, recv).await {
-                            debug!(cause = %e, "request failed");
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = conn.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    let session = session.clone();
+                    tasks.spawn(
+                        async move {
+                            if let Err(e) = session.serve_stream(send, recv).await {
+                                debug!(cause = %e, "request failed");
+                            }
                         }
-                    }
-                    .in_current_span(),
-                );
+                        .in_current_span(),
+                    );
+                }
+                Err(e) => {
+                    debug!(cause = %e, "connection closed");
+                    break;
+                }
+            },
+            Some(feed) = online_rx.recv() => {
+                let delivery = mailbox::deliver(conn.clone(), shared.clone(), feed);
+                tasks.spawn(delivery.in_current_span());
             }
-            Err(e) => break e,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            () = cancel.cancelled() => {
+                debug!("directory shutting down");
+                break;
+            }
         }
-    };
-    debug!(cause = %reason, "connection closed");
+    }
     if let Some(name) = session.caller.name() {
         // The time is stored before the peer leaves the registry, so that a lookup never finds
         // it offline without a last-seen time. Should a newer connection hold the name, the
         // time is still true, and that connection reports the peer online anyway.
-        let store = session.shared.store.clone();
+        let store = shared.store.clone();
         let seen = name.clone();
         let _ = tokio::task::spawn_blocking(move || store.set_last_seen(&seen, now_ms())).await;
-        if session.shared.registry.remove_if(name, conn.stable_id()) {
+        if shared.registry.remove_if(name, conn.stable_id()) {
             info!("offline");
         }
     }
+    // The connection is closed (on shutdown the server closes it), so its streams and its
+    // mailbox end soon.
+    while tasks.join_next().await.is_some() {}
 }
 
 impl Session {
@@ -111,16 +136,9 @@ impl Session {
     async fn answer(self: &Arc<Self>, request: DirectoryRequest) -> Result<Vec<u8>> {
         let response = match service::handle(&self.shared, &self.caller, request).await {
             Ok(Reply { response, online }) => {
-                if let (Some(feed), Some(name)) = (online, self.caller.name()) {
-                    tokio::spawn(
-                        mailbox::deliver(
-                            self.conn.clone(),
-                            name.clone(),
-                            self.shared.clone(),
-                            feed,
-                        )
-                        .in_current_span(),
-                    );
+                if let Some(feed) = online {
+                    // Fails only once the session's loop has ended: nothing to deliver then.
+                    let _ = self.online.try_send(feed);
                 }
                 response
             }
