@@ -3,20 +3,40 @@
 //!
 //! # Layout
 //!
-//! * [`server`]: the accept loop: connection cap, one task per connection, shutdown.
-//! * [`session`]: one peer's connection: its requests in, responses out.
+//! Each module uses only modules listed after it:
+//!
+//! * [`server`]: the accept loop: connection cap, one task per connection, shutdown; every task
+//!   the directory runs hangs off its `JoinSet`.
+//! * [`session`]: one peer's QUIC connection: request frames in, response frames out, one task
+//!   per request stream, and the mailbox task once the peer is online.
+//! * [`mailbox`]: the driver of an online peer's event stream: does the I/O its [`window`] asks
+//!   for, and forwards introductions.
+//! * [`window`]: the delivery window as a state machine without I/O: what to send, when to read
+//!   more, what to remove, when the mailbox is idle.
+//! * [`service`]: the answer to each request, knowing nothing of QUIC: register, lookup,
+//!   deposit, introduce.
+//! * [`state`]: what every connection shares: store, writer, registry, settings, counters.
 //! * [`registry`]: who is online now, on which connection, at which addresses; why a live QUIC
 //!   connection is what online means.
-//! * [`mailbox`]: pushes held messages to an online recipient and deletes them once acknowledged.
-//! * [`store`]: the durable state (name bindings, mailbox) in redb, behind a small trait.
+//! * [`store`]: the durable state (name bindings, mailbox) behind a trait: the redb backend, the
+//!   group-commit writer, the upgrade of older files.
 //!
 //! # Path of a mailbox message
 //!
-//! `session` receives `Deposit`, checks the sender and size, and hands the message to the
-//! [`store::Writer`], which commits it together with whatever else is waiting (group commit).
-//! Only then does the sender get `Stored`. If the recipient is online, `session` wakes its
-//! `mailbox` task, which writes `Deliver` on the recipient's event stream; on the recipient's
-//! `Delivered` ack, the message is removed.
+//! 1. `session` reads a `Deposit` frame from one of the sender's request streams and passes the
+//!    request to `service`.
+//! 2. `service` checks that the sender registered, is the message's sender and kept to the size
+//!    limit, and that the recipient's name is bound. It hands the message to the
+//!    [`store::Writer`], which commits it together with whatever else is waiting (group
+//!    commit); only then does the sender get `Stored`. If the recipient is online, `service`
+//!    wakes its mailbox task through the `registry`.
+//! 3. The recipient's `mailbox` task (its session started it when `Register` brought it online)
+//!    asks its `window` what to do: read the store after the last message sent, then write
+//!    `Deliver` on the recipient's event stream, at most a window ahead of its acks.
+//! 4. On the recipient's `Delivered` ack, the window asks for the message's removal; the writer
+//!    commits it with a receipt for the sender, whose own mailbox task is woken to deliver it.
+//!    Once every removal has committed and nothing more is held, the window sends
+//!    `MailboxIdle`.
 
 pub mod mailbox;
 pub mod registry;
