@@ -366,24 +366,30 @@ mod tests {
         }
     }
 
-    /// A directory on a fresh store in `dir`, with `quota`.
-    fn directory(dir: &tempfile::TempDir, quota: Quota) -> Result<Shared, StoreError> {
+    /// A directory with `quota` on a fresh store, in the folder returned with it.
+    fn directory(quota: Quota) -> Result<(tempfile::TempDir, Shared), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
         let store = RedbStore::open(&dir.path().join("directory.redb"))?;
         let config = Config {
             quota,
             max_connections: 10,
         };
-        Ok(Shared::new(Arc::new(store), config))
+        Ok((dir, Shared::new(Arc::new(store), config)))
     }
 
-    /// A caller with key `[n; 32]` on a connection numbered `n`, from 10.0.0.n:4000.
-    fn caller(n: u8) -> (Caller, Arc<FakeLink>) {
+    /// A caller with key `[key; 32]` on a connection numbered `n`, from 10.0.0.n:4000.
+    fn caller_with_key(n: u8, key: u8) -> (Caller, Arc<FakeLink>) {
         let link = Arc::new(FakeLink {
             id: n.into(),
             addr: SocketAddr::from(([10, 0, 0, n], 4000)),
             closed: Mutex::default(),
         });
-        (Caller::new(KeyId([n; 32]), link.clone()), link)
+        (Caller::new(KeyId([key; 32]), link.clone()), link)
+    }
+
+    /// A caller with key `[n; 32]` on a connection numbered `n`.
+    fn caller(n: u8) -> (Caller, Arc<FakeLink>) {
+        caller_with_key(n, n)
     }
 
     fn register(who: &str, online: bool) -> DirectoryRequest {
@@ -410,6 +416,46 @@ mod tests {
         reply.online.ok_or(ErrorCode::Internal)
     }
 
+    /// A directory on a fresh store, with alice (caller 1) and bob (caller 2) online.
+    struct AliceAndBob {
+        shared: Shared,
+        alice: Caller,
+        /// What bob's mailbox task would read.
+        bob: Feed,
+        _dir: tempfile::TempDir,
+    }
+
+    impl AliceAndBob {
+        async fn new(quota: Quota) -> Result<Self, Box<dyn std::error::Error>> {
+            let (dir, shared) = directory(quota)?;
+            let (alice, _) = caller(1);
+            let (bob, _) = caller(2);
+            online(&shared, &alice, "alice").await?;
+            let bob = online(&shared, &bob, "bob").await?;
+            Ok(Self {
+                shared,
+                alice,
+                bob,
+                _dir: dir,
+            })
+        }
+
+        /// Serves `request` from alice.
+        async fn alice_asks(
+            &self,
+            request: DirectoryRequest,
+        ) -> Result<DirectoryResponse, ErrorCode> {
+            ask(&self.shared, &self.alice, request).await
+        }
+
+        /// Registers a third peer, `who`, as caller `n`.
+        async fn join(&self, who: &str, n: u8, online: bool) -> Result<Caller, ErrorCode> {
+            let (other, _) = caller(n);
+            ask(&self.shared, &other, register(who, online)).await?;
+            Ok(other)
+        }
+    }
+
     fn deposit(message: ChatMessage) -> DirectoryRequest {
         DirectoryRequest::Deposit { message }
     }
@@ -427,8 +473,7 @@ mod tests {
 
     #[tokio::test]
     async fn register_binds_the_name_to_the_callers_key() -> TestResult {
-        let dir = tempfile::tempdir()?;
-        let shared = directory(&dir, Quota::default())?;
+        let (_dir, shared) = directory(Quota::default())?;
         let (alice, _) = caller(1);
         let reply = handle(&shared, &alice, register("alice", false)).await?;
         let observed_addr = SocketAddr::from(([10, 0, 0, 1], 4000));
@@ -450,8 +495,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_name_bound_to_another_key_is_refused() -> TestResult {
-        let dir = tempfile::tempdir()?;
-        let shared = directory(&dir, Quota::default())?;
+        let (_dir, shared) = directory(Quota::default())?;
         let (alice, _) = caller(1);
         let (mallory, _) = caller(2);
         online(&shared, &alice, "alice").await?;
@@ -465,17 +509,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_newer_connection_replaces_the_older_one() -> TestResult {
-        let dir = tempfile::tempdir()?;
-        let shared = directory(&dir, Quota::default())?;
+        let (_dir, shared) = directory(Quota::default())?;
         let (first, first_link) = caller(1);
-        let second = Caller::new(
-            KeyId([1; 32]),
-            Arc::new(FakeLink {
-                id: 7,
-                addr: SocketAddr::from(([10, 0, 0, 7], 4000)),
-                closed: Mutex::default(),
-            }),
-        );
+        let (second, _) = caller_with_key(7, 1);
         online(&shared, &first, "alice").await?;
         online(&shared, &second, "alice").await?;
         assert_eq!(first_link.closed(), Some(codes::REPLACED));
@@ -488,14 +524,13 @@ mod tests {
 
     #[tokio::test]
     async fn every_other_request_needs_register_first() -> TestResult {
-        let dir = tempfile::tempdir()?;
-        let shared = directory(&dir, Quota::default())?;
+        let (_dir, shared) = directory(Quota::default())?;
         let (alice, _) = caller(1);
         let requests = [
             DirectoryRequest::Heartbeat,
             lookup("bob"),
             deposit(chat("alice", "bob", "hi")),
-            DirectoryRequest::Introduce { name: name("bob") },
+            introduce("bob"),
             DirectoryRequest::PunchOutcome {
                 name: name("bob"),
                 success: true,
@@ -511,103 +546,77 @@ mod tests {
 
     #[tokio::test]
     async fn lookup_answers_online_offline_and_unknown() -> TestResult {
-        let dir = tempfile::tempdir()?;
-        let shared = directory(&dir, Quota::default())?;
-        let (alice, _) = caller(1);
-        let (bob, _) = caller(2);
-        let (carol, _) = caller(3);
-        online(&shared, &alice, "alice").await?;
-        online(&shared, &bob, "bob").await?;
-        ask(&shared, &carol, register("carol", false)).await?;
-        ask(&shared, &alice, deposit(chat("alice", "carol", "hi"))).await?;
+        let d = AliceAndBob::new(Quota::default()).await?;
+        d.join("carol", 3, false).await?;
+        d.alice_asks(deposit(chat("alice", "carol", "hi"))).await?;
 
-        let unknown = ask(&shared, &alice, lookup("nobody")).await;
+        let unknown = d.alice_asks(lookup("nobody")).await;
         assert_eq!(unknown, Err(ErrorCode::UnknownPeer));
 
-        let bob_info = peer(ask(&shared, &alice, lookup("bob")).await)?;
-        assert!(bob_info.online);
-        assert_eq!(bob_info.key, KeyId([2; 32]));
-        assert_eq!(
-            bob_info.observed_addr,
-            Some(SocketAddr::from(([10, 0, 0, 2], 4000)))
-        );
-        assert_eq!(
-            bob_info.listen_addrs,
-            [SocketAddr::from(([192, 168, 1, 2], 5000))]
-        );
+        let bob = peer(d.alice_asks(lookup("bob")).await)?;
+        assert!(bob.online);
+        assert_eq!(bob.key, KeyId([2; 32]));
+        let observed = SocketAddr::from(([10, 0, 0, 2], 4000));
+        assert_eq!(bob.observed_addr, Some(observed));
+        let listening = SocketAddr::from(([192, 168, 1, 2], 5000));
+        assert_eq!(bob.listen_addrs, [listening]);
 
-        shared.store.set_last_seen(&name("carol"), 42)?;
-        let carol_info = peer(ask(&shared, &alice, lookup("carol")).await)?;
-        assert!(!carol_info.online);
-        assert_eq!(carol_info.last_seen_ms, Some(42));
-        assert_eq!(carol_info.observed_addr, None);
-        assert_eq!(carol_info.queued_from_you, 1);
+        d.shared.store.set_last_seen(&name("carol"), 42)?;
+        let carol = peer(d.alice_asks(lookup("carol")).await)?;
+        assert!(!carol.online);
+        assert_eq!(carol.last_seen_ms, Some(42));
+        assert_eq!(carol.observed_addr, None);
+        assert_eq!(carol.queued_from_you, 1);
         Ok(())
     }
 
     #[tokio::test]
     async fn deposit_checks_sender_size_and_recipient_then_wakes_it() -> TestResult {
-        let dir = tempfile::tempdir()?;
-        let shared = directory(&dir, Quota::default())?;
-        let (alice, _) = caller(1);
-        let (bob, _) = caller(2);
-        online(&shared, &alice, "alice").await?;
-        let bob_feed = online(&shared, &bob, "bob").await?;
-
-        let forged = ask(&shared, &alice, deposit(chat("bob", "alice", "hi"))).await;
+        let d = AliceAndBob::new(Quota::default()).await?;
+        let forged = d.alice_asks(deposit(chat("bob", "alice", "hi"))).await;
         assert_eq!(forged, Err(ErrorCode::NotSender));
         let big = "x".repeat(MAX_BODY_LEN + 1);
-        let too_large = ask(&shared, &alice, deposit(chat("alice", "bob", &big))).await;
+        let too_large = d.alice_asks(deposit(chat("alice", "bob", &big))).await;
         assert_eq!(too_large, Err(ErrorCode::TooLarge));
-        let unknown = ask(&shared, &alice, deposit(chat("alice", "nobody", "hi"))).await;
+        let unknown = d.alice_asks(deposit(chat("alice", "nobody", "hi"))).await;
         assert_eq!(unknown, Err(ErrorCode::UnknownPeer));
-        assert_eq!(shared.store.usage(&name("bob"))?, (0, 0));
+        assert_eq!(d.shared.store.usage(&name("bob"))?, (0, 0));
 
         let largest = "x".repeat(MAX_BODY_LEN);
-        let stored = ask(&shared, &alice, deposit(chat("alice", "bob", &largest))).await;
+        let stored = d.alice_asks(deposit(chat("alice", "bob", &largest))).await;
         assert_eq!(stored, Ok(DirectoryResponse::Stored));
-        assert_eq!(shared.store.usage(&name("bob"))?.0, 1);
+        assert_eq!(d.shared.store.usage(&name("bob"))?.0, 1);
         // Bob's mailbox task is woken to deliver it.
-        tokio::time::timeout(Duration::from_secs(5), bob_feed.wake.notified()).await?;
+        tokio::time::timeout(Duration::from_secs(5), d.bob.wake.notified()).await?;
         Ok(())
     }
 
     #[tokio::test]
     async fn a_full_mailbox_refuses_deposits() -> TestResult {
-        let dir = tempfile::tempdir()?;
         let quota = Quota {
             max_messages: 1,
             max_bytes: 1000,
         };
-        let shared = directory(&dir, quota)?;
-        let (alice, _) = caller(1);
-        let (bob, _) = caller(2);
-        online(&shared, &alice, "alice").await?;
-        ask(&shared, &bob, register("bob", false)).await?;
-        let first = ask(&shared, &alice, deposit(chat("alice", "bob", "1"))).await;
+        let d = AliceAndBob::new(quota).await?;
+        let first = d.alice_asks(deposit(chat("alice", "bob", "1"))).await;
         assert_eq!(first, Ok(DirectoryResponse::Stored));
-        let second = ask(&shared, &alice, deposit(chat("alice", "bob", "2"))).await;
+        let second = d.alice_asks(deposit(chat("alice", "bob", "2"))).await;
         assert_eq!(second, Err(ErrorCode::MailboxFull));
         Ok(())
     }
 
+    fn introduce(who: &str) -> DirectoryRequest {
+        DirectoryRequest::Introduce { name: name(who) }
+    }
+
     #[tokio::test]
     async fn an_introduction_reaches_an_online_peer_with_the_callers_addresses() -> TestResult {
-        let dir = tempfile::tempdir()?;
-        let shared = directory(&dir, Quota::default())?;
-        let (alice, _) = caller(1);
-        let (bob, _) = caller(2);
-        let (carol, _) = caller(3);
-        online(&shared, &alice, "alice").await?;
-        let mut bob_feed = online(&shared, &bob, "bob").await?;
-        ask(&shared, &carol, register("carol", false)).await?;
-
-        let introduce = |who: &str| DirectoryRequest::Introduce { name: name(who) };
-        let offline = ask(&shared, &alice, introduce("carol")).await;
+        let mut d = AliceAndBob::new(Quota::default()).await?;
+        d.join("carol", 3, false).await?;
+        let offline = d.alice_asks(introduce("carol")).await;
         assert_eq!(offline, Err(ErrorCode::Offline));
-        let sent = ask(&shared, &alice, introduce("bob")).await;
+        let sent = d.alice_asks(introduce("bob")).await;
         assert_eq!(sent, Ok(DirectoryResponse::Introduced));
-        let event = bob_feed.events.try_recv()?;
         let expected = DirectoryEvent::Introduction {
             name: name("alice"),
             key: KeyId([1; 32]),
@@ -616,37 +625,26 @@ mod tests {
                 SocketAddr::from(([192, 168, 1, 2], 5000)),
             ],
         };
-        assert_eq!(event, expected);
-        assert_eq!(shared.metrics.introductions.load(Ordering::Relaxed), 1);
+        assert_eq!(d.bob.events.try_recv()?, expected);
+        assert_eq!(d.shared.metrics.introductions.load(Ordering::Relaxed), 1);
         Ok(())
     }
 
     #[tokio::test]
     async fn introductions_are_rate_limited_per_connection() -> TestResult {
-        let dir = tempfile::tempdir()?;
-        let shared = directory(&dir, Quota::default())?;
-        let (alice, _) = caller(1);
-        let (bob, _) = caller(2);
-        online(&shared, &alice, "alice").await?;
-        let _bob_feed = online(&shared, &bob, "bob").await?;
-        let introduce = DirectoryRequest::Introduce { name: name("bob") };
+        let d = AliceAndBob::new(Quota::default()).await?;
         // Refused attempts count too: the limit is on what a connection asks for.
-        let refused = ask(
-            &shared,
-            &alice,
-            DirectoryRequest::Introduce { name: name("x") },
-        );
-        assert_eq!(refused.await, Err(ErrorCode::Offline));
+        let refused = d.alice_asks(introduce("nobody")).await;
+        assert_eq!(refused, Err(ErrorCode::Offline));
         for _ in 1..INTRODUCTIONS {
-            let sent = ask(&shared, &alice, introduce.clone()).await;
+            let sent = d.alice_asks(introduce("bob")).await;
             assert_eq!(sent, Ok(DirectoryResponse::Introduced));
         }
-        let limited = ask(&shared, &alice, introduce.clone()).await;
+        let limited = d.alice_asks(introduce("bob")).await;
         assert_eq!(limited, Err(ErrorCode::RateLimited));
         // Another connection has a limit of its own.
-        let (other, _) = caller(3);
-        online(&shared, &other, "carol").await?;
-        let sent = ask(&shared, &other, introduce).await;
+        let carol = d.join("carol", 3, true).await?;
+        let sent = ask(&d.shared, &carol, introduce("bob")).await;
         assert_eq!(sent, Ok(DirectoryResponse::Introduced));
         Ok(())
     }
