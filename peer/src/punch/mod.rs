@@ -13,6 +13,9 @@
 //!
 //! What it cannot do: two NATs that both pick a new port per destination (symmetric) leave no
 //! address to aim at; then messages go through the directory's mailbox.
+//!
+//! The decisions of one attempt (when to introduce, who won, what to report) are [`race`]'s, a
+//! state machine with no I/O; [`Dialer`] does the dialing and answers introductions.
 
 use crate::{
     accept::Acceptor,
@@ -36,9 +39,10 @@ use std::{
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-/// How long a plain dial may take before we ask the directory for an introduction. A LAN or
-/// public peer answers within a round trip; waiting longer only delays the punch.
-pub const PUNCH_DELAY: Duration = Duration::from_millis(250);
+pub mod race;
+
+pub use race::PUNCH_DELAY;
+use race::{Action, Input, Outcome, Race, Winner};
 
 /// Delay between starting dials to successive candidate addresses.
 pub const DIAL_STAGGER: Duration = Duration::from_millis(25);
@@ -59,6 +63,18 @@ pub struct Dialer {
     pub direct_timeout: Duration,
     /// When we last answered an introduction from each peer (see [`Dialer::answer`]).
     pub answered: std::sync::Mutex<std::collections::HashMap<Name, Instant>>,
+}
+
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+/// Sleeps until `at`; forever when there is no such time.
+async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Least time between two answers to introductions from the same peer. A peer asks again only
@@ -87,61 +103,70 @@ impl Dialer {
         result
     }
 
-    /// Dials, introduces after [`PUNCH_DELAY`], and takes the first link to come up either way.
+    /// Drives one [`Race`]: dials, introduces when it says so, and takes the first link to
+    /// come up either way.
     async fn race(
         &self,
         info: &PeerInfo,
         candidates: &[SocketAddr],
         deadline: Instant,
     ) -> Option<(quinn::Connection, DirectPath)> {
-        let started = Instant::now();
+        let mut race = Race::new(info.clone(), now(), deadline.into_std());
         let mut dial = std::pin::pin!(self.dial(info.key, candidates).fuse());
-        let mut dial_done = false;
-        let mut introduced: Option<Instant> = None;
-        let outcome = loop {
-            let changed = self.links.changed();
-            if let Some(link) = self.links.get(&info.name) {
-                break Some(link); // the peer dialed us (answering our introduction)
+        let mut dialed = None;
+        loop {
+            while let Some(action) = race.poll_action() {
+                match action {
+                    Action::Introduce => {
+                        let (directory, name) = (self.directory.clone(), info.name.clone());
+                        self.acceptor.tasks.spawn(async move {
+                            if let Err(e) = directory.introduce(&name).await {
+                                debug!(cause = %e, "no introduction");
+                            }
+                        });
+                    }
+                    Action::Done(outcome) => return self.conclude(info, outcome, dialed),
+                }
             }
+            let changed = self.links.changed();
+            if let Some((_, path)) = self.links.get(&info.name) {
+                // The peer dialed us (answering our introduction).
+                race.handle(Input::Accepted(path), now());
+                continue;
+            }
+            let wake = race.poll_timeout();
             tokio::select! {
-                dialed = &mut dial, if !dial_done => match dialed {
+                result = &mut dial, if race.dialing() => match result {
                     Ok((conn, addr)) => {
-                        let path = DirectPath::classify(addr, info, introduced.is_some());
-                        break Some(self.adopt(info.name.clone(), conn, path));
+                        dialed = Some(conn);
+                        race.handle(Input::Dialed(addr), now());
                     }
                     Err(e) => {
                         debug!(cause = %format!("{e:#}"), "dial failed");
-                        dial_done = true;
-                        if introduced.is_some() { continue } // the peer may still dial us
-                        break None;
+                        race.handle(Input::DialFailed, now());
                     }
                 },
-                _ = tokio::time::sleep_until(started + PUNCH_DELAY), if introduced.is_none() => {
-                    match self.directory.introduce(&info.name).await {
-                        Ok(_) => introduced = Some(Instant::now()),
-                        Err(e) => {
-                            debug!(cause = %format!("{e:#}"), "no introduction");
-                            introduced = Some(Instant::now());
-                        }
-                    }
-                }
                 _ = changed => {}
-                _ = tokio::time::sleep_until(deadline) => break None,
+                _ = sleep_until(wake) => race.handle_timeout(now()),
             }
-        };
-        if let Some(at) = introduced {
-            let success = outcome
-                .as_ref()
-                .is_some_and(|(_, p)| *p == DirectPath::Punched);
-            let millis = at.elapsed().as_millis().min(u32::MAX as u128) as u32;
-            self.directory.report_punch(&info.name, success, millis);
-            info!(
-                success,
-                after_ms = started.elapsed().as_millis() as u64,
-                "hole punching"
-            );
         }
-        outcome
+    }
+
+    /// The link a race ended with, adopted if we dialed it; its report goes to the directory.
+    fn conclude(
+        &self,
+        info: &PeerInfo,
+        outcome: Outcome,
+        dialed: Option<quinn::Connection>,
+    ) -> Option<(quinn::Connection, DirectPath)> {
+        if let Some((success, millis)) = outcome.report {
+            self.directory.report_punch(&info.name, success, millis);
+            info!(success, after_ms = millis, "hole punching");
+        }
+        match (outcome.link?, dialed) {
+            ((Winner::Us, path), Some(conn)) => Some(self.adopt(info.name.clone(), conn, path)),
+            _ => self.links.get(&info.name),
+        }
     }
 
     /// Answers an introduction: dials the peer that is dialing us, so both NATs open. We dial
