@@ -405,7 +405,9 @@ impl Inner {
             .context("dialing the directory")?;
         let conn = tokio::time::timeout(REQUEST_TIMEOUT, connecting)
             .await
-            .map_err(|_| anyhow!("the directory at {} did not answer", s.addr))?
+            .map_err(|_| Failure::DirectoryUnreachable {
+                addr: s.addr.clone(),
+            })?
             .with_context(|| format!("cannot connect to the directory at {}", s.addr))?;
         let key = tls::remote_key(&conn).context("the directory sent no certificate")?;
         if let Err(e) = self.home.check_directory(&s.addr, key, s.pin) {
@@ -428,7 +430,10 @@ impl Inner {
                 debug!(%observed_addr, "registered");
             }
             DirectoryResponse::Error(ErrorCode::NameTaken) => {
-                bail!("the name {} is registered to another key", s.name)
+                return Err(Failure::NameTaken {
+                    name: s.name.clone(),
+                }
+                .into())
             }
             DirectoryResponse::Error(code) => bail!("the directory refused to register us: {code}"),
             other => bail!("unexpected answer to registration: {other:?}"),

@@ -7,6 +7,7 @@ use peer::{
     cli::{Cli, Command},
     commands, control,
     control::ControlClient,
+    failure::Failure,
     history::{self, History, HistoryError},
     home::Home,
     logsink,
@@ -41,7 +42,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("peer: {e:#}");
+            match e.downcast_ref::<Failure>().and_then(Failure::hint) {
+                Some(hint) => eprintln!("peer: {e:#} ({hint})"),
+                None => eprintln!("peer: {e:#}"),
+            }
             ExitCode::FAILURE
         }
     }

@@ -23,7 +23,7 @@ fn first_registration_binds_and_other_key_is_refused() -> Result<()> {
     net.peer_in("alice", "mallory-home")
         .args(["inbox"])
         .run(SHORT)?
-        .failure(&["another key"])?;
+        .failure(&["another key", "pick another --name"])?;
     // Also when the other key tries to listen or send under that name.
     net.peer_in("alice", "mallory-home")
         .json()
@@ -121,7 +121,7 @@ fn binding_survives_directory_kill9() -> Result<()> {
     net.peer_in("alice", "mallory-home")
         .args(["inbox"])
         .run(SHORT)?
-        .failure(&["another key"])?;
+        .failure(&["another key", "pick another --name"])?;
     net.register("alice")?;
     let after = net.whois("obs", "alice")?;
     ensure!(

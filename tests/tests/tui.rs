@@ -3,7 +3,7 @@
 
 use anyhow::{ensure, Result};
 use std::time::Duration;
-use tests::{body, is_message_from, is_type, Net, Sig, EXIT, SHORT};
+use tests::{body, is_message_from, is_type, DirOpts, Net, Sig, EXIT, SHORT};
 
 /// How long the screen may take to show something that depends on the network.
 const SHOWN: Duration = Duration::from_secs(20);
@@ -168,5 +168,44 @@ fn ctrl_d_and_ctrl_c_leave() -> Result<()> {
         chat.keys(&[key])?;
         chat.wait_clean_exit(EXIT)?;
     }
+    net.assert_no_panics()
+}
+
+/// Failures are told apart, each with what to do: a full mailbox, an unknown peer, and a
+/// directory that cannot be reached say different things on the screen.
+#[test]
+fn failures_say_what_went_wrong_and_what_to_do() -> Result<()> {
+    let mut net = Net::with(DirOpts {
+        quota_messages: Some(1),
+        ..DirOpts::default()
+    })?;
+    net.register("c2")?;
+    let sent = net.send("c3", "c2", "fills the mailbox")?;
+    ensure!(sent["status"] == "queued", "c2 is offline, yet {sent}");
+    let chat = net
+        .peer("c1")
+        .args(["--heartbeat", "1", "chat", "c2"])
+        .tmux(net.root(), 160, 40)?;
+    chat.wait_text("c2 · last seen", SHOWN)?;
+
+    chat.line("one more")?;
+    chat.wait_for("the full mailbox, with what to do", SHOWN, |s| {
+        s.contains("c2's mailbox is full") && s.contains("empties when its owner comes online")
+    })?;
+
+    chat.line("/to ghost")?;
+    chat.line("anyone there?")?;
+    chat.wait_for("the unknown name, with what to do", SHOWN, |s| {
+        s.contains("no peer is named ghost") && s.contains("check the spelling")
+    })?;
+
+    net.dir_mut().kill9()?;
+    chat.line("/to c2")?;
+    chat.line("is the directory there?")?;
+    chat.wait_for("the unreachable directory, with what to do", SHOWN, |s| {
+        s.contains("cannot be reached") && s.contains("is a directory running there?")
+    })?;
+    chat.line("/quit")?;
+    chat.wait_clean_exit(EXIT)?;
     net.assert_no_panics()
 }
