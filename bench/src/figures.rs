@@ -900,7 +900,7 @@ pub async fn bulk_file(
         let sent = tokio::time::timeout(
             Duration::from_secs(300),
             a.node.send_file(&to, &path, move |update| {
-                if let peer::node::FileUpdate::Progress { done, .. } = update {
+                if let peer::files::FileUpdate::Progress { done, .. } = update {
                     on_report.get_or_init(|| (Instant::now(), done));
                 }
             }),

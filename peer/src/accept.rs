@@ -20,14 +20,16 @@ use common::{
     KeyId, Name,
 };
 use std::sync::Arc;
-use tokio::sync::{mpsc, Notify, OnceCell};
+use tokio::sync::{mpsc, OnceCell};
 use tracing::{debug, info_span, warn, Instrument};
 
 /// What serving peer connections needs; cheap to clone.
 #[derive(Clone)]
 pub struct Acceptor {
-    /// Where their messages and files go.
+    /// Where their messages go.
     pub inbox: Inbox,
+    /// Where their files go.
+    pub files: files::Receiver,
     /// Confirms who owns a key.
     pub directory: DirectoryClient,
     /// Where verified connections are recorded.
@@ -97,6 +99,7 @@ async fn serve_connection(conn: quinn::Connection, known: Option<Name>, acceptor
             key,
             verified: verified.clone(),
             inbox: acceptor.inbox.clone(),
+            files: acceptor.files.clone(),
             directory: acceptor.directory.clone(),
             links: acceptor.links.clone(),
         };
@@ -113,6 +116,7 @@ struct ChatStream {
     key: KeyId,
     verified: Arc<OnceCell<Name>>,
     inbox: Inbox,
+    files: files::Receiver,
     directory: DirectoryClient,
     links: Arc<Links>,
 }
@@ -179,7 +183,8 @@ impl ChatStream {
         }
     }
 
-    /// A file stream: the header came first; the rest is the file's bytes and hash.
+    /// A file stream: the header came first; once its sender is checked, the rest is the
+    /// file's, received by [`files::Receiver::direct`].
     async fn receive_file(
         &self,
         header: FileHeader,
@@ -190,27 +195,7 @@ impl ChatStream {
             return Err(self.refuse(codes::PROTOCOL, anyhow!("file not for us")));
         }
         self.check_sender(&header.from).await?;
-        let partial = files::partial_path(self.inbox.downloads(), &header.from, &header.resume_key);
-        let mine = Arc::new(Notify::new());
-        let older = self.inbox.arriving().insert(partial.clone(), mine.clone());
-        if let Some(older) = older {
-            older.notify_one();
-        }
-        let result = tokio::select! {
-            result = files::receive(self.inbox.downloads(), header, send, recv) => result,
-            _ = mine.notified() => Err(anyhow!("a newer transfer of the same file took over")),
-        };
-        {
-            let mut arriving = self.inbox.arriving();
-            if arriving
-                .get(&partial)
-                .is_some_and(|n| Arc::ptr_eq(n, &mine))
-            {
-                arriving.remove(&partial);
-            }
-        }
-        self.inbox.file(result?).await;
-        Ok(())
+        self.files.direct(header, send, recv).await
     }
 
     /// Checks that the connection's key owns `from`, asking the directory the first time.

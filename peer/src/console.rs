@@ -52,7 +52,7 @@ impl Console {
     }
 
     /// The line for a file that arrived.
-    pub fn file(&self, f: &crate::files::ReceivedFile) -> String {
+    pub fn file(&self, f: &crate::inbox::ReceivedFile) -> String {
         if self.json {
             return json!({
                 "type": "file",

@@ -1,24 +1,22 @@
 //! Where everything that arrives ends: messages from direct chat streams ([`crate::accept`])
 //! and from the mailbox ([`crate::node`] hands them over). [`Inbox::receive`] drops duplicates
 //! by message id and waits until the user's side has shown the message before the caller
-//! acknowledges it. The mailbox also brings parts of small files ([`Inbox::file_part`]) and
-//! receipts for our own queued messages ([`Inbox::receipt`]). The inbox knows nothing of
-//! connections: it is a sink with one event channel out.
+//! acknowledges it. The mailbox also brings receipts for our own queued messages
+//! ([`Inbox::receipt`]); files, received in [`crate::files`], are handed on here once stored
+//! ([`Inbox::file`]). The inbox knows nothing of connections: it is a sink with one event
+//! channel out.
 
-use crate::files::{self, PartOutcome, ReceivedFile};
-use anyhow::{bail, Result};
 use common::{
-    defaults::FILE_PART_LEN,
-    wire::{ChatMessage, FilePart, MessageId, Receipt},
+    wire::{ChatMessage, MessageId, Receipt},
     Name,
 };
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashSet, VecDeque},
     path::PathBuf,
     sync::{Arc, Mutex},
 };
-use tokio::sync::{broadcast, mpsc, oneshot, Notify};
-use tracing::{debug, warn};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::debug;
 
 /// How many message ids are remembered for duplicate detection.
 const SEEN_CAPACITY: usize = 100_000;
@@ -40,6 +38,25 @@ impl Via {
             Via::Mailbox => "mailbox",
         }
     }
+}
+
+/// A file that arrived whole and checked.
+#[derive(Debug, Clone)]
+pub struct ReceivedFile {
+    /// The sender.
+    pub from: Name,
+    /// Where it is stored.
+    pub path: PathBuf,
+    /// Its size.
+    pub size: u64,
+    /// Its BLAKE3 hash.
+    pub hash: [u8; 32],
+    /// Sender's clock at the offer.
+    pub sent_at_ms: u64,
+    /// Bytes kept from an earlier, interrupted attempt.
+    pub resumed_from: u64,
+    /// How it came: directly, or through the mailbox in parts.
+    pub via: Via,
 }
 
 /// A message waiting to be shown. Call [`Incoming::shown`] once the user can see it: only then
@@ -98,11 +115,6 @@ pub struct Inbox {
 
 struct InboxInner {
     me: Name,
-    /// Where arriving files are stored.
-    downloads: PathBuf,
-    /// Files arriving now, by partial file: a newer transfer of the same file from the same
-    /// sender (after the sender restarted) takes over from the stalled older one.
-    arriving: Mutex<HashMap<PathBuf, Arc<Notify>>>,
     seen: Mutex<Seen>,
     events: mpsc::Sender<Event>,
     /// Copies for other local commands attached through the control socket.
@@ -137,14 +149,12 @@ pub struct NotShown;
 
 impl Inbox {
     /// An inbox for `me`, with the receiver of its events.
-    pub fn new(me: Name, downloads: PathBuf) -> (Self, mpsc::Receiver<Event>) {
+    pub fn new(me: Name) -> (Self, mpsc::Receiver<Event>) {
         let (events, rx) = mpsc::channel(1024);
         let (copies, _) = broadcast::channel(1024);
         let (receipts, _) = broadcast::channel(256);
         let inner = InboxInner {
             me,
-            downloads,
-            arriving: Mutex::default(),
             seen: Mutex::new(Seen::default()),
             events,
             copies,
@@ -184,30 +194,6 @@ impl Inbox {
         recorded.await.map_err(|_| NotShown)
     }
 
-    /// Takes one part of a file from the mailbox: `Ok` once it is on disk (and, for the last
-    /// part, once the file is checked, stored and reported), so it may be acknowledged. A part
-    /// that cannot be used is an error and is not acknowledged.
-    pub async fn file_part(&self, part: FilePart) -> Result<()> {
-        if part.offer.to != *self.me() || part.data.len() > FILE_PART_LEN {
-            bail!("a file part not for us, or too large");
-        }
-        let downloads = self.downloads().to_path_buf();
-        let partial = files::partial_path(&downloads, &part.offer.from, &part.offer.hash);
-        if self.arriving().contains_key(&partial) {
-            // A direct transfer of the same file is under way and holds the partial file.
-            bail!("the same file is arriving directly");
-        }
-        match tokio::task::spawn_blocking(move || files::write_part(&downloads, &part)).await?? {
-            PartOutcome::Kept => {}
-            PartOutcome::Complete(file) => self.file(file).await,
-            PartOutcome::Discarded(reason) => {
-                warn!("{reason}");
-                let _ = self.inner.events.send(Event::Notice(reason)).await;
-            }
-        }
-        Ok(())
-    }
-
     /// Takes one message. `Ok` means it may be acknowledged: it was shown now, or it is a
     /// duplicate of one shown before.
     pub async fn receive(&self, message: ChatMessage, via: Via) -> Result<(), NotShown> {
@@ -237,22 +223,14 @@ impl Inbox {
         Ok(Shown(Some((id, was_shown, self.clone()))))
     }
 
-    /// Where arriving files are stored.
-    pub fn downloads(&self) -> &std::path::Path {
-        &self.inner.downloads
-    }
-
-    /// Files arriving directly now, by partial file (see [`crate::accept`]).
-    pub(crate) fn arriving(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Arc<Notify>>> {
-        self.inner
-            .arriving
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Reports a file that arrived.
     pub async fn file(&self, file: ReceivedFile) {
         let _ = self.inner.events.send(Event::File(file)).await;
+    }
+
+    /// Tells the user something (a file from the mailbox that had to be dropped).
+    pub async fn notice(&self, text: String) {
+        let _ = self.inner.events.send(Event::Notice(text)).await;
     }
 
     /// Reports that the mailbox has been drained.

@@ -1,14 +1,15 @@
 //! A running peer: its endpoint, its directory connection, its inbox and outbox, and the tasks
 //! that connect them. This is the one place that wires the pieces together: what the
-//! directory pushes goes to the inbox (mail) or the dialer (introductions); direct connections
-//! go to [`crate::accept`]; sends go to the [`Outbox`]. [`Node::shutdown`] ends every task.
+//! directory pushes goes to the inbox (mail), [`files`] (parts of files) or the dialer
+//! (introductions); direct connections go to [`crate::accept`]; sends go to the [`Outbox`],
+//! files to [`files::Sender`]. [`Node::shutdown`] ends every task.
 
 use crate::{
     accept::{self, Acceptor},
     directory_client::{self, DirectoryClient, FromDirectory, Mail},
     endpoint,
     failure::Failure,
-    files::{self, FileSent},
+    files::{self, FileSent, FileUpdate},
     home::Home,
     inbox::{Event, Inbox, Via},
     links::{DirectPath, Links},
@@ -16,14 +17,11 @@ use crate::{
     punch::Dialer,
     tasks::Tasks,
 };
-use anyhow::{anyhow, Result};
-use common::{
-    wire::{DirectoryRequest, FileHeader, FileOffer, MessageId, PeerInfo},
-    KeyId, Name,
-};
+use anyhow::Result;
+use common::{wire::PeerInfo, KeyId, Name};
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::debug;
 
 /// How to run a peer.
 #[derive(Debug, Clone)]
@@ -47,23 +45,6 @@ pub struct Options {
     /// Largest file sent through the mailbox when there is no direct link.
     pub mailbox_file_max: u64,
 }
-
-/// What [`Node::send_file`] tells its caller along the way.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FileUpdate {
-    /// The recipient (or its mailbox) has `done` bytes of `total`.
-    Progress {
-        /// Bytes the recipient has.
-        done: u64,
-        /// The file's size.
-        total: u64,
-    },
-    /// Why the file does not leave yet; for the user.
-    Waiting(String),
-}
-
-/// Longest pause between two attempts to send a file that waits for its recipient.
-const FILE_RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// A running peer.
 pub struct Node {
@@ -93,16 +74,9 @@ impl Node {
         let identity = Arc::new(options.home.identity(&options.name)?);
         let key = identity.key_id;
         let endpoint = endpoint::bind(&identity, options.bind)?;
-        let downloads = options.home.downloads();
-        let (inbox, events) = Inbox::new(options.name.clone(), downloads.clone());
-        tasks.spawn(async move {
-            let pruned = tokio::task::spawn_blocking(move || files::prune_partials(&downloads))
-                .await
-                .unwrap_or(0);
-            if pruned > 0 {
-                tracing::info!(pruned, "deleted partial files untouched for a week");
-            }
-        });
+        let (inbox, events) = Inbox::new(options.name.clone());
+        let files = files::Receiver::new(options.home.downloads(), inbox.clone());
+        tasks.spawn(files::downloads::prune(options.home.downloads()));
         let settings = directory_client::Settings {
             addr: options.directory.clone(),
             pin: options.pin,
@@ -123,6 +97,7 @@ impl Node {
         let links = Arc::new(Links::default());
         let acceptor = Acceptor {
             inbox: inbox.clone(),
+            files: files.clone(),
             directory: directory.clone(),
             links: links.clone(),
             tasks: tasks.clone(),
@@ -140,6 +115,7 @@ impl Node {
         tasks.spawn(take_pushed(
             pushed,
             inbox.clone(),
+            files,
             dialer.clone(),
             tasks.clone(),
         ));
@@ -190,146 +166,25 @@ impl Node {
         Ok((info, path))
     }
 
-    /// Sends the file at `path` to `to`. Over a direct link when one can be made; otherwise a
-    /// file of at most the mailbox limit goes into `to`'s mailbox, and a larger one waits until
-    /// `to` is back (and a transfer cut short resumes), for as long as this runs. `report`
-    /// hears how many bytes the recipient has (at most every 100 ms), and why it waits.
+    /// Sends the file at `path` to `to`, directly or through its mailbox; see
+    /// [`files::Sender::send`].
     pub async fn send_file(
         &self,
         to: &Name,
         path: &std::path::Path,
         report: impl Fn(FileUpdate) + Send + Sync + 'static,
     ) -> Result<FileSent, Failure> {
-        let (size, resume_key) = files::describe(path).await?;
-        let header = FileHeader {
-            id: MessageId::random(),
-            from: self.name.clone(),
-            to: to.clone(),
-            name: path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "file".into()),
-            size,
-            resume_key,
-            sent_at_ms: common::now_ms(),
+        let dial = |info: PeerInfo| async move {
+            let deadline = tokio::time::Instant::now() + self.dialer.direct_timeout;
+            self.dialer.connect(&info, deadline).await
         };
-        let report = Arc::new(report);
-        let mut backoff = Duration::from_secs(1);
-        let mut told = false;
-        loop {
-            let (info, _) = self.whois(to).await?;
-            let why = if info.online {
-                match self.send_file_direct(&info, &header, path, &report).await {
-                    Ok(sent) => return Ok(sent),
-                    Err(files::SendError::Final(e)) => return Err(e.into()),
-                    Err(files::SendError::Interrupted(e)) => {
-                        debug!(cause = %format!("{e:#}"), "direct file transfer failed");
-                        "unreachable"
-                    }
-                }
-            } else {
-                "offline"
-            };
-            if size <= self.mailbox_file_max {
-                return self.send_file_mailbox(&header, path, &report).await;
-            }
-            if !told {
-                told = true;
-                report(FileUpdate::Waiting(format!(
-                    "{to} is {why}, and {:?} ({size} bytes) is over the {} byte limit for the \
-                     mailbox: it goes directly once {to} can be reached, as long as this runs",
-                    header.name, self.mailbox_file_max
-                )));
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(FILE_RETRY_MAX);
-        }
-    }
-
-    /// One attempt over a direct link.
-    async fn send_file_direct(
-        &self,
-        info: &PeerInfo,
-        header: &FileHeader,
-        path: &std::path::Path,
-        report: &Arc<impl Fn(FileUpdate) + Send + Sync + 'static>,
-    ) -> Result<FileSent, files::SendError> {
-        let deadline = tokio::time::Instant::now() + self.dialer.direct_timeout;
-        let Some((conn, link)) = self.dialer.connect(info, deadline).await else {
-            return Err(files::SendError::Interrupted(anyhow!("no direct link")));
+        let sender = files::Sender {
+            me: &self.name,
+            directory: &self.directory,
+            dial,
+            mailbox_file_max: self.mailbox_file_max,
         };
-        let size = header.size;
-        let (progress, mut watch) = tokio::sync::watch::channel(0u64);
-        let relay = tokio::spawn({
-            let report = report.clone();
-            async move {
-                while watch.changed().await.is_ok() {
-                    let done = *watch.borrow_and_update();
-                    report(FileUpdate::Progress { done, total: size });
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        });
-        let result = files::send(&conn, header.clone(), path, &progress).await;
-        relay.abort();
-        let (resumed_from, hash) = result?;
-        Ok(FileSent {
-            to: header.to.clone(),
-            size,
-            hash,
-            resumed_from,
-            path: Some(link),
-        })
-    }
-
-    /// Deposits the file in parts into the recipient's mailbox, in order. Each part stands
-    /// alone, so the hash goes in every part: the (small) file is hashed first.
-    async fn send_file_mailbox(
-        &self,
-        header: &FileHeader,
-        path: &std::path::Path,
-        report: &Arc<impl Fn(FileUpdate) + Send + Sync + 'static>,
-    ) -> Result<FileSent, Failure> {
-        let (hash, size) = files::hash_file(path).await?;
-        if size != header.size {
-            return Err(Failure::Other(format!(
-                "{} changed size while it was being sent",
-                path.display()
-            )));
-        }
-        let offer = FileOffer {
-            id: header.id,
-            from: header.from.clone(),
-            to: header.to.clone(),
-            name: header.name.clone(),
-            size,
-            hash,
-            sent_at_ms: header.sent_at_ms,
-        };
-        let to = &offer.to;
-        let mut parts = files::Parts::open(offer.clone(), path).await?;
-        let mut last_report = tokio::time::Instant::now();
-        while let Some(part) = parts.next().await? {
-            let done = part.offset + part.data.len() as u64;
-            let request = DirectoryRequest::DepositFilePart { part };
-            if let Err(e) = self.directory.deposit(&request).await {
-                return Err(e.failure(to, self.directory.addr()));
-            }
-            if done == offer.size || last_report.elapsed() >= Duration::from_millis(100) {
-                last_report = tokio::time::Instant::now();
-                report(FileUpdate::Progress {
-                    done,
-                    total: offer.size,
-                });
-            }
-        }
-        Ok(FileSent {
-            to: to.clone(),
-            size: offer.size,
-            hash: offer.hash,
-            resumed_from: 0,
-            path: None,
-        })
+        sender.send(to, path, report).await
     }
 
     /// The inbox, for attaching more listeners.
@@ -366,31 +221,27 @@ impl Node {
     }
 }
 
-/// Takes what the directory pushes: mail goes to the inbox, acknowledged once taken (one
-/// piece at a time: the directory waits for each ack); introductions are answered at once,
-/// each on a task of its own, so a message waiting to be shown never holds a punch up.
+/// Takes what the directory pushes: mail goes to the inbox (parts of files to `files`),
+/// acknowledged once taken (one piece at a time: the directory waits for each ack);
+/// introductions are answered at once, each on a task of its own, so a message waiting to be
+/// shown never holds a punch up.
 async fn take_pushed(
     mut pushed: mpsc::Receiver<FromDirectory>,
     inbox: Inbox,
+    files: files::Receiver,
     dialer: Arc<Dialer>,
     tasks: Tasks,
 ) {
     while let Some(push) = pushed.recv().await {
         match push {
             FromDirectory::Mail(mail, delivery) => {
-                let inbox = inbox.clone();
+                let (inbox, files) = (inbox.clone(), files.clone());
                 tasks.spawn(async move {
                     let taken = match mail {
                         Mail::Message(message) => {
                             inbox.receive(message, Via::Mailbox).await.is_ok()
                         }
-                        Mail::FilePart(part) => match inbox.file_part(part).await {
-                            Ok(()) => true,
-                            Err(e) => {
-                                warn!(cause = %format!("{e:#}"), "cannot take a file part from the mailbox");
-                                false
-                            }
-                        },
+                        Mail::FilePart(part) => files.take_part(part).await,
                         Mail::Receipt(receipt) => inbox.receipt(receipt).await.is_ok(),
                     };
                     if taken {

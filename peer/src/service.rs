@@ -6,11 +6,11 @@
 
 use crate::{
     failure::Failure,
-    files::{FileSent, ReceivedFile},
+    files::{FileSent, FileUpdate},
     history::{History, HistoryEntry, HistoryError},
-    inbox::{Event, Incoming, Taken, Via},
+    inbox::{Event, Incoming, ReceivedFile, Taken, Via},
     links::DirectPath,
-    node::{FileUpdate, Node},
+    node::Node,
     outbox::{SendFailed, Sent},
 };
 use common::{

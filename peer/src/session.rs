@@ -116,10 +116,10 @@ impl Session {
                     let progress = tx.clone();
                     let report = move |update| {
                         let _ = progress.send(match update {
-                            crate::node::FileUpdate::Progress { done, total } => {
+                            crate::files::FileUpdate::Progress { done, total } => {
                                 Update::FileProgress { done, total }
                             }
-                            crate::node::FileUpdate::Waiting(text) => Update::Notice(text),
+                            crate::files::FileUpdate::Waiting(text) => Update::Notice(text),
                         });
                     };
                     let result = service.send_file(&to, &path, report).await;

@@ -6,7 +6,7 @@ use super::{
     protocol::{ControlRequest, ControlResponse},
     ControlGuard,
 };
-use crate::{home::Home, node::FileUpdate, service::Service};
+use crate::{files::FileUpdate, home::Home, service::Service};
 use anyhow::{Context, Result};
 use common::framing;
 use std::{fs::File, path::PathBuf};

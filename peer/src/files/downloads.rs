@@ -1,0 +1,198 @@
+//! The downloads folder: partial files (where a file's bytes collect until it is whole, locked
+//! against a second transfer, deleted when stale), safe names for what arrives, and storing a
+//! finished file without ever overwriting one.
+
+use super::hash_rest;
+use anyhow::{bail, Context, Result};
+use common::Name;
+use std::{
+    fs::{self, File},
+    path::{Path, PathBuf},
+};
+
+/// Partial files untouched for this long are deleted when the peer starts: their transfers are
+/// not coming back, and they hold disk space.
+pub const PARTIAL_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// Folder, inside the downloads folder, for files still arriving.
+pub(super) const PARTIAL_DIR: &str = ".partial";
+
+/// Deletes the partial files in `downloads` untouched for [`PARTIAL_MAX_AGE`], on a thread of
+/// its own, and logs how many there were.
+pub async fn prune(downloads: PathBuf) {
+    let pruned = tokio::task::spawn_blocking(move || prune_partials(&downloads))
+        .await
+        .unwrap_or(0);
+    if pruned > 0 {
+        tracing::info!(pruned, "deleted partial files untouched for a week");
+    }
+}
+
+/// Deletes the partial files in `downloads` untouched for [`PARTIAL_MAX_AGE`]; returns how
+/// many. Blocking.
+fn prune_partials(downloads: &Path) -> usize {
+    let Ok(dir) = fs::read_dir(downloads.join(PARTIAL_DIR)) else {
+        return 0;
+    };
+    let stale = |entry: &fs::DirEntry| {
+        entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > PARTIAL_MAX_AGE)
+    };
+    dir.flatten()
+        .filter(|e| stale(e) && fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
+/// Where the bytes of a file from `from` collect until the file is whole: `key` is a direct
+/// transfer's resume key, or a mailbox file's hash.
+pub fn partial_path(downloads: &Path, from: &Name, key: &[u8; 32]) -> PathBuf {
+    downloads
+        .join(PARTIAL_DIR)
+        .join(format!("{from}-{}.part", hex::encode(key)))
+}
+
+/// The partial file is locked by another transfer.
+#[derive(Debug, thiserror::Error)]
+#[error("the same file is already arriving")]
+pub(super) struct Busy;
+
+/// Opens (or creates) a partial file, locked against a second transfer of the same file, and
+/// hashes what it already holds.
+pub(super) fn open_partial(path: &Path) -> Result<(File, blake3::Hasher, u64)> {
+    let mut file = lock_partial(path)?;
+    let (hasher, len) = hash_rest(&mut file)?;
+    Ok((file, hasher, len))
+}
+
+/// Opens (or creates) a partial file, with its folder, and locks it; [`Busy`] if another
+/// transfer holds it.
+pub(super) fn lock_partial(path: &Path) -> Result<File> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.try_lock().map_err(|_| Busy)?;
+    Ok(file)
+}
+
+/// Moves the finished partial file into `downloads` under `name`, or `name (1)`, `name (2)`…
+/// if taken. The name is claimed with `create_new` first, so nothing is ever overwritten, even
+/// by a file that appears meanwhile.
+pub(super) fn store(partial: &Path, downloads: &Path, name: &str) -> Result<PathBuf> {
+    let (stem, ext) = match name.rfind('.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name, ""),
+    };
+    for n in 0..10_000u32 {
+        let candidate = match n {
+            0 => downloads.join(name),
+            n => downloads.join(format!("{stem} ({n}){ext}")),
+        };
+        match File::options()
+            .write(true)
+            .create_new(true)
+            .open(&candidate)
+        {
+            Ok(_) => {
+                fs::rename(partial, &candidate)
+                    .with_context(|| format!("storing {}", candidate.display()))?;
+                if let Ok(dir) = File::open(downloads) {
+                    let _ = dir.sync_all();
+                }
+                return Ok(candidate);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", candidate.display())),
+        }
+    }
+    bail!("no free name for {name} in {}", downloads.display())
+}
+
+/// A file name that is safe to create in the downloads folder: the last path component only,
+/// without control characters, separators or characters other systems reserve, not hidden,
+/// at most 200 bytes, never empty.
+pub fn safe_name(offered: &str) -> String {
+    let last = offered.rsplit(['/', '\\']).next().unwrap_or("");
+    let cleaned: String = last
+        .chars()
+        .map(|c| {
+            if c.is_control() || "<>:\"|?*".contains(c) {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    let trimmed = cleaned.trim().trim_start_matches('.').trim();
+    let mut name = String::new();
+    for c in trimmed.chars() {
+        if name.len() + c.len_utf8() > 200 {
+            break;
+        }
+        name.push(c);
+    }
+    if name.is_empty() {
+        "file".to_string()
+    } else {
+        name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_names_become_plain_file_names() {
+        assert_eq!(safe_name("../../etc/passwd"), "passwd");
+        assert_eq!(safe_name("..\\..\\boot.ini"), "boot.ini");
+        assert_eq!(safe_name("/abs/path/x.txt"), "x.txt");
+        assert_eq!(safe_name(".bashrc"), "bashrc");
+        assert_eq!(safe_name(".."), "file");
+        assert_eq!(safe_name(""), "file");
+        assert_eq!(safe_name("dir/"), "file");
+        assert_eq!(safe_name("a\u{1b}[2Jb\n.txt"), "a_[2Jb_.txt");
+        assert_eq!(safe_name("con:x?.txt"), "con_x_.txt");
+        assert!(safe_name(&"é".repeat(300)).len() <= 200);
+    }
+
+    #[test]
+    fn week_old_partials_are_pruned() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let partials = dir.path().join(PARTIAL_DIR);
+        fs::create_dir_all(&partials)?;
+        fs::write(partials.join("fresh.part"), "x")?;
+        let old = File::create(partials.join("old.part"))?;
+        old.set_modified(std::time::SystemTime::now() - PARTIAL_MAX_AGE * 2)?;
+        drop(old);
+        assert_eq!(prune_partials(dir.path()), 1);
+        assert!(partials.join("fresh.part").exists() && !partials.join("old.part").exists());
+        Ok(())
+    }
+
+    #[test]
+    fn stored_files_never_overwrite() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("files-test-{}", rand::random::<u64>()));
+        fs::create_dir_all(&dir)?;
+        for i in 0..3 {
+            let partial = dir.join(format!("p{i}"));
+            fs::write(&partial, format!("content {i}"))?;
+            store(&partial, &dir, "report.pdf")?;
+        }
+        assert_eq!(fs::read_to_string(dir.join("report.pdf"))?, "content 0");
+        assert_eq!(fs::read_to_string(dir.join("report (1).pdf"))?, "content 1");
+        assert_eq!(fs::read_to_string(dir.join("report (2).pdf"))?, "content 2");
+        let _ = fs::remove_dir_all(dir);
+        Ok(())
+    }
+}
