@@ -4,37 +4,63 @@
 //!
 //! # Layout
 //!
-//! * [`home`]: the peer's folder: key, certificate, pinned directory keys, control socket.
-//! * [`endpoint`]: the one QUIC endpoint (one UDP socket) that dials and accepts.
-//! * [`directory_client`]: the connection to the directory: register, keep-alive heartbeats,
-//!   reconnection, requests, and the event stream that brings mailbox messages and
-//!   introductions.
-//! * [`files`]: file transfer on a direct stream of its own: constant memory, hash, resume.
-//! * [`links`]: live direct connections by name, and introductions awaited.
-//! * [`punch`]: dialing a peer: every candidate address at once, hole punching via introductions.
-//! * [`outbox`]: sending: one task per conversation, direct with acks, else the mailbox.
-//! * [`inbox`]: receiving: accepts direct streams, checks who is talking, drops duplicates.
-//! * [`node`]: a running peer, tying the pieces together behind `send`, `whois`, `events`.
-//! * [`control`]: the local socket through which other commands reuse a running peer.
-//! * [`session`]: what commands talk to: the own node, or a running one via [`control`].
-//! * [`console`]: what the user sees: plain lines, colours, or JSON Lines.
-//! * [`history`]: the local history of every conversation (redb, group commit), which also
-//!   drops redeliveries across restarts.
-//! * [`commands`]: one function per subcommand.
-//! * [`chat`]: the conversation: line mode for scripts, or the full-screen [`tui`] on a
-//!   terminal.
+//! Modules in layers; each uses only modules of the layers below it (`tests/tests/layout.rs`
+//! checks that the graph has no cycle).
+//!
+//! The user's side:
+//! * [`commands`]: one function per subcommand, written against a [`session::Session`].
+//! * [`chat`]: `peer chat`: line mode for scripts, or the full-screen [`tui`] on a terminal.
 //! * [`tui`]: the full-screen terminal client (ratatui + crossterm).
-//! * [`logsink`]: where logs go: stderr, or a file while the full-screen client owns the
-//!   terminal.
+//! * [`line`](mod@line): what a typed line means: a message or a `/command`.
+//! * [`console`]: what the user sees: plain lines, colours, or JSON Lines.
+//! * [`signals`], [`logsink`]: Ctrl-C and SIGTERM; where logs go (stderr, or a file while the
+//!   full-screen client owns the terminal).
+//!
+//! The running peer, as commands see it:
+//! * [`session`]: what a command talks to: this process's [`service`], or the running peer's
+//!   through [`control`]; the same [`service::Update`]s either way.
+//! * [`control`]: the local socket through which short commands use a running peer: its
+//!   protocol, server and client.
+//! * [`service`]: what the running peer does for any command: sends and records them in the
+//!   [`history`], lookups, files, and incoming messages turned into updates.
+//! * [`history`]: the local history of every conversation (redb, group commit).
+//!
+//! The node, and its parts:
+//! * [`node`]: a running peer: builds the parts, connects what the directory pushes to the
+//!   inbox and the dialer, owns every task.
+//! * [`outbox`]: sending: one task per recipient driving a [`outbox::conversation`], the state
+//!   machine that decides direct or mailbox.
+//! * [`files`]: file transfer: sending and receiving on direct streams, mailbox parts,
+//!   partial files and downloads.
+//! * [`punch`]: dialing a peer across NATs: every candidate address, then an introduction; the
+//!   decisions are [`punch::race`]'s, a state machine.
+//! * [`accept`]: direct connections from other peers: who is talking, their chat and file
+//!   streams, acks.
+//! * [`inbox`]: where everything that arrives ends: drops duplicates, hands over, waits until
+//!   shown.
+//! * [`links`]: live direct connections by name, and how each came about.
+//! * [`directory_client`]: the connection to the directory: register, reconnect, typed
+//!   requests, and what the directory pushes (mail, introductions) as a channel.
+//! * [`endpoint`], [`home`], [`tasks`], [`failure`]: the one QUIC endpoint; the peer's folder
+//!   (key, certificate, pinned directory keys); every background task, ended together; why
+//!   something failed, for the user.
 //!
 //! # Path of one message (c1 → c2)
 //!
-//! `chat` or `send` calls [`node::Node::send`], which hands the message to the conversation
-//! task for c2 in [`outbox`]. That task asks the directory for c2 (`Lookup`), dials c2's
-//! endpoint expecting the key the directory holds, and writes the message on its chat stream.
-//! On c2, [`inbox`] checks that the connection's key owns the name `c1` (asking its directory),
-//! drops the message if its id was seen, shows it, and only then writes `Ack`. If no Ack comes in
-//! time, c1's outbox deposits the same message (same id) in the mailbox.
+//! 1. `peer --name c1 send c2 hi`: [`commands`] calls [`session::Session::submit`], which hands
+//!    the body to [`service::Service::submit`]: recorded as `sending` in the history, then
+//!    given to the [`outbox`].
+//! 2. The outbox's task for c2 feeds its [`outbox::conversation::Conversation`] and does what
+//!    it asks: a chat stream on the live link to c2 if there is one; else a `Lookup` at the
+//!    directory and a dial ([`punch::Dialer::connect`]) that accepts only the key the directory
+//!    holds for c2; then it writes the message on the chat stream.
+//! 3. On c2, [`accept`] serves the stream: it checks with the directory that the connection's
+//!    key owns the name c1, hands the message to the [`inbox`] (which drops an id it has seen),
+//!    and writes `Ack` only once c2's [`service`] has recorded it and `listen` has shown it.
+//! 4. Back on c1, the ack settles the message: `delivered`, recorded in the history, printed.
+//!    If no ack comes in time, the conversation deposits the same message (same id) in c2's
+//!    mailbox instead, and the directory pushes it to c2 when it is online: [`node`] hands it
+//!    to the inbox, and the directory deletes it once c2 has taken it.
 
 pub mod accept;
 pub mod chat;

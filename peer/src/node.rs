@@ -192,6 +192,11 @@ impl Node {
         &self.inbox
     }
 
+    /// The outbox, where messages leave.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
     /// Our address as the directory sees it.
     pub fn observed_addr(&self) -> Option<SocketAddr> {
         self.directory.observed_addr()

@@ -137,7 +137,7 @@ impl Service {
                     .map(|h| (h.clone(), h.sending(&self.node.name, &to, &body)))
             })
             .flatten();
-        let outcome = self.node.submit(to.clone(), body);
+        let outcome = self.node.outbox().submit(to.clone(), body);
         async move {
             let result = match outcome {
                 Ok(outcome) => outcome.await,

@@ -9,6 +9,7 @@ use common::{
     framing,
     wire::{FileHeader, PeerFrame},
 };
+use futures::future::Either;
 use std::{
     fs::{self, File},
     io::Read,
@@ -74,18 +75,19 @@ pub async fn send(
 ) -> Result<FileSent, SendError> {
     let size = header.size;
     let (progress, mut watch) = watch::channel(0u64);
-    let relay = tokio::spawn({
-        let report = report.clone();
-        async move {
-            while watch.changed().await.is_ok() {
-                let done = *watch.borrow_and_update();
-                report(FileUpdate::Progress { done, total: size });
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+    // The reports run beside the transfer in this task, so they end with it however it ends.
+    let relay = std::pin::pin!(async move {
+        while watch.changed().await.is_ok() {
+            let done = *watch.borrow_and_update();
+            report(FileUpdate::Progress { done, total: size });
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    let result = transfer(conn, header.clone(), path, &progress).await;
-    relay.abort();
+    let transfer = std::pin::pin!(transfer(conn, header.clone(), path, &progress));
+    let result = match futures::future::select(transfer, relay).await {
+        Either::Left((result, _)) => result,
+        Either::Right(((), transfer)) => transfer.await,
+    };
     let (resumed_from, hash) = result?;
     Ok(FileSent {
         to: header.to.clone(),

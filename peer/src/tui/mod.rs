@@ -3,11 +3,11 @@
 //!
 //! # Layout
 //!
-//! * [`input`]: the input line's editor (pure state).
-//! * [`app`]: conversations, unread counts, presence, the state of each message we sent, and
+//! * `input`: the input line's editor (pure state).
+//! * `app`: conversations, unread counts, presence, the state of each message we sent, and
 //!   what each command does (pure state).
-//! * [`view`]: drawing the state.
-//! * [`terminal`]: taking the terminal and giving it back on every way out.
+//! * `view`: drawing the state.
+//! * `terminal`: taking the terminal and giving it back on every way out.
 //!
 //! # The loop
 //!
