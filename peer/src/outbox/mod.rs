@@ -174,42 +174,120 @@ impl Driver {
         }
     }
 
-    /// Runs until the outbox is gone and every message is settled.
+    /// Runs until the outbox is gone and every message is settled. Whatever is ready (new
+    /// messages, acks) is taken in one go before the conversation is asked what to do, so a
+    /// burst of messages leaves in one write.
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Pending>) {
         let mut open = true;
+        // One timer for the life of the task, moved when the conversation's deadline moves.
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(Instant::now()));
+        let mut armed: Option<std::time::Instant> = None;
         loop {
-            while let Some(action) = self.conversation.poll_action() {
-                self.perform(action).await;
-            }
+            self.perform_all().await;
             if !open && self.conversation.is_idle() {
                 return;
             }
+            if self.take_ready(&mut rx, &mut open) {
+                continue;
+            }
             let timeout = self.conversation.poll_timeout();
-            let input = tokio::select! {
-                pending = rx.recv(), if open => match pending {
-                    Some(p) => {
-                        let id = p.message.id;
-                        self.replies.insert(id, (p.message.to.clone(), p.reply));
-                        Input::Submit(p.message)
-                    }
-                    None => {
-                        open = false;
-                        continue;
-                    }
-                },
-                ack = next_ack(&mut self.stream) => match ack {
-                    Ok(id) => Input::Acked(id),
-                    Err(e) => {
-                        debug!(cause = %format!("{e:#}"), "direct path failed; using the mailbox");
-                        Input::LinkFailed
-                    }
-                },
-                _ = sleep_until(timeout), if timeout.is_some() => {
-                    self.conversation.handle_timeout(Instant::now().into_std());
-                    continue;
+            if timeout != armed {
+                if let Some(at) = timeout {
+                    timer.as_mut().reset(at.into());
                 }
-            };
-            self.conversation.handle(input, Instant::now().into_std());
+                armed = timeout;
+            }
+            tokio::select! {
+                pending = rx.recv(), if open => match pending {
+                    Some(p) => self.submit(p),
+                    None => open = false,
+                },
+                ack = next_ack(&mut self.stream) => self.acked(ack),
+                _ = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    self.conversation.handle_timeout(now());
+                }
+            }
+        }
+    }
+
+    /// Takes every new message and ack that is ready now, without waiting; true if any.
+    fn take_ready(&mut self, rx: &mut mpsc::UnboundedReceiver<Pending>, open: &mut bool) -> bool {
+        let mut took = false;
+        while *open {
+            match rx.try_recv() {
+                Ok(p) => self.submit(p),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => *open = false,
+            }
+            took = true;
+        }
+        while let Some(ack) = self.stream.as_mut().and_then(|s| s.acks.try_recv().ok()) {
+            self.acked(ack);
+            took = true;
+        }
+        took
+    }
+
+    fn submit(&mut self, p: Pending) {
+        let id = p.message.id;
+        self.replies.insert(id, (p.message.to.clone(), p.reply));
+        self.conversation.handle(Input::Submit(p.message), now());
+    }
+
+    fn acked(&mut self, ack: Result<MessageId>) {
+        let input = match ack {
+            Ok(id) => Input::Acked(id),
+            Err(e) => {
+                debug!(cause = %format!("{e:#}"), "direct path failed; using the mailbox");
+                Input::LinkFailed
+            }
+        };
+        self.conversation.handle(input, now());
+    }
+
+    /// Does everything the conversation asks, in order; writes that follow one another go
+    /// out as one.
+    async fn perform_all(&mut self) {
+        let mut frames = Vec::new();
+        let mut by: Option<std::time::Instant> = None;
+        while let Some(action) = self.conversation.poll_action() {
+            match action {
+                Action::Write { message, deadline } => {
+                    match framing::encode(&PeerFrame::Chat(message)) {
+                        Ok(frame) => frames.extend_from_slice(&frame),
+                        Err(e) => {
+                            debug!(cause = %e, "cannot encode a message");
+                            self.conversation.handle(Input::LinkFailed, now());
+                        }
+                    }
+                    by = Some(by.map_or(deadline, |by| by.min(deadline)));
+                }
+                other => {
+                    self.write(&mut frames, by.take()).await;
+                    self.perform(other).await;
+                }
+            }
+        }
+        self.write(&mut frames, by).await;
+    }
+
+    /// Writes `frames` on the chat stream by `deadline`; a failure gives the link up.
+    async fn write(&mut self, frames: &mut Vec<u8>, deadline: Option<std::time::Instant>) {
+        let (Some(deadline), false) = (deadline, frames.is_empty()) else {
+            return;
+        };
+        let written = match self.stream.as_mut() {
+            Some(stream) => tokio::time::timeout_at(deadline.into(), stream.send.write_all(frames))
+                .await
+                .map_err(|_| anyhow!("writing timed out"))
+                .and_then(|w| w.map_err(Into::into)),
+            None => Err(anyhow!("no chat stream")),
+        };
+        frames.clear();
+        if let Err(e) = written {
+            debug!(cause = %format!("{e:#}"), "direct path failed; using the mailbox");
+            self.conversation.handle(Input::LinkFailed, now());
         }
     }
 
@@ -244,27 +322,7 @@ impl Driver {
                 };
                 Input::Dialed(dialed)
             }
-            Action::Write { message, deadline } => {
-                let Some(stream) = self.stream.as_mut() else {
-                    return self.conversation.handle(Input::LinkFailed, now());
-                };
-                let written = match framing::encode(&PeerFrame::Chat(message)) {
-                    Ok(frame) => {
-                        tokio::time::timeout_at(deadline.into(), stream.send.write_all(&frame))
-                            .await
-                            .map_err(|_| anyhow!("writing timed out"))
-                            .and_then(|w| w.map_err(Into::into))
-                    }
-                    Err(e) => Err(e.into()),
-                };
-                match written {
-                    Ok(()) => return,
-                    Err(e) => {
-                        debug!(cause = %format!("{e:#}"), "direct path failed; using the mailbox");
-                        Input::LinkFailed
-                    }
-                }
-            }
+            Action::Write { .. } => return, // gathered by perform_all
             Action::CloseLink => {
                 self.stream = None;
                 return;
@@ -325,14 +383,6 @@ impl Driver {
 
 fn now() -> std::time::Instant {
     Instant::now().into_std()
-}
-
-/// Sleeps until `at`; forever when there is no such time.
-async fn sleep_until(at: Option<std::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// The next ack on the chat stream; never resolves while there is none.
