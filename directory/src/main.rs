@@ -57,6 +57,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // The key and the database are the operator's alone, whatever the umask inherited.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     // Colour only for a person at a terminal: not in files, pipes or `docker logs`.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();
@@ -89,6 +91,7 @@ fn run(cli: Cli) -> Result<()> {
     let data = data_dir(&cli)?;
     let identity = Identity::load_or_generate(&data, "directory")
         .with_context(|| format!("loading the directory's key from {}", data.display()))?;
+    private(&data);
     match cli.command {
         Some(Command::Fingerprint) => {
             println!("{}", identity.key_id);
@@ -175,4 +178,16 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
         }
         tracing::info!("shutting down");
     })
+}
+
+/// Closes the data folder to everyone but its owner (0700), also when an older version left it
+/// open; a folder we cannot change is the operator's call, and only logged.
+fn private(data: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let open = std::fs::metadata(data).is_ok_and(|m| m.permissions().mode() & 0o077 != 0);
+    if open {
+        if let Err(e) = std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700)) {
+            tracing::warn!(cause = %e, "cannot make {} private", data.display());
+        }
+    }
 }

@@ -6,6 +6,7 @@ use crate::{
     inbox::Via,
     links::DirectPath,
     outbox::{Sent, Status},
+    text,
 };
 use common::{
     wire::{ChatMessage, PeerInfo},
@@ -228,24 +229,21 @@ impl Console {
 }
 
 /// Writes one line to stdout and flushes it, so a message is on its way to the user before it
-/// is acknowledged. Fails only if stdout is gone.
+/// is acknowledged. Any character from the network that could move the terminal or reorder
+/// text, and that is still in the line, is written escaped (see [`text::escape_json`]: in a
+/// JSON line that is the same text; plain lines have had them replaced already). Fails only if
+/// stdout is gone.
 pub fn print_line(line: &str) -> std::io::Result<()> {
+    let line = text::escape_json(line);
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}")?;
     out.flush()
 }
 
-/// Control characters from the network could rewrite the user's terminal; show them escaped.
+/// Text from the network for one terminal line: controls, bidirectional and invisible
+/// characters shown as U+FFFD (see [`text`]).
 pub fn sanitize(body: &str) -> String {
-    body.chars()
-        .map(|c| {
-            if c.is_control() && c != '\t' {
-                char::REPLACEMENT_CHARACTER
-            } else {
-                c
-            }
-        })
-        .collect()
+    text::for_terminal(body, false)
 }
 
 /// A short description of where a message stands, for people.

@@ -34,6 +34,16 @@ impl Home {
                 .context("no home folder to keep the key in; pass --home")?,
         };
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // The key, the history, the downloads and the control socket are the user's alone:
+        // the folder is closed to everyone else, also when an older version made it open.
+        // A folder we cannot change (owned by someone else, on purpose) is the owner's call.
+        for folder in [dir.clone(), dir.join("downloads")] {
+            if folder.is_dir() {
+                if let Err(e) = private(&folder) {
+                    tracing::warn!("{e:#}");
+                }
+            }
+        }
         Ok(Self { dir })
     }
 
@@ -128,6 +138,17 @@ impl Home {
     }
 }
 
+/// Makes `dir` readable, writable and searchable by its owner only (0700), if it is not yet.
+pub fn private(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private", dir.display()))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,3 +173,4 @@ mod tests {
         Ok(())
     }
 }
+

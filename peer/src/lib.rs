@@ -13,6 +13,7 @@
 //! * [`tui`]: the full-screen terminal client (ratatui + crossterm).
 //! * [`line`](mod@line): what a typed line means: a message or a `/command`.
 //! * [`console`]: what the user sees: plain lines, colours, or JSON Lines.
+//! * [`text`]: text from the network made safe to show: no controls, no reordering.
 //! * [`signals`], [`logsink`]: Ctrl-C and SIGTERM; where logs go (stderr, or a file while the
 //!   full-screen client owns the terminal).
 //!
@@ -85,4 +86,5 @@ pub mod service;
 pub mod session;
 pub mod signals;
 pub mod tasks;
+pub mod text;
 pub mod tui;

@@ -18,6 +18,9 @@ use peer::{
 use std::{process::ExitCode, sync::Arc, time::Duration};
 
 fn main() -> ExitCode {
+    // Everything this program creates (keys, history, downloads, the control socket) is the
+    // user's alone, whatever the umask it inherited.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     // Colour only for a person at a terminal: not in files, pipes or `docker logs`.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())

@@ -246,7 +246,10 @@ async fn take_pushed(
                         Mail::Message(message) => {
                             inbox.receive(message, Via::Mailbox).await.is_ok()
                         }
-                        Mail::FilePart(part) => files.take_part(part).await,
+                        Mail::FilePart(part) => {
+                            files.take_part(part).await;
+                            true
+                        }
                         Mail::Receipt(receipt) => inbox.receipt(receipt).await.is_ok(),
                     };
                     if taken {

@@ -28,7 +28,10 @@ pub fn serve(home: &Home, lock: File, service: Service) -> Result<ControlGuard> 
     node.spawn(async move {
         loop {
             match listener.accept().await {
-                Ok((stream, _)) => service.node().spawn(serve_client(stream, service.clone())),
+                Ok((stream, _)) if same_user(&stream) => {
+                    service.node().spawn(serve_client(stream, service.clone()))
+                }
+                Ok(_) => warn!("refused a control connection from another user"),
                 Err(e) => {
                     warn!(cause = %e, "control socket accept failed");
                     return;
@@ -37,6 +40,16 @@ pub fn serve(home: &Home, lock: File, service: Service) -> Result<ControlGuard> 
         }
     });
     Ok(ControlGuard { _lock: lock, path })
+}
+
+/// Whether the process at the other end of `stream` runs as our user. The socket's folder is
+/// private already; this holds even where it is not (a home shared on purpose, a permissive
+/// umask), since whoever controls the running peer can send as the user and send the user's
+/// files.
+fn same_user(stream: &UnixStream) -> bool {
+    stream
+        .peer_cred()
+        .is_ok_and(|cred| cred.uid() == rustix::process::getuid().as_raw())
 }
 
 async fn serve_client(stream: UnixStream, service: Service) {

@@ -4,6 +4,7 @@
 
 use super::hash_rest;
 use anyhow::{bail, Context, Result};
+use crate::inbox::Via;
 use common::Name;
 use std::{
     fs::{self, File},
@@ -48,11 +49,13 @@ fn prune_partials(downloads: &Path) -> usize {
 }
 
 /// Where the bytes of a file from `from` collect until the file is whole: `key` is a direct
-/// transfer's resume key, or a mailbox file's hash.
-pub fn partial_path(downloads: &Path, from: &Name, key: &[u8; 32]) -> PathBuf {
+/// transfer's resume key, or a mailbox file's hash. The two ways have names of their own: the
+/// sender chooses a direct transfer's resume key, and must not be able to make it name a
+/// mailbox file's partial file (or the other way round).
+pub fn partial_path(downloads: &Path, via: Via, from: &Name, key: &[u8; 32]) -> PathBuf {
     downloads
         .join(PARTIAL_DIR)
-        .join(format!("{from}-{}.part", hex::encode(key)))
+        .join(format!("{}-{from}-{}.part", via.as_str(), hex::encode(key)))
 }
 
 /// The partial file is locked by another transfer.
@@ -126,7 +129,7 @@ pub fn safe_name(offered: &str) -> String {
     let cleaned: String = last
         .chars()
         .map(|c| {
-            if c.is_control() || "<>:\"|?*".contains(c) {
+            if crate::text::is_unsafe(c) || c == '\n' || c == '\t' || "<>:\"|?*".contains(c) {
                 '_'
             } else {
                 c
@@ -141,7 +144,12 @@ pub fn safe_name(offered: &str) -> String {
         }
         name.push(c);
     }
-    if name.is_empty() {
+    // Only dots and spaces left (`.`, `..`, `. .`): no name at all, and `..` would climb.
+    let is_one_plain_component = matches!(
+        Path::new(&name).components().collect::<Vec<_>>()[..],
+        [std::path::Component::Normal(_)]
+    );
+    if name.chars().all(|c| c == '.' || c.is_whitespace()) || !is_one_plain_component {
         "file".to_string()
     } else {
         name
@@ -164,6 +172,13 @@ mod tests {
         assert_eq!(safe_name("a\u{1b}[2Jb\n.txt"), "a_[2Jb_.txt");
         assert_eq!(safe_name("con:x?.txt"), "con_x_.txt");
         assert!(safe_name(&"é".repeat(300)).len() <= 200);
+        // Names made of dots and spaces would be `.` or `..` once trimmed.
+        for dots in [". .", ". ..", ".. .", " . . ", "...", ". . ."] {
+            assert_eq!(safe_name(dots), "file", "{dots:?}");
+        }
+        // A right-to-left override would make "invoice\u{202E}fdp.exe" read "invoiceexe.pdf".
+        assert_eq!(safe_name("invoice\u{202E}fdp.exe"), "invoice_fdp.exe");
+        assert_eq!(safe_name("a\u{200B}b\u{FEFF}.txt"), "a_b_.txt");
     }
 
     #[test]

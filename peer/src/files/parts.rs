@@ -136,16 +136,18 @@ impl Parts {
 }
 
 impl Receiver {
-    /// Takes one part of a file from the mailbox: `true` once it is on disk (and, for the last
-    /// part, once the file is checked, stored and reported), so it may be acknowledged. A part
-    /// that cannot be used is logged and not acknowledged.
-    pub async fn take_part(&self, part: FilePart) -> bool {
-        match self.write(part).await {
-            Ok(()) => true,
-            Err(e) => {
-                warn!(cause = %format!("{e:#}"), "cannot take a file part from the mailbox");
-                false
-            }
+    /// Takes one part of a file from the mailbox, and returns once it may be acknowledged: it
+    /// is on disk (and, for the last part, the file is checked, stored and reported), or it
+    /// cannot be used and is dropped, with a notice for the user. A part that cannot be used is
+    /// never left in the mailbox: the directory would push it again and again, and the mail
+    /// behind it would wait forever.
+    pub async fn take_part(&self, part: FilePart) {
+        let (from, name) = (part.offer.from.clone(), part.offer.name.clone());
+        if let Err(e) = self.write(part).await {
+            warn!(cause = %format!("{e:#}"), "dropped a file part from the mailbox");
+            let name = crate::text::for_terminal(&name, false);
+            let notice = format!("a part of the file {name:?} from {from} could not be used and was dropped: {e:#}");
+            self.inbox.notice(notice).await;
         }
     }
 
@@ -154,11 +156,6 @@ impl Receiver {
             bail!("a file part not for us, or too large");
         }
         let downloads = self.downloads.clone();
-        let partial = partial_path(&downloads, &part.offer.from, &part.offer.hash);
-        if self.arriving().contains_key(&partial) {
-            // A direct transfer of the same file is under way and holds the partial file.
-            bail!("the same file is arriving directly");
-        }
         match tokio::task::spawn_blocking(move || write_part(&downloads, &part)).await?? {
             PartOutcome::Kept => {}
             PartOutcome::Complete(file) => self.inbox.file(file).await,
@@ -208,7 +205,7 @@ fn write_part(downloads: &Path, part: &FilePart) -> Result<PartOutcome> {
         });
     }
     let end = part.offset + part.data.len() as u64;
-    let path = partial_path(downloads, &offer.from, &offer.hash);
+    let path = partial_path(downloads, Via::Mailbox, &offer.from, &offer.hash);
     let mut file = lock_partial(&path)?;
     let len = file.metadata()?.len();
     if part.offset > len {

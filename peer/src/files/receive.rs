@@ -38,7 +38,7 @@ impl Receiver {
         send: &mut quinn::SendStream,
         recv: &mut quinn::RecvStream,
     ) -> Result<()> {
-        let partial = partial_path(&self.downloads, &header.from, &header.resume_key);
+        let partial = partial_path(&self.downloads, Via::Direct, &header.from, &header.resume_key);
         let mine = Arc::new(Notify::new());
         let older = self.arriving().insert(partial.clone(), mine.clone());
         if let Some(older) = older {
@@ -78,7 +78,7 @@ async fn receive(
             header.from
         );
     }
-    let partial_path = partial_path(downloads, &header.from, &header.resume_key);
+    let partial_path = partial_path(downloads, Via::Direct, &header.from, &header.resume_key);
     // An older transfer of this file that is being taken over may hold the lock a moment.
     let mut opened = Err(anyhow!("not tried"));
     for _ in 0..40 {

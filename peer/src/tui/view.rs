@@ -184,17 +184,10 @@ fn state_label(state: &HistoryState) -> Option<(String, Style)> {
     })
 }
 
-/// Text from the network, made safe to draw: control characters shown as U+FFFD, tabs as a
-/// space; line breaks stay (they break the row).
+/// Text from the network, made safe to draw (see [`crate::text`]); tabs as a space; line
+/// breaks stay (they break the row).
 fn clean(text: &str) -> String {
-    text.chars()
-        .map(|c| match c {
-            '\n' => '\n',
-            '\t' => ' ',
-            c if c.is_control() => char::REPLACEMENT_CHARACTER,
-            c => c,
-        })
-        .collect()
+    crate::text::for_terminal(text, true).replace('\t', " ")
 }
 
 /// Lays styled text out in rows of at most `width` columns, breaking at `\n` and where a row
