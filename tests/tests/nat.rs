@@ -435,6 +435,33 @@ fn case1_both_behind_plain_nats_are_punched() -> Result<()> {
     s.net.assert_no_panics()
 }
 
+/// Case 1b: short-lived senders. c3, behind a plain NAT and not running, sends to c2 (behind
+/// another) five times in a row, each `peer send` a new process with a new port. Every one is
+/// punched directly: c2 answers each introduction, since each comes from a new address (it
+/// used to ignore a second one from the same name within a second, so every other send waited
+/// out the direct timeout and went to the mailbox).
+#[test]
+fn case1b_short_lived_senders_are_punched_every_time() -> Result<()> {
+    const T: &str = "case1b";
+    let mut topo = topology!(T);
+    let r1 = topo.router("r1", Nat::Plain)?;
+    let r2 = topo.router("r2", Nat::Plain)?;
+    let h3 = topo.private_host("c3", &r1)?;
+    let h2 = topo.private_host("c2", &r2)?;
+    let s = Scene::new(topo)?;
+    let mut c2 = s.listen("c2", &h2)?;
+    s.check_seen("c3", &h3, "c2", &h2, r2.wan)?;
+    for i in 0..5 {
+        let (sent, took) = s.send("c3", &h3, "c2", &format!("short {i}"))?;
+        report(T, &format!("send {i} from a new process"), took, &sent);
+        expect_direct(&sent, &["punched"], &format!("send {i} from a new process"))?;
+        receive(&mut c2, "c3", &sent, "direct")?;
+    }
+    c2.terminate()?;
+    check_all_received(&c2, "c2", "c3", &numbered("short", 0..5), Some("direct"))?;
+    s.net.assert_no_panics()
+}
+
 /// Case 2: c1 behind a plain NAT, c2 on the public segment. c1's plain dial to c2's public
 /// address works at once: `public`. c2 → c1 is direct as well: it either reuses that
 /// connection or dials c1's observed address (open towards c2 since c1 sent there) or gets

@@ -61,8 +61,9 @@ pub struct Dialer {
     pub links: Arc<Links>,
     /// Bound on a direct dial plus delivery.
     pub direct_timeout: Duration,
-    /// When we last answered an introduction from each peer (see [`Dialer::answer`]).
-    pub answered: std::sync::Mutex<std::collections::HashMap<Name, Instant>>,
+    /// When we last answered an introduction from each peer at each address (see
+    /// [`Dialer::answer`]).
+    pub answered: std::sync::Mutex<std::collections::HashMap<(Name, Option<SocketAddr>), Instant>>,
 }
 
 fn now() -> std::time::Instant {
@@ -174,17 +175,17 @@ impl Dialer {
     /// from this socket are what reopen our NAT for it.
     pub async fn answer(&self, intro: Introduction) {
         {
+            // Keyed by the peer's address too: the same name from a new address is a new
+            // process (a short command run again), which must not wait out the gap.
+            let key = (intro.name.clone(), intro.addrs.first().copied());
             let mut answered = self.answered.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
-            if answered
-                .get(&intro.name)
-                .is_some_and(|t| now < *t + ANSWER_GAP)
-            {
+            if answered.get(&key).is_some_and(|t| now < *t + ANSWER_GAP) {
                 debug!(peer = %intro.name, "introduction ignored: answered one just before");
                 return;
             }
             answered.retain(|_, t| now < *t + ANSWER_GAP);
-            answered.insert(intro.name.clone(), now);
+            answered.insert(key, now);
         }
         let candidates = self.candidates(intro.addrs.first().copied(), &intro.addrs);
         let deadline = Instant::now() + self.direct_timeout;
@@ -221,13 +222,7 @@ impl Dialer {
             .local_addr()
             .map(|a| a.is_ipv4())
             .unwrap_or(true);
-        let mut seen = HashSet::new();
-        observed
-            .into_iter()
-            .chain(listen.iter().copied().filter(|a| plausible(*a, observed)))
-            .filter(|a| a.is_ipv4() == v4 && !a.ip().is_unspecified() && a.port() != 0)
-            .filter(|a| seen.insert(*a))
-            .collect()
+        candidates(self.directory.observed_addr(), observed, listen, v4)
     }
 
     /// Dials every candidate at once, accepting only `key`; the first handshake wins. Runs
@@ -272,6 +267,35 @@ impl Dialer {
     }
 }
 
+/// Most addresses dialed for one peer: its observed address and a few on its LAN. Every one
+/// is a handshake sent on the word of a peer (or of whoever asked for an introduction).
+pub const MAX_CANDIDATES: usize = 4;
+
+/// The addresses worth dialing for a peer whose address the directory observes as `observed`
+/// and that declares `listen`, when the directory observes us as `ours`: observed first, then
+/// at most [`MAX_CANDIDATES`] in all, each once, of our address family (`v4`). A declared
+/// listen address is dialed only when it passes [`plausible`] and the peer is behind the same
+/// public address as we are (the same NAT, or the same host): only then can its LAN be ours,
+/// and a peer elsewhere cannot aim our packets at hosts on our own network.
+pub fn candidates(
+    ours: Option<SocketAddr>,
+    observed: Option<SocketAddr>,
+    listen: &[SocketAddr],
+    v4: bool,
+) -> Vec<SocketAddr> {
+    let same_network = matches!((ours, observed), (Some(a), Some(b)) if a.ip() == b.ip());
+    let mut seen = HashSet::new();
+    observed
+        .into_iter()
+        .chain(listen.iter().copied().filter(|a| {
+            plausible(*a, observed) && (same_network || observed.is_some_and(|o| o.ip() == a.ip()))
+        }))
+        .filter(|a| a.is_ipv4() == v4 && !a.ip().is_unspecified() && a.port() != 0)
+        .filter(|a| seen.insert(*a))
+        .take(MAX_CANDIDATES)
+        .collect()
+}
+
 /// Whether a listen address a peer declares is worth a packet. The observed address is the
 /// directory's to vouch for; listen addresses are only the peer's word, and a hostile peer
 /// could name any host to make others send it handshakes. So only addresses a LAN can hold
@@ -307,6 +331,24 @@ pub fn plausible(listen: SocketAddr, observed: Option<SocketAddr>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lan_addresses_are_dialed_only_behind_the_same_public_address_and_few() {
+        let a = |s: &str| -> SocketAddr { s.parse().expect("addr") };
+        let lan = [a("192.168.1.4:5"), a("10.0.0.9:5")];
+        let peer = Some(a("203.0.113.7:4000"));
+        // Behind the same NAT as we are: its LAN is ours.
+        let same = candidates(Some(a("203.0.113.7:5000")), peer, &lan, true);
+        assert_eq!(same, [a("203.0.113.7:4000"), lan[0], lan[1]]);
+        // Elsewhere: only the address the directory vouches for.
+        let elsewhere = candidates(Some(a("198.51.100.1:5000")), peer, &lan, true);
+        assert_eq!(elsewhere, [a("203.0.113.7:4000")]);
+        // Never more than a few, however many it declares.
+        let many: Vec<SocketAddr> = (1..50).map(|i| a(&format!("10.0.0.{i}:5"))).collect();
+        let capped = candidates(Some(a("203.0.113.7:5000")), peer, &many, true);
+        assert_eq!(capped.len(), MAX_CANDIDATES);
+        assert_eq!(capped[0], a("203.0.113.7:4000"));
+    }
 
     #[test]
     fn only_listen_addresses_a_lan_could_hold_are_dialed() {
