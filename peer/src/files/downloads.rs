@@ -3,8 +3,8 @@
 //! finished file without ever overwriting one.
 
 use super::hash_rest;
-use anyhow::{bail, Context, Result};
 use crate::inbox::Via;
+use anyhow::{bail, Context, Result};
 use common::Name;
 use std::{
     fs::{self, File},

@@ -146,7 +146,9 @@ impl Receiver {
         if let Err(e) = self.write(part).await {
             warn!(cause = %format!("{e:#}"), "dropped a file part from the mailbox");
             let name = crate::text::for_terminal(&name, false);
-            let notice = format!("a part of the file {name:?} from {from} could not be used and was dropped: {e:#}");
+            let notice = format!(
+                "a part of the file {name:?} from {from} could not be used and was dropped: {e:#}"
+            );
             self.inbox.notice(notice).await;
         }
     }

@@ -38,7 +38,12 @@ impl Receiver {
         send: &mut quinn::SendStream,
         recv: &mut quinn::RecvStream,
     ) -> Result<()> {
-        let partial = partial_path(&self.downloads, Via::Direct, &header.from, &header.resume_key);
+        let partial = partial_path(
+            &self.downloads,
+            Via::Direct,
+            &header.from,
+            &header.resume_key,
+        );
         let mine = Arc::new(Notify::new());
         let older = self.arriving().insert(partial.clone(), mine.clone());
         if let Some(older) = older {
