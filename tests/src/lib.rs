@@ -14,6 +14,7 @@
 //! - [`netns`]: real Linux NATs made of network namespaces, for the NAT traversal scenarios;
 //!   [`PeerCmd::netns`] and [`DirOpts::netns`] run a process inside one.
 //! - [`raw`]: a hand-made QUIC client for hostile input at the protocol level.
+//! - [`fuzz_checks`]: what each fuzz target checks, for `fuzz/` and the corpus replay.
 //! - [`Running`]: a long-lived process whose stdout lines are read on a thread; `wait_*`
 //!   return the first matching line or fail with what was received and the stderr tail.
 //! - [`Tmux`]: a `peer` on a real terminal (a tmux pane of its own tmux server), for the
@@ -35,6 +36,7 @@ use std::time::Duration;
 mod bins;
 mod checks;
 mod directory;
+pub mod fuzz_checks;
 mod logs;
 mod net;
 pub mod netns;

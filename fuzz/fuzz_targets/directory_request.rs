@@ -1,0 +1,7 @@
+//! Fuzz target: the check is `tests::fuzz_checks::directory_request`.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| tests::fuzz_checks::directory_request(data));
