@@ -5,6 +5,8 @@
 //!
 //! # Layout
 //!
+//! * [`admit`]: who may open a connection, by address: connections per host, and a token bucket
+//!   for new ones.
 //! * [`defaults`]: ports, ALPN protocol names, timeouts and size caps, each with its reason.
 //! * [`name`]: [`Name`], a validated peer name; invalid names cannot be decoded.
 //! * [`wire`]: the messages themselves: directory requests and responses, the directory's event
@@ -35,6 +37,7 @@
 
 #![deny(missing_docs)]
 
+pub mod admit;
 pub mod defaults;
 pub mod framing;
 pub mod identity;
