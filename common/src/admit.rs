@@ -97,6 +97,26 @@ impl Drop for Slot {
     }
 }
 
+/// Completes the handshake of an admitted connection by `deadline`, or abandons it (dropped,
+/// it ends): an admitted stranger holds its slot no longer. A failure is the remote's
+/// business, so it is logged at debug only.
+pub async fn handshake(
+    incoming: quinn::Incoming,
+    deadline: tokio::time::Instant,
+) -> Option<quinn::Connection> {
+    match tokio::time::timeout_at(deadline, incoming).await {
+        Ok(Ok(conn)) => Some(conn),
+        Ok(Err(e)) => {
+            tracing::debug!(cause = %e, "handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("no handshake in time");
+            None
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every critical section is one map operation, so a panic cannot leave it half done.
     m.lock().unwrap_or_else(|e| e.into_inner())

@@ -27,6 +27,8 @@ pub struct DirOpts {
     pub netns: Option<String>,
     /// Extra environment variables (e.g. `RUST_LOG`).
     pub env: Vec<(String, String)>,
+    /// Extra flags (e.g. `--max-connections-per-ip 4`).
+    pub args: Vec<String>,
 }
 
 /// A running (or stopped) `directory` process and its data directory.
@@ -81,6 +83,7 @@ impl Directory {
         if let Some(n) = self.opts.quota_bytes {
             cmd.arg("--mailbox-quota-bytes").arg(n.to_string());
         }
+        cmd.args(&self.opts.args);
         cmd.env("RUST_BACKTRACE", "1")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

@@ -10,7 +10,10 @@ use common::{
     wire::{DirectoryRequest, DirectoryResponse},
     Identity, Name,
 };
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 /// How long one raw exchange may take.
 pub const RAW_WAIT: Duration = Duration::from_secs(10);
@@ -31,8 +34,14 @@ pub struct Raw {
 impl Raw {
     /// A new key and endpoint. Call inside a runtime.
     pub fn new(subject: &str) -> Result<Self> {
+        Self::at(subject, [127, 0, 0, 1].into())
+    }
+
+    /// A new key and an endpoint bound to `ip`: any address of 127.0.0.0/8 reaches a server
+    /// on 127.0.0.1, so an attack can come from another host than the real peers'.
+    pub fn at(subject: &str, ip: IpAddr) -> Result<Self> {
         let identity = Identity::generate(subject)?;
-        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+        let endpoint = quinn::Endpoint::client(SocketAddr::new(ip, 0))?;
         Ok(Self { identity, endpoint })
     }
 
@@ -43,7 +52,21 @@ impl Raw {
         alpn: &[u8],
         expect: Expect,
     ) -> Result<quinn::Connection> {
-        let config = tls::client_config(&self.identity, alpn, expect)?;
+        self.connect(self.config(alpn, expect)?, addr).await
+    }
+
+    /// The configuration [`Raw::dial`] uses: the programs' own. An attacker may change its
+    /// transport settings (its windows, its stream counts) before [`Raw::connect`].
+    pub fn config(&self, alpn: &[u8], expect: Expect) -> Result<quinn::ClientConfig> {
+        tls::client_config(&self.identity, alpn, expect)
+    }
+
+    /// Dials `addr` with `config`.
+    pub async fn connect(
+        &self,
+        config: quinn::ClientConfig,
+        addr: SocketAddr,
+    ) -> Result<quinn::Connection> {
         let connecting = self.endpoint.connect_with(config, addr, "test")?;
         Ok(tokio::time::timeout(RAW_WAIT, connecting).await??)
     }
