@@ -76,10 +76,7 @@ fn store(c: &mut Criterion) {
         .unwrap_or_else(|_| std::process::abort());
     let store =
         RedbStore::open(&dir.path().join("m.redb")).unwrap_or_else(|_| std::process::abort());
-    let quota = Quota {
-        max_messages: u64::MAX,
-        max_bytes: u64::MAX,
-    };
+    let quota = Quota::unlimited();
     let to = bob();
     let mut next = 0u64;
     let mut batch = |n: usize| -> Vec<Mail> {

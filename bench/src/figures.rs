@@ -993,10 +993,7 @@ pub fn redb_commit_cost(count: usize) -> Result<f64> {
     let dir = tempfile::Builder::new().prefix("bench-redb").tempdir()?;
     let store = RedbStore::open(&dir.path().join("d.redb"))?;
     let (from, to) = (Name::new("a")?, Name::new("b")?);
-    let quota = Quota {
-        max_messages: u64::MAX,
-        max_bytes: u64::MAX,
-    };
+    let quota = Quota::unlimited();
     let mut samples = Vec::with_capacity(count);
     for _ in 0..count {
         let m = Mail::Chat(ChatMessage {

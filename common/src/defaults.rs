@@ -47,8 +47,52 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default mailbox quota per recipient: number of held messages.
 pub const MAILBOX_QUOTA_MESSAGES: u64 = 10_000;
 
-/// Default mailbox quota per recipient: total body bytes held.
+/// Default mailbox quota per recipient: total bytes held, each entry counted as stored
+/// (encoded), so every field of a message counts, not only its body.
 pub const MAILBOX_QUOTA_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Default mailbox quota per (sender, recipient): messages and file parts one sender may have
+/// waiting for one recipient. A tenth of [`MAILBOX_QUOTA_MESSAGES`], so one sender cannot fill
+/// a mailbox and lock everyone else out of it.
+pub const MAILBOX_SENDER_QUOTA_MESSAGES: u64 = 1_000;
+
+/// Default mailbox quota per (sender, recipient), in bytes as stored: room for two files of
+/// [`MAILBOX_FILE_MAX`] and their envelopes, a quarter of [`MAILBOX_QUOTA_BYTES`].
+pub const MAILBOX_SENDER_QUOTA_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Default cap on what all mailboxes together hold, in bytes as stored: past it, deposits are
+/// refused whoever they are for.
+pub const STORE_MAX_BYTES: u64 = 8 * 1024 * 1024 * 1024;
+
+/// The directory refuses deposits while the disk holding its database has less free space than
+/// this, so that a full disk never fails a commit halfway (bindings and removals still go on).
+pub const MIN_FREE_DISK: u64 = 256 * 1024 * 1024;
+
+/// Longest file name, in bytes, the directory holds in a mailbox file part: the usual file
+/// system limit for one path component. Every other field it stores has a cap too: names
+/// ([`crate::name::MAX_NAME_LEN`]), bodies ([`MAX_BODY_LEN`]) and file data ([`FILE_PART_LEN`]).
+pub const MAX_FILE_NAME_LEN: usize = 255;
+
+/// Most names one key may hold at a directory; names bound before this limit are kept.
+pub const NAMES_PER_KEY: u32 = 4;
+
+/// New names the directory binds per client IP address (per /64 for IPv6) in an hour, all of
+/// them at once if saved up. Re-registering a name already held needs none.
+pub const NAME_BINDS_PER_IP_PER_HOUR: u32 = 100;
+
+/// A name whose key has not registered it (online or for a short command) for this long may be
+/// taken by another key; its mailbox is emptied then.
+pub const NAME_EXPIRY: Duration = Duration::from_secs(180 * 24 * 60 * 60);
+
+/// Introductions (hole punching) one key may ask for per minute, all at once if saved up.
+pub const INTRODUCTIONS_PER_KEY_PER_MINUTE: u32 = 30;
+
+/// Introductions asked for from one IP address (per /64 for IPv6) per minute, whatever the keys.
+pub const INTRODUCTIONS_PER_IP_PER_MINUTE: u32 = 60;
+
+/// Introductions one peer may be sent per minute, whoever asks: each makes it send packets to
+/// addresses the asker chose, so it must not become a packet cannon.
+pub const INTRODUCTIONS_PER_TARGET_PER_MINUTE: u32 = 30;
 
 /// Most mailbox messages the directory sends on an event stream before waiting for acks.
 pub const DELIVERY_WINDOW: usize = 256;

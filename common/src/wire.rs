@@ -190,6 +190,24 @@ pub enum ErrorCode {
     /// Too many requests of this kind; try later.
     #[error("too many requests; try later")]
     RateLimited,
+    /// The name breaks a rule for new names: see [`crate::Name::check_new`].
+    #[error("the name is not allowed: it ends with '.', '_' or '-', or has two in a row")]
+    BadName,
+    /// The name looks like a name another key holds (see [`crate::Name::skeleton`]).
+    #[error("the name looks like a name already taken")]
+    NameLookalike,
+    /// The key holds as many names as the directory allows.
+    #[error("this key holds as many names as the directory allows")]
+    TooManyNames,
+    /// The caller has as much waiting in the recipient's mailbox as one sender may.
+    #[error("you have too much waiting in the recipient's mailbox")]
+    SenderQuotaFull,
+    /// The directory's storage is full: its cap on all mailboxes, or its disk.
+    #[error("the directory is out of storage")]
+    StoreFull,
+    /// A file name is over [`crate::defaults::MAX_FILE_NAME_LEN`] bytes.
+    #[error("the file name is too long")]
+    FileNameTooLong,
 }
 
 /// Written by the directory on the event stream it opens towards a registered peer.
@@ -382,13 +400,10 @@ impl Mail {
         }
     }
 
-    /// The bytes it counts against the recipient's quota.
+    /// The bytes it counts against mailbox quotas: its size as stored (encoded), so that every
+    /// field counts, names and file names included, not only a body or a file's data.
     pub fn size(&self) -> u64 {
-        match self {
-            Mail::Chat(m) => m.body.len() as u64,
-            Mail::FilePart(p) => p.data.len() as u64,
-            Mail::Receipt(r) => 16 * r.delivered.len() as u64,
-        }
+        postcard::experimental::serialized_size(self).map_or(u64::MAX, |n| n as u64)
     }
 
     /// What the recipient's event stream carries for it.
@@ -455,6 +470,50 @@ mod tests {
             "00 07070707070707070707070707070707 026331 026332 b0fdf583b532 026869"
                 .replace(' ', "")
         );
+    }
+
+    /// Error codes are encoded by their index: old codes keep theirs, new ones come after.
+    #[test]
+    fn error_codes_keep_their_bytes() {
+        let codes = [
+            (ErrorCode::NameTaken, 0),
+            (ErrorCode::RateLimited, 9),
+            (ErrorCode::BadName, 10),
+            (ErrorCode::NameLookalike, 11),
+            (ErrorCode::TooManyNames, 12),
+            (ErrorCode::SenderQuotaFull, 13),
+            (ErrorCode::StoreFull, 14),
+            (ErrorCode::FileNameTooLong, 15),
+        ];
+        for (code, index) in codes {
+            assert_eq!(postcard::to_allocvec(&code).expect("encode"), [index]);
+        }
+    }
+
+    /// A file part with no data still counts its every byte as stored, its file name first.
+    #[test]
+    fn mail_counts_its_encoded_size() {
+        let part = |name_len: usize| {
+            Mail::FilePart(FilePart {
+                id: MessageId([1; 16]),
+                offer: FileOffer {
+                    id: MessageId([2; 16]),
+                    from: Name::new("c1").expect("name"),
+                    to: Name::new("c2").expect("name"),
+                    name: "n".repeat(name_len),
+                    size: 0,
+                    hash: [0; 32],
+                    sent_at_ms: 1,
+                },
+                offset: 0,
+                data: Vec::new(),
+            })
+        };
+        for mail in [part(10), part(60_000), Mail::Chat(sample())] {
+            let encoded = postcard::to_allocvec(&mail).expect("encode");
+            assert_eq!(mail.size(), encoded.len() as u64);
+        }
+        assert!(part(60_000).size() > 60_000);
     }
 
     #[test]

@@ -15,7 +15,9 @@
 //!   more, what to remove, when the mailbox is idle.
 //! * [`service`]: the answer to each request, knowing nothing of QUIC: register, lookup,
 //!   deposit, introduce.
-//! * [`state`]: what every connection shares: store, writer, registry, settings, counters.
+//! * [`state`]: what every connection shares: store, writer, registry, settings, counters,
+//!   allowances.
+//! * [`rates`]: token buckets: introductions per key, host and target; new names per host.
 //! * [`registry`]: who is online now, on which connection, at which addresses; why a live QUIC
 //!   connection is what online means.
 //! * [`store`]: the durable state (name bindings, mailbox) behind a trait: the redb backend, the
@@ -39,6 +41,7 @@
 //!    `MailboxIdle`.
 
 pub mod mailbox;
+pub mod rates;
 pub mod registry;
 pub mod server;
 pub mod service;

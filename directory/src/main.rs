@@ -27,9 +27,50 @@ struct Cli {
     #[arg(long, default_value_t = defaults::MAILBOX_QUOTA_MESSAGES)]
     mailbox_quota_messages: u64,
 
-    /// Most body bytes held for one recipient.
+    /// Most bytes held for one recipient, counted as stored (every field, not only bodies).
     #[arg(long, default_value_t = defaults::MAILBOX_QUOTA_BYTES)]
     mailbox_quota_bytes: u64,
+
+    /// Most messages and file parts one sender may have waiting for one recipient.
+    #[arg(long, default_value_t = defaults::MAILBOX_SENDER_QUOTA_MESSAGES)]
+    mailbox_quota_sender_messages: u64,
+
+    /// Most bytes one sender may have waiting for one recipient, counted as stored.
+    #[arg(long, default_value_t = defaults::MAILBOX_SENDER_QUOTA_BYTES)]
+    mailbox_quota_sender_bytes: u64,
+
+    /// Most bytes all mailboxes together hold, counted as stored; past it, deposits are refused.
+    #[arg(long, default_value_t = defaults::STORE_MAX_BYTES)]
+    store_max_bytes: u64,
+
+    /// Deposits are refused while the disk holding the database has fewer free bytes.
+    #[arg(long, default_value_t = defaults::MIN_FREE_DISK)]
+    min_free_disk: u64,
+
+    /// Most names one key may hold; names held before are kept.
+    #[arg(long, default_value_t = defaults::NAMES_PER_KEY)]
+    names_per_key: u32,
+
+    /// Days without a registration after which another key may take a name (its mailbox is
+    /// emptied then).
+    #[arg(long, default_value_t = defaults::NAME_EXPIRY.as_secs() / 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+    name_expiry_days: u64,
+
+    /// New names one host (an IPv4 address, an IPv6 /64) may bind per hour.
+    #[arg(long, default_value_t = defaults::NAME_BINDS_PER_IP_PER_HOUR, value_parser = clap::value_parser!(u32).range(1..))]
+    name_binds_per_ip_per_hour: u32,
+
+    /// Introductions (hole punching) one key may ask for per minute.
+    #[arg(long, default_value_t = defaults::INTRODUCTIONS_PER_KEY_PER_MINUTE, value_parser = clap::value_parser!(u32).range(1..))]
+    introductions_per_key_per_minute: u32,
+
+    /// Introductions one host may ask for per minute, whatever its keys.
+    #[arg(long, default_value_t = defaults::INTRODUCTIONS_PER_IP_PER_MINUTE, value_parser = clap::value_parser!(u32).range(1..))]
+    introductions_per_ip_per_minute: u32,
+
+    /// Introductions one peer may be sent per minute, whoever asks.
+    #[arg(long, default_value_t = defaults::INTRODUCTIONS_PER_TARGET_PER_MINUTE, value_parser = clap::value_parser!(u32).range(1..))]
+    introductions_per_target_per_minute: u32,
 
     /// Most connections served at once; more are refused.
     #[arg(long, default_value_t = defaults::MAX_CONNECTIONS)]
@@ -106,8 +147,22 @@ fn run(cli: Cli) -> Result<()> {
         quota: directory::store::Quota {
             max_messages: cli.mailbox_quota_messages,
             max_bytes: cli.mailbox_quota_bytes,
+            sender_messages: cli.mailbox_quota_sender_messages,
+            sender_bytes: cli.mailbox_quota_sender_bytes,
+            total_bytes: cli.store_max_bytes,
+            min_free_disk: cli.min_free_disk,
         },
         max_connections: cli.max_connections,
+        naming: directory::store::Naming {
+            names_per_key: cli.names_per_key,
+            expiry_ms: cli.name_expiry_days.saturating_mul(86_400_000),
+        },
+        rates: directory::rates::Rates {
+            introductions_per_key: cli.introductions_per_key_per_minute,
+            introductions_per_ip: cli.introductions_per_ip_per_minute,
+            introductions_per_target: cli.introductions_per_target_per_minute,
+            name_binds_per_ip: cli.name_binds_per_ip_per_hour,
+        },
     };
     let runtime = match cli.threads {
         1 => tokio::runtime::Builder::new_current_thread(),

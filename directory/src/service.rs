@@ -10,30 +10,25 @@
 use crate::{
     registry::{Feed, Link, Online},
     state::Shared,
-    store::StoreError,
+    store::{Binding, StoreError, ACTIVE_STEP_MS},
 };
 use common::{
-    defaults::MAX_BODY_LEN,
+    defaults::{MAX_BODY_LEN, MAX_FILE_NAME_LEN},
     now_ms,
     wire::{codes, DirectoryEvent, DirectoryRequest, DirectoryResponse, ErrorCode, Mail, PeerInfo},
     KeyId, Name,
 };
 use std::{
-    collections::VecDeque,
     net::SocketAddr,
-    sync::{atomic::Ordering, Arc, Mutex, OnceLock},
+    sync::{atomic::Ordering, Arc, OnceLock},
     time::{Duration, Instant},
 };
 use tracing::{debug, info, warn};
 
-/// At most this many introductions per connection in [`INTRODUCTION_WINDOW`]: each one makes
-/// another peer send packets to addresses the asker chose, so a hostile peer must not be able
-/// to turn peers into a packet cannon.
-const INTRODUCTIONS: usize = 20;
-/// See [`INTRODUCTIONS`].
-const INTRODUCTION_WINDOW: Duration = Duration::from_secs(10);
 /// Most listen addresses kept for one peer; the rest are ignored.
 const LISTEN_ADDRS: usize = 16;
+/// How often, at most, the hole punching counters are logged.
+const PUNCH_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Who sends requests on one connection, and what it has registered so far. Requests on the
 /// connection's streams are served concurrently, so its state is set through `&self`.
@@ -45,8 +40,6 @@ pub struct Caller {
     name: OnceLock<Name>,
     /// The addresses the peer said it listens on, set by `Register`.
     listen_addrs: OnceLock<Vec<SocketAddr>>,
-    /// Its recent introductions, for the rate limit.
-    introductions: Mutex<Introductions>,
 }
 
 impl Caller {
@@ -57,7 +50,6 @@ impl Caller {
             link,
             name: OnceLock::new(),
             listen_addrs: OnceLock::new(),
-            introductions: Mutex::default(),
         }
     }
 
@@ -124,7 +116,7 @@ pub async fn handle(
             DirectoryResponse::Stored
         }
         DirectoryRequest::Introduce { name } => {
-            introduce(shared, caller, &name, Instant::now())?;
+            introduce(shared, caller, &name)?;
             DirectoryResponse::Introduced
         }
         DirectoryRequest::PunchOutcome {
@@ -133,16 +125,8 @@ pub async fn handle(
             millis,
         } => {
             let me = caller.registered()?;
-            let m = &shared.metrics;
-            let counter = if success { &m.punched } else { &m.punch_failed };
-            counter.fetch_add(1, Ordering::Relaxed);
-            info!(
-                from = %me, to = %name, success, millis,
-                introductions = m.introductions.load(Ordering::Relaxed),
-                punched = m.punched.load(Ordering::Relaxed),
-                failed = m.punch_failed.load(Ordering::Relaxed),
-                "hole punching outcome"
-            );
+            debug!(from = %me, to = %name, success, millis, "hole punching outcome");
+            punch_outcome(shared, success, Instant::now());
             DirectoryResponse::Noted
         }
     };
@@ -160,24 +144,7 @@ async fn register(
     if caller.name.get().is_some() {
         return Err(ErrorCode::AlreadyRegistered);
     }
-    // Binding a new name commits (a blocking fsync); a known one is only read. Last seen is
-    // not written here: while online it comes from the registry, and it is stored when the
-    // peer leaves.
-    let (store, key, n) = (shared.store.clone(), caller.key, name.clone());
-    let bound = tokio::task::spawn_blocking(move || store.bind(&n, &key))
-        .await
-        .map_err(|_| ErrorCode::Internal)?;
-    match bound {
-        Ok(_) => {}
-        Err(StoreError::NameTaken) => {
-            info!(%name, key = %caller.key.short(), "refused: name bound to another key");
-            return Err(ErrorCode::NameTaken);
-        }
-        Err(e) => {
-            warn!(cause = %e, "storing a binding failed");
-            return Err(ErrorCode::Internal);
-        }
-    }
+    bind(shared, caller, &name, now_ms()).await?;
     if caller.name.set(name.clone()).is_err() {
         return Err(ErrorCode::AlreadyRegistered);
     }
@@ -206,20 +173,89 @@ async fn register(
     })
 }
 
+/// Binds `name` to the caller's key, or checks that it is bound to it. A name the key already
+/// holds is only read, unless its active time is a day old (see [`ACTIVE_STEP_MS`]); a new
+/// binding must keep to the rules for new names and to the caller's host's rate. Writes go
+/// through the writer: one fsync for every registration in a group commit. Last seen is not
+/// written here: while online it comes from the registry, and it is stored when the peer
+/// leaves.
+async fn bind(shared: &Shared, caller: &Caller, name: &Name, now: u64) -> Result<(), ErrorCode> {
+    let known = shared.store.name(name).map_err(|e| {
+        warn!(cause = %e, "reading a binding failed");
+        ErrorCode::Internal
+    })?;
+    match known {
+        Some(r) if r.key == caller.key && now.saturating_sub(r.active_ms) < ACTIVE_STEP_MS => {
+            return Ok(())
+        }
+        Some(r) if r.key == caller.key => {}
+        // Free, taken or expired: the store decides, but a new name must be asked for
+        // properly, and at the host's rate.
+        _ => {
+            name.check_new().map_err(|_| ErrorCode::BadName)?;
+            if shared
+                .allowances
+                .bind_from(caller.link.remote_address().ip())
+                .is_err()
+            {
+                debug!(%name, "refused: new names from this host are rate limited");
+                return Err(ErrorCode::RateLimited);
+            }
+        }
+    }
+    let binding = Binding {
+        name: name.clone(),
+        key: caller.key,
+        at_ms: now,
+    };
+    let refused = match shared.writer.bind(binding).await {
+        Ok(_) => return Ok(()),
+        Err(StoreError::NameTaken) => ErrorCode::NameTaken,
+        Err(StoreError::Lookalike) => ErrorCode::NameLookalike,
+        Err(StoreError::TooManyNames) => ErrorCode::TooManyNames,
+        Err(e) => {
+            warn!(cause = %e, "storing a binding failed");
+            return Err(ErrorCode::Internal);
+        }
+    };
+    debug!(%name, key = %caller.key.short(), ?refused, "refused a name");
+    Err(refused)
+}
+
+/// Counts a hole punching outcome; logs the counters at most every [`PUNCH_LOG_EVERY`].
+fn punch_outcome(shared: &Shared, success: bool, now: Instant) {
+    let m = &shared.metrics;
+    let counter = if success { &m.punched } else { &m.punch_failed };
+    counter.fetch_add(1, Ordering::Relaxed);
+    let mut logged = m.punch_logged.lock().unwrap_or_else(|e| e.into_inner());
+    if logged.is_some_and(|at| now.duration_since(at) < PUNCH_LOG_EVERY) {
+        return;
+    }
+    *logged = Some(now);
+    info!(
+        introductions = m.introductions.load(Ordering::Relaxed),
+        punched = m.punched.load(Ordering::Relaxed),
+        failed = m.punch_failed.load(Ordering::Relaxed),
+        "hole punching so far"
+    );
+}
+
 /// Sends `name` the caller's addresses on its event stream, so it dials the caller while the
-/// caller dials it.
-fn introduce(shared: &Shared, caller: &Caller, name: &Name, now: Instant) -> Result<(), ErrorCode> {
+/// caller dials it. Each introduction makes the target send packets to addresses the caller
+/// chose, so they are rate limited per key, per host and per target (see [`crate::rates`]);
+/// refused attempts count against the caller too.
+fn introduce(shared: &Shared, caller: &Caller, name: &Name) -> Result<(), ErrorCode> {
     let me = caller.registered()?;
-    let admitted = caller
-        .introductions
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .admit(now);
-    if !admitted {
-        debug!("introduction refused: rate limit");
+    let from = caller.link.remote_address().ip();
+    if let Err(limited) = shared.allowances.introduce_from(caller.key, from) {
+        debug!(?limited, "introduction refused: rate limit");
         return Err(ErrorCode::RateLimited);
     }
     let target = shared.registry.get(name).ok_or(ErrorCode::Offline)?;
+    if let Err(limited) = shared.allowances.introduce_to(name) {
+        debug!(?limited, to = %name, "introduction refused: rate limit");
+        return Err(ErrorCode::RateLimited);
+    }
     let mut addrs = vec![caller.link.remote_address()];
     addrs.extend(caller.listen_addrs.get().into_iter().flatten().copied());
     let event = DirectoryEvent::Introduction {
@@ -233,7 +269,7 @@ fn introduce(shared: &Shared, caller: &Caller, name: &Name, now: Instant) -> Res
         .try_send(event)
         .map_err(|_| ErrorCode::Offline)?;
     let n = shared.metrics.introductions.fetch_add(1, Ordering::Relaxed) + 1;
-    info!(to = %name, introductions = n, "introduced");
+    debug!(to = %name, introductions = n, "introduced");
     Ok(())
 }
 
@@ -274,8 +310,12 @@ async fn deposit(shared: &Shared, me: &Name, mail: Mail) -> Result<(), ErrorCode
     if mail.from() != me {
         return Err(ErrorCode::NotSender);
     }
+    // Every field the mailbox keeps has a cap (names have theirs by type).
     let fits = match &mail {
         Mail::Chat(m) => m.body.len() <= MAX_BODY_LEN,
+        Mail::FilePart(p) if p.offer.name.len() > MAX_FILE_NAME_LEN => {
+            return Err(ErrorCode::FileNameTooLong)
+        }
         Mail::FilePart(p) => p.fits_offer(),
         Mail::Receipt(_) => return Err(ErrorCode::NotSender),
     };
@@ -290,6 +330,8 @@ async fn deposit(shared: &Shared, me: &Name, mail: Mail) -> Result<(), ErrorCode
     match shared.writer.deposit(mail).await {
         Ok(()) => {}
         Err(StoreError::MailboxFull) => return Err(ErrorCode::MailboxFull),
+        Err(StoreError::SenderQuotaFull) => return Err(ErrorCode::SenderQuotaFull),
+        Err(StoreError::StoreFull) => return Err(ErrorCode::StoreFull),
         Err(e) => {
             warn!(cause = %e, "storing a message failed");
             return Err(ErrorCode::Internal);
@@ -301,42 +343,19 @@ async fn deposit(shared: &Shared, me: &Name, mail: Mail) -> Result<(), ErrorCode
     Ok(())
 }
 
-/// When one connection's recent introductions were sent: a sliding window of
-/// [`INTRODUCTION_WINDOW`] holding at most [`INTRODUCTIONS`].
-#[derive(Debug, Default)]
-struct Introductions {
-    recent: VecDeque<Instant>,
-}
-
-impl Introductions {
-    /// Whether one more introduction at `now` is within the limit; if so, it is counted.
-    fn admit(&mut self, now: Instant) -> bool {
-        while self
-            .recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > INTRODUCTION_WINDOW)
-        {
-            self.recent.pop_front();
-        }
-        if self.recent.len() >= INTRODUCTIONS {
-            return false;
-        }
-        self.recent.push_back(now);
-        true
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{
+        rates::Rates,
         state::Config,
         store::{
-            suite::{chat, name, TestResult},
-            Quota, RedbStore,
+            suite::{chat, empty_part, name, TestResult},
+            Naming, Quota, RedbStore,
         },
     };
-    use common::wire::ChatMessage;
+    use common::{defaults::INTRODUCTIONS_PER_TARGET_PER_MINUTE, wire::ChatMessage};
+    use std::sync::Mutex;
 
     /// A connection that is only an id and an address, and remembers being closed.
     #[derive(Debug)]
@@ -368,20 +387,38 @@ mod tests {
 
     /// A directory with `quota` on a fresh store, in the folder returned with it.
     fn directory(quota: Quota) -> Result<(tempfile::TempDir, Shared), Box<dyn std::error::Error>> {
+        directory_with(Config { quota, ..config() })
+    }
+
+    /// The default settings.
+    fn config() -> Config {
+        Config {
+            quota: Quota::default(),
+            max_connections: 10,
+            naming: Naming::default(),
+            rates: Rates::default(),
+        }
+    }
+
+    /// A directory with `config` on a fresh store, in the folder returned with it.
+    fn directory_with(
+        config: Config,
+    ) -> Result<(tempfile::TempDir, Shared), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let store = RedbStore::open(&dir.path().join("directory.redb"))?;
-        let config = Config {
-            quota,
-            max_connections: 10,
-        };
         Ok((dir, Shared::new(Arc::new(store), config)))
     }
 
     /// A caller with key `[key; 32]` on a connection numbered `n`, from 10.0.0.n:4000.
     fn caller_with_key(n: u8, key: u8) -> (Caller, Arc<FakeLink>) {
+        caller_from(n, key, [10, 0, 0, n])
+    }
+
+    /// A caller with key `[key; 32]` on a connection numbered `n`, from `ip`, port 4000.
+    fn caller_from(n: u8, key: u8, ip: [u8; 4]) -> (Caller, Arc<FakeLink>) {
         let link = Arc::new(FakeLink {
             id: n.into(),
-            addr: SocketAddr::from(([10, 0, 0, n], 4000)),
+            addr: SocketAddr::from((ip, 4000)),
             closed: Mutex::default(),
         });
         (Caller::new(KeyId([key; 32]), link.clone()), link)
@@ -595,7 +632,7 @@ mod tests {
     async fn a_full_mailbox_refuses_deposits() -> TestResult {
         let quota = Quota {
             max_messages: 1,
-            max_bytes: 1000,
+            ..Quota::default()
         };
         let d = AliceAndBob::new(quota).await?;
         let first = d.alice_asks(deposit(chat("alice", "bob", "1"))).await;
@@ -631,35 +668,215 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn introductions_are_rate_limited_per_connection() -> TestResult {
-        let d = AliceAndBob::new(Quota::default()).await?;
-        // Refused attempts count too: the limit is on what a connection asks for.
-        let refused = d.alice_asks(introduce("nobody")).await;
-        assert_eq!(refused, Err(ErrorCode::Offline));
-        for _ in 1..INTRODUCTIONS {
-            let sent = d.alice_asks(introduce("bob")).await;
-            assert_eq!(sent, Ok(DirectoryResponse::Introduced));
+    async fn introductions_are_limited_per_key_host_and_target_across_connections() -> TestResult {
+        let rates = Rates {
+            introductions_per_key: 3,
+            introductions_per_ip: 5,
+            introductions_per_target: 8,
+            ..Rates::default()
+        };
+        let (_dir, shared) = directory_with(Config { rates, ..config() })?;
+        let (bob, _) = caller(2);
+        // Bob's events are read from this feed: it must live for bob to be online.
+        let _bob = online(&shared, &bob, "bob").await?;
+        // Mallory's key on three connections from one host: the key's budget is shared.
+        let mut sent = 0;
+        for n in 10..13 {
+            let (mallory, _) = caller_from(n, 9, [10, 0, 9, 9]);
+            ask(&shared, &mallory, register("mallory", false)).await?;
+            for _ in 0..3 {
+                if ask(&shared, &mallory, introduce("bob")).await.is_ok() {
+                    sent += 1;
+                }
+            }
         }
-        let limited = d.alice_asks(introduce("bob")).await;
-        assert_eq!(limited, Err(ErrorCode::RateLimited));
-        // Another connection has a limit of its own.
-        let carol = d.join("carol", 3, true).await?;
-        let sent = ask(&d.shared, &carol, introduce("bob")).await;
-        assert_eq!(sent, Ok(DirectoryResponse::Introduced));
+        assert_eq!(sent, 3, "the key's budget");
+        // A new key from the same host: what is left of the host's budget (3 of 5 spent).
+        let (sybil, _) = caller_from(20, 20, [10, 0, 9, 9]);
+        ask(&shared, &sybil, register("sybil", false)).await?;
+        let answers = [
+            ask(&shared, &sybil, introduce("bob")).await,
+            ask(&shared, &sybil, introduce("bob")).await,
+            ask(&shared, &sybil, introduce("bob")).await,
+        ];
+        let introduced = Ok(DirectoryResponse::Introduced);
+        let expected = [introduced.clone(), introduced, Err(ErrorCode::RateLimited)];
+        assert_eq!(answers, expected);
+        // Other hosts: bob's budget of 8 runs out, whoever asks.
+        let mut more = 0;
+        for n in 30..40 {
+            let (other, _) = caller_from(n, n, [10, 0, 1, n]);
+            ask(&shared, &other, register(&format!("o{n}"), false)).await?;
+            if ask(&shared, &other, introduce("bob")).await.is_ok() {
+                more += 1;
+            }
+        }
+        assert_eq!(sent + 2 + more, 8, "bob's budget");
+        // Someone else can still be introduced to.
+        let (carol, _) = caller(3);
+        let _carol = online(&shared, &carol, "carol").await?;
+        let (dave, _) = caller(4);
+        ask(&shared, &dave, register("dave", false)).await?;
+        assert_eq!(
+            ask(&shared, &dave, introduce("carol")).await,
+            Ok(DirectoryResponse::Introduced)
+        );
         Ok(())
     }
 
     #[test]
-    fn the_introduction_window_slides() {
-        let mut recent = Introductions::default();
-        let start = Instant::now();
-        for i in 0..INTRODUCTIONS {
-            assert!(recent.admit(start + Duration::from_millis(i as u64)));
+    fn the_default_target_budget_is_a_minute_of_introductions() {
+        assert_eq!(
+            Rates::default().introductions_per_target,
+            INTRODUCTIONS_PER_TARGET_PER_MINUTE
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_name_keeps_to_the_rules_and_does_not_look_like_another() -> TestResult {
+        let (_dir, shared) = directory(Quota::default())?;
+        let (alice, _) = caller(1);
+        online(&shared, &alice, "alice").await?;
+        for bad in ["mallory-", "mal..lory", "mal-_lory"] {
+            let (mallory, _) = caller(2);
+            let refused = ask(&shared, &mallory, register(bad, true)).await;
+            assert_eq!(refused, Err(ErrorCode::BadName), "{bad}");
         }
-        assert!(!recent.admit(start + INTRODUCTION_WINDOW));
-        // Once the first has been out of the window, one more fits, and only one.
-        let later = start + INTRODUCTION_WINDOW + Duration::from_micros(500);
-        assert!(recent.admit(later));
-        assert!(!recent.admit(later));
+        for fake in ["a1ice", "ali-ce", "al.ice"] {
+            let (mallory, _) = caller(2);
+            let refused = ask(&shared, &mallory, register(fake, true)).await;
+            assert_eq!(refused, Err(ErrorCode::NameLookalike), "{fake}");
+            assert!(shared.store.name(&name(fake))?.is_none());
+        }
+        let (mallory, _) = caller(2);
+        online(&shared, &mallory, "mallory").await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_key_holds_a_few_names() -> TestResult {
+        let naming = Naming {
+            names_per_key: 2,
+            ..Naming::default()
+        };
+        let (_dir, shared) = directory_with(Config { naming, ..config() })?;
+        for who in ["n1", "n2"] {
+            let (c, _) = caller(1);
+            ask(&shared, &c, register(who, false)).await?;
+        }
+        let (c, _) = caller(1);
+        let third = ask(&shared, &c, register("n3", false)).await;
+        assert_eq!(third, Err(ErrorCode::TooManyNames));
+        // Its names still work.
+        let (c, _) = caller(1);
+        ask(&shared, &c, register("n1", true)).await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn new_names_are_rate_limited_per_host_but_known_names_are_not() -> TestResult {
+        let rates = Rates {
+            name_binds_per_ip: 3,
+            ..Rates::default()
+        };
+        let (_dir, shared) = directory_with(Config { rates, ..config() })?;
+        for k in 0..3 {
+            let (c, _) = caller_from(k, k, [10, 0, 0, 1]);
+            ask(&shared, &c, register(&format!("n{k}"), false)).await?;
+        }
+        let (c, _) = caller_from(9, 9, [10, 0, 0, 1]);
+        let limited = ask(&shared, &c, register("n9", false)).await;
+        assert_eq!(limited, Err(ErrorCode::RateLimited));
+        // A name already held registers from that host as often as it likes.
+        for _ in 0..10 {
+            let (c, _) = caller_from(0, 0, [10, 0, 0, 1]);
+            ask(&shared, &c, register("n0", false)).await?;
+        }
+        // Another host has its own budget.
+        let (c, _) = caller_from(9, 9, [10, 0, 0, 2]);
+        ask(&shared, &c, register("n9", false)).await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn leaving_and_registering_are_written_by_the_writer() -> TestResult {
+        let (_dir, shared) = directory(Quota::default())?;
+        let (alice, _) = caller(1);
+        online(&shared, &alice, "alice").await?;
+        let record = shared.store.name(&name("alice"))?.ok_or("not bound")?;
+        assert!(record.active_ms > 0);
+        shared.writer.set_last_seen(name("alice"), 42).await?;
+        let record = shared.store.name(&name("alice"))?.ok_or("not bound")?;
+        assert_eq!(record.last_seen_ms, Some(42));
+        Ok(())
+    }
+
+    fn file_part(from: &str, to: &str, file_name: &str) -> DirectoryRequest {
+        DirectoryRequest::DepositFilePart {
+            part: empty_part(from, to, file_name),
+        }
+    }
+
+    #[tokio::test]
+    async fn deposits_are_refused_by_field_caps_sender_share_and_store_size() -> TestResult {
+        let quota = Quota {
+            sender_messages: 2,
+            ..Quota::default()
+        };
+        let d = AliceAndBob::new(quota).await?;
+        let long = "n".repeat(MAX_FILE_NAME_LEN + 1);
+        let refused = d.alice_asks(file_part("alice", "bob", &long)).await;
+        assert_eq!(refused, Err(ErrorCode::FileNameTooLong));
+        let longest = "n".repeat(MAX_FILE_NAME_LEN);
+        let stored = d.alice_asks(file_part("alice", "bob", &longest)).await;
+        assert_eq!(stored, Ok(DirectoryResponse::Stored));
+        // An empty part counts what it stores, the file name first.
+        assert!(d.shared.store.usage(&name("bob"))?.1 > MAX_FILE_NAME_LEN as u64);
+        d.alice_asks(deposit(chat("alice", "bob", "2"))).await?;
+        let third = d.alice_asks(deposit(chat("alice", "bob", "3"))).await;
+        assert_eq!(third, Err(ErrorCode::SenderQuotaFull));
+        let carol = d.join("carol", 3, false).await?;
+        let other = ask(&d.shared, &carol, deposit(chat("carol", "bob", "hi"))).await;
+        assert_eq!(other, Ok(DirectoryResponse::Stored));
+
+        let full = Quota {
+            total_bytes: 1,
+            ..Quota::default()
+        };
+        let d = AliceAndBob::new(full).await?;
+        let refused = d.alice_asks(deposit(chat("alice", "bob", "hi"))).await;
+        assert_eq!(refused, Err(ErrorCode::StoreFull));
+        let no_disk = Quota {
+            min_free_disk: u64::MAX,
+            ..Quota::default()
+        };
+        let d = AliceAndBob::new(no_disk).await?;
+        let refused = d.alice_asks(deposit(chat("alice", "bob", "hi"))).await;
+        assert_eq!(refused, Err(ErrorCode::StoreFull));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn punch_outcomes_are_counted_and_logged_at_most_once_a_minute() -> TestResult {
+        let (_dir, shared) = directory(Quota::default())?;
+        let start = Instant::now();
+        punch_outcome(&shared, true, start);
+        punch_outcome(&shared, false, start + Duration::from_secs(59));
+        let logged = *shared
+            .metrics
+            .punch_logged
+            .lock()
+            .map_err(|e| e.to_string())?;
+        assert_eq!(logged, Some(start));
+        punch_outcome(&shared, true, start + PUNCH_LOG_EVERY);
+        let logged = *shared
+            .metrics
+            .punch_logged
+            .lock()
+            .map_err(|e| e.to_string())?;
+        assert_eq!(logged, Some(start + PUNCH_LOG_EVERY));
+        assert_eq!(shared.metrics.punched.load(Ordering::Relaxed), 2);
+        assert_eq!(shared.metrics.punch_failed.load(Ordering::Relaxed), 1);
+        Ok(())
     }
 }

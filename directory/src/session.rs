@@ -93,9 +93,8 @@ pub async fn run(incoming: quinn::Incoming, shared: Arc<Shared>, cancel: Cancell
         // The time is stored before the peer leaves the registry, so that a lookup never finds
         // it offline without a last-seen time. Should a newer connection hold the name, the
         // time is still true, and that connection reports the peer online anyway.
-        let store = shared.store.clone();
-        let seen = name.clone();
-        let _ = tokio::task::spawn_blocking(move || store.set_last_seen(&seen, now_ms())).await;
+        // Through the writer, so that peers leaving together share one fsync.
+        let _ = shared.writer.set_last_seen(name.clone(), now_ms()).await;
         if shared.registry.remove_if(name, conn.stable_id()) {
             info!("offline");
         }

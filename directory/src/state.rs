@@ -3,18 +3,23 @@
 //! this state and not on the accept loop.
 
 use crate::{
+    rates::{Allowances, Rates},
     registry::Registry,
-    store::{Quota, Store, Writer},
+    store::{Naming, Quota, Store, Writer},
 };
-use std::sync::{atomic::AtomicU64, Arc};
+use std::sync::{atomic::AtomicU64, Arc, Mutex};
 
 /// How the directory is run.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Mailbox quota per recipient.
+    /// Mailbox quotas: per recipient, per sender, in all.
     pub quota: Quota,
     /// Most connections served at once.
     pub max_connections: u32,
+    /// Names per key, and when an unused name expires.
+    pub naming: Naming,
+    /// Rates of introductions and of new names.
+    pub rates: Rates,
 }
 
 /// What every session shares.
@@ -29,15 +34,18 @@ pub struct Shared {
     pub config: Config,
     /// Counters, for logs.
     pub metrics: Metrics,
+    /// What callers may still ask for: introductions, new names.
+    pub allowances: Allowances,
 }
 
 impl Shared {
     /// The state of a directory that starts with nobody online; starts the store's writer.
     pub fn new(store: Arc<dyn Store>, config: Config) -> Self {
         Self {
-            writer: Writer::spawn(store.clone(), config.quota),
+            writer: Writer::spawn(store.clone(), config.quota, config.naming),
             store,
             registry: Registry::default(),
+            allowances: Allowances::new(config.rates),
             config,
             metrics: Metrics::default(),
         }
@@ -53,4 +61,7 @@ pub struct Metrics {
     pub punched: AtomicU64,
     /// Introductions that did not.
     pub punch_failed: AtomicU64,
+    /// When the hole punching counters were last logged: they are logged at most once a
+    /// minute, not per report, which any peer can send at will.
+    pub punch_logged: Mutex<Option<std::time::Instant>>,
 }

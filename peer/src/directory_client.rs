@@ -61,6 +61,24 @@ impl DirectoryError {
                 len: 0,
                 limit: common::defaults::MAX_BODY_LEN as u64,
             },
+            DirectoryError::Refused(ErrorCode::NameTaken) => {
+                Failure::NameTaken { name: name.clone() }
+            }
+            DirectoryError::Refused(ErrorCode::SenderQuotaFull) => {
+                Failure::SenderQuotaFull { name: name.clone() }
+            }
+            DirectoryError::Refused(ErrorCode::StoreFull) => Failure::DirectoryFull,
+            DirectoryError::Refused(ErrorCode::FileNameTooLong) => Failure::FileNameTooLong {
+                limit: common::defaults::MAX_FILE_NAME_LEN,
+            },
+            DirectoryError::Refused(ErrorCode::BadName) => Failure::BadName { name: name.clone() },
+            DirectoryError::Refused(ErrorCode::NameLookalike) => {
+                Failure::NameLookalike { name: name.clone() }
+            }
+            DirectoryError::Refused(ErrorCode::TooManyNames) => {
+                Failure::TooManyNames { name: name.clone() }
+            }
+            DirectoryError::Refused(ErrorCode::RateLimited) => Failure::RateLimited,
             DirectoryError::Refused(code) => Failure::Refused {
                 reason: code.to_string(),
             },
@@ -429,13 +447,11 @@ impl Inner {
                 self.observed.send_replace(Some(observed_addr));
                 debug!(%observed_addr, "registered");
             }
-            DirectoryResponse::Error(ErrorCode::NameTaken) => {
-                return Err(Failure::NameTaken {
-                    name: s.name.clone(),
-                }
-                .into())
+            DirectoryResponse::Error(code) => {
+                return Err(DirectoryError::Refused(code)
+                    .failure(&s.name, &s.addr)
+                    .into())
             }
-            DirectoryResponse::Error(code) => bail!("the directory refused to register us: {code}"),
             other => bail!("unexpected answer to registration: {other:?}"),
         }
         if s.online {

@@ -53,6 +53,42 @@ pub enum Failure {
     /// Anything else (a file that cannot be read, a transfer cut short), said in words.
     #[error("{0}")]
     Other(String),
+    /// We have as much waiting in the recipient's mailbox as one sender may.
+    #[error("you have too much waiting in {name}'s mailbox; it was not sent")]
+    SenderQuotaFull {
+        /// The recipient.
+        name: Name,
+    },
+    /// The directory is out of storage (its cap on all mailboxes, or its disk).
+    #[error("the directory is out of storage; it was not sent")]
+    DirectoryFull,
+    /// A file name is over the directory's limit for mailbox files.
+    #[error("the file name is too long for the mailbox: the limit is {limit} bytes")]
+    FileNameTooLong {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The directory refused our name: it breaks the rules for new names.
+    #[error("the name {name} is not allowed: it ends with '.', '_' or '-', or has two in a row")]
+    BadName {
+        /// Our name.
+        name: Name,
+    },
+    /// The directory refused our name: it looks like a name another key holds.
+    #[error("the name {name} looks like a name someone else holds")]
+    NameLookalike {
+        /// Our name.
+        name: Name,
+    },
+    /// The directory refused our name: our key holds as many names as it allows.
+    #[error("this key holds as many names as the directory allows; {name} was not taken")]
+    TooManyNames {
+        /// The name asked for.
+        name: Name,
+    },
+    /// The directory refused: too many requests of this kind from us or our address.
+    #[error("the directory is limiting requests like this one")]
+    RateLimited,
 }
 
 impl Failure {
@@ -70,6 +106,19 @@ impl Failure {
                 "is a directory running there? see --directory or CHAT_DIRECTORY"
             }
             Failure::NameTaken { .. } => "pick another --name, or use the home that holds its key",
+            Failure::SenderQuotaFull { .. } => {
+                "it drains as the recipient takes its mail; try again later"
+            }
+            Failure::DirectoryFull => "tell the directory's operator; direct messages still work",
+            Failure::FileNameTooLong { .. } => "rename the file, or send it while both are online",
+            Failure::BadName { .. } => {
+                "pick another --name: letters and digits, with single '.', '_' or '-' between"
+            }
+            Failure::NameLookalike { .. } => {
+                "pick another --name that cannot be mistaken for an existing one"
+            }
+            Failure::TooManyNames { .. } => "use a name this key already holds",
+            Failure::RateLimited => "wait a minute and try again",
             Failure::Refused { .. } | Failure::Stopped | Failure::Other(_) => return None,
         })
     }
@@ -102,7 +151,14 @@ mod tests {
             Failure::DirectoryUnreachable {
                 addr: "127.0.0.1:9000".into(),
             },
-            Failure::NameTaken { name },
+            Failure::NameTaken { name: name.clone() },
+            Failure::SenderQuotaFull { name: name.clone() },
+            Failure::DirectoryFull,
+            Failure::FileNameTooLong { limit: 255 },
+            Failure::BadName { name: name.clone() },
+            Failure::NameLookalike { name: name.clone() },
+            Failure::TooManyNames { name },
+            Failure::RateLimited,
         ];
         let mut hints = std::collections::HashSet::new();
         for failure in cases {

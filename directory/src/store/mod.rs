@@ -16,6 +16,15 @@
 //! and the recipient drops the duplicate by id. When a method returns `Ok`, the change is
 //! durable: a `kill -9` or power loss right after loses nothing.
 //!
+//! # Names
+//!
+//! A name is bound to a key on first use, and stays bound while the key uses it: a binding
+//! records when the key last registered the name (to within [`ACTIVE_STEP_MS`]) or was last
+//! seen online. One that went unused for [`Naming::expiry_ms`] is released when another key
+//! asks for it or for a lookalike of it (same [`Name::skeleton`]); its mailbox goes with it,
+//! since that mail was for the old owner. A key holds at most [`Naming::names_per_key`] names,
+//! and no two keys hold lookalikes (names bound before these rules are kept as they are).
+//!
 //! # Receipts
 //!
 //! Removing delivered mail stores, in the same transaction, a [`Receipt`] in each sender's
@@ -36,10 +45,17 @@ pub mod writer;
 pub use self::{redb::RedbStore, writer::Writer};
 
 use common::{
-    defaults::{MAILBOX_QUOTA_BYTES, MAILBOX_QUOTA_MESSAGES},
+    defaults::{
+        MAILBOX_QUOTA_BYTES, MAILBOX_QUOTA_MESSAGES, MAILBOX_SENDER_QUOTA_BYTES,
+        MAILBOX_SENDER_QUOTA_MESSAGES, MIN_FREE_DISK, NAMES_PER_KEY, NAME_EXPIRY, STORE_MAX_BYTES,
+    },
     wire::{Mail, MessageId},
     KeyId, Name,
 };
+
+/// How stale a name's active time may get before a registration refreshes it: a day, so a name
+/// in daily use costs one write a day, and expiry is exact to a day.
+pub const ACTIVE_STEP_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// What the directory knows durably about a bound name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,24 +64,66 @@ pub struct NameRecord {
     pub key: KeyId,
     /// When the name was last seen online (ms since the epoch), if ever recorded.
     pub last_seen_ms: Option<u64>,
+    /// When its key last registered it, online or for a short command (ms since the epoch, to
+    /// within [`ACTIVE_STEP_MS`]): what [`Naming::expiry_ms`] counts from.
+    pub active_ms: u64,
 }
 
 /// The outcome of a successful [`Store::bind`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bind {
-    /// The name was free and is now bound to the key.
+    /// The name was free (or had expired) and is now bound to the key.
     New,
     /// The name was already bound to this same key.
     Existing,
 }
 
-/// Per-recipient mailbox limits.
+/// A registration to commit: `key` asks for `name` at `at_ms`. The time comes with the request,
+/// so tests of expiry give their own clock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    /// The name asked for.
+    pub name: Name,
+    /// The key asking.
+    pub key: KeyId,
+    /// When (ms since the epoch).
+    pub at_ms: u64,
+}
+
+/// Limits on name bindings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Naming {
+    /// Most names one key may hold; names it held before the limit are kept.
+    pub names_per_key: u32,
+    /// A name whose key has not registered it for this long (ms) may be taken by another key,
+    /// and no longer keeps lookalikes of it out.
+    pub expiry_ms: u64,
+}
+
+impl Default for Naming {
+    fn default() -> Self {
+        Self {
+            names_per_key: NAMES_PER_KEY,
+            expiry_ms: NAME_EXPIRY.as_millis() as u64,
+        }
+    }
+}
+
+/// Mailbox limits. Bytes are counted as stored ([`Mail::size`]: encoded, every field).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Quota {
     /// Most messages held for one recipient.
     pub max_messages: u64,
-    /// Most bytes (message bodies and file parts, see [`Mail::size`]) held for one recipient.
+    /// Most bytes held for one recipient.
     pub max_bytes: u64,
+    /// Most messages and file parts one sender may have waiting for one recipient.
+    pub sender_messages: u64,
+    /// Most bytes one sender may have waiting for one recipient.
+    pub sender_bytes: u64,
+    /// Most bytes all mailboxes together hold.
+    pub total_bytes: u64,
+    /// Deposits are refused while the disk holding the store has less free space than this.
+    pub min_free_disk: u64,
 }
 
 impl Default for Quota {
@@ -73,6 +131,24 @@ impl Default for Quota {
         Self {
             max_messages: MAILBOX_QUOTA_MESSAGES,
             max_bytes: MAILBOX_QUOTA_BYTES,
+            sender_messages: MAILBOX_SENDER_QUOTA_MESSAGES,
+            sender_bytes: MAILBOX_SENDER_QUOTA_BYTES,
+            total_bytes: STORE_MAX_BYTES,
+            min_free_disk: MIN_FREE_DISK,
+        }
+    }
+}
+
+impl Quota {
+    /// No limit at all, for measurements of the store itself.
+    pub fn unlimited() -> Self {
+        Self {
+            max_messages: u64::MAX,
+            max_bytes: u64::MAX,
+            sender_messages: u64::MAX,
+            sender_bytes: u64::MAX,
+            total_bytes: u64::MAX,
+            min_free_disk: 0,
         }
     }
 }
@@ -92,9 +168,21 @@ pub enum StoreError {
     /// The name is bound to another key.
     #[error("the name is bound to another key")]
     NameTaken,
+    /// The name looks like one bound to another key (same [`Name::skeleton`]).
+    #[error("the name looks like a name bound to another key")]
+    Lookalike,
+    /// The key holds [`Naming::names_per_key`] names already.
+    #[error("the key holds as many names as allowed")]
+    TooManyNames,
     /// The recipient's mailbox is over quota.
     #[error("the recipient's mailbox is full")]
     MailboxFull,
+    /// The sender has its whole share of the recipient's mailbox waiting.
+    #[error("the sender's share of the recipient's mailbox is full")]
+    SenderQuotaFull,
+    /// All mailboxes together hold [`Quota::total_bytes`], or the disk is nearly full.
+    #[error("the store is full")]
+    StoreFull,
     /// The database failed (I/O, corruption, encoding, or the writer thread stopped).
     #[error("database failure: {0}")]
     Db(String),
@@ -103,18 +191,28 @@ pub enum StoreError {
 /// The storage seam: everything the directory keeps across restarts. Methods block; call them
 /// from `spawn_blocking` or through [`Writer`].
 pub trait Store: Send + Sync + 'static {
-    /// Binds `name` to `key` on first use; fails with [`StoreError::NameTaken`] if it is bound
-    /// to another key.
-    fn bind(&self, name: &Name, key: &KeyId) -> Result<Bind, StoreError>;
+    /// Commits registrations and last-seen times in one transaction (one fsync for all:
+    /// group commit). Each binding's result is independent. A binding refreshes the name's
+    /// active time if its key holds it; binds it if it is free, or if another key's binding
+    /// expired (`naming.expiry_ms` without a registration; the old binding and its mailbox
+    /// are dropped); else fails with [`StoreError::NameTaken`], [`StoreError::Lookalike`]
+    /// (another key's unexpired name has the same skeleton) or [`StoreError::TooManyNames`].
+    /// A last-seen time is recorded for a bound name and ignored for another.
+    fn update_names(
+        &self,
+        bindings: &[Binding],
+        seen: &[(Name, u64)],
+        naming: Naming,
+    ) -> Result<Vec<Result<Bind, StoreError>>, StoreError>;
     /// The binding of `name`, if any.
     fn name(&self, name: &Name) -> Result<Option<NameRecord>, StoreError>;
-    /// Records when `name` was last seen; does nothing if the name is not bound. One commit
-    /// each, so call it on disconnect rather than on every heartbeat.
-    fn set_last_seen(&self, name: &Name, ms: u64) -> Result<(), StoreError>;
     /// Durably stores each mail (one transaction, one fsync for the whole batch: group
-    /// commit). Each entry's result is independent: `MailboxFull` for one does not fail the
-    /// others. Idempotent by (recipient, mail id): depositing an id already held for that
-    /// recipient is `Ok` and stores nothing new.
+    /// commit). Each entry's result is independent: one refused does not fail the others.
+    /// Refuses with [`StoreError::MailboxFull`] over the recipient's quota,
+    /// [`StoreError::SenderQuotaFull`] over the sender's share of it, and
+    /// [`StoreError::StoreFull`] over the total or when the disk is nearly full.
+    /// Idempotent by (recipient, mail id): depositing an id already held for that recipient
+    /// is `Ok` and stores nothing new.
     fn deposit_batch(
         &self,
         mail: &[Mail],
@@ -143,14 +241,33 @@ pub trait Store: Send + Sync + 'static {
     fn lookup(&self, name: &Name, asker: &Name) -> Result<Option<(NameRecord, u32)>, StoreError>;
     /// Total (entries, bytes) held for `recipient`.
     fn usage(&self, recipient: &Name) -> Result<(u64, u64), StoreError>;
-}
+    /// (entries, bytes) from `sender` held for `recipient`; receipts are not counted.
+    fn sender_usage(&self, recipient: &Name, sender: &Name) -> Result<(u64, u64), StoreError>;
+    /// Bytes held in all mailboxes together.
+    fn held_bytes(&self) -> Result<u64, StoreError>;
 
-/// `Some` if a name bound to `found` needs no new binding for `key`.
-fn check_binding(found: Option<KeyId>, key: &KeyId) -> Result<Option<Bind>, StoreError> {
-    match found {
-        Some(found) if found == *key => Ok(Some(Bind::Existing)),
-        Some(_) => Err(StoreError::NameTaken),
-        None => Ok(None),
+    /// [`Store::update_names`] for one binding.
+    fn bind(
+        &self,
+        name: &Name,
+        key: &KeyId,
+        at_ms: u64,
+        naming: Naming,
+    ) -> Result<Bind, StoreError> {
+        let binding = Binding {
+            name: name.clone(),
+            key: *key,
+            at_ms,
+        };
+        self.update_names(&[binding], &[], naming)?
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Db("no result for a binding".into())))
+    }
+
+    /// [`Store::update_names`] for one last-seen time.
+    fn set_last_seen(&self, name: &Name, ms: u64) -> Result<(), StoreError> {
+        self.update_names(&[], &[(name.clone(), ms)], Naming::default())
+            .map(drop)
     }
 }
 

@@ -5,26 +5,32 @@
 //! | table         | key                   | value                       | why                                   |
 //! |---------------|-----------------------|-----------------------------|---------------------------------------|
 //! | `names`       | name                  | (key id, last seen ms)      | first-use binding of a name to a key  |
-//! | `meta`        | `"next_seq"`          | u64                         | the global sequence counter           |
+//! | `active`      | name                  | ms                          | when its key last registered it       |
+//! | `key_names`   | (key id, name)        | ()                          | names per key without a scan          |
+//! | `skeletons`   | (skeleton, name)      | ()                          | lookalike names without a scan        |
+//! | `meta`        | `"next_seq"`, ...     | u64                         | sequence counter, bytes held, layout  |
 //! | `mail`        | (recipient, seq)      | postcard [`Mail`]           | held mail, oldest first per name      |
 //! | `mailbox_ids` | (recipient, mail id)  | seq                         | makes a retried deposit a no-op       |
 //! | `usage`       | recipient             | (entries, bytes)            | quota checks without a scan           |
-//! | `queued_from` | (recipient, sender)   | messages and file parts     | `queued_from_you` without a scan      |
+//! | `senders`     | (recipient, sender)   | (entries, bytes)            | per-sender quota, `queued_from_you`   |
 //!
-//! The sequence counter is kept in `meta`. `mailbox_ids`, `usage` and `queued_from` are derived
-//! from `mail` and always change in the same transaction as it. `queued_from` is a counter table
-//! rather than a scan because every lookup asks for it, while a mailbox may hold thousands of
-//! messages. Files written by version 1 are moved into these tables on open (`upgrade`).
+//! `mailbox_ids`, `usage`, `senders` and the bytes held in `meta` are derived from `mail`, and
+//! `active`, `key_names` and `skeletons` from `names`; each changes in the same transaction as
+//! what it is derived from. `senders` is a counter table rather than a scan because every
+//! lookup asks for it, while a mailbox may hold thousands of messages. Bytes are counted as
+//! stored ([`Mail::size`]). Files written by version 1 are moved into these tables on open
+//! (`upgrade`); files of an older layout (recorded in `meta`) get their derived tables rebuilt
+//! once.
 //!
 //! # Durability
 //!
 //! Every write transaction commits with [`Durability::Immediate`]: when a method returns `Ok`,
 //! the change is on disk. Commits also save redb's allocator state (quick repair), so reopening
 //! after a crash is fast. Each commit costs an fsync; [`super::Writer`] amortises it by
-//! committing many deposits in one transaction.
+//! committing many deposits, or many registrations, in one transaction.
 
 use super::{
-    check_binding, receipt_for, upgrade, Bind, NameRecord, Quota, Store, StoreError, Stored,
+    receipt_for, upgrade, Bind, Binding, NameRecord, Naming, Quota, Store, StoreError, Stored,
 };
 use common::{
     now_ms,
@@ -34,15 +40,28 @@ use common::{
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
 };
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 const NAMES: TableDefinition<&str, (&[u8; 32], Option<u64>)> = TableDefinition::new("names");
+const ACTIVE: TableDefinition<&str, u64> = TableDefinition::new("active");
+const KEY_NAMES: TableDefinition<(&[u8; 32], &str), ()> = TableDefinition::new("key_names");
+const SKELETONS: TableDefinition<(&str, &str), ()> = TableDefinition::new("skeletons");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const MAIL: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("mail");
 const IDS: TableDefinition<(&str, &[u8; 16]), u64> = TableDefinition::new("mailbox_ids");
 const USAGE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("usage");
-const QUEUED: TableDefinition<(&str, &str), u64> = TableDefinition::new("queued_from");
+const SENDERS: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("senders");
+/// Layout 2's count of messages per (recipient, sender), which `senders` replaces.
+const QUEUED_V2: TableDefinition<(&str, &str), u64> = TableDefinition::new("queued_from");
 const NEXT_SEQ: &str = "next_seq";
+const HELD_BYTES: &str = "held_bytes";
+/// Which layout the file has: 3 since bytes are counted as stored and names are indexed by key
+/// and skeleton; absent before.
+const LAYOUT: &str = "layout";
+const CURRENT_LAYOUT: u64 = 3;
 
 macro_rules! db_errors {
     ($($t:ty),* $(,)?) => {$(
@@ -62,11 +81,14 @@ db_errors!(
     redb::CommitError,
     redb::SetDurabilityError,
     postcard::Error,
+    std::io::Error,
 );
 
 /// [`Store`] in a single redb file.
 pub struct RedbStore {
     db: Database,
+    /// The file, for the free space of its disk.
+    path: PathBuf,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -75,12 +97,34 @@ impl std::fmt::Debug for RedbStore {
     }
 }
 
+/// Adds `delta` (entries, bytes) to a counter row, deleting the row when it reaches zero.
+fn add<K: redb::Key + 'static>(
+    table: &mut Table<'_, K, (u64, u64)>,
+    key: K::SelfType<'_>,
+    now: (u64, u64),
+    grow: bool,
+    delta: (u64, u64),
+) -> Result<(), StoreError> {
+    let next = if grow {
+        (now.0 + delta.0, now.1.saturating_add(delta.1))
+    } else {
+        (now.0.saturating_sub(delta.0), now.1.saturating_sub(delta.1))
+    };
+    if next.0 == 0 {
+        table.remove(key)?;
+    } else {
+        table.insert(key, next)?;
+    }
+    Ok(())
+}
+
 /// The mailbox tables, open in one write transaction.
 struct Mailbox<'t> {
     messages: Table<'t, (&'static str, u64), &'static [u8]>,
     ids: Table<'t, (&'static str, &'static [u8; 16]), u64>,
     usage: Table<'t, &'static str, (u64, u64)>,
-    queued: Table<'t, (&'static str, &'static str), u64>,
+    senders: Table<'t, (&'static str, &'static str), (u64, u64)>,
+    meta: Table<'t, &'static str, u64>,
 }
 
 impl<'t> Mailbox<'t> {
@@ -89,30 +133,49 @@ impl<'t> Mailbox<'t> {
             messages: txn.open_table(MAIL)?,
             ids: txn.open_table(IDS)?,
             usage: txn.open_table(USAGE)?,
-            queued: txn.open_table(QUEUED)?,
+            senders: txn.open_table(SENDERS)?,
+            meta: txn.open_table(META)?,
         })
     }
 
-    /// Stores one mail under `seq` unless it is a duplicate (`Ok(false)`) or over quota.
+    fn meta(&self, key: &str, default: u64) -> Result<u64, StoreError> {
+        Ok(self.meta.get(key)?.map_or(default, |g| g.value()))
+    }
+
+    /// Stores one mail under `seq` unless it is a duplicate (`Ok(false)`) or over a quota.
     fn deposit(&mut self, mail: &Mail, seq: u64, quota: Quota) -> Result<bool, StoreError> {
         let (to, id) = (mail.to().as_str(), mail.id());
         if self.ids.get((to, &id.0))?.is_some() {
             return Ok(false);
         }
+        let encoded = postcard::to_allocvec(mail)?;
+        let len = encoded.len() as u64;
         let (count, bytes) = self.usage.get(to)?.map_or((0, 0), |g| g.value());
-        let len = mail.size();
         if count >= quota.max_messages || bytes.saturating_add(len) > quota.max_bytes {
             return Err(StoreError::MailboxFull);
         }
-        let encoded = postcard::to_allocvec(mail)?;
+        let sender = (!matches!(mail, Mail::Receipt(_))).then(|| mail.from().as_str());
+        let from_sender = match sender {
+            Some(from) => self.senders.get((to, from))?.map_or((0, 0), |g| g.value()),
+            None => (0, 0),
+        };
+        if sender.is_some()
+            && (from_sender.0 >= quota.sender_messages
+                || from_sender.1.saturating_add(len) > quota.sender_bytes)
+        {
+            return Err(StoreError::SenderQuotaFull);
+        }
+        let held = self.meta(HELD_BYTES, 0)?;
+        if held.saturating_add(len) > quota.total_bytes {
+            return Err(StoreError::StoreFull);
+        }
         self.messages.insert((to, seq), encoded.as_slice())?;
         self.ids.insert((to, &id.0), seq)?;
         self.usage.insert(to, (count + 1, bytes + len))?;
-        if !matches!(mail, Mail::Receipt(_)) {
-            let from = mail.from().as_str();
-            let queued = self.queued.get((to, from))?.map_or(0, |g| g.value());
-            self.queued.insert((to, from), queued + 1)?;
+        if let Some(from) = sender {
+            add(&mut self.senders, (to, from), from_sender, true, (1, len))?;
         }
+        self.meta.insert(HELD_BYTES, held + len)?;
         Ok(true)
     }
 
@@ -122,10 +185,15 @@ impl<'t> Mailbox<'t> {
         let Some(bytes) = self.messages.remove((to, seq))?.map(|g| g.value().to_vec()) else {
             return Ok(None);
         };
+        let len = bytes.len() as u64;
+        let held = self.meta(HELD_BYTES, 0)?;
+        self.meta.insert(HELD_BYTES, held.saturating_sub(len))?;
+        let usage = self.usage.get(to)?.map_or((0, 0), |g| g.value());
+        add(&mut self.usage, to, usage, false, (1, len))?;
         let mail: Mail = match postcard::from_bytes(&bytes) {
             Ok(mail) => mail,
             Err(e) => {
-                // Keeping an entry nobody can read helps no one; its counters stay a little off.
+                // Keeping an entry nobody can read helps no one; its id row stays behind.
                 tracing::warn!(
                     recipient = to,
                     seq,
@@ -135,23 +203,185 @@ impl<'t> Mailbox<'t> {
             }
         };
         self.ids.remove((to, &mail.id().0))?;
-        let (count, bytes) = self.usage.get(to)?.map_or((0, 0), |g| g.value());
-        let usage = (count.saturating_sub(1), bytes.saturating_sub(mail.size()));
-        if usage.0 == 0 {
-            self.usage.remove(to)?;
-        } else {
-            self.usage.insert(to, usage)?;
-        }
         if !matches!(mail, Mail::Receipt(_)) {
             let from = mail.from().as_str();
-            let queued = self.queued.get((to, from))?.map_or(0, |g| g.value());
-            if queued <= 1 {
-                self.queued.remove((to, from))?;
-            } else {
-                self.queued.insert((to, from), queued - 1)?;
-            }
+            let now = self.senders.get((to, from))?.map_or((0, 0), |g| g.value());
+            add(&mut self.senders, (to, from), now, false, (1, len))?;
         }
         Ok(Some(mail))
+    }
+
+    /// Deletes everything held for `to` (a released name's mailbox), without receipts.
+    fn empty(&mut self, to: &str) -> Result<(), StoreError> {
+        let seqs: Vec<u64> = self
+            .messages
+            .range((to, 0)..=(to, u64::MAX))?
+            .map(|entry| entry.map(|(key, _)| key.value().1))
+            .collect::<Result<_, _>>()?;
+        for seq in seqs {
+            self.remove(to, seq)?;
+        }
+        Ok(())
+    }
+
+    /// Recounts `usage`, `senders` and the bytes held from `mail`, as stored.
+    fn recount(&mut self) -> Result<(), StoreError> {
+        let mut usage: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        let mut senders: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+        let mut held = 0;
+        for entry in self.messages.iter()? {
+            let (key, value) = entry?;
+            let to = key.value().0.to_string();
+            let len = value.value().len() as u64;
+            held += len;
+            let u = usage.entry(to.clone()).or_default();
+            *u = (u.0 + 1, u.1 + len);
+            match postcard::from_bytes::<Mail>(value.value()) {
+                Ok(Mail::Receipt(_)) | Err(_) => {}
+                Ok(mail) => {
+                    let s = senders.entry((to, mail.from().to_string())).or_default();
+                    *s = (s.0 + 1, s.1 + len);
+                }
+            }
+        }
+        self.usage.retain(|_, _| false)?;
+        for (to, u) in &usage {
+            self.usage.insert(to.as_str(), *u)?;
+        }
+        self.senders.retain(|_, _| false)?;
+        for ((to, from), s) in &senders {
+            self.senders.insert((to.as_str(), from.as_str()), *s)?;
+        }
+        self.meta.insert(HELD_BYTES, held)?;
+        Ok(())
+    }
+}
+
+/// The name tables, open in one write transaction.
+struct Names<'t> {
+    names: Table<'t, &'static str, (&'static [u8; 32], Option<u64>)>,
+    active: Table<'t, &'static str, u64>,
+    key_names: Table<'t, (&'static [u8; 32], &'static str), ()>,
+    skeletons: Table<'t, (&'static str, &'static str), ()>,
+}
+
+impl<'t> Names<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Self {
+            names: txn.open_table(NAMES)?,
+            active: txn.open_table(ACTIVE)?,
+            key_names: txn.open_table(KEY_NAMES)?,
+            skeletons: txn.open_table(SKELETONS)?,
+        })
+    }
+
+    fn key(&self, name: &str) -> Result<Option<KeyId>, StoreError> {
+        Ok(self.names.get(name)?.map(|g| KeyId(*g.value().0)))
+    }
+
+    /// True if `name` is bound and its key registered it within `naming.expiry_ms` of `now`.
+    fn live(&self, name: &str, now: u64, naming: Naming) -> Result<bool, StoreError> {
+        if self.names.get(name)?.is_none() {
+            return Ok(false);
+        }
+        let active = self.active.get(name)?.map_or(0, |g| g.value());
+        Ok(now.saturating_sub(active) < naming.expiry_ms)
+    }
+
+    fn binding(
+        &mut self,
+        b: &Binding,
+        naming: Naming,
+        mailbox: &mut Mailbox<'_>,
+    ) -> Result<Bind, StoreError> {
+        let (name, key, now) = (b.name.as_str(), &b.key, b.at_ms);
+        match self.key(name)? {
+            Some(found) if found == *key => {
+                self.touch(name, now)?;
+                return Ok(Bind::Existing);
+            }
+            Some(_) if self.live(name, now, naming)? => return Err(StoreError::NameTaken),
+            Some(_) => self.release(name, mailbox)?,
+            None => {}
+        }
+        let skeleton = b.name.skeleton();
+        let mut lookalikes = Vec::new();
+        for entry in self.skeletons.range((skeleton.as_str(), "")..)? {
+            let (k, _) = entry?;
+            let (s, other) = k.value();
+            if s != skeleton {
+                break;
+            }
+            lookalikes.push(other.to_string());
+        }
+        for other in lookalikes {
+            if self.key(&other)?.is_some_and(|k| k == *key) {
+                continue;
+            }
+            if self.live(&other, now, naming)? {
+                return Err(StoreError::Lookalike);
+            }
+            self.release(&other, mailbox)?;
+        }
+        let mut held = 0;
+        for entry in self.key_names.range((&key.0, "")..)? {
+            if entry?.0.value().0 != &key.0 {
+                break;
+            }
+            held += 1;
+        }
+        if held >= naming.names_per_key as usize {
+            return Err(StoreError::TooManyNames);
+        }
+        self.names.insert(name, (&key.0, None))?;
+        self.key_names.insert((&key.0, name), ())?;
+        self.skeletons.insert((skeleton.as_str(), name), ())?;
+        self.active.insert(name, now)?;
+        Ok(Bind::New)
+    }
+
+    /// Records that `name`'s key used it at `now`, if that is later than what is stored.
+    fn touch(&mut self, name: &str, now: u64) -> Result<(), StoreError> {
+        let active = self.active.get(name)?.map_or(0, |g| g.value());
+        if now > active {
+            self.active.insert(name, now)?;
+        }
+        Ok(())
+    }
+
+    /// Drops an expired binding with its index rows and its mailbox: the name is free again.
+    fn release(&mut self, name: &str, mailbox: &mut Mailbox<'_>) -> Result<(), StoreError> {
+        let Some(key) = self.key(name)? else {
+            return Ok(());
+        };
+        tracing::info!(name, "released a name unused for longer than its expiry");
+        self.names.remove(name)?;
+        self.active.remove(name)?;
+        self.key_names.remove((&key.0, name))?;
+        let skeleton = Name::new(name).map(|n| n.skeleton()).unwrap_or_default();
+        self.skeletons.remove((skeleton.as_str(), name))?;
+        mailbox.empty(name)
+    }
+
+    /// Rebuilds `active`, `key_names` and `skeletons` from `names`; a name never seen counts
+    /// as active `now`, so no name expires because of the upgrade.
+    fn reindex(&mut self, now: u64) -> Result<(), StoreError> {
+        let mut rows = Vec::new();
+        for entry in self.names.iter()? {
+            let (name, value) = entry?;
+            let (key, seen) = value.value();
+            rows.push((name.value().to_string(), *key, seen));
+        }
+        for (name, key, seen) in rows {
+            self.active
+                .insert(name.as_str(), seen.unwrap_or(now).max(now))?;
+            self.key_names.insert((&key, name.as_str()), ())?;
+            if let Ok(n) = Name::new(name.as_str()) {
+                self.skeletons
+                    .insert((n.skeleton().as_str(), name.as_str()), ())?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -169,12 +399,21 @@ impl RedbStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let store = Self {
             db: Database::create(path)?,
+            path: path.to_path_buf(),
         };
         let txn = store.write()?;
-        txn.open_table(NAMES)?;
-        txn.open_table(META)?;
-        Mailbox::open(&txn)?;
         upgrade::from_v1(&txn, MAIL)?;
+        {
+            let mut names = Names::open(&txn)?;
+            let mut mailbox = Mailbox::open(&txn)?;
+            let layout = mailbox.meta(LAYOUT, 0)?;
+            if layout < CURRENT_LAYOUT {
+                mailbox.recount()?;
+                names.reindex(now_ms())?;
+                mailbox.meta.insert(LAYOUT, CURRENT_LAYOUT)?;
+            }
+        }
+        txn.delete_table(QUEUED_V2)?;
         txn.commit()?;
         Ok(store)
     }
@@ -186,50 +425,65 @@ impl RedbStore {
         txn.set_quick_repair(true);
         Ok(txn)
     }
+
+    /// Free bytes on the disk holding the file, for an unprivileged writer.
+    fn free_disk(&self) -> Result<u64, StoreError> {
+        let stat = rustix::fs::statvfs(&self.path).map_err(std::io::Error::from)?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    }
+}
+
+/// Reads a name's record in a read transaction.
+fn record(txn: &redb::ReadTransaction, name: &str) -> Result<Option<NameRecord>, StoreError> {
+    let names = txn.open_table(NAMES)?;
+    let Some((key, last_seen_ms)) = names.get(name)?.map(|g| {
+        let (key, seen) = g.value();
+        (KeyId(*key), seen)
+    }) else {
+        return Ok(None);
+    };
+    let active_ms = txn.open_table(ACTIVE)?.get(name)?.map_or(0, |g| g.value());
+    Ok(Some(NameRecord {
+        key,
+        last_seen_ms,
+        active_ms,
+    }))
 }
 
 impl Store for RedbStore {
-    fn bind(&self, name: &Name, key: &KeyId) -> Result<Bind, StoreError> {
-        // Most binds are re-registrations: answer them without taking the write lock.
-        if let Some(bind) = check_binding(self.name(name)?.map(|r| r.key), key)? {
-            return Ok(bind);
-        }
+    fn update_names(
+        &self,
+        bindings: &[Binding],
+        seen: &[(Name, u64)],
+        naming: Naming,
+    ) -> Result<Vec<Result<Bind, StoreError>>, StoreError> {
         let txn = self.write()?;
-        {
-            let mut names = txn.open_table(NAMES)?;
-            let found = names.get(name.as_str())?.map(|g| KeyId(*g.value().0));
-            if let Some(bind) = check_binding(found, key)? {
-                return Ok(bind);
+        let results = {
+            let mut names = Names::open(&txn)?;
+            let mut mailbox = Mailbox::open(&txn)?;
+            let mut results = Vec::with_capacity(bindings.len());
+            for b in bindings {
+                results.push(match names.binding(b, naming, &mut mailbox) {
+                    Err(StoreError::Db(e)) => return Err(StoreError::Db(e)),
+                    other => other,
+                });
             }
-            names.insert(name.as_str(), (&key.0, None))?;
-        }
+            for (name, ms) in seen {
+                let name = name.as_str();
+                let Some(key) = names.key(name)? else {
+                    continue;
+                };
+                names.names.insert(name, (&key.0, Some(*ms)))?;
+                names.touch(name, *ms)?;
+            }
+            results
+        };
         txn.commit()?;
-        Ok(Bind::New)
+        Ok(results)
     }
 
     fn name(&self, name: &Name) -> Result<Option<NameRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let names = txn.open_table(NAMES)?;
-        Ok(names.get(name.as_str())?.map(|g| {
-            let (key, last_seen_ms) = g.value();
-            NameRecord {
-                key: KeyId(*key),
-                last_seen_ms,
-            }
-        }))
-    }
-
-    fn set_last_seen(&self, name: &Name, ms: u64) -> Result<(), StoreError> {
-        let txn = self.write()?;
-        {
-            let mut names = txn.open_table(NAMES)?;
-            let Some(key) = names.get(name.as_str())?.map(|g| *g.value().0) else {
-                return Ok(());
-            };
-            names.insert(name.as_str(), (&key, Some(ms)))?;
-        }
-        txn.commit()?;
-        Ok(())
+        record(&self.db.begin_read()?, name.as_str())
     }
 
     fn deposit_batch(
@@ -237,11 +491,15 @@ impl Store for RedbStore {
         mail: &[Mail],
         quota: Quota,
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        // Once per batch: a full disk must refuse deposits before a commit fails halfway.
+        if self.free_disk()? < quota.min_free_disk {
+            tracing::warn!("the disk is nearly full; refusing deposits");
+            return Ok(vec![Err(StoreError::StoreFull); mail.len()]);
+        }
         let txn = self.write()?;
         let results = {
-            let mut meta = txn.open_table(META)?;
             let mut mailbox = Mailbox::open(&txn)?;
-            let mut next = meta.get(NEXT_SEQ)?.map_or(1, |g| g.value());
+            let mut next = mailbox.meta(NEXT_SEQ, 1)?;
             let mut results = Vec::with_capacity(mail.len());
             for m in mail {
                 results.push(match mailbox.deposit(m, next, quota) {
@@ -249,12 +507,12 @@ impl Store for RedbStore {
                         next += u64::from(stored);
                         Ok(())
                     }
-                    Err(e @ StoreError::MailboxFull) => Err(e),
-                    // Anything else is the database failing: abort the whole batch.
-                    Err(e) => return Err(e),
+                    // Anything else than a quota is the database failing: abort the batch.
+                    Err(StoreError::Db(e)) => return Err(StoreError::Db(e)),
+                    Err(e) => Err(e),
                 });
             }
-            meta.insert(NEXT_SEQ, next)?;
+            mailbox.meta.insert(NEXT_SEQ, next)?;
             results
         };
         txn.commit()?;
@@ -312,8 +570,7 @@ impl Store for RedbStore {
                 }
             }
             if !receipts.is_empty() {
-                let mut meta = txn.open_table(META)?;
-                let mut next = meta.get(NEXT_SEQ)?.map_or(1, |g| g.value());
+                let mut next = mailbox.meta(NEXT_SEQ, 1)?;
                 let at_ms = now_ms();
                 for ((recipient, sender), gathered) in receipts {
                     let receipt = Mail::Receipt(Receipt {
@@ -330,13 +587,13 @@ impl Store for RedbStore {
                                 woken[i] = Some(sender.clone());
                             }
                         }
-                        Err(StoreError::MailboxFull) => {
+                        Err(StoreError::Db(e)) => return Err(StoreError::Db(e)),
+                        Err(_) => {
                             tracing::debug!(%sender, "no room for a receipt; dropped");
                         }
-                        Err(e) => return Err(e),
                     }
                 }
-                meta.insert(NEXT_SEQ, next)?;
+                mailbox.meta.insert(NEXT_SEQ, next)?;
             }
         }
         if changed {
@@ -349,29 +606,18 @@ impl Store for RedbStore {
 
     fn lookup(&self, name: &Name, asker: &Name) -> Result<Option<(NameRecord, u32)>, StoreError> {
         let txn = self.db.begin_read()?;
-        let names = txn.open_table(NAMES)?;
-        let Some(record) = names.get(name.as_str())?.map(|g| {
-            let (key, last_seen_ms) = g.value();
-            NameRecord {
-                key: KeyId(*key),
-                last_seen_ms,
-            }
-        }) else {
+        let Some(record) = record(&txn, name.as_str())? else {
             return Ok(None);
         };
         let queued = txn
-            .open_table(QUEUED)?
+            .open_table(SENDERS)?
             .get((name.as_str(), asker.as_str()))?
-            .map_or(0, |g| g.value());
+            .map_or(0, |g| g.value().0);
         Ok(Some((record, u32::try_from(queued).unwrap_or(u32::MAX))))
     }
 
     fn queued_from(&self, recipient: &Name, sender: &Name) -> Result<u32, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(QUEUED)?;
-        let n = table
-            .get((recipient.as_str(), sender.as_str()))?
-            .map_or(0, |g| g.value());
+        let (n, _) = self.sender_usage(recipient, sender)?;
         Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
@@ -379,6 +625,20 @@ impl Store for RedbStore {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(USAGE)?;
         Ok(table.get(recipient.as_str())?.map_or((0, 0), |g| g.value()))
+    }
+
+    fn sender_usage(&self, recipient: &Name, sender: &Name) -> Result<(u64, u64), StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SENDERS)?;
+        Ok(table
+            .get((recipient.as_str(), sender.as_str()))?
+            .map_or((0, 0), |g| g.value()))
+    }
+
+    fn held_bytes(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(META)?;
+        Ok(table.get(HELD_BYTES)?.map_or(0, |g| g.value()))
     }
 }
 
@@ -394,6 +654,63 @@ mod tests {
     fn passes_the_store_suite() -> TestResult {
         let dir = tempfile::tempdir()?;
         suite::all(|store| RedbStore::open(&dir.path().join(format!("{store}.redb"))))
+    }
+
+    /// A file of layout 2 (bytes counted as bodies, `queued_from`, names without indexes) is
+    /// recounted and indexed once when opened.
+    #[test]
+    fn a_layout_2_file_is_recounted_and_indexed() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("directory.redb");
+        let held = Mail::Chat(chat("c1", "c2", "kept"));
+        {
+            let db = Database::create(&path)?;
+            let txn = db.begin_write()?;
+            {
+                let bytes = postcard::to_allocvec(&held)?;
+                txn.open_table(MAIL)?.insert(("c2", 1), bytes.as_slice())?;
+                txn.open_table(IDS)?.insert(("c2", &held.id().0), 1)?;
+                txn.open_table(USAGE)?.insert("c2", (1, 4))?;
+                txn.open_table(QUEUED_V2)?.insert(("c2", "c1"), 1)?;
+                txn.open_table(META)?.insert(NEXT_SEQ, 2)?;
+                let mut names = txn.open_table(NAMES)?;
+                names.insert("alice", (&[1; 32], Some(5)))?;
+                names.insert("bob", (&[1; 32], None))?;
+            }
+            txn.commit()?;
+        }
+        let before = now_ms();
+        let store = RedbStore::open(&path)?;
+        assert_eq!(store.usage(&name("c2"))?, (1, held.size()));
+        assert_eq!(
+            store.sender_usage(&name("c2"), &name("c1"))?,
+            (1, held.size())
+        );
+        assert_eq!(store.queued_from(&name("c2"), &name("c1"))?, 1);
+        assert_eq!(store.held_bytes()?, held.size());
+        // Nothing expires because of the upgrade, and the new indexes hold the old names.
+        let alice = store.name(&name("alice"))?.ok_or("alice")?;
+        assert!(alice.active_ms >= before);
+        assert_eq!(alice.last_seen_ms, Some(5));
+        let naming = Naming {
+            names_per_key: 2,
+            ..Naming::default()
+        };
+        let (one, two) = (KeyId([1; 32]), KeyId([2; 32]));
+        assert_eq!(
+            store.bind(&name("carol"), &one, before, naming),
+            Err(StoreError::TooManyNames)
+        );
+        assert_eq!(
+            store.bind(&name("a1ice"), &two, before, naming),
+            Err(StoreError::Lookalike)
+        );
+        drop(store);
+        // Reopening changes nothing.
+        let store = RedbStore::open(&path)?;
+        assert_eq!(store.name(&name("alice"))?, Some(alice));
+        assert_eq!(store.usage(&name("c2"))?, (1, held.size()));
+        Ok(())
     }
 
     #[test]

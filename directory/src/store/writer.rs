@@ -1,7 +1,8 @@
-//! Group commit for async callers: one thread takes every queued deposit and removal, commits
-//! them in as few transactions as it can, and answers each caller, so one fsync serves many.
+//! Group commit for async callers: one thread takes every queued deposit, removal, registration
+//! and last-seen time, commits them in as few transactions as it can, and answers each caller,
+//! so one fsync serves many: a peer cannot make the directory fsync once per request.
 
-use super::{Quota, Store, StoreError};
+use super::{Bind, Binding, Naming, Quota, Store, StoreError};
 use common::{wire::Mail, Name};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -11,16 +12,20 @@ const MAX_BATCH: usize = 1024;
 
 type Reply = oneshot::Sender<Result<(), StoreError>>;
 type RemoveReply = oneshot::Sender<Result<Option<Name>, StoreError>>;
+type BindReply = oneshot::Sender<Result<Bind, StoreError>>;
 
 enum Op {
     Deposit(Mail, Reply),
     Remove((Name, u64), RemoveReply),
+    Bind(Binding, BindReply),
+    Seen((Name, u64), Reply),
 }
 
 /// Group-commit front of a [`Store`] for async code. One dedicated thread takes everything
-/// queued (up to 1024 operations), commits all deposits in one transaction and all
-/// removals in another, then answers each caller: one fsync serves a whole batch. Cheap to
-/// clone (a channel handle); the thread ends when the last clone is dropped.
+/// queued (up to 1024 operations), commits all deposits in one transaction, all removals in
+/// another and all registrations and last-seen times in a third, then answers each caller: one
+/// fsync serves a whole batch. Cheap to clone (a channel handle); the thread ends when the last
+/// clone is dropped.
 #[derive(Clone, Debug)]
 pub struct Writer {
     tx: mpsc::Sender<Op>,
@@ -31,12 +36,13 @@ fn stopped() -> StoreError {
 }
 
 impl Writer {
-    /// Starts the writer thread; deposits are checked against `quota`.
-    pub fn spawn(store: Arc<dyn Store>, quota: Quota) -> Writer {
+    /// Starts the writer thread; deposits are checked against `quota`, bindings against
+    /// `naming`.
+    pub fn spawn(store: Arc<dyn Store>, quota: Quota, naming: Naming) -> Writer {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         let started = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run(store.as_ref(), quota, rx));
+            .spawn(move || run(store.as_ref(), quota, naming, rx));
         if let Err(e) = started {
             // The receiver went down with the closure, so every call reports the failure.
             tracing::error!("cannot start the store writer: {e}");
@@ -58,6 +64,18 @@ impl Writer {
             .await
     }
 
+    /// Durably binds, or refreshes, a registration (see [`Store::update_names`]).
+    pub async fn bind(&self, binding: Binding) -> Result<Bind, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Op::Bind(binding, reply), answer).await
+    }
+
+    /// Durably records when `name` was last seen online.
+    pub async fn set_last_seen(&self, name: Name, ms: u64) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Op::Seen((name, ms), reply), answer).await
+    }
+
     async fn submit<T>(
         &self,
         op: Op,
@@ -68,23 +86,64 @@ impl Writer {
     }
 }
 
-fn run(store: &dyn Store, quota: Quota, mut rx: mpsc::Receiver<Op>) {
+/// What one group commit takes from the queue, by kind, with the callers to answer.
+#[derive(Default)]
+struct Batch {
+    deposits: (Vec<Mail>, Vec<Reply>),
+    removes: (Vec<(Name, u64)>, Vec<RemoveReply>),
+    bindings: (Vec<Binding>, Vec<BindReply>),
+    seen: (Vec<(Name, u64)>, Vec<Reply>),
+}
+
+impl Batch {
+    fn push(&mut self, op: Op) {
+        match op {
+            Op::Deposit(m, reply) => {
+                self.deposits.0.push(m);
+                self.deposits.1.push(reply);
+            }
+            Op::Remove(entry, reply) => {
+                self.removes.0.push(entry);
+                self.removes.1.push(reply);
+            }
+            Op::Bind(binding, reply) => {
+                self.bindings.0.push(binding);
+                self.bindings.1.push(reply);
+            }
+            Op::Seen(seen, reply) => {
+                self.seen.0.push(seen);
+                self.seen.1.push(reply);
+            }
+        }
+    }
+}
+
+/// Answers each caller with its own result, or all of them with the batch's error.
+fn answer<T>(
+    replies: Vec<oneshot::Sender<Result<T, StoreError>>>,
+    results: Result<Vec<Result<T, StoreError>>, StoreError>,
+) {
+    match results {
+        Ok(results) => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+fn run(store: &dyn Store, quota: Quota, naming: Naming, mut rx: mpsc::Receiver<Op>) {
     while let Some(first) = rx.blocking_recv() {
-        let (mut deposits, mut deposit_replies) = (Vec::new(), Vec::new());
-        let (mut removes, mut remove_replies) = (Vec::new(), Vec::new());
+        let mut batch = Batch::default();
         let mut next = Some(first);
         let mut taken = 0;
         while let Some(op) = next {
-            match op {
-                Op::Deposit(m, reply) => {
-                    deposits.push(m);
-                    deposit_replies.push(reply);
-                }
-                Op::Remove(entry, reply) => {
-                    removes.push(entry);
-                    remove_replies.push(reply);
-                }
-            }
+            batch.push(op);
             taken += 1;
             next = if taken < MAX_BATCH {
                 rx.try_recv().ok()
@@ -92,34 +151,27 @@ fn run(store: &dyn Store, quota: Quota, mut rx: mpsc::Receiver<Op>) {
                 None
             };
         }
+        let Batch {
+            deposits,
+            removes,
+            bindings,
+            seen,
+        } = batch;
         // Removals first, so the space they free is there for this batch's deposits.
-        if !removes.is_empty() {
-            match store.remove_batch(&removes, quota) {
-                Ok(woken) => {
-                    for (reply, sender) in remove_replies.into_iter().zip(woken) {
-                        let _ = reply.send(Ok(sender));
-                    }
-                }
-                Err(e) => {
-                    for reply in remove_replies {
-                        let _ = reply.send(Err(e.clone()));
-                    }
-                }
-            }
+        if !removes.0.is_empty() {
+            let results = store.remove_batch(&removes.0, quota);
+            answer(removes.1, results.map(|r| r.into_iter().map(Ok).collect()));
         }
-        if !deposits.is_empty() {
-            match store.deposit_batch(&deposits, quota) {
-                Ok(results) => {
-                    for (reply, result) in deposit_replies.into_iter().zip(results) {
-                        let _ = reply.send(result);
-                    }
-                }
-                Err(e) => {
-                    for reply in deposit_replies {
-                        let _ = reply.send(Err(e.clone()));
-                    }
-                }
-            }
+        if !deposits.0.is_empty() {
+            answer(deposits.1, store.deposit_batch(&deposits.0, quota));
+        }
+        if !bindings.0.is_empty() || !seen.0.is_empty() {
+            let results = store.update_names(&bindings.0, &seen.0, naming);
+            let done = results
+                .as_ref()
+                .map(|_| seen.0.iter().map(|_| Ok(())).collect());
+            answer(seen.1, done.map_err(Clone::clone));
+            answer(bindings.1, results);
         }
     }
 }
@@ -139,7 +191,7 @@ mod tests {
         const EACH: usize = 50;
         let dir = tempfile::tempdir()?;
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("d.redb"))?);
-        let writer = Writer::spawn(store.clone(), Quota::default());
+        let writer = Writer::spawn(store.clone(), Quota::default(), Naming::default());
         let mut tasks = Vec::new();
         for s in 0..SENDERS {
             let writer = writer.clone();
