@@ -140,6 +140,12 @@ const LIMITS_LIFTED: &[&str] = &[
     "18446744073709551615",
     "--mailbox-quota-sender-bytes",
     "18446744073709551615",
+    "--max-connections-per-ip",
+    "4294967295",
+    "--new-connections-per-second",
+    "4294967295",
+    "--new-connections-burst",
+    "4294967295",
 ];
 
 impl DirectoryProcess {
@@ -236,7 +242,7 @@ impl ClientPool {
     /// keep-alive every `heartbeat`, idle timeout three of them.
     pub fn heartbeating(identity: &Identity, sockets: usize, heartbeat: Duration) -> Result<Self> {
         let mut pool = Self::new(identity, sockets)?;
-        let mut transport = tls::transport_config(false);
+        let mut transport = tls::transport_config(ALPN_DIRECTORY, false);
         transport.keep_alive_interval(Some(heartbeat));
         transport.max_idle_timeout((heartbeat * 3).try_into().ok());
         pool.config.transport_config(Arc::new(transport));

@@ -112,3 +112,93 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// writing to disk) drops datagrams and the sender backs off; QUIC stacks ask for several MiB
 /// (quic-go 7 MiB). The kernel caps the request at `net.core.rmem_max` / `wmem_max`.
 pub const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+
+// Limits against abuse: what one connection, one host and strangers can make a program hold.
+
+/// Bytes a remote may send on one stream of a directory connection before they are read: two
+/// of the largest frames, one being answered while the next arrives. A stream's requests are
+/// answered one batch at a time, so more would only hold more of what a client that does not
+/// read its answers sent (quinn's default, 1.25 MB, let 64 streams hold 80 MB).
+pub const DIRECTORY_STREAM_WINDOW: u32 = 2 * (MAX_FRAME_LEN as u32 + 4);
+
+/// Bytes a remote may send across all streams of a directory connection before they are read:
+/// two full streams. quinn's default is unlimited: four connections that did not read their
+/// answers took the directory from 8 MB to 375 MB.
+pub const DIRECTORY_CONNECTION_WINDOW: u32 = 2 * DIRECTORY_STREAM_WINDOW;
+
+/// Bytes written on a directory connection and not yet acknowledged: room for deliveries a
+/// round trip ahead (5 MB/s at 50 ms). With the windows above, one connection makes the
+/// directory hold at most about 512 KiB of stream data (quinn's default send window is 10 MB).
+pub const DIRECTORY_SEND_WINDOW: u64 = 256 * 1024;
+
+/// Streams a remote may have open at once on one connection. A peer keeps one request stream
+/// to the directory and opens another only for a request that overlaps a slower one; a direct
+/// link carries a chat stream each way and a stream per file. Past it, opening a stream waits;
+/// nothing fails.
+pub const MAX_STREAMS: u32 = 16;
+
+/// Bytes a remote may send on one stream of a direct link before it is read: quinn's default
+/// (1.25 MB, 100 Mbit/s over a 100 ms round trip), kept because a file goes over one stream at
+/// this window per round trip. Strangers hold it only until [`PEER_VERIFY_TIMEOUT`], and at
+/// most [`PEER_UNVERIFIED`] of them at once.
+pub const PEER_STREAM_WINDOW: u32 = 1_250_000;
+
+/// Bytes a remote may send across all streams of a direct link before they are read: a full
+/// file stream and as much again for the chat stream and another file (quinn's: unlimited).
+pub const PEER_CONNECTION_WINDOW: u32 = 2 * PEER_STREAM_WINDOW;
+
+/// Bytes written on a direct link and not yet acknowledged: quinn's default (eight stream
+/// windows), kept for the file throughput measured with it. Bulk data goes only to a verified
+/// peer, and it is ours.
+pub const PEER_SEND_WINDOW: u64 = 8 * PEER_STREAM_WINDOW as u64;
+
+/// Longest the directory waits for a client to take an answer (to open flow control for it)
+/// before it resets the stream: a client that stops reading holds the directory's memory no
+/// longer than this. As long as a client itself waits for an answer.
+pub const ANSWER_TIMEOUT: Duration = REQUEST_TIMEOUT;
+
+/// Most pipelined requests the directory answers in one write. It reads no more of a stream
+/// until that write is taken, so what it holds for a client that sends without reading is these
+/// answers plus [`DIRECTORY_STREAM_WINDOW`].
+pub const MAX_PIPELINED: usize = 64;
+
+/// A connection to the directory must register within this, handshake included, or it is
+/// closed: until then it proves nothing and holds a slot. A peer registers right after its
+/// handshake.
+pub const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections one host (an IPv4 address, an IPv6 /64) may hold at the directory at once: the
+/// peers behind one office NAT, each with its connection and a command or two.
+pub const MAX_CONNECTIONS_PER_IP: u32 = 64;
+
+/// New connections one host may open at the directory per second, sustained: a handshake costs
+/// the directory a signature, so this caps what one host spends of its CPU.
+pub const NEW_CONNECTIONS_PER_SECOND: u32 = 20;
+
+/// New connections one host may open at the directory at once (the token bucket's size): all
+/// of [`MAX_CONNECTIONS_PER_IP`], so the peers behind a NAT reconnect together after an outage.
+pub const NEW_CONNECTIONS_BURST: u32 = MAX_CONNECTIONS_PER_IP;
+
+/// Above this share (in percent) of the directory's connection cap, a connection whose address
+/// is not validated first gets a stateless Retry: one round trip proves the address before it
+/// costs a handshake or counts against a host's limits, so spoofed packets cost nothing.
+pub const RETRY_ABOVE_LOAD_PERCENT: usize = 50;
+
+/// Inbound direct connections one host may hold at a peer at once: peers behind one NAT each
+/// dial us once per link.
+pub const PEER_CONNECTIONS_PER_IP: u32 = 16;
+
+/// Inbound direct connections not yet verified (their first message's sender checked against
+/// the directory), all hosts together. Each may hold [`PEER_CONNECTION_WINDOW`] until then, so
+/// strangers hold at most 8 × 2.5 MB of a peer, for [`PEER_VERIFY_TIMEOUT`].
+pub const PEER_UNVERIFIED: usize = 8;
+
+/// An inbound direct connection must send its first message and have its sender verified
+/// within this, handshake included, or it is closed. A sender gives up on a direct link after
+/// [`DIRECT_TIMEOUT`]; the rest is room for the directory's answer.
+pub const PEER_VERIFY_TIMEOUT: Duration = REQUEST_TIMEOUT;
+
+/// Bytes of held mail read from the store for one refill of a delivery window, decoded at once
+/// (at least one entry): 16 of the largest frames, where [`DELIVERY_WINDOW`] entries could be
+/// 16 MiB. Read on a blocking thread, not the network's.
+pub const MAILBOX_REFILL_BYTES: usize = 1024 * 1024;

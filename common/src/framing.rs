@@ -49,6 +49,7 @@ impl FrameError {
     pub fn code(&self) -> u32 {
         match self {
             FrameError::TooLarge { .. } => crate::wire::codes::TOO_LARGE,
+            FrameError::TimedOut(_) => crate::wire::codes::TIMED_OUT,
             _ => crate::wire::codes::PROTOCOL,
         }
     }

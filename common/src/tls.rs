@@ -30,12 +30,32 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The transport settings both programs use.
-pub fn transport_config(keep_alive: bool) -> quinn::TransportConfig {
+/// The transport settings both programs use on a connection speaking `alpn`. Its limits are
+/// sized to the protocol, not quinn's defaults, so that what a remote can make us hold is
+/// bounded by us: the reason for each number is at its constant in [`defaults`].
+pub fn transport_config(alpn: &[u8], keep_alive: bool) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     // We only use bidirectional streams; refusing the other kind removes a whole class of input.
     t.max_concurrent_uni_streams(0u8.into());
-    t.max_concurrent_bidi_streams(64u32.into());
+    t.max_concurrent_bidi_streams(defaults::MAX_STREAMS.into());
+    // Nothing reads datagrams: refuse them rather than buffer them (1.25 MB by default).
+    t.datagram_receive_buffer_size(None);
+    let (stream, connection, send) = if alpn == defaults::ALPN_PEER {
+        (
+            defaults::PEER_STREAM_WINDOW,
+            defaults::PEER_CONNECTION_WINDOW,
+            defaults::PEER_SEND_WINDOW,
+        )
+    } else {
+        (
+            defaults::DIRECTORY_STREAM_WINDOW,
+            defaults::DIRECTORY_CONNECTION_WINDOW,
+            defaults::DIRECTORY_SEND_WINDOW,
+        )
+    };
+    t.stream_receive_window(stream.into());
+    t.receive_window(connection.into());
+    t.send_window(send);
     t.max_idle_timeout(defaults::IDLE_TIMEOUT.try_into().ok());
     if keep_alive {
         t.keep_alive_interval(Some(defaults::IDLE_TIMEOUT / 3));
@@ -59,7 +79,7 @@ pub fn server_config(identity: &Identity, alpn: &[u8]) -> Result<quinn::ServerCo
     tls.max_early_data_size = 0;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).context("QUIC TLS")?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    let mut transport = transport_config(false);
+    let mut transport = transport_config(alpn, false);
     if alpn == defaults::ALPN_DIRECTORY {
         // Presence is the connection's liveness: each peer proposes an idle timeout of three of
         // its heartbeats (QUIC keep-alives), and the smaller of the two proposals applies. This
@@ -97,7 +117,10 @@ pub fn client_config(
     tls.alpn_protocols = vec![alpn.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).context("QUIC TLS")?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config(alpn == defaults::ALPN_PEER)));
+    config.transport_config(Arc::new(transport_config(
+        alpn,
+        alpn == defaults::ALPN_PEER,
+    )));
     Ok(config)
 }
 

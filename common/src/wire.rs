@@ -444,6 +444,9 @@ pub mod codes {
     pub const EXPIRED: u32 = 5;
     /// The server is shutting down.
     pub const SHUTDOWN: u32 = 6;
+    /// The remote did not do in time what it had to: register with the directory, take the
+    /// directory's answers, or send a peer its first message.
+    pub const TIMED_OUT: u32 = 7;
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
 //!
 //! * [`server`]: the accept loop: connection cap, one task per connection, shutdown; every task
 //!   the directory runs hangs off its `JoinSet`.
+//! * [`admission`]: which incoming connections are served, from their first packet: the
+//!   global cap, a stateless Retry under load, connections and new connections per host.
 //! * [`session`]: one peer's QUIC connection: request frames in, response frames out, one task
 //!   per request stream, and the mailbox task once the peer is online.
 //! * [`mailbox`]: the driver of an online peer's event stream: does the I/O its [`window`] asks
@@ -40,6 +42,7 @@
 //!    Once every removal has committed and nothing more is held, the window sends
 //!    `MailboxIdle`.
 
+pub mod admission;
 pub mod mailbox;
 pub mod rates;
 pub mod registry;
@@ -50,5 +53,6 @@ pub mod state;
 pub mod store;
 pub mod window;
 
+pub use admission::Limits;
 pub use server::run;
 pub use state::Config;

@@ -72,9 +72,27 @@ struct Cli {
     #[arg(long, default_value_t = defaults::INTRODUCTIONS_PER_TARGET_PER_MINUTE, value_parser = clap::value_parser!(u32).range(1..))]
     introductions_per_target_per_minute: u32,
 
-    /// Most connections served at once; more are refused.
+    /// Most connections served at once; more are refused. Above half of it, a client must
+    /// prove its address first (a QUIC Retry, one more round trip).
     #[arg(long, default_value_t = defaults::MAX_CONNECTIONS)]
     max_connections: u32,
+
+    /// Most connections one host (an IPv4 address, an IPv6 /64) holds at once; more are
+    /// refused.
+    #[arg(long, default_value_t = defaults::MAX_CONNECTIONS_PER_IP)]
+    max_connections_per_ip: u32,
+
+    /// New connections one host may open per second, sustained; faster ones are refused.
+    #[arg(long, default_value_t = defaults::NEW_CONNECTIONS_PER_SECOND, value_parser = clap::value_parser!(u32).range(1..))]
+    new_connections_per_second: u32,
+
+    /// New connections one host may open at once, before the rate per second applies.
+    #[arg(long, default_value_t = defaults::NEW_CONNECTIONS_BURST, value_parser = clap::value_parser!(u32).range(1..))]
+    new_connections_burst: u32,
+
+    /// Seconds a connection has to register, handshake included, before it is closed.
+    #[arg(long, default_value_t = defaults::REGISTRATION_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    registration_timeout: u64,
 
     /// Threads serving the network. One is the most efficient: quinn handles every datagram
     /// of an endpoint in one task anyway, and with more threads each heartbeat also wakes an
@@ -187,7 +205,13 @@ fn run(cli: Cli) -> Result<()> {
             "directory listening on {addr} fingerprint {}",
             identity.key_id
         );
-        directory::run(endpoint, Arc::new(store), config, shutdown).await
+        let limits = directory::Limits {
+            per_ip: cli.max_connections_per_ip,
+            new_per_second: cli.new_connections_per_second,
+            new_burst: cli.new_connections_burst,
+            registration_timeout: std::time::Duration::from_secs(cli.registration_timeout),
+        };
+        directory::run(endpoint, Arc::new(store), config, limits, shutdown).await
     })
 }
 

@@ -1,5 +1,6 @@
-//! The accept loop: admits connections up to a cap, runs one [`session`] task per connection,
-//! and shuts everything down when asked.
+//! The accept loop: admits connections as [`admission`] decides (global cap, Retry under load,
+//! limits per host), runs one [`session`] task per connection, and shuts everything down when
+//! asked.
 //!
 //! Every task the directory runs is attached to a handle (as in iroh-relay's server): sessions
 //! to this loop's `JoinSet`, a connection's request streams and mailbox to its session's, the
@@ -9,6 +10,7 @@
 //! sessions get a moment to finish before the rest is aborted.
 
 use crate::{
+    admission::{Admission, Decision, Limits},
     session,
     state::{Config, Shared},
     store::Store,
@@ -18,15 +20,17 @@ use common::wire::codes;
 use std::{future::Future, sync::Arc, time::Duration};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, Instrument};
+use tracing::{debug, Instrument};
 
-/// Serves `endpoint` until `shutdown` resolves.
+/// Serves `endpoint` until `shutdown` resolves, admitting connections within `limits`.
 pub async fn run(
     endpoint: quinn::Endpoint,
     store: Arc<dyn Store>,
     config: Config,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    let admission = Admission::new(config.max_connections, limits);
     let shared = Arc::new(Shared::new(store, config));
     let cancel = CancellationToken::new();
     let mut sessions = JoinSet::new();
@@ -36,17 +40,32 @@ pub async fn run(
             _ = &mut shutdown => break,
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                if endpoint.open_connections() >= shared.config.max_connections as usize {
-                    info!(remote = %incoming.remote_address(), "refusing: connection limit reached");
-                    incoming.refuse();
-                    continue;
-                }
-                let span = tracing::info_span!(
-                    "conn",
-                    remote = %incoming.remote_address(),
-                    name = tracing::field::Empty,
+                let remote = incoming.remote_address();
+                let validated = incoming.remote_address_validated();
+                let slot = match admission.decide(remote.ip(), validated, endpoint.open_connections()) {
+                    Decision::Accept(slot) => slot,
+                    Decision::Retry => {
+                        // Answered by the client's next Initial, which comes back validated.
+                        if let Err(e) = incoming.retry() {
+                            e.into_incoming().refuse();
+                        }
+                        continue;
+                    }
+                    Decision::Refuse(why) => {
+                        // Attackers choose how often this happens: debug, not info.
+                        debug!(%remote, ?why, "refusing a connection");
+                        incoming.refuse();
+                        continue;
+                    }
+                };
+                let span = tracing::info_span!("conn", %remote, name = tracing::field::Empty);
+                let session = session::run(
+                    incoming,
+                    shared.clone(),
+                    cancel.child_token(),
+                    slot,
+                    limits.registration_timeout,
                 );
-                let session = session::run(incoming, shared.clone(), cancel.child_token());
                 sessions.spawn(session.instrument(span));
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}

@@ -3,6 +3,12 @@
 //! the answers, this module only reads frames and writes them. A client may send the next
 //! requests before the answers come (pipelining): those that arrived together are answered in
 //! one write, so in as few packets as possible.
+//!
+//! What a client can make a session hold is bounded: a connection that has not registered
+//! within the registration timeout (handshake included) is closed; a stream's answers are
+//! written at most [`MAX_PIPELINED`] at a time, and no more of its requests are read until
+//! they are taken; a client that does not take them within [`ANSWER_TIMEOUT`] has the stream
+//! reset. The transport's windows (`common::tls`) bound the rest.
 
 use crate::{
     mailbox,
@@ -12,12 +18,13 @@ use crate::{
 };
 use anyhow::Result;
 use common::{
-    defaults::REQUEST_TIMEOUT,
+    admit::{self, Slot},
+    defaults::{ANSWER_TIMEOUT, MAX_PIPELINED, REQUEST_TIMEOUT},
     framing::{self, FrameError, FrameReader},
     now_ms, tls,
     wire::{codes, DirectoryRequest, DirectoryResponse},
 };
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{sync::mpsc, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
@@ -36,14 +43,18 @@ const ANSWER_BATCH: usize = 16 * 1024;
 
 /// Runs one connection to its end, or until `cancel` fires, then waits for its tasks: one per
 /// request stream, and the mailbox once the peer is online. They are this function's, in its
-/// `JoinSet`, so aborting it aborts them. Errors end this connection only.
-pub async fn run(incoming: quinn::Incoming, shared: Arc<Shared>, cancel: CancellationToken) {
-    let conn = match incoming.await {
-        Ok(conn) => conn,
-        Err(e) => {
-            debug!(cause = %e, "handshake failed");
-            return;
-        }
+/// `JoinSet`, so aborting it aborts them. Errors end this connection only. The connection
+/// holds `_slot` (its host's) until then, and must register within `register_within`.
+pub async fn run(
+    incoming: quinn::Incoming,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    _slot: Slot,
+    register_within: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + register_within;
+    let Some(conn) = admit::handshake(incoming, deadline).await else {
+        return;
     };
     let Some(key) = tls::remote_key(&conn) else {
         // The TLS verifier requires a certificate, so this cannot happen; refuse anyway.
@@ -83,6 +94,11 @@ pub async fn run(incoming: quinn::Incoming, shared: Arc<Shared>, cancel: Cancell
                 tasks.spawn(delivery.in_current_span());
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            () = tokio::time::sleep_until(deadline), if session.caller.name().is_none() => {
+                debug!("not registered in time; closing");
+                conn.close(codes::TIMED_OUT.into(), b"register first");
+                break;
+            }
             () = cancel.cancelled() => {
                 debug!("directory shutting down");
                 break;
@@ -118,14 +134,23 @@ impl Session {
                 Err(e) => return Err(self.refuse_stream(&mut send, requests.get_mut(), e)),
             };
             let mut answers = self.answer(request).await?;
-            while answers.len() < ANSWER_BATCH {
+            let mut answered = 1;
+            while answers.len() < ANSWER_BATCH && answered < MAX_PIPELINED {
                 match requests.buffered() {
                     Ok(Some(request)) => answers.extend(self.answer(request).await?),
                     Ok(None) => break,
                     Err(e) => return Err(self.refuse_stream(&mut send, requests.get_mut(), e)),
                 }
+                answered += 1;
             }
-            send.write_all(&answers).await?;
+            // Nothing more is read from the stream until the client takes these.
+            match tokio::time::timeout(ANSWER_TIMEOUT, send.write_all(&answers)).await {
+                Ok(written) => written?,
+                Err(_) => {
+                    let e = FrameError::TimedOut(ANSWER_TIMEOUT);
+                    return Err(self.refuse_stream(&mut send, requests.get_mut(), e));
+                }
+            }
         }
         send.finish()?;
         Ok(())

@@ -208,7 +208,7 @@ impl DirectoryClient {
         // smaller proposal wins), so three missed heartbeats end the connection on whichever
         // side still runs: the directory marks us offline, or we reconnect to a directory that
         // crashed without a close. The PINGs also keep our NAT mapping to the directory open.
-        let mut transport = tls::transport_config(false);
+        let mut transport = tls::transport_config(ALPN_DIRECTORY, false);
         transport.keep_alive_interval(Some(settings.heartbeat));
         transport.max_idle_timeout((settings.heartbeat * MISSED_HEARTBEATS).try_into().ok());
         client_config.transport_config(Arc::new(transport));
