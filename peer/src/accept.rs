@@ -4,6 +4,12 @@
 //! A direct connection proves a key in its TLS handshake; the first message on it names its
 //! sender, and the directory confirms that name is bound to that key before anything is
 //! shown. Every later message on the connection must carry the same sender.
+//!
+//! Until then a connection is a stranger's, and strangers are bounded like the directory's
+//! clients: at most [`PEER_CONNECTIONS_PER_IP`] inbound connections per host, at most
+//! [`PEER_UNVERIFIED`] unverified ones in all, and each verified within
+//! [`PEER_VERIFY_TIMEOUT`] of its first packet or closed. Past a limit a connection is refused
+//! before its handshake.
 
 use crate::{
     directory_client::DirectoryClient,
@@ -14,13 +20,19 @@ use crate::{
 };
 use anyhow::{anyhow, bail, Result};
 use common::{
-    defaults::{MAX_BODY_LEN, SEND_WINDOW},
+    admit::{self, Slot, Slots},
+    defaults::{
+        MAX_BODY_LEN, PEER_CONNECTIONS_PER_IP, PEER_UNVERIFIED, PEER_VERIFY_TIMEOUT, SEND_WINDOW,
+    },
     framing, tls,
     wire::{codes, FileHeader, MessageId, PeerFrame},
     KeyId, Name,
 };
 use std::sync::Arc;
-use tokio::sync::{mpsc, OnceCell};
+use tokio::{
+    sync::{mpsc, Notify, OnceCell, OwnedSemaphorePermit, Semaphore},
+    time::Instant,
+};
 use tracing::{debug, info_span, warn, Instrument};
 
 /// What serving peer connections needs; cheap to clone.
@@ -44,50 +56,111 @@ impl Acceptor {
     pub fn adopt(&self, name: Name, conn: quinn::Connection) {
         let this = self.clone();
         self.tasks
-            .spawn(async move { serve_connection(conn, Some(name), this).await });
+            .spawn(async move { serve_connection(conn, Some(name), this, None).await });
     }
 }
 
-/// Accepts connections from other peers until the endpoint closes.
+/// An inbound connection not verified yet: its place among the [`PEER_UNVERIFIED`], and when
+/// it must be verified by.
+struct Stranger {
+    _permit: OwnedSemaphorePermit,
+    deadline: Instant,
+}
+
+/// Who the remote of a connection is, once verified; `done` is notified then.
+struct Verified {
+    name: OnceCell<Name>,
+    done: Notify,
+}
+
+/// Accepts connections from other peers until the endpoint closes, within the limits on
+/// strangers (see the module's docs).
 pub async fn serve(endpoint: quinn::Endpoint, acceptor: Acceptor) {
+    let slots = Slots::new(PEER_CONNECTIONS_PER_IP);
+    let unverified = Arc::new(Semaphore::new(PEER_UNVERIFIED));
     while let Some(incoming) = endpoint.accept().await {
-        let span = info_span!("peer_conn", remote = %incoming.remote_address());
+        let remote = incoming.remote_address();
+        let Some(slot) = slots.take(remote.ip()) else {
+            debug!(%remote, "refusing a connection: its host holds as many as it may");
+            incoming.refuse();
+            continue;
+        };
+        let Ok(permit) = unverified.clone().try_acquire_owned() else {
+            debug!(%remote, "refusing a connection: too many unverified ones");
+            incoming.refuse();
+            continue;
+        };
+        let stranger = Stranger {
+            _permit: permit,
+            deadline: Instant::now() + PEER_VERIFY_TIMEOUT,
+        };
+        let span = info_span!("peer_conn", %remote);
         let acceptor = acceptor.clone();
-        acceptor.tasks.clone().spawn(
-            async move {
-                let links = &acceptor.links;
-                let conn = match incoming.await {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        debug!(cause = %e, "incoming handshake failed");
-                        return;
-                    }
-                };
-                // A peer we asked the directory to introduce is answering: its key is the one
-                // the directory holds for the name, so the link is verified already.
-                let known = tls::remote_key(&conn).and_then(|key| links.expected(&key));
-                if let Some(name) = &known {
-                    debug!(peer = %name, "introduced peer connected");
-                    links.insert(name.clone(), conn.clone(), DirectPath::Punched);
-                }
-                serve_connection(conn, known, acceptor).await;
-            }
-            .instrument(span),
-        );
+        acceptor
+            .tasks
+            .clone()
+            .spawn(accept_one(incoming, slot, stranger, acceptor).instrument(span));
     }
+}
+
+/// Completes the handshake of `incoming` and serves it, holding its host's `_slot` to the end.
+async fn accept_one(
+    incoming: quinn::Incoming,
+    _slot: Slot,
+    stranger: Stranger,
+    acceptor: Acceptor,
+) {
+    let links = &acceptor.links;
+    let Some(conn) = admit::handshake(incoming, stranger.deadline).await else {
+        return;
+    };
+    // A peer we asked the directory to introduce is answering: its key is the one the
+    // directory holds for the name, so the link is verified already.
+    let known = tls::remote_key(&conn).and_then(|key| links.expected(&key));
+    if let Some(name) = &known {
+        debug!(peer = %name, "introduced peer connected");
+        links.insert(name.clone(), conn.clone(), DirectPath::Punched);
+    }
+    let stranger = known.is_none().then_some(stranger);
+    serve_connection(conn, known, acceptor, stranger).await;
 }
 
 /// Serves the chat streams the remote opens on `conn`. `known` is the remote's name when we
 /// dialed it (its key was checked then); otherwise the first message names it and the
-/// directory confirms it.
-async fn serve_connection(conn: quinn::Connection, known: Option<Name>, acceptor: Acceptor) {
+/// directory confirms it, before the `stranger`'s deadline or the connection is closed.
+async fn serve_connection(
+    conn: quinn::Connection,
+    known: Option<Name>,
+    acceptor: Acceptor,
+    mut stranger: Option<Stranger>,
+) {
     let Some(key) = tls::remote_key(&conn) else {
         conn.close(codes::UNAUTHORIZED.into(), b"no certificate");
         return;
     };
-    let verified = Arc::new(OnceCell::new_with(known));
+    let verified = Arc::new(Verified {
+        name: OnceCell::new_with(known),
+        done: Notify::new(),
+    });
     loop {
-        let (send, recv) = match conn.accept_bi().await {
+        let deadline = stranger.as_ref().map(|s| s.deadline);
+        let accepted = tokio::select! {
+            accepted = conn.accept_bi() => accepted,
+            () = verified.done.notified(), if stranger.is_some() => {
+                stranger = None;
+                continue;
+            }
+            () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                if verified.name.initialized() {
+                    stranger = None;
+                    continue;
+                }
+                debug!("not verified in time; closing");
+                conn.close(codes::TIMED_OUT.into(), b"not verified in time");
+                return;
+            }
+        };
+        let (send, recv) = match accepted {
             Ok(streams) => streams,
             Err(e) => {
                 debug!(cause = %e, "peer connection ended");
@@ -114,7 +187,7 @@ async fn serve_connection(conn: quinn::Connection, known: Option<Name>, acceptor
 struct ChatStream {
     conn: quinn::Connection,
     key: KeyId,
-    verified: Arc<OnceCell<Name>>,
+    verified: Arc<Verified>,
     inbox: Inbox,
     files: files::Receiver,
     directory: DirectoryClient,
@@ -202,6 +275,7 @@ impl ChatStream {
     async fn check_sender(&self, from: &Name) -> Result<()> {
         let name = self
             .verified
+            .name
             .get_or_try_init(|| async {
                 let info = self.directory.lookup(from).await?;
                 if info.key != self.key {
@@ -212,6 +286,7 @@ impl ChatStream {
                 }
                 let path = DirectPath::classify(self.conn.remote_address(), &info, false);
                 self.links.insert(from.clone(), self.conn.clone(), path);
+                self.verified.done.notify_one();
                 Ok(from.clone())
             })
             .await?;
