@@ -6,16 +6,20 @@
 //! when the mailbox is idle (its guarantees are listed there); this module does the I/O it asks
 //! for: the stream, the store, the writer and the registry. Removing delivered mail stores a
 //! receipt for its sender (see [`crate::store`]), whose own delivery task is woken to send it.
+//!
+//! A refill of the window reads the store on a blocking thread, not the network's, and stops
+//! at [`MAILBOX_REFILL_BYTES`] (see [`refill`]): a window of large entries would otherwise be
+//! up to 16 MiB decoded at once.
 
 use crate::{
     registry::Feed,
     state::Shared,
-    store::StoreError,
+    store::{StoreError, Stored},
     window::{Action, Input, Violation, Window},
 };
 use anyhow::{Context, Result};
 use common::{
-    defaults::DELIVERY_WINDOW,
+    defaults::{DELIVERY_WINDOW, MAILBOX_REFILL_BYTES, MAX_FRAME_LEN},
     framing::{self, FrameError},
     wire::{codes, EventAck},
     Name,
@@ -49,8 +53,10 @@ async fn deliver_inner(conn: &quinn::Connection, shared: &Shared, feed: Feed) ->
         while let Some(action) = window.poll_action() {
             match action {
                 Action::Read { after, limit } => {
-                    let batch = shared.store.pending(&name, after, limit)?;
-                    window.handle(Input::Read(batch))?;
+                    let (store, name) = (shared.store.clone(), name.clone());
+                    let read = move || refill(|a, n| store.pending(&name, a, n), after, limit);
+                    let (batch, more) = tokio::task::spawn_blocking(read).await??;
+                    window.handle(Input::Read { batch, more })?;
                 }
                 Action::Write(event) => framing::write_frame(&mut send, &event).await?,
                 Action::Remove(seq) => {
@@ -94,6 +100,38 @@ async fn deliver_inner(conn: &quinn::Connection, shared: &Shared, feed: Feed) ->
     }
 }
 
+/// Entries read from the store at a time by [`refill`]: so many of the largest can overshoot
+/// the byte limit by no more than the limit itself.
+const REFILL_CHUNK: usize = MAILBOX_REFILL_BYTES / MAX_FRAME_LEN;
+
+/// Reads held mail after `after` through `read` (the store's `pending`) for one refill: at most
+/// `limit` entries, and none past the chunk in which they reach [`MAILBOX_REFILL_BYTES`] as
+/// stored. Also says whether it stopped at a limit rather than at the end of what is held.
+fn refill<E>(
+    mut read: impl FnMut(Option<u64>, usize) -> Result<Vec<Stored>, E>,
+    mut after: Option<u64>,
+    limit: usize,
+) -> Result<(Vec<Stored>, bool), E> {
+    let (mut batch, mut bytes) = (Vec::new(), 0);
+    while batch.len() < limit {
+        if bytes >= MAILBOX_REFILL_BYTES as u64 {
+            return Ok((batch, true));
+        }
+        let want = (limit - batch.len()).min(REFILL_CHUNK);
+        let chunk = read(after, want)?;
+        let end = chunk.len() < want;
+        for stored in chunk {
+            bytes += stored.mail.size();
+            after = Some(stored.seq);
+            batch.push(stored);
+        }
+        if end {
+            return Ok((batch, false));
+        }
+    }
+    Ok((batch, true))
+}
+
 /// Reads acks on a task in `tasks` until the stream ends (the channel closes) or fails (one
 /// `Err`, then closed).
 fn read_acks(
@@ -114,4 +152,57 @@ fn read_acks(
         }
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::suite::msg;
+    use std::{collections::BTreeMap, convert::Infallible};
+
+    /// A mailbox of `n` messages with bodies of `len` bytes, and a reader of it that counts
+    /// its reads.
+    fn held(n: u64, len: usize) -> BTreeMap<u64, Stored> {
+        (1..=n)
+            .map(|seq| {
+                let mail = msg("s", "r", &"x".repeat(len));
+                (seq, Stored { seq, mail })
+            })
+            .collect()
+    }
+
+    fn reader(
+        held: &BTreeMap<u64, Stored>,
+    ) -> impl FnMut(Option<u64>, usize) -> Result<Vec<Stored>, Infallible> + '_ {
+        |after, n| {
+            let from = after.map_or(0, |a| a + 1);
+            Ok(held.range(from..).take(n).map(|(_, s)| s.clone()).collect())
+        }
+    }
+
+    #[test]
+    fn a_refill_of_large_entries_stops_at_its_bytes() {
+        let held = held(DELIVERY_WINDOW as u64, 30 * 1024);
+        let Ok((batch, more)) = refill(reader(&held), None, DELIVERY_WINDOW);
+        let bytes: u64 = batch.iter().map(|s| s.mail.size()).sum();
+        assert!(more, "stopped at the bytes, with more held");
+        assert!(bytes >= MAILBOX_REFILL_BYTES as u64, "{bytes} bytes");
+        assert!(bytes <= 2 * MAILBOX_REFILL_BYTES as u64, "{bytes} bytes");
+        assert!(batch.len() < DELIVERY_WINDOW);
+        // The next refill goes on after the last entry read.
+        let last = batch.last().map(|s| s.seq);
+        let Ok((next, _)) = refill(reader(&held), last, DELIVERY_WINDOW);
+        assert_eq!(next.first().map(|s| s.seq), last.map(|l| l + 1));
+    }
+
+    #[test]
+    fn a_refill_of_small_entries_stops_at_its_count_or_the_end() {
+        let held = held(300, 10);
+        let Ok((batch, more)) = refill(reader(&held), None, DELIVERY_WINDOW);
+        assert_eq!((batch.len(), more), (DELIVERY_WINDOW, true));
+        let Ok((rest, more)) = refill(reader(&held), Some(256), DELIVERY_WINDOW);
+        assert_eq!((rest.len(), more), (44, false));
+        let seqs: Vec<u64> = batch.iter().chain(&rest).map(|s| s.seq).collect();
+        assert_eq!(seqs, (1..=300).collect::<Vec<_>>());
+    }
 }

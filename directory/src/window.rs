@@ -31,7 +31,12 @@ use std::collections::{BTreeSet, VecDeque};
 #[derive(Debug)]
 pub enum Input {
     /// The store's answer to [`Action::Read`]: held entries after the cursor, oldest first.
-    Read(Vec<Stored>),
+    Read {
+        /// The entries read.
+        batch: Vec<Stored>,
+        /// The read stopped at a limit (of entries or bytes), not at the end of what is held.
+        more: bool,
+    },
     /// The recipient acknowledged the mail with this id.
     Acked(MessageId),
     /// The removal of entry `seq` committed. `receipt_for` is the sender whose mailbox got a
@@ -54,7 +59,8 @@ pub enum Input {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Read at most `limit` held entries with a seq above `after` (all if `None`), oldest
-    /// first, and hand them back as [`Input::Read`].
+    /// first, and hand them back as [`Input::Read`]. The reader may stop sooner (at a number
+    /// of bytes) and say so.
     Read {
         /// The highest seq already sent.
         after: Option<u64>,
@@ -88,8 +94,8 @@ pub struct Window {
     cursor: Option<u64>,
     /// The store may hold entries after `cursor`: at start, after a wake, after a full batch.
     maybe_more: bool,
-    /// The limit of the read asked for and not answered yet.
-    reading: Option<usize>,
+    /// A read was asked for and not answered yet.
+    reading: bool,
     /// A wake came while a read was out: the read may have missed what woke us.
     woken_while_reading: bool,
     /// `MailboxIdle` went out and no mail since.
@@ -114,7 +120,7 @@ impl Window {
             removing: BTreeSet::new(),
             cursor: None,
             maybe_more: true,
-            reading: None,
+            reading: false,
             woken_while_reading: false,
             idle_sent: false,
             leaving: false,
@@ -125,7 +131,7 @@ impl Window {
     /// Takes in what happened. Fails only when the recipient broke the protocol.
     pub fn handle(&mut self, input: Input) -> Result<(), Violation> {
         match input {
-            Input::Read(batch) => self.read(batch),
+            Input::Read { batch, more } => self.read(batch, more),
             Input::Acked(id) => {
                 let pos = self.in_flight.iter().position(|(m, _)| *m == id);
                 let Some((_, seq)) = pos.and_then(|pos| self.in_flight.remove(pos)) else {
@@ -140,7 +146,7 @@ impl Window {
                     self.actions.push_back(Action::WakeSender(sender));
                 }
             }
-            Input::Wake if self.reading.is_some() => self.woken_while_reading = true,
+            Input::Wake if self.reading => self.woken_while_reading = true,
             Input::Wake => self.maybe_more = true,
             Input::Event(_) if self.leaving => {}
             Input::Event(event) => self.actions.push_back(Action::Write(event)),
@@ -153,12 +159,9 @@ impl Window {
         Ok(())
     }
 
-    fn read(&mut self, batch: Vec<Stored>) {
-        let full = match self.reading.take() {
-            Some(limit) => batch.len() >= limit,
-            None => self.maybe_more,
-        };
-        self.maybe_more = full || std::mem::take(&mut self.woken_while_reading);
+    fn read(&mut self, batch: Vec<Stored>, more: bool) {
+        self.reading = false;
+        self.maybe_more = more || std::mem::take(&mut self.woken_while_reading);
         if self.leaving {
             return;
         }
@@ -176,13 +179,13 @@ impl Window {
         if let Some(action) = self.actions.pop_front() {
             return Some(action);
         }
-        if self.leaving || self.reading.is_some() {
+        if self.leaving || self.reading {
             return None;
         }
         // Refill once half the window is free, not after every ack: one read per batch.
         if self.maybe_more && self.in_flight.len() <= DELIVERY_WINDOW / 2 {
             let limit = DELIVERY_WINDOW - self.in_flight.len();
-            self.reading = Some(limit);
+            self.reading = true;
             return Some(Action::Read {
                 after: self.cursor,
                 limit,
@@ -286,7 +289,7 @@ mod tests {
 
         fn answer_read(&mut self, after: Option<u64>, limit: usize) {
             let from = after.map_or(0, |a| a + 1);
-            let batch = self
+            let batch: Vec<Stored> = self
                 .held
                 .range(from..)
                 .take(limit)
@@ -295,7 +298,8 @@ mod tests {
                     mail: mail.clone(),
                 })
                 .collect();
-            self.input(Input::Read(batch));
+            let more = batch.len() >= limit;
+            self.input(Input::Read { batch, more });
         }
 
         fn input(&mut self, input: Input) {
@@ -477,6 +481,27 @@ mod tests {
         assert_eq!(sim.idles(), 2);
     }
 
+    /// A read that stopped at its byte limit, short of its entries, is followed by another.
+    #[test]
+    fn a_read_cut_short_by_bytes_reads_again() {
+        let mut sim = Sim::new();
+        sim.deposit(3);
+        sim.hold_reads = true;
+        sim.run();
+        assert!(sim.held_read.take().is_some());
+        let first = sim.held.iter().next().map(|(seq, mail)| Stored {
+            seq: *seq,
+            mail: mail.clone(),
+        });
+        sim.hold_reads = false;
+        sim.input(Input::Read {
+            batch: first.into_iter().collect(),
+            more: true,
+        });
+        assert_eq!(sim.reads, 2);
+        assert_eq!(sim.delivered(), ["1", "2", "3"]);
+    }
+
     #[test]
     fn a_wake_during_a_read_is_not_lost() {
         let mut sim = Sim::new();
@@ -487,7 +512,10 @@ mod tests {
         sim.deposit(1);
         sim.input(Input::Wake);
         sim.hold_reads = false;
-        sim.input(Input::Read(Vec::new()));
+        sim.input(Input::Read {
+            batch: Vec::new(),
+            more: false,
+        });
         assert_eq!(sim.reads, 2);
         assert_eq!(sim.delivered(), ["1"]);
         assert_eq!(sim.idles(), 0);
