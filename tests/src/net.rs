@@ -6,10 +6,12 @@ use crate::peer::PeerCmd;
 use crate::running::Running;
 use crate::util::{is_hex32, poll_until};
 use crate::SHORT;
-use anyhow::{ensure, Result};
+use anyhow::{anyhow, ensure, Result};
+use common::KeyId;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::fs;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -137,6 +139,18 @@ impl Net {
             .run(SHORT)?
             .success()?;
         out.one_of_type("whois")
+    }
+
+    /// Where `name` can be dialed directly and the key it must present, from `whois name`
+    /// run by `asker`: what a hand-made client needs to talk to it.
+    pub fn dial_target(&self, asker: &str, name: &str) -> Result<(SocketAddr, KeyId)> {
+        let info = self.whois(asker, name)?;
+        let addr = info["observed_addr"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no address for {name}: {info}"))?
+            .parse()?;
+        let key = info["key"].as_str().unwrap_or_default().parse()?;
+        Ok((addr, key))
     }
 
     /// `peer history with --json`, run as `me`; returns the message lines.

@@ -13,7 +13,7 @@ use common::{
     framing,
     tls::Expect,
     wire::{codes, DirectoryRequest, DirectoryResponse},
-    KeyId, Name,
+    Name,
 };
 use std::{
     net::{IpAddr, SocketAddr},
@@ -50,6 +50,15 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .worker_threads(2)
         .enable_all()
         .build()?)
+}
+
+/// A test's world: a directory, its real peers (c2 listening, c1 registered, both on
+/// 127.0.0.1), and a runtime for the attackers.
+fn real_peers() -> Result<(Net, Running, tokio::runtime::Runtime)> {
+    let net = Net::new()?;
+    let c2 = net.listen("c2")?;
+    net.register("c1")?;
+    Ok((net, c2, runtime()?))
 }
 
 /// The resident memory of process `pid`, in KiB, from /proc.
@@ -225,15 +234,12 @@ async fn flood(
 #[test]
 fn memory_stays_bounded_under_connections_that_never_read() -> Result<()> {
     const CONNECTIONS: usize = 1000;
-    let net = Net::new()?;
-    let mut c2 = net.listen("c2")?;
-    net.register("c1")?;
+    let (net, mut c2, rt) = real_peers()?;
     let pid = net.dir().pid().context("the directory's pid")?;
     let before = rss_kib(pid)?;
     let dir = net.dir().addr();
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicU64::new(0));
-    let rt = runtime()?;
     let attack = rt.spawn(flood(dir, CONNECTIONS, written.clone(), stop.clone()));
     let (peak, real) = thread::scope(|s| {
         let real = s.spawn(|| {
@@ -297,10 +303,8 @@ fn memory_stays_bounded_under_connections_that_never_read() -> Result<()> {
 /// of the host's connections ends, the host may open another.
 #[test]
 fn one_host_cannot_take_every_slot() -> Result<()> {
-    let net = Net::new()?;
-    let mut c2 = net.listen("c2")?;
+    let (net, mut c2, rt) = real_peers()?;
     let dir = net.dir().addr();
-    let rt = runtime()?;
     let mallory = rt.block_on(async { Raw::at("mallory", MALLORY.into()) })?;
     let mut held = rt.block_on(async {
         let mut held = Vec::new();
@@ -317,7 +321,6 @@ fn one_host_cannot_take_every_slot() -> Result<()> {
         Ok(_) => bail!("connection {MAX_CONNECTIONS_PER_IP} + 1 from one host was served"),
     }
     // A real peer, from another host, while the slots are held.
-    net.register("c1")?;
     real_message(&net, &mut c2, "while one host holds its slots")?;
     // A connection that ends gives its slot back.
     if let Some(conn) = held.pop() {
@@ -345,11 +348,8 @@ fn one_host_cannot_take_every_slot() -> Result<()> {
 /// meanwhile. Before, an unregistered connection held its slot for as long as it lived.
 #[test]
 fn an_unregistered_connection_is_closed_after_the_deadline() -> Result<()> {
-    let net = Net::new()?;
-    let mut c2 = net.listen("c2")?;
-    net.register("c1")?;
+    let (net, mut c2, rt) = real_peers()?;
     let dir = net.dir().addr();
-    let rt = runtime()?;
     let (lurker, registered) = rt.block_on(async {
         let lurker = Raw::at("lurker", MALLORY.into())?
             .dial(dir, ALPN_DIRECTORY, Expect::AnyKey)
@@ -380,11 +380,8 @@ fn an_unregistered_connection_is_closed_after_the_deadline() -> Result<()> {
 /// Before, the directory waited on the answers for as long as the connection lived.
 #[test]
 fn answers_not_taken_in_time_reset_the_stream() -> Result<()> {
-    let net = Net::new()?;
-    let mut c2 = net.listen("c2")?;
-    net.register("c1")?;
+    let (net, mut c2, rt) = real_peers()?;
     let dir = net.dir().addr();
-    let rt = runtime()?;
     let (conn, send, _unread, started) = rt.block_on(async {
         let mallory = Raw::at("mallory", MALLORY.into())?;
         let mut config = mallory.config(ALPN_DIRECTORY, Expect::AnyKey)?;
@@ -425,15 +422,8 @@ fn answers_not_taken_in_time_reset_the_stream() -> Result<()> {
 #[test]
 fn a_peer_bounds_strangers_and_still_receives() -> Result<()> {
     const STRANGERS: usize = 100;
-    let net = Net::new()?;
-    let mut c2 = net.listen("c2")?;
-    let info = net.whois("c1", "c2")?;
-    let c2_addr: SocketAddr = info["observed_addr"]
-        .as_str()
-        .ok_or_else(|| anyhow!("no address for c2: {info}"))?
-        .parse()?;
-    let c2_key: KeyId = info["key"].as_str().unwrap_or_default().parse()?;
-    let rt = runtime()?;
+    let (net, mut c2, rt) = real_peers()?;
+    let (c2_addr, c2_key) = net.dial_target("c1", "c2")?;
     let started = Instant::now();
     let (served, refused) = rt.block_on(async {
         let mallory = Raw::at("mallory", IpAddr::from([127, 0, 0, 3]))?;

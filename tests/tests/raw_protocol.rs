@@ -10,9 +10,9 @@ use common::{
     wire::{
         codes, ChatMessage, DirectoryRequest, DirectoryResponse, ErrorCode, MessageId, PeerFrame,
     },
-    KeyId, Name,
+    Name,
 };
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 use tests::{
     raw::{register, request, runtime, Raw, RAW_WAIT},
     Json, Net, SHORT,
@@ -193,12 +193,7 @@ fn nobody_speaks_for_another_name() -> Result<()> {
     let net = Net::new()?;
     net.register("c1")?;
     let mut c2 = net.listen("c2")?;
-    let info = net.whois("c1", "c2")?;
-    let c2_addr: SocketAddr = info["observed_addr"]
-        .as_str()
-        .ok_or_else(|| anyhow!("no address for c2: {info}"))?
-        .parse()?;
-    let c2_key: KeyId = info["key"].as_str().unwrap_or_default().parse()?;
+    let (c2_addr, c2_key) = net.dial_target("c1", "c2")?;
     let dir = net.dir().addr();
     runtime()?.block_on(async {
         let raw = Raw::new("mallory")?;
