@@ -256,6 +256,19 @@ fingerprint=$(stdout_of directory | sed -nE 's/^directory listening on .* finger
 log "up: c1, c2, c3 resolved directory:9000 and registered; directory $fingerprint, network $net"
 
 # ---------------------------------------------------------------------------------------------
+step="step 0 (c1, c2 and c3 accept each other as contacts)"
+log "$step"
+# Until then each is a stranger to the others: the directory gives none of them the others'
+# addresses, and their first messages would be message requests through the mailbox.
+for a in c1 c2 c3; do
+  for b in c1 c2 c3; do
+    [ "$a" = "$b" ] && continue
+    out=$(peer_cmd "$a" accept "$b" 2>&1) || fail "$a accept $b" "a contact line" "$out"
+    [ "$(json_field standing <<<"$out")" = accepted ] || fail "$a accept $b" "standing: accepted" "$out"
+  done
+done
+
+# ---------------------------------------------------------------------------------------------
 step="step 1 (c1 -> c2 and c2 -> c1 at the same time, direct)"
 log "$step"
 n1=5

@@ -29,6 +29,9 @@ peer c3 inbox >/dev/null                  # c3 claims its name once, then goes a
 pids+=($!)
 for _ in $(seq 100); do peer c1 whois c2 2>/dev/null | grep -q ': online' && break; sleep 0.1; done
 
+peer c1 inbox >/dev/null                  # c1 claims its name
+echo "== c2 accepts c1 as a contact (a stranger gets no address: its messages are requests)"
+peer c2 accept c1
 echo "== c1 chats with c2 (direct QUIC)"
 printf 'hello c2\nhow are you?\n/to c3\nc3, are you there?\n' | peer c1 chat c2
 for _ in $(seq 50); do [ "$(wc -l <"$work/c2.out")" -ge 2 ] && break; sleep 0.1; done

@@ -146,6 +146,8 @@ const LIMITS_LIFTED: &[&str] = &[
     "4294967295",
     "--new-connections-burst",
     "4294967295",
+    "--lookups-per-key-per-minute",
+    "4294967295",
 ];
 
 impl DirectoryProcess {

@@ -84,6 +84,15 @@ pub const NAME_BINDS_PER_IP_PER_HOUR: u32 = 100;
 /// taken by another key; its mailbox is emptied then.
 pub const NAME_EXPIRY: Duration = Duration::from_secs(180 * 24 * 60 * 60);
 
+/// Most keys a peer may let reach it ([`crate::wire::Reach::Contacts`]): 32 KiB of keys, in
+/// a frame well under [`MAX_FRAME_LEN`].
+pub const MAX_CONTACTS: usize = 1024;
+
+/// Lookups one key may make per minute, all at once or spread out: enough for a peer that
+/// verifies every sender it hears from, few enough that walking a list of guessed names is
+/// slow.
+pub const LOOKUPS_PER_KEY_PER_MINUTE: u32 = 600;
+
 /// Introductions (hole punching) one key may ask for per minute, all at once if saved up.
 pub const INTRODUCTIONS_PER_KEY_PER_MINUTE: u32 = 30;
 

@@ -113,6 +113,36 @@ pub enum DirectoryRequest {
         /// The part; its offer's `from` must be the depositor.
         part: FilePart,
     },
+    /// Who may see our addresses and exact presence, and be introduced to us: replaces what the
+    /// caller said before. Sent right after `Register` by a peer that stays online, and again
+    /// whenever its contacts change; until then the directory treats everyone as a stranger.
+    SetReach {
+        /// The keys, or anyone.
+        reach: Reach,
+    },
+}
+
+/// Who a peer lets reach it: see [`DirectoryRequest::SetReach`]. A key it lets reach it (a
+/// contact) looks it up and gets its addresses, its exact last-seen time, and introductions to
+/// it. Anyone else (a stranger) gets its key and whether it is online, its last-seen time
+/// only to the day, no address, and no introduction: a stranger's messages go through the
+/// mailbox, where the recipient sees them as message requests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reach {
+    /// Only these keys, at most [`crate::defaults::MAX_CONTACTS`].
+    Contacts(Vec<KeyId>),
+    /// Anyone (an open peer: a bot, a service, a LAN party).
+    Anyone,
+}
+
+impl Reach {
+    /// True when `key` may reach the peer.
+    pub fn allows(&self, key: &KeyId) -> bool {
+        match self {
+            Reach::Contacts(keys) => keys.contains(key),
+            Reach::Anyone => true,
+        }
+    }
 }
 
 /// The directory's answer to one [`DirectoryRequest`].
@@ -208,6 +238,9 @@ pub enum ErrorCode {
     /// A file name is over [`crate::defaults::MAX_FILE_NAME_LEN`] bytes.
     #[error("the file name is too long")]
     FileNameTooLong,
+    /// The peer has not accepted the caller as a contact, so it cannot be introduced to it.
+    #[error("the peer has not accepted you as a contact")]
+    NotAccepted,
 }
 
 /// Written by the directory on the event stream it opens towards a registered peer.
@@ -425,6 +458,10 @@ pub enum FileRefusal {
     /// The receiver cannot store it (disk full, permissions).
     #[error("the recipient cannot store the file")]
     CannotStore,
+    /// The receiver has not accepted the sender as a contact: files from strangers wait for
+    /// the user's consent, so the sender goes through the mailbox, within its quotas.
+    #[error("the recipient has not accepted you as a contact")]
+    NotAccepted,
 }
 
 /// QUIC application error codes used when closing a stream or a connection.

@@ -72,6 +72,10 @@ struct Cli {
     #[arg(long, default_value_t = defaults::INTRODUCTIONS_PER_TARGET_PER_MINUTE, value_parser = clap::value_parser!(u32).range(1..))]
     introductions_per_target_per_minute: u32,
 
+    /// Lookups one key may make per minute (past it: "too many requests").
+    #[arg(long, default_value_t = defaults::LOOKUPS_PER_KEY_PER_MINUTE, value_parser = clap::value_parser!(u32).range(1..))]
+    lookups_per_key_per_minute: u32,
+
     /// Most connections served at once; more are refused. Above half of it, a client must
     /// prove its address first (a QUIC Retry, one more round trip).
     #[arg(long, default_value_t = defaults::MAX_CONNECTIONS)]
@@ -180,6 +184,7 @@ fn run(cli: Cli) -> Result<()> {
             introductions_per_ip: cli.introductions_per_ip_per_minute,
             introductions_per_target: cli.introductions_per_target_per_minute,
             name_binds_per_ip: cli.name_binds_per_ip_per_hour,
+            lookups_per_key: cli.lookups_per_key_per_minute,
         },
     };
     let runtime = match cli.threads {

@@ -13,7 +13,8 @@ use common::{
     admit::{host, Buckets, Clock, DefaultClock, Quota},
     defaults::{
         INTRODUCTIONS_PER_IP_PER_MINUTE, INTRODUCTIONS_PER_KEY_PER_MINUTE,
-        INTRODUCTIONS_PER_TARGET_PER_MINUTE, NAME_BINDS_PER_IP_PER_HOUR,
+        INTRODUCTIONS_PER_TARGET_PER_MINUTE, LOOKUPS_PER_KEY_PER_MINUTE,
+        NAME_BINDS_PER_IP_PER_HOUR,
     },
     KeyId, Name,
 };
@@ -30,6 +31,8 @@ pub struct Rates {
     pub introductions_per_target: u32,
     /// New names one host may bind per hour.
     pub name_binds_per_ip: u32,
+    /// Lookups one key may make per minute.
+    pub lookups_per_key: u32,
 }
 
 impl Default for Rates {
@@ -39,6 +42,7 @@ impl Default for Rates {
             introductions_per_ip: INTRODUCTIONS_PER_IP_PER_MINUTE,
             introductions_per_target: INTRODUCTIONS_PER_TARGET_PER_MINUTE,
             name_binds_per_ip: NAME_BINDS_PER_IP_PER_HOUR,
+            lookups_per_key: LOOKUPS_PER_KEY_PER_MINUTE,
         }
     }
 }
@@ -60,6 +64,7 @@ pub struct Allowances<C: Clock = DefaultClock> {
     introductions_per_ip: Buckets<IpAddr, C>,
     introductions_per_target: Buckets<Name, C>,
     name_binds_per_ip: Buckets<IpAddr, C>,
+    lookups_per_key: Buckets<KeyId, C>,
 }
 
 impl<C: Clock> std::fmt::Debug for Allowances<C> {
@@ -88,6 +93,7 @@ impl<C: Clock + Clone> Allowances<C> {
                 clock,
             ),
             name_binds_per_ip: Buckets::with_clock(hour(rates.name_binds_per_ip), clock),
+            lookups_per_key: Buckets::with_clock(minute(rates.lookups_per_key), clock),
         }
     }
 
@@ -113,6 +119,14 @@ impl<C: Clock + Clone> Allowances<C> {
     }
 
     /// Takes a token for binding a new name from `ip`.
+    /// Takes one lookup from `key`'s allowance.
+    pub fn lookup_by(&self, key: KeyId) -> Result<(), Limited> {
+        match self.lookups_per_key.check(&key) {
+            true => Ok(()),
+            false => Err(Limited::Key),
+        }
+    }
+
     pub fn bind_from(&self, ip: IpAddr) -> Result<(), Limited> {
         match self.name_binds_per_ip.check(&host(ip)) {
             true => Ok(()),
@@ -133,6 +147,7 @@ mod tests {
             introductions_per_ip: 2 * n,
             introductions_per_target: n,
             name_binds_per_ip: n,
+            lookups_per_key: n,
         }
     }
 

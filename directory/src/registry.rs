@@ -7,13 +7,13 @@
 //! leaves closes it at once. Either way its session ends and removes it here. The directory
 //! spends nothing per heartbeat beyond acknowledging a packet: no stream, no task, no timer.
 
-use common::wire::DirectoryEvent;
+use common::wire::{DirectoryEvent, Reach};
 use common::{KeyId, Name};
 use std::{
     collections::HashMap,
     fmt::Debug,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
 };
 use tokio::sync::{mpsc, Notify};
 
@@ -45,6 +45,8 @@ pub struct Online {
     pub wake: Arc<Notify>,
     /// Other events for its event stream (introductions).
     pub events: mpsc::Sender<DirectoryEvent>,
+    /// Who may see its addresses and be introduced to it; its connection updates it.
+    pub reach: Arc<RwLock<Reach>>,
 }
 
 /// The receiving ends of an [`Online`] entry: what its mailbox task listens to.
@@ -59,12 +61,24 @@ pub struct Feed {
 }
 
 impl Online {
+    /// True when `key` may see its addresses and be introduced to it: its own key, or one it
+    /// lets reach it.
+    pub fn reaches(&self, key: &KeyId) -> bool {
+        *key == self.key
+            || self
+                .reach
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .allows(key)
+    }
+
     /// The entry for peer `name` online on `link`, and the feed its mailbox task reads.
     pub fn new(
         name: Name,
         link: Arc<dyn Link>,
         key: KeyId,
         listen_addrs: Vec<SocketAddr>,
+        reach: Arc<RwLock<Reach>>,
     ) -> (Self, Feed) {
         let wake = Arc::new(Notify::new());
         let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
@@ -74,6 +88,7 @@ impl Online {
             listen_addrs,
             wake: wake.clone(),
             events,
+            reach,
         };
         (
             online,

@@ -13,14 +13,17 @@ use crate::{
     store::{Binding, StoreError, ACTIVE_STEP_MS},
 };
 use common::{
-    defaults::{MAX_BODY_LEN, MAX_FILE_NAME_LEN},
+    defaults::{MAX_BODY_LEN, MAX_CONTACTS, MAX_FILE_NAME_LEN},
     now_ms,
-    wire::{codes, DirectoryEvent, DirectoryRequest, DirectoryResponse, ErrorCode, Mail, PeerInfo},
+    wire::{
+        codes, DirectoryEvent, DirectoryRequest, DirectoryResponse, ErrorCode, Mail, PeerInfo,
+        Reach,
+    },
     KeyId, Name,
 };
 use std::{
     net::SocketAddr,
-    sync::{atomic::Ordering, Arc, OnceLock},
+    sync::{atomic::Ordering, Arc, OnceLock, RwLock},
     time::{Duration, Instant},
 };
 use tracing::{debug, info, warn};
@@ -29,6 +32,8 @@ use tracing::{debug, info, warn};
 const LISTEN_ADDRS: usize = 16;
 /// How often, at most, the hole punching counters are logged.
 const PUNCH_LOG_EVERY: Duration = Duration::from_secs(60);
+/// What a stranger learns of a peer's last-seen time: the day (UTC) only.
+const STRANGER_LAST_SEEN_STEP_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// Who sends requests on one connection, and what it has registered so far. Requests on the
 /// connection's streams are served concurrently, so its state is set through `&self`.
@@ -40,6 +45,8 @@ pub struct Caller {
     name: OnceLock<Name>,
     /// The addresses the peer said it listens on, set by `Register`.
     listen_addrs: OnceLock<Vec<SocketAddr>>,
+    /// Who may reach it, set by `SetReach`, shared with its registry entry: nobody until then.
+    reach: Arc<RwLock<Reach>>,
 }
 
 impl Caller {
@@ -50,6 +57,7 @@ impl Caller {
             link,
             name: OnceLock::new(),
             listen_addrs: OnceLock::new(),
+            reach: Arc::new(RwLock::new(Reach::Contacts(Vec::new()))),
         }
     }
 
@@ -103,7 +111,19 @@ pub async fn handle(
         }
         DirectoryRequest::Lookup { name } => {
             let me = caller.registered()?;
-            DirectoryResponse::Peer(lookup(shared, me, name)?)
+            if let Err(limited) = shared.allowances.lookup_by(caller.key) {
+                debug!(?limited, "lookup refused: rate limit");
+                return Err(ErrorCode::RateLimited);
+            }
+            DirectoryResponse::Peer(lookup(shared, caller.key, me, name)?)
+        }
+        DirectoryRequest::SetReach { reach } => {
+            caller.registered()?;
+            if matches!(&reach, Reach::Contacts(keys) if keys.len() > MAX_CONTACTS) {
+                return Err(ErrorCode::TooLarge);
+            }
+            *caller.reach.write().unwrap_or_else(|e| e.into_inner()) = reach;
+            DirectoryResponse::Noted
         }
         DirectoryRequest::Deposit { message } => {
             let me = caller.registered()?;
@@ -158,7 +178,13 @@ async fn register(
         debug!(key = %caller.key.short(), "registered for a short command");
         return Ok(registered.into());
     }
-    let (entry, feed) = Online::new(name.clone(), caller.link.clone(), caller.key, listen_addrs);
+    let (entry, feed) = Online::new(
+        name.clone(),
+        caller.link.clone(),
+        caller.key,
+        listen_addrs,
+        caller.reach.clone(),
+    );
     if let Some(old) = shared.registry.insert(name, entry) {
         if old.link.id() != caller.link.id() {
             info!("replacing an older connection for the same name");
@@ -252,6 +278,10 @@ fn introduce(shared: &Shared, caller: &Caller, name: &Name) -> Result<(), ErrorC
         return Err(ErrorCode::RateLimited);
     }
     let target = shared.registry.get(name).ok_or(ErrorCode::Offline)?;
+    if !target.reaches(&caller.key) {
+        debug!(to = %name, "introduction refused: not a contact of the target");
+        return Err(ErrorCode::NotAccepted);
+    }
     if let Err(limited) = shared.allowances.introduce_to(name) {
         debug!(?limited, to = %name, "introduction refused: rate limit");
         return Err(ErrorCode::RateLimited);
@@ -273,7 +303,11 @@ fn introduce(shared: &Shared, caller: &Caller, name: &Name) -> Result<(), ErrorC
     Ok(())
 }
 
-fn lookup(shared: &Shared, me: &Name, name: Name) -> Result<PeerInfo, ErrorCode> {
+/// What `asker` (key `key`, name `me`) may know of `name`: everything if `name` lets it reach
+/// it, else (a stranger, or `name` offline) its key, whether it is online and its last-seen
+/// day, without addresses. Offline, nobody knows whom `name` lets reach it, so everyone gets
+/// the day.
+fn lookup(shared: &Shared, key: KeyId, me: &Name, name: Name) -> Result<PeerInfo, ErrorCode> {
     // Reads are served inline: a redb read transaction on a hot page costs microseconds, less
     // than the hop to a blocking thread, which profiling showed dominating lookups.
     let (record, queued) = shared
@@ -281,7 +315,17 @@ fn lookup(shared: &Shared, me: &Name, name: Name) -> Result<PeerInfo, ErrorCode>
         .lookup(&name, me)
         .map_err(|_| ErrorCode::Internal)?
         .ok_or(ErrorCode::UnknownPeer)?;
+    let day = |ms: u64| ms - ms % STRANGER_LAST_SEEN_STEP_MS;
     Ok(match shared.registry.get(&name) {
+        Some(o) if !o.reaches(&key) => PeerInfo {
+            name,
+            key: o.key,
+            online: true,
+            last_seen_ms: Some(day(now_ms())),
+            observed_addr: None,
+            listen_addrs: Vec::new(),
+            queued_from_you: queued,
+        },
         Some(o) => PeerInfo {
             name,
             key: o.key,
@@ -297,7 +341,7 @@ fn lookup(shared: &Shared, me: &Name, name: Name) -> Result<PeerInfo, ErrorCode>
             name,
             key: record.key,
             online: false,
-            last_seen_ms: record.last_seen_ms,
+            last_seen_ms: record.last_seen_ms.map(day),
             observed_addr: None,
             listen_addrs: Vec::new(),
             queued_from_you: queued,
@@ -447,6 +491,10 @@ mod tests {
         handle(shared, caller, request).await.map(|r| r.response)
     }
 
+    fn set_reach(reach: Reach) -> DirectoryRequest {
+        DirectoryRequest::SetReach { reach }
+    }
+
     /// Registers `caller` as `who`, online, and returns its feed.
     async fn online(shared: &Shared, caller: &Caller, who: &str) -> Result<Feed, ErrorCode> {
         let reply = handle(shared, caller, register(who, true)).await?;
@@ -468,7 +516,10 @@ mod tests {
             let (alice, _) = caller(1);
             let (bob, _) = caller(2);
             online(&shared, &alice, "alice").await?;
-            let bob = online(&shared, &bob, "bob").await?;
+            let bob_feed = online(&shared, &bob, "bob").await?;
+            // Bob lets alice reach him; everyone else is a stranger to him.
+            ask(&shared, &bob, set_reach(Reach::Contacts(vec![alice.key]))).await?;
+            let bob = bob_feed;
             Ok(Self {
                 shared,
                 alice,
@@ -598,12 +649,77 @@ mod tests {
         let listening = SocketAddr::from(([192, 168, 1, 2], 5000));
         assert_eq!(bob.listen_addrs, [listening]);
 
-        d.shared.store.set_last_seen(&name("carol"), 42)?;
+        // Offline, nobody knows whom carol lets reach her: her last-seen time is the day's.
+        let day = 20_000 * STRANGER_LAST_SEEN_STEP_MS;
+        d.shared.store.set_last_seen(&name("carol"), day + 42)?;
         let carol = peer(d.alice_asks(lookup("carol")).await)?;
         assert!(!carol.online);
-        assert_eq!(carol.last_seen_ms, Some(42));
+        assert_eq!(carol.last_seen_ms, Some(day));
         assert_eq!(carol.observed_addr, None);
         assert_eq!(carol.queued_from_you, 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_stranger_sees_no_address_and_is_not_introduced() -> TestResult {
+        let mut d = AliceAndBob::new(Quota::default()).await?;
+        let mallory = d.join("mallory", 9, false).await?;
+        let bob = peer(ask(&d.shared, &mallory, lookup("bob")).await)?;
+        assert_eq!(bob.key, KeyId([2; 32]), "the key is public");
+        assert!(bob.online);
+        assert_eq!(bob.observed_addr, None);
+        assert!(bob.listen_addrs.is_empty());
+        let seen = bob.last_seen_ms.unwrap_or(1);
+        assert_eq!(seen % STRANGER_LAST_SEEN_STEP_MS, 0, "to the day");
+        let refused = ask(&d.shared, &mallory, introduce("bob")).await;
+        assert_eq!(refused, Err(ErrorCode::NotAccepted));
+        assert!(d.bob.events.try_recv().is_err(), "bob heard nothing");
+        // A contact's lookup is whole.
+        let seen_by_alice = peer(d.alice_asks(lookup("bob")).await)?;
+        assert!(seen_by_alice.observed_addr.is_some());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn reach_is_replaced_capped_and_can_be_anyone() -> TestResult {
+        let d = AliceAndBob::new(Quota::default()).await?;
+        let (bob, _) = caller(2);
+        let _feed = online(&d.shared, &bob, "bob").await?;
+        let too_many = Reach::Contacts((0..=MAX_CONTACTS).map(|_| KeyId([7; 32])).collect());
+        let refused = ask(&d.shared, &bob, set_reach(too_many)).await;
+        assert_eq!(refused, Err(ErrorCode::TooLarge));
+        // Nobody (not even alice) reaches this connection of bob's until it says so.
+        let hidden = peer(d.alice_asks(lookup("bob")).await)?;
+        assert_eq!(hidden.observed_addr, None);
+        ask(&d.shared, &bob, set_reach(Reach::Anyone)).await?;
+        let mallory = d.join("mallory", 9, false).await?;
+        let open = peer(ask(&d.shared, &mallory, lookup("bob")).await)?;
+        assert!(open.observed_addr.is_some());
+        ask(&d.shared, &bob, set_reach(Reach::Contacts(vec![]))).await?;
+        let closed = peer(ask(&d.shared, &mallory, lookup("bob")).await)?;
+        assert_eq!(closed.observed_addr, None);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn lookups_are_limited_per_key() -> TestResult {
+        let rates = Rates {
+            lookups_per_key: 5,
+            ..Rates::default()
+        };
+        let (_dir, shared) = directory_with(Config { rates, ..config() })?;
+        let (mallory, _) = caller(9);
+        ask(&shared, &mallory, register("mallory", false)).await?;
+        for i in 0..5 {
+            let answer = ask(&shared, &mallory, lookup(&format!("guess{i}"))).await;
+            assert_eq!(answer, Err(ErrorCode::UnknownPeer), "{i}");
+        }
+        let limited = ask(&shared, &mallory, lookup("mallory")).await;
+        assert_eq!(limited, Err(ErrorCode::RateLimited));
+        let (other, _) = caller(8);
+        ask(&shared, &other, register("other", false)).await?;
+        let answer = ask(&shared, &other, lookup("mallory")).await;
+        assert!(answer.is_ok(), "another key has its own: {answer:?}");
         Ok(())
     }
 
@@ -679,6 +795,7 @@ mod tests {
         let (bob, _) = caller(2);
         // Bob's events are read from this feed: it must live for bob to be online.
         let _bob = online(&shared, &bob, "bob").await?;
+        ask(&shared, &bob, set_reach(Reach::Anyone)).await?;
         // Mallory's key on three connections from one host: the key's budget is shared.
         let mut sent = 0;
         for n in 10..13 {
@@ -715,6 +832,7 @@ mod tests {
         // Someone else can still be introduced to.
         let (carol, _) = caller(3);
         let _carol = online(&shared, &carol, "carol").await?;
+        ask(&shared, &carol, set_reach(Reach::Anyone)).await?;
         let (dave, _) = caller(4);
         ask(&shared, &dave, register("dave", false)).await?;
         assert_eq!(

@@ -12,6 +12,7 @@
 //! before its handshake.
 
 use crate::{
+    contacts::Verdict,
     directory_client::DirectoryClient,
     files,
     inbox::{Inbox, Shown, Via},
@@ -25,7 +26,7 @@ use common::{
         MAX_BODY_LEN, PEER_CONNECTIONS_PER_IP, PEER_UNVERIFIED, PEER_VERIFY_TIMEOUT, SEND_WINDOW,
     },
     framing, tls,
-    wire::{codes, FileHeader, MessageId, PeerFrame},
+    wire::{codes, FileHeader, FileRefusal, MessageId, PeerFrame},
     KeyId, Name,
 };
 use std::sync::Arc;
@@ -268,6 +269,14 @@ impl ChatStream {
             return Err(self.refuse(codes::PROTOCOL, anyhow!("file not for us")));
         }
         self.check_sender(&header.from).await?;
+        if self.inbox.verdict(&header.from) != Verdict::Contact {
+            // A stranger's file waits for the user's consent: its sender falls back to the
+            // mailbox, within the directory's quotas, or waits until it is accepted.
+            debug!(from = %header.from, "file refused: not a contact");
+            framing::write_frame(send, &PeerFrame::FileRefused(FileRefusal::NotAccepted)).await?;
+            let _ = send.finish();
+            return Ok(());
+        }
         self.files.direct(header, send, recv).await
     }
 
@@ -283,6 +292,9 @@ impl ChatStream {
                         codes::UNAUTHORIZED,
                         anyhow!("{from} is not the owner of key {}", self.key.short()),
                     ));
+                }
+                if self.inbox.verdict(from) == Verdict::Blocked {
+                    return Err(self.refuse(codes::UNAUTHORIZED, anyhow!("{from} is blocked")));
                 }
                 let path = DirectPath::classify(self.conn.remote_address(), &info, false);
                 self.links.insert(from.clone(), self.conn.clone(), path);

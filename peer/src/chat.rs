@@ -80,7 +80,7 @@ async fn lines(mut session: Session, console: Console, mut with: Name) -> Result
             update = session.next() => match update {
                 Some(Update::Message(received)) => {
                     known.add(&received.message.from);
-                    print_line(&console.message(&received.message, received.via))?;
+                    print_line(&console.message(&received.message, received.via, received.request))?;
                     received.shown();
                 }
                 Some(Update::File(file)) => print_line(&console.file(&file))?,
@@ -117,6 +117,8 @@ async fn lines(mut session: Session, console: Console, mut with: Name) -> Result
                 Some(Update::Whois(Ok((info, path)))) => print_line(&console.whois(&info, path))?,
                 Some(Update::Whois(Err(e))) => eprintln!("peer: {e}"),
                 Some(Update::Notice(text)) => eprintln!("{text}"),
+                Some(Update::Contact(Ok(contact))) => print_line(&console.contact(&contact))?,
+                Some(Update::Contact(Err(e))) => eprintln!("peer: {e}"),
                 Some(Update::MailboxIdle) => {}
                 None => break Err(anyhow!("the running peer stopped")),
             },

@@ -42,6 +42,11 @@ pub struct Cli {
     #[arg(long, env = "CHAT_DIRECT_TIMEOUT", default_value_t = 3.0, value_parser = parse_secs)]
     pub direct_timeout: f64,
 
+    /// Let anyone reach you directly and see where you are, not only your contacts; messages
+    /// from strangers are then not message requests. For bots and services.
+    #[arg(long, env = "CHAT_OPEN")]
+    pub open: bool,
+
     /// Largest file, in bytes, sent through the directory's mailbox when the recipient cannot
     /// be reached directly; larger ones wait until it is back.
     #[arg(long, env = "CHAT_MAILBOX_FILE_MAX", default_value_t = MAILBOX_FILE_MAX)]
@@ -90,6 +95,21 @@ pub enum Command {
         #[arg(value_parser = parse_name)]
         name: Name,
     },
+    /// Accept NAME as a contact: it may reach you directly and see where you are, and its
+    /// messages are no longer message requests. Sending to a name accepts it too.
+    Accept {
+        /// Whom to accept.
+        #[arg(value_parser = parse_name)]
+        name: Name,
+    },
+    /// Block NAME: what it sends is dropped unseen, and it cannot reach you directly.
+    Block {
+        /// Whom to block.
+        #[arg(value_parser = parse_name)]
+        name: Name,
+    },
+    /// List the names you accepted or blocked.
+    Contacts,
     /// Print the local history of the conversation with NAME, oldest first.
     History {
         /// The other side of the conversation.

@@ -5,6 +5,7 @@ use crate::{
     chat,
     cli::{Cli, Command},
     console::{print_line, Console},
+    contacts::Standing,
     control::ControlClient,
     history::{self, History, HistoryError},
     home::Home,
@@ -26,9 +27,13 @@ pub async fn run(cli: &Cli, session: Session) -> Result<()> {
         Command::Listen => listen(session, console).await,
         Command::Inbox => inbox(session, console).await,
         Command::Chat { with } => chat::run(session, console, with.clone()).await,
-        Command::History { .. } => {
+        Command::Accept { name } => {
+            contact(session, console, name.clone(), Standing::Accepted).await
+        }
+        Command::Block { name } => contact(session, console, name.clone(), Standing::Blocked).await,
+        Command::History { .. } | Command::Contacts => {
             session.close().await;
-            bail!("history runs without a session")
+            bail!("this command runs without a session")
         }
     }
 }
@@ -128,6 +133,34 @@ fn progress_bar(console: Console) -> indicatif::ProgressBar {
     bar
 }
 
+async fn contact(
+    mut session: Session,
+    console: Console,
+    name: Name,
+    standing: Standing,
+) -> Result<()> {
+    session.set_contact(name, standing);
+    let result = loop {
+        match session.next().await {
+            Some(Update::Contact(result)) => break result.map_err(anyhow::Error::from),
+            Some(_) => {}
+            None => break Err(anyhow!("the peer stopped before the contact was recorded")),
+        }
+    };
+    session.close().await;
+    print_line(&console.contact(&result?))?;
+    Ok(())
+}
+
+/// `peer contacts`: the contacts file, read directly (it is small and rewritten whole).
+pub fn contacts(cli: &Cli, home: &Home) -> Result<()> {
+    let console = console(cli);
+    for contact in crate::contacts::read_file(home)? {
+        print_line(&console.contact(&contact))?;
+    }
+    Ok(())
+}
+
 async fn whois(mut session: Session, console: Console, name: Name) -> Result<()> {
     session.whois(name);
     let result = loop {
@@ -159,7 +192,7 @@ async fn listen(mut session: Session, console: Console) -> Result<()> {
         tokio::select! {
             update = session.next() => match update {
                 Some(Update::Message(received)) => {
-                    print_line(&console.message(&received.message, received.via))?;
+                    print_line(&console.message(&received.message, received.via, received.request))?;
                     received.shown();
                 }
                 Some(Update::Notice(text)) => eprintln!("{text}"),
@@ -186,7 +219,7 @@ async fn inbox(mut session: Session, console: Console) -> Result<()> {
     let result = loop {
         match session.next().await {
             Some(Update::Message(received)) => {
-                print_line(&console.message(&received.message, received.via))?;
+                print_line(&console.message(&received.message, received.via, received.request))?;
                 received.shown();
             }
             Some(Update::File(file)) => print_line(&console.file(&file))?,

@@ -25,10 +25,12 @@ pub struct Console {
 }
 
 impl Console {
-    /// The line for an incoming message.
-    pub fn message(&self, m: &ChatMessage, via: Via) -> String {
+    /// The line for an incoming message; `request` when it is from a stranger (a message
+    /// request, see [`crate::contacts`]).
+    pub fn message(&self, m: &ChatMessage, via: Via, request: bool) -> String {
+        let skewed = clock_skewed(m.sent_at_ms, via, common::now_ms());
         if self.json {
-            return json!({
+            let mut v = json!({
                 "type": "message",
                 "id": m.id.to_string(),
                 "from": m.from.as_str(),
@@ -36,19 +38,50 @@ impl Console {
                 "sent_at_ms": m.sent_at_ms,
                 "body": m.body,
                 "via": via.as_str(),
-            })
-            .to_string();
+            });
+            if request {
+                v["request"] = json!(true);
+            }
+            if skewed {
+                v["clock_skewed"] = json!(true);
+            }
+            return v.to_string();
         }
         let from = self.name(&m.from);
-        let note = if via == Via::Mailbox {
-            " (while you were away)"
+        let note = match (request, via) {
+            (true, _) => " (message request)",
+            (false, Via::Mailbox) => " (while you were away)",
+            (false, Via::Direct) => "",
+        };
+        let skew = if skewed {
+            " (its time is far from this clock's)"
         } else {
             ""
         };
         format!(
-            "[{}] {from}: {}{note}",
+            "[{}] {from}: {}{note}{skew}",
             clock(m.sent_at_ms),
             sanitize(&m.body)
+        )
+    }
+
+    /// The line for a contact the user accepted or blocked.
+    pub fn contact(&self, c: &crate::contacts::Contact) -> String {
+        if self.json {
+            return json!({
+                "type": "contact",
+                "name": c.name.as_str(),
+                "key": c.key.to_string(),
+                "standing": c.standing.as_str(),
+                "since_ms": c.since_ms,
+            })
+            .to_string();
+        }
+        format!(
+            "{} {} (key {})",
+            self.name(&c.name),
+            c.standing.as_str(),
+            c.key.short()
         )
     }
 
@@ -301,6 +334,17 @@ pub fn ago(ms: u64) -> String {
     }
 }
 
+/// How far a sender's clock may be from ours before its message is flagged: a message from
+/// the future, or one that came directly (so it was just sent) stamped long ago.
+const CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
+
+/// Whether a message stamped `sent_at_ms` that came by `via` has a time far from `now_ms`.
+/// Mail may have waited for days, so only a future time counts for it.
+fn clock_skewed(sent_at_ms: u64, via: Via, now_ms: u64) -> bool {
+    sent_at_ms > now_ms.saturating_add(CLOCK_SKEW_MS)
+        || (via == Via::Direct && sent_at_ms.saturating_add(CLOCK_SKEW_MS) < now_ms)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,6 +359,21 @@ mod tests {
         assert_eq!(clock_at(ms, day(23), &tz), "2024-11-22 01:30:05");
         assert_eq!(clock_at(ms, day(21), &chrono::Utc), "23:30:05");
         assert_eq!(clock_at(u64::MAX, day(21), &chrono::Utc), "--:--:--");
+    }
+
+    #[test]
+    fn a_time_from_the_future_or_a_direct_message_from_the_past_is_flagged() {
+        let now = 1_800_000_000_000;
+        let minute = 60_000;
+        assert!(!clock_skewed(now - minute, Via::Direct, now));
+        assert!(!clock_skewed(now + minute, Via::Mailbox, now));
+        assert!(clock_skewed(now + 10 * minute, Via::Mailbox, now));
+        assert!(clock_skewed(now - 10 * minute, Via::Direct, now));
+        assert!(
+            !clock_skewed(now - 10_000 * minute, Via::Mailbox, now),
+            "mail waits"
+        );
+        assert!(clock_skewed(u64::MAX, Via::Direct, now));
     }
 
     #[test]

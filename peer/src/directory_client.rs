@@ -19,7 +19,7 @@ use common::{
     tls::{self, Expect},
     wire::{
         codes, ChatMessage, DirectoryEvent, DirectoryRequest, DirectoryResponse, ErrorCode,
-        EventAck, FilePart, MessageId, PeerInfo, Receipt,
+        EventAck, FilePart, MessageId, PeerInfo, Reach, Receipt,
     },
     Identity, KeyId, Name,
 };
@@ -152,6 +152,9 @@ pub struct Settings {
     pub heartbeat: Duration,
     /// Stay online and receive the mailbox (long-running commands), or only send and look up.
     pub online: bool,
+    /// Who may reach us (see [`crate::contacts`]): told to the directory after each
+    /// registration of an online peer, and again on every change.
+    pub reach: Option<watch::Receiver<Reach>>,
 }
 
 /// A handle on the directory connection; cheap to clone.
@@ -228,7 +231,14 @@ impl DirectoryClient {
         let conn = inner.connect_once().await?;
         inner.conn.send_replace(Some(conn));
         inner.tasks.spawn(supervise(inner.clone()));
-        Ok(Self { inner })
+        let client = Self { inner };
+        if let (true, Some(reach)) = (client.inner.settings.online, &client.inner.settings.reach) {
+            client
+                .inner
+                .tasks
+                .spawn(tell_reach(client.clone(), reach.clone()));
+        }
+        Ok(client)
     }
 
     /// Our address as the directory last observed it.
@@ -454,6 +464,19 @@ impl Inner {
             }
             other => bail!("unexpected answer to registration: {other:?}"),
         }
+        if let (true, Some(reach)) = (s.online, &s.reach) {
+            // Before anyone is told we are online: a contact's first lookup finds our
+            // addresses.
+            let reach = reach.borrow().clone();
+            let told = tokio::time::timeout(
+                REQUEST_TIMEOUT,
+                request_on(&conn, &DirectoryRequest::SetReach { reach }),
+            )
+            .await;
+            if !matches!(told, Ok(Ok(DirectoryResponse::Noted))) {
+                warn!(answer = ?told, "the directory did not take our contacts");
+            }
+        }
         if s.online {
             let leaving = self.leaving.subscribe();
             let task = tokio::spawn(tracing::Instrument::in_current_span(serve_events(
@@ -471,6 +494,20 @@ impl Inner {
             }
         }
         Ok(conn)
+    }
+}
+
+/// Tells the directory who may reach us each time that changes (each new connection is told
+/// when it registers).
+async fn tell_reach(client: DirectoryClient, mut reach: watch::Receiver<Reach>) {
+    while reach.changed().await.is_ok() {
+        let now = reach.borrow_and_update().clone();
+        if let Err(e) = client
+            .request(&DirectoryRequest::SetReach { reach: now })
+            .await
+        {
+            warn!(cause = %e, "the directory did not take our contacts; it will on reconnecting");
+        }
     }
 }
 

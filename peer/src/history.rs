@@ -367,6 +367,17 @@ impl History {
         Ok(ids.get(&id.0)?.is_some())
     }
 
+    /// Whether a message with this id is recorded in the conversation with `from`: a
+    /// redelivery from that sender. The same id in another conversation is another sender's
+    /// (or a sender reusing an id it saw), not a duplicate.
+    pub fn contains_from(&self, id: &MessageId, from: &Name) -> Result<bool, HistoryError> {
+        let txn = self.db.begin_read()?;
+        let ids = txn.open_table(IDS)?;
+        Ok(ids
+            .get(&id.0)?
+            .is_some_and(|at| at.value().0 == from.as_str()))
+    }
+
     /// The last `limit` entries of the conversation with `with`, oldest first.
     pub fn conversation(
         &self,
@@ -498,10 +509,17 @@ fn insert(
     entry: &HistoryEntry,
 ) -> Result<(), HistoryError> {
     if let Some(id) = entry.id {
-        if ids.get(&id.0)?.is_some() {
-            return Ok(());
+        let recorded = ids.get(&id.0)?.map(|at| at.value().0 == peer.as_str());
+        match recorded {
+            // A redelivery in this conversation.
+            Some(true) => return Ok(()),
+            // The id is another conversation's: this message is kept, and the index keeps
+            // pointing at the first.
+            Some(false) => {}
+            None => {
+                ids.insert(&id.0, (peer.as_str(), seq))?;
+            }
         }
-        ids.insert(&id.0, (peer.as_str(), seq))?;
     }
     let bytes = postcard::to_allocvec(entry)?;
     messages.insert((peer.as_str(), seq), bytes.as_slice())?;

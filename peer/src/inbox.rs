@@ -5,7 +5,12 @@
 //! ([`Inbox::receipt`]); files, received in [`crate::files`], are handed on here once stored
 //! ([`Inbox::file`]). The inbox knows nothing of connections: it is a sink with one event
 //! channel out.
+//!
+//! What a sender sends depends on how it stands with us ([`crate::contacts`]): a blocked
+//! sender's messages are taken (so they are acknowledged and leave the mailbox) and dropped
+//! unseen; a stranger's are shown as message requests, with a notice the first time.
 
+use crate::contacts::{Contacts, Verdict};
 use common::{
     wire::{ChatMessage, MessageId, Receipt},
     Name,
@@ -20,6 +25,8 @@ use tracing::debug;
 
 /// How many message ids are remembered for duplicate detection.
 const SEEN_CAPACITY: usize = 100_000;
+/// How many strangers are remembered as told about, so each request notice is shown once.
+const NOTICED_CAPACITY: usize = 1024;
 
 /// Which path a message came by. (Stored in the history: append variants only.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -67,6 +74,8 @@ pub struct Incoming {
     pub message: ChatMessage,
     /// How it came.
     pub via: Via,
+    /// From a stranger: a message request.
+    pub request: bool,
     shown: oneshot::Sender<()>,
 }
 
@@ -115,27 +124,34 @@ pub struct Inbox {
 
 struct InboxInner {
     me: Name,
+    contacts: Contacts,
     seen: Mutex<Seen>,
+    /// Strangers whose request notice was shown.
+    noticed: Mutex<HashSet<Name>>,
     events: mpsc::Sender<Event>,
     /// Copies for other local commands attached through the control socket.
-    copies: broadcast::Sender<(ChatMessage, Via)>,
+    copies: broadcast::Sender<Copy>,
     /// Copies of receipts, likewise.
     receipts: broadcast::Sender<Receipt>,
 }
 
+/// A copy of an incoming message for a command attached through the control socket: the
+/// message, how it came, and whether it is a message request.
+pub type Copy = (ChatMessage, Via, bool);
+
 /// Resolves when a handed-over message may be acknowledged: it was shown, or it was a
 /// duplicate of one shown before.
-pub struct Shown(Option<(MessageId, oneshot::Receiver<()>, Inbox)>);
+pub struct Shown(Option<(SeenKey, oneshot::Receiver<()>, Inbox)>);
 
 impl Shown {
     /// Waits until the message was shown.
     pub async fn wait(self) -> Result<(), NotShown> {
-        let Some((id, was_shown, inbox)) = self.0 else {
+        let Some((key, was_shown, inbox)) = self.0 else {
             return Ok(());
         };
         if was_shown.await.is_err() {
             // Nobody showed it: forget the id so a redelivery is not taken for a duplicate.
-            inbox.seen().remove(&id);
+            inbox.seen().remove(&key);
             return Err(NotShown);
         }
         Ok(())
@@ -149,13 +165,15 @@ pub struct NotShown;
 
 impl Inbox {
     /// An inbox for `me`, with the receiver of its events.
-    pub fn new(me: Name) -> (Self, mpsc::Receiver<Event>) {
+    pub fn new(me: Name, contacts: Contacts) -> (Self, mpsc::Receiver<Event>) {
         let (events, rx) = mpsc::channel(1024);
         let (copies, _) = broadcast::channel(1024);
         let (receipts, _) = broadcast::channel(256);
         let inner = InboxInner {
             me,
+            contacts,
             seen: Mutex::new(Seen::default()),
+            noticed: Mutex::default(),
             events,
             copies,
             receipts,
@@ -174,7 +192,7 @@ impl Inbox {
     }
 
     /// Copies of every new message, for local commands attached through the control socket.
-    pub fn subscribe(&self) -> broadcast::Receiver<(ChatMessage, Via)> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Copy> {
         self.inner.copies.subscribe()
     }
 
@@ -204,23 +222,58 @@ impl Inbox {
     /// when it may be acknowledged. Messages handed over one after another are shown in that
     /// order, so a stream can take the next message while earlier ones are being shown.
     pub async fn hand_over(&self, message: ChatMessage, via: Via) -> Result<Shown, NotShown> {
-        let id = message.id;
-        if !self.seen().insert(id) {
-            debug!(%id, "duplicate dropped");
+        let key = (message.from.clone(), message.id);
+        let request = match self.inner.contacts.verdict(&message.from) {
+            Verdict::Blocked => {
+                debug!(from = %message.from, "dropped: the sender is blocked");
+                return Ok(Shown(None));
+            }
+            Verdict::Stranger => true,
+            Verdict::Contact => false,
+        };
+        if !self.seen().insert(key.clone()) {
+            debug!(id = %key.1, "duplicate dropped");
             return Ok(Shown(None));
         }
-        let _ = self.inner.copies.send((message.clone(), via));
+        if request {
+            self.notice_request(&message.from).await;
+        }
+        let _ = self.inner.copies.send((message.clone(), via, request));
         let (shown, was_shown) = oneshot::channel();
         let event = Event::Message(Incoming {
             message,
             via,
+            request,
             shown,
         });
         if self.inner.events.send(event).await.is_err() {
-            self.seen().remove(&id);
+            self.seen().remove(&key);
             return Err(NotShown);
         }
-        Ok(Shown(Some((id, was_shown, self.clone()))))
+        Ok(Shown(Some((key, was_shown, self.clone()))))
+    }
+
+    /// Tells the user, once per stranger, what a message request is and what to do with it.
+    async fn notice_request(&self, from: &Name) {
+        {
+            let mut noticed = self.inner.noticed.lock().unwrap_or_else(|e| e.into_inner());
+            if noticed.len() >= NOTICED_CAPACITY {
+                noticed.clear();
+            }
+            if !noticed.insert(from.clone()) {
+                return;
+            }
+        }
+        self.notice(format!(
+            "message request: {from} is not in your contacts; `peer accept {from}` lets them \
+             reach you directly, `peer block {from}` drops what they send"
+        ))
+        .await;
+    }
+
+    /// How `name` stands with us.
+    pub fn verdict(&self, name: &Name) -> Verdict {
+        self.inner.contacts.verdict(name)
     }
 
     /// Reports a file that arrived.
@@ -243,19 +296,23 @@ impl Inbox {
     }
 }
 
-/// A bounded set of recently seen ids: the oldest is forgotten first.
+/// What duplicates are recognised by: the sender and its message id, so that one sender
+/// cannot suppress another's message by reusing its id.
+type SeenKey = (Name, MessageId);
+
+/// A bounded set of recently seen messages: the oldest is forgotten first.
 #[derive(Default)]
 struct Seen {
-    set: HashSet<MessageId>,
-    order: VecDeque<MessageId>,
+    set: HashSet<SeenKey>,
+    order: VecDeque<SeenKey>,
 }
 
 impl Seen {
-    fn insert(&mut self, id: MessageId) -> bool {
-        if !self.set.insert(id) {
+    fn insert(&mut self, key: SeenKey) -> bool {
+        if !self.set.insert(key.clone()) {
             return false;
         }
-        self.order.push_back(id);
+        self.order.push_back(key);
         if self.order.len() > SEEN_CAPACITY {
             if let Some(old) = self.order.pop_front() {
                 self.set.remove(&old);
@@ -264,8 +321,8 @@ impl Seen {
         true
     }
 
-    fn remove(&mut self, id: &MessageId) {
-        self.set.remove(id);
-        self.order.retain(|x| x != id);
+    fn remove(&mut self, key: &SeenKey) {
+        self.set.remove(key);
+        self.order.retain(|x| x != key);
     }
 }

@@ -37,8 +37,10 @@
 //!   decisions are [`punch::race`]'s, a state machine.
 //! * [`accept`]: direct connections from other peers: who is talking, their chat and file
 //!   streams, acks.
-//! * [`inbox`]: where everything that arrives ends: drops duplicates, hands over, waits until
-//!   shown.
+//! * [`inbox`]: where everything that arrives ends: drops duplicates and what blocked senders
+//!   send, marks message requests, hands over, waits until shown.
+//! * [`contacts`]: who the user accepted or blocked; what the directory is told about who may
+//!   reach us.
 //! * [`links`]: live direct connections by name, and how each came about.
 //! * [`directory_client`]: the connection to the directory: register, reconnect, typed
 //!   requests, and what the directory pushes (mail, introductions) as a channel.
@@ -68,6 +70,7 @@ pub mod chat;
 pub mod cli;
 pub mod commands;
 pub mod console;
+pub mod contacts;
 pub mod control;
 pub mod directory_client;
 pub mod endpoint;

@@ -59,6 +59,9 @@ async fn run(cli: Cli) -> Result<()> {
     if let Command::History { with, limit } = &cli.command {
         return commands::history(&cli, &home, with, *limit).await;
     }
+    if let Command::Contacts = &cli.command {
+        return commands::contacts(&cli, &home);
+    }
     let session = match open_session(&cli, &home).await? {
         Opened::Remote(session) => session,
         Opened::Local(session, guard) => {
@@ -110,12 +113,16 @@ async fn open_session(cli: &Cli, home: &Home) -> Result<Opened> {
         heartbeat: Duration::from_secs_f64(cli.heartbeat),
         direct_timeout: Duration::from_secs_f64(cli.direct_timeout),
         mailbox_file_max: cli.mailbox_file_max,
+        open: cli.open,
         online: matches!(
             cli.command,
             Command::Chat { .. } | Command::Listen | Command::Inbox
         ),
     };
-    let history = if matches!(cli.command, Command::Whois { .. }) {
+    let history = if matches!(
+        cli.command,
+        Command::Whois { .. } | Command::Accept { .. } | Command::Block { .. }
+    ) {
         None
     } else {
         open_history(home).await

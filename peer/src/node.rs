@@ -6,6 +6,7 @@
 
 use crate::{
     accept::{self, Acceptor},
+    contacts::Contacts,
     directory_client::{self, DirectoryClient, FromDirectory, Mail},
     endpoint,
     failure::Failure,
@@ -44,6 +45,8 @@ pub struct Options {
     pub online: bool,
     /// Largest file sent through the mailbox when there is no direct link.
     pub mailbox_file_max: u64,
+    /// Let anyone reach us directly, not only contacts (see [`crate::contacts`]).
+    pub open: bool,
 }
 
 /// A running peer.
@@ -58,6 +61,7 @@ pub struct Node {
     inbox: Inbox,
     links: Arc<Links>,
     dialer: Arc<Dialer>,
+    contacts: Contacts,
     mailbox_file_max: u64,
     tasks: Tasks,
 }
@@ -74,7 +78,8 @@ impl Node {
         let identity = Arc::new(options.home.identity(&options.name)?);
         let key = identity.key_id;
         let endpoint = endpoint::bind(&identity, options.bind)?;
-        let (inbox, events) = Inbox::new(options.name.clone());
+        let contacts = Contacts::load(&options.home, options.open)?;
+        let (inbox, events) = Inbox::new(options.name.clone(), contacts.clone());
         let files = files::Receiver::new(options.home.downloads(), inbox.clone());
         tasks.spawn(files::downloads::prune(options.home.downloads()));
         let settings = directory_client::Settings {
@@ -83,6 +88,7 @@ impl Node {
             name: options.name.clone(),
             heartbeat: options.heartbeat,
             online: options.online,
+            reach: Some(contacts.reach()),
         };
         let (pushed_tx, pushed) = mpsc::channel(PUSHED_BACKLOG);
         let directory = DirectoryClient::connect(
@@ -111,6 +117,8 @@ impl Node {
             links: links.clone(),
             direct_timeout: options.direct_timeout,
             answered: Default::default(),
+            contacts: contacts.clone(),
+            answers: crate::punch::answer_budget(),
         });
         tasks.spawn(take_pushed(
             pushed,
@@ -123,6 +131,7 @@ impl Node {
             me: options.name.clone(),
             dialer: dialer.clone(),
             directory: directory.clone(),
+            contacts: contacts.clone(),
             tasks: tasks.clone(),
         });
         let node = Self {
@@ -134,6 +143,7 @@ impl Node {
             inbox,
             links,
             dialer,
+            contacts,
             mailbox_file_max: options.mailbox_file_max,
             tasks,
         };
@@ -175,6 +185,9 @@ impl Node {
         report: impl Fn(FileUpdate) + Send + Sync + 'static,
     ) -> Result<FileSent, Failure> {
         let dial = |info: PeerInfo| async move {
+            if let Err(e) = self.contacts.accept_on_send(&info.name, info.key) {
+                tracing::warn!("contacts: {e:#}");
+            }
             let deadline = tokio::time::Instant::now() + self.dialer.direct_timeout;
             self.dialer.connect(&info, deadline).await
         };
@@ -185,6 +198,11 @@ impl Node {
             mailbox_file_max: self.mailbox_file_max,
         };
         sender.send(to, path, report).await
+    }
+
+    /// Who the user accepted or blocked.
+    pub fn contacts(&self) -> &Contacts {
+        &self.contacts
     }
 
     /// The inbox, for attaching more listeners.

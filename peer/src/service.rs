@@ -5,6 +5,7 @@
 //! is written here and nowhere else.
 
 use crate::{
+    contacts::{Contact, Standing},
     failure::Failure,
     files::{FileSent, FileUpdate},
     history::{History, HistoryEntry, HistoryError},
@@ -45,6 +46,8 @@ pub enum Update {
     },
     /// The outcome of sending a file.
     FileSent(Result<FileSent, Failure>),
+    /// A contact as recorded by accept or block.
+    Contact(Result<Contact, Failure>),
     /// `from` took these messages (or files) of ours from its mailbox, at that time.
     Receipt {
         /// The recipient that took them.
@@ -63,16 +66,19 @@ pub struct Received {
     pub message: ChatMessage,
     /// How it came.
     pub via: Via,
+    /// From a stranger: a message request (see [`crate::contacts`]).
+    pub request: bool,
     ack: Option<Incoming>,
     history: Option<History>,
 }
 
 impl Received {
     /// A copy of a message that another process shows and acknowledges.
-    pub fn copy(message: ChatMessage, via: Via) -> Self {
+    pub fn copy(message: ChatMessage, via: Via, request: bool) -> Self {
         Self {
             message,
             via,
+            request,
             ack: None,
             history: None,
         }
@@ -159,6 +165,16 @@ impl Service {
         self.node.whois(name).await
     }
 
+    /// Accepts or blocks `name` (see [`crate::contacts`]), with the key the directory holds for
+    /// it now.
+    pub async fn set_contact(&self, name: &Name, standing: Standing) -> Result<Contact, Failure> {
+        let (info, _) = self.node.whois(name).await?;
+        self.node
+            .contacts()
+            .set(name, info.key, standing)
+            .map_err(|e| Failure::Other(format!("{e:#}")))
+    }
+
     /// Sends the file at `path` to `to` (see [`Node::send_file`]).
     pub async fn send_file(
         &self,
@@ -214,6 +230,7 @@ impl Service {
                     Update::Message(Received {
                         message: incoming.message.clone(),
                         via: incoming.via,
+                        request: incoming.request,
                         ack: Some(incoming),
                         history: self.history.clone(),
                     })
@@ -251,7 +268,7 @@ impl Service {
         let Some(history) = &self.history else {
             return false;
         };
-        match history.contains(&message.id) {
+        match history.contains_from(&message.id, &message.from) {
             Ok(seen) => seen,
             Err(e) => {
                 tracing::warn!("history: {e}");

@@ -3,6 +3,7 @@
 //! Commands talk to a [`Session`] and never care which: both give the same [`Update`]s.
 
 use crate::{
+    contacts::Standing,
     control::ControlClient,
     history::HistoryEntry,
     home::Home,
@@ -141,6 +142,20 @@ impl Session {
                 });
             }
             Backend::Remote(client, _) => client.whois(name),
+        }
+    }
+
+    /// Accepts or blocks `name`; the contact as recorded comes back as [`Update::Contact`].
+    pub fn set_contact(&self, name: Name, standing: Standing) {
+        match &self.backend {
+            Backend::Local(service) => {
+                let (service, tx) = (service.clone(), self.tx.clone());
+                let node = service.node().clone();
+                node.spawn(async move {
+                    let _ = tx.send(Update::Contact(service.set_contact(&name, standing).await));
+                });
+            }
+            Backend::Remote(client, _) => client.set_contact(name, standing),
         }
     }
 

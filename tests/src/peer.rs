@@ -25,6 +25,7 @@ pub struct PeerCmd {
     directory: SocketAddr,
     bind: Option<SocketAddr>,
     json: bool,
+    open: bool,
     globals: Vec<OsString>,
     command: Vec<OsString>,
     stdin_null: bool,
@@ -49,6 +50,7 @@ impl PeerCmd {
             directory,
             bind: Some("127.0.0.1:0".parse().expect("literal addr")),
             json: false,
+            open: true,
             globals: Vec::new(),
             command: Vec::new(),
             stdin_null: false,
@@ -56,6 +58,15 @@ impl PeerCmd {
             envs: Vec::new(),
             logs,
         }
+    }
+
+    /// Without `--open`: the product's default, where only contacts reach the peer directly
+    /// and strangers' messages are message requests through the mailbox. Commands are built
+    /// with `--open` otherwise: most scenarios are about delivery between peers that know
+    /// each other, and the contacts tests (`contacts.rs`, and a NAT case) accept explicitly.
+    pub fn closed(mut self) -> Self {
+        self.open = false;
+        self
     }
 
     /// `--json`.
@@ -165,6 +176,9 @@ impl PeerCmd {
         }
         if self.json {
             argv.push("--json".into());
+        }
+        if self.open {
+            argv.push("--open".into());
         }
         argv.extend(self.globals.iter().cloned());
         argv.extend(self.command.iter().cloned());

@@ -3,6 +3,7 @@
 
 use super::protocol::{ControlRequest, ControlResponse};
 use crate::{
+    contacts::Standing,
     history::HistoryEntry,
     home::Home,
     service::{Received, Update},
@@ -136,6 +137,11 @@ impl ControlClient {
         self.request(ControlRequest::Whois { name });
     }
 
+    /// Accepts or blocks a name through the running peer.
+    pub fn set_contact(&self, name: Name, standing: Standing) {
+        self.request(ControlRequest::SetContact { name, standing });
+    }
+
     /// Asks for copies of incoming messages.
     pub fn attach(&self) {
         self.request(ControlRequest::Attach);
@@ -147,7 +153,12 @@ fn update_of(response: ControlResponse) -> Option<Update> {
     Some(match response {
         ControlResponse::Sent(sent) => Update::Sent(sent),
         ControlResponse::Whois(found) => Update::Whois(found),
-        ControlResponse::Message { message, via } => Update::Message(Received::copy(message, via)),
+        ControlResponse::Message {
+            message,
+            via,
+            request,
+        } => Update::Message(Received::copy(message, via, request)),
+        ControlResponse::Contact(set) => Update::Contact(set),
         ControlResponse::Notice(text) => Update::Notice(text),
         ControlResponse::FileProgress { done, total } => Update::FileProgress { done, total },
         ControlResponse::FileSent(sent) => Update::FileSent(sent),

@@ -9,6 +9,7 @@
 //! ends are the same binary, so the types are the peer's own, with no mapping in between.
 
 use crate::{
+    contacts::{Contact, Standing},
     failure::Failure,
     files::FileSent,
     history::HistoryEntry,
@@ -58,6 +59,13 @@ pub enum ControlRequest {
         /// The file.
         path: String,
     },
+    /// Accept or block `name`; answered with [`ControlResponse::Contact`].
+    SetContact {
+        /// Whom.
+        name: Name,
+        /// Accepted or blocked.
+        standing: Standing,
+    },
 }
 
 /// An answer from the running peer.
@@ -80,6 +88,8 @@ pub enum ControlResponse {
         message: ChatMessage,
         /// How it came.
         via: Via,
+        /// From a stranger: a message request.
+        request: bool,
     },
     /// Something the user should know, such as copies lost to a slow reader.
     Notice(String),
@@ -102,6 +112,8 @@ pub enum ControlResponse {
     },
     /// The outcome of sending a file: delivered directly, or queued in the mailbox (no path).
     FileSent(Result<FileSent, Failure>),
+    /// The contact as recorded, after [`ControlRequest::SetContact`].
+    Contact(Result<Contact, Failure>),
     /// After [`ControlRequest::Attach`]: a recipient took mail of ours from its mailbox.
     Receipt {
         /// Who took it.

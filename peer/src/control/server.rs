@@ -95,6 +95,13 @@ async fn serve_client(stream: UnixStream, service: Service) {
                     let _ = tx.send(ControlResponse::FileSent(sent));
                 });
             }
+            ControlRequest::SetContact { name, standing } => {
+                let node = service.node().clone();
+                node.spawn(async move {
+                    let set = service.set_contact(&name, standing).await;
+                    let _ = tx.send(ControlResponse::Contact(set));
+                });
+            }
             ControlRequest::Whois { name } => {
                 let node = service.node().clone();
                 node.spawn(async move {
@@ -129,7 +136,11 @@ async fn serve_client(stream: UnixStream, service: Service) {
                     &service,
                     inbox.subscribe(),
                     tx.clone(),
-                    |(message, via)| ControlResponse::Message { message, via },
+                    |(message, via, request)| ControlResponse::Message {
+                        message,
+                        via,
+                        request,
+                    },
                     |n| {
                         Some(ControlResponse::Notice(format!(
                             "{n} messages were not copied to this window; see the main one"

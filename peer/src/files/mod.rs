@@ -150,7 +150,10 @@ where
                 .lookup(to)
                 .await
                 .map_err(|e| e.failure(to, self.directory.addr()))?;
-            let why = if info.online {
+            let stranger = info.online && info.observed_addr.is_none();
+            let why = if stranger {
+                "not accepting direct links from you (you are not in its contacts)"
+            } else if info.online {
                 let sent = match (self.dial)(info).await {
                     Some((conn, link)) => send::send(&conn, link, &header, path, &report).await,
                     None => Err(send::SendError::Interrupted(anyhow!("no direct link"))),

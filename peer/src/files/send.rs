@@ -7,7 +7,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use common::{
     framing,
-    wire::{FileHeader, PeerFrame},
+    wire::{FileHeader, FileRefusal, PeerFrame},
 };
 use futures::future::Either;
 use std::{
@@ -118,6 +118,12 @@ async fn transfer(
     let answer = framing::read_frame::<PeerFrame, _>(&mut recv).await;
     let offset = match answer.map_err(|e| Interrupted(e.into()))? {
         Some(PeerFrame::FileAccept { offset }) if offset <= header.size => offset,
+        Some(PeerFrame::FileRefused(FileRefusal::NotAccepted)) => {
+            return Err(Interrupted(anyhow!(
+                "{} has not accepted us as a contact yet",
+                header.to
+            )))
+        }
         Some(PeerFrame::FileRefused(why)) => {
             return Err(Final(anyhow!("{} refused the file: {why}", header.to)))
         }

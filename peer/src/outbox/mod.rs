@@ -6,8 +6,8 @@
 pub mod conversation;
 
 use crate::{
-    directory_client::DirectoryClient, failure::Failure, links::DirectPath, punch::Dialer,
-    tasks::Tasks,
+    contacts::Contacts, directory_client::DirectoryClient, failure::Failure, links::DirectPath,
+    punch::Dialer, tasks::Tasks,
 };
 use anyhow::{anyhow, Result};
 use common::{
@@ -26,7 +26,7 @@ use tokio::{
     sync::{mpsc, oneshot},
     time::Instant,
 };
-use tracing::{debug, info, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 /// How a message left us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +78,8 @@ pub struct Shared {
     pub dialer: Arc<Dialer>,
     /// The directory, for lookups, deposits and introductions.
     pub directory: DirectoryClient,
+    /// Whom we write to becomes a contact.
+    pub contacts: Contacts,
     /// Where the conversation tasks run.
     pub tasks: Tasks,
 }
@@ -302,13 +304,17 @@ impl Driver {
                 };
                 Input::LiveOpened(opened)
             }
-            Action::Lookup => Input::LookedUp(
-                self.ctx
-                    .directory
-                    .lookup(&self.to)
-                    .await
-                    .map_err(|e| e.failure(&self.to, self.ctx.directory.addr())),
-            ),
+            Action::Lookup => {
+                let info = self.ctx.directory.lookup(&self.to).await;
+                if let Ok(info) = &info {
+                    // Writing to someone accepts them: they may reach us, and their answers
+                    // are no message requests.
+                    if let Err(e) = self.ctx.contacts.accept_on_send(&self.to, info.key) {
+                        warn!("contacts: {e:#}");
+                    }
+                }
+                Input::LookedUp(info.map_err(|e| e.failure(&self.to, self.ctx.directory.addr())))
+            }
             Action::Dial { info, deadline } => {
                 let dialed = match self.ctx.dialer.connect(&info, deadline.into()).await {
                     None => {

@@ -19,11 +19,13 @@
 
 use crate::{
     accept::Acceptor,
+    contacts::{Contacts, Verdict},
     directory_client::{DirectoryClient, Introduction},
     links::{DirectPath, Links},
 };
 use anyhow::{anyhow, bail, Context, Result};
 use common::{
+    admit::{self, Buckets},
     defaults::ALPN_PEER,
     tls::{self, Expect},
     wire::PeerInfo,
@@ -64,6 +66,21 @@ pub struct Dialer {
     /// When we last answered an introduction from each peer at each address (see
     /// [`Dialer::answer`]).
     pub answered: std::sync::Mutex<std::collections::HashMap<(Name, Option<SocketAddr>), Instant>>,
+    /// Who we answer introductions from: contacts only.
+    pub contacts: Contacts,
+    /// Introductions answered, from anyone: [`ANSWERS_PER_SECOND`], [`ANSWERS_BURST`] at once.
+    pub answers: Buckets<()>,
+}
+
+/// Introductions a peer answers per second in all, whoever they are from: each makes it send
+/// handshakes to addresses it was given, so a bound on them bounds what it can be made to send.
+pub const ANSWERS_PER_SECOND: u32 = 10;
+/// Introductions answered at once, from a full budget.
+pub const ANSWERS_BURST: u32 = 30;
+
+/// The budget of answers a new [`Dialer`] starts with.
+pub fn answer_budget() -> Buckets<()> {
+    Buckets::new(admit::per_second(ANSWERS_PER_SECOND, ANSWERS_BURST))
 }
 
 fn now() -> std::time::Instant {
@@ -174,6 +191,14 @@ impl Dialer {
     /// even when a link exists: the peer asks again when that link stalls, and our packets
     /// from this socket are what reopen our NAT for it.
     pub async fn answer(&self, intro: Introduction) {
+        if self.contacts.verdict(&intro.name) != Verdict::Contact {
+            debug!(peer = %intro.name, "introduction ignored: not a contact");
+            return;
+        }
+        if !self.answers.check(&()) {
+            debug!(peer = %intro.name, "introduction ignored: answered too many just before");
+            return;
+        }
         {
             // Keyed by the peer's address too: the same name from a new address is a new
             // process (a short command run again), which must not wait out the gap.

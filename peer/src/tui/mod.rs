@@ -116,6 +116,10 @@ pub async fn run(mut session: Session, with: Name) -> Result<()> {
                         ),
                         false,
                     ),
+                    Some(Update::Contact(Ok(c))) => {
+                        app.notice(format!("{} is {} now", c.name, c.standing.as_str()), false)
+                    }
+                    Some(Update::Contact(Err(e))) => app.notice(e.to_string(), true),
                     Some(Update::MailboxIdle) => {}
                     None => {
                         app.notice("the running peer stopped", true);
