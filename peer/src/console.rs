@@ -97,6 +97,7 @@ impl Console {
                 "sent_at_ms": f.sent_at_ms,
                 "resumed_from": f.resumed_from,
                 "via": f.via.as_str(),
+                "request": f.request,
             })
             .to_string();
         }

@@ -64,6 +64,9 @@ pub struct ReceivedFile {
     pub resumed_from: u64,
     /// How it came: directly, or through the mailbox in parts.
     pub via: Via,
+    /// From a stranger: held apart in the downloads folder's `.requests/SENDER/` until the
+    /// user accepts the sender (see [`crate::files::downloads::REQUESTS_DIR`]).
+    pub request: bool,
 }
 
 /// A message waiting to be shown. Call [`Incoming::shown`] once the user can see it: only then

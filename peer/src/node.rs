@@ -62,6 +62,7 @@ pub struct Node {
     links: Arc<Links>,
     dialer: Arc<Dialer>,
     contacts: Contacts,
+    downloads: std::path::PathBuf,
     mailbox_file_max: u64,
     tasks: Tasks,
 }
@@ -144,6 +145,7 @@ impl Node {
             links,
             dialer,
             contacts,
+            downloads: options.home.downloads(),
             mailbox_file_max: options.mailbox_file_max,
             tasks,
         };
@@ -198,6 +200,11 @@ impl Node {
             mailbox_file_max: self.mailbox_file_max,
         };
         sender.send(to, path, report).await
+    }
+
+    /// Where files arrive.
+    pub fn downloads(&self) -> &std::path::Path {
+        &self.downloads
     }
 
     /// Who the user accepted or blocked.

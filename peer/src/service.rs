@@ -7,7 +7,7 @@
 use crate::{
     contacts::{Contact, Standing},
     failure::Failure,
-    files::{FileSent, FileUpdate},
+    files::{downloads, FileSent, FileUpdate},
     history::{History, HistoryEntry, HistoryError},
     inbox::{Event, Incoming, ReceivedFile, Taken, Via},
     links::DirectPath,
@@ -169,10 +169,35 @@ impl Service {
     /// it now.
     pub async fn set_contact(&self, name: &Name, standing: Standing) -> Result<Contact, Failure> {
         let (info, _) = self.node.whois(name).await?;
-        self.node
+        let contact = self
+            .node
             .contacts()
             .set(name, info.key, standing)
-            .map_err(|e| Failure::Other(format!("{e:#}")))
+            .map_err(|e| Failure::Other(format!("{e:#}")))?;
+        // What it sent while a stranger: into the downloads folder, or gone.
+        let (downloads, who) = (self.node.downloads().to_path_buf(), name.clone());
+        let notice = tokio::task::spawn_blocking(move || match standing {
+            Standing::Accepted => match downloads::accept_requests(&downloads, &who) {
+                Ok(moved) if moved.is_empty() => None,
+                Ok(moved) => Some(format!(
+                    "{} file(s) {who} sent before you accepted them are in {}",
+                    moved.len(),
+                    downloads.display()
+                )),
+                Err(e) => Some(format!("the files {who} sent could not be moved: {e:#}")),
+            },
+            Standing::Blocked => match downloads::drop_requests(&downloads, &who) {
+                0 => None,
+                n => Some(format!("{n} file(s) {who} sent were deleted")),
+            },
+        })
+        .await
+        .ok()
+        .flatten();
+        if let Some(text) = notice {
+            self.node.inbox().notice(text).await;
+        }
+        Ok(contact)
     }
 
     /// Sends the file at `path` to `to` (see [`Node::send_file`]).

@@ -202,3 +202,66 @@ fn a_strangers_file_waits_until_it_is_accepted() -> Result<()> {
     c2.terminate()?;
     net.assert_no_panics()
 }
+
+/// A stranger's small file comes through the mailbox and waits apart, in
+/// `downloads/.requests/c1/`; accepting c1 moves it into the downloads folder. (Before, it went
+/// straight into the downloads folder, directly.)
+#[test]
+fn a_strangers_small_file_waits_apart_until_it_is_accepted() -> Result<()> {
+    let net = Net::new()?;
+    net.register("c1")?;
+    let mut c2 = listen_closed(&net, "c2")?;
+    let path = net.root().join("note.txt");
+    std::fs::write(&path, "from a stranger")?;
+    let out = net
+        .peer("c1")
+        .closed()
+        .json()
+        .args(["send-file", "c2"])
+        .args([&path])
+        .run(SHORT)?
+        .success()?;
+    let sent = out.one_of_type("file_sent")?;
+    ensure!(sent["status"] == "queued", "not through the mailbox: {sent}");
+    let file = c2.wait_json("the file", WAIT, |v| is_type(v, "file"))?;
+    let downloads = net.home("c2")?.join("downloads");
+    let waiting = downloads.join(".requests").join("c1").join("note.txt");
+    ensure!(
+        file["request"] == true && file["path"] == waiting.display().to_string(),
+        "the stranger's file is not held apart: {file}"
+    );
+    ensure!(!downloads.join("note.txt").exists(), "already in downloads");
+    closed(&net, "c2", &["accept", "c1"])?;
+    poll_until("the file in downloads", WAIT, Duration::from_millis(50), || {
+        Ok(downloads.join("note.txt").exists().then_some(()))
+    })?;
+    ensure!(std::fs::read_to_string(downloads.join("note.txt"))? == "from a stranger");
+    ensure!(!waiting.exists(), "still waiting apart");
+    c2.terminate()?;
+    net.assert_no_panics()
+}
+
+/// A file that would leave the recipient's disk with less than 256 MiB free is refused at its
+/// offer, before any byte is sent (a sparse file of 1 TiB minus one byte: the largest a peer
+/// takes). Before, the receiver accepted it and started writing.
+#[test]
+fn a_file_larger_than_the_free_disk_is_refused_at_once() -> Result<()> {
+    let net = Net::new()?;
+    let mut c2 = net.listen("c2")?;
+    let path = net.root().join("huge.bin");
+    std::fs::File::create(&path)?.set_len((1 << 40) - 1)?;
+    let out = net
+        .peer("c1")
+        .json()
+        .args(["send-file", "c2"])
+        .args([&path])
+        .run(SHORT)?;
+    ensure!(
+        !out.status.success() && out.stderr.contains("cannot store"),
+        "not refused: {} / {}",
+        out.stdout,
+        out.stderr
+    );
+    c2.terminate()?;
+    net.assert_no_panics()
+}

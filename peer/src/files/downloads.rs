@@ -18,6 +18,100 @@ pub const PARTIAL_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(
 /// Folder, inside the downloads folder, for files still arriving.
 pub(super) const PARTIAL_DIR: &str = ".partial";
 
+/// Partial files one sender may have in the downloads folder for each way (direct, mailbox):
+/// starting another deletes its oldest. The sender names a direct transfer's partial file (its
+/// resume key), so without a budget it could leave any number of them for a week.
+pub const PARTIALS_PER_SENDER: usize = 4;
+
+/// Folder, inside the downloads folder, where files from strangers wait (one folder per
+/// sender) until the user accepts the sender, which moves them into the downloads folder
+/// ([`accept_requests`]), or blocks it, which deletes them ([`drop_requests`]).
+pub const REQUESTS_DIR: &str = ".requests";
+
+/// Bytes of files from strangers held in [`REQUESTS_DIR`] in all; a file that would go over
+/// is dropped, with a notice.
+pub const REQUESTS_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Bytes held in [`REQUESTS_DIR`] now. Blocking.
+pub(super) fn requests_bytes(downloads: &Path) -> u64 {
+    let Ok(senders) = fs::read_dir(downloads.join(REQUESTS_DIR)) else {
+        return 0;
+    };
+    senders
+        .flatten()
+        .filter_map(|s| fs::read_dir(s.path()).ok())
+        .flat_map(|files| files.flatten())
+        .filter_map(|f| f.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Moves the files `from` sent while a stranger into `downloads` (never overwriting); returns
+/// where they are now. Blocking.
+pub fn accept_requests(downloads: &Path, from: &Name) -> Result<Vec<PathBuf>> {
+    let dir = downloads.join(REQUESTS_DIR).join(from.as_str());
+    let Ok(files) = fs::read_dir(&dir) else {
+        return Ok(Vec::new());
+    };
+    let mut moved = Vec::new();
+    for file in files.flatten() {
+        let name = file.file_name().to_string_lossy().into_owned();
+        moved.push(store(&file.path(), downloads, &name)?);
+    }
+    let _ = fs::remove_dir(&dir);
+    Ok(moved)
+}
+
+/// Deletes the files `from` sent while a stranger; returns how many. Blocking.
+pub fn drop_requests(downloads: &Path, from: &Name) -> usize {
+    let dir = downloads.join(REQUESTS_DIR).join(from.as_str());
+    let count = fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
+    let _ = fs::remove_dir_all(&dir);
+    count
+}
+
+/// Free space the downloads folder keeps: a file that would leave less is refused.
+pub const MIN_FREE_DISK: u64 = common::defaults::MIN_FREE_DISK;
+
+/// Whether `bytes` more fit in the folder `dir` and leave [`MIN_FREE_DISK`] free. A folder
+/// whose free space cannot be read counts as having room: the write itself fails then.
+pub fn room_for(dir: &Path, bytes: u64) -> bool {
+    let probe = if dir.exists() {
+        dir
+    } else {
+        dir.parent().unwrap_or(dir)
+    };
+    match rustix::fs::statvfs(probe) {
+        Ok(stat) => {
+            let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+            free >= bytes.saturating_add(MIN_FREE_DISK)
+        }
+        Err(_) => true,
+    }
+}
+
+/// Makes room for one more partial file of `from` arriving by `via`, next to `keep`: deletes
+/// its oldest ones until fewer than [`PARTIALS_PER_SENDER`] others are left. Returns how many
+/// were deleted. Blocking.
+pub(super) fn limit_partials(downloads: &Path, via: Via, from: &Name, keep: &Path) -> usize {
+    let prefix = format!("{}-{from}-", via.as_str());
+    let Ok(dir) = fs::read_dir(downloads.join(PARTIAL_DIR)) else {
+        return 0;
+    };
+    let mut theirs: Vec<(std::time::SystemTime, PathBuf)> = dir
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix) && e.path() != keep)
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    theirs.sort();
+    let over = (theirs.len() + 1).saturating_sub(PARTIALS_PER_SENDER);
+    theirs
+        .into_iter()
+        .take(over)
+        .filter(|(_, path)| fs::remove_file(path).is_ok())
+        .count()
+}
+
 /// Deletes the partial files in `downloads` untouched for [`PARTIAL_MAX_AGE`], on a thread of
 /// its own, and logs how many there were.
 pub async fn prune(downloads: PathBuf) {
@@ -192,6 +286,50 @@ mod tests {
         drop(old);
         assert_eq!(prune_partials(dir.path()), 1);
         assert!(partials.join("fresh.part").exists() && !partials.join("old.part").exists());
+        Ok(())
+    }
+
+    #[test]
+    fn a_sender_keeps_a_few_partials_and_its_oldest_go_first() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let partials = dir.path().join(PARTIAL_DIR);
+        fs::create_dir_all(&partials)?;
+        let mallory = Name::new("mallory")?;
+        let alice = Name::new("alice")?;
+        let now = std::time::SystemTime::now();
+        let mut paths = Vec::new();
+        for i in 0..6u8 {
+            let path = partial_path(dir.path(), Via::Direct, &mallory, &[i; 32]);
+            let f = File::create(&path)?;
+            f.set_modified(now - std::time::Duration::from_secs(600 - u64::from(i)))?;
+            paths.push(path);
+        }
+        let alices = partial_path(dir.path(), Via::Direct, &alice, &[9; 32]);
+        fs::write(&alices, "x")?;
+        let mailbox = partial_path(dir.path(), Via::Mailbox, &mallory, &[9; 32]);
+        fs::write(&mailbox, "x")?;
+        let next = partial_path(dir.path(), Via::Direct, &mallory, &[7; 32]);
+        assert_eq!(limit_partials(dir.path(), Via::Direct, &mallory, &next), 3);
+        let left: Vec<bool> = paths.iter().map(|p| p.exists()).collect();
+        assert_eq!(
+            left,
+            [false, false, false, true, true, true],
+            "the oldest go"
+        );
+        assert!(alices.exists() && mailbox.exists(), "others' are kept");
+        // Resuming one it has does not count it twice.
+        assert_eq!(
+            limit_partials(dir.path(), Via::Direct, &mallory, &paths[5]),
+            0
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_file_larger_than_the_free_disk_has_no_room() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        assert!(room_for(dir.path(), 1));
+        assert!(!room_for(dir.path(), u64::MAX / 2));
         Ok(())
     }
 

@@ -196,7 +196,12 @@ pub struct Receiver {
     /// Files arriving directly now, by partial file: a newer transfer of the same file from
     /// the same sender (after the sender restarted) takes over from the stalled older one.
     arriving: Arc<Mutex<HashMap<PathBuf, Arc<Notify>>>>,
+    /// Direct transfers arriving at once, at most [`TRANSFERS`].
+    transfers: Arc<tokio::sync::Semaphore>,
 }
+
+/// Files that arrive directly at once; more wait for one to end.
+pub const TRANSFERS: usize = 8;
 
 impl Receiver {
     /// Files arrive into `downloads`, and `inbox` hears of each.
@@ -205,6 +210,7 @@ impl Receiver {
             downloads,
             inbox,
             arriving: Arc::default(),
+            transfers: Arc::new(tokio::sync::Semaphore::new(TRANSFERS)),
         }
     }
 

@@ -5,10 +5,14 @@
 //! acknowledged; the last one checks the hash and stores the file ([`Receiver::take_part`]).
 
 use super::{
-    downloads::{lock_partial, partial_path, safe_name, store},
+    downloads::{
+        limit_partials, lock_partial, partial_path, requests_bytes, room_for, safe_name, store,
+        REQUESTS_DIR, REQUESTS_MAX_BYTES,
+    },
     hash_file, hash_rest, FileSent, FileUpdate, Receiver,
 };
 use crate::{
+    contacts::Verdict,
     directory_client::DirectoryClient,
     failure::Failure,
     inbox::{ReceivedFile, Via},
@@ -143,7 +147,12 @@ impl Receiver {
     /// behind it would wait forever.
     pub async fn take_part(&self, part: FilePart) {
         let (from, name) = (part.offer.from.clone(), part.offer.name.clone());
-        if let Err(e) = self.write(part).await {
+        let request = match self.inbox.verdict(&from) {
+            Verdict::Blocked => return, // taken, and dropped unseen
+            Verdict::Stranger => true,
+            Verdict::Contact => false,
+        };
+        if let Err(e) = self.write(part, request).await {
             warn!(cause = %format!("{e:#}"), "dropped a file part from the mailbox");
             let name = crate::text::for_terminal(&name, false);
             let notice = format!(
@@ -153,12 +162,12 @@ impl Receiver {
         }
     }
 
-    async fn write(&self, part: FilePart) -> Result<()> {
+    async fn write(&self, part: FilePart, request: bool) -> Result<()> {
         if part.offer.to != *self.inbox.me() || part.data.len() > FILE_PART_LEN {
             bail!("a file part not for us, or too large");
         }
         let downloads = self.downloads.clone();
-        match tokio::task::spawn_blocking(move || write_part(&downloads, &part)).await?? {
+        match tokio::task::spawn_blocking(move || write_part(&downloads, &part, request)).await?? {
             PartOutcome::Kept => {}
             PartOutcome::Complete(file) => self.inbox.file(file).await,
             PartOutcome::Discarded(reason) => {
@@ -186,7 +195,10 @@ enum PartOutcome {
 /// one a direct transfer of that file uses), durably, so that it may be acknowledged. Parts
 /// come in order; one already held is skipped. The last part checks the hash and stores the
 /// file as a direct transfer does ([`Receiver::direct`]). Blocking.
-fn write_part(downloads: &Path, part: &FilePart) -> Result<PartOutcome> {
+///
+/// A stranger's file (`request`) is stored in the sender's folder under [`REQUESTS_DIR`], within
+/// [`REQUESTS_MAX_BYTES`] for all strangers together.
+fn write_part(downloads: &Path, part: &FilePart, request: bool) -> Result<PartOutcome> {
     let offer = &part.offer;
     if !part.fits_offer() {
         return Ok(PartOutcome::Discarded(format!(
@@ -208,6 +220,23 @@ fn write_part(downloads: &Path, part: &FilePart) -> Result<PartOutcome> {
     }
     let end = part.offset + part.data.len() as u64;
     let path = partial_path(downloads, Via::Mailbox, &offer.from, &offer.hash);
+    if part.offset == 0 {
+        // The first part: whether the whole file may be taken at all.
+        if request && requests_bytes(downloads).saturating_add(offer.size) > REQUESTS_MAX_BYTES {
+            return Ok(PartOutcome::Discarded(format!(
+                "{:?} from {} (not in your contacts) would go over the {REQUESTS_MAX_BYTES} \
+                 bytes kept for files from strangers; dropped",
+                offer.name, offer.from
+            )));
+        }
+        if !room_for(downloads, offer.size) {
+            return Ok(PartOutcome::Discarded(format!(
+                "{:?} from {} does not fit on the disk; dropped",
+                offer.name, offer.from
+            )));
+        }
+        limit_partials(downloads, Via::Mailbox, &offer.from, &path);
+    }
     let mut file = lock_partial(&path)?;
     let len = file.metadata()?.len();
     if part.offset > len {
@@ -241,7 +270,12 @@ fn write_part(downloads: &Path, part: &FilePart) -> Result<PartOutcome> {
             offer.name, offer.from
         )));
     }
-    let stored = store(&path, downloads, &safe_name(&offer.name))?;
+    let folder = match request {
+        true => downloads.join(REQUESTS_DIR).join(offer.from.as_str()),
+        false => downloads.to_path_buf(),
+    };
+    fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
+    let stored = store(&path, &folder, &safe_name(&offer.name))?;
     Ok(PartOutcome::Complete(ReceivedFile {
         from: offer.from.clone(),
         path: stored,
@@ -250,6 +284,7 @@ fn write_part(downloads: &Path, part: &FilePart) -> Result<PartOutcome> {
         sent_at_ms: offer.sent_at_ms,
         resumed_from: 0,
         via: Via::Mailbox,
+        request,
     }))
 }
 
@@ -293,19 +328,19 @@ mod tests {
         let parts = parts_of(&content, content.len() as u64, 4096);
         assert_eq!(parts.len(), 3);
         assert!(matches!(
-            write_part(dir.path(), &parts[0])?,
+            write_part(dir.path(), &parts[0], false)?,
             PartOutcome::Kept
         ));
         // A part delivered again (the ack was lost) changes nothing.
         assert!(matches!(
-            write_part(dir.path(), &parts[0])?,
+            write_part(dir.path(), &parts[0], false)?,
             PartOutcome::Kept
         ));
         assert!(matches!(
-            write_part(dir.path(), &parts[1])?,
+            write_part(dir.path(), &parts[1], false)?,
             PartOutcome::Kept
         ));
-        let PartOutcome::Complete(file) = write_part(dir.path(), &parts[2])? else {
+        let PartOutcome::Complete(file) = write_part(dir.path(), &parts[2], false)? else {
             bail!("the last part did not complete the file");
         };
         assert_eq!(file.via, crate::inbox::Via::Mailbox);
@@ -321,29 +356,68 @@ mod tests {
         let content = vec![7u8; 9000];
         // A part missing: the last one cannot complete the file.
         let parts = parts_of(&content, content.len() as u64, 4096);
-        write_part(dir.path(), &parts[0])?;
+        write_part(dir.path(), &parts[0], false)?;
         assert!(matches!(
-            write_part(dir.path(), &parts[2])?,
+            write_part(dir.path(), &parts[2], false)?,
             PartOutcome::Discarded(_)
         ));
         // Wrong content for the offered hash.
         let mut forged = parts_of(&content, content.len() as u64, 9000);
         forged[0].data[0] = 8;
         assert!(matches!(
-            write_part(dir.path(), &forged[0])?,
+            write_part(dir.path(), &forged[0], false)?,
             PartOutcome::Discarded(_)
         ));
         // Over the size taken from the mailbox: said at the first part, quiet after.
         let huge = parts_of(&content, MAX_MAILBOX_FILE + 1, 4096);
         assert!(matches!(
-            write_part(dir.path(), &huge[0])?,
+            write_part(dir.path(), &huge[0], false)?,
             PartOutcome::Discarded(_)
         ));
         assert!(matches!(
-            write_part(dir.path(), &huge[1])?,
+            write_part(dir.path(), &huge[1], false)?,
             PartOutcome::Kept
         ));
         assert_eq!(fs::read_dir(dir.path())?.count(), 1, "only .partial");
+        Ok(())
+    }
+
+    #[test]
+    fn a_strangers_file_waits_apart_within_a_budget_until_accepted() -> Result<()> {
+        use crate::files::downloads::{accept_requests, drop_requests};
+        let dir = tempfile::tempdir()?;
+        let content = vec![5u8; 3000];
+        let parts = parts_of(&content, content.len() as u64, 4096);
+        let PartOutcome::Complete(file) = write_part(dir.path(), &parts[0], true)? else {
+            bail!("a stranger's small file was not kept");
+        };
+        assert!(file.request);
+        assert_eq!(
+            file.path,
+            dir.path().join(REQUESTS_DIR).join("c1").join("notes.txt")
+        );
+        assert!(
+            !dir.path().join("notes.txt").exists(),
+            "not in downloads yet"
+        );
+        // Over the budget for all strangers: dropped at the first part.
+        let big = parts_of(&content, REQUESTS_MAX_BYTES, 4096);
+        assert!(matches!(
+            write_part(dir.path(), &big[0], true)?,
+            PartOutcome::Discarded(_)
+        ));
+        let c1 = Name::new("c1")?;
+        let moved = accept_requests(dir.path(), &c1)?;
+        assert_eq!(moved, [dir.path().join("notes.txt")]);
+        assert_eq!(fs::read(&moved[0])?, content);
+        assert!(!dir.path().join(REQUESTS_DIR).join("c1").exists());
+        // Blocking deletes what waits.
+        write_part(dir.path(), &parts[0], true)?;
+        assert_eq!(drop_requests(dir.path(), &c1), 1);
+        assert_eq!(
+            accept_requests(dir.path(), &c1)?,
+            Vec::<std::path::PathBuf>::new()
+        );
         Ok(())
     }
 }

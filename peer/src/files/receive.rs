@@ -3,7 +3,7 @@
 //! stored; a newer transfer of the same file takes over from an older one.
 
 use super::{
-    downloads::{open_partial, partial_path, safe_name, store, Busy},
+    downloads::{limit_partials, open_partial, partial_path, room_for, safe_name, store, Busy},
     Receiver, CHUNK, IN_FLIGHT_CHUNKS,
 };
 use crate::inbox::{ReceivedFile, Via};
@@ -19,6 +19,7 @@ use std::{
     sync::Arc,
 };
 use tokio::sync::{mpsc, Notify};
+use tracing::debug;
 
 /// Largest file a peer accepts.
 pub const MAX_FILE_SIZE: u64 = 1 << 40;
@@ -44,6 +45,9 @@ impl Receiver {
             &header.from,
             &header.resume_key,
         );
+        // At most TRANSFERS files arrive at once; the next waits for one to end (its sender
+        // waits for the answer to its offer), bounded by the link's streams.
+        let _permit = self.transfers.acquire().await?;
         let mine = Arc::new(Notify::new());
         let older = self.arriving().insert(partial.clone(), mine.clone());
         if let Some(older) = older {
@@ -84,6 +88,20 @@ async fn receive(
         );
     }
     let partial_path = partial_path(downloads, Via::Direct, &header.from, &header.resume_key);
+    {
+        let (downloads, from, keep) = (
+            downloads.to_path_buf(),
+            header.from.clone(),
+            partial_path.clone(),
+        );
+        let dropped = tokio::task::spawn_blocking(move || {
+            limit_partials(&downloads, Via::Direct, &from, &keep)
+        })
+        .await?;
+        if dropped > 0 {
+            debug!(from = %header.from, dropped, "deleted the sender's oldest partial files");
+        }
+    }
     // An older transfer of this file that is being taken over may hold the lock a moment.
     let mut opened = Err(anyhow!("not tried"));
     for _ in 0..40 {
@@ -108,6 +126,15 @@ async fn receive(
         file.set_len(0)?;
         hasher = blake3::Hasher::new();
         offset = 0;
+    }
+    if !room_for(downloads, header.size - offset) {
+        framing::write_frame(send, &PeerFrame::FileRefused(FileRefusal::CannotStore)).await?;
+        bail!(
+            "refused a file of {} bytes from {}: the disk would be left with less than {} bytes",
+            header.size,
+            header.from,
+            super::downloads::MIN_FREE_DISK
+        );
     }
     framing::write_frame(send, &PeerFrame::FileAccept { offset }).await?;
     // Hashing and writing run on a thread of their own, fed chunk by chunk, so that they
@@ -180,6 +207,7 @@ async fn receive(
         sent_at_ms: header.sent_at_ms,
         resumed_from: offset,
         via: Via::Direct,
+        request: false,
     })
 }
 
