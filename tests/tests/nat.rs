@@ -231,6 +231,8 @@ struct Scene {
     net: Net,
     topo: Topology,
     direct_timeout: Option<f64>,
+    /// Peers run without `--open`: only contacts reach them.
+    closed: bool,
 }
 
 impl Scene {
@@ -239,11 +241,15 @@ impl Scene {
             net: topo.net()?,
             topo,
             direct_timeout: None,
+            closed: false,
         })
     }
 
     fn cmd(&self, name: &str, host: &Host) -> PeerCmd {
-        let c = self.topo.peer(&self.net, name, host).heartbeat(1.0);
+        let mut c = self.topo.peer(&self.net, name, host).heartbeat(1.0);
+        if self.closed {
+            c = c.closed();
+        }
         match self.direct_timeout {
             Some(t) => c.direct_timeout(t),
             None => c,
@@ -459,6 +465,56 @@ fn case1b_short_lived_senders_are_punched_every_time() -> Result<()> {
     }
     c2.terminate()?;
     check_all_received(&c2, "c2", "c3", &numbered("short", 0..5), Some("direct"))?;
+    s.net.assert_no_panics()
+}
+
+/// Case 1c: case 1b without `--open`, the default. c3 is a stranger to c2 at first: its lookup
+/// has no address and its message is a request through the mailbox, though both are online.
+/// Once c2 accepts c3, each send from a new process is punched directly, introductions
+/// included (the directory introduces only contacts, and c2 answers only contacts).
+#[test]
+fn case1c_a_contact_is_punched_and_a_stranger_goes_through_the_mailbox() -> Result<()> {
+    const T: &str = "case1c";
+    let mut topo = topology!(T);
+    let r1 = topo.router("r1", Nat::Plain)?;
+    let r2 = topo.router("r2", Nat::Plain)?;
+    let h3 = topo.private_host("c3", &r1)?;
+    let h2 = topo.private_host("c2", &r2)?;
+    let mut s = Scene::new(topo)?;
+    s.closed = true;
+    let mut c2 = s.listen("c2", &h2)?;
+    let seen = s.whois("c3", &h3, "c2")?;
+    ensure!(
+        seen["online"] == true && seen["observed_addr"].is_null(),
+        "a stranger sees where c2 is: {seen}"
+    );
+    let (sent, took) = s.send("c3", &h3, "c2", "short 0")?;
+    report(T, "send 0 as a stranger", took, &sent);
+    ensure!(
+        sent["status"] == "queued",
+        "a stranger's message went direct: {sent}"
+    );
+    let request = receive(&mut c2, "c3", &sent, "mailbox")?;
+    ensure!(
+        request["request"] == true,
+        "not a message request: {request}"
+    );
+    let accepted = s
+        .cmd("c2", &h2)
+        .json()
+        .args(["accept", "c3"])
+        .run(SHORT)?
+        .success()?
+        .one_of_type("contact")?;
+    ensure!(accepted["standing"] == "accepted", "{accepted}");
+    s.check_seen("c3", &h3, "c2", &h2, r2.wan)?;
+    for i in 1..4 {
+        let (sent, took) = s.send("c3", &h3, "c2", &format!("short {i}"))?;
+        report(T, &format!("send {i} as a contact"), took, &sent);
+        expect_direct(&sent, &["punched"], &format!("send {i} as a contact"))?;
+        receive(&mut c2, "c3", &sent, "direct")?;
+    }
+    c2.terminate()?;
     s.net.assert_no_panics()
 }
 
