@@ -200,8 +200,14 @@ fn run(cli: Cli) -> Result<()> {
     .context("starting the runtime")?;
     runtime.block_on(async {
         let server_config = common::tls::server_config(&identity, defaults::ALPN_DIRECTORY)?;
-        let endpoint = common::socket::endpoint(Some(server_config), cli.bind)
-            .with_context(|| format!("binding {}", cli.bind))?;
+        // Reset tokens from the directory's own key: after a restart, the peers of the last run
+        // learn at their next packet that their connection is gone, and reconnect.
+        let endpoint = common::socket::endpoint_with_reset_secret(
+            Some(server_config),
+            cli.bind,
+            identity.key.secret_pkcs8_der(),
+        )
+        .with_context(|| format!("binding {}", cli.bind))?;
         let addr = endpoint.local_addr()?;
         let shutdown = shutdown_signal()?;
         tracing::info!(%addr, fingerprint = %identity.key_id, "directory listening");
