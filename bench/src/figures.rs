@@ -130,6 +130,8 @@ impl PeerNode {
             // The figures are for peers that know each other: anyone reaches a bench peer.
             open: true,
             online: true,
+            directory_wait: common::defaults::DIRECTORY_WAIT,
+            connect_later: false,
         };
         let (node, mut events) = Node::start(options).await?;
         let shown = Arc::new(AtomicU64::new(0));

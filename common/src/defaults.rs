@@ -211,3 +211,8 @@ pub const PEER_VERIFY_TIMEOUT: Duration = REQUEST_TIMEOUT;
 /// (at least one entry): 16 of the largest frames, where [`DELIVERY_WINDOW`] entries could be
 /// 16 MiB. Read on a blocking thread, not the network's.
 pub const MAILBOX_REFILL_BYTES: usize = 1024 * 1024;
+
+/// How long a peer's request to the directory waits for the connection to come back (a
+/// directory that restarts, a network that blips) before it fails: long enough for a restart
+/// and a few reconnection attempts, short enough for a command a person waits on.
+pub const DIRECTORY_WAIT: Duration = Duration::from_secs(30);

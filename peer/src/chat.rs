@@ -19,11 +19,16 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Runs the conversation with `with`.
 pub async fn run(session: Session, console: Console, with: Name) -> Result<()> {
-    if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() && !console.json {
+    if full_screen(console.json) {
         crate::tui::run(session, with).await
     } else {
         lines(session, console, with).await
     }
+}
+
+/// Whether `peer chat` is the full-screen client: stdin and stdout on a terminal, no `--json`.
+pub fn full_screen(json: bool) -> bool {
+    std::io::stdin().is_terminal() && std::io::stdout().is_terminal() && !json
 }
 
 /// Tracks which peers the conversation has touched, for `/who`.
@@ -119,7 +124,7 @@ async fn lines(mut session: Session, console: Console, mut with: Name) -> Result
                 Some(Update::Notice(text)) => eprintln!("{text}"),
                 Some(Update::Contact(Ok(contact))) => print_line(&console.contact(&contact))?,
                 Some(Update::Contact(Err(e))) => eprintln!("peer: {e}"),
-                Some(Update::MailboxIdle) => {}
+                Some(Update::MailboxIdle | Update::Directory { .. }) => {}
                 None => break Err(anyhow!("the running peer stopped")),
             },
             _ = &mut shutdown => break Ok(()),

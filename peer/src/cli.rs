@@ -1,7 +1,10 @@
 //! The command line.
 
 use clap::{Parser, Subcommand};
-use common::{defaults::MAILBOX_FILE_MAX, KeyId, Name};
+use common::{
+    defaults::{DIRECTORY_WAIT, MAILBOX_FILE_MAX},
+    KeyId, Name,
+};
 use std::{net::SocketAddr, path::PathBuf};
 
 /// Peer-to-peer chat: talk to other peers directly over QUIC, with the directory's mailbox when
@@ -46,6 +49,12 @@ pub struct Cli {
     /// from strangers are then not message requests. For bots and services.
     #[arg(long, env = "CHAT_OPEN")]
     pub open: bool,
+
+    /// Seconds a request waits for the directory to come back (a restart, a network blip)
+    /// before it fails. A running `listen` or `chat` keeps unsent messages longer: until the
+    /// directory or a direct link is back.
+    #[arg(long, env = "CHAT_DIRECTORY_WAIT", default_value_t = DIRECTORY_WAIT.as_secs_f64(), value_parser = parse_secs)]
+    pub directory_wait: f64,
 
     /// Largest file, in bytes, sent through the directory's mailbox when the recipient cannot
     /// be reached directly; larger ones wait until it is back.

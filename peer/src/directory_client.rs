@@ -10,6 +10,18 @@
 //!
 //! Everything the directory's protocol means is here; callers get typed answers and
 //! [`DirectoryError`]s, mapped once.
+//!
+//! # Outages
+//!
+//! A request made while the connection is down, or being rebuilt, waits for the next one, up
+//! to [`Settings::wait`], and is sent again on it if the connection failed under it: every
+//! request of the directory's protocol may be repeated (a deposit is stored once per id, a
+//! lookup or an introduction only asks). A connection is known to be gone when QUIC says so
+//! (the directory closed it, or reset it after a restart, or three heartbeats went
+//! unanswered), when a request goes unanswered for [`REQUEST_TIMEOUT`], or when the operating
+//! system reports the directory's port closed (an ICMP port unreachable, which on loopback or
+//! a LAN arrives at once: see [`refused`]). [`DirectoryClient::status`] says where it stands,
+//! for the user.
 
 use crate::{failure::Failure, home::Home, tasks::Tasks};
 use anyhow::{anyhow, bail, Context, Result};
@@ -23,8 +35,12 @@ use common::{
     },
     Identity, KeyId, Name,
 };
+use serde::{Deserialize, Serialize};
 use std::{net::SocketAddr, sync::Arc, time::Duration};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::{
+    sync::{mpsc, oneshot, watch},
+    time::Instant,
+};
 use tracing::{debug, info, warn};
 
 /// Why a request to the directory failed.
@@ -45,6 +61,9 @@ pub enum DirectoryError {
     /// The connection or the stream failed, or the answer made no sense.
     #[error("the directory connection failed: {0}")]
     Connection(String),
+    /// There is no connection, and none came back in time: why, for the user.
+    #[error("{0}")]
+    Down(Failure),
 }
 
 impl DirectoryError {
@@ -82,12 +101,19 @@ impl DirectoryError {
             DirectoryError::Refused(code) => Failure::Refused {
                 reason: code.to_string(),
             },
+            DirectoryError::Down(failure) => failure,
             DirectoryError::Unreachable { .. }
             | DirectoryError::Timeout(_)
             | DirectoryError::Connection(_) => Failure::DirectoryUnreachable { addr: addr.into() },
         }
     }
 }
+
+/// An error connecting that trying again cannot mend: the directory presented a key other than
+/// the pinned one, or refused our name.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Final(Failure);
 
 fn connection_failed(e: impl std::fmt::Display) -> DirectoryError {
     DirectoryError::Connection(format!("{e:#}"))
@@ -155,6 +181,22 @@ pub struct Settings {
     /// Who may reach us (see [`crate::contacts`]): told to the directory after each
     /// registration of an online peer, and again on every change.
     pub reach: Option<watch::Receiver<Reach>>,
+    /// How long a request waits for the connection to come back before it fails.
+    pub wait: Duration,
+}
+
+/// Where the connection to the directory stands, for the user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    /// The first connection is being made.
+    Connecting,
+    /// Connected and registered.
+    Connected,
+    /// The connection is lost, or never came up: retrying, for this reason.
+    Unreachable(Failure),
+    /// The directory refused us for good (another key holds the name, a key that is not the
+    /// pinned one): no more attempts.
+    Refused(Failure),
 }
 
 /// A handle on the directory connection; cheap to clone.
@@ -171,8 +213,10 @@ struct Inner {
     tasks: Tasks,
     /// Where what the directory pushes goes.
     pushed: mpsc::Sender<FromDirectory>,
-    /// The current connection; `None` while reconnecting.
+    /// The current connection, live or not; `None` until the first one is up.
     conn: watch::Sender<Option<quinn::Connection>>,
+    /// Where the connection stands.
+    status: watch::Sender<Status>,
     /// Our address as the directory sees it.
     observed: watch::Sender<Option<SocketAddr>>,
     /// Set when we leave: the event stream stops taking messages and flushes its acks.
@@ -205,6 +249,64 @@ impl DirectoryClient {
         tasks: Tasks,
         pushed: mpsc::Sender<FromDirectory>,
     ) -> Result<Self> {
+        let inner = Inner::new(endpoint, identity, home, settings, tasks, pushed)?;
+        let conn = inner.connect_once().await.map_err(|e| match e.downcast() {
+            Ok(Final(failure)) => failure.into(),
+            Err(e) => e,
+        })?;
+        inner.up(conn);
+        inner.tasks.spawn(supervise(inner.clone()));
+        Ok(Self::started(inner))
+    }
+
+    /// Like [`DirectoryClient::connect`], but returns at once and connects in the background,
+    /// retrying until it succeeds: for the terminal client, which opens before the directory
+    /// answers and shows [`DirectoryClient::status`] meanwhile.
+    pub fn connect_later(
+        endpoint: quinn::Endpoint,
+        identity: &Identity,
+        home: Home,
+        settings: Settings,
+        tasks: Tasks,
+        pushed: mpsc::Sender<FromDirectory>,
+    ) -> Result<Self> {
+        let inner = Inner::new(endpoint, identity, home, settings, tasks, pushed)?;
+        inner.tasks.spawn(supervise(inner.clone()));
+        Ok(Self::started(inner))
+    }
+
+    /// The client on `inner`, telling the directory who may reach us when that changes.
+    fn started(inner: Arc<Inner>) -> Self {
+        let client = Self { inner };
+        if let (true, Some(reach)) = (client.inner.settings.online, &client.inner.settings.reach) {
+            client
+                .inner
+                .tasks
+                .spawn(tell_reach(client.clone(), reach.clone()));
+        }
+        client
+    }
+
+    /// Where the connection stands, and its changes.
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.inner.status.subscribe()
+    }
+
+    /// How long a request waits for the connection to come back.
+    pub fn wait(&self) -> Duration {
+        self.inner.settings.wait
+    }
+}
+
+impl Inner {
+    fn new(
+        endpoint: quinn::Endpoint,
+        identity: &Identity,
+        home: Home,
+        settings: Settings,
+        tasks: Tasks,
+        pushed: mpsc::Sender<FromDirectory>,
+    ) -> Result<Arc<Self>> {
         let mut client_config = tls::client_config(identity, ALPN_DIRECTORY, Expect::AnyKey)?;
         // Heartbeats are QUIC keep-alives: a PING every interval, which the directory only
         // acknowledges. Both sides use an idle timeout of three intervals (we propose it; the
@@ -215,7 +317,7 @@ impl DirectoryClient {
         transport.keep_alive_interval(Some(settings.heartbeat));
         transport.max_idle_timeout((settings.heartbeat * MISSED_HEARTBEATS).try_into().ok());
         client_config.transport_config(Arc::new(transport));
-        let inner = Arc::new(Inner {
+        Ok(Arc::new(Inner {
             endpoint,
             client_config,
             home,
@@ -223,24 +325,28 @@ impl DirectoryClient {
             tasks,
             pushed,
             conn: watch::Sender::new(None),
+            status: watch::Sender::new(Status::Connecting),
             observed: watch::Sender::new(None),
             leaving: watch::Sender::new(false),
             events_task: Default::default(),
             requests: Default::default(),
-        });
-        let conn = inner.connect_once().await?;
-        inner.conn.send_replace(Some(conn));
-        inner.tasks.spawn(supervise(inner.clone()));
-        let client = Self { inner };
-        if let (true, Some(reach)) = (client.inner.settings.online, &client.inner.settings.reach) {
-            client
-                .inner
-                .tasks
-                .spawn(tell_reach(client.clone(), reach.clone()));
-        }
-        Ok(client)
+        }))
     }
 
+    /// `conn` is the connection from now on.
+    fn up(&self, conn: quinn::Connection) {
+        self.conn.send_replace(Some(conn));
+        self.status.send_replace(Status::Connected);
+    }
+
+    fn unreachable(&self) -> Failure {
+        Failure::DirectoryUnreachable {
+            addr: self.settings.addr.clone(),
+        }
+    }
+}
+
+impl DirectoryClient {
     /// Our address as the directory last observed it.
     pub fn observed_addr(&self) -> Option<SocketAddr> {
         *self.inner.observed.borrow()
@@ -252,18 +358,25 @@ impl DirectoryClient {
     }
 
     /// Sends one request and returns the directory's answer; an error code becomes an error.
+    /// While the connection is down, the request waits for the next one, up to
+    /// [`Settings::wait`]; one that its connection failed under is sent again on the next.
     pub async fn request(
         &self,
         request: &DirectoryRequest,
     ) -> Result<DirectoryResponse, DirectoryError> {
-        let conn = self.current().await?;
-        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.inner.exchange(&conn, request))
-            .await
-            .map_err(|_| DirectoryError::Timeout(REQUEST_TIMEOUT))?
-            .map_err(connection_failed)?;
-        match response {
-            DirectoryResponse::Error(code) => Err(DirectoryError::Refused(code)),
-            other => Ok(other),
+        let deadline = Instant::now() + self.inner.settings.wait;
+        loop {
+            let conn = self.current(deadline).await?;
+            let failed = match self.inner.answer(&conn, request).await {
+                Ok(DirectoryResponse::Error(code)) => return Err(DirectoryError::Refused(code)),
+                Ok(answer) => return Ok(answer),
+                Err(e) => e,
+            };
+            if conn.close_reason().is_none() {
+                // The connection is fine and only this stream failed: not an outage.
+                return Err(connection_failed(failed));
+            }
+            debug!(cause = %format!("{failed:#}"), "the directory connection failed under a request");
         }
     }
 
@@ -309,7 +422,7 @@ impl DirectoryClient {
     }
 
     /// Leaves: acknowledgements already owed reach the directory, then the connection closes
-    /// and the directory marks us offline at once.
+    /// and the directory marks us offline at once. Reconnecting stops.
     pub async fn close(&self) {
         self.inner.leaving.send_replace(true);
         let task = self
@@ -324,20 +437,25 @@ impl DirectoryClient {
         if let Some(conn) = self.inner.conn.send_replace(None) {
             conn.close(codes::OK.into(), b"bye");
         }
-        // Wakes the supervisor, which sees the closed channel and stops.
-        self.inner.conn.send_modify(|_| {});
     }
 
-    async fn current(&self) -> Result<quinn::Connection, DirectoryError> {
-        let mut rx = self.inner.conn.subscribe();
-        let wait = rx.wait_for(|c| c.as_ref().is_some_and(|c| c.close_reason().is_none()));
-        let conn = match tokio::time::timeout(REQUEST_TIMEOUT, wait).await {
-            Ok(Ok(conn)) => conn.clone(),
-            _ => None,
+    /// The live connection, waiting for one until `deadline`.
+    async fn current(&self, deadline: Instant) -> Result<quinn::Connection, DirectoryError> {
+        let (mut conn, mut status) = (self.inner.conn.subscribe(), self.inner.status.subscribe());
+        tokio::select! {
+            live = conn.wait_for(|c| c.as_ref().is_some_and(|c| c.close_reason().is_none())) => {
+                if let Some(conn) = live.ok().and_then(|c| c.clone()) {
+                    return Ok(conn);
+                }
+            }
+            _ = status.wait_for(|s| matches!(s, Status::Refused(_))) => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+        let why = match &*self.inner.status.borrow() {
+            Status::Unreachable(why) | Status::Refused(why) => why.clone(),
+            Status::Connecting | Status::Connected => self.inner.unreachable(),
         };
-        conn.ok_or_else(|| DirectoryError::Unreachable {
-            addr: self.inner.settings.addr.clone(),
-        })
+        Err(DirectoryError::Down(why))
     }
 }
 
@@ -361,6 +479,40 @@ async fn request_on(
 }
 
 impl Inner {
+    /// One request and its answer on `conn`. When the answer is slow to come, the directory's
+    /// port is probed; a closed port, or no answer within [`REQUEST_TIMEOUT`], means the
+    /// connection is dead (a directory that is gone, or that restarted without a reset
+    /// reaching us), and it is closed so that the supervisor rebuilds it.
+    async fn answer(
+        &self,
+        conn: &quinn::Connection,
+        request: &DirectoryRequest,
+    ) -> Result<DirectoryResponse> {
+        let remote = conn.remote_address();
+        let suspect = async {
+            tokio::time::sleep(SUSPECT_AFTER).await;
+            refused(remote).await
+        };
+        let answer = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            tokio::select! {
+                answer = self.exchange(conn, request) => Some(answer),
+                _ = suspect => None,
+            }
+        })
+        .await;
+        match answer {
+            Ok(Some(answer)) => answer,
+            Ok(None) => {
+                conn.close(codes::TIMED_OUT.into(), b"port closed");
+                bail!("the directory's port is closed")
+            }
+            Err(_) => {
+                conn.close(codes::TIMED_OUT.into(), b"no answer");
+                bail!("no answer within {REQUEST_TIMEOUT:?}")
+            }
+        }
+    }
+
     /// One request and its answer. Requests one at a time share a long-lived stream, which
     /// saves opening and closing a stream each; a request that finds it busy takes a stream
     /// of its own rather than wait behind a slower answer (a deposit waits for a disk commit).
@@ -431,16 +583,26 @@ impl Inner {
             .endpoint
             .connect_with(self.client_config.clone(), addr, "directory")
             .context("dialing the directory")?;
-        let conn = tokio::time::timeout(REQUEST_TIMEOUT, connecting)
-            .await
-            .map_err(|_| Failure::DirectoryUnreachable {
-                addr: s.addr.clone(),
-            })?
-            .with_context(|| format!("cannot connect to the directory at {}", s.addr))?;
+        // A closed port is reported by the operating system at once on loopback or a LAN; the
+        // handshake would wait out its timeout instead.
+        let conn = tokio::select! {
+            conn = tokio::time::timeout(REQUEST_TIMEOUT, connecting) => match conn {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) if is_not_a_directory(&e) => {
+                    return Err(Failure::NotADirectory { addr: s.addr.clone() }.into())
+                }
+                Ok(Err(e)) => {
+                    return Err(anyhow!(e)
+                        .context(format!("cannot connect to the directory at {}", s.addr)))
+                }
+                Err(_) => return Err(self.unreachable().into()),
+            },
+            _ = refused(addr) => return Err(Failure::NoDirectory { addr: s.addr.clone() }.into()),
+        };
         let key = tls::remote_key(&conn).context("the directory sent no certificate")?;
         if let Err(e) = self.home.check_directory(&s.addr, key, s.pin) {
             conn.close(codes::UNAUTHORIZED.into(), b"unexpected key");
-            return Err(e);
+            return Err(Final(Failure::other(e)).into());
         }
         let local = self.endpoint.local_addr()?;
         let register = DirectoryRequest::Register {
@@ -458,9 +620,14 @@ impl Inner {
                 debug!(%observed_addr, "registered");
             }
             DirectoryResponse::Error(code) => {
-                return Err(DirectoryError::Refused(code)
-                    .failure(&s.name, &s.addr)
-                    .into())
+                let failure = DirectoryError::Refused(code).failure(&s.name, &s.addr);
+                return Err(match code {
+                    ErrorCode::NameTaken
+                    | ErrorCode::BadName
+                    | ErrorCode::NameLookalike
+                    | ErrorCode::TooManyNames => Final(failure).into(),
+                    _ => failure.into(),
+                });
             }
             other => bail!("unexpected answer to registration: {other:?}"),
         }
@@ -511,45 +678,128 @@ async fn tell_reach(client: DirectoryClient, mut reach: watch::Receiver<Reach>) 
     }
 }
 
-/// Reconnects when the connection drops, until [`DirectoryClient::close`]. (Heartbeats are the
-/// connection's QUIC keep-alives; see [`DirectoryClient::connect`].)
+/// The first wait between two attempts to connect; it doubles up to [`RECONNECT_MAX`].
+const RECONNECT_FIRST: Duration = Duration::from_millis(250);
+/// The longest wait between two attempts to connect: how late a directory that is back may be
+/// noticed.
+const RECONNECT_MAX: Duration = Duration::from_secs(4);
+/// How long an answer may take before the directory's port is probed (see [`refused`]).
+const SUSPECT_AFTER: Duration = Duration::from_secs(1);
+/// How often [`refused`] probes.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+
+/// Connects, and reconnects whenever the connection drops, until [`DirectoryClient::close`].
+/// A lost connection is tried again at once (a directory that restarted is back), then with
+/// backoff. A refusal for good (a wrong key, a name held by another) stops it. (Heartbeats
+/// are the connection's QUIC keep-alives; see [`DirectoryClient::connect`].)
 async fn supervise(inner: Arc<Inner>) {
-    let mut conn_rx = inner.conn.subscribe();
+    let mut leaving = inner.leaving.subscribe();
+    let mut backoff = Duration::ZERO;
     loop {
-        let Some(conn) = conn_rx.borrow_and_update().clone() else {
-            return;
-        };
-        let reason = loop {
-            tokio::select! {
-                reason = conn.closed() => break reason,
-                changed = conn_rx.changed() => {
-                    if changed.is_err() || conn_rx.borrow().is_none() { return; }
-                }
-            }
-        };
-        if inner.conn.borrow().is_none() {
-            return; // closed on purpose
-        }
-        warn!(cause = %reason, "lost the directory connection; reconnecting");
-        let mut backoff = Duration::from_millis(250);
-        loop {
-            tokio::time::sleep(backoff).await;
-            if inner.conn.borrow().is_none() {
+        let conn = inner.conn.borrow().clone();
+        if let Some(conn) = conn.filter(|c| c.close_reason().is_none()) {
+            let reason = tokio::select! {
+                reason = conn.closed() => reason,
+                _ = left(&mut leaving) => return,
+            };
+            if *leaving.borrow() {
                 return;
             }
-            match inner.connect_once().await {
-                Ok(conn) => {
+            warn!(cause = %reason, "lost the directory connection; reconnecting");
+            inner
+                .status
+                .send_replace(Status::Unreachable(inner.unreachable()));
+            backoff = Duration::ZERO;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = left(&mut leaving) => return,
+        }
+        let attempt = tokio::select! {
+            attempt = inner.connect_once() => attempt,
+            _ = left(&mut leaving) => return,
+        };
+        match attempt {
+            Ok(conn) => {
+                if *leaving.borrow() {
+                    conn.close(codes::OK.into(), b"bye");
+                    return;
+                }
+                if inner.status.borrow().is_unreachable() {
                     info!("reconnected to the directory");
-                    inner.conn.send_replace(Some(conn));
-                    break;
                 }
-                Err(e) => {
-                    debug!(cause = %format!("{e:#}"), "reconnect failed");
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
+                inner.up(conn);
+            }
+            Err(e) => {
+                let failure = match e.downcast() {
+                    Ok(Final(failure)) => {
+                        warn!(cause = %failure, "the directory refused us");
+                        inner.status.send_replace(Status::Refused(failure));
+                        return;
+                    }
+                    Err(e) => Failure::from(e),
+                };
+                debug!(cause = %failure, "connecting to the directory failed");
+                inner.status.send_replace(Status::Unreachable(failure));
+                backoff = (backoff * 2).clamp(RECONNECT_FIRST, RECONNECT_MAX);
             }
         }
     }
+}
+
+impl Status {
+    fn is_unreachable(&self) -> bool {
+        matches!(self, Status::Unreachable(_))
+    }
+}
+
+/// Resolves once the operating system reports that `addr` refuses UDP: an ICMP port (or host)
+/// unreachable, which on loopback or a LAN arrives at once. QUIC endpoints never see these
+/// (their socket is not connected, and quinn reads no error queue), so this probes from a
+/// socket of its own, connected to `addr`, every [`PROBE_EVERY`]; a QUIC server drops the
+/// one-byte probe unread. Never resolves while nothing is reported.
+async fn refused(addr: SocketAddr) {
+    let refusal = |e: &std::io::Error| {
+        use std::io::ErrorKind::*;
+        matches!(
+            e.kind(),
+            ConnectionRefused | HostUnreachable | NetworkUnreachable
+        )
+    };
+    let local: SocketAddr = match addr {
+        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = match tokio::net::UdpSocket::bind(local).await {
+        Ok(socket) if socket.connect(addr).await.is_ok() => socket,
+        _ => return std::future::pending().await,
+    };
+    let mut every = tokio::time::interval(PROBE_EVERY);
+    let mut buf = [0u8; 64];
+    loop {
+        tokio::select! {
+            _ = every.tick() => match socket.send(&[0]).await {
+                Err(e) if refusal(&e) => return,
+                _ => {}
+            },
+            got = socket.recv(&mut buf) => match got {
+                Err(e) if refusal(&e) => return,
+                Err(_) => return std::future::pending().await,
+                Ok(_) => {}
+            },
+        }
+    }
+}
+
+/// Whether a handshake failed because the server speaks another protocol over QUIC: it
+/// answered with the TLS alert `no_application_protocol` (120).
+fn is_not_a_directory(e: &quinn::ConnectionError) -> bool {
+    const NO_APPLICATION_PROTOCOL: u8 = 120;
+    matches!(
+        e,
+        quinn::ConnectionError::ConnectionClosed(close)
+            if close.error_code == quinn::TransportErrorCode::crypto(NO_APPLICATION_PROTOCOL)
+    )
 }
 
 /// Reads the directory's event stream: mailbox messages, file parts and receipts, the idle

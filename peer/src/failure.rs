@@ -89,6 +89,25 @@ pub enum Failure {
     /// The directory refused: too many requests of this kind from us or our address.
     #[error("the directory is limiting requests like this one")]
     RateLimited,
+    /// Nothing listens at the directory's address: its host says the port is closed.
+    #[error("no directory is running at {addr}: the port is closed")]
+    NoDirectory {
+        /// The address the user gave.
+        addr: String,
+    },
+    /// A QUIC server answers at the directory's address, but with another protocol.
+    #[error("the server at {addr} is not a p2pchat directory")]
+    NotADirectory {
+        /// The address the user gave.
+        addr: String,
+    },
+    /// A message the running peer keeps: it is sent once the directory (or a direct link) is
+    /// back, and the short command that asked stopped waiting for it.
+    #[error("not sent yet: the directory at {addr} cannot be reached; the running peer keeps the message and sends it when the directory is back")]
+    StillWaiting {
+        /// The address the user gave.
+        addr: String,
+    },
 }
 
 impl Failure {
@@ -103,7 +122,15 @@ impl Failure {
             }
             Failure::TooLarge { .. } => "send long text as a file with /file",
             Failure::DirectoryUnreachable { .. } => {
-                "is a directory running there? see --directory or CHAT_DIRECTORY"
+                "is a directory running there, and reachable? see --directory or CHAT_DIRECTORY"
+            }
+            Failure::NoDirectory { .. } => {
+                "is a directory running there? start one with `directory --bind ADDR`, or pass \
+                 --directory HOST:PORT / set CHAT_DIRECTORY"
+            }
+            Failure::NotADirectory { .. } => {
+                "check the port given with --directory or CHAT_DIRECTORY: it belongs to \
+                 another program"
             }
             Failure::NameTaken { .. } => "pick another --name, or use the home that holds its key",
             Failure::SenderQuotaFull { .. } => {
@@ -119,8 +146,22 @@ impl Failure {
             }
             Failure::TooManyNames { .. } => "use a name this key already holds",
             Failure::RateLimited => "wait a minute and try again",
-            Failure::Refused { .. } | Failure::Stopped | Failure::Other(_) => return None,
+            Failure::Refused { .. }
+            | Failure::Stopped
+            | Failure::Other(_)
+            | Failure::StillWaiting { .. } => return None,
         })
+    }
+
+    /// Whether the directory could not be used at all (down, restarting, or not there): what
+    /// the running peer waits out instead of failing a message.
+    pub fn is_outage(&self) -> bool {
+        matches!(
+            self,
+            Failure::DirectoryUnreachable { .. }
+                | Failure::NoDirectory { .. }
+                | Failure::NotADirectory { .. }
+        )
     }
 
     /// Wraps an error with its causes, as `{:#}` prints them.
@@ -159,6 +200,12 @@ mod tests {
             Failure::NameLookalike { name: name.clone() },
             Failure::TooManyNames { name },
             Failure::RateLimited,
+            Failure::NoDirectory {
+                addr: "127.0.0.1:9000".into(),
+            },
+            Failure::NotADirectory {
+                addr: "127.0.0.1:9000".into(),
+            },
         ];
         let mut hints = std::collections::HashSet::new();
         for failure in cases {

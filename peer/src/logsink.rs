@@ -1,6 +1,6 @@
 //! Where log lines go: stderr, except while the full-screen client owns the terminal, when a
 //! line on stderr would scribble over the screen. Then they go wherever [`divert`] says (the
-//! client shows them in the conversation), until it is called again with `None`.
+//! client writes them to a file in the home), until it is called again with `None`.
 
 use std::{
     io::{self, Write},

@@ -2,7 +2,7 @@
 //! the command. Every failure ends as one line on stderr and a non-zero exit.
 
 use anyhow::{bail, Result};
-use clap::Parser;
+use clap::{parser::ValueSource, CommandFactory, FromArgMatches};
 use peer::{
     cli::{Cli, Command},
     commands, control,
@@ -21,7 +21,17 @@ fn main() -> ExitCode {
     // Everything this program creates (keys, history, downloads, the control socket) is the
     // user's alone, whatever the umask it inherited.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // Whether the user chose the directory (a flag or CHAT_DIRECTORY), or it is the default.
+    let directory_given = match matches.value_source("directory") {
+        Some(ValueSource::CommandLine) => Some(format!("--directory {}", cli.directory)),
+        Some(ValueSource::EnvVariable) => Some(format!("CHAT_DIRECTORY={}", cli.directory)),
+        _ => None,
+    };
     // Colour only for a person at a terminal: not in files, pipes or `docker logs`.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();
@@ -39,7 +49,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(cli));
+    let result = runtime.block_on(run(cli, directory_given));
     // Stdin readers may still block a thread; don't wait for them.
     runtime.shutdown_timeout(Duration::from_millis(100));
     match result {
@@ -54,7 +64,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<()> {
+async fn run(cli: Cli, directory_given: Option<String>) -> Result<()> {
     let home = Home::new(cli.home.clone(), &cli.name)?;
     if let Command::History { with, limit } = &cli.command {
         return commands::history(&cli, &home, with, *limit).await;
@@ -63,7 +73,12 @@ async fn run(cli: Cli) -> Result<()> {
         return commands::contacts(&cli, &home);
     }
     let session = match open_session(&cli, &home).await? {
-        Opened::Remote(session) => session,
+        Opened::Remote(session) => {
+            if let Some(given) = directory_given {
+                say_if_directory_ignored(&cli, &home, &given).await;
+            }
+            session
+        }
         Opened::Local(session, guard) => {
             let result = commands::run(&cli, session).await;
             drop(guard);
@@ -118,6 +133,10 @@ async fn open_session(cli: &Cli, home: &Home) -> Result<Opened> {
             cli.command,
             Command::Chat { .. } | Command::Listen | Command::Inbox
         ),
+        directory_wait: Duration::from_secs_f64(cli.directory_wait),
+        // The terminal client opens at once and shows the connection being made.
+        connect_later: matches!(cli.command, Command::Chat { .. })
+            && peer::chat::full_screen(cli.json),
     };
     let history = if matches!(
         cli.command,
@@ -162,6 +181,27 @@ async fn open_history(home: &Home) -> Option<History> {
             eprintln!("peer: warning: going on without the local history: {e}");
             None
         }
+    }
+}
+
+/// A command that goes through the running peer uses that peer's directory: if the user chose
+/// another one, says that it was ignored.
+async fn say_if_directory_ignored(cli: &Cli, home: &Home, given: &str) {
+    let asked = async {
+        let mut client = ControlClient::connect(home).await?;
+        client.hello().await.ok()?;
+        client.directory().await.ok()
+    };
+    // A running peer of an older version does not know the question: say nothing then.
+    let Ok(Some((running, _))) = tokio::time::timeout(Duration::from_secs(1), asked).await else {
+        return;
+    };
+    if running != cli.directory {
+        eprintln!(
+            "peer: note: {} is already running with the directory at {running}, and this \
+             command goes through it: {given} was ignored",
+            cli.name
+        );
     }
 }
 

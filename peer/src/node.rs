@@ -21,7 +21,7 @@ use crate::{
 use anyhow::Result;
 use common::{wire::PeerInfo, KeyId, Name};
 use std::{net::SocketAddr, sync::Arc, time::Duration};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
 /// How to run a peer.
@@ -47,6 +47,11 @@ pub struct Options {
     pub mailbox_file_max: u64,
     /// Let anyone reach us directly, not only contacts (see [`crate::contacts`]).
     pub open: bool,
+    /// How long a request waits for the directory connection to come back.
+    pub directory_wait: Duration,
+    /// Start without waiting for the directory, and connect in the background (the terminal
+    /// client, which shows how that goes).
+    pub connect_later: bool,
 }
 
 /// A running peer.
@@ -64,6 +69,7 @@ pub struct Node {
     contacts: Contacts,
     downloads: std::path::PathBuf,
     mailbox_file_max: u64,
+    home: Home,
     tasks: Tasks,
 }
 
@@ -90,17 +96,30 @@ impl Node {
             heartbeat: options.heartbeat,
             online: options.online,
             reach: Some(contacts.reach()),
+            wait: options.directory_wait,
         };
         let (pushed_tx, pushed) = mpsc::channel(PUSHED_BACKLOG);
-        let directory = DirectoryClient::connect(
-            endpoint.clone(),
-            &identity,
-            options.home.clone(),
-            settings,
-            tasks.clone(),
-            pushed_tx,
-        )
-        .await?;
+        let (home, tasks_) = (options.home.clone(), tasks.clone());
+        let directory = if options.connect_later {
+            DirectoryClient::connect_later(
+                endpoint.clone(),
+                &identity,
+                home,
+                settings,
+                tasks_,
+                pushed_tx,
+            )?
+        } else {
+            DirectoryClient::connect(
+                endpoint.clone(),
+                &identity,
+                home,
+                settings,
+                tasks_,
+                pushed_tx,
+            )
+            .await?
+        };
         let links = Arc::new(Links::default());
         let acceptor = Acceptor {
             inbox: inbox.clone(),
@@ -134,6 +153,9 @@ impl Node {
             directory: directory.clone(),
             contacts: contacts.clone(),
             tasks: tasks.clone(),
+            // A running peer keeps what it could not send while the directory is away; a
+            // short command stops after the directory wait and says so.
+            wait_for_directory: options.online,
         });
         let node = Self {
             name: options.name,
@@ -147,6 +169,7 @@ impl Node {
             contacts,
             downloads: options.home.downloads(),
             mailbox_file_max: options.mailbox_file_max,
+            home: options.home,
             tasks,
         };
         Ok((node, events))
@@ -225,6 +248,26 @@ impl Node {
     /// Our address as the directory sees it.
     pub fn observed_addr(&self) -> Option<SocketAddr> {
         self.directory.observed_addr()
+    }
+
+    /// The directory's address as the user gave it.
+    pub fn directory_addr(&self) -> &str {
+        self.directory.addr()
+    }
+
+    /// Where the connection to the directory stands, and its changes.
+    pub fn directory_status(&self) -> watch::Receiver<directory_client::Status> {
+        self.directory.status()
+    }
+
+    /// How long a request waits for the directory connection to come back.
+    pub fn directory_wait(&self) -> Duration {
+        self.directory.wait()
+    }
+
+    /// The home folder.
+    pub fn home(&self) -> &Home {
+        &self.home
     }
 
     /// Leaves cleanly: the directory marks us offline at once, peers see the close, and every

@@ -6,6 +6,7 @@
 
 use crate::{
     contacts::{Contact, Standing},
+    directory_client::Status,
     failure::Failure,
     files::{downloads, FileSent, FileUpdate},
     history::{History, HistoryEntry, HistoryError},
@@ -56,6 +57,13 @@ pub enum Update {
         delivered: Vec<MessageId>,
         /// When, by the directory's clock.
         at_ms: u64,
+    },
+    /// Where the connection to the directory stands (after [`crate::session::Session::watch_directory`]).
+    Directory {
+        /// The directory's address as the user gave it.
+        addr: String,
+        /// Where the connection stands.
+        status: Status,
     },
 }
 

@@ -159,6 +159,38 @@ impl Session {
         }
     }
 
+    /// Starts reporting where the directory connection stands, as [`Update::Directory`]: now,
+    /// and at every change.
+    pub fn watch_directory(&self) {
+        match &self.backend {
+            Backend::Local(service) => {
+                let (node, tx) = (service.node().clone(), self.tx.clone());
+                let mut status = node.directory_status();
+                service.node().spawn(async move {
+                    loop {
+                        let now = status.borrow_and_update().clone();
+                        let addr = node.directory_addr().to_string();
+                        let update = Update::Directory { addr, status: now };
+                        if tx.send(update).is_err() || status.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            Backend::Remote(client, _) => client.watch_directory(),
+        }
+    }
+
+    /// The file this process's log lines go to while the full-screen client owns the
+    /// terminal.
+    pub fn log_file(&self) -> PathBuf {
+        let home = match &self.backend {
+            Backend::Local(service) => service.node().home().path(),
+            Backend::Remote(_, home) => home.path(),
+        };
+        home.join("peer.log")
+    }
+
     /// Starts receiving copies of incoming messages (remote) — the own node always receives.
     pub fn attach(&self) {
         if let Backend::Remote(client, _) = &self.backend {

@@ -4,6 +4,7 @@
 use super::protocol::{ControlRequest, ControlResponse};
 use crate::{
     contacts::Standing,
+    directory_client::Status,
     history::HistoryEntry,
     home::Home,
     service::{Received, Update},
@@ -80,6 +81,19 @@ impl ControlClient {
         }
     }
 
+    /// The running peer's directory and where its connection stands. Call after
+    /// [`ControlClient::hello`], instead of [`ControlClient::start`].
+    pub async fn directory(&mut self) -> Result<(String, Status)> {
+        let Some(stream) = self.stream.as_mut() else {
+            bail!("control session already started")
+        };
+        framing::write_frame(stream, &ControlRequest::Directory).await?;
+        match framing::read_frame(stream).await? {
+            Some(ControlResponse::Directory { addr, status }) => Ok((addr, status)),
+            other => bail!("the running peer answered {other:?}"),
+        }
+    }
+
     /// Starts the reader and writer tasks; answers become [`Update`]s on `updates`. The tasks
     /// end with the client.
     pub fn start(&mut self, updates: mpsc::UnboundedSender<Update>) {
@@ -146,6 +160,11 @@ impl ControlClient {
     pub fn attach(&self) {
         self.request(ControlRequest::Attach);
     }
+
+    /// Asks where the directory connection stands, now and at every change.
+    pub fn watch_directory(&self) {
+        self.request(ControlRequest::Directory);
+    }
 }
 
 /// The update an answer means to a command; `None` for those only the request methods read.
@@ -162,6 +181,7 @@ fn update_of(response: ControlResponse) -> Option<Update> {
         ControlResponse::Notice(text) => Update::Notice(text),
         ControlResponse::FileProgress { done, total } => Update::FileProgress { done, total },
         ControlResponse::FileSent(sent) => Update::FileSent(sent),
+        ControlResponse::Directory { addr, status } => Update::Directory { addr, status },
         ControlResponse::Receipt {
             from,
             delivered,

@@ -10,6 +10,7 @@
 
 use crate::{
     contacts::{Contact, Standing},
+    directory_client::Status,
     failure::Failure,
     files::FileSent,
     history::HistoryEntry,
@@ -66,6 +67,9 @@ pub enum ControlRequest {
         /// Accepted or blocked.
         standing: Standing,
     },
+    /// Where the running peer's directory connection stands: answered with
+    /// [`ControlResponse::Directory`] now and at every change, until the client hangs up.
+    Directory,
 }
 
 /// An answer from the running peer.
@@ -122,5 +126,12 @@ pub enum ControlResponse {
         delivered: Vec<MessageId>,
         /// When (the directory's clock, ms since the epoch).
         at_ms: u64,
+    },
+    /// The running peer's directory, and where its connection stands.
+    Directory {
+        /// The directory's address as the running peer was given it.
+        addr: String,
+        /// Where the connection stands.
+        status: Status,
     },
 }

@@ -6,7 +6,10 @@ use super::{
     protocol::{ControlRequest, ControlResponse},
     ControlGuard,
 };
-use crate::{files::FileUpdate, home::Home, service::Service};
+use crate::{
+    directory_client::Status, failure::Failure, files::FileUpdate, home::Home, outbox::SendFailed,
+    service::Service,
+};
 use anyhow::{Context, Result};
 use common::framing;
 use std::{fs::File, path::PathBuf};
@@ -74,9 +77,28 @@ async fn serve_client(stream: UnixStream, service: Service) {
                 });
             }
             ControlRequest::Send { to, body } => {
-                let outcome = service.submit(to, body);
+                let outcome = service.submit(to.clone(), body);
+                let node = service.node().clone();
                 service.node().spawn(async move {
-                    let _ = tx.send(ControlResponse::Sent(outcome.await));
+                    // The message is kept while the directory is away, however long; the
+                    // command that asked is told so once it has waited as long as a request
+                    // does, and the outcome still settles the history.
+                    let mut outcome = std::pin::pin!(outcome);
+                    let sent = tokio::select! {
+                        sent = &mut outcome => sent,
+                        _ = tokio::time::sleep(node.directory_wait()) => {
+                            if *node.directory_status().borrow() != Status::Connected {
+                                let failure = Failure::StillWaiting {
+                                    addr: node.directory_addr().to_string(),
+                                };
+                                let _ = tx.send(ControlResponse::Sent(Err(SendFailed { to, failure })));
+                                let _ = outcome.await;
+                                return;
+                            }
+                            outcome.await
+                        }
+                    };
+                    let _ = tx.send(ControlResponse::Sent(sent));
                 });
             }
             ControlRequest::SendFile { to, path } => {
@@ -127,6 +149,20 @@ async fn serve_client(stream: UnixStream, service: Service) {
                         }
                     };
                     let _ = tx.send(ControlResponse::HistoryEnd { available });
+                });
+            }
+            ControlRequest::Directory => {
+                let node = service.node().clone();
+                let mut status = node.directory_status();
+                node.clone().spawn(async move {
+                    loop {
+                        let now = status.borrow_and_update().clone();
+                        let addr = node.directory_addr().to_string();
+                        let response = ControlResponse::Directory { addr, status: now };
+                        if tx.send(response).is_err() || status.changed().await.is_err() {
+                            return;
+                        }
+                    }
                 });
             }
             ControlRequest::Attach => {

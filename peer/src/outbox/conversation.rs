@@ -22,6 +22,11 @@
 //! * Halfway to an ack's deadline on a link that has carried acks, ask the directory for an
 //!   introduction once: the peer's NAT may have dropped its mapping, and its dialing us back
 //!   reopens it.
+//! * When the directory cannot be reached (down, restarting: [`Failure::is_outage`]), a
+//!   conversation that waits out outages (a running peer's) keeps its messages, in order, and
+//!   tries again every [`OUTAGE_RETRY`]: the live link first, then the directory. It never
+//!   fails a message for that. One that does not wait (a short command's) fails them, as it
+//!   fails them for any other reason.
 //! * Every message is settled exactly once: delivered (with its path), queued, or failed.
 
 use crate::{failure::Failure, links::DirectPath, outbox::Status};
@@ -37,6 +42,10 @@ use std::{
 /// After a direct attempt to a peer found no path, how long its messages go straight to the
 /// mailbox.
 pub const NO_DIRECT_BACKOFF: Duration = Duration::from_secs(10);
+
+/// While the directory cannot be reached, how long a conversation that waits out outages waits
+/// between two attempts. (Each lookup or deposit has waited for the connection already.)
+pub const OUTAGE_RETRY: Duration = Duration::from_secs(1);
 
 /// What happened, for [`Conversation::handle`].
 #[derive(Debug)]
@@ -122,7 +131,9 @@ enum State {
     /// A chat stream is open.
     Direct(Link),
     /// Depositing the queue, one message at a time; `Some` while a deposit is under way.
-    Mailbox(Option<MessageId>),
+    Mailbox(Option<ChatMessage>),
+    /// The directory cannot be reached: nothing until then, when routing starts again.
+    Outage { until: Instant },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +147,8 @@ enum Step {
 #[derive(Debug)]
 pub struct Conversation {
     timeout: Duration,
+    /// Wait out directory outages instead of failing the messages.
+    patient: bool,
     queue: VecDeque<ChatMessage>,
     state: State,
     /// Some of our messages may still wait in the recipient's mailbox.
@@ -146,16 +159,25 @@ pub struct Conversation {
 }
 
 impl Conversation {
-    /// A conversation whose direct attempts and acks are bounded by `direct_timeout`.
+    /// A conversation whose direct attempts and acks are bounded by `direct_timeout`, and
+    /// which fails its messages when the directory cannot be reached.
     pub fn new(direct_timeout: Duration) -> Self {
         Self {
             timeout: direct_timeout,
+            patient: false,
             queue: VecDeque::new(),
             state: State::Idle,
             mailbox_pending: false,
             no_direct_until: None,
             actions: VecDeque::new(),
         }
+    }
+
+    /// The same conversation, but one that waits out directory outages: its messages wait for
+    /// the directory or a direct link, however long that takes.
+    pub fn waiting_out_outages(mut self) -> Self {
+        self.patient = true;
+        self
     }
 
     /// Takes what happened at `now`. An answer that no longer fits (a late ack on a link
@@ -179,6 +201,11 @@ impl Conversation {
             {
                 let deadline = *deadline;
                 match found {
+                    Err(failure) if self.patient && failure.is_outage() => {
+                        self.state = State::Outage {
+                            until: now + OUTAGE_RETRY,
+                        };
+                    }
                     Err(failure) => {
                         for message in self.queue.drain(..) {
                             self.actions
@@ -236,8 +263,23 @@ impl Conversation {
                 }
             }
             (Input::LinkFailed, State::Direct(_)) => self.fall_back(),
-            (Input::Deposited(id, result), State::Mailbox(under_way)) if *under_way == Some(id) => {
-                *under_way = None;
+            (Input::Deposited(id, result), State::Mailbox(under_way))
+                if under_way.as_ref().is_some_and(|m| m.id == id) =>
+            {
+                let Some(message) = under_way.take() else {
+                    return;
+                };
+                if let Err(failure) = &result {
+                    if self.patient && failure.is_outage() {
+                        // Back in front of the queue, and all of it waits.
+                        self.queue.push_front(message);
+                        self.state = State::Outage {
+                            until: now + OUTAGE_RETRY,
+                        };
+                        self.advance(now);
+                        return;
+                    }
+                }
                 if result.is_ok() {
                     self.mailbox_pending = true;
                 }
@@ -249,8 +291,16 @@ impl Conversation {
         self.advance(now);
     }
 
-    /// Takes the passing of time: a late ack gives the link up; halfway there, a nudge.
+    /// Takes the passing of time: a late ack gives the link up; halfway there, a nudge; the
+    /// end of a wait for the directory starts routing again.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let State::Outage { until } = self.state {
+            if now >= until {
+                self.state = State::Idle;
+                self.advance(now);
+            }
+            return;
+        }
         let State::Direct(link) = &mut self.state else {
             return;
         };
@@ -276,6 +326,9 @@ impl Conversation {
 
     /// When [`Conversation::handle_timeout`] should next be called, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if let State::Outage { until } = self.state {
+            return Some(until);
+        }
         let State::Direct(link) = &self.state else {
             return None;
         };
@@ -294,7 +347,7 @@ impl Conversation {
             && match &self.state {
                 State::Idle => true,
                 State::Direct(link) => link.in_flight.is_empty(),
-                State::Routing { .. } | State::Mailbox(_) => false,
+                State::Routing { .. } | State::Mailbox(_) | State::Outage { .. } => false,
             }
     }
 
@@ -326,12 +379,15 @@ impl Conversation {
             }
             State::Mailbox(under_way @ None) => match self.queue.pop_front() {
                 Some(message) => {
-                    *under_way = Some(message.id);
+                    *under_way = Some(message.clone());
                     self.actions.push_back(Action::Deposit(message));
                 }
                 None => self.state = State::Idle,
             },
-            State::Idle | State::Routing { .. } | State::Mailbox(Some(_)) => {}
+            State::Idle
+            | State::Routing { .. }
+            | State::Mailbox(Some(_))
+            | State::Outage { .. } => {}
         }
     }
 

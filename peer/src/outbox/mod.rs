@@ -82,6 +82,9 @@ pub struct Shared {
     pub contacts: Contacts,
     /// Where the conversation tasks run.
     pub tasks: Tasks,
+    /// Keep messages while the directory cannot be reached, until it is back (a running
+    /// peer), instead of failing them once a request has waited for it (a short command).
+    pub wait_for_directory: bool,
 }
 
 /// Sends messages; cheap to clone.
@@ -166,7 +169,10 @@ struct Driver {
 
 impl Driver {
     fn new(ctx: Arc<Shared>, to: Name) -> Self {
-        let conversation = Conversation::new(ctx.dialer.direct_timeout);
+        let mut conversation = Conversation::new(ctx.dialer.direct_timeout);
+        if ctx.wait_for_directory {
+            conversation = conversation.waiting_out_outages();
+        }
         Self {
             ctx,
             to,

@@ -4,6 +4,7 @@
 
 use super::input::Editor;
 use crate::{
+    directory_client::Status,
     failure::Failure,
     files::FileSent,
     history::{HistoryEntry, HistoryState},
@@ -15,7 +16,14 @@ use common::{
     wire::{ChatMessage, MessageId, PeerInfo},
     Name,
 };
-use std::{collections::VecDeque, path::PathBuf};
+use std::{
+    collections::VecDeque,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+/// How long "reconnected" stays in the status line.
+const RECONNECTED_SHOWN: Duration = Duration::from_secs(5);
 
 /// The commands, for `/help` and Tab.
 pub(crate) const COMMANDS: [&str; 5] = ["/to", "/who", "/file", "/help", "/quit"];
@@ -35,7 +43,7 @@ pub(crate) const HELP: [&str; 8] = [
 /// What someone's presence is, as last polled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Presence {
-    /// Not asked yet.
+    /// Not asked yet, or the directory cannot be reached.
     Unknown,
     /// Online now.
     Online,
@@ -132,6 +140,10 @@ pub(crate) struct App {
     who_pending: usize,
     /// Set once the user asked to leave; the loop waits for outstanding sends.
     pub(crate) quitting: bool,
+    /// The directory's address and where the connection stands, once reported.
+    directory: Option<(String, Status)>,
+    /// When the connection came back after being lost.
+    reconnected_at: Option<Instant>,
 }
 
 impl App {
@@ -146,7 +158,51 @@ impl App {
             page: 10,
             who_pending: 0,
             quitting: false,
+            directory: None,
+            reconnected_at: None,
         }
+    }
+
+    /// Where the directory connection stands now. While it is not up, presence is unknown,
+    /// and nothing is said of peers coming or going.
+    pub(crate) fn directory(&mut self, addr: String, status: Status, now: Instant) {
+        let was_lost = matches!(&self.directory, Some((_, Status::Unreachable(_))));
+        self.reconnected_at = (was_lost && status == Status::Connected).then_some(now);
+        if status != Status::Connected {
+            for conv in &mut self.conversations {
+                conv.presence = Presence::Unknown;
+            }
+        }
+        self.directory = Some((addr, status));
+    }
+
+    /// Whether the directory can be asked things now.
+    pub(crate) fn directory_up(&self) -> bool {
+        matches!(&self.directory, Some((_, Status::Connected)) | None)
+    }
+
+    /// The status line: how the directory connection stands, when there is something to say
+    /// (connecting, lost, refused, just back); `true` with it for an alarm.
+    pub(crate) fn status_line(&self, now: Instant) -> Option<(String, bool)> {
+        let (addr, status) = self.directory.as_ref()?;
+        Some(match status {
+            Status::Connecting => (format!("connecting to the directory at {addr}…"), false),
+            Status::Connected => {
+                let since = self.reconnected_at?;
+                if now.duration_since(since) >= RECONNECTED_SHOWN {
+                    return None;
+                }
+                (format!("reconnected to the directory at {addr}"), false)
+            }
+            Status::Unreachable(why) => {
+                let mut text = format!("directory unreachable, retrying… ({why})");
+                if let Some(hint) = why.hint() {
+                    text.push_str(&format!("; {hint}"));
+                }
+                (text, true)
+            }
+            Status::Refused(why) => (with_hint("the directory refused us", why), true),
+        })
     }
 
     /// The conversation shown.
@@ -463,7 +519,7 @@ impl App {
 /// "online", "offline, last seen 5m ago", ...
 pub(crate) fn presence_text(p: &Presence) -> String {
     match p {
-        Presence::Unknown => "?".into(),
+        Presence::Unknown => "unknown".into(),
         Presence::Online => "online".into(),
         Presence::Offline(Some(ms)) => format!("last seen {}", crate::console::ago(*ms)),
         Presence::Offline(None) => "offline".into(),
@@ -584,6 +640,55 @@ mod tests {
         assert_eq!((app.current, app.conversations[1].unread), (1, 0));
         app.cycle(true);
         assert_eq!(app.current, 0);
+    }
+
+    #[test]
+    fn the_status_line_follows_the_directory_and_presence_is_unknown_while_it_is_away() {
+        let mut app = app();
+        let t0 = Instant::now();
+        let addr = "127.0.0.1:9000".to_string();
+        app.directory(
+            addr.clone(),
+            crate::directory_client::Status::Connecting,
+            t0,
+        );
+        let (line, alarm) = app.status_line(t0).expect("a status line");
+        assert!(line.starts_with("connecting to the directory at 127.0.0.1:9000"));
+        assert!(!alarm);
+        app.directory(addr.clone(), crate::directory_client::Status::Connected, t0);
+        assert_eq!(
+            app.status_line(t0),
+            None,
+            "nothing to say on a first connection"
+        );
+        app.presence(&info("c2", true));
+        let notices = app.conversations[0].entries.len();
+
+        let lost = Failure::NoDirectory { addr: addr.clone() };
+        app.directory(
+            addr.clone(),
+            crate::directory_client::Status::Unreachable(lost),
+            t0,
+        );
+        assert!(!app.directory_up());
+        assert_eq!(app.conversations[0].presence, Presence::Unknown);
+        let (line, alarm) = app.status_line(t0).expect("a status line");
+        assert!(
+            line.starts_with("directory unreachable, retrying…"),
+            "{line}"
+        );
+        assert!(line.contains("directory --bind"), "{line}");
+        assert!(alarm);
+
+        app.directory(addr.clone(), crate::directory_client::Status::Connected, t0);
+        assert!(app.directory_up());
+        let (line, _) = app.status_line(t0).expect("a status line");
+        assert_eq!(line, "reconnected to the directory at 127.0.0.1:9000");
+        assert_eq!(app.status_line(t0 + RECONNECTED_SHOWN), None);
+        // Presence comes back with the next answer, and neither the loss nor the return of
+        // the directory reads as c2 leaving or coming.
+        app.presence(&info("c2", true));
+        assert_eq!(app.conversations[0].entries.len(), notices);
     }
 
     #[test]

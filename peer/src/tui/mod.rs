@@ -17,10 +17,14 @@
 //! lets it be acknowledged. Every few seconds the client asks the directory about each peer in
 //! the side list ([`Session::whois`]); a change becomes a notice in that conversation.
 //!
+//! The client opens before the directory answers. One status line says how the directory
+//! connection stands when there is something to say: connecting, unreachable and retrying (then
+//! presence is unknown, and messages being sent wait for it), or back.
+//!
 //! Leaving (`/quit`, Ctrl-C, Ctrl-D on an empty line) waits up to [`QUIT_WAIT`] for messages
 //! still being sent, so none is dropped on the way out; a second Ctrl-C leaves at once. SIGTERM,
-//! SIGINT and SIGHUP leave at once. Log lines are shown in the conversation while the screen is
-//! ours, since stderr would scribble over it.
+//! SIGINT and SIGHUP leave at once. Log lines go to `HOME/peer.log` while the screen is ours,
+//! since stderr would scribble over it.
 
 mod app;
 mod input;
@@ -37,7 +41,6 @@ use std::{
     time::{Duration, Instant},
 };
 use terminal::Screen;
-use tokio::sync::mpsc;
 
 /// How often the presence of the peers in the side list is asked.
 pub const PRESENCE_EVERY: Duration = Duration::from_secs(3);
@@ -56,9 +59,20 @@ pub async fn run(mut session: Session, with: Name) -> Result<()> {
     let mut app = App::new(session.name.clone(), with.clone());
     load_history(&session, &mut app, &with).await;
     session.attach();
+    session.watch_directory();
 
-    let (log_tx, mut logs) = mpsc::unbounded_channel();
-    crate::logsink::divert(Some(Box::new(LogLines(log_tx))));
+    let log_path = session.log_file();
+    match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+    {
+        Ok(file) => crate::logsink::divert(Some(Box::new(LogFile(file)))),
+        Err(e) => {
+            app.notice(format!("cannot open {}: {e}", log_path.display()), true);
+            crate::logsink::divert(Some(Box::new(std::io::sink())));
+        }
+    }
     let result = async {
         let (mut screen, mut events) = Screen::enter()?;
         let mut presence = tokio::time::interval(PRESENCE_EVERY);
@@ -121,17 +135,26 @@ pub async fn run(mut session: Session, with: Name) -> Result<()> {
                     }
                     Some(Update::Contact(Err(e))) => app.notice(e.to_string(), true),
                     Some(Update::MailboxIdle) => {}
+                    Some(Update::Directory { addr, status }) => {
+                        app.directory(addr, status, Instant::now());
+                        if app.directory_up() {
+                            presence.reset_immediately();
+                        }
+                    }
                     None => {
                         app.notice("the running peer stopped", true);
                         break;
                     }
                 },
                 _ = presence.tick() => {
-                    for name in app.names() {
-                        session.whois(name);
+                    // While the directory is away presence is unknown, and asking would only
+                    // pile up requests waiting for it.
+                    if app.directory_up() {
+                        for name in app.names() {
+                            session.whois(name);
+                        }
                     }
                 }
-                Some(line) = logs.recv() => app.notice(line, true),
                 _ = &mut shutdown => break,
                 _ = hangup.recv() => break,
             }
@@ -221,20 +244,18 @@ fn on_key(app: &mut App, key: KeyEvent) -> Action {
     Action::None
 }
 
-/// Log output while the screen is ours: each line, without colour codes, to the loop.
-struct LogLines(mpsc::UnboundedSender<String>);
+/// Log output while the screen is ours: to a file, without colour codes.
+struct LogFile(std::fs::File);
 
-impl Write for LogLines {
+impl Write for LogFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let text = strip_ansi(&String::from_utf8_lossy(buf));
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let _ = self.0.send(format!("log: {}", line.trim()));
-        }
+        self.0.write_all(text.as_bytes())?;
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+        self.0.flush()
     }
 }
 

@@ -10,7 +10,7 @@ use ratatui::{
     layout::{Constraint, Layout, Position, Rect},
     style::{Color, Modifier, Style},
     text::{Line, Span},
-    widgets::{Block, Borders, Paragraph},
+    widgets::{Block, Borders, Paragraph, Wrap},
     Frame,
 };
 use unicode_width::UnicodeWidthChar;
@@ -22,10 +22,31 @@ const SIDE: u16 = 26;
 pub(crate) fn draw(frame: &mut Frame, app: &mut App) {
     let [side, main] =
         Layout::horizontal([Constraint::Length(SIDE), Constraint::Min(20)]).areas(frame.area());
-    let [messages, input] =
-        Layout::vertical([Constraint::Min(3), Constraint::Length(3)]).areas(main);
+    let status = app
+        .status_line(std::time::Instant::now())
+        .map(|(text, alarm)| (format!(" {text}"), alarm));
+    // As many rows as the line needs, up to three.
+    let status_rows = status.as_ref().map_or(0, |(text, _)| {
+        let width = usize::from(main.width.max(1));
+        let used: usize = text.chars().filter_map(|c| c.width()).sum();
+        used.div_ceil(width).clamp(1, 3) as u16
+    });
+    let [messages, status_area, input] = Layout::vertical([
+        Constraint::Min(3),
+        Constraint::Length(status_rows),
+        Constraint::Length(3),
+    ])
+    .areas(main);
     draw_side(frame, app, side);
     draw_messages(frame, app, messages);
+    if let Some((text, alarm)) = status {
+        let style = match alarm {
+            true => Style::default().fg(Color::Yellow),
+            false => Style::default().fg(Color::DarkGray),
+        };
+        let line = Paragraph::new(Line::styled(text, style)).wrap(Wrap { trim: false });
+        frame.render_widget(line, status_area);
+    }
     draw_input(frame, app, input);
 }
 
@@ -85,13 +106,14 @@ fn draw_side(frame: &mut Frame, app: &App, area: Rect) {
 }
 
 fn draw_messages(frame: &mut Frame, app: &mut App, area: Rect) {
+    let waiting = !app.directory_up();
     let conv = &app.conversations[app.current];
     let (name, presence) = (conv.name.clone(), presence_text(&conv.presence));
     let inner_width = area.width.saturating_sub(2) as usize;
     let height = area.height.saturating_sub(2) as usize;
     let mut rows = Vec::new();
     for entry in &conv.entries {
-        rows.extend(entry_rows(entry, &app.me, inner_width));
+        rows.extend(entry_rows(entry, &app.me, inner_width, waiting));
     }
     let max_scroll = rows.len().saturating_sub(height);
     app.scroll = app.scroll.min(max_scroll);
@@ -126,7 +148,9 @@ fn draw_input(frame: &mut Frame, app: &App, area: Rect) {
 }
 
 /// The rows of one entry, wrapped to `width` columns; continuation rows are indented.
-fn entry_rows(entry: &Entry, me: &Name, width: usize) -> Vec<Line<'static>> {
+/// `waiting`: the directory cannot be reached, so our messages still being sent wait for it
+/// (or for a direct link).
+fn entry_rows(entry: &Entry, me: &Name, width: usize, waiting: bool) -> Vec<Line<'static>> {
     let dim = Style::default().fg(Color::DarkGray);
     let mut spans: Vec<(String, Style)> = Vec::new();
     match entry {
@@ -146,7 +170,14 @@ fn entry_rows(entry: &Entry, me: &Name, width: usize) -> Vec<Line<'static>> {
             }
             spans.push((format!("{from}: "), name_style));
             spans.push((clean(body), Style::default()));
-            if let Some((text, style)) = state_label(state) {
+            let label = match state {
+                HistoryState::Sending if waiting => Some((
+                    "… waiting for the directory".to_string(),
+                    Style::default().fg(Color::Yellow),
+                )),
+                state => state_label(state),
+            };
+            if let Some((text, style)) = label {
                 spans.push((format!("  {text}"), style));
             }
         }

@@ -58,6 +58,14 @@ impl Sim {
         }
     }
 
+    /// A conversation that waits out directory outages (a running peer's).
+    fn patient() -> Self {
+        Self {
+            c: Conversation::new(TIMEOUT).waiting_out_outages(),
+            now: Instant::now(),
+        }
+    }
+
     fn submit(&mut self, ns: impl IntoIterator<Item = u32>) -> Vec<Action> {
         for n in ns {
             self.c.handle(Input::Submit(message(n)), self.now);
@@ -312,13 +320,109 @@ fn an_ack_out_of_order_or_a_broken_stream_falls_back_to_the_mailbox() {
     );
 }
 
+fn outage() -> Failure {
+    Failure::DirectoryUnreachable {
+        addr: "127.0.0.1:9000".into(),
+    }
+}
+
+#[test]
+fn a_running_peer_keeps_its_messages_through_a_directory_outage_and_sends_them_after() {
+    let mut sim = Sim::patient();
+    sim.submit([1, 2]);
+    assert_eq!(sim.input(Input::LiveOpened(None)), [Action::Lookup]);
+    // The lookup waited for the directory and gave up: nothing is settled, nothing fails.
+    assert_eq!(sim.input(Input::LookedUp(Err(outage()))), []);
+    assert!(!sim.c.is_idle());
+    assert_eq!(sim.c.poll_timeout(), Some(sim.now + OUTAGE_RETRY));
+    // A message sent meanwhile waits behind them.
+    assert_eq!(sim.submit([3]), []);
+    // Then routing starts again, the live link first: the recipient may be reachable directly.
+    let actions = sim.later(OUTAGE_RETRY);
+    assert!(
+        matches!(actions[..], [Action::OpenLive { .. }]),
+        "{actions:?}"
+    );
+    assert_eq!(sim.input(Input::LiveOpened(None)), [Action::Lookup]);
+    // The directory is back: all three are deposited, in order, once each.
+    assert_eq!(
+        sim.input(Input::LookedUp(Ok(info(false, 0)))),
+        [Action::Deposit(message(1))]
+    );
+    // The directory goes away again under the second deposit: 2 goes back in front.
+    assert_eq!(
+        sim.input(Input::Deposited(id(1), Ok(()))),
+        [queued(1), Action::Deposit(message(2))]
+    );
+    assert_eq!(sim.input(Input::Deposited(id(2), Err(outage()))), []);
+    // With one of ours in the mailbox, the directory is asked first, not the live link.
+    assert_eq!(sim.later(OUTAGE_RETRY), [Action::Lookup]);
+    assert_eq!(
+        sim.input(Input::LookedUp(Ok(info(true, 1)))),
+        [Action::Deposit(message(2))]
+    );
+    assert_eq!(
+        sim.input(Input::Deposited(id(2), Ok(()))),
+        [queued(2), Action::Deposit(message(3))]
+    );
+    assert_eq!(sim.input(Input::Deposited(id(3), Ok(()))), [queued(3)]);
+    assert!(sim.c.is_idle());
+}
+
+#[test]
+fn a_live_link_carries_messages_while_the_directory_is_away() {
+    let mut sim = Sim::patient();
+    sim.submit([1]);
+    sim.input(Input::LiveOpened(None));
+    sim.input(Input::LookedUp(Err(outage())));
+    // The recipient dialed us meanwhile: the retry finds the live link.
+    sim.later(OUTAGE_RETRY);
+    let actions = sim.input(Input::LiveOpened(Some(DirectPath::Public)));
+    assert_eq!(writes(&actions), [id(1)]);
+    assert_eq!(sim.input(Input::Acked(id(1))), [delivered(1)]);
+}
+
+#[test]
+fn a_running_peer_still_fails_what_the_directory_refuses() {
+    let mut sim = Sim::patient();
+    sim.submit([1]);
+    sim.input(Input::LiveOpened(None));
+    let unknown = Failure::UnknownPeer { name: name("c2") };
+    assert_eq!(
+        sim.input(Input::LookedUp(Err(unknown.clone()))),
+        [Action::Settle(id(1), Err(unknown))]
+    );
+    sim.submit([2]);
+    sim.input(Input::LiveOpened(None));
+    sim.input(Input::LookedUp(Ok(info(false, 0))));
+    let full = Failure::MailboxFull { name: name("c2") };
+    assert_eq!(
+        sim.input(Input::Deposited(id(2), Err(full.clone()))),
+        [Action::Settle(id(2), Err(full))]
+    );
+}
+
+#[test]
+fn a_short_command_fails_its_messages_when_the_directory_stays_away() {
+    let mut sim = Sim::new();
+    sim.submit([1, 2]);
+    sim.input(Input::LiveOpened(None));
+    assert_eq!(
+        sim.input(Input::LookedUp(Err(outage()))),
+        [1, 2].map(|n| Action::Settle(id(n), Err(outage())))
+    );
+    assert!(sim.c.is_idle());
+}
+
 /// Whatever happens, in any order, every message is settled exactly once, and the ones that
-/// share a path are settled in submission order.
+/// share a path are settled in submission order. A conversation that waits out outages never
+/// fails a message for one.
 #[test]
 fn every_message_is_settled_exactly_once_whatever_happens() {
-    for seed in 0..200 {
+    for seed in 0..400 {
+        let patient = seed % 2 == 1;
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut sim = Sim::new();
+        let mut sim = if patient { Sim::patient() } else { Sim::new() };
         let mut settled: HashMap<MessageId, usize> = HashMap::new();
         let mut order = Vec::new();
         let mut next = 0u32;
@@ -366,10 +470,18 @@ fn every_message_is_settled_exactly_once_whatever_happens() {
                     Action::Write { message, .. } => written.push(message.id),
                     Action::CloseLink => written.clear(),
                     Action::Deposit(message) => {
-                        owed.push(Input::Deposited(message.id, Ok(())));
+                        let stored = match rng.random_range(0..4) {
+                            0 => Err(outage()),
+                            _ => Ok(()),
+                        };
+                        owed.push(Input::Deposited(message.id, stored));
                     }
                     Action::Introduce => {}
-                    Action::Settle(id, _) => {
+                    Action::Settle(id, outcome) => {
+                        assert!(
+                            !(patient && outcome.is_err_and(|f| f.is_outage())),
+                            "seed {seed}: failed for an outage"
+                        );
                         *settled.entry(id).or_default() += 1;
                         order.push(number(id));
                     }
