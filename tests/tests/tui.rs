@@ -199,13 +199,22 @@ fn failures_say_what_went_wrong_and_what_to_do() -> Result<()> {
         s.contains("no peer is named ghost") && s.contains("check the spelling")
     })?;
 
+    // A directory that went away is no failure of the message: it waits, and the status
+    // line says why and what to do (tests/outages.rs follows it until the directory is back).
     net.dir_mut().kill9()?;
     chat.line("/to c2")?;
     chat.line("is the directory there?")?;
     chat.wait_for("the unreachable directory, with what to do", SHOWN, |s| {
-        s.contains("cannot be reached") && s.contains("is a directory running there?")
+        s.contains("directory unreachable, retrying")
+            && s.contains("is a directory running there?")
+            && s.lines().any(|l| {
+                l.contains("is the directory there?") && l.contains("waiting for the directory")
+            })
     })?;
+    // Leaving waits for the message; a second Ctrl-C leaves at once.
     chat.line("/quit")?;
+    chat.wait_text("leaving: waiting for 1 message(s)", SHOWN)?;
+    chat.keys(&["C-c"])?;
     chat.wait_clean_exit(EXIT)?;
     net.assert_no_panics()
 }
