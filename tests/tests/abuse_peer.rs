@@ -1,10 +1,14 @@
 //! Attacks on a peer, each by a hand-made client or another local user, and what the peer does
 //! about them: a file part it cannot use does not stop its mailbox, its files are closed to
-//! other users, and text from the network cannot move the terminal or reorder what is shown.
+//! other users, text from the network cannot move the terminal or reorder what is shown, and
+//! a file stream that stalls does not hold a transfer for ever.
 
 use anyhow::{ensure, Context, Result};
 use common::{
-    wire::{DirectoryRequest, FileOffer, FilePart, MessageId},
+    defaults::ALPN_PEER,
+    framing,
+    tls::Expect,
+    wire::{codes, DirectoryRequest, FileHeader, FileOffer, FilePart, MessageId, PeerFrame},
     Name,
 };
 use std::{os::unix::fs::PermissionsExt, path::Path, process::Command};
@@ -271,5 +275,50 @@ fn text_cannot_reorder_or_hide_what_is_shown() -> Result<()> {
     );
     let message = json.one_of_type("message")?;
     ensure!(message["body"] == body, "the JSON text changed: {message}");
+    net.assert_no_panics()
+}
+
+/// A sender that offers a file, sends a few bytes and then nothing, on a link it keeps alive,
+/// has its file stream stopped with `TIMED_OUT` once nothing has arrived for 30 s (before, the
+/// stream waited for ever, holding one of the peer's transfers).
+#[test]
+fn a_stalled_file_stream_is_given_up() -> Result<()> {
+    let net = Net::new()?;
+    let mut c2 = net.listen("c2")?;
+    let (addr, key) = net.dial_target("obs", "c2")?;
+    let dir = net.dir().addr();
+    let rt = raw::runtime()?;
+    let stopped = rt.block_on(async {
+        let mallory = raw::Raw::new("mallory")?;
+        let _registered = mallory.registered(dir, "mallory").await?;
+        let conn = mallory.dial(addr, ALPN_PEER, Expect::Key(key)).await?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        let header = FileHeader {
+            id: MessageId::random(),
+            from: Name::new("mallory")?,
+            to: Name::new("c2")?,
+            name: "stall.bin".into(),
+            size: 1 << 20,
+            resume_key: [3; 32],
+            sent_at_ms: tests::now_ms(),
+        };
+        framing::write_frame(&mut send, &PeerFrame::FileStream(header)).await?;
+        let answer: Option<PeerFrame> = framing::read_frame(&mut recv).await?;
+        ensure!(
+            matches!(answer, Some(PeerFrame::FileAccept { offset: 0 })),
+            "the offer was not accepted: {answer:?}"
+        );
+        send.write_all(b"only a few bytes").await?;
+        let stopped = tokio::time::timeout(std::time::Duration::from_secs(60), send.stopped())
+            .await
+            .context("the stalled stream was still open after 60 s")??;
+        anyhow::Ok(stopped)
+    })?;
+    ensure!(
+        stopped == Some(codes::TIMED_OUT.into()),
+        "stopped with {stopped:?}, not TIMED_OUT"
+    );
+    c2.ensure_running()?;
+    c2.terminate()?;
     net.assert_no_panics()
 }

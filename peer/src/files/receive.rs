@@ -10,7 +10,7 @@ use crate::inbox::{ReceivedFile, Via};
 use anyhow::{anyhow, bail, Context, Result};
 use common::{
     framing,
-    wire::{FileHeader, FileRefusal, PeerFrame},
+    wire::{codes, FileHeader, FileRefusal, PeerFrame},
 };
 use std::{
     fs::{self, File},
@@ -28,6 +28,11 @@ pub const MAX_FILE_SIZE: u64 = 1 << 40;
 /// bytes are written, on a thread of its own: the fsync that must come before `FileDone` then
 /// has little left to write, instead of the whole file (a tenth of a second per 256 MiB here).
 const FLUSH_EVERY: u64 = 16 * 1024 * 1024;
+
+/// A file stream on which nothing arrives for this long is given up (its partial file is kept
+/// for resuming): a sender that stalls must not hold one of the [`super::TRANSFERS`] for ever
+/// on a link it keeps alive.
+pub const FILE_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Receiver {
     /// Receives the file `header` describes on `send`/`recv`, the file stream, its header
@@ -149,11 +154,13 @@ async fn receive(
             let mut chunk = vec![0u8; want];
             let mut filled = 0;
             while filled < want {
-                match recv
-                    .read(&mut chunk[filled..])
+                let read = tokio::time::timeout(FILE_IDLE, recv.read(&mut chunk[filled..]))
                     .await
-                    .context("the file stream failed")?
-                {
+                    .map_err(|_| {
+                        let _ = recv.stop(codes::TIMED_OUT.into());
+                        anyhow!("nothing arrived on the file stream for {FILE_IDLE:?}")
+                    })?;
+                match read.context("the file stream failed")? {
                     Some(n) => filled += n,
                     None => break,
                 }
@@ -166,8 +173,9 @@ async fn receive(
             }
         }
         let mut hash = [0u8; 32];
-        recv.read_exact(&mut hash)
+        tokio::time::timeout(FILE_IDLE, recv.read_exact(&mut hash))
             .await
+            .map_err(|_| anyhow!("the file's hash did not come within {FILE_IDLE:?}"))?
             .context("the file stream ended before the file's hash")?;
         // The end of the stream must follow; anything more breaks the protocol.
         recv.read_to_end(0)
