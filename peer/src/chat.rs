@@ -7,6 +7,7 @@
 
 use crate::{
     console::{print_line, Console},
+    contacts::Standing,
     line::{parse, Input, HELP},
     service::Update,
     session::Session,
@@ -73,6 +74,10 @@ async fn lines(mut session: Session, console: Console, mut with: Name) -> Result
                         session.send_file(with.clone(), path);
                         outstanding += 1;
                     }
+                    Some(Input::Contact(name, accept)) => session.set_contact(
+                        name,
+                        if accept { Standing::Accepted } else { Standing::Blocked },
+                    ),
                     Some(Input::Who) => known.0.iter().for_each(|n| session.whois(n.clone())),
                     Some(Input::Help) => eprintln!("{HELP}"),
                     Some(Input::Quit) => eof = true,

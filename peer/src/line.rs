@@ -6,13 +6,15 @@ use std::path::PathBuf;
 
 /// The commands, in one line, for line mode.
 pub(crate) const HELP: &str = "commands: /to NAME (talk to NAME), /who (presence of known peers), \
-                    /file PATH (send a file), /help, /quit";
+                    /file PATH (send a file), /accept NAME, /block NAME (contacts), /help, /quit";
 
 /// A line of input: a message or a command.
 pub(crate) enum Input {
     Text(String),
     To(Name),
     File(PathBuf),
+    /// Accept (true) or block (false) a name.
+    Contact(Name, bool),
     Who,
     Help,
     Quit,
@@ -41,6 +43,10 @@ pub(crate) fn parse(line: &str) -> Option<Input> {
         (Some("/file"), Some(_)) => Input::File(file_path(
             trimmed.strip_prefix("/file").unwrap_or_default().trim(),
         )),
+        (Some(command @ ("/accept" | "/block")), Some(name)) => match Name::new(name) {
+            Ok(name) => Input::Contact(name, command == "/accept"),
+            Err(e) => Input::Bad(format!("invalid name {name:?}: {e}")),
+        },
         (Some("/who"), None) => Input::Who,
         (Some("/help"), _) => Input::Help,
         (Some("/quit"), _) => Input::Quit,
@@ -56,4 +62,19 @@ fn file_path(typed: &str) -> PathBuf {
         _ => PathBuf::from(typed),
     };
     std::path::absolute(&path).unwrap_or(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_and_block_take_a_valid_name() {
+        let c1 = Name::new("c1").expect("name");
+        assert!(matches!(parse("/accept c1"), Some(Input::Contact(n, true)) if n == c1));
+        assert!(matches!(parse("/block c1"), Some(Input::Contact(n, false)) if n == c1));
+        assert!(matches!(parse("/accept Not A Name!"), Some(Input::Bad(_))));
+        assert!(matches!(parse("/block"), Some(Input::Bad(_))));
+        assert!(matches!(parse("//accept c1"), Some(Input::Text(t)) if t == "/accept c1"));
+    }
 }

@@ -4,6 +4,7 @@
 
 use super::input::Editor;
 use crate::{
+    contacts::Standing,
     directory_client::Status,
     failure::Failure,
     files::FileSent,
@@ -26,13 +27,17 @@ use std::{
 const RECONNECTED_SHOWN: Duration = Duration::from_secs(5);
 
 /// The commands, for `/help` and Tab.
-pub(crate) const COMMANDS: [&str; 5] = ["/to", "/who", "/file", "/help", "/quit"];
+pub(crate) const COMMANDS: [&str; 7] = [
+    "/to", "/who", "/file", "/accept", "/block", "/help", "/quit",
+];
 
 /// The help text, one line per entry.
-pub(crate) const HELP: [&str; 8] = [
+pub(crate) const HELP: [&str; 10] = [
     "/to NAME    talk to NAME (opens the conversation)",
     "/who        presence of every peer in the list",
     "/file PATH  send a file (direct; small ones go to the mailbox if NAME is away)",
+    "/accept NAME  a contact: may reach you directly; its messages are no longer requests",
+    "/block NAME   drop what NAME sends, unseen",
     "/help       this help;  /quit (or Ctrl-C, or Ctrl-D on an empty line) leaves",
     "Enter sends; a paste of several lines is one message (Alt-Enter adds a line break)",
     "Up/Down recall what you typed; PageUp/PageDown scroll; Tab completes names and commands",
@@ -117,6 +122,8 @@ pub(crate) enum Action {
     Who(Vec<Name>),
     /// Send this file to that peer.
     SendFile(Name, PathBuf),
+    /// Accept or block that peer.
+    Contact(Name, Standing),
     /// Leave.
     Quit,
 }
@@ -449,6 +456,13 @@ impl App {
                     let names = self.names();
                     self.who_pending += names.len();
                     Action::Who(names)
+                }
+                Some(crate::line::Input::Contact(name, accept)) => {
+                    let standing = match accept {
+                        true => Standing::Accepted,
+                        false => Standing::Blocked,
+                    };
+                    Action::Contact(name, standing)
                 }
                 Some(crate::line::Input::Help) => Action::None,
                 Some(crate::line::Input::Quit) => Action::Quit,

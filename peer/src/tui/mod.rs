@@ -96,6 +96,7 @@ pub async fn run(mut session: Session, with: Name) -> Result<()> {
                         }
                         Action::Who(names) => names.into_iter().for_each(|n| session.whois(n)),
                         Action::SendFile(to, path) => session.send_file(to, path),
+                        Action::Contact(name, standing) => session.set_contact(name, standing),
                         Action::Quit if leave_by.is_some() => break,
                         Action::Quit => {
                             app.quitting = true;
