@@ -30,8 +30,10 @@ pub enum FrameError {
     /// A frame began but did not end in time.
     #[error("a frame did not arrive whole within {0:?}")]
     TimedOut(Duration),
-    /// The transport failed.
-    #[error("i/o: {0}")]
+    /// The transport failed. Transparent: an `io::Error` made from another error (quinn's
+    /// `ReadError`, say) shows that error and gives its source, so a prefix of our own would
+    /// print its words twice ("i/o: connection lost: connection lost: timed out").
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
@@ -209,6 +211,19 @@ async fn read_exact<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> Result<(
 mod tests {
     use super::*;
     use crate::wire::PeerFrame;
+
+    #[test]
+    fn a_transport_failure_reads_as_one_chain_without_repeats() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("timed out")]
+        struct Cause;
+        #[derive(Debug, thiserror::Error)]
+        #[error("connection lost")]
+        struct Lost(#[source] Cause);
+        let e = FrameError::from(std::io::Error::other(Lost(Cause)));
+        let shown = format!("{:#}", anyhow::Error::from(e));
+        assert_eq!(shown, "connection lost: timed out");
+    }
 
     #[tokio::test]
     async fn round_trip() {
