@@ -227,3 +227,47 @@ fn chat_through_an_outage_keeps_the_message_and_says_what_happens() -> Result<()
     drop(c2);
     net.assert_no_panics()
 }
+
+/// A `send` handed to the running peer while the directory is down stops waiting after the
+/// running peer's `--directory-wait` and says the message is kept, in one line; the running
+/// peer sends it once the directory is back, and c3 gets it once.
+#[test]
+fn a_send_that_stops_waiting_is_still_sent_by_the_running_peer() -> Result<()> {
+    let mut net = Net::new()?;
+    net.register("c3")?;
+    let c1 = net.listen_with(net.peer("c1").global(["--directory-wait", "2"]))?;
+    net.dir_mut().kill9()?;
+    let out = net
+        .peer("c1")
+        .args(["send", "c3", "kept through the outage"])
+        .run(SHORT)?;
+    let stderr = out.stderr.clone();
+    out.failure(&["not sent yet"])?;
+    ensure!(
+        stderr.contains("keeps the message") && stderr.trim().lines().count() == 1,
+        "{stderr:?}"
+    );
+    net.dir_mut().restart()?;
+    let got = tests::poll_until(
+        "c3's mailbox to hold the kept message",
+        SHORT,
+        Duration::from_millis(200),
+        || {
+            let got = net.register("c3")?;
+            Ok((!got.is_empty()).then_some(got))
+        },
+    )?;
+    exactly_once(
+        &counts(&got, "c1"),
+        &["kept through the outage".to_string()],
+        "c3",
+    )?;
+    let history = net.history("c1", "c3")?;
+    ensure!(
+        history.iter().any(|v| body(v) == "kept through the outage"
+            && (v["state"] == "queued" || v["state"] == "delivered_later")),
+        "c1's history: {history:?}"
+    );
+    drop(c1);
+    net.assert_no_panics()
+}
