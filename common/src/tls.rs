@@ -14,7 +14,30 @@ use rustls::{
     server::danger::{ClientCertVerified, ClientCertVerifier},
     DigitallySignedStruct, DistinguishedName, SignatureScheme,
 };
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+
+/// A server key pinned on first use, checked inside the handshake: before it is set any key
+/// that proves itself is accepted (the caller pins it then, with [`Pin::set`]); once set, only
+/// it. A server with another key fails the handshake before it sees our certificate.
+#[derive(Clone, Debug, Default)]
+pub struct Pin(Arc<RwLock<Option<KeyId>>>);
+
+impl Pin {
+    /// A pin holding `key`, if known.
+    pub fn new(key: Option<KeyId>) -> Self {
+        Self(Arc::new(RwLock::new(key)))
+    }
+
+    /// The pinned key, if any.
+    pub fn get(&self) -> Option<KeyId> {
+        *self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Pins `key` for the next handshakes.
+    pub fn set(&self, key: KeyId) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(key);
+    }
+}
 
 /// Which server key a client accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,9 +125,23 @@ pub fn client_config(
     alpn: &[u8],
     expect: Expect,
 ) -> Result<quinn::ClientConfig> {
+    let pin = match expect {
+        Expect::Key(key) => Pin::new(Some(key)),
+        Expect::AnyKey => Pin::default(),
+    };
+    pinned_client_config(identity, alpn, pin)
+}
+
+/// [`client_config`] accepting the server key `pin` holds at each handshake, or any key while
+/// it holds none.
+pub fn pinned_client_config(
+    identity: &Identity,
+    alpn: &[u8],
+    pin: Pin,
+) -> Result<quinn::ClientConfig> {
     let provider = provider();
     let verifier = Arc::new(ExpectedServerKey {
-        expect,
+        pin,
         algorithms: provider.signature_verification_algorithms,
     });
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -135,7 +172,7 @@ pub fn remote_key(conn: &quinn::Connection) -> Option<KeyId> {
 
 #[derive(Debug)]
 struct ExpectedServerKey {
-    expect: Expect,
+    pin: Pin,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -151,8 +188,8 @@ impl ServerCertVerifier for ExpectedServerKey {
         let key = KeyId::of_cert(end_entity).map_err(|_| {
             rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
         })?;
-        match self.expect {
-            Expect::Key(expected) if expected != key => Err(rustls::Error::InvalidCertificate(
+        match self.pin.get() {
+            Some(expected) if expected != key => Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::ApplicationVerificationFailure,
             )),
             _ => Ok(ServerCertVerified::assertion()),

@@ -28,7 +28,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use common::{
     defaults::{ALPN_DIRECTORY, MISSED_HEARTBEATS, REQUEST_TIMEOUT},
     framing::{self, FrameReader},
-    tls::{self, Expect},
+    tls,
     wire::{
         codes, ChatMessage, DirectoryEvent, DirectoryRequest, DirectoryResponse, ErrorCode,
         EventAck, FilePart, MessageId, PeerInfo, Reach, Receipt,
@@ -208,6 +208,8 @@ pub struct DirectoryClient {
 struct Inner {
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
+    /// The directory key the handshake accepts: the pinned one, or any before the first.
+    pin: tls::Pin,
     home: Home,
     settings: Settings,
     tasks: Tasks,
@@ -307,7 +309,11 @@ impl Inner {
         tasks: Tasks,
         pushed: mpsc::Sender<FromDirectory>,
     ) -> Result<Arc<Self>> {
-        let mut client_config = tls::client_config(identity, ALPN_DIRECTORY, Expect::AnyKey)?;
+        // The pinned key is checked inside the handshake, so a directory with another key fails
+        // it before it sees our certificate; a first connection pins what it finds (below,
+        // `Home::check_directory`), and later ones check that.
+        let pin = tls::Pin::new(settings.pin.or(home.pinned(&settings.addr)?));
+        let mut client_config = tls::pinned_client_config(identity, ALPN_DIRECTORY, pin.clone())?;
         // Heartbeats are QUIC keep-alives: a PING every interval, which the directory only
         // acknowledges. Both sides use an idle timeout of three intervals (we propose it; the
         // smaller proposal wins), so three missed heartbeats end the connection on whichever
@@ -320,6 +326,7 @@ impl Inner {
         Ok(Arc::new(Inner {
             endpoint,
             client_config,
+            pin,
             home,
             settings,
             tasks,
@@ -591,6 +598,17 @@ impl Inner {
                 Ok(Err(e)) if is_not_a_directory(&e) => {
                     return Err(Failure::NotADirectory { addr: s.addr.clone() }.into())
                 }
+                Ok(Err(e)) if is_tls_failure(&e) && self.pin.get().is_some() => {
+                    let pinned = self.pin.get().map(|k| k.to_string()).unwrap_or_default();
+                    return Err(Final(Failure::Other(format!(
+                        "the directory at {} did not present the key fingerprint {pinned} pinned \
+                         for it (in {} or with --pin); if its key really changed, remove that \
+                         line or pass --pin with the new fingerprint",
+                        s.addr,
+                        self.home.known_directories().display()
+                    )))
+                    .into());
+                }
                 Ok(Err(e)) => {
                     return Err(anyhow!(e)
                         .context(format!("cannot connect to the directory at {}", s.addr)))
@@ -604,6 +622,7 @@ impl Inner {
             conn.close(codes::UNAUTHORIZED.into(), b"unexpected key");
             return Err(Final(Failure::other(e)).into());
         }
+        self.pin.set(key);
         let local = self.endpoint.local_addr()?;
         let register = DirectoryRequest::Register {
             name: s.name.clone(),
@@ -793,6 +812,14 @@ async fn refused(addr: SocketAddr) {
 
 /// Whether a handshake failed because the server speaks another protocol over QUIC: it
 /// answered with the TLS alert `no_application_protocol` (120).
+/// Whether a handshake failed in TLS on our side: the server's key was not the pinned one.
+fn is_tls_failure(e: &quinn::ConnectionError) -> bool {
+    matches!(
+        e,
+        quinn::ConnectionError::TransportError(t) if u64::from(t.code) & !0xff == 0x100
+    )
+}
+
 fn is_not_a_directory(e: &quinn::ConnectionError) -> bool {
     const NO_APPLICATION_PROTOCOL: u8 = 120;
     matches!(

@@ -68,6 +68,11 @@ impl Home {
         self.dir.join(CONTROL_SOCKET)
     }
 
+    /// The file of pinned directory keys.
+    pub fn known_directories(&self) -> PathBuf {
+        self.known_path()
+    }
+
     fn known_path(&self) -> PathBuf {
         self.dir.join(KNOWN_DIRECTORIES)
     }

@@ -138,3 +138,55 @@ fn sigterm_right_after_start_line_exits_zero() -> Result<()> {
     }
     net.assert_no_panics()
 }
+
+/// A server on the directory's address with another key never sees the certificate of a peer
+/// that pinned the directory: the pin is checked inside the handshake, which fails before the
+/// peer sends its certificate. (Before, the peer completed the handshake, certificate
+/// included, and only then compared the key.)
+#[test]
+fn an_impostor_never_gets_the_peers_certificate() -> Result<()> {
+    use common::{defaults::ALPN_DIRECTORY, tls, Identity};
+    use std::sync::{Arc, Mutex};
+    let mut net = Net::new()?;
+    let addr = net.dir().addr();
+    net.register("c1")?; // pins the directory's key
+    net.dir_mut().terminate()?;
+
+    // The impostor serves on a thread of its own while the test waits for the peer.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let server = {
+        let _guard = rt.enter();
+        let impostor = Identity::generate("impostor")?;
+        quinn::Endpoint::server(tls::server_config(&impostor, ALPN_DIRECTORY)?, addr)?
+    };
+    let accepting = {
+        let (server, seen) = (server.clone(), seen.clone());
+        rt.spawn(async move {
+            while let Some(incoming) = server.accept().await {
+                let outcome = match incoming.await {
+                    Ok(conn) => match tls::remote_key(&conn) {
+                        Some(key) => format!("got the certificate of {key}"),
+                        None => "a connection without a certificate".into(),
+                    },
+                    Err(e) => format!("handshake failed: {e}"),
+                };
+                seen.lock().expect("seen").push(outcome);
+            }
+        })
+    };
+    let out = net.peer("c1").args(["inbox"]).run(SHORT)?;
+    let tried = seen.lock().expect("seen").clone();
+    server.close(0u32.into(), b"done");
+    accepting.abort();
+    out.failure(&["fingerprint", "pinned"])?;
+    ensure!(!tried.is_empty(), "c1 never reached the impostor");
+    ensure!(
+        tried.iter().all(|t| t.starts_with("handshake failed")),
+        "the impostor saw: {tried:?}"
+    );
+    net.assert_no_panics()
+}
