@@ -49,19 +49,11 @@ pub enum DirectoryError {
     /// The directory answered with an error code.
     #[error("{0}")]
     Refused(ErrorCode),
-    /// There is no connection to the directory, and none came up in time.
-    #[error("the directory at {addr} cannot be reached")]
-    Unreachable {
-        /// The directory's address as the user gave it.
-        addr: String,
-    },
-    /// The directory did not answer in time.
-    #[error("the directory did not answer within {0:?}")]
-    Timeout(Duration),
-    /// The connection or the stream failed, or the answer made no sense.
+    /// The stream failed on a connection that still stands, or the answer made no sense.
     #[error("the directory connection failed: {0}")]
     Connection(String),
-    /// There is no connection, and none came back in time: why, for the user.
+    /// There is no connection, and none came back within [`Settings::wait`] (a request whose
+    /// connection failed under it waits for the next one): why, for the user.
     #[error("{0}")]
     Down(Failure),
 }
@@ -102,9 +94,7 @@ impl DirectoryError {
                 reason: code.to_string(),
             },
             DirectoryError::Down(failure) => failure,
-            DirectoryError::Unreachable { .. }
-            | DirectoryError::Timeout(_)
-            | DirectoryError::Connection(_) => Failure::DirectoryUnreachable { addr: addr.into() },
+            DirectoryError::Connection(_) => Failure::DirectoryUnreachable { addr: addr.into() },
         }
     }
 }
