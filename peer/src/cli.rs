@@ -119,6 +119,14 @@ pub enum Command {
     },
     /// List the names you accepted or blocked.
     Contacts,
+    /// Print the safety number of your conversation with NAME: 60 digits that NAME's
+    /// `peer verify YOU` prints too when each of you holds the other's real key. Compare them
+    /// in person or on a call.
+    Verify {
+        /// Whom to verify.
+        #[arg(value_parser = parse_name)]
+        name: Name,
+    },
     /// Print the local history of the conversation with NAME, oldest first.
     History {
         /// The other side of the conversation.

@@ -23,6 +23,7 @@ pub async fn run(cli: &Cli, session: Session) -> Result<()> {
     match &cli.command {
         Command::Send { to, text } => send(session, console, to.clone(), text.join(" ")).await,
         Command::Whois { name } => whois(session, console, name.clone()).await,
+        Command::Verify { name } => verify(session, console, name.clone()).await,
         Command::SendFile { to, path } => send_file(session, console, to.clone(), path).await,
         Command::Listen => listen(session, console).await,
         Command::Inbox => inbox(session, console).await,
@@ -158,6 +159,25 @@ pub fn contacts(cli: &Cli, home: &Home) -> Result<()> {
     for contact in crate::contacts::read_file(home)? {
         print_line(&console.contact(&contact))?;
     }
+    Ok(())
+}
+
+/// `peer verify NAME`: the key the directory holds for NAME now (the one direct links to NAME
+/// accept), with ours, as a safety number.
+async fn verify(mut session: Session, console: Console, name: Name) -> Result<()> {
+    session.whois(name.clone());
+    let result = loop {
+        match session.next().await {
+            Some(Update::Whois(result)) => break result.map_err(anyhow::Error::from),
+            Some(_) => {}
+            None => break Err(anyhow!("the peer stopped before the answer came")),
+        }
+    };
+    let (me, my_key) = (session.name.clone(), session.key);
+    session.close().await;
+    let (info, _) = result?;
+    let digits = crate::safety::safety_number((&me, &my_key), (&name, &info.key));
+    print_line(&console.safety_number(&name, &info.key, &digits))?;
     Ok(())
 }
 

@@ -65,6 +65,31 @@ impl Console {
         )
     }
 
+    /// The lines for a safety number with `name`, whose key is `key`.
+    pub fn safety_number(&self, name: &Name, key: &KeyId, digits: &str) -> String {
+        let groups = crate::safety::groups(digits);
+        if self.json {
+            return json!({
+                "type": "safety_number",
+                "name": name.as_str(),
+                "key": key.to_string(),
+                "digits": digits,
+                "groups": groups,
+            })
+            .to_string();
+        }
+        let (first, second) = groups.split_at(groups.len() / 2);
+        format!(
+            "safety number with {} (key {}); {} sees the same digits with `peer verify` when \
+             neither key was swapped:\n  {}\n  {}",
+            self.name(name),
+            key.short(),
+            self.name(name),
+            first.join(" "),
+            second.join(" ")
+        )
+    }
+
     /// The line for a contact the user accepted or blocked.
     pub fn contact(&self, c: &crate::contacts::Contact) -> String {
         if self.json {

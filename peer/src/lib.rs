@@ -41,6 +41,7 @@
 //!   send, marks message requests, hands over, waits until shown.
 //! * [`contacts`]: who the user accepted or blocked; what the directory is told about who may
 //!   reach us.
+//! * [`safety`]: safety numbers, which two people compare to know they hold each other's keys.
 //! * [`links`]: live direct connections by name, and how each came about.
 //! * [`directory_client`]: the connection to the directory: register, reconnect, typed
 //!   requests, and what the directory pushes (mail, introductions) as a channel.
@@ -85,6 +86,7 @@ pub mod logsink;
 pub mod node;
 pub mod outbox;
 pub mod punch;
+pub mod safety;
 pub mod service;
 pub mod session;
 pub mod signals;

@@ -140,7 +140,10 @@ async fn open_session(cli: &Cli, home: &Home) -> Result<Opened> {
     };
     let history = if matches!(
         cli.command,
-        Command::Whois { .. } | Command::Accept { .. } | Command::Block { .. }
+        Command::Whois { .. }
+            | Command::Accept { .. }
+            | Command::Block { .. }
+            | Command::Verify { .. }
     ) {
         None
     } else {

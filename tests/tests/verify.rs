@@ -1,0 +1,58 @@
+//! `peer verify NAME`: the safety number two people compare to know that each holds the
+//! other's real key.
+
+use anyhow::{ensure, Context, Result};
+use tests::{Net, SHORT};
+
+fn verify(net: &Net, me: &str, other: &str) -> Result<serde_json::Value> {
+    net.peer(me)
+        .json()
+        .args(["verify", other])
+        .run(SHORT)?
+        .success()?
+        .one_of_type("safety_number")
+}
+
+/// Both sides print the same 60 digits in 12 groups; a third peer's number with one of them
+/// differs; plain output shows the digits grouped for reading aloud.
+#[test]
+fn both_sides_see_the_same_safety_number() -> Result<()> {
+    let net = Net::new()?;
+    for name in ["c1", "c2", "c3"] {
+        net.register(name)?;
+    }
+    let one = verify(&net, "c1", "c2")?;
+    let two = verify(&net, "c2", "c1")?;
+    let digits = one["digits"].as_str().context("digits")?;
+    ensure!(
+        digits.len() == 60 && digits.bytes().all(|b| b.is_ascii_digit()),
+        "{one}"
+    );
+    ensure!(
+        one["digits"] == two["digits"],
+        "c1 sees {one}, c2 sees {two}"
+    );
+    ensure!(
+        one["groups"].as_array().is_some_and(|g| g.len() == 12),
+        "{one}"
+    );
+    let other = verify(&net, "c3", "c2")?;
+    ensure!(
+        other["digits"] != one["digits"],
+        "c3 and c1 share a number with c2"
+    );
+    let plain = net
+        .peer("c1")
+        .args(["verify", "c2"])
+        .run(SHORT)?
+        .success()?;
+    let first_group = &digits[..5];
+    ensure!(
+        plain
+            .stdout
+            .contains(&format!("{first_group} {}", &digits[5..10])),
+        "plain output not grouped: {}",
+        plain.stdout
+    );
+    net.assert_no_panics()
+}
