@@ -914,3 +914,27 @@ async fn taken(pushed: &mpsc::Sender<FromDirectory>, mail: Mail) -> bool {
 async fn left(leaving: &mut watch::Receiver<bool>) {
     let _ = leaving.wait_for(|l| *l).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_closed_port_is_reported_and_an_open_one_is_not() {
+        let open = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let (open_addr, closed_addr) = (
+            open.local_addr().expect("addr"),
+            closed.local_addr().expect("addr"),
+        );
+        drop(closed);
+        // Loopback answers a closed port at once; the bound is only there to end the test.
+        tokio::time::timeout(Duration::from_secs(5), refused(closed_addr))
+            .await
+            .expect("a closed port reported");
+        // A socket that takes the probes and never answers is no refusal (a QUIC server
+        // drops them): three probes go unanswered.
+        let waited = tokio::time::timeout(PROBE_EVERY * 3, refused(open_addr)).await;
+        assert!(waited.is_err(), "an open port was reported closed");
+    }
+}
