@@ -222,7 +222,10 @@ fn a_strangers_small_file_waits_apart_until_it_is_accepted() -> Result<()> {
         .run(SHORT)?
         .success()?;
     let sent = out.one_of_type("file_sent")?;
-    ensure!(sent["status"] == "queued", "not through the mailbox: {sent}");
+    ensure!(
+        sent["status"] == "queued",
+        "not through the mailbox: {sent}"
+    );
     let file = c2.wait_json("the file", WAIT, |v| is_type(v, "file"))?;
     let downloads = net.home("c2")?.join("downloads");
     let waiting = downloads.join(".requests").join("c1").join("note.txt");
@@ -232,9 +235,12 @@ fn a_strangers_small_file_waits_apart_until_it_is_accepted() -> Result<()> {
     );
     ensure!(!downloads.join("note.txt").exists(), "already in downloads");
     closed(&net, "c2", &["accept", "c1"])?;
-    poll_until("the file in downloads", WAIT, Duration::from_millis(50), || {
-        Ok(downloads.join("note.txt").exists().then_some(()))
-    })?;
+    poll_until(
+        "the file in downloads",
+        WAIT,
+        Duration::from_millis(50),
+        || Ok(downloads.join("note.txt").exists().then_some(())),
+    )?;
     ensure!(std::fs::read_to_string(downloads.join("note.txt"))? == "from a stranger");
     ensure!(!waiting.exists(), "still waiting apart");
     c2.terminate()?;
