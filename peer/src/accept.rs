@@ -293,6 +293,12 @@ impl ChatStream {
                         anyhow!("{from} is not the owner of key {}", self.key.short()),
                     ));
                 }
+                if let Err(changed) = self.inbox.vouch(&info) {
+                    self.inbox
+                        .notice(format!("refused a direct connection: {changed}"))
+                        .await;
+                    return Err(self.refuse(codes::UNAUTHORIZED, anyhow!(changed)));
+                }
                 if self.inbox.verdict(from) == Verdict::Blocked {
                     return Err(self.refuse(codes::UNAUTHORIZED, anyhow!("{from} is blocked")));
                 }

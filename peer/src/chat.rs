@@ -129,6 +129,8 @@ async fn lines(mut session: Session, console: Console, mut with: Name) -> Result
                 Some(Update::Notice(text)) => eprintln!("{text}"),
                 Some(Update::Contact(Ok(contact))) => print_line(&console.contact(&contact))?,
                 Some(Update::Contact(Err(e))) => eprintln!("peer: {e}"),
+                Some(Update::Trusted(Ok((name, key)))) => print_line(&console.trusted(&name, &key))?,
+                Some(Update::Trusted(Err(e))) => eprintln!("peer: {e}"),
                 Some(Update::MailboxIdle | Update::Directory { .. }) => {}
                 None => break Err(anyhow!("the running peer stopped")),
             },

@@ -119,6 +119,16 @@ pub enum Command {
     },
     /// List the names you accepted or blocked.
     Contacts,
+    /// Accept NAME's new key: the one the directory gives now, or KEY (64 hex digits, from
+    /// `peer verify` or NAME itself). Until then, a key that changed is refused everywhere.
+    Trust {
+        /// Whose key.
+        #[arg(value_parser = parse_name)]
+        name: Name,
+        /// The key to trust, instead of the directory's.
+        #[arg(long, value_parser = parse_key)]
+        key: Option<KeyId>,
+    },
     /// Print the safety number of your conversation with NAME: 60 digits that NAME's
     /// `peer verify YOU` prints too when each of you holds the other's real key. Compare them
     /// in person or on a call.

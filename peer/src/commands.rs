@@ -24,6 +24,7 @@ pub async fn run(cli: &Cli, session: Session) -> Result<()> {
         Command::Send { to, text } => send(session, console, to.clone(), text.join(" ")).await,
         Command::Whois { name } => whois(session, console, name.clone()).await,
         Command::Verify { name } => verify(session, console, name.clone()).await,
+        Command::Trust { name, key } => trust(session, console, name.clone(), *key).await,
         Command::SendFile { to, path } => send_file(session, console, to.clone(), path).await,
         Command::Listen => listen(session, console).await,
         Command::Inbox => inbox(session, console).await,
@@ -159,6 +160,27 @@ pub fn contacts(cli: &Cli, home: &Home) -> Result<()> {
     for contact in crate::contacts::read_file(home)? {
         print_line(&console.contact(&contact))?;
     }
+    Ok(())
+}
+
+/// `peer trust NAME [--key KEY]`.
+async fn trust(
+    mut session: Session,
+    console: Console,
+    name: Name,
+    key: Option<common::KeyId>,
+) -> Result<()> {
+    session.trust(name, key);
+    let result = loop {
+        match session.next().await {
+            Some(Update::Trusted(result)) => break result.map_err(anyhow::Error::from),
+            Some(_) => {}
+            None => break Err(anyhow!("the peer stopped before the key was trusted")),
+        }
+    };
+    session.close().await;
+    let (name, key) = result?;
+    print_line(&console.trusted(&name, &key))?;
     Ok(())
 }
 

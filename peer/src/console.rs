@@ -65,6 +65,15 @@ impl Console {
         )
     }
 
+    /// The line for a key the user trusted.
+    pub fn trusted(&self, name: &Name, key: &KeyId) -> String {
+        if self.json {
+            return json!({"type": "trusted", "name": name.as_str(), "key": key.to_string()})
+                .to_string();
+        }
+        format!("{} is trusted with key {key}", self.name(name))
+    }
+
     /// The lines for a safety number with `name`, whose key is `key`.
     pub fn safety_number(&self, name: &Name, key: &KeyId, digits: &str) -> String {
         let groups = crate::safety::groups(digits);

@@ -8,12 +8,21 @@
 //! are acknowledged and dropped unseen. An open peer (`--open`) lets anyone reach it and shows
 //! no requests; blocked names stay blocked.
 //!
+//! The first key seen for any name (a contact's or not) is remembered too ([`Contacts::check_key`]):
+//! the directory vouches for name → key, and a later, different key for the name is refused
+//! loudly on every path until the user trusts it (`peer trust NAME`), as SSH does with a host
+//! key. So a directory that swaps a key is noticed by everyone who talked to the name before.
+//!
 //! The file is small JSON, rewritten whole (a temporary file renamed over it) on each change,
 //! by the one process that runs the peer: short commands go through it.
 
-use crate::home::Home;
+use crate::{failure::Failure, home::Home};
 use anyhow::{Context, Result};
-use common::{now_ms, wire::Reach, KeyId, Name};
+use common::{
+    now_ms,
+    wire::{PeerInfo, Reach},
+    KeyId, Name,
+};
 use serde::{Deserialize, Serialize};
 use std::{
     collections::BTreeMap,
@@ -71,9 +80,35 @@ pub enum Verdict {
     Blocked,
 }
 
+/// The first key seen for a name, or the one the user trusted since.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Known {
+    /// The name.
+    pub name: Name,
+    /// Its key (hex in the file).
+    #[serde(with = "hex_key")]
+    pub key: KeyId,
+    /// When it was first seen or trusted, ms since the epoch.
+    pub since_ms: u64,
+}
+
+/// How a key presented for a name compares with the one remembered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyCheck {
+    /// The one remembered, or the first seen (now remembered).
+    Known,
+    /// Another key than the one remembered.
+    Changed {
+        /// The key remembered for the name.
+        pinned: KeyId,
+    },
+}
+
 #[derive(Default, Serialize, Deserialize)]
 struct Saved {
     contacts: Vec<Contact>,
+    #[serde(default)]
+    known: Vec<Known>,
 }
 
 /// The contacts of one peer; cheap to clone, shared by every part of the node.
@@ -86,6 +121,7 @@ struct Inner {
     path: Option<PathBuf>,
     open: bool,
     map: Mutex<BTreeMap<Name, Contact>>,
+    known: Mutex<BTreeMap<Name, Known>>,
     reach: watch::Sender<Reach>,
 }
 
@@ -94,23 +130,40 @@ impl Contacts {
     pub fn load(home: &Home, open: bool) -> Result<Self> {
         let path = home.path().join(FILE);
         let saved = read(&path)?;
-        Ok(Self::with(Some(path), open, saved.contacts))
+        Ok(Self::with(Some(path), open, saved))
     }
 
     /// Contacts kept in memory only (tests).
     pub fn in_memory(open: bool) -> Self {
-        Self::with(None, open, Vec::new())
+        Self::with(None, open, Saved::default())
     }
 
-    fn with(path: Option<PathBuf>, open: bool, contacts: Vec<Contact>) -> Self {
-        let map: BTreeMap<Name, Contact> =
-            contacts.into_iter().map(|c| (c.name.clone(), c)).collect();
+    fn with(path: Option<PathBuf>, open: bool, saved: Saved) -> Self {
+        let map: BTreeMap<Name, Contact> = saved
+            .contacts
+            .into_iter()
+            .map(|c| (c.name.clone(), c))
+            .collect();
+        let mut known: BTreeMap<Name, Known> = saved
+            .known
+            .into_iter()
+            .map(|k| (k.name.clone(), k))
+            .collect();
+        // A contact's key is known, also in a file from before keys were remembered.
+        for c in map.values() {
+            known.entry(c.name.clone()).or_insert_with(|| Known {
+                name: c.name.clone(),
+                key: c.key,
+                since_ms: c.since_ms,
+            });
+        }
         let (reach, _) = watch::channel(reach_of(open, &map));
         Self {
             inner: Arc::new(Inner {
                 path,
                 open,
                 map: Mutex::new(map),
+                known: Mutex::new(known),
                 reach,
             }),
         }
@@ -139,6 +192,50 @@ impl Contacts {
     /// Every contact, by name.
     pub fn list(&self) -> Vec<Contact> {
         self.map().values().cloned().collect()
+    }
+
+    /// Compares `key`, presented for `name` (by the directory, or in a handshake the directory
+    /// vouched for), with the key remembered for it; the first key seen is remembered.
+    pub fn check_key(&self, name: &Name, key: KeyId) -> Result<KeyCheck> {
+        let pinned = self.known().get(name).map(|k| k.key);
+        match pinned {
+            Some(pinned) if pinned != key => Ok(KeyCheck::Changed { pinned }),
+            Some(_) => Ok(KeyCheck::Known),
+            None => self.trust(name, key).map(|()| KeyCheck::Known),
+        }
+    }
+
+    /// [`Contacts::check_key`] for what the directory says of a name, as the user is told: a
+    /// changed key is a [`Failure::KeyChanged`].
+    pub fn vouch(&self, info: &PeerInfo) -> Result<(), Failure> {
+        match self.check_key(&info.name, info.key) {
+            Ok(KeyCheck::Known) => Ok(()),
+            Ok(KeyCheck::Changed { pinned }) => Err(Failure::KeyChanged {
+                name: info.name.clone(),
+                pinned,
+                presented: info.key,
+            }),
+            Err(e) => Err(Failure::other(e)),
+        }
+    }
+
+    /// Remembers `key` as `name`'s from now on (the first seen, or the user checked it:
+    /// `peer trust`), for a contact too.
+    pub fn trust(&self, name: &Name, key: KeyId) -> Result<()> {
+        let mut known = self.known().clone();
+        let entry = Known {
+            name: name.clone(),
+            key,
+            since_ms: now_ms(),
+        };
+        known.insert(name.clone(), entry);
+        self.change_with(&known, |map| {
+            if let Some(contact) = map.get_mut(name) {
+                contact.key = key;
+            }
+        })?;
+        *self.known() = known;
+        Ok(())
     }
 
     /// Records the user's decision on `name` (key `key`) and saves it.
@@ -173,11 +270,21 @@ impl Contacts {
     }
 
     fn change(&self, edit: impl FnOnce(&mut BTreeMap<Name, Contact>)) -> Result<()> {
+        let known = self.known().clone();
+        self.change_with(&known, edit)
+    }
+
+    /// Edits the contacts and saves them with `known`.
+    fn change_with(
+        &self,
+        known: &BTreeMap<Name, Known>,
+        edit: impl FnOnce(&mut BTreeMap<Name, Contact>),
+    ) -> Result<()> {
         let mut map = self.map();
         let mut next = map.clone();
         edit(&mut next);
         if let Some(path) = &self.inner.path {
-            write(path, &next)?;
+            write(path, &next, known)?;
         }
         *map = next;
         self.inner
@@ -188,6 +295,10 @@ impl Contacts {
 
     fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<Name, Contact>> {
         self.inner.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, BTreeMap<Name, Known>> {
+        self.inner.known.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -232,9 +343,10 @@ fn read(path: &Path) -> Result<Saved> {
     }
 }
 
-fn write(path: &Path, map: &BTreeMap<Name, Contact>) -> Result<()> {
+fn write(path: &Path, map: &BTreeMap<Name, Contact>, known: &BTreeMap<Name, Known>) -> Result<()> {
     let saved = Saved {
         contacts: map.values().cloned().collect(),
+        known: known.values().cloned().collect(),
     };
     let mut bytes = serde_json::to_vec_pretty(&saved)?;
     bytes.push(b'\n');
@@ -294,6 +406,33 @@ mod tests {
         assert_eq!(contacts.verdict(&name("eve")), Verdict::Blocked);
         assert!(contacts.forget(&name("bob")).expect("forget"));
         assert_eq!(*contacts.reach().borrow(), Reach::Contacts(vec![]));
+    }
+
+    #[test]
+    fn the_first_key_is_remembered_and_a_change_is_caught_until_trusted() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let home = Home::new(Some(dir.path().to_path_buf()), &name("me"))?;
+        let contacts = Contacts::load(&home, false)?;
+        let (bob, k1, k2) = (name("bob"), KeyId([1; 32]), KeyId([2; 32]));
+        assert_eq!(contacts.check_key(&bob, k1)?, KeyCheck::Known, "first seen");
+        assert_eq!(contacts.check_key(&bob, k1)?, KeyCheck::Known);
+        assert_eq!(
+            contacts.check_key(&bob, k2)?,
+            KeyCheck::Changed { pinned: k1 }
+        );
+        // Remembered across a restart, and for contacts too.
+        contacts.set(&bob, k1, Standing::Accepted)?;
+        let again = Contacts::load(&home, false)?;
+        assert_eq!(again.check_key(&bob, k2)?, KeyCheck::Changed { pinned: k1 });
+        again.trust(&bob, k2)?;
+        assert_eq!(again.check_key(&bob, k2)?, KeyCheck::Known);
+        assert_eq!(
+            again.get(&bob).map(|c| c.key),
+            Some(k2),
+            "the contact follows"
+        );
+        assert_eq!(*again.reach().borrow(), Reach::Contacts(vec![k2]));
+        Ok(())
     }
 
     #[test]

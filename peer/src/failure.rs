@@ -108,6 +108,18 @@ pub enum Failure {
         /// The address the user gave.
         addr: String,
     },
+    /// The directory now gives another key for a name than the one remembered for it: someone
+    /// may be impersonating it (or it made a new key). Nothing is sent until the user trusts
+    /// the new key.
+    #[error("the key of {name} has changed: {pinned} when first seen, now {presented}; someone may be impersonating {name}, so nothing was sent or accepted")]
+    KeyChanged {
+        /// The name.
+        name: Name,
+        /// The key remembered for it.
+        pinned: common::KeyId,
+        /// The key the directory gives now.
+        presented: common::KeyId,
+    },
 }
 
 impl Failure {
@@ -146,6 +158,10 @@ impl Failure {
             }
             Failure::TooManyNames { .. } => "use a name this key already holds",
             Failure::RateLimited => "wait a minute and try again",
+            Failure::KeyChanged { .. } => {
+                "ask them (in person or on a call) whether they made a new key and compare `peer \
+                 verify NAME`; then `peer trust NAME` accepts the new key"
+            }
             Failure::Refused { .. }
             | Failure::Stopped
             | Failure::Other(_)

@@ -274,6 +274,11 @@ impl Inbox {
         .await;
     }
 
+    /// Checks the key the directory gives for a sender against the one remembered for it.
+    pub fn vouch(&self, info: &common::wire::PeerInfo) -> Result<(), crate::failure::Failure> {
+        self.inner.contacts.vouch(info)
+    }
+
     /// How `name` stands with us.
     pub fn verdict(&self, name: &Name) -> Verdict {
         self.inner.contacts.verdict(name)

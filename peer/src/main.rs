@@ -144,6 +144,7 @@ async fn open_session(cli: &Cli, home: &Home) -> Result<Opened> {
             | Command::Accept { .. }
             | Command::Block { .. }
             | Command::Verify { .. }
+            | Command::Trust { .. }
     ) {
         None
     } else {

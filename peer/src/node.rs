@@ -198,7 +198,14 @@ impl Node {
             .lookup(name)
             .await
             .map_err(|e| e.failure(name, self.directory.addr()))?;
+        self.check_key(&info)?;
         Ok((info, path))
+    }
+
+    /// Compares the key the directory gives for a name with the one we remember for it (the
+    /// first seen is remembered); a change is a [`Failure::KeyChanged`].
+    pub fn check_key(&self, info: &PeerInfo) -> Result<(), Failure> {
+        self.contacts.vouch(info)
     }
 
     /// Sends the file at `path` to `to`, directly or through its mailbox; see
@@ -209,6 +216,7 @@ impl Node {
         path: &std::path::Path,
         report: impl Fn(FileUpdate) + Send + Sync + 'static,
     ) -> Result<FileSent, Failure> {
+        self.whois(to).await?;
         let dial = |info: PeerInfo| async move {
             if let Err(e) = self.contacts.accept_on_send(&info.name, info.key) {
                 tracing::warn!("contacts: {e:#}");
@@ -223,6 +231,11 @@ impl Node {
             mailbox_file_max: self.mailbox_file_max,
         };
         sender.send(to, path, report).await
+    }
+
+    /// The directory connection.
+    pub fn directory(&self) -> &DirectoryClient {
+        &self.directory
     }
 
     /// Where files arrive.

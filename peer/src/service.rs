@@ -49,6 +49,8 @@ pub enum Update {
     FileSent(Result<FileSent, Failure>),
     /// A contact as recorded by accept or block.
     Contact(Result<Contact, Failure>),
+    /// The key now trusted for a name.
+    Trusted(Result<(Name, KeyId), Failure>),
     /// `from` took these messages (or files) of ours from its mailbox, at that time.
     Receipt {
         /// The recipient that took them.
@@ -171,6 +173,26 @@ impl Service {
     /// What the directory knows about `name`, and our direct link to it.
     pub async fn whois(&self, name: &Name) -> Result<(PeerInfo, Option<DirectPath>), Failure> {
         self.node.whois(name).await
+    }
+
+    /// Trusts `key`, or the key the directory holds for `name` now, as `name`'s.
+    pub async fn trust(&self, name: &Name, key: Option<KeyId>) -> Result<(Name, KeyId), Failure> {
+        let key = match key {
+            Some(key) => key,
+            None => {
+                let directory = self.node.directory();
+                directory
+                    .lookup(name)
+                    .await
+                    .map_err(|e| e.failure(name, directory.addr()))?
+                    .key
+            }
+        };
+        self.node
+            .contacts()
+            .trust(name, key)
+            .map_err(Failure::other)?;
+        Ok((name.clone(), key))
     }
 
     /// Accepts or blocks `name` (see [`crate::contacts`]), with the key the directory holds for

@@ -145,6 +145,21 @@ impl Session {
         }
     }
 
+    /// Trusts `key` (or the directory's) as `name`'s; the answer comes back as
+    /// [`Update::Trusted`].
+    pub fn trust(&self, name: Name, key: Option<KeyId>) {
+        match &self.backend {
+            Backend::Local(service) => {
+                let (service, tx) = (service.clone(), self.tx.clone());
+                let node = service.node().clone();
+                node.spawn(async move {
+                    let _ = tx.send(Update::Trusted(service.trust(&name, key).await));
+                });
+            }
+            Backend::Remote(client, _) => client.trust(name, key),
+        }
+    }
+
     /// Accepts or blocks `name`; the contact as recorded comes back as [`Update::Contact`].
     pub fn set_contact(&self, name: Name, standing: Standing) {
         match &self.backend {

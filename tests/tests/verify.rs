@@ -56,3 +56,60 @@ fn both_sides_see_the_same_safety_number() -> Result<()> {
     );
     net.assert_no_panics()
 }
+
+/// A directory that gives another key for a name c1 has seen (a second directory here, where
+/// another key holds the name c2) is caught: c1's send and whois fail loudly, nothing is sent,
+/// until `peer trust c2`; after it the send goes through. (Before, c1 took whatever key the
+/// directory gave.)
+#[test]
+fn a_changed_key_is_refused_until_trusted() -> Result<()> {
+    let net = Net::new()?;
+    net.register("c2")?;
+    let first = net.whois("c1", "c2")?; // c1 sees c2's key: remembered
+    let other = net.start_directory(tests::DirOpts::default())?;
+    let on_other = |name: &str, home: &str| net.peer_in(name, home).directory(other.addr());
+    on_other("c2", "impostor")
+        .args(["inbox"])
+        .run(SHORT)?
+        .success()?;
+
+    let refused = on_other("c1", "c1")
+        .args(["send", "c2", "are you really c2?"])
+        .run(SHORT)?
+        .failure(&["key of c2 has changed"])?;
+    ensure!(
+        refused.stderr.contains("peer trust"),
+        "no hint: {}",
+        refused.stderr
+    );
+    on_other("c1", "c1")
+        .args(["whois", "c2"])
+        .run(SHORT)?
+        .failure(&["key of c2 has changed"])?;
+    let inbox = on_other("c2", "impostor")
+        .json()
+        .args(["inbox"])
+        .run(SHORT)?
+        .success()?;
+    ensure!(
+        inbox.of_type("message").is_empty(),
+        "the impostor got a message: {}",
+        inbox.stdout
+    );
+
+    let trusted = on_other("c1", "c1")
+        .json()
+        .args(["trust", "c2"])
+        .run(SHORT)?
+        .success()?
+        .one_of_type("trusted")?;
+    ensure!(trusted["key"] != first["key"], "{trusted} vs {first}");
+    let sent = on_other("c1", "c1")
+        .json()
+        .args(["send", "c2", "trusted now"])
+        .run(SHORT)?
+        .success()?
+        .one_of_type("sent")?;
+    ensure!(sent["status"] == "queued", "{sent}");
+    net.assert_no_panics()
+}

@@ -151,6 +151,11 @@ impl ControlClient {
         self.request(ControlRequest::Whois { name });
     }
 
+    /// Trusts a key for a name through the running peer.
+    pub fn trust(&self, name: Name, key: Option<KeyId>) {
+        self.request(ControlRequest::Trust { name, key });
+    }
+
     /// Accepts or blocks a name through the running peer.
     pub fn set_contact(&self, name: Name, standing: Standing) {
         self.request(ControlRequest::SetContact { name, standing });
@@ -178,6 +183,7 @@ fn update_of(response: ControlResponse) -> Option<Update> {
             request,
         } => Update::Message(Received::copy(message, via, request)),
         ControlResponse::Contact(set) => Update::Contact(set),
+        ControlResponse::Trusted(trusted) => Update::Trusted(trusted),
         ControlResponse::Notice(text) => Update::Notice(text),
         ControlResponse::FileProgress { done, total } => Update::FileProgress { done, total },
         ControlResponse::FileSent(sent) => Update::FileSent(sent),

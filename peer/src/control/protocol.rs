@@ -60,6 +60,13 @@ pub enum ControlRequest {
         /// The file.
         path: String,
     },
+    /// Trust `key` (or the directory's) as `name`'s; answered with [`ControlResponse::Trusted`].
+    Trust {
+        /// Whose key.
+        name: Name,
+        /// The key, if the user gave one.
+        key: Option<KeyId>,
+    },
     /// Accept or block `name`; answered with [`ControlResponse::Contact`].
     SetContact {
         /// Whom.
@@ -116,6 +123,8 @@ pub enum ControlResponse {
     },
     /// The outcome of sending a file: delivered directly, or queued in the mailbox (no path).
     FileSent(Result<FileSent, Failure>),
+    /// The key now trusted for a name, after [`ControlRequest::Trust`].
+    Trusted(Result<(Name, KeyId), Failure>),
     /// The contact as recorded, after [`ControlRequest::SetContact`].
     Contact(Result<Contact, Failure>),
     /// After [`ControlRequest::Attach`]: a recipient took mail of ours from its mailbox.

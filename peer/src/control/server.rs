@@ -117,6 +117,13 @@ async fn serve_client(stream: UnixStream, service: Service) {
                     let _ = tx.send(ControlResponse::FileSent(sent));
                 });
             }
+            ControlRequest::Trust { name, key } => {
+                let node = service.node().clone();
+                node.spawn(async move {
+                    let trusted = service.trust(&name, key).await;
+                    let _ = tx.send(ControlResponse::Trusted(trusted));
+                });
+            }
             ControlRequest::SetContact { name, standing } => {
                 let node = service.node().clone();
                 node.spawn(async move {

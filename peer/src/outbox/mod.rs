@@ -312,6 +312,9 @@ impl Driver {
             }
             Action::Lookup => {
                 let info = self.ctx.directory.lookup(&self.to).await;
+                let info = info
+                    .map_err(|e| e.failure(&self.to, self.ctx.directory.addr()))
+                    .and_then(|info| self.ctx.contacts.vouch(&info).map(|()| info));
                 if let Ok(info) = &info {
                     // Writing to someone accepts them: they may reach us, and their answers
                     // are no message requests.
@@ -319,7 +322,7 @@ impl Driver {
                         warn!("contacts: {e:#}");
                     }
                 }
-                Input::LookedUp(info.map_err(|e| e.failure(&self.to, self.ctx.directory.addr())))
+                Input::LookedUp(info)
             }
             Action::Dial { info, deadline } => {
                 let dialed = match self.ctx.dialer.connect(&info, deadline.into()).await {

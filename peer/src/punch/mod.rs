@@ -195,6 +195,13 @@ impl Dialer {
             debug!(peer = %intro.name, "introduction ignored: not a contact");
             return;
         }
+        if !matches!(
+            self.contacts.check_key(&intro.name, intro.key),
+            Ok(crate::contacts::KeyCheck::Known)
+        ) {
+            debug!(peer = %intro.name, "introduction ignored: not the key remembered");
+            return;
+        }
         if !self.answers.check(&()) {
             debug!(peer = %intro.name, "introduction ignored: answered too many just before");
             return;

@@ -135,6 +135,10 @@ pub async fn run(mut session: Session, with: Name) -> Result<()> {
                         app.notice(format!("{} is {} now", c.name, c.standing.as_str()), false)
                     }
                     Some(Update::Contact(Err(e))) => app.notice(e.to_string(), true),
+                    Some(Update::Trusted(Ok((name, key)))) => {
+                        app.notice(format!("{name} is trusted with key {}", key.short()), false)
+                    }
+                    Some(Update::Trusted(Err(e))) => app.notice(e.to_string(), true),
                     Some(Update::MailboxIdle) => {}
                     Some(Update::Directory { addr, status }) => {
                         app.directory(addr, status, Instant::now());
