@@ -108,6 +108,11 @@ impl Online {
 #[derive(Debug, Default)]
 pub struct Registry {
     online: Mutex<HashMap<Name, Online>>,
+    /// Peers that let anyone reach them ([`Reach::Anyone`]) when they went offline: their exact
+    /// last-seen time stays public. Of the others, nobody is known to be a contact once they
+    /// are offline (their contact lists are not kept), so everyone gets the day. One name per
+    /// open peer, bounded by the names the store holds.
+    open_offline: Mutex<std::collections::HashSet<Name>>,
 }
 
 impl Registry {
@@ -118,6 +123,7 @@ impl Registry {
 
     /// Records `name` as online on `entry.link`, returning the entry it replaces, if any.
     pub fn insert(&self, name: Name, entry: Online) -> Option<Online> {
+        self.open_offline().remove(&name);
         self.map().insert(name, entry)
     }
 
@@ -126,10 +132,27 @@ impl Registry {
     pub fn remove_if(&self, name: &Name, link_id: usize) -> bool {
         let mut map = self.map();
         if map.get(name).is_some_and(|o| o.link.id() == link_id) {
-            map.remove(name);
+            if let Some(left) = map.remove(name) {
+                let open = matches!(
+                    *left.reach.read().unwrap_or_else(|e| e.into_inner()),
+                    Reach::Anyone
+                );
+                if open {
+                    self.open_offline().insert(name.clone());
+                }
+            }
             return true;
         }
         false
+    }
+
+    /// Whether `name`, offline, let anyone reach it when it left.
+    pub fn was_open(&self, name: &Name) -> bool {
+        self.open_offline().contains(name)
+    }
+
+    fn open_offline(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Name>> {
+        self.open_offline.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The online entry for `name`.

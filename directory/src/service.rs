@@ -305,8 +305,8 @@ fn introduce(shared: &Shared, caller: &Caller, name: &Name) -> Result<(), ErrorC
 
 /// What `asker` (key `key`, name `me`) may know of `name`: everything if `name` lets it reach
 /// it, else (a stranger, or `name` offline) its key, whether it is online and its last-seen
-/// day, without addresses. Offline, nobody knows whom `name` lets reach it, so everyone gets
-/// the day.
+/// day, without addresses. Offline, nobody is known to be its contact (contact lists are kept
+/// only while online), so everyone gets the day, unless it let anyone reach it.
 fn lookup(shared: &Shared, key: KeyId, me: &Name, name: Name) -> Result<PeerInfo, ErrorCode> {
     // Reads are served inline: a redb read transaction on a hot page costs microseconds, less
     // than the hop to a blocking thread, which profiling showed dominating lookups.
@@ -338,10 +338,13 @@ fn lookup(shared: &Shared, key: KeyId, me: &Name, name: Name) -> Result<PeerInfo
             queued_from_you: queued,
         },
         None => PeerInfo {
+            last_seen_ms: match shared.registry.was_open(&name) {
+                true => record.last_seen_ms,
+                false => record.last_seen_ms.map(day),
+            },
             name,
             key: record.key,
             online: false,
-            last_seen_ms: record.last_seen_ms.map(day),
             observed_addr: None,
             listen_addrs: Vec::new(),
             queued_from_you: queued,
@@ -698,6 +701,20 @@ mod tests {
         ask(&d.shared, &bob, set_reach(Reach::Contacts(vec![]))).await?;
         let closed = peer(ask(&d.shared, &mallory, lookup("bob")).await)?;
         assert_eq!(closed.observed_addr, None);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_open_peer_keeps_its_exact_last_seen_time_once_offline() -> TestResult {
+        let d = AliceAndBob::new(Quota::default()).await?;
+        let (carol, link) = caller(3);
+        let _feed = online(&d.shared, &carol, "carol").await?;
+        ask(&d.shared, &carol, set_reach(Reach::Anyone)).await?;
+        assert!(d.shared.registry.remove_if(&name("carol"), link.id()));
+        let day = 20_000 * STRANGER_LAST_SEEN_STEP_MS;
+        d.shared.store.set_last_seen(&name("carol"), day + 42)?;
+        let carol = peer(d.alice_asks(lookup("carol")).await)?;
+        assert_eq!(carol.last_seen_ms, Some(day + 42));
         Ok(())
     }
 
