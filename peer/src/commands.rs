@@ -81,14 +81,11 @@ pub async fn history(cli: &Cli, home: &Home, with: &Name, limit: Option<usize>) 
 
 async fn send(mut session: Session, console: Console, to: Name, body: String) -> Result<()> {
     session.submit(to, body);
-    let result = loop {
-        match session.next().await {
-            Some(Update::Sent(Ok(sent))) => break Ok(sent),
-            Some(Update::Sent(Err(e))) => break Err(anyhow!(e.failure)),
-            Some(_) => {}
-            None => break Err(anyhow!("the peer stopped before the message was sent")),
-        }
-    };
+    let result = answer(&mut session, "the message was sent", |u| match u {
+        Update::Sent(sent) => Some(sent.map_err(|e| anyhow!(e.failure))),
+        _ => None,
+    })
+    .await;
     session.close().await;
     print_line(&console.sent(&result?))?;
     Ok(())
@@ -142,13 +139,11 @@ async fn contact(
     standing: Standing,
 ) -> Result<()> {
     session.set_contact(name, standing);
-    let result = loop {
-        match session.next().await {
-            Some(Update::Contact(result)) => break result.map_err(anyhow::Error::from),
-            Some(_) => {}
-            None => break Err(anyhow!("the peer stopped before the contact was recorded")),
-        }
-    };
+    let result = answer(&mut session, "the contact was recorded", |u| match u {
+        Update::Contact(result) => Some(result.map_err(anyhow::Error::from)),
+        _ => None,
+    })
+    .await;
     session.close().await;
     print_line(&console.contact(&result?))?;
     Ok(())
@@ -171,13 +166,11 @@ async fn trust(
     key: Option<common::KeyId>,
 ) -> Result<()> {
     session.trust(name, key);
-    let result = loop {
-        match session.next().await {
-            Some(Update::Trusted(result)) => break result.map_err(anyhow::Error::from),
-            Some(_) => {}
-            None => break Err(anyhow!("the peer stopped before the key was trusted")),
-        }
-    };
+    let result = answer(&mut session, "the key was trusted", |u| match u {
+        Update::Trusted(result) => Some(result.map_err(anyhow::Error::from)),
+        _ => None,
+    })
+    .await;
     session.close().await;
     let (name, key) = result?;
     print_line(&console.trusted(&name, &key))?;
@@ -188,13 +181,7 @@ async fn trust(
 /// accept), with ours, as a safety number.
 async fn verify(mut session: Session, console: Console, name: Name) -> Result<()> {
     session.whois(name.clone());
-    let result = loop {
-        match session.next().await {
-            Some(Update::Whois(result)) => break result.map_err(anyhow::Error::from),
-            Some(_) => {}
-            None => break Err(anyhow!("the peer stopped before the answer came")),
-        }
-    };
+    let result = whois_answer(&mut session).await;
     let (me, my_key) = (session.name.clone(), session.key);
     session.close().await;
     let (info, _) = result?;
@@ -203,15 +190,35 @@ async fn verify(mut session: Session, console: Console, name: Name) -> Result<()
     Ok(())
 }
 
+/// The answer to a `whois` asked on `session`.
+async fn whois_answer(
+    session: &mut Session,
+) -> Result<(common::wire::PeerInfo, Option<crate::links::DirectPath>)> {
+    answer(session, "the answer came", |u| match u {
+        Update::Whois(result) => Some(result.map_err(anyhow::Error::from)),
+        _ => None,
+    })
+    .await
+}
+
+/// The first update `pick` takes, the others passed over: the outcome of a request a short
+/// command made. `what` says what did not happen if the peer stops first.
+async fn answer<T>(
+    session: &mut Session,
+    what: &str,
+    pick: impl Fn(Update) -> Option<Result<T>>,
+) -> Result<T> {
+    while let Some(update) = session.next().await {
+        if let Some(result) = pick(update) {
+            return result;
+        }
+    }
+    Err(anyhow!("the peer stopped before {what}"))
+}
+
 async fn whois(mut session: Session, console: Console, name: Name) -> Result<()> {
     session.whois(name);
-    let result = loop {
-        match session.next().await {
-            Some(Update::Whois(result)) => break result.map_err(anyhow::Error::from),
-            Some(_) => {}
-            None => break Err(anyhow!("the peer stopped before the answer came")),
-        }
-    };
+    let result = whois_answer(&mut session).await;
     session.close().await;
     let (info, path) = result?;
     print_line(&console.whois(&info, path))?;
