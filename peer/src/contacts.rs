@@ -306,26 +306,20 @@ fn reach_of(open: bool, map: &BTreeMap<Name, Contact>) -> Reach {
     if open {
         return Reach::Anyone;
     }
-    let mut keys: Vec<KeyId> = map
+    // The directory takes at most MAX_CONTACTS keys; the most recent decisions win.
+    let mut accepted: Vec<&Contact> = map
         .values()
         .filter(|c| c.standing == Standing::Accepted)
+        .collect();
+    accepted.sort_by_key(|c| std::cmp::Reverse(c.since_ms));
+    let mut seen = std::collections::HashSet::new();
+    let mut keys: Vec<KeyId> = accepted
+        .into_iter()
         .map(|c| c.key)
+        .filter(|key| seen.insert(*key))
+        .take(common::defaults::MAX_CONTACTS)
         .collect();
     keys.sort();
-    keys.dedup();
-    // The directory takes at most MAX_CONTACTS; the most recent decisions win.
-    if keys.len() > common::defaults::MAX_CONTACTS {
-        let mut recent: Vec<&Contact> = map
-            .values()
-            .filter(|c| c.standing == Standing::Accepted)
-            .collect();
-        recent.sort_by_key(|c| std::cmp::Reverse(c.since_ms));
-        keys = recent
-            .into_iter()
-            .map(|c| c.key)
-            .take(common::defaults::MAX_CONTACTS)
-            .collect();
-    }
     Reach::Contacts(keys)
 }
 
