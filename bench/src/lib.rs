@@ -11,6 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use common::{
     defaults::ALPN_DIRECTORY,
     framing,
+    seal::Sealer,
     tls::{self, Expect},
     wire::{DirectoryEvent, DirectoryRequest, DirectoryResponse, EventAck},
     Identity, KeyId, Name,
@@ -224,6 +225,8 @@ pub fn directory_bin() -> Result<PathBuf> {
 pub struct ClientPool {
     endpoints: Vec<quinn::Endpoint>,
     config: quinn::ClientConfig,
+    /// The identity's sealing keys: what registrations publish, and what mail is sealed with.
+    pub sealer: Arc<Sealer>,
 }
 
 impl ClientPool {
@@ -237,7 +240,12 @@ impl ClientPool {
                 0,
             )))?);
         }
-        Ok(Self { endpoints, config })
+        let sealer = Arc::new(Sealer::new(identity, [9; 32])?);
+        Ok(Self {
+            endpoints,
+            config,
+            sealer,
+        })
     }
 
     /// Like [`ClientPool::new`], but every connection heartbeats as a real peer does: a QUIC
@@ -257,6 +265,35 @@ impl ClientPool {
         Ok(ep
             .connect_with(self.config.clone(), addr, "directory")?
             .await?)
+    }
+
+    /// Registers `name` on `conn`; for an online peer, the event stream is drained and every
+    /// delivered message acknowledged on a task of its own.
+    pub async fn register(
+        &self,
+        conn: &quinn::Connection,
+        name: &Name,
+        heartbeat: Duration,
+        online: bool,
+    ) -> Result<()> {
+        let req = DirectoryRequest::Register {
+            name: name.clone(),
+            listen_addrs: vec![],
+            heartbeat_ms: heartbeat.as_millis() as u32,
+            online,
+            published: self.sealer.published(),
+        };
+        match request(conn, &req).await? {
+            DirectoryResponse::Registered { .. } => {}
+            other => bail!("register {name}: {other:?}"),
+        }
+        if online {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                let _ = event_stream(&conn, |_| {}).await;
+            });
+        }
+        Ok(())
     }
 
     pub fn close(&self) {
@@ -279,33 +316,6 @@ pub async fn request(
         .ok_or_else(|| anyhow!("no response"))
 }
 
-/// Registers `name` on `conn`; for an online peer, the event stream is drained and every
-/// delivered message acknowledged on a task of its own.
-pub async fn register(
-    conn: &quinn::Connection,
-    name: &Name,
-    heartbeat: Duration,
-    online: bool,
-) -> Result<()> {
-    let req = DirectoryRequest::Register {
-        name: name.clone(),
-        listen_addrs: vec![],
-        heartbeat_ms: heartbeat.as_millis() as u32,
-        online,
-    };
-    match request(conn, &req).await? {
-        DirectoryResponse::Registered { .. } => {}
-        other => bail!("register {name}: {other:?}"),
-    }
-    if online {
-        let conn = conn.clone();
-        tokio::spawn(async move {
-            let _ = event_stream(&conn, |_| {}).await;
-        });
-    }
-    Ok(())
-}
-
 /// Accepts the directory's event stream and acknowledges every `Deliver`; calls `seen` with
 /// each event. Returns when the stream or connection ends.
 pub async fn event_stream(
@@ -314,8 +324,8 @@ pub async fn event_stream(
 ) -> Result<()> {
     let (mut send, mut recv) = conn.accept_bi().await?;
     while let Some(event) = framing::read_frame::<DirectoryEvent, _>(&mut recv).await? {
-        if let DirectoryEvent::Deliver(m) = &event {
-            framing::write_frame(&mut send, &EventAck::Delivered(m.id)).await?;
+        if let DirectoryEvent::DeliverLetter(l) = &event {
+            framing::write_frame(&mut send, &EventAck::Delivered(l.id)).await?;
         }
         seen(&event);
     }

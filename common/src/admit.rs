@@ -99,12 +99,21 @@ impl Drop for Slot {
 
 /// Completes the handshake of an admitted connection by `deadline`, or abandons it (dropped,
 /// it ends): an admitted stranger holds its slot no longer. A failure is the remote's
-/// business, so it is logged at debug only.
+/// business, so it is logged at debug only. A program of an older protocol version is told to
+/// upgrade, in the close's reason, which it prints.
 pub async fn handshake(
     incoming: quinn::Incoming,
     deadline: tokio::time::Instant,
 ) -> Option<quinn::Connection> {
     match tokio::time::timeout_at(deadline, incoming).await {
+        Ok(Ok(conn)) if outdated(&conn) => {
+            tracing::debug!("an outdated program connected");
+            conn.close(
+                crate::wire::codes::OUTDATED.into(),
+                b"this side speaks a newer protocol version (sealed mail, chat-dir/2 and chat-peer/4): upgrade the program",
+            );
+            None
+        }
         Ok(Ok(conn)) => Some(conn),
         Ok(Err(e)) => {
             tracing::debug!(cause = %e, "handshake failed");
@@ -115,6 +124,14 @@ pub async fn handshake(
             None
         }
     }
+}
+
+/// True when the remote negotiated one of [`crate::defaults::ALPN_OUTDATED`].
+fn outdated(conn: &quinn::Connection) -> bool {
+    conn.handshake_data()
+        .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|data| data.protocol)
+        .is_some_and(|alpn| crate::defaults::ALPN_OUTDATED.contains(&alpn.as_slice()))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

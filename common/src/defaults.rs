@@ -7,10 +7,16 @@ pub const DIRECTORY_PORT: u16 = 9000;
 
 /// ALPN for a peer's connection to the directory. The version lives here: a new protocol gets a
 /// new ALPN, so old and new programs refuse each other during the handshake, not mid-stream.
-pub const ALPN_DIRECTORY: &[u8] = b"chat-dir/1";
+/// Version 2 seals mail end to end ([`crate::seal`]).
+pub const ALPN_DIRECTORY: &[u8] = b"chat-dir/2";
 
-/// ALPN for a direct connection between two peers.
-pub const ALPN_PEER: &[u8] = b"chat-peer/3";
+/// ALPN for a direct connection between two peers. Version 4 goes with the directory's 2.
+pub const ALPN_PEER: &[u8] = b"chat-peer/4";
+
+/// The ALPNs of the versions before: servers still accept them for one purpose, to tell an old
+/// program in words to upgrade (see [`crate::admit::handshake`]) rather than fail its handshake
+/// with an alert it cannot explain.
+pub const ALPN_OUTDATED: [&[u8]; 2] = [b"chat-dir/1", b"chat-peer/3"];
 
 /// Largest frame either side accepts. Checked before any allocation.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;

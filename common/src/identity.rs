@@ -29,6 +29,21 @@ impl KeyId {
         Ok(Self(id))
     }
 
+    /// The fingerprint of a raw Ed25519 public key: the same as [`KeyId::of_cert`] gives for
+    /// a certificate carrying it, since the SubjectPublicKeyInfo of an Ed25519 key is a fixed
+    /// prefix (RFC 8410) and the 32 key bytes.
+    pub fn of_ed25519(public: &[u8; 32]) -> Self {
+        const SPKI_PREFIX: [u8; 12] = [
+            0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+        ];
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(&SPKI_PREFIX);
+        ctx.update(public);
+        let mut id = [0u8; 32];
+        id.copy_from_slice(ctx.finish().as_ref());
+        Self(id)
+    }
+
     /// The first 8 hex digits, for logs.
     pub fn short(&self) -> String {
         hex::encode(&self.0[..4])
@@ -130,7 +145,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     write_with_mode(path, bytes, 0o644)
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     write_with_mode(path, bytes, 0o600)
 }
 

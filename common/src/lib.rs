@@ -14,6 +14,8 @@
 //! * [`framing`]: length-prefixed postcard frames with a hard size cap, over QUIC streams.
 //! * [`identity`]: a long-term key and self-signed certificate (rcgen), and [`KeyId`], the
 //!   SHA-256 fingerprint of a public key that names an identity.
+//! * [`seal`]: end-to-end sealing of mail (HPKE to the recipient's published X25519 key,
+//!   signed by the sender's Ed25519 identity), so the directory holds letters it cannot read.
 //! * [`socket`]: the UDP socket under each QUIC endpoint, its buffers sized for QUIC.
 //! * [`tls`]: rustls configurations for mutual TLS in which trust comes from a pinned [`KeyId`],
 //!   not from certificate authorities.
@@ -22,15 +24,15 @@
 //!
 //! ```text
 //! peer                               directory
-//!  | -- QUIC + mTLS (ALPN chat-dir/1) -> |   the directory sees the peer's key and address
+//!  | -- QUIC + mTLS (ALPN chat-dir/2) -> |   the directory sees the peer's key and address
 //!  | -- bi: Register{name,..} --------> |   binds name -> key on first use
-//!  | <- bi (opened by directory) ------ |   event stream: Deliver(msg) / MailboxIdle ...
+//!  | <- bi (opened by directory) ------ |   event stream: DeliverLetter / MailboxIdle ...
 //!  | -- EventAck(id) -----------------> |   mailbox entry deleted only now
-//!  | -- bi: Lookup / Deposit / Introduce |   requests on a stream, answered in order
+//!  | -- bi: Lookup / DepositLetter / ... |   requests on a stream, answered in order
 //!  | -- QUIC keep-alive every heartbeat  |   three missed: the connection idles out, offline
 //!
 //! peer c1                            peer c2
-//!  | -- QUIC + mTLS (ALPN chat-peer/3) ->|   each checks the other's key against the directory
+//!  | -- QUIC + mTLS (ALPN chat-peer/4) ->|   each checks the other's key against the directory
 //!  | -- bi: Chat, Chat, Chat ... -------> |   one long-lived stream per direction, in order
 //!  | <- Ack, Ack, Ack ... --------------- |   an Ack is the only proof of delivery
 //! ```
@@ -42,6 +44,7 @@ pub mod defaults;
 pub mod framing;
 pub mod identity;
 pub mod name;
+pub mod seal;
 pub mod socket;
 pub mod tls;
 pub mod wire;

@@ -98,7 +98,10 @@ pub fn server_config(identity: &Identity, alpn: &[u8]) -> Result<quinn::ServerCo
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![identity.cert.clone()], identity.private_key())
         .context("loading our certificate")?;
+    // Ours first: rustls picks the first of the server's list the client offers.
     tls.alpn_protocols = vec![alpn.to_vec()];
+    tls.alpn_protocols
+        .extend(defaults::ALPN_OUTDATED.iter().map(|old| old.to_vec()));
     tls.max_early_data_size = 0;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).context("QUIC TLS")?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));

@@ -18,7 +18,7 @@
 //! The sender opens one bi-stream per conversation direction and writes [`PeerFrame::Chat`]
 //! frames in order; the receiver answers each with [`PeerFrame::Ack`], in the same order.
 
-use crate::{KeyId, Name};
+use crate::{seal::PublishedKey, KeyId, Name};
 use serde::{Deserialize, Serialize};
 use std::{fmt, net::SocketAddr};
 
@@ -78,6 +78,9 @@ pub enum DirectoryRequest {
         /// online and mailbox messages are pushed to it. False for a short command that only
         /// sends or looks up: the name's key is checked, but presence does not change.
         online: bool,
+        /// The peer's encryption key, signed by its identity key, for others to seal mail to:
+        /// the directory checks it belongs to the connection's key and hands it out.
+        published: PublishedKey,
     },
     /// Still here. Answered, but peers heartbeat with QUIC keep-alives instead: presence is the
     /// connection's liveness.
@@ -87,7 +90,8 @@ pub enum DirectoryRequest {
         /// The name to look up.
         name: Name,
     },
-    /// Hold this message until its recipient takes it.
+    /// Hold this message until its recipient takes it. Unsealed: refused since chat-dir/2
+    /// with [`ErrorCode::Unsealed`]; see [`DirectoryRequest::DepositLetter`].
     Deposit {
         /// The message; `from` must be the depositor.
         message: ChatMessage,
@@ -107,8 +111,8 @@ pub enum DirectoryRequest {
         /// How long it took from the introduction, in milliseconds.
         millis: u32,
     },
-    /// Hold this part of a small file until its recipient takes it (the mailbox path of a
-    /// file, when there is no direct link). Parts of one file are deposited in order.
+    /// Hold this part of a small file until its recipient takes it. Unsealed: refused since
+    /// chat-dir/2 with [`ErrorCode::Unsealed`]; see [`DirectoryRequest::DepositLetter`].
     DepositFilePart {
         /// The part; its offer's `from` must be the depositor.
         part: FilePart,
@@ -120,6 +124,73 @@ pub enum DirectoryRequest {
         /// The keys, or anyone.
         reach: Reach,
     },
+    /// Hold this sealed letter (a message, or a part of a small file, the mailbox path of a file
+    /// when there is no direct link) until its recipient takes it. Parts of one file are
+    /// deposited in order.
+    DepositLetter {
+        /// The letter; its `from` must be the depositor.
+        letter: Letter,
+    },
+}
+
+/// Mail sealed end to end (see [`crate::seal`]): the directory reads the routing metadata in
+/// the clear, and holds the rest without being able to read or alter it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Letter {
+    /// Made by the sender, unique per letter: the mailbox's dedup and ack key.
+    pub id: MessageId,
+    /// The sender; the directory refuses a deposit whose `from` is not the depositor.
+    pub from: Name,
+    /// The recipient.
+    pub to: Name,
+    /// Sender's wall clock, ms since the Unix epoch.
+    pub sent_at_ms: u64,
+    /// What it carries, as far as the directory needs to know.
+    pub kind: LetterKind,
+    /// HPKE's encapsulated key: the sender's ephemeral X25519 public key.
+    pub encapped: [u8; 32],
+    /// The signed content, sealed: at most [`Letter::max_sealed_len`] bytes.
+    pub sealed: Vec<u8>,
+}
+
+/// What a [`Letter`] carries, as the directory sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LetterKind {
+    /// A chat message; its receipt names the letter's id.
+    Chat,
+    /// A part of a file; the receipt for the part that completes it names the file.
+    FilePart {
+        /// The file's id ([`FileOffer::id`]).
+        file: MessageId,
+        /// The part completes the file.
+        last: bool,
+    },
+}
+
+impl Letter {
+    /// The largest sealed part a letter of `kind` may have: the largest content of its kind
+    /// (a body of [`crate::defaults::MAX_BODY_LEN`], or a part of
+    /// [`crate::defaults::FILE_PART_LEN`] with a file name of
+    /// [`crate::defaults::MAX_FILE_NAME_LEN`]), with room for its fields, and the seal.
+    pub fn max_sealed_len(kind: LetterKind) -> usize {
+        use crate::defaults::{FILE_PART_LEN, MAX_BODY_LEN, MAX_FILE_NAME_LEN};
+        const FIELDS: usize = 512;
+        let content = match kind {
+            LetterKind::Chat => MAX_BODY_LEN,
+            LetterKind::FilePart { .. } => FILE_PART_LEN + MAX_FILE_NAME_LEN,
+        };
+        content + FIELDS + crate::seal::SEAL_OVERHEAD
+    }
+
+    /// What a recipient that takes it tells the sender: the letter's own id for a message, the
+    /// file's for the part that completes a file, nothing for other parts.
+    pub fn receipt(&self) -> Option<MessageId> {
+        match self.kind {
+            LetterKind::Chat => Some(self.id),
+            LetterKind::FilePart { file, last: true } => Some(file),
+            LetterKind::FilePart { last: false, .. } => None,
+        }
+    }
 }
 
 /// Who a peer lets reach it: see [`DirectoryRequest::SetReach`]. A key it lets reach it (a
@@ -146,6 +217,9 @@ impl Reach {
 }
 
 /// The directory's answer to one [`DirectoryRequest`].
+// One lives per request stream, briefly: boxing the large variant would cost an allocation on
+// the most frequent answer to save a few hundred bytes on the stack.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DirectoryResponse {
     /// The name is bound to the caller's key and the caller is online.
@@ -185,6 +259,9 @@ pub struct PeerInfo {
     /// Messages from the caller still waiting in this peer's mailbox. A sender keeps using the
     /// mailbox while this is not zero, so its messages arrive in the order they were sent.
     pub queued_from_you: u32,
+    /// The encryption key it published, signed, to seal mail to; `None` for a name whose peer
+    /// has not registered since the directory learned to keep them.
+    pub published: Option<PublishedKey>,
 }
 
 /// Short, stable error codes; they never carry internal details.
@@ -241,6 +318,12 @@ pub enum ErrorCode {
     /// The peer has not accepted the caller as a contact, so it cannot be introduced to it.
     #[error("the peer has not accepted you as a contact")]
     NotAccepted,
+    /// The mail was not sealed: this directory holds sealed letters only.
+    #[error("the directory takes sealed mail only; upgrade the peer")]
+    Unsealed,
+    /// The published encryption key is not signed by the connection's key.
+    #[error("the encryption key is not signed by your identity key")]
+    BadPublishedKey,
 }
 
 /// Written by the directory on the event stream it opens towards a registered peer.
@@ -266,6 +349,9 @@ pub enum DirectoryEvent {
     /// Messages we sent through the mailbox have been taken by their recipient; answer with
     /// [`EventAck::Delivered`] of the receipt's id.
     Receipt(Receipt),
+    /// A sealed letter from the mailbox; answer with [`EventAck::Delivered`] of its id once it
+    /// was taken, or refused (altered, forged: the directory drops it all the same).
+    DeliverLetter(Letter),
 }
 
 /// Written by the peer on the event stream.
@@ -403,6 +489,8 @@ pub enum Mail {
     FilePart(FilePart),
     /// A delivery receipt.
     Receipt(Receipt),
+    /// A sealed message or file part.
+    Letter(Letter),
 }
 
 impl Mail {
@@ -412,6 +500,7 @@ impl Mail {
             Mail::Chat(m) => m.id,
             Mail::FilePart(p) => p.id,
             Mail::Receipt(r) => r.id,
+            Mail::Letter(l) => l.id,
         }
     }
 
@@ -421,6 +510,7 @@ impl Mail {
             Mail::Chat(m) => &m.from,
             Mail::FilePart(p) => &p.offer.from,
             Mail::Receipt(r) => &r.from,
+            Mail::Letter(l) => &l.from,
         }
     }
 
@@ -430,6 +520,7 @@ impl Mail {
             Mail::Chat(m) => &m.to,
             Mail::FilePart(p) => &p.offer.to,
             Mail::Receipt(r) => &r.to,
+            Mail::Letter(l) => &l.to,
         }
     }
 
@@ -445,6 +536,7 @@ impl Mail {
             Mail::Chat(m) => DirectoryEvent::Deliver(m),
             Mail::FilePart(p) => DirectoryEvent::DeliverFilePart(p),
             Mail::Receipt(r) => DirectoryEvent::Receipt(r),
+            Mail::Letter(l) => DirectoryEvent::DeliverLetter(l),
         }
     }
 }
@@ -484,6 +576,9 @@ pub mod codes {
     /// The remote did not do in time what it had to: register with the directory, take the
     /// directory's answers, or send a peer its first message.
     pub const TIMED_OUT: u32 = 7;
+    /// The remote speaks an older protocol version (it negotiated an ALPN of
+    /// [`crate::defaults::ALPN_OUTDATED`]); the close's reason says so in words.
+    pub const OUTDATED: u32 = 8;
 }
 
 #[cfg(test)]
@@ -564,6 +659,11 @@ mod tests {
                 listen_addrs: vec!["127.0.0.1:5".parse().expect("addr")],
                 heartbeat_ms: 10_000,
                 online: true,
+                published: crate::seal::PublishedKey {
+                    identity: [1; 32],
+                    encryption: [2; 32],
+                    signature: crate::seal::Signature([3; 64]),
+                },
             },
             DirectoryRequest::Heartbeat,
             DirectoryRequest::Lookup {

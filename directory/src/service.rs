@@ -13,11 +13,12 @@ use crate::{
     store::{Binding, StoreError, ACTIVE_STEP_MS},
 };
 use common::{
-    defaults::{MAX_BODY_LEN, MAX_CONTACTS, MAX_FILE_NAME_LEN},
+    defaults::MAX_CONTACTS,
     now_ms,
+    seal::PublishedKey,
     wire::{
-        codes, DirectoryEvent, DirectoryRequest, DirectoryResponse, ErrorCode, Mail, PeerInfo,
-        Reach,
+        codes, DirectoryEvent, DirectoryRequest, DirectoryResponse, ErrorCode, Letter, Mail,
+        PeerInfo, Reach,
     },
     KeyId, Name,
 };
@@ -102,7 +103,17 @@ pub async fn handle(
             listen_addrs,
             heartbeat_ms,
             online,
-        } => return register(shared, caller, name, listen_addrs, heartbeat_ms, online).await,
+            published,
+        } => {
+            let hello = Hello {
+                name,
+                listen_addrs,
+                heartbeat_ms,
+                online,
+                published,
+            };
+            return register(shared, caller, hello).await;
+        }
         DirectoryRequest::Heartbeat => {
             // Liveness is the connection's (see `registry`); an explicit heartbeat is still
             // answered, for clients that send one.
@@ -125,14 +136,13 @@ pub async fn handle(
             *caller.reach.write().unwrap_or_else(|e| e.into_inner()) = reach;
             DirectoryResponse::Noted
         }
-        DirectoryRequest::Deposit { message } => {
-            let me = caller.registered()?;
-            deposit(shared, me, Mail::Chat(message)).await?;
-            DirectoryResponse::Stored
+        DirectoryRequest::Deposit { .. } | DirectoryRequest::DepositFilePart { .. } => {
+            caller.registered()?;
+            return Err(ErrorCode::Unsealed);
         }
-        DirectoryRequest::DepositFilePart { part } => {
+        DirectoryRequest::DepositLetter { letter } => {
             let me = caller.registered()?;
-            deposit(shared, me, Mail::FilePart(part)).await?;
+            deposit(shared, me, Mail::Letter(letter)).await?;
             DirectoryResponse::Stored
         }
         DirectoryRequest::Introduce { name } => {
@@ -153,18 +163,32 @@ pub async fn handle(
     Ok(response.into())
 }
 
-async fn register(
-    shared: &Shared,
-    caller: &Caller,
+/// What a [`DirectoryRequest::Register`] says.
+struct Hello {
     name: Name,
     listen_addrs: Vec<SocketAddr>,
     heartbeat_ms: u32,
     online: bool,
-) -> Result<Reply, ErrorCode> {
+    published: PublishedKey,
+}
+
+async fn register(shared: &Shared, caller: &Caller, hello: Hello) -> Result<Reply, ErrorCode> {
+    let Hello {
+        name,
+        listen_addrs,
+        heartbeat_ms,
+        online,
+        published,
+    } = hello;
     if caller.name.get().is_some() {
         return Err(ErrorCode::AlreadyRegistered);
     }
-    bind(shared, caller, &name, now_ms()).await?;
+    // Others seal to this key: it must be the caller's own, or a directory that kept it would
+    // hand out a key a third party chose. One signature check per registration.
+    if published.verify(&caller.key).is_err() {
+        return Err(ErrorCode::BadPublishedKey);
+    }
+    bind(shared, caller, &name, published, now_ms()).await?;
     if caller.name.set(name.clone()).is_err() {
         return Err(ErrorCode::AlreadyRegistered);
     }
@@ -205,13 +229,23 @@ async fn register(
 /// through the writer: one fsync for every registration in a group commit. Last seen is not
 /// written here: while online it comes from the registry, and it is stored when the peer
 /// leaves.
-async fn bind(shared: &Shared, caller: &Caller, name: &Name, now: u64) -> Result<(), ErrorCode> {
+async fn bind(
+    shared: &Shared,
+    caller: &Caller,
+    name: &Name,
+    published: PublishedKey,
+    now: u64,
+) -> Result<(), ErrorCode> {
     let known = shared.store.name(name).map_err(|e| {
         warn!(cause = %e, "reading a binding failed");
         ErrorCode::Internal
     })?;
     match known {
-        Some(r) if r.key == caller.key && now.saturating_sub(r.active_ms) < ACTIVE_STEP_MS => {
+        Some(r)
+            if r.key == caller.key
+                && r.published == Some(published)
+                && now.saturating_sub(r.active_ms) < ACTIVE_STEP_MS =>
+        {
             return Ok(())
         }
         Some(r) if r.key == caller.key => {}
@@ -233,6 +267,7 @@ async fn bind(shared: &Shared, caller: &Caller, name: &Name, now: u64) -> Result
         name: name.clone(),
         key: caller.key,
         at_ms: now,
+        published: Some(published),
     };
     let refused = match shared.writer.bind(binding).await {
         Ok(_) => return Ok(()),
@@ -325,6 +360,7 @@ fn lookup(shared: &Shared, key: KeyId, me: &Name, name: Name) -> Result<PeerInfo
             observed_addr: None,
             listen_addrs: Vec::new(),
             queued_from_you: queued,
+            published: record.published,
         },
         Some(o) => PeerInfo {
             name,
@@ -336,6 +372,7 @@ fn lookup(shared: &Shared, key: KeyId, me: &Name, name: Name) -> Result<PeerInfo
             observed_addr: Some(o.link.remote_address()),
             listen_addrs: o.listen_addrs,
             queued_from_you: queued,
+            published: record.published,
         },
         None => PeerInfo {
             last_seen_ms: match shared.registry.was_open(&name) {
@@ -348,6 +385,7 @@ fn lookup(shared: &Shared, key: KeyId, me: &Name, name: Name) -> Result<PeerInfo
             observed_addr: None,
             listen_addrs: Vec::new(),
             queued_from_you: queued,
+            published: record.published,
         },
     })
 }
@@ -359,11 +397,9 @@ async fn deposit(shared: &Shared, me: &Name, mail: Mail) -> Result<(), ErrorCode
     }
     // Every field the mailbox keeps has a cap (names have theirs by type).
     let fits = match &mail {
-        Mail::Chat(m) => m.body.len() <= MAX_BODY_LEN,
-        Mail::FilePart(p) if p.offer.name.len() > MAX_FILE_NAME_LEN => {
-            return Err(ErrorCode::FileNameTooLong)
-        }
-        Mail::FilePart(p) => p.fits_offer(),
+        Mail::Letter(l) => l.sealed.len() <= Letter::max_sealed_len(l.kind),
+        // Unsealed mail is refused before this; receipts are the directory's own.
+        Mail::Chat(_) | Mail::FilePart(_) => return Err(ErrorCode::Unsealed),
         Mail::Receipt(_) => return Err(ErrorCode::NotSender),
     };
     if !fits {
@@ -401,7 +437,11 @@ mod tests {
             Naming, Quota, RedbStore,
         },
     };
-    use common::{defaults::INTRODUCTIONS_PER_TARGET_PER_MINUTE, wire::ChatMessage};
+    use common::{
+        defaults::{INTRODUCTIONS_PER_TARGET_PER_MINUTE, MAX_FILE_NAME_LEN},
+        seal::Content,
+        wire::{ChatMessage, LetterKind},
+    };
     use std::sync::Mutex;
 
     /// A connection that is only an id and an address, and remembers being closed.
@@ -468,7 +508,36 @@ mod tests {
             addr: SocketAddr::from((ip, 4000)),
             closed: Mutex::default(),
         });
-        (Caller::new(KeyId([key; 32]), link.clone()), link)
+        (Caller::new(test_key(key), link.clone()), link)
+    }
+
+    /// The sealer of test key `n`: the same `n` gives the same keys.
+    fn sealer(n: u8) -> common::seal::Sealer {
+        common::seal::Sealer::from_seed([n; 32], [n; 32]).expect("a test key")
+    }
+
+    /// The key id of test key `n`.
+    fn test_key(n: u8) -> KeyId {
+        sealer(n).key_id()
+    }
+
+    /// `request`, with a registration's published key made by `caller`'s (test) key.
+    fn signed_by(caller: &Caller, mut request: DirectoryRequest) -> DirectoryRequest {
+        static KEYS: OnceLock<std::collections::HashMap<KeyId, PublishedKey>> = OnceLock::new();
+        let keys = KEYS.get_or_init(|| {
+            (0..=u8::MAX)
+                .map(|n| {
+                    let s = sealer(n);
+                    (s.key_id(), s.published())
+                })
+                .collect()
+        });
+        if let (DirectoryRequest::Register { published, .. }, Some(key)) =
+            (&mut request, keys.get(&caller.key))
+        {
+            *published = *key;
+        }
+        request
     }
 
     /// A caller with key `[n; 32]` on a connection numbered `n`.
@@ -482,6 +551,8 @@ mod tests {
             listen_addrs: vec![SocketAddr::from(([192, 168, 1, 2], 5000))],
             heartbeat_ms: 10_000,
             online,
+            // Replaced with the caller's own by `signed_by`.
+            published: sealer(0).published(),
         }
     }
 
@@ -491,7 +562,9 @@ mod tests {
         caller: &Caller,
         request: DirectoryRequest,
     ) -> Result<DirectoryResponse, ErrorCode> {
-        handle(shared, caller, request).await.map(|r| r.response)
+        handle(shared, caller, signed_by(caller, request))
+            .await
+            .map(|r| r.response)
     }
 
     fn set_reach(reach: Reach) -> DirectoryRequest {
@@ -500,7 +573,7 @@ mod tests {
 
     /// Registers `caller` as `who`, online, and returns its feed.
     async fn online(shared: &Shared, caller: &Caller, who: &str) -> Result<Feed, ErrorCode> {
-        let reply = handle(shared, caller, register(who, true)).await?;
+        let reply = handle(shared, caller, signed_by(caller, register(who, true))).await?;
         reply.online.ok_or(ErrorCode::Internal)
     }
 
@@ -547,8 +620,25 @@ mod tests {
         }
     }
 
+    /// A letter sealed by test key 0 to itself: the directory reads only its routing metadata.
+    fn letter(content: Content) -> Letter {
+        let sealer = sealer(0);
+        sealer
+            .seal(&sealer.key_id(), &sealer.published(), content)
+            .expect("sealed")
+    }
+
     fn deposit(message: ChatMessage) -> DirectoryRequest {
-        DirectoryRequest::Deposit { message }
+        DirectoryRequest::DepositLetter {
+            letter: letter(Content::Chat(message)),
+        }
+    }
+
+    /// A deposit of a chat letter whose sealed part is `len` bytes long.
+    fn deposit_of_len(len: usize) -> DirectoryRequest {
+        let mut letter = letter(Content::Chat(chat("alice", "bob", "hi")));
+        letter.sealed.resize(len, 0);
+        DirectoryRequest::DepositLetter { letter }
     }
 
     fn lookup(who: &str) -> DirectoryRequest {
@@ -566,7 +656,7 @@ mod tests {
     async fn register_binds_the_name_to_the_callers_key() -> TestResult {
         let (_dir, shared) = directory(Quota::default())?;
         let (alice, _) = caller(1);
-        let reply = handle(&shared, &alice, register("alice", false)).await?;
+        let reply = handle(&shared, &alice, signed_by(&alice, register("alice", false))).await?;
         let observed_addr = SocketAddr::from(([10, 0, 0, 1], 4000));
         assert_eq!(
             reply.response,
@@ -577,7 +667,7 @@ mod tests {
         assert!(shared.registry.get(&name("alice")).is_none());
         assert_eq!(alice.name(), Some(&name("alice")));
         let record = shared.store.name(&name("alice"))?.ok_or("not bound")?;
-        assert_eq!(record.key, KeyId([1; 32]));
+        assert_eq!(record.key, test_key(1));
         // Once per connection.
         let again = ask(&shared, &alice, register("alice", true)).await;
         assert_eq!(again, Err(ErrorCode::AlreadyRegistered));
@@ -594,7 +684,7 @@ mod tests {
         assert_eq!(taken, Err(ErrorCode::NameTaken));
         assert_eq!(mallory.name(), None);
         let entry = shared.registry.get(&name("alice")).ok_or("not online")?;
-        assert_eq!(entry.key, KeyId([1; 32]));
+        assert_eq!(entry.key, test_key(1));
         Ok(())
     }
 
@@ -646,7 +736,7 @@ mod tests {
 
         let bob = peer(d.alice_asks(lookup("bob")).await)?;
         assert!(bob.online);
-        assert_eq!(bob.key, KeyId([2; 32]));
+        assert_eq!(bob.key, test_key(2));
         let observed = SocketAddr::from(([10, 0, 0, 2], 4000));
         assert_eq!(bob.observed_addr, Some(observed));
         let listening = SocketAddr::from(([192, 168, 1, 2], 5000));
@@ -668,7 +758,7 @@ mod tests {
         let mut d = AliceAndBob::new(Quota::default()).await?;
         let mallory = d.join("mallory", 9, false).await?;
         let bob = peer(ask(&d.shared, &mallory, lookup("bob")).await)?;
-        assert_eq!(bob.key, KeyId([2; 32]), "the key is public");
+        assert_eq!(bob.key, test_key(2), "the key is public");
         assert!(bob.online);
         assert_eq!(bob.observed_addr, None);
         assert!(bob.listen_addrs.is_empty());
@@ -688,7 +778,7 @@ mod tests {
         let d = AliceAndBob::new(Quota::default()).await?;
         let (bob, _) = caller(2);
         let _feed = online(&d.shared, &bob, "bob").await?;
-        let too_many = Reach::Contacts((0..=MAX_CONTACTS).map(|_| KeyId([7; 32])).collect());
+        let too_many = Reach::Contacts((0..=MAX_CONTACTS).map(|_| test_key(7)).collect());
         let refused = ask(&d.shared, &bob, set_reach(too_many)).await;
         assert_eq!(refused, Err(ErrorCode::TooLarge));
         // Nobody (not even alice) reaches this connection of bob's until it says so.
@@ -715,6 +805,41 @@ mod tests {
         d.shared.store.set_last_seen(&name("carol"), day + 42)?;
         let carol = peer(d.alice_asks(lookup("carol")).await)?;
         assert_eq!(carol.last_seen_ms, Some(day + 42));
+        Ok(())
+    }
+
+    /// The encryption key a peer publishes must be signed by its own key; the one it published
+    /// last is what lookups hand out, online or not.
+    #[tokio::test]
+    async fn lookups_hand_out_the_published_key_only_its_owner_signed() -> TestResult {
+        let d = AliceAndBob::new(Quota::default()).await?;
+        let (mallory, _) = caller(9);
+        let forged = DirectoryRequest::Register {
+            name: name("mallory"),
+            listen_addrs: Vec::new(),
+            heartbeat_ms: 10_000,
+            online: false,
+            published: sealer(1).published(),
+        };
+        let refused = handle(&d.shared, &mallory, forged)
+            .await
+            .map(|r| r.response);
+        assert_eq!(refused, Err(ErrorCode::BadPublishedKey));
+        let bob = peer(d.alice_asks(lookup("bob")).await)?;
+        assert_eq!(bob.published, Some(sealer(2).published()));
+        // Bob comes back with another encryption key: lookups give the new one.
+        let again = common::seal::Sealer::from_seed([2; 32], [99; 32])?;
+        let (bob2, _) = caller(2);
+        let register = DirectoryRequest::Register {
+            name: name("bob"),
+            listen_addrs: Vec::new(),
+            heartbeat_ms: 10_000,
+            online: false,
+            published: again.published(),
+        };
+        handle(&d.shared, &bob2, register).await?;
+        let bob = peer(d.alice_asks(lookup("bob")).await)?;
+        assert_eq!(bob.published, Some(again.published()));
         Ok(())
     }
 
@@ -745,15 +870,18 @@ mod tests {
         let d = AliceAndBob::new(Quota::default()).await?;
         let forged = d.alice_asks(deposit(chat("bob", "alice", "hi"))).await;
         assert_eq!(forged, Err(ErrorCode::NotSender));
-        let big = "x".repeat(MAX_BODY_LEN + 1);
-        let too_large = d.alice_asks(deposit(chat("alice", "bob", &big))).await;
+        let largest = Letter::max_sealed_len(LetterKind::Chat);
+        let too_large = d.alice_asks(deposit_of_len(largest + 1)).await;
         assert_eq!(too_large, Err(ErrorCode::TooLarge));
+        let unsealed = DirectoryRequest::Deposit {
+            message: chat("alice", "bob", "hi"),
+        };
+        assert_eq!(d.alice_asks(unsealed).await, Err(ErrorCode::Unsealed));
         let unknown = d.alice_asks(deposit(chat("alice", "nobody", "hi"))).await;
         assert_eq!(unknown, Err(ErrorCode::UnknownPeer));
         assert_eq!(d.shared.store.usage(&name("bob"))?, (0, 0));
 
-        let largest = "x".repeat(MAX_BODY_LEN);
-        let stored = d.alice_asks(deposit(chat("alice", "bob", &largest))).await;
+        let stored = d.alice_asks(deposit_of_len(largest)).await;
         assert_eq!(stored, Ok(DirectoryResponse::Stored));
         assert_eq!(d.shared.store.usage(&name("bob"))?.0, 1);
         // Bob's mailbox task is woken to deliver it.
@@ -789,7 +917,7 @@ mod tests {
         assert_eq!(sent, Ok(DirectoryResponse::Introduced));
         let expected = DirectoryEvent::Introduction {
             name: name("alice"),
-            key: KeyId([1; 32]),
+            key: test_key(1),
             addrs: vec![
                 SocketAddr::from(([10, 0, 0, 1], 4000)),
                 SocketAddr::from(([192, 168, 1, 2], 5000)),
@@ -947,8 +1075,8 @@ mod tests {
     }
 
     fn file_part(from: &str, to: &str, file_name: &str) -> DirectoryRequest {
-        DirectoryRequest::DepositFilePart {
-            part: empty_part(from, to, file_name),
+        DirectoryRequest::DepositLetter {
+            letter: letter(Content::FilePart(empty_part(from, to, file_name))),
         }
     }
 
@@ -959,9 +1087,10 @@ mod tests {
             ..Quota::default()
         };
         let d = AliceAndBob::new(quota).await?;
-        let long = "n".repeat(MAX_FILE_NAME_LEN + 1);
-        let refused = d.alice_asks(file_part("alice", "bob", &long)).await;
-        assert_eq!(refused, Err(ErrorCode::FileNameTooLong));
+        let unsealed = DirectoryRequest::DepositFilePart {
+            part: empty_part("alice", "bob", "n"),
+        };
+        assert_eq!(d.alice_asks(unsealed).await, Err(ErrorCode::Unsealed));
         let longest = "n".repeat(MAX_FILE_NAME_LEN);
         let stored = d.alice_asks(file_part("alice", "bob", &longest)).await;
         assert_eq!(stored, Ok(DirectoryResponse::Stored));

@@ -125,10 +125,13 @@ pub enum FromDirectory {
 /// One piece of mail from the mailbox.
 #[derive(Debug)]
 pub enum Mail {
-    /// A message.
+    /// An unsealed message, as directories before sealed mail held them: refused, since
+    /// anyone who can write to the directory's store could have made it.
     Message(ChatMessage),
-    /// A part of a small file.
+    /// An unsealed part of a file: refused likewise.
     FilePart(FilePart),
+    /// A sealed message or file part, opened by [`crate::letters`].
+    Letter(common::wire::Letter),
     /// A recipient took mail of ours from its mailbox.
     Receipt(Receipt),
 }
@@ -173,6 +176,8 @@ pub struct Settings {
     pub reach: Option<watch::Receiver<Reach>>,
     /// How long a request waits for the connection to come back before it fails.
     pub wait: Duration,
+    /// Our encryption key, signed, published with each registration for others to seal to.
+    pub published: common::seal::PublishedKey,
 }
 
 /// Where the connection to the directory stands, for the user.
@@ -619,6 +624,7 @@ impl Inner {
             listen_addrs: crate::endpoint::listen_addrs(local),
             heartbeat_ms: s.heartbeat.as_millis().min(u32::MAX as u128) as u32,
             online: s.online,
+            published: s.published,
         };
         let response = tokio::time::timeout(REQUEST_TIMEOUT, request_on(&conn, &register))
             .await
@@ -864,6 +870,10 @@ async fn serve_events(
             Ok(Some(DirectoryEvent::Receipt(receipt))) => {
                 let id = receipt.id;
                 (Mail::Receipt(receipt), id)
+            }
+            Ok(Some(DirectoryEvent::DeliverLetter(letter))) => {
+                let id = letter.id;
+                (Mail::Letter(letter), id)
             }
             Ok(Some(DirectoryEvent::MailboxIdle)) => {
                 let _ = pushed.send(FromDirectory::MailboxIdle).await;

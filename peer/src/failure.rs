@@ -96,7 +96,7 @@ pub enum Failure {
         addr: String,
     },
     /// A QUIC server answers at the directory's address, but with another protocol.
-    #[error("the server at {addr} is not a p2pchat directory")]
+    #[error("the server at {addr} is not a p2pchat directory of this version ({version})", version = String::from_utf8_lossy(common::defaults::ALPN_DIRECTORY))]
     NotADirectory {
         /// The address the user gave.
         addr: String,
@@ -119,6 +119,15 @@ pub enum Failure {
         pinned: common::KeyId,
         /// The key the directory gives now.
         presented: common::KeyId,
+    },
+    /// Mail for `name` cannot be sealed to it: it published no encryption key, or the one the
+    /// directory gave is not signed by its key. Nothing goes to the mailbox unsealed.
+    #[error("cannot seal mail to {name}: {why}")]
+    Unsealable {
+        /// The recipient.
+        name: Name,
+        /// Why.
+        why: String,
     },
 }
 
@@ -161,6 +170,9 @@ impl Failure {
             Failure::KeyChanged { .. } => {
                 "ask them (in person or on a call) whether they made a new key and compare `peer \
                  verify NAME`; then `peer trust NAME` accepts the new key"
+            }
+            Failure::Unsealable { .. } => {
+                "the recipient must run a current peer once, online, to publish its encryption key"
             }
             Failure::Refused { .. }
             | Failure::Stopped

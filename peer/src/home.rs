@@ -58,6 +58,12 @@ impl Home {
             .with_context(|| format!("loading the key in {}", self.dir.display()))
     }
 
+    /// The keys that seal and open mail, kept beside the identity's.
+    pub fn sealer(&self, identity: &Identity) -> Result<common::seal::Sealer> {
+        common::seal::Sealer::load_or_generate(&self.dir, identity)
+            .with_context(|| format!("loading the encryption key in {}", self.dir.display()))
+    }
+
     /// Where files from other peers are stored.
     pub fn downloads(&self) -> PathBuf {
         self.dir.join("downloads")

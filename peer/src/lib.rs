@@ -41,6 +41,8 @@
 //!   send, marks message requests, hands over, waits until shown.
 //! * [`contacts`]: who the user accepted or blocked; what the directory is told about who may
 //!   reach us.
+//! * [`letters`]: mail through the directory sealed end to end: sealed to the recipient on
+//!   deposit; opened, its signature and signer checked, on arrival.
 //! * [`safety`]: safety numbers, which two people compare to know they hold each other's keys.
 //! * [`links`]: live direct connections by name, and how each came about.
 //! * [`directory_client`]: the connection to the directory: register, reconnect, typed
@@ -80,6 +82,7 @@ pub mod files;
 pub mod history;
 pub mod home;
 pub mod inbox;
+pub mod letters;
 pub mod line;
 pub mod links;
 pub mod logsink;

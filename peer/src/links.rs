@@ -128,6 +128,7 @@ mod tests {
             observed_addr: Some(observed.parse().expect("addr")),
             listen_addrs: listen.iter().map(|a| a.parse().expect("addr")).collect(),
             queued_from_you: 0,
+            published: None,
         }
     }
 

@@ -13,16 +13,17 @@ use crate::{
     files::{self, FileSent, FileUpdate},
     home::Home,
     inbox::{Event, Inbox, Via},
+    letters::Letters,
     links::{DirectPath, Links},
     outbox::{self, Outbox, Sent},
     punch::Dialer,
     tasks::Tasks,
 };
 use anyhow::Result;
-use common::{wire::PeerInfo, KeyId, Name};
+use common::{seal::Content, wire::PeerInfo, KeyId, Name};
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::sync::{mpsc, watch};
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// How to run a peer.
 #[derive(Debug, Clone)]
@@ -67,6 +68,7 @@ pub struct Node {
     links: Arc<Links>,
     dialer: Arc<Dialer>,
     contacts: Contacts,
+    letters: Letters,
     downloads: std::path::PathBuf,
     mailbox_file_max: u64,
     home: Home,
@@ -86,6 +88,7 @@ impl Node {
         let key = identity.key_id;
         let endpoint = endpoint::bind(&identity, options.bind)?;
         let contacts = Contacts::load(&options.home, options.open)?;
+        let letters = Letters::new(options.home.sealer(&identity)?, contacts.clone());
         let (inbox, events) = Inbox::new(options.name.clone(), contacts.clone());
         let files = files::Receiver::new(options.home.downloads(), inbox.clone());
         tasks.spawn(files::downloads::prune(options.home.downloads()));
@@ -97,6 +100,7 @@ impl Node {
             online: options.online,
             reach: Some(contacts.reach()),
             wait: options.directory_wait,
+            published: letters.published(),
         };
         let (pushed_tx, pushed) = mpsc::channel(PUSHED_BACKLOG);
         let (home, tasks_) = (options.home.clone(), tasks.clone());
@@ -144,6 +148,7 @@ impl Node {
             pushed,
             inbox.clone(),
             files,
+            letters.clone(),
             dialer.clone(),
             tasks.clone(),
         ));
@@ -152,6 +157,7 @@ impl Node {
             dialer: dialer.clone(),
             directory: directory.clone(),
             contacts: contacts.clone(),
+            letters: letters.clone(),
             tasks: tasks.clone(),
             // A running peer keeps what it could not send while the directory is away; a
             // short command stops after the directory wait and says so.
@@ -167,6 +173,7 @@ impl Node {
             links,
             dialer,
             contacts,
+            letters,
             downloads: options.home.downloads(),
             mailbox_file_max: options.mailbox_file_max,
             home: options.home,
@@ -227,6 +234,7 @@ impl Node {
         let sender = files::Sender {
             me: &self.name,
             directory: &self.directory,
+            letters: &self.letters,
             dial,
             mailbox_file_max: self.mailbox_file_max,
         };
@@ -307,6 +315,17 @@ impl Node {
     }
 }
 
+/// Refuses mail that came unsealed (held since before sealed mail, or made by whoever can write
+/// to the directory's store): reported, and taken so the directory drops it.
+async fn refuse_unsealed(inbox: &Inbox, from: &Name) -> bool {
+    let text = format!(
+        "a message from {from} was refused: it was not sealed, so its sender cannot be checked"
+    );
+    warn!("{text}");
+    inbox.notice(text).await;
+    true
+}
+
 /// Takes what the directory pushes: mail goes to the inbox (parts of files to `files`),
 /// acknowledged once taken (one piece at a time: the directory waits for each ack);
 /// introductions are answered at once, each on a task of its own, so a message waiting to be
@@ -315,21 +334,38 @@ async fn take_pushed(
     mut pushed: mpsc::Receiver<FromDirectory>,
     inbox: Inbox,
     files: files::Receiver,
+    letters: Letters,
     dialer: Arc<Dialer>,
     tasks: Tasks,
 ) {
     while let Some(push) = pushed.recv().await {
         match push {
             FromDirectory::Mail(mail, delivery) => {
-                let (inbox, files) = (inbox.clone(), files.clone());
+                let (inbox, files, letters) = (inbox.clone(), files.clone(), letters.clone());
                 tasks.spawn(async move {
                     let taken = match mail {
+                        Mail::Letter(letter) => match letters.open(&letter) {
+                            Ok(Content::Chat(message)) => {
+                                inbox.receive(message, Via::Mailbox).await.is_ok()
+                            }
+                            Ok(Content::FilePart(part)) => {
+                                files.take_part(part).await;
+                                true
+                            }
+                            // Refused mail is taken all the same: the directory drops it.
+                            Err(refusal) => {
+                                warn!("{refusal}");
+                                inbox.notice(refusal.to_string()).await;
+                                true
+                            }
+                        },
                         Mail::Message(message) => {
-                            inbox.receive(message, Via::Mailbox).await.is_ok()
+                            let from = message.from;
+                            refuse_unsealed(&inbox, &from).await
                         }
                         Mail::FilePart(part) => {
-                            files.take_part(part).await;
-                            true
+                            let from = part.offer.from;
+                            refuse_unsealed(&inbox, &from).await
                         }
                         Mail::Receipt(receipt) => inbox.receipt(receipt).await.is_ok(),
                     };

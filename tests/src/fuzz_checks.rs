@@ -21,9 +21,10 @@ use common::{
     defaults::MAX_FRAME_LEN,
     framing::{self, FrameReader},
     name::MAX_NAME_LEN,
+    seal::Sealer,
     wire::{
-        ChatMessage, DirectoryEvent, DirectoryRequest, DirectoryResponse, EventAck, FilePart, Mail,
-        PeerFrame,
+        ChatMessage, DirectoryEvent, DirectoryRequest, DirectoryResponse, EventAck, FilePart,
+        Letter, Mail, PeerFrame,
     },
     Name,
 };
@@ -88,8 +89,18 @@ pub fn directory_request(data: &[u8]) {
     match exact::<DirectoryRequest>(data) {
         Some(DirectoryRequest::Deposit { message }) => mail(Mail::Chat(message)),
         Some(DirectoryRequest::DepositFilePart { part }) => mail(Mail::FilePart(part)),
+        Some(DirectoryRequest::DepositLetter { letter }) => {
+            let _ = (Letter::max_sealed_len(letter.kind), letter.receipt());
+            mail(Mail::Letter(letter))
+        }
         _ => {}
     }
+}
+
+/// The key hostile letters are opened with in these checks.
+fn opener() -> &'static Sealer {
+    static OPENER: std::sync::OnceLock<Sealer> = std::sync::OnceLock::new();
+    OPENER.get_or_init(|| Sealer::from_seed([1; 32], [2; 32]).expect("a fixed key"))
 }
 
 /// A response as a peer reads it off a stream.
@@ -99,8 +110,13 @@ pub fn directory_response(data: &[u8]) {
 
 /// An event as a peer reads it off its event stream.
 pub fn directory_event(data: &[u8]) {
-    if let Some(DirectoryEvent::DeliverFilePart(part)) = exact::<DirectoryEvent>(data) {
-        file_part(&part);
+    match exact::<DirectoryEvent>(data) {
+        Some(DirectoryEvent::DeliverFilePart(part)) => file_part(&part),
+        // Refused, never a panic: nothing here was sealed to the opener.
+        Some(DirectoryEvent::DeliverLetter(letter)) => {
+            assert!(opener().open(&letter).is_err(), "a forged letter opened");
+        }
+        _ => {}
     }
 }
 

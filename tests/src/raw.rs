@@ -6,8 +6,9 @@ use anyhow::{anyhow, bail, Result};
 use common::{
     defaults::ALPN_DIRECTORY,
     framing,
+    seal::{Content, PublishedKey, Sealer},
     tls::{self, Expect},
-    wire::{DirectoryRequest, DirectoryResponse},
+    wire::{DirectoryRequest, DirectoryResponse, Letter, PeerInfo},
     Identity, Name,
 };
 use std::{
@@ -28,6 +29,7 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
 /// A client with its own key and one QUIC endpoint on loopback.
 pub struct Raw {
     identity: Identity,
+    sealer: Sealer,
     endpoint: quinn::Endpoint,
 }
 
@@ -41,8 +43,13 @@ impl Raw {
     /// on 127.0.0.1, so an attack can come from another host than the real peers'.
     pub fn at(subject: &str, ip: IpAddr) -> Result<Self> {
         let identity = Identity::generate(subject)?;
+        let sealer = Sealer::new(&identity, rand::random())?;
         let endpoint = quinn::Endpoint::client(SocketAddr::new(ip, 0))?;
-        Ok(Self { identity, endpoint })
+        Ok(Self {
+            identity,
+            sealer,
+            endpoint,
+        })
     }
 
     /// Dials `addr` speaking `alpn`, accepting the server key `expect` allows.
@@ -71,11 +78,61 @@ impl Raw {
         Ok(tokio::time::timeout(RAW_WAIT, connecting).await??)
     }
 
-    /// Dials the directory at `dir` and registers as `who` there (see [`register`]).
+    /// Dials the directory at `dir` and registers as `who` there (see [`Raw::register`]).
     pub async fn registered(&self, dir: SocketAddr, who: &str) -> Result<quinn::Connection> {
         let conn = self.dial(dir, ALPN_DIRECTORY, Expect::AnyKey).await?;
-        register(&conn, who).await?;
+        self.register(&conn, who).await?;
         Ok(conn)
+    }
+
+    /// The encryption key this client publishes, signed by its key, as a registration carries.
+    pub fn published(&self) -> Result<PublishedKey> {
+        Ok(self.sealer.published())
+    }
+
+    /// What the directory says of `who`, asked on `conn`.
+    pub async fn lookup(&self, conn: &quinn::Connection, who: &str) -> Result<PeerInfo> {
+        let req = DirectoryRequest::Lookup {
+            name: Name::new(who)?,
+        };
+        match request(conn, &req).await? {
+            DirectoryResponse::Peer(info) => Ok(info),
+            other => bail!("lookup of {who} answered {other:?}"),
+        }
+    }
+
+    /// `content` sealed by this client to the peer `to` describes, whatever `content` says.
+    pub fn seal(&self, to: &PeerInfo, content: Content) -> Result<Letter> {
+        let published = to
+            .published
+            .ok_or_else(|| anyhow!("{} published no key", to.name))?;
+        Ok(self.sealer.seal(&to.key, &published, content)?)
+    }
+
+    /// The deposit of `content`, sealed to the peer `to` describes.
+    pub fn deposit(&self, to: &PeerInfo, content: Content) -> Result<DirectoryRequest> {
+        Ok(DirectoryRequest::DepositLetter {
+            letter: self.seal(to, content)?,
+        })
+    }
+
+    /// The registration of `who` by this client, without going online.
+    pub fn registration(&self, who: &str) -> Result<DirectoryRequest> {
+        Ok(DirectoryRequest::Register {
+            name: Name::new(who)?,
+            listen_addrs: vec![],
+            heartbeat_ms: 10_000,
+            online: false,
+            published: self.published()?,
+        })
+    }
+
+    /// Registers `who` on a directory connection of this client's, without going online.
+    pub async fn register(&self, conn: &quinn::Connection, who: &str) -> Result<()> {
+        match request(conn, &self.registration(who)?).await? {
+            DirectoryResponse::Registered { .. } => Ok(()),
+            other => bail!("registration answered {other:?}"),
+        }
     }
 }
 
@@ -90,18 +147,4 @@ pub async fn request(
     tokio::time::timeout(RAW_WAIT, framing::read_frame(&mut recv))
         .await??
         .ok_or_else(|| anyhow!("no response"))
-}
-
-/// Registers `who` on a directory connection, without going online.
-pub async fn register(conn: &quinn::Connection, who: &str) -> Result<()> {
-    let req = DirectoryRequest::Register {
-        name: Name::new(who)?,
-        listen_addrs: vec![],
-        heartbeat_ms: 10_000,
-        online: false,
-    };
-    match request(conn, &req).await? {
-        DirectoryResponse::Registered { .. } => Ok(()),
-        other => bail!("registration answered {other:?}"),
-    }
 }

@@ -26,7 +26,7 @@ use std::{
 };
 use tests::{
     is_message_from, poll_until,
-    raw::{register, request, Raw},
+    raw::{request, Raw},
     Net, Running, SHORT,
 };
 use tokio::task::JoinSet;
@@ -387,7 +387,7 @@ fn answers_not_taken_in_time_reset_the_stream() -> Result<()> {
         let mut config = mallory.config(ALPN_DIRECTORY, Expect::AnyKey)?;
         config.transport_config(Arc::new(never_reads()));
         let conn = mallory.connect(config, dir).await?;
-        register(&conn, "mallory").await?;
+        mallory.register(&conn, "mallory").await?;
         let lookup = framing::encode(&DirectoryRequest::Lookup {
             name: Name::new("c2")?,
         })?;

@@ -10,8 +10,11 @@ use common::{
         ALPN_DIRECTORY, INTRODUCTIONS_PER_TARGET_PER_MINUTE, MAILBOX_SENDER_QUOTA_MESSAGES,
         MAX_FILE_NAME_LEN, NAMES_PER_KEY, NAME_BINDS_PER_IP_PER_HOUR,
     },
+    seal::Content,
     tls::Expect,
-    wire::{ChatMessage, DirectoryRequest, DirectoryResponse, FileOffer, FilePart, MessageId},
+    wire::{
+        ChatMessage, DirectoryRequest, DirectoryResponse, FileOffer, FilePart, MessageId, PeerInfo,
+    },
     Name,
 };
 use std::{
@@ -22,7 +25,7 @@ use std::{
 };
 use tests::{
     check_messages,
-    raw::{register, request, runtime, Raw},
+    raw::{request, runtime, Raw},
     DirOpts, Net,
 };
 use tokio::task::JoinSet;
@@ -114,15 +117,17 @@ async fn flood(
     Ok(answers)
 }
 
-/// An empty part of a file named `file_name` (0 bytes long), from `from` to `to`.
-fn empty_part(from: &str, to: &str, file_name: &str) -> DirectoryRequest {
-    DirectoryRequest::DepositFilePart {
-        part: FilePart {
+/// An empty part of a file named `file_name` (0 bytes long), from `from` to `to`, sealed by
+/// `raw` to `to`.
+fn empty_part(raw: &Raw, to: &PeerInfo, from: &str, file_name: &str) -> Result<DirectoryRequest> {
+    raw.deposit(
+        to,
+        Content::FilePart(FilePart {
             id: MessageId::random(),
             offer: FileOffer {
                 id: MessageId::random(),
                 from: name(from),
-                to: name(to),
+                to: to.name.clone(),
                 name: file_name.into(),
                 size: 0,
                 hash: [0; 32],
@@ -130,20 +135,22 @@ fn empty_part(from: &str, to: &str, file_name: &str) -> DirectoryRequest {
             },
             offset: 0,
             data: Vec::new(),
-        },
-    }
+        }),
+    )
 }
 
-fn chat(from: &str, to: &str, body: &str) -> DirectoryRequest {
-    DirectoryRequest::Deposit {
-        message: ChatMessage {
+/// A message from `from` to `to`, sealed by `raw` to `to`.
+fn chat(raw: &Raw, to: &PeerInfo, from: &str, body: &str) -> Result<DirectoryRequest> {
+    raw.deposit(
+        to,
+        Content::Chat(ChatMessage {
             id: MessageId::random(),
             from: name(from),
-            to: name(to),
+            to: to.name.clone(),
             sent_at_ms: 1,
             body: body.into(),
-        },
-    }
+        }),
+    )
 }
 
 /// Two real peers register (their names bind if new), one sends to the other while it is
@@ -157,8 +164,8 @@ fn mailbox_works(net: &Net, from: &str, to: &str, body: &str) -> Result<()> {
 }
 
 /// Empty file parts with long file names counted 0 bytes against the byte quota: 1000 of them
-/// with 60 KB names grew the database by about 100 MB under a 1000-byte quota. Now a name over
-/// the cap is refused, and an empty part with the longest name counts every byte it stores:
+/// with 60 KB names grew the database by about 100 MB under a 1000-byte quota. Now a (sealed)
+/// part larger than one with the longest name is refused, and each counts every byte it stores:
 /// the data folder grows by less than 1 MiB, and real peers' mail still flows.
 #[test]
 fn empty_parts_with_long_names_count_against_the_quota() -> Result<()> {
@@ -175,9 +182,12 @@ fn empty_parts_with_long_names_count_against_the_quota() -> Result<()> {
         let conn = raw.registered(dir, "mallory").await?;
         let victim = Raw::at("victim", mallory())?;
         victim.registered(dir, "victim").await?;
-        let parts = (0..1000).map(|_| empty_part("mallory", "victim", &"n".repeat(60_000)));
+        let to = raw.lookup(&conn, "victim").await?;
+        let part =
+            |len: usize| empty_part(&raw, &to, "mallory", &"n".repeat(len)).expect("a sealed part");
+        let parts = (0..1000).map(|_| part(60_000));
         let huge = flood(&conn, parts, |_| false).await?;
-        let parts = (0..1000).map(|_| empty_part("mallory", "victim", &"n".repeat(250)));
+        let parts = (0..1000).map(|_| part(250));
         let longest = flood(&conn, parts, |_| false).await?;
         Ok::<_, anyhow::Error>((huge, longest))
     })?;
@@ -186,8 +196,8 @@ fn empty_parts_with_long_names_count_against_the_quota() -> Result<()> {
         "data folder {before} -> {after} bytes; 60 KB names: {huge:?}; 250-byte names: {longest:?}"
     );
     ensure!(
-        huge.get("Stored") == 0 && huge.get("FileNameTooLong") == 1000,
-        "a file name over {MAX_FILE_NAME_LEN} bytes must be refused: {huge:?}"
+        huge.get("Stored") == 0 && huge.get("TooLarge") == 1000,
+        "a letter larger than a part with a {MAX_FILE_NAME_LEN}-byte name must be refused: {huge:?}"
     );
     ensure!(
         longest.get("Stored") <= 1000 / 250 && longest.get("MailboxFull") > 0,
@@ -212,7 +222,9 @@ fn one_sender_cannot_fill_a_mailbox() -> Result<()> {
     let answers = runtime()?.block_on(async {
         let raw = Raw::at("mallory", mallory())?;
         let conn = raw.registered(dir, "mallory").await?;
-        let flood_of = (0..12_000).map(|i| chat("mallory", "c2", &i.to_string()));
+        let to = raw.lookup(&conn, "c2").await?;
+        let flood_of = (0..12_000)
+            .map(|i| chat(&raw, &to, "mallory", &i.to_string()).expect("a sealed message"));
         flood(&conn, flood_of, |a| {
             matches!(a, DirectoryResponse::Error(_))
         })
@@ -245,13 +257,7 @@ fn one_sender_cannot_fill_a_mailbox() -> Result<()> {
 /// Registers `who` with the key of `raw` on a connection of its own; the directory's answer.
 async fn try_register(raw: &Raw, dir: SocketAddr, who: &str) -> Result<DirectoryResponse> {
     let conn = raw.dial(dir, ALPN_DIRECTORY, Expect::AnyKey).await?;
-    let req = DirectoryRequest::Register {
-        name: name(who),
-        listen_addrs: vec![],
-        heartbeat_ms: 10_000,
-        online: false,
-    };
-    let answer = request(&conn, &req).await;
+    let answer = request(&conn, &raw.registration(who)?).await;
     conn.close(0u32.into(), b"done");
     answer
 }
@@ -351,7 +357,7 @@ fn the_introduction_budget_holds_across_connections() -> Result<()> {
         for i in 0..5 {
             let raw = Raw::at("mallory", mallory())?;
             let conn = raw.dial(dir, ALPN_DIRECTORY, Expect::AnyKey).await?;
-            register(&conn, &format!("mal{i}")).await?;
+            raw.register(&conn, &format!("mal{i}")).await?;
             conns.push((raw, conn));
         }
         let mut tasks = JoinSet::new();

@@ -7,8 +7,9 @@ use anyhow::{ensure, Context, Result};
 use common::{
     defaults::ALPN_PEER,
     framing,
+    seal::Content,
     tls::Expect,
-    wire::{codes, DirectoryRequest, FileHeader, FileOffer, FilePart, MessageId, PeerFrame},
+    wire::{codes, FileHeader, FileOffer, FilePart, MessageId, PeerFrame},
     Name,
 };
 use std::{os::unix::fs::PermissionsExt, path::Path, process::Command};
@@ -72,8 +73,9 @@ fn a_poison_file_part_does_not_stop_the_mailbox() -> Result<()> {
             data.clone(),
             data.len() as u64,
         )?;
-        let answer =
-            raw::request(&conn, &DirectoryRequest::DepositFilePart { part: poison }).await?;
+        let to = mallory.lookup(&conn, "victim").await?;
+        let deposit = mallory.deposit(&to, Content::FilePart(poison))?;
+        let answer = raw::request(&conn, &deposit).await?;
         ensure!(
             format!("{answer:?}").contains("Stored"),
             "deposit: {answer:?}"
@@ -124,8 +126,9 @@ fn a_file_named_with_dots_is_stored_inside_downloads() -> Result<()> {
             data.clone(),
             data.len() as u64,
         )?;
-        let answer =
-            raw::request(&conn, &DirectoryRequest::DepositFilePart { part: whole }).await?;
+        let to = mallory.lookup(&conn, "victim").await?;
+        let deposit = mallory.deposit(&to, Content::FilePart(whole))?;
+        let answer = raw::request(&conn, &deposit).await?;
         ensure!(
             format!("{answer:?}").contains("Stored"),
             "deposit: {answer:?}"

@@ -5,13 +5,14 @@
 use anyhow::{ensure, Result};
 use common::{
     defaults::ALPN_DIRECTORY,
+    seal::Content,
     tls::Expect,
-    wire::{ChatMessage, DirectoryRequest, DirectoryResponse, MessageId},
+    wire::{ChatMessage, DirectoryResponse, MessageId},
     Name,
 };
 use tests::{
     body,
-    raw::{register, request, runtime, Raw},
+    raw::{request, runtime, Raw},
     Json, Net, SHORT,
 };
 
@@ -116,14 +117,10 @@ fn a_message_delivered_twice_is_shown_once_across_restarts() -> Result<()> {
             let conn = raw
                 .dial(net.dir().addr(), ALPN_DIRECTORY, Expect::AnyKey)
                 .await?;
-            register(&conn, "dup").await?;
-            let answer = request(
-                &conn,
-                &DirectoryRequest::Deposit {
-                    message: message.clone(),
-                },
-            )
-            .await?;
+            raw.register(&conn, "dup").await?;
+            let to = raw.lookup(&conn, "c1").await?;
+            let deposit = raw.deposit(&to, Content::Chat(message.clone()))?;
+            let answer = request(&conn, &deposit).await?;
             ensure!(answer == DirectoryResponse::Stored, "deposit: {answer:?}");
             Ok(())
         })

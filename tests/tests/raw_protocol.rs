@@ -6,6 +6,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use common::{
     defaults::{ALPN_DIRECTORY, ALPN_PEER, INTRODUCTIONS_PER_KEY_PER_MINUTE},
     framing,
+    seal::Content,
     tls::Expect,
     wire::{
         codes, ChatMessage, DirectoryRequest, DirectoryResponse, ErrorCode, MessageId, PeerFrame,
@@ -14,7 +15,7 @@ use common::{
 };
 use std::time::Duration;
 use tests::{
-    raw::{register, request, runtime, Raw, RAW_WAIT},
+    raw::{request, runtime, Raw, RAW_WAIT},
     Json, Net, SHORT,
 };
 
@@ -168,12 +169,13 @@ fn requests_out_of_order_are_refused() -> Result<()> {
             answer == DirectoryResponse::Error(ErrorCode::NotRegistered),
             "lookup before register answered {answer:?}"
         );
-        register(&conn, "mallory").await?;
+        raw.register(&conn, "mallory").await?;
         let again = DirectoryRequest::Register {
             name: name("other"),
             listen_addrs: vec![],
             heartbeat_ms: 1,
             online: true,
+            published: raw.published()?,
         };
         let answer = request(&conn, &again).await?;
         ensure!(
@@ -200,9 +202,8 @@ fn nobody_speaks_for_another_name() -> Result<()> {
         let conn = raw.registered(dir, "mallory").await?;
 
         // The mailbox: a deposit whose sender is not the depositor.
-        let spoofed = DirectoryRequest::Deposit {
-            message: message("c1", "c2", "from c1, honest"),
-        };
+        let to = raw.lookup(&conn, "c2").await?;
+        let spoofed = raw.deposit(&to, Content::Chat(message("c1", "c2", "from c1, honest")))?;
         let answer = request(&conn, &spoofed).await?;
         ensure!(
             answer == DirectoryResponse::Error(ErrorCode::NotSender),

@@ -49,6 +49,7 @@ use common::{
         MAILBOX_QUOTA_BYTES, MAILBOX_QUOTA_MESSAGES, MAILBOX_SENDER_QUOTA_BYTES,
         MAILBOX_SENDER_QUOTA_MESSAGES, MIN_FREE_DISK, NAMES_PER_KEY, NAME_EXPIRY, STORE_MAX_BYTES,
     },
+    seal::PublishedKey,
     wire::{Mail, MessageId},
     KeyId, Name,
 };
@@ -67,6 +68,8 @@ pub struct NameRecord {
     /// When its key last registered it, online or for a short command (ms since the epoch, to
     /// within [`ACTIVE_STEP_MS`]): what [`Naming::expiry_ms`] counts from.
     pub active_ms: u64,
+    /// The encryption key the key last published (signed by it), if any.
+    pub published: Option<PublishedKey>,
 }
 
 /// The outcome of a successful [`Store::bind`].
@@ -88,6 +91,9 @@ pub struct Binding {
     pub key: KeyId,
     /// When (ms since the epoch).
     pub at_ms: u64,
+    /// The encryption key the key publishes, checked by the caller; kept per key, replacing
+    /// the one before, when the binding succeeds.
+    pub published: Option<PublishedKey>,
 }
 
 /// Limits on name bindings.
@@ -258,6 +264,7 @@ pub trait Store: Send + Sync + 'static {
             name: name.clone(),
             key: *key,
             at_ms,
+            published: None,
         };
         self.update_names(&[binding], &[], naming)?
             .pop()
@@ -275,6 +282,7 @@ pub trait Store: Send + Sync + 'static {
 /// part it was. Receipts and other file parts tell nothing.
 fn receipt_for(mail: &Mail) -> Option<(&Name, MessageId)> {
     match mail {
+        Mail::Letter(l) if l.from != l.to => l.receipt().map(|id| (&l.from, id)),
         Mail::Chat(m) if m.from != m.to => Some((&m.from, m.id)),
         Mail::FilePart(p) if p.is_last() && p.offer.from != p.offer.to => {
             Some((&p.offer.from, p.offer.id))

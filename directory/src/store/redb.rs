@@ -13,6 +13,7 @@
 //! | `mailbox_ids` | (recipient, mail id)  | seq                         | makes a retried deposit a no-op       |
 //! | `usage`       | recipient             | (entries, bytes)            | quota checks without a scan           |
 //! | `senders`     | (recipient, sender)   | (entries, bytes)            | per-sender quota, `queued_from_you`   |
+//! | `published`   | key id                | postcard `PublishedKey`     | the key's signed encryption key       |
 //!
 //! `mailbox_ids`, `usage`, `senders` and the bytes held in `meta` are derived from `mail`, and
 //! `active`, `key_names` and `skeletons` from `names`; each changes in the same transaction as
@@ -54,6 +55,7 @@ const MAIL: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("mail");
 const IDS: TableDefinition<(&str, &[u8; 16]), u64> = TableDefinition::new("mailbox_ids");
 const USAGE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("usage");
 const SENDERS: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("senders");
+const PUBLISHED: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("published");
 /// Layout 2's count of messages per (recipient, sender), which `senders` replaces.
 const QUEUED_V2: TableDefinition<(&str, &str), u64> = TableDefinition::new("queued_from");
 const NEXT_SEQ: &str = "next_seq";
@@ -443,10 +445,20 @@ fn record(txn: &redb::ReadTransaction, name: &str) -> Result<Option<NameRecord>,
         return Ok(None);
     };
     let active_ms = txn.open_table(ACTIVE)?.get(name)?.map_or(0, |g| g.value());
+    // A table this file does not have yet holds nothing.
+    let published = match txn.open_table(PUBLISHED) {
+        Ok(table) => match table.get(&key.0)? {
+            Some(bytes) => Some(postcard::from_bytes(bytes.value())?),
+            None => None,
+        },
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
     Ok(Some(NameRecord {
         key,
         last_seen_ms,
         active_ms,
+        published,
     }))
 }
 
@@ -461,9 +473,14 @@ impl Store for RedbStore {
         let results = {
             let mut names = Names::open(&txn)?;
             let mut mailbox = Mailbox::open(&txn)?;
+            let mut published = txn.open_table(PUBLISHED)?;
             let mut results = Vec::with_capacity(bindings.len());
             for b in bindings {
-                results.push(match names.binding(b, naming, &mut mailbox) {
+                let result = names.binding(b, naming, &mut mailbox);
+                if let (Ok(_), Some(key)) = (&result, &b.published) {
+                    published.insert(&b.key.0, postcard::to_allocvec(key)?.as_slice())?;
+                }
+                results.push(match result {
                     Err(StoreError::Db(e)) => return Err(StoreError::Db(e)),
                     other => other,
                 });

@@ -21,8 +21,12 @@ type Case<S> = for<'a> fn(Open<'a, S>) -> TestResult;
 /// Runs every case against stores from `open`, each case in stores of its own. A failing case
 /// is named in the error, or in the captured output if it panics.
 pub(crate) fn all<S: Store>(open: impl Fn(&str) -> Result<S, StoreError>) -> TestResult {
-    let cases: [(&str, Case<S>); 17] = [
+    let cases: [(&str, Case<S>); 18] = [
         ("bind_new_existing_taken", bind_new_existing_taken),
+        (
+            "a_published_key_is_kept_per_key_and_survives_reopening",
+            a_published_key_is_kept_per_key_and_survives_reopening,
+        ),
         (
             "reopen_keeps_bindings_and_mailbox_order",
             reopen_keeps_bindings_and_mailbox_order,
@@ -141,6 +145,7 @@ fn bind_new_existing_taken<S: Store>(open: Open<'_, S>) -> TestResult {
         key: a,
         last_seen_ms: Some(42),
         active_ms: 42,
+        published: None,
     };
     assert_eq!(store.name(&name("c1"))?, Some(record));
     assert_eq!(store.name(&name("c2"))?.map(|r| r.key), Some(b));
@@ -662,12 +667,66 @@ fn a_lookalike_of_another_keys_name_is_refused<S: Store>(open: Open<'_, S>) -> T
     Ok(())
 }
 
+/// A key's published encryption key is kept for all its names, replaced by the next, kept
+/// across a reopen, and never stored for a binding that was refused.
+fn a_published_key_is_kept_per_key_and_survives_reopening<S: Store>(
+    open: Open<'_, S>,
+) -> TestResult {
+    use common::seal::{PublishedKey, Signature};
+    let published = |n: u8| PublishedKey {
+        identity: [n; 32],
+        encryption: [n + 1; 32],
+        signature: Signature([n + 2; 64]),
+    };
+    let binding = |who: &str, key: u8, with: Option<PublishedKey>| Binding {
+        name: name(who),
+        key: KeyId([key; 32]),
+        at_ms: 7,
+        published: with,
+    };
+    {
+        let store = open("store")?;
+        let bindings = [
+            binding("c1", 1, Some(published(10))),
+            binding("c1", 2, Some(published(20))),
+            binding("c2", 1, None),
+        ];
+        store.update_names(&bindings, &[], Naming::default())?;
+        assert_eq!(
+            store.name(&name("c1"))?.and_then(|r| r.published),
+            Some(published(10))
+        );
+        assert_eq!(
+            store.name(&name("c2"))?.and_then(|r| r.published),
+            Some(published(10))
+        );
+        store.update_names(
+            &[binding("c2", 1, Some(published(30)))],
+            &[],
+            Naming::default(),
+        )?;
+    }
+    let store = open("store")?;
+    assert_eq!(
+        store.name(&name("c1"))?.and_then(|r| r.published),
+        Some(published(30))
+    );
+    assert_eq!(
+        store
+            .lookup(&name("c1"), &name("c2"))?
+            .and_then(|(r, _)| r.published),
+        Some(published(30))
+    );
+    Ok(())
+}
+
 fn names_are_updated_together<S: Store>(open: Open<'_, S>) -> TestResult {
     let store = open("store")?;
     let binding = |who: &str, key: u8| Binding {
         name: name(who),
         key: KeyId([key; 32]),
         at_ms: 7,
+        published: None,
     };
     let bindings = [
         binding("c1", 1),

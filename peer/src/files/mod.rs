@@ -106,6 +106,8 @@ pub struct Sender<'a, Dial> {
     pub me: &'a Name,
     /// Looks the recipient up, and takes the parts of a file for its mailbox.
     pub directory: &'a DirectoryClient,
+    /// Seals the parts of a file for the mailbox.
+    pub letters: &'a crate::letters::Letters,
     /// Makes a direct link to the peer the directory found online, within the direct timeout;
     /// `None` when no direct path came up.
     pub dial: Dial,
@@ -151,6 +153,7 @@ where
                 .await
                 .map_err(|e| e.failure(to, self.directory.addr()))?;
             let stranger = info.online && info.observed_addr.is_none();
+            let recipient = info.clone();
             let why = if stranger {
                 "not accepting direct links from you (you are not in its contacts)"
             } else if info.online {
@@ -170,7 +173,12 @@ where
                 "offline"
             };
             if size <= self.mailbox_file_max {
-                return parts::deposit(self.directory, &header, path, &*report).await;
+                let mailbox = parts::Mailbox {
+                    directory: self.directory,
+                    letters: self.letters,
+                    recipient: &recipient,
+                };
+                return parts::deposit(mailbox, &header, path, &*report).await;
             }
             if !told {
                 told = true;

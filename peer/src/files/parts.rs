@@ -16,11 +16,13 @@ use crate::{
     directory_client::DirectoryClient,
     failure::Failure,
     inbox::{ReceivedFile, Via},
+    letters::Letters,
 };
 use anyhow::{bail, Context, Result};
 use common::{
     defaults::FILE_PART_LEN,
-    wire::{DirectoryRequest, FileHeader, FileOffer, FilePart, MessageId},
+    seal::Content,
+    wire::{DirectoryRequest, FileHeader, FileOffer, FilePart, MessageId, PeerInfo},
 };
 use std::{
     fs,
@@ -36,11 +38,22 @@ use tracing::warn;
 /// us write.
 pub const MAX_MAILBOX_FILE: u64 = common::defaults::MAILBOX_QUOTA_BYTES;
 
+/// Where the parts of a file go: the recipient's mailbox, each part sealed to it.
+pub struct Mailbox<'a> {
+    /// Takes the parts.
+    pub directory: &'a DirectoryClient,
+    /// Seals them.
+    pub letters: &'a Letters,
+    /// What the directory said of the recipient: its keys.
+    pub recipient: &'a PeerInfo,
+}
+
 /// Deposits the file at `path`, which `header` describes, in parts into the recipient's
-/// mailbox, in order. Each part stands alone, so the hash goes in every part: the (small) file
-/// is hashed first. `report` hears how many bytes the mailbox has, at most every 100 ms.
+/// mailbox, in order, each sealed to the recipient. Each part stands alone, so the hash goes in
+/// every part: the (small) file is hashed first. `report` hears how many bytes the mailbox
+/// has, at most every 100 ms.
 pub async fn deposit(
-    directory: &DirectoryClient,
+    mailbox: Mailbox<'_>,
     header: &FileHeader,
     path: &Path,
     report: &impl Fn(FileUpdate),
@@ -61,12 +74,15 @@ pub async fn deposit(
         hash,
         sent_at_ms: header.sent_at_ms,
     };
-    let to = &offer.to;
+    let (directory, to) = (mailbox.directory, &offer.to);
     let mut parts = Parts::open(offer.clone(), path).await?;
     let mut last_report = tokio::time::Instant::now();
     while let Some(part) = parts.next().await? {
         let done = part.offset + part.data.len() as u64;
-        let request = DirectoryRequest::DepositFilePart { part };
+        let letter = mailbox
+            .letters
+            .seal(mailbox.recipient, Content::FilePart(part))?;
+        let request = DirectoryRequest::DepositLetter { letter };
         if let Err(e) = directory.deposit(&request).await {
             return Err(e.failure(to, directory.addr()));
         }

@@ -6,14 +6,19 @@
 pub mod conversation;
 
 use crate::{
-    contacts::Contacts, directory_client::DirectoryClient, failure::Failure, links::DirectPath,
-    punch::Dialer, tasks::Tasks,
+    contacts::Contacts,
+    directory_client::{DirectoryClient, DirectoryError},
+    failure::Failure,
+    links::DirectPath,
+    punch::Dialer,
+    tasks::Tasks,
 };
 use anyhow::{anyhow, Result};
 use common::{
     defaults::{MAX_BODY_LEN, SEND_WINDOW},
     framing, now_ms,
-    wire::{ChatMessage, DirectoryRequest, MessageId, PeerFrame},
+    seal::Content,
+    wire::{ChatMessage, DirectoryRequest, MessageId, PeerFrame, PeerInfo},
     Name,
 };
 use conversation::{Action, Conversation, DialFailed, Input};
@@ -80,6 +85,8 @@ pub struct Shared {
     pub directory: DirectoryClient,
     /// Whom we write to becomes a contact.
     pub contacts: Contacts,
+    /// Seals what goes to the mailbox.
+    pub letters: crate::letters::Letters,
     /// Where the conversation tasks run.
     pub tasks: Tasks,
     /// Keep messages while the directory cannot be reached, until it is back (a running
@@ -165,6 +172,9 @@ struct Driver {
     stream: Option<ChatStream>,
     /// Whom to tell each message's outcome.
     replies: HashMap<MessageId, (Name, oneshot::Sender<Result<Sent, Failure>>)>,
+    /// What the directory said of the recipient last: its key and the encryption key that
+    /// mailbox letters are sealed to.
+    recipient: Option<PeerInfo>,
 }
 
 impl Driver {
@@ -179,6 +189,7 @@ impl Driver {
             conversation,
             stream: None,
             replies: HashMap::new(),
+            recipient: None,
         }
     }
 
@@ -316,6 +327,7 @@ impl Driver {
                     .map_err(|e| e.failure(&self.to, self.ctx.directory.addr()))
                     .and_then(|info| self.ctx.contacts.vouch(&info).map(|()| info));
                 if let Ok(info) = &info {
+                    self.recipient = Some(info.clone());
                     // Writing to someone accepts them: they may reach us, and their answers
                     // are no message requests.
                     if let Err(e) = self.ctx.contacts.accept_on_send(&self.to, info.key) {
@@ -344,12 +356,7 @@ impl Driver {
             }
             Action::Deposit(message) => {
                 let id = message.id;
-                let request = DirectoryRequest::Deposit { message };
-                let stored = self.ctx.directory.deposit(&request).await;
-                Input::Deposited(
-                    id,
-                    stored.map_err(|e| e.failure(&self.to, self.ctx.directory.addr())),
-                )
+                Input::Deposited(id, self.deposit(message).await)
             }
             Action::Introduce => {
                 let (directory, to) = (self.ctx.directory.clone(), self.to.clone());
@@ -372,6 +379,20 @@ impl Driver {
             }
         };
         self.conversation.handle(answer, now());
+    }
+
+    /// Seals `message` to the recipient (looked up first if it was not yet) and deposits it.
+    async fn deposit(&mut self, message: ChatMessage) -> Result<(), Failure> {
+        let directory = &self.ctx.directory;
+        let failure = |e: DirectoryError| e.failure(&self.to, directory.addr());
+        let info = match self.recipient.take() {
+            Some(info) => info,
+            None => directory.lookup(&self.to).await.map_err(failure)?,
+        };
+        let sealed = self.ctx.letters.seal(&info, Content::Chat(message));
+        self.recipient = Some(info);
+        let request = DirectoryRequest::DepositLetter { letter: sealed? };
+        directory.deposit(&request).await.map_err(failure)
     }
 
     /// Opens a chat stream on `conn` by `deadline`; true when it is open.

@@ -170,6 +170,7 @@ mod tests {
             observed_addr: Some(observed()),
             listen_addrs: vec![lan()],
             queued_from_you: 0,
+            published: None,
         }
     }
 

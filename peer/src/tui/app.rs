@@ -588,6 +588,7 @@ mod tests {
             observed_addr: None,
             listen_addrs: Vec::new(),
             queued_from_you: 0,
+            published: None,
         }
     }
 

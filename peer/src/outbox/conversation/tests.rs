@@ -41,6 +41,7 @@ fn info(online: bool, queued_from_you: u32) -> PeerInfo {
         observed_addr: Some("198.18.0.2:4000".parse().expect("addr")),
         listen_addrs: Vec::new(),
         queued_from_you,
+        published: None,
     }
 }
 

@@ -1,0 +1,116 @@
+//! Mail through the directory, sealed end to end: what we deposit is sealed to the recipient's
+//! published encryption key and signed by our identity key ([`common::seal`]); what the
+//! directory pushes is opened, its signature checked, and its signer compared with the key we
+//! remember for the sender's name, before anything of it is shown or stored.
+//!
+//! The direct path needs none of this: two peers talk over a QUIC connection whose TLS 1.3
+//! handshake proved both identity keys, checked against the pins in [`Contacts`], and the
+//! directory is not on it.
+
+use crate::{
+    contacts::{Contacts, KeyCheck},
+    failure::Failure,
+};
+use common::{
+    seal::{Content, SealError, Sealer},
+    wire::{Letter, PeerInfo},
+    Name,
+};
+use std::sync::Arc;
+
+/// Seals what we deposit and opens what the directory pushes; cheap to clone.
+#[derive(Clone)]
+pub struct Letters {
+    sealer: Arc<Sealer>,
+    contacts: Contacts,
+}
+
+/// Why a letter from the mailbox was refused: it is not shown, and the directory drops it.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// Altered, forged, or not for us.
+    #[error("a letter from {from} was refused: {cause}")]
+    Broken {
+        /// Who it says it is from.
+        from: Name,
+        /// What failed.
+        cause: SealError,
+    },
+    /// Signed by another key than the one remembered for the sender.
+    #[error("a letter from {from} was refused: it is signed by {signer}, not by the key remembered for {from} ({pinned}); `peer trust {from}` accepts the new key")]
+    KeyChanged {
+        /// Who it says it is from.
+        from: Name,
+        /// The key remembered for the name.
+        pinned: common::KeyId,
+        /// The key that signed it.
+        signer: common::KeyId,
+    },
+    /// Our record of keys could not be read or written.
+    #[error("a letter from {from} could not be checked: {cause}")]
+    Unchecked {
+        /// Who it says it is from.
+        from: Name,
+        /// What failed.
+        cause: String,
+    },
+}
+
+impl Letters {
+    /// Letters sealed and opened with `sealer`, senders checked against `contacts`.
+    pub fn new(sealer: Sealer, contacts: Contacts) -> Self {
+        Self {
+            sealer: Arc::new(sealer),
+            contacts,
+        }
+    }
+
+    /// What we publish for others to seal to.
+    pub fn published(&self) -> common::seal::PublishedKey {
+        self.sealer.published()
+    }
+
+    /// Seals `content` to the peer the directory described as `info`, whose key must be the one
+    /// remembered for its name.
+    pub fn seal(&self, info: &PeerInfo, content: Content) -> Result<Letter, Failure> {
+        self.contacts.vouch(info)?;
+        let unsealable = |why: &str| Failure::Unsealable {
+            name: info.name.clone(),
+            why: why.into(),
+        };
+        let published = info
+            .published
+            .as_ref()
+            .ok_or_else(|| unsealable("it has published no encryption key"))?;
+        self.sealer
+            .seal(&info.key, published, content)
+            .map_err(|e| match e {
+                SealError::KeyNotOwned => {
+                    unsealable("the directory gave an encryption key its identity key did not sign")
+                }
+                other => unsealable(&other.to_string()),
+            })
+    }
+
+    /// Opens a letter from the mailbox and checks who signed it: the first key seen for a name
+    /// is remembered, a different one is refused.
+    pub fn open(&self, letter: &Letter) -> Result<Content, Refusal> {
+        let from = letter.from.clone();
+        let opened = self.sealer.open(letter).map_err(|cause| Refusal::Broken {
+            from: from.clone(),
+            cause,
+        })?;
+        match self.contacts.check_key(&from, opened.signer) {
+            Ok(KeyCheck::Known) => Ok(opened.content),
+            Ok(KeyCheck::Changed { pinned }) => Err(Refusal::KeyChanged {
+                from,
+                pinned,
+                signer: opened.signer,
+            }),
+            Err(e) => Err(Refusal::Unchecked {
+                from,
+                cause: format!("{e:#}"),
+            }),
+        }
+    }
+}
