@@ -222,7 +222,7 @@ impl ChatStream {
                 }
                 self.check_sender(&message.from).await?;
                 let id = message.id;
-                let shown = self.inbox.hand_over(message, Via::Direct).await?;
+                let shown = self.inbox.hand_over(message, Via::Direct, self.key).await?;
                 if pending_tx.send((id, shown)).await.is_err() {
                     return Ok(()); // the ack writer failed; its error is the one reported
                 }

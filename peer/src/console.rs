@@ -254,7 +254,18 @@ impl Console {
                 "state": e.state.as_str(),
             });
             match &e.state {
-                HistoryState::Received { via } => v["via"] = json!(via.as_str()),
+                HistoryState::Received { via } => {
+                    v["via"] = json!(via.as_str());
+                    v["verified"] = json!(null);
+                }
+                HistoryState::Verified { via, key } => {
+                    v["via"] = json!(via.as_str());
+                    v["verified"] = json!(match via {
+                        Via::Direct => "handshake",
+                        Via::Mailbox => "signature",
+                    });
+                    v["key"] = json!(key.to_string());
+                }
                 HistoryState::Delivered { path } => v["path"] = json!(path.map(DirectPath::as_str)),
                 HistoryState::Failed { reason } => v["reason"] = json!(reason),
                 HistoryState::DeliveredLater { at_ms } => v["delivered_at_ms"] = json!(at_ms),
@@ -263,7 +274,9 @@ impl Console {
             return v.to_string();
         }
         let note = match &e.state {
-            HistoryState::Received { .. } => String::new(),
+            HistoryState::Verified { .. } => String::new(),
+            // Kept from before senders were checked end to end.
+            HistoryState::Received { .. } => "  (unverified)".into(),
             state => format!("  ({})", state_text(state)),
         };
         format!(
@@ -317,8 +330,14 @@ pub fn sanitize(body: &str) -> String {
 /// A short description of where a message stands, for people.
 pub fn state_text(state: &HistoryState) -> String {
     match state {
-        HistoryState::Received { via: Via::Mailbox } => "received via the mailbox".into(),
-        HistoryState::Received { via: Via::Direct } => "received".into(),
+        HistoryState::Received { via: Via::Mailbox }
+        | HistoryState::Verified {
+            via: Via::Mailbox, ..
+        } => "received via the mailbox".into(),
+        HistoryState::Received { via: Via::Direct }
+        | HistoryState::Verified {
+            via: Via::Direct, ..
+        } => "received".into(),
         HistoryState::Sending => "sending".into(),
         HistoryState::Delivered { path: Some(path) } => {
             format!("delivered, direct {}", path.as_str())

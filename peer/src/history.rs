@@ -32,7 +32,7 @@ use crate::{
 use common::{
     now_ms,
     wire::{ChatMessage, MessageId},
-    Name,
+    KeyId, Name,
 };
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -85,13 +85,23 @@ pub enum HistoryState {
         /// When the recipient took it (the directory's clock, ms since the epoch).
         at_ms: u64,
     },
+    /// We received it, and its sender proved it holds `key`, the key remembered for its name:
+    /// in the TLS handshake of the direct link, or by the Ed25519 signature of the sealed
+    /// letter from the mailbox ([`common::seal`]). Messages recorded as
+    /// [`HistoryState::Received`] came before that check.
+    Verified {
+        /// How it came.
+        via: Via,
+        /// The sender's key.
+        key: KeyId,
+    },
 }
 
 impl HistoryState {
     /// The name used in JSON output.
     pub fn as_str(&self) -> &'static str {
         match self {
-            HistoryState::Received { .. } => "received",
+            HistoryState::Received { .. } | HistoryState::Verified { .. } => "received",
             HistoryState::Sending => "sending",
             HistoryState::Delivered { .. } => "delivered",
             HistoryState::Queued => "queued",
@@ -102,7 +112,10 @@ impl HistoryState {
 
     /// True for a message we sent.
     pub fn is_ours(&self) -> bool {
-        !matches!(self, HistoryState::Received { .. })
+        !matches!(
+            self,
+            HistoryState::Received { .. } | HistoryState::Verified { .. }
+        )
     }
 }
 
@@ -274,6 +287,7 @@ impl History {
         &self,
         message: &ChatMessage,
         via: Via,
+        key: KeyId,
     ) -> impl std::future::Future<Output = Result<(), HistoryError>> + Send + 'static {
         let (reply, answer) = oneshot::channel();
         let queued = self.queue(Op::Insert {
@@ -285,7 +299,7 @@ impl History {
                 to: message.to.clone(),
                 sent_at_ms: message.sent_at_ms,
                 body: message.body.clone(),
-                state: HistoryState::Received { via },
+                state: HistoryState::Verified { via, key },
             },
             reply: Some(reply),
         });
@@ -584,6 +598,9 @@ mod tests {
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
+    /// The sender's key in these tests.
+    const KEY: KeyId = KeyId([5; 32]);
+
     fn name(s: &str) -> Name {
         Name::new(s).expect("valid test name")
     }
@@ -610,10 +627,10 @@ mod tests {
         let sent_id = MessageId::random();
         {
             let h = History::open(&file)?;
-            h.record_in(&a, Via::Direct).await?;
+            h.record_in(&a, Via::Direct, KEY).await?;
             let key = h.sending(&name("me"), &name("c2"), "hi back");
             let failed = h.sending(&name("me"), &name("c2"), "lost");
-            h.record_in(&incoming("c3", "elsewhere"), Via::Mailbox)
+            h.record_in(&incoming("c3", "elsewhere"), Via::Mailbox, KEY)
                 .await?;
             let sent = Sent {
                 id: sent_id,
@@ -645,7 +662,8 @@ mod tests {
         let peers: Vec<String> = h.peers()?.into_iter().map(|p| p.0.to_string()).collect();
         assert_eq!(peers.len(), 2);
         // New entries after a reopen come after the old ones.
-        h.record_in(&incoming("c2", "later"), Via::Direct).await?;
+        h.record_in(&incoming("c2", "later"), Via::Direct, KEY)
+            .await?;
         assert_eq!(
             bodies(&h.conversation(&name("c2"), 100)?).last(),
             Some(&"later")
@@ -670,7 +688,7 @@ mod tests {
             ids.push(sent.id);
         }
         let theirs = incoming("c2", "theirs");
-        h.record_in(&theirs, Via::Mailbox).await?;
+        h.record_in(&theirs, Via::Mailbox, KEY).await?;
         ids.extend([theirs.id, MessageId::random()]);
         h.delivered_later(ids, 42).await?;
         let states: Vec<HistoryState> = h
@@ -683,7 +701,10 @@ mod tests {
             [
                 HistoryState::DeliveredLater { at_ms: 42 },
                 HistoryState::Delivered { path: None },
-                HistoryState::Received { via: Via::Mailbox },
+                HistoryState::Verified {
+                    via: Via::Mailbox,
+                    key: KEY
+                },
             ]
         );
         Ok(())
@@ -694,8 +715,8 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let h = History::open(&path(dir.path()))?;
         let m = incoming("c2", "once");
-        h.record_in(&m, Via::Direct).await?;
-        h.record_in(&m, Via::Mailbox).await?;
+        h.record_in(&m, Via::Direct, KEY).await?;
+        h.record_in(&m, Via::Mailbox, KEY).await?;
         assert_eq!(bodies(&h.conversation(&name("c2"), 10)?), ["once"]);
         Ok(())
     }

@@ -13,7 +13,7 @@
 use crate::contacts::{Contacts, Verdict};
 use common::{
     wire::{ChatMessage, MessageId, Receipt},
-    Name,
+    KeyId, Name,
 };
 use std::{
     collections::{HashSet, VecDeque},
@@ -79,6 +79,9 @@ pub struct Incoming {
     pub via: Via,
     /// From a stranger: a message request.
     pub request: bool,
+    /// The key that proved it sent the message: in the TLS handshake of the direct link, or
+    /// by signing the sealed letter.
+    pub signer: KeyId,
     shown: oneshot::Sender<()>,
 }
 
@@ -217,14 +220,24 @@ impl Inbox {
 
     /// Takes one message. `Ok` means it may be acknowledged: it was shown now, or it is a
     /// duplicate of one shown before.
-    pub async fn receive(&self, message: ChatMessage, via: Via) -> Result<(), NotShown> {
-        self.hand_over(message, via).await?.wait().await
+    pub async fn receive(
+        &self,
+        message: ChatMessage,
+        via: Via,
+        signer: KeyId,
+    ) -> Result<(), NotShown> {
+        self.hand_over(message, via, signer).await?.wait().await
     }
 
     /// Hands one message to the program and returns at once with [`Shown`], which resolves
     /// when it may be acknowledged. Messages handed over one after another are shown in that
     /// order, so a stream can take the next message while earlier ones are being shown.
-    pub async fn hand_over(&self, message: ChatMessage, via: Via) -> Result<Shown, NotShown> {
+    pub async fn hand_over(
+        &self,
+        message: ChatMessage,
+        via: Via,
+        signer: KeyId,
+    ) -> Result<Shown, NotShown> {
         let key = (message.from.clone(), message.id);
         let request = match self.inner.contacts.verdict(&message.from) {
             Verdict::Blocked => {
@@ -247,6 +260,7 @@ impl Inbox {
             message,
             via,
             request,
+            signer,
             shown,
         });
         if self.inner.events.send(event).await.is_err() {

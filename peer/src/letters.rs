@@ -94,14 +94,14 @@ impl Letters {
 
     /// Opens a letter from the mailbox and checks who signed it: the first key seen for a name
     /// is remembered, a different one is refused.
-    pub fn open(&self, letter: &Letter) -> Result<Content, Refusal> {
+    pub fn open(&self, letter: &Letter) -> Result<(Content, common::KeyId), Refusal> {
         let from = letter.from.clone();
         let opened = self.sealer.open(letter).map_err(|cause| Refusal::Broken {
             from: from.clone(),
             cause,
         })?;
         match self.contacts.check_key(&from, opened.signer) {
-            Ok(KeyCheck::Known) => Ok(opened.content),
+            Ok(KeyCheck::Known) => Ok((opened.content, opened.signer)),
             Ok(KeyCheck::Changed { pinned }) => Err(Refusal::KeyChanged {
                 from,
                 pinned,

@@ -345,10 +345,10 @@ async fn take_pushed(
                 tasks.spawn(async move {
                     let taken = match mail {
                         Mail::Letter(letter) => match letters.open(&letter) {
-                            Ok(Content::Chat(message)) => {
-                                inbox.receive(message, Via::Mailbox).await.is_ok()
+                            Ok((Content::Chat(message), signer)) => {
+                                inbox.receive(message, Via::Mailbox, signer).await.is_ok()
                             }
-                            Ok(Content::FilePart(part)) => {
+                            Ok((Content::FilePart(part), _)) => {
                                 files.take_part(part).await;
                                 true
                             }

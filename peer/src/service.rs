@@ -78,6 +78,8 @@ pub struct Received {
     pub via: Via,
     /// From a stranger: a message request (see [`crate::contacts`]).
     pub request: bool,
+    /// Who proved they sent it, when this process received it (a copy has no proof).
+    pub signer: Option<common::KeyId>,
     ack: Option<Incoming>,
     history: Option<History>,
 }
@@ -89,6 +91,7 @@ impl Received {
             message,
             via,
             request,
+            signer: None,
             ack: None,
             history: None,
         }
@@ -100,7 +103,10 @@ impl Received {
         let Some(incoming) = self.ack else {
             return;
         };
-        let recorded = self.history.map(|h| h.record_in(&self.message, self.via));
+        let signer = incoming.signer;
+        let recorded = self
+            .history
+            .map(|h| h.record_in(&self.message, self.via, signer));
         when_recorded(recorded, move || incoming.shown());
     }
 }
@@ -286,6 +292,7 @@ impl Service {
                         message: incoming.message.clone(),
                         via: incoming.via,
                         request: incoming.request,
+                        signer: Some(incoming.signer),
                         ack: Some(incoming),
                         history: self.history.clone(),
                     })

@@ -200,10 +200,14 @@ fn entry_rows(entry: &Entry, me: &Name, width: usize, waiting: bool) -> Vec<Line
 fn state_label(state: &HistoryState) -> Option<(String, Style)> {
     let style = |c: Color| Style::default().fg(c);
     Some(match state {
-        HistoryState::Received { via: Via::Mailbox } => {
-            ("(via mailbox)".into(), style(Color::DarkGray))
-        }
-        HistoryState::Received { via: Via::Direct } => return None,
+        HistoryState::Received { via: Via::Mailbox }
+        | HistoryState::Verified {
+            via: Via::Mailbox, ..
+        } => ("(via mailbox)".into(), style(Color::DarkGray)),
+        HistoryState::Received { via: Via::Direct }
+        | HistoryState::Verified {
+            via: Via::Direct, ..
+        } => return None,
         HistoryState::Sending => ("… sending".into(), style(Color::Yellow)),
         HistoryState::Delivered { path: Some(p) } => {
             (format!("✓ delivered ({})", p.as_str()), style(Color::Green))

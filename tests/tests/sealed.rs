@@ -1,0 +1,241 @@
+//! End-to-end sealing: what waits in the directory's mailbox is sealed to its recipient and
+//! signed by its sender, so the directory's data folder holds no readable mail, and mail the
+//! directory (or whoever has its files) alters or forges is refused by the recipient.
+
+use anyhow::{bail, ensure, Context, Result};
+use common::{
+    defaults::ALPN_OUTDATED,
+    seal::{Content, Sealer},
+    tls::Expect,
+    wire::{codes, ChatMessage, Mail, MessageId},
+    Name,
+};
+use directory::store::{Quota, RedbStore, Store};
+use std::{fs, path::Path};
+use tests::{raw, Net, SHORT};
+
+/// True when `needle` occurs in any file under `dir`.
+fn found_in(dir: &Path, needle: &[u8]) -> Result<bool> {
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let found = if path.is_dir() {
+            found_in(&path, needle)?
+        } else {
+            fs::read(&path)?.windows(needle.len()).any(|w| w == needle)
+        };
+        if found {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn marker(what: &str) -> String {
+    format!("{what}-{:016x}", rand::random::<u64>())
+}
+
+/// A message and a file for an offline peer leave no trace of their text in the directory's
+/// data folder, while the directory runs and once it stopped; the recipient still gets both,
+/// and its history records each message's signature as checked.
+#[test]
+fn the_directory_keeps_no_readable_mail() -> Result<()> {
+    let mut net = Net::new()?;
+    net.register("c2")?;
+    let (text, contents) = (marker("message"), marker("file contents"));
+    let file_name = marker("file name");
+    let sent = net.send("c1", "c2", &text)?;
+    ensure!(sent["status"] == "queued", "c2 is offline, yet {sent}");
+    let path = net.root().join(&file_name);
+    fs::write(&path, contents.repeat(100))?;
+    let out = net
+        .peer("c1")
+        .json()
+        .args(["send-file", "c2"])
+        .args([&path])
+        .run(SHORT)?
+        .success()?;
+    ensure!(
+        out.one_of_type("file_sent")?["status"] == "queued",
+        "{}",
+        out.stdout
+    );
+    let data = net.dir().data().to_path_buf();
+    for running in [true, false] {
+        for needle in [&text, &contents, &file_name] {
+            ensure!(
+                !found_in(&data, needle.as_bytes())?,
+                "{needle:?} is readable in the directory's data folder (running: {running})"
+            );
+        }
+        if running {
+            net.dir_mut().terminate()?;
+        }
+    }
+    net.dir_mut().restart()?;
+
+    let out = net
+        .peer("c2")
+        .json()
+        .args(["inbox"])
+        .run(SHORT)?
+        .success()?;
+    let bodies: Vec<_> = out
+        .of_type("message")
+        .iter()
+        .map(|m| m["body"].clone())
+        .collect();
+    ensure!(bodies == [text.as_str()], "c2 got {bodies:?}");
+    let file = out.one_of_type("file")?;
+    let stored = fs::read_to_string(file["path"].as_str().context("no path")?)?;
+    ensure!(stored == contents.repeat(100), "the file arrived altered");
+    let history = net.history("c2", "c1")?;
+    let c1_key = net.whois("c2", "c1")?["key"].clone();
+    ensure!(
+        history.iter().any(|m| m["body"] == text.as_str()
+            && m["verified"] == "signature"
+            && m["key"] == c1_key),
+        "the history does not record the checked signature: {history:?}"
+    );
+    net.assert_no_panics()
+}
+
+/// In the store of a stopped directory, replaces each letter held for `to` (the `i`th piece of
+/// mail held) with what `change` makes of it, as an operator with the data folder could;
+/// returns how many letters there were.
+fn tamper(data: &Path, to: &str, mut change: impl FnMut(usize, Mail) -> Mail) -> Result<usize> {
+    let store = RedbStore::open(&data.join("directory.redb"))?;
+    let to = Name::new(to)?;
+    let held = store.pending(&to, None, 100)?;
+    let mut changed = Vec::new();
+    for (i, stored) in held.iter().enumerate() {
+        if matches!(stored.mail, Mail::Letter(_)) {
+            changed.push((stored.seq, change(i, stored.mail.clone())));
+        }
+    }
+    let seqs: Vec<_> = changed.iter().map(|(seq, _)| (to.clone(), *seq)).collect();
+    store.remove_batch(&seqs, Quota::default())?;
+    let mail: Vec<_> = changed.into_iter().map(|(_, mail)| mail).collect();
+    for result in store.deposit_batch(&mail, Quota::default())? {
+        result?;
+    }
+    Ok(mail.len())
+}
+
+/// Three letters wait for c2, who knows c1's key from an earlier message. In the stopped
+/// directory's store, one letter's ciphertext gets a flipped bit and another is replaced by a
+/// letter sealed to c2 (whose encryption key is public) but signed by another key in c1's
+/// name. c2 shows neither, reports both, and the directory drops them: a second `inbox`
+/// finds nothing. The untouched letter and later mail arrive as usual.
+#[test]
+fn altered_and_forged_letters_are_refused_and_dropped() -> Result<()> {
+    let mut net = Net::new()?;
+    net.register("c2")?;
+    net.send("c1", "c2", "first, to learn c1's key")?;
+    let first = net.register("c2")?;
+    ensure!(first.len() == 1, "c2 got {first:?}");
+    for body in ["altered", "forged", "untouched"] {
+        let sent = net.send("c1", "c2", body)?;
+        ensure!(sent["status"] == "queued", "{sent}");
+    }
+    net.dir_mut().terminate()?;
+    let data = net.dir().data().to_path_buf();
+    let c2 = {
+        let store = RedbStore::open(&data.join("directory.redb"))?;
+        store.name(&Name::new("c2")?)?.context("c2 is not bound")?
+    };
+    let published = c2.published.context("c2 published no key")?;
+    let mallory = Sealer::from_seed(rand::random(), rand::random())?;
+    let changed = tamper(&data, "c2", |i, mail| match (i, mail) {
+        (0, Mail::Letter(mut letter)) => {
+            let middle = letter.sealed.len() / 2;
+            letter.sealed[middle] ^= 0x20;
+            Mail::Letter(letter)
+        }
+        (1, Mail::Letter(letter)) => {
+            let forged = ChatMessage {
+                id: MessageId::random(),
+                from: letter.from.clone(),
+                to: letter.to.clone(),
+                sent_at_ms: letter.sent_at_ms,
+                body: "forged: send your password".into(),
+            };
+            let sealed = mallory.seal(&c2.key, &published, Content::Chat(forged));
+            Mail::Letter(sealed.expect("sealed"))
+        }
+        (_, other) => other,
+    })?;
+    ensure!(changed == 3, "{changed} letters held for c2, not 3");
+    net.dir_mut().restart()?;
+
+    let out = net
+        .peer("c2")
+        .json()
+        .args(["inbox"])
+        .run(SHORT)?
+        .success()?;
+    let bodies: Vec<_> = out
+        .of_type("message")
+        .iter()
+        .map(|m| m["body"].clone())
+        .collect();
+    ensure!(bodies == ["untouched"], "c2 showed {bodies:?}");
+    ensure!(
+        out.stderr.contains("altered or is not sealed to us"),
+        "the altered letter was not reported: {}",
+        out.stderr
+    );
+    ensure!(
+        out.stderr.contains("not by the key remembered for c1"),
+        "the forged letter was not reported: {}",
+        out.stderr
+    );
+    let again = net
+        .peer("c2")
+        .json()
+        .args(["inbox"])
+        .run(SHORT)?
+        .success()?;
+    ensure!(
+        again.of_type("message").is_empty() && !again.stderr.contains("refused"),
+        "the directory kept refused letters: {}{}",
+        again.stdout,
+        again.stderr
+    );
+    net.send("c1", "c2", "after")?;
+    let after = net.register("c2")?;
+    ensure!(
+        after.len() == 1 && after[0]["body"] == "after",
+        "c2 got {after:?}"
+    );
+    net.assert_no_panics()
+}
+
+/// A program of the protocol version before (ALPN chat-dir/1 or chat-peer/3) completes its
+/// handshake and is closed at once with a reason that tells it to upgrade, by the directory and
+/// by a peer alike.
+#[test]
+fn an_old_program_is_told_to_upgrade() -> Result<()> {
+    let net = Net::new()?;
+    let mut c2 = net.listen("c2")?;
+    let (c2_addr, c2_key) = net.dial_target("c1", "c2")?;
+    let targets = [
+        (net.dir().addr(), ALPN_OUTDATED[0], Expect::AnyKey),
+        (c2_addr, ALPN_OUTDATED[1], Expect::Key(c2_key)),
+    ];
+    raw::runtime()?.block_on(async {
+        let old = raw::Raw::new("old")?;
+        for (addr, alpn, expect) in targets {
+            let conn = old.dial(addr, alpn, expect).await?;
+            let closed = tokio::time::timeout(raw::RAW_WAIT, conn.closed()).await?;
+            match closed {
+                quinn::ConnectionError::ApplicationClosed(close)
+                    if close.error_code == codes::OUTDATED.into()
+                        && String::from_utf8_lossy(&close.reason).contains("upgrade") => {}
+                other => bail!("{} answered an old program with {other}", addr),
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    c2.terminate()?;
+    net.assert_no_panics()
+}
