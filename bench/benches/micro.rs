@@ -6,11 +6,12 @@
 
 use common::{
     framing,
+    seal::{verify_receipt, Content, Sealer},
     wire::{ChatMessage, Mail, MessageId, PeerFrame},
     Name,
 };
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use directory::store::{Quota, RedbStore, Store};
+use directory::store::{Quota, RedbStore, Removal, Store};
 use std::time::Duration;
 
 fn message(i: u64, to: &Name) -> ChatMessage {
@@ -122,7 +123,11 @@ fn store(c: &mut Criterion) {
                     .pending(&to, None, 64)
                     .unwrap_or_default()
                     .into_iter()
-                    .map(|s| (to.clone(), s.seq))
+                    .map(|s| Removal {
+                        recipient: to.clone(),
+                        seq: s.seq,
+                        proof: None,
+                    })
                     .collect::<Vec<_>>()
             },
             |entries| store.remove_batch(&entries, quota),
@@ -132,5 +137,39 @@ fn store(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, codec, store);
+/// End-to-end sealing (issue 15): what a mailbox letter costs its sender (seal) and its
+/// recipient (open, then prove the receipt), and a receipt's check at the sender.
+fn seal(c: &mut Criterion) {
+    let key = |n: u8| Sealer::from_seed([n; 32], [n; 32]).unwrap_or_else(|_| std::process::abort());
+    let (alice, bob_keys) = (key(1), key(2));
+    let content = Content::Chat(message(1, &bob()));
+    let letter = alice
+        .seal(&bob_keys.key_id(), &bob_keys.published(), content.clone())
+        .unwrap_or_else(|_| std::process::abort());
+    let proof = bob_keys.prove_receipt(&alice.key_id(), letter.id);
+    let mut g = c.benchmark_group("seal");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("seal_chat_100B", |b| {
+        b.iter(|| {
+            alice.seal(
+                &bob_keys.key_id(),
+                &bob_keys.published(),
+                black_box(content.clone()),
+            )
+        })
+    });
+    g.bench_function("open_chat_100B", |b| {
+        b.iter(|| bob_keys.open(black_box(&letter)))
+    });
+    g.bench_function("prove_receipt", |b| {
+        b.iter(|| bob_keys.prove_receipt(&alice.key_id(), black_box(letter.id)))
+    });
+    g.bench_function("verify_receipt", |b| {
+        let signer = bob_keys.published().identity;
+        b.iter(|| verify_receipt(&signer, &alice.key_id(), &letter.id, black_box(&proof)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, codec, store, seal);
 criterion_main!(benches);

@@ -44,7 +44,7 @@
 
 use crate::{
     identity::{write_private, Identity},
-    wire::{ChatMessage, FilePart, Letter, LetterKind},
+    wire::{ChatMessage, FilePart, Letter, LetterKind, MessageId},
     KeyId,
 };
 use anyhow::Context;
@@ -66,6 +66,8 @@ const SEAL_KEY_FILE: &str = "seal.key";
 const KEY_CONTEXT: &[u8] = b"p2pchat published key v1\0";
 /// What a sender signs, before the recipient's key id and the content.
 const LETTER_CONTEXT: &[u8] = b"p2pchat letter v1\0";
+/// What a recipient signs to prove it took a letter, before the sender's key id and the id.
+const RECEIPT_CONTEXT: &[u8] = b"p2pchat receipt v1\0";
 /// HPKE's `info`: binds every letter to this protocol and version.
 const HPKE_INFO: &[u8] = b"p2pchat letter v1";
 
@@ -350,6 +352,13 @@ impl Sealer {
         })
     }
 
+    /// Our proof that we took the letter that `sender` signed and whose receipt tells `told`
+    /// ([`Letter::receipt`]): the sender checks it with [`verify_receipt`], so a directory
+    /// cannot claim delivery of mail it dropped.
+    pub fn prove_receipt(&self, sender: &KeyId, told: MessageId) -> Signature {
+        signing_bytes(&self.signing, &receipt_signed_bytes(sender, &told))
+    }
+
     /// Opens a letter sealed to us and checks it: the seal, the signature, and that the content
     /// agrees with the routing metadata. The caller checks the signer against its pins.
     pub fn open(&self, letter: &Letter) -> Result<Opened, SealError> {
@@ -389,6 +398,27 @@ impl Sealer {
     }
 }
 
+/// True when `signature` is the proof, by the identity key `signer`, that it took the letter
+/// of `sender` whose receipt tells `told`.
+pub fn verify_receipt(
+    signer: &[u8; 32],
+    sender: &KeyId,
+    told: &MessageId,
+    signature: &Signature,
+) -> bool {
+    UnparsedPublicKey::new(&ED25519, signer)
+        .verify(&receipt_signed_bytes(sender, told), &signature.0)
+        .is_ok()
+}
+
+fn receipt_signed_bytes(sender: &KeyId, told: &MessageId) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(RECEIPT_CONTEXT.len() + 32 + 16);
+    bytes.extend_from_slice(RECEIPT_CONTEXT);
+    bytes.extend_from_slice(&sender.0);
+    bytes.extend_from_slice(&told.0);
+    bytes
+}
+
 /// The bytes a sender signs for a letter to `to`.
 fn letter_signed_bytes(to: &KeyId, content: &[u8]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(LETTER_CONTEXT.len() + 32 + content.len());
@@ -407,10 +437,7 @@ fn signing_bytes(key: &Ed25519KeyPair, message: &[u8]) -> Signature {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        wire::{FileOffer, MessageId},
-        Name,
-    };
+    use crate::{wire::FileOffer, Name};
 
     fn sealer() -> (Identity, Sealer) {
         let identity = Identity::generate("x").expect("identity");
@@ -526,6 +553,23 @@ mod tests {
         other.id = MessageId([9; 16]);
         assert_eq!(s2.open(&reseal(&signed, &other)), Err(SealError::Mismatch));
         assert!(s2.open(&reseal(&signed, &header)).is_ok());
+    }
+
+    #[test]
+    fn a_receipt_proof_verifies_for_its_sender_and_id_only() {
+        let ((c1, _), (_, s2)) = (sealer(), sealer());
+        let id = MessageId([4; 16]);
+        let proof = s2.prove_receipt(&c1.key_id, id);
+        let signer = s2.published().identity;
+        assert!(verify_receipt(&signer, &c1.key_id, &id, &proof));
+        assert!(!verify_receipt(
+            &signer,
+            &c1.key_id,
+            &MessageId([5; 16]),
+            &proof
+        ));
+        assert!(!verify_receipt(&signer, &KeyId([0; 32]), &id, &proof));
+        assert!(!verify_receipt(&[9; 32], &c1.key_id, &id, &proof));
     }
 
     #[test]

@@ -18,7 +18,10 @@
 //! The sender opens one bi-stream per conversation direction and writes [`PeerFrame::Chat`]
 //! frames in order; the receiver answers each with [`PeerFrame::Ack`], in the same order.
 
-use crate::{seal::PublishedKey, KeyId, Name};
+use crate::{
+    seal::{PublishedKey, Signature},
+    KeyId, Name,
+};
 use serde::{Deserialize, Serialize};
 use std::{fmt, net::SocketAddr};
 
@@ -349,9 +352,13 @@ pub enum DirectoryEvent {
     /// Messages we sent through the mailbox have been taken by their recipient; answer with
     /// [`EventAck::Delivered`] of the receipt's id.
     Receipt(Receipt),
-    /// A sealed letter from the mailbox; answer with [`EventAck::Delivered`] of its id once it
-    /// was taken, or refused (altered, forged: the directory drops it all the same).
+    /// A sealed letter from the mailbox; answer with [`EventAck::Took`] once it was taken, or
+    /// with [`EventAck::Delivered`] when it was refused (altered, forged: the directory drops
+    /// it all the same, and its sender gets no receipt) or tells no receipt.
     DeliverLetter(Letter),
+    /// Letters we sent through the mailbox have been taken by their recipient, which signed
+    /// each proof; answer with [`EventAck::Delivered`] of the receipt's id.
+    SignedReceipt(SignedReceipt),
 }
 
 /// Written by the peer on the event stream.
@@ -359,6 +366,44 @@ pub enum DirectoryEvent {
 pub enum EventAck {
     /// The message is in the peer's hands; the directory may delete it.
     Delivered(MessageId),
+    /// The letter with this id is in the peer's hands; the directory may delete it, and keeps
+    /// `proof` for the letter's sender in a [`SignedReceipt`].
+    Took {
+        /// The letter.
+        id: MessageId,
+        /// The peer's signature that it took what the letter's receipt tells
+        /// ([`Letter::receipt`]): see [`crate::seal::verify_receipt`].
+        proof: Signature,
+    },
+}
+
+/// One piece of mail a recipient took, and its signature saying so.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proof {
+    /// What the receipt tells: a message's id, or a file's.
+    pub told: MessageId,
+    /// The recipient's signature of it.
+    pub signature: Signature,
+}
+
+/// Made by the directory when a recipient takes letters from its mailbox, from the proofs the
+/// recipient signed, and held in the sender's mailbox in turn. The directory can hold it back,
+/// but not make one up: the sender checks every proof against the recipient's key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedReceipt {
+    /// Made by the directory; the ack key on the sender's event stream.
+    pub id: MessageId,
+    /// Who took the mail (the original recipient).
+    pub from: Name,
+    /// Who sent it (the receipt's recipient).
+    pub to: Name,
+    /// The recipient's identity key, as it published it; the sender checks that it is the key
+    /// it remembers for `from`.
+    pub signer: [u8; 32],
+    /// What was taken, each with its proof.
+    pub delivered: Vec<Proof>,
+    /// When the directory saw the recipient's acks, ms since the epoch (directory's clock).
+    pub at_ms: u64,
 }
 
 /// A frame on a direct stream between two peers. The opener's first frame says what the
@@ -491,6 +536,8 @@ pub enum Mail {
     Receipt(Receipt),
     /// A sealed message or file part.
     Letter(Letter),
+    /// A delivery receipt with the recipient's proofs.
+    SignedReceipt(SignedReceipt),
 }
 
 impl Mail {
@@ -501,6 +548,7 @@ impl Mail {
             Mail::FilePart(p) => p.id,
             Mail::Receipt(r) => r.id,
             Mail::Letter(l) => l.id,
+            Mail::SignedReceipt(r) => r.id,
         }
     }
 
@@ -511,6 +559,7 @@ impl Mail {
             Mail::FilePart(p) => &p.offer.from,
             Mail::Receipt(r) => &r.from,
             Mail::Letter(l) => &l.from,
+            Mail::SignedReceipt(r) => &r.from,
         }
     }
 
@@ -521,7 +570,13 @@ impl Mail {
             Mail::FilePart(p) => &p.offer.to,
             Mail::Receipt(r) => &r.to,
             Mail::Letter(l) => &l.to,
+            Mail::SignedReceipt(r) => &r.to,
         }
+    }
+
+    /// True for a receipt, made by the directory rather than deposited by a peer.
+    pub fn is_receipt(&self) -> bool {
+        matches!(self, Mail::Receipt(_) | Mail::SignedReceipt(_))
     }
 
     /// The bytes it counts against mailbox quotas: its size as stored (encoded), so that every
@@ -537,6 +592,7 @@ impl Mail {
             Mail::FilePart(p) => DirectoryEvent::DeliverFilePart(p),
             Mail::Receipt(r) => DirectoryEvent::Receipt(r),
             Mail::Letter(l) => DirectoryEvent::DeliverLetter(l),
+            Mail::SignedReceipt(r) => DirectoryEvent::SignedReceipt(r),
         }
     }
 }

@@ -14,7 +14,7 @@
 use crate::{
     registry::Feed,
     state::Shared,
-    store::{StoreError, Stored},
+    store::{Removal, StoreError, Stored, Taken},
     window::{Action, Input, Violation, Window},
 };
 use anyhow::{Context, Result};
@@ -40,6 +40,7 @@ async fn deliver_inner(conn: &quinn::Connection, shared: &Shared, feed: Feed) ->
         name,
         wake,
         mut events,
+        signer,
     } = feed;
     let (mut send, recv) = conn.open_bi().await.context("opening the event stream")?;
     // Reading a frame is not cancel-safe, so acks are read on their own task and come here
@@ -59,9 +60,14 @@ async fn deliver_inner(conn: &quinn::Connection, shared: &Shared, feed: Feed) ->
                     window.handle(Input::Read { batch, more })?;
                 }
                 Action::Write(event) => framing::write_frame(&mut send, &event).await?,
-                Action::Remove(seq) => {
-                    let (writer, n) = (shared.writer.clone(), name.clone());
-                    removing.spawn(async move { (seq, writer.remove(n, seq).await) });
+                Action::Remove { seq, proof } => {
+                    let removal = Removal {
+                        recipient: name.clone(),
+                        seq,
+                        proof: proof.map(|signature| Taken { signer, signature }),
+                    };
+                    let writer = shared.writer.clone();
+                    removing.spawn(async move { (seq, writer.remove(removal).await) });
                 }
                 Action::WakeSender(sender) => {
                     if let Some(online) = shared.registry.get(&sender) {
@@ -76,7 +82,8 @@ async fn deliver_inner(conn: &quinn::Connection, shared: &Shared, feed: Feed) ->
         let leaving = window.is_leaving();
         let input = tokio::select! {
             ack = acks.recv(), if !leaving => match ack {
-                Some(Ok(EventAck::Delivered(id))) => Input::Acked(id),
+                Some(Ok(EventAck::Delivered(id))) => Input::Acked(id, None),
+                Some(Ok(EventAck::Took { id, proof })) => Input::Acked(id, Some(proof)),
                 // The peer is leaving; its last acks still get their removals.
                 None => Input::Leaving,
                 Some(Err(e)) if !e.is_violation() => return Err(e.into()),

@@ -58,6 +58,9 @@ pub struct Feed {
     pub wake: Arc<Notify>,
     /// Events to forward on its event stream.
     pub events: mpsc::Receiver<DirectoryEvent>,
+    /// Its identity key, as it published it: what the proofs in its acks are checked against
+    /// by the senders that get them.
+    pub signer: [u8; 32],
 }
 
 impl Online {
@@ -79,6 +82,7 @@ impl Online {
         key: KeyId,
         listen_addrs: Vec<SocketAddr>,
         reach: Arc<RwLock<Reach>>,
+        signer: [u8; 32],
     ) -> (Self, Feed) {
         let wake = Arc::new(Notify::new());
         let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
@@ -96,6 +100,7 @@ impl Online {
                 name,
                 wake,
                 events: events_rx,
+                signer,
             },
         )
     }

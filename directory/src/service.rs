@@ -208,6 +208,7 @@ async fn register(shared: &Shared, caller: &Caller, hello: Hello) -> Result<Repl
         caller.key,
         listen_addrs,
         caller.reach.clone(),
+        published.identity,
     );
     if let Some(old) = shared.registry.insert(name, entry) {
         if old.link.id() != caller.link.id() {
@@ -400,7 +401,7 @@ async fn deposit(shared: &Shared, me: &Name, mail: Mail) -> Result<(), ErrorCode
         Mail::Letter(l) => l.sealed.len() <= Letter::max_sealed_len(l.kind),
         // Unsealed mail is refused before this; receipts are the directory's own.
         Mail::Chat(_) | Mail::FilePart(_) => return Err(ErrorCode::Unsealed),
-        Mail::Receipt(_) => return Err(ErrorCode::NotSender),
+        Mail::Receipt(_) | Mail::SignedReceipt(_) => return Err(ErrorCode::NotSender),
     };
     if !fits {
         return Err(ErrorCode::TooLarge);

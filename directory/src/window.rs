@@ -22,6 +22,7 @@
 use crate::store::Stored;
 use common::{
     defaults::DELIVERY_WINDOW,
+    seal::Signature,
     wire::{DirectoryEvent, MessageId},
     Name,
 };
@@ -37,8 +38,9 @@ pub enum Input {
         /// The read stopped at a limit (of entries or bytes), not at the end of what is held.
         more: bool,
     },
-    /// The recipient acknowledged the mail with this id.
-    Acked(MessageId),
+    /// The recipient acknowledged the mail with this id, with its signed proof of taking it
+    /// when it gave one.
+    Acked(MessageId, Option<Signature>),
     /// The removal of entry `seq` committed. `receipt_for` is the sender whose mailbox got a
     /// receipt for it, if any.
     Removed {
@@ -69,8 +71,14 @@ pub enum Action {
     },
     /// Write this event on the recipient's event stream.
     Write(DirectoryEvent),
-    /// Remove held entry `seq` (with the receipt it earns), then report [`Input::Removed`].
-    Remove(u64),
+    /// Remove held entry `seq` (with the receipt its `proof` earns), then report
+    /// [`Input::Removed`].
+    Remove {
+        /// The entry.
+        seq: u64,
+        /// The recipient's proof that it took it, for its sender's receipt.
+        proof: Option<Signature>,
+    },
     /// Wake this sender's own delivery: a receipt waits for it.
     WakeSender(Name),
 }
@@ -132,13 +140,13 @@ impl Window {
     pub fn handle(&mut self, input: Input) -> Result<(), Violation> {
         match input {
             Input::Read { batch, more } => self.read(batch, more),
-            Input::Acked(id) => {
+            Input::Acked(id, proof) => {
                 let pos = self.in_flight.iter().position(|(m, _)| *m == id);
                 let Some((_, seq)) = pos.and_then(|pos| self.in_flight.remove(pos)) else {
                     return Err(Violation::UnknownAck(id));
                 };
                 self.removing.insert(seq);
-                self.actions.push_back(Action::Remove(seq));
+                self.actions.push_back(Action::Remove { seq, proof });
             }
             Input::Removed { seq, receipt_for } => {
                 self.removing.remove(&seq);
@@ -281,7 +289,7 @@ mod tests {
                         }
                     }
                     Action::Write(event) => self.written.push(event),
-                    Action::Remove(seq) => self.removing.push(seq),
+                    Action::Remove { seq, .. } => self.removing.push(seq),
                     Action::WakeSender(sender) => self.woken.push(sender),
                 }
             }
@@ -313,6 +321,9 @@ mod tests {
                 .iter()
                 .filter_map(|e| match e {
                     DirectoryEvent::Deliver(m) => Some(m.body.clone()),
+                    DirectoryEvent::DeliverLetter(l) => {
+                        Some(String::from_utf8_lossy(&l.sealed).into_owned())
+                    }
                     _ => None,
                 })
                 .collect()
@@ -331,7 +342,7 @@ mod tests {
 
         fn ack(&mut self, body_text: &str) {
             let id = self.id_of(body_text);
-            self.input(Input::Acked(id));
+            self.input(Input::Acked(id, None));
         }
 
         /// Acknowledges everything delivered and not acknowledged yet.
@@ -433,13 +444,13 @@ mod tests {
         sim.deposit(1);
         sim.run();
         let never_sent = MessageId([7; 16]);
-        let refused = sim.window.handle(Input::Acked(never_sent));
+        let refused = sim.window.handle(Input::Acked(never_sent, None));
         assert_eq!(refused, Err(Violation::UnknownAck(never_sent)));
         let id = sim.id_of("1");
-        assert_eq!(sim.window.handle(Input::Acked(id)), Ok(()));
+        assert_eq!(sim.window.handle(Input::Acked(id, None)), Ok(()));
         // Twice is once too many.
         assert_eq!(
-            sim.window.handle(Input::Acked(id)),
+            sim.window.handle(Input::Acked(id, None)),
             Err(Violation::UnknownAck(id))
         );
     }

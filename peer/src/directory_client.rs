@@ -28,10 +28,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use common::{
     defaults::{ALPN_DIRECTORY, MISSED_HEARTBEATS, REQUEST_TIMEOUT},
     framing::{self, FrameReader},
+    seal::Signature,
     tls,
     wire::{
         codes, ChatMessage, DirectoryEvent, DirectoryRequest, DirectoryResponse, ErrorCode,
-        EventAck, FilePart, MessageId, PeerInfo, Reach, Receipt,
+        EventAck, FilePart, PeerInfo, Reach, Receipt, SignedReceipt,
     },
     Identity, KeyId, Name,
 };
@@ -132,18 +133,28 @@ pub enum Mail {
     FilePart(FilePart),
     /// A sealed message or file part, opened by [`crate::letters`].
     Letter(common::wire::Letter),
-    /// A recipient took mail of ours from its mailbox.
+    /// A receipt the directory made without proofs, as directories before signed receipts
+    /// did: ignored, since the directory could make it up.
     Receipt(Receipt),
+    /// A recipient took letters of ours from its mailbox, and signed proofs of it.
+    SignedReceipt(SignedReceipt),
 }
 
 /// The acknowledgement owed for one piece of mail.
 #[derive(Debug)]
-pub struct Delivery(oneshot::Sender<()>);
+pub struct Delivery(oneshot::Sender<Option<Signature>>);
 
 impl Delivery {
-    /// The mail is in our hands (shown, written, recorded): the directory may delete it.
+    /// The mail is in our hands (shown, written, recorded), or refused: the directory may
+    /// delete it, and its sender gets no receipt.
     pub fn taken(self) {
-        let _ = self.0.send(());
+        let _ = self.0.send(None);
+    }
+
+    /// The letter is in our hands: the directory may delete it, and keeps `proof` (see
+    /// [`common::seal::Sealer::prove_receipt`]) for its sender's receipt.
+    pub fn took(self, proof: Signature) {
+        let _ = self.0.send(Some(proof));
     }
 }
 
@@ -871,6 +882,10 @@ async fn serve_events(
                 let id = receipt.id;
                 (Mail::Receipt(receipt), id)
             }
+            Ok(Some(DirectoryEvent::SignedReceipt(receipt))) => {
+                let id = receipt.id;
+                (Mail::SignedReceipt(receipt), id)
+            }
             Ok(Some(DirectoryEvent::DeliverLetter(letter))) => {
                 let id = letter.id;
                 (Mail::Letter(letter), id)
@@ -896,28 +911,30 @@ async fn serve_events(
                 return;
             }
         };
-        if !taken(&pushed, mail).await {
-            return;
-        }
-        let taken: MessageId = id;
-        if let Err(e) = framing::write_frame(&mut send, &EventAck::Delivered(taken)).await {
+        let ack = match taken(&pushed, mail).await {
+            None => return,
+            Some(None) => EventAck::Delivered(id),
+            Some(Some(proof)) => EventAck::Took { id, proof },
+        };
+        if let Err(e) = framing::write_frame(&mut send, &ack).await {
             debug!(cause = %e, "event stream closed");
             return;
         }
     }
 }
 
-/// Hands one piece of mail over and waits until it was taken (`false`: it was not).
-async fn taken(pushed: &mpsc::Sender<FromDirectory>, mail: Mail) -> bool {
+/// Hands one piece of mail over and waits until it was taken, with the proof for its sender
+/// if there is one (`None`: it was not taken).
+async fn taken(pushed: &mpsc::Sender<FromDirectory>, mail: Mail) -> Option<Option<Signature>> {
     let (ack, was_taken) = oneshot::channel();
     if pushed
         .send(FromDirectory::Mail(mail, Delivery(ack)))
         .await
         .is_err()
     {
-        return false;
+        return None;
     }
-    was_taken.await.is_ok()
+    was_taken.await.ok()
 }
 
 /// Resolves once `leaving` is set.

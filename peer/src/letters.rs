@@ -1,7 +1,9 @@
 //! Mail through the directory, sealed end to end: what we deposit is sealed to the recipient's
 //! published encryption key and signed by our identity key ([`common::seal`]); what the
 //! directory pushes is opened, its signature checked, and its signer compared with the key we
-//! remember for the sender's name, before anything of it is shown or stored.
+//! remember for the sender's name, before anything of it is shown or stored. Taking a letter,
+//! we sign a proof for its sender's receipt; a receipt for our letters counts only the proofs
+//! that the recipient's remembered key signed.
 //!
 //! The direct path needs none of this: two peers talk over a QUIC connection whose TLS 1.3
 //! handshake proved both identity keys, checked against the pins in [`Contacts`], and the
@@ -12,8 +14,8 @@ use crate::{
     failure::Failure,
 };
 use common::{
-    seal::{Content, SealError, Sealer},
-    wire::{Letter, PeerInfo},
+    seal::{verify_receipt, Content, SealError, Sealer, Signature},
+    wire::{Letter, PeerInfo, Receipt, SignedReceipt},
     Name,
 };
 use std::sync::Arc;
@@ -90,6 +92,55 @@ impl Letters {
                 }
                 other => unsealable(&other.to_string()),
             })
+    }
+
+    /// Our proof, for the sender `signer` of a letter we took, that we took what its receipt
+    /// tells ([`Letter::receipt`]).
+    pub fn prove(&self, signer: &common::KeyId, told: common::wire::MessageId) -> Signature {
+        self.sealer.prove_receipt(signer, told)
+    }
+
+    /// The deliveries of a receipt whose proofs were signed by the key remembered for the peer
+    /// that took our mail; the others are left out (and logged). A receipt whose signer is not
+    /// that key tells nothing.
+    pub fn check_receipt(&self, receipt: SignedReceipt) -> Result<Receipt, Refusal> {
+        let from = receipt.from.clone();
+        let signer = common::KeyId::of_ed25519(&receipt.signer);
+        match self.contacts.check_key(&from, signer) {
+            Ok(KeyCheck::Known) => {}
+            Ok(KeyCheck::Changed { pinned }) => {
+                return Err(Refusal::KeyChanged {
+                    from,
+                    pinned,
+                    signer,
+                })
+            }
+            Err(e) => {
+                return Err(Refusal::Unchecked {
+                    from,
+                    cause: format!("{e:#}"),
+                })
+            }
+        }
+        let me = self.sealer.key_id();
+        let (proven, forged): (Vec<_>, Vec<_>) = receipt
+            .delivered
+            .iter()
+            .partition(|p| verify_receipt(&receipt.signer, &me, &p.told, &p.signature));
+        if !forged.is_empty() {
+            tracing::warn!(
+                from = %from,
+                forged = forged.len(),
+                "receipt proofs that do not verify were ignored"
+            );
+        }
+        Ok(Receipt {
+            id: receipt.id,
+            from,
+            to: receipt.to,
+            delivered: proven.into_iter().map(|p| p.told).collect(),
+            at_ms: receipt.at_ms,
+        })
     }
 
     /// Opens a letter from the mailbox and checks who signed it: the first key seen for a name

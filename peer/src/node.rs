@@ -344,21 +344,33 @@ async fn take_pushed(
                 let (inbox, files, letters) = (inbox.clone(), files.clone(), letters.clone());
                 tasks.spawn(async move {
                     let taken = match mail {
-                        Mail::Letter(letter) => match letters.open(&letter) {
-                            Ok((Content::Chat(message), signer)) => {
-                                inbox.receive(message, Via::Mailbox, signer).await.is_ok()
+                        Mail::Letter(letter) => {
+                            let told = letter.receipt();
+                            let signer = match letters.open(&letter) {
+                                Ok((Content::Chat(message), signer)) => {
+                                    if inbox.receive(message, Via::Mailbox, signer).await.is_err() {
+                                        return; // not taken: it stays in the mailbox
+                                    }
+                                    signer
+                                }
+                                Ok((Content::FilePart(part), signer)) => {
+                                    files.take_part(part).await;
+                                    signer
+                                }
+                                // Refused mail is taken all the same: the directory drops it,
+                                // and its sender gets no receipt.
+                                Err(refusal) => {
+                                    warn!("{refusal}");
+                                    inbox.notice(refusal.to_string()).await;
+                                    return delivery.taken();
+                                }
+                            };
+                            match told {
+                                Some(told) => delivery.took(letters.prove(&signer, told)),
+                                None => delivery.taken(),
                             }
-                            Ok((Content::FilePart(part), _)) => {
-                                files.take_part(part).await;
-                                true
-                            }
-                            // Refused mail is taken all the same: the directory drops it.
-                            Err(refusal) => {
-                                warn!("{refusal}");
-                                inbox.notice(refusal.to_string()).await;
-                                true
-                            }
-                        },
+                            return;
+                        }
                         Mail::Message(message) => {
                             let from = message.from;
                             refuse_unsealed(&inbox, &from).await
@@ -367,7 +379,17 @@ async fn take_pushed(
                             let from = part.offer.from;
                             refuse_unsealed(&inbox, &from).await
                         }
-                        Mail::Receipt(receipt) => inbox.receipt(receipt).await.is_ok(),
+                        Mail::Receipt(receipt) => {
+                            debug!(from = %receipt.from, "an unsigned receipt ignored");
+                            true
+                        }
+                        Mail::SignedReceipt(receipt) => match letters.check_receipt(receipt) {
+                            Ok(receipt) => inbox.receipt(receipt).await.is_ok(),
+                            Err(refusal) => {
+                                warn!("{refusal}");
+                                true
+                            }
+                        },
                     };
                     if taken {
                         delivery.taken();

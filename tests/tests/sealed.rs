@@ -5,12 +5,12 @@
 use anyhow::{bail, ensure, Context, Result};
 use common::{
     defaults::ALPN_OUTDATED,
-    seal::{Content, Sealer},
+    seal::{Content, Sealer, Signature},
     tls::Expect,
-    wire::{codes, ChatMessage, Mail, MessageId},
+    wire::{codes, ChatMessage, Mail, MessageId, Proof, SignedReceipt},
     Name,
 };
-use directory::store::{Quota, RedbStore, Store};
+use directory::store::{Quota, RedbStore, Removal, Store};
 use std::{fs, path::Path};
 use tests::{raw, Net, SHORT};
 
@@ -112,8 +112,15 @@ fn tamper(data: &Path, to: &str, mut change: impl FnMut(usize, Mail) -> Mail) ->
             changed.push((stored.seq, change(i, stored.mail.clone())));
         }
     }
-    let seqs: Vec<_> = changed.iter().map(|(seq, _)| (to.clone(), *seq)).collect();
-    store.remove_batch(&seqs, Quota::default())?;
+    let removals: Vec<_> = changed
+        .iter()
+        .map(|(seq, _)| Removal {
+            recipient: to.clone(),
+            seq: *seq,
+            proof: None,
+        })
+        .collect();
+    store.remove_batch(&removals, Quota::default())?;
     let mail: Vec<_> = changed.into_iter().map(|(_, mail)| mail).collect();
     for result in store.deposit_batch(&mail, Quota::default())? {
         result?;
@@ -238,4 +245,74 @@ fn an_old_program_is_told_to_upgrade() -> Result<()> {
     })?;
     c2.terminate()?;
     net.assert_no_panics()
+}
+
+/// A receipt made up in the store (c2's key as signer, a signature c2 never made) for c1's
+/// queued message leaves it `queued` in c1's history; the real one, once c2 takes the message,
+/// makes it `delivered_later`. (Before, the directory made receipts itself, so it could claim
+/// any delivery.)
+#[test]
+fn a_receipt_the_directory_makes_up_is_ignored() -> Result<()> {
+    let mut net = Net::new()?;
+    net.register("c2")?;
+    net.register("c1")?;
+    let sent = net.send("c1", "c2", "did you get this?")?;
+    ensure!(sent["status"] == "queued", "{sent}");
+    let id: MessageId = {
+        let hex = sent["id"].as_str().context("no id")?;
+        MessageId(hex_id(hex)?)
+    };
+    net.dir_mut().terminate()?;
+    {
+        let data = net.dir().data().to_path_buf();
+        let store = RedbStore::open(&data.join("directory.redb"))?;
+        let c2 = store.name(&Name::new("c2")?)?.context("c2 is not bound")?;
+        let signer = c2.published.context("c2 published no key")?.identity;
+        let forged = Mail::SignedReceipt(SignedReceipt {
+            id: MessageId::random(),
+            from: Name::new("c2")?,
+            to: Name::new("c1")?,
+            signer,
+            delivered: vec![Proof {
+                told: id,
+                signature: Signature([7; 64]),
+            }],
+            at_ms: common::now_ms(),
+        });
+        for result in store.deposit_batch(&[forged], Quota::default())? {
+            result?;
+        }
+    }
+    net.dir_mut().restart()?;
+    let state = |net: &Net| -> Result<String> {
+        let lines = net.history("c1", "c2")?;
+        let line = lines.iter().find(|v| v["id"] == sent["id"]);
+        Ok(line
+            .and_then(|v| v["state"].as_str())
+            .unwrap_or("absent")
+            .to_string())
+    };
+    net.register("c1")?; // takes the forged receipt
+    ensure!(
+        state(&net)? == "queued",
+        "a forged receipt counted: {}",
+        state(&net)?
+    );
+    net.register("c2")?; // takes the message, and proves it
+    net.register("c1")?; // takes the real receipt
+    ensure!(
+        state(&net)? == "delivered_later",
+        "the real receipt: {}",
+        state(&net)?
+    );
+    net.assert_no_panics()
+}
+
+fn hex_id(hex: &str) -> Result<[u8; 16]> {
+    let mut id = [0u8; 16];
+    ensure!(hex.len() == 32, "an id is 32 hex digits: {hex}");
+    for (i, byte) in id.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)?;
+    }
+    Ok(id)
 }

@@ -27,14 +27,16 @@
 //!
 //! # Receipts
 //!
-//! Removing delivered mail stores, in the same transaction, a [`Receipt`] in each sender's
-//! mailbox naming the chat messages (and whole files) its recipient took: the recipient's acks
-//! travel back to the sender through the mailbox, online or not. One receipt covers everything
-//! of one sender removed in one batch. Receipts count against the sender's quota but not in
-//! [`Store::queued_from`] (they must not hold the recipient's own messages back), and a receipt
-//! that does not fit is dropped: it is a courtesy, the message itself was delivered.
+//! Removing delivered mail stores, in the same transaction, a [`SignedReceipt`] in each
+//! sender's mailbox with the proofs its recipient signed for the letters (messages, and the
+//! last parts of files) it took: the recipient's acks travel back to the sender through the
+//! mailbox, online or not, and the sender checks each proof, so the directory cannot claim a
+//! delivery that did not happen. One receipt covers everything of one sender removed in one
+//! batch. Receipts count against the sender's quota but not in [`Store::queued_from`] (they
+//! must not hold the recipient's own messages back), and a receipt that does not fit is
+//! dropped: it is a courtesy, the message itself was delivered.
 //!
-//! [`Receipt`]: common::wire::Receipt
+//! [`SignedReceipt`]: common::wire::SignedReceipt
 
 pub mod redb;
 #[cfg(test)]
@@ -49,8 +51,8 @@ use common::{
         MAILBOX_QUOTA_BYTES, MAILBOX_QUOTA_MESSAGES, MAILBOX_SENDER_QUOTA_BYTES,
         MAILBOX_SENDER_QUOTA_MESSAGES, MIN_FREE_DISK, NAMES_PER_KEY, NAME_EXPIRY, STORE_MAX_BYTES,
     },
-    seal::PublishedKey,
-    wire::{Mail, MessageId},
+    seal::{PublishedKey, Signature},
+    wire::{Mail, Proof},
     KeyId, Name,
 };
 
@@ -159,6 +161,26 @@ impl Quota {
     }
 }
 
+/// A recipient's proof that it took a letter: its identity key and its signature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Taken {
+    /// The recipient's identity key, as it published it.
+    pub signer: [u8; 32],
+    /// Its signature (see [`common::seal::verify_receipt`]).
+    pub signature: Signature,
+}
+
+/// A mailbox entry to delete, once its recipient acknowledged it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Removal {
+    /// Whose mailbox.
+    pub recipient: Name,
+    /// The entry.
+    pub seq: u64,
+    /// The recipient's proof of taking it, which earns its sender a receipt.
+    pub proof: Option<Taken>,
+}
+
 /// Held mail and its mailbox sequence number.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stored {
@@ -231,12 +253,13 @@ pub trait Store: Send + Sync + 'static {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<Stored>, StoreError>;
-    /// Deletes these (recipient, seq) entries in one transaction, missing ones ignored, and
-    /// stores receipts for their senders (see "Receipts"), within `quota`. For each entry,
-    /// returns the sender whose mailbox got a receipt for it, to be woken.
+    /// Deletes these entries in one transaction, missing ones ignored, and stores receipts
+    /// for their senders from the proofs that came with them (see "Receipts"), within
+    /// `quota`. For each entry, returns the sender whose mailbox got a receipt for it, to be
+    /// woken.
     fn remove_batch(
         &self,
-        entries: &[(Name, u64)],
+        entries: &[Removal],
         quota: Quota,
     ) -> Result<Vec<Option<Name>>, StoreError>;
     /// How many messages and file parts from `sender` wait in `recipient`'s mailbox.
@@ -278,15 +301,17 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
-/// What a removed entry tells its sender: the id of a chat message, or of a file whose last
-/// part it was. Receipts and other file parts tell nothing.
-fn receipt_for(mail: &Mail) -> Option<(&Name, MessageId)> {
-    match mail {
-        Mail::Letter(l) if l.from != l.to => l.receipt().map(|id| (&l.from, id)),
-        Mail::Chat(m) if m.from != m.to => Some((&m.from, m.id)),
-        Mail::FilePart(p) if p.is_last() && p.offer.from != p.offer.to => {
-            Some((&p.offer.from, p.offer.id))
-        }
-        _ => None,
-    }
+/// What a removed entry, taken with `proof`, tells its sender: the id of a message, or of a
+/// file whose last part it was, with the proof. Entries without a proof (unsealed mail from
+/// before sealing, refused letters, other parts of files, receipts) tell nothing.
+fn receipt_for(mail: &Mail, proof: Option<Taken>) -> Option<(&Name, Proof, [u8; 32])> {
+    let (Mail::Letter(l), Some(taken)) = (mail, proof) else {
+        return None;
+    };
+    let told = l.receipt().filter(|_| l.from != l.to)?;
+    let proof = Proof {
+        told,
+        signature: taken.signature,
+    };
+    Some((&l.from, proof, taken.signer))
 }

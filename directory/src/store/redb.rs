@@ -31,11 +31,12 @@
 //! committing many deposits, or many registrations, in one transaction.
 
 use super::{
-    receipt_for, upgrade, Bind, Binding, NameRecord, Naming, Quota, Store, StoreError, Stored,
+    receipt_for, upgrade, Bind, Binding, NameRecord, Naming, Quota, Removal, Store, StoreError,
+    Stored,
 };
 use common::{
     now_ms,
-    wire::{Mail, MessageId, Receipt},
+    wire::{Mail, MessageId, Proof, SignedReceipt},
     KeyId, Name,
 };
 use redb::{
@@ -156,7 +157,7 @@ impl<'t> Mailbox<'t> {
         if count >= quota.max_messages || bytes.saturating_add(len) > quota.max_bytes {
             return Err(StoreError::MailboxFull);
         }
-        let sender = (!matches!(mail, Mail::Receipt(_))).then(|| mail.from().as_str());
+        let sender = (!mail.is_receipt()).then(|| mail.from().as_str());
         let from_sender = match sender {
             Some(from) => self.senders.get((to, from))?.map_or((0, 0), |g| g.value()),
             None => (0, 0),
@@ -205,7 +206,7 @@ impl<'t> Mailbox<'t> {
             }
         };
         self.ids.remove((to, &mail.id().0))?;
-        if !matches!(mail, Mail::Receipt(_)) {
+        if !mail.is_receipt() {
             let from = mail.from().as_str();
             let now = self.senders.get((to, from))?.map_or((0, 0), |g| g.value());
             add(&mut self.senders, (to, from), now, false, (1, len))?;
@@ -239,7 +240,8 @@ impl<'t> Mailbox<'t> {
             let u = usage.entry(to.clone()).or_default();
             *u = (u.0 + 1, u.1 + len);
             match postcard::from_bytes::<Mail>(value.value()) {
-                Ok(Mail::Receipt(_)) | Err(_) => {}
+                Ok(mail) if mail.is_receipt() => {}
+                Err(_) => {}
                 Ok(mail) => {
                     let s = senders.entry((to, mail.from().to_string())).or_default();
                     *s = (s.0 + 1, s.1 + len);
@@ -391,7 +393,7 @@ impl<'t> Names<'t> {
 #[derive(Default)]
 struct Gathered {
     /// What it tells the sender.
-    delivered: Vec<MessageId>,
+    delivered: Vec<Proof>,
     /// The batch's entries it answers (indices), whose callers learn the sender to wake.
     entries: Vec<usize>,
 }
@@ -565,7 +567,7 @@ impl Store for RedbStore {
 
     fn remove_batch(
         &self,
-        entries: &[(Name, u64)],
+        entries: &[Removal],
         quota: Quota,
     ) -> Result<Vec<Option<Name>>, StoreError> {
         let txn = self.write()?;
@@ -573,27 +575,30 @@ impl Store for RedbStore {
         let mut woken = vec![None; entries.len()];
         {
             let mut mailbox = Mailbox::open(&txn)?;
-            // By (recipient who took the mail, its sender).
-            let mut receipts: BTreeMap<(&Name, Name), Gathered> = BTreeMap::new();
-            for (i, (name, seq)) in entries.iter().enumerate() {
-                let Some(mail) = mailbox.remove(name.as_str(), *seq)? else {
+            // By (recipient who took the mail, its sender, the recipient's key).
+            let mut receipts: BTreeMap<(&Name, Name, [u8; 32]), Gathered> = BTreeMap::new();
+            for (i, removal) in entries.iter().enumerate() {
+                let name = &removal.recipient;
+                let Some(mail) = mailbox.remove(name.as_str(), removal.seq)? else {
                     continue;
                 };
                 changed = true;
-                if let Some((sender, id)) = receipt_for(&mail) {
-                    let gathered = receipts.entry((name, sender.clone())).or_default();
-                    gathered.delivered.push(id);
+                if let Some((sender, proof, signer)) = receipt_for(&mail, removal.proof) {
+                    let key = (name, sender.clone(), signer);
+                    let gathered = receipts.entry(key).or_default();
+                    gathered.delivered.push(proof);
                     gathered.entries.push(i);
                 }
             }
             if !receipts.is_empty() {
                 let mut next = mailbox.meta(NEXT_SEQ, 1)?;
                 let at_ms = now_ms();
-                for ((recipient, sender), gathered) in receipts {
-                    let receipt = Mail::Receipt(Receipt {
+                for ((recipient, sender, signer), gathered) in receipts {
+                    let receipt = Mail::SignedReceipt(SignedReceipt {
                         id: MessageId::random(),
                         from: recipient.clone(),
                         to: sender.clone(),
+                        signer,
                         delivered: gathered.delivered,
                         at_ms,
                     });
@@ -752,7 +757,10 @@ mod tests {
         let held = store.pending(&name("c2"), None, 10)?;
         assert_eq!(held.len(), 1);
         assert_eq!((held[0].seq, &held[0].mail), (7, &Mail::Chat(old)));
-        store.remove_batch(&[(name("c2"), 7)], Quota::default())?;
+        store.remove_batch(
+            &super::super::suite::taken(&[(name("c2"), 7)]),
+            Quota::default(),
+        )?;
         assert_eq!(store.usage(&name("c2"))?, (0, 0));
         drop(store);
         // Reopening finds nothing left to move.

@@ -2,9 +2,10 @@
 //! when [`all`] returns `Ok` for stores it opens. Also the helpers that tests of the store's
 //! users share.
 
-use super::{Bind, Binding, NameRecord, Naming, Quota, Store, StoreError, Stored};
+use super::{Bind, Binding, NameRecord, Naming, Quota, Removal, Store, StoreError, Stored, Taken};
 use common::{
-    wire::{ChatMessage, FileOffer, FilePart, Mail, MessageId},
+    seal::Signature,
+    wire::{ChatMessage, FileOffer, FilePart, Letter, LetterKind, Mail, MessageId},
     KeyId, Name,
 };
 
@@ -113,15 +114,41 @@ pub(crate) fn chat(from: &str, to: &str, body: &str) -> ChatMessage {
     }
 }
 
-/// [`chat`] as mail.
+/// A letter from `from` to `to` whose sealed part is `body` itself: the store never opens
+/// letters, so it need not be sealed for these tests.
 pub(crate) fn msg(from: &str, to: &str, body: &str) -> Mail {
-    Mail::Chat(chat(from, to, body))
+    Mail::Letter(Letter {
+        id: MessageId::random(),
+        from: name(from),
+        to: name(to),
+        sent_at_ms: 1,
+        kind: LetterKind::Chat,
+        encapped: [0; 32],
+        sealed: body.as_bytes().to_vec(),
+    })
+}
+
+/// Removals of these entries, each with a proof of taking it (which the store does not check).
+pub(crate) fn taken(entries: &[(Name, u64)]) -> Vec<Removal> {
+    let proof = Taken {
+        signer: [1; 32],
+        signature: Signature([2; 64]),
+    };
+    entries
+        .iter()
+        .map(|(recipient, seq)| Removal {
+            recipient: recipient.clone(),
+            seq: *seq,
+            proof: Some(proof),
+        })
+        .collect()
 }
 
 /// The body of a chat message, or a placeholder for other mail.
 pub(crate) fn body(mail: &Mail) -> &str {
     match mail {
         Mail::Chat(m) => &m.body,
+        Mail::Letter(l) => std::str::from_utf8(&l.sealed).unwrap_or("(not text)"),
         _ => "(not a chat message)",
     }
 }
@@ -260,7 +287,7 @@ fn remove_then_pending<S: Store>(open: Open<'_, S>) -> TestResult {
         .map(|s| s.seq)
         .collect();
     let woken = store.remove_batch(
-        &[(name("c2"), seqs[1]), (name("c2"), 999), (name("c9"), 1)],
+        &taken(&[(name("c2"), seqs[1]), (name("c2"), 999), (name("c9"), 1)]),
         Quota::default(),
     )?;
     assert_eq!(woken, [Some(name("c1")), None, None]);
@@ -282,7 +309,7 @@ fn remove_then_pending<S: Store>(open: Open<'_, S>) -> TestResult {
         .into_iter()
         .map(|s| (name("c2"), s.seq))
         .collect();
-    store.remove_batch(&all, Quota::default())?;
+    store.remove_batch(&taken(&all), Quota::default())?;
     assert!(store.pending(&name("c2"), None, 10)?.is_empty());
     assert_eq!(store.usage(&name("c2"))?, (0, 0));
     assert_eq!(store.sender_usage(&name("c2"), &name("c1"))?, (0, 0));
@@ -317,7 +344,7 @@ fn queued_from_counts<S: Store>(open: Open<'_, S>) -> TestResult {
     assert_eq!((record.key, queued), (KeyId([5; 32]), 2));
     assert_eq!(store.lookup(&name("nobody"), &name("c1"))?, None);
     let first = store.pending(&name("c2"), None, 1)?;
-    store.remove_batch(&[(name("c2"), first[0].seq)], Quota::default())?;
+    store.remove_batch(&taken(&[(name("c2"), first[0].seq)]), Quota::default())?;
     assert_eq!(store.queued_from(&name("c2"), &name("c1"))?, 1);
     // The receipt waiting for c1 does not hold c2's own messages to c1 back.
     assert_eq!(store.pending(&name("c1"), None, 10)?.len(), 1);
@@ -329,7 +356,10 @@ fn receipts(stored: &[Stored]) -> Vec<(String, Vec<MessageId>)> {
     stored
         .iter()
         .filter_map(|s| match &s.mail {
-            Mail::Receipt(r) => Some((r.from.to_string(), r.delivered.clone())),
+            Mail::SignedReceipt(r) => Some((
+                r.from.to_string(),
+                r.delivered.iter().map(|p| p.told).collect(),
+            )),
             _ => None,
         })
         .collect()
@@ -351,7 +381,19 @@ fn part(from: &str, to: &str, offset: u64, data: &[u8], size: u64) -> (Mail, Mes
         offset,
         data: data.to_vec(),
     };
-    (Mail::FilePart(part), MessageId([9; 16]))
+    let letter = Letter {
+        id: part.id,
+        from: part.offer.from.clone(),
+        to: part.offer.to.clone(),
+        sent_at_ms: 1,
+        kind: LetterKind::FilePart {
+            file: part.offer.id,
+            last: part.is_last(),
+        },
+        encapped: [0; 32],
+        sealed: part.data.clone(),
+    };
+    (Mail::Letter(letter), MessageId([9; 16]))
 }
 
 fn removing_delivered_mail_leaves_receipts_for_its_senders<S: Store>(
@@ -359,19 +401,13 @@ fn removing_delivered_mail_leaves_receipts_for_its_senders<S: Store>(
 ) -> TestResult {
     let store = open("store")?;
     let (a, b, c) = (
-        chat("c1", "c2", "a"),
-        chat("c3", "c2", "b"),
-        chat("c1", "c2", "c"),
+        msg("c1", "c2", "a"),
+        msg("c3", "c2", "b"),
+        msg("c1", "c2", "c"),
     );
     let (first, file_id) = part("c1", "c2", 0, b"12", 4);
     let (last, _) = part("c1", "c2", 2, b"34", 4);
-    let mail = [
-        Mail::Chat(a.clone()),
-        Mail::Chat(b.clone()),
-        Mail::Chat(c.clone()),
-        first,
-        last,
-    ];
+    let mail = [a.clone(), b.clone(), c.clone(), first, last];
     store.deposit_batch(&mail, Quota::default())?;
     assert_eq!(store.usage(&name("c2"))?, (5, size(&mail)));
     let all: Vec<(Name, u64)> = store
@@ -379,18 +415,21 @@ fn removing_delivered_mail_leaves_receipts_for_its_senders<S: Store>(
         .iter()
         .map(|s| (name("c2"), s.seq))
         .collect();
-    let woken = store.remove_batch(&all, Quota::default())?;
+    let woken = store.remove_batch(&taken(&all), Quota::default())?;
     let (c1, c3) = (Some(name("c1")), Some(name("c3")));
     assert_eq!(woken, [c1.clone(), c3, c1.clone(), None, c1]);
     // One receipt per sender; only a file's last part earns one, under the file's id.
     let held = store.pending(&name("c1"), None, 10)?;
-    assert_eq!(receipts(&held), [("c2".into(), vec![a.id, c.id, file_id])]);
+    assert_eq!(
+        receipts(&held),
+        [("c2".into(), vec![a.id(), c.id(), file_id])]
+    );
     assert_eq!(
         receipts(&store.pending(&name("c3"), None, 10)?),
-        [("c2".into(), vec![b.id])]
+        [("c2".into(), vec![b.id()])]
     );
     // Taking a receipt earns none in turn.
-    let woken = store.remove_batch(&[(name("c1"), held[0].seq)], Quota::default())?;
+    let woken = store.remove_batch(&taken(&[(name("c1"), held[0].seq)]), Quota::default())?;
     assert_eq!(woken, [None]);
     assert!(store.pending(&name("c2"), None, 10)?.is_empty());
     Ok(())
@@ -406,7 +445,7 @@ fn a_receipt_that_does_not_fit_is_dropped<S: Store>(open: Open<'_, S>) -> TestRe
     store.deposit_batch(std::slice::from_ref(&full), quota)?;
     store.deposit_batch(&[msg("c1", "c2", "hi")], quota)?;
     let held = store.pending(&name("c2"), None, 10)?;
-    let woken = store.remove_batch(&[(name("c2"), held[0].seq)], quota)?;
+    let woken = store.remove_batch(&taken(&[(name("c2"), held[0].seq)]), quota)?;
     assert_eq!(woken, [None]);
     assert!(store.pending(&name("c2"), None, 10)?.is_empty());
     assert_eq!(store.usage(&name("c1"))?, (1, full.size()));
@@ -498,7 +537,7 @@ fn one_sender_fills_only_its_share<S: Store>(open: Open<'_, S>) -> TestResult {
     );
     // Taking mail frees the sender's share.
     let first = store.pending(&name("c5"), None, 1)?;
-    store.remove_batch(&[(name("c5"), first[0].seq)], by_bytes)?;
+    store.remove_batch(&taken(&[(name("c5"), first[0].seq)]), by_bytes)?;
     let again = msg("mallory", "c5", &"x".repeat(100));
     assert_eq!(store.deposit_batch(&[again], by_bytes)?, [Ok(())]);
     Ok(())
@@ -521,7 +560,7 @@ fn the_total_cap_holds_for_every_mailbox<S: Store>(open: Open<'_, S>) -> TestRes
     assert_eq!(store.held_bytes()?, quota.total_bytes);
     // Taking mail makes room, receipts included.
     let held = store.pending(&name("r0"), None, 1)?;
-    store.remove_batch(&[(name("r0"), held[0].seq)], quota)?;
+    store.remove_batch(&taken(&[(name("r0"), held[0].seq)]), quota)?;
     assert!(store.held_bytes()? < quota.total_bytes);
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! and last-seen time, commits them in as few transactions as it can, and answers each caller,
 //! so one fsync serves many: a peer cannot make the directory fsync once per request.
 
-use super::{Bind, Binding, Naming, Quota, Store, StoreError};
+use super::{Bind, Binding, Naming, Quota, Removal, Store, StoreError};
 use common::{wire::Mail, Name};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -16,7 +16,7 @@ type BindReply = oneshot::Sender<Result<Bind, StoreError>>;
 
 enum Op {
     Deposit(Mail, Reply),
-    Remove((Name, u64), RemoveReply),
+    Remove(Removal, RemoveReply),
     Bind(Binding, BindReply),
     Seen((Name, u64), Reply),
 }
@@ -56,12 +56,11 @@ impl Writer {
         self.submit(Op::Deposit(mail, reply), answer).await
     }
 
-    /// Durably deletes the mailbox entry `(recipient, seq)`, if it exists, with the receipt it
-    /// earns its sender; returns that sender if a receipt was stored.
-    pub async fn remove(&self, recipient: Name, seq: u64) -> Result<Option<Name>, StoreError> {
+    /// Durably deletes a mailbox entry, if it exists, with the receipt it earns its sender;
+    /// returns that sender if a receipt was stored.
+    pub async fn remove(&self, removal: Removal) -> Result<Option<Name>, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.submit(Op::Remove((recipient, seq), reply), answer)
-            .await
+        self.submit(Op::Remove(removal, reply), answer).await
     }
 
     /// Durably binds, or refreshes, a registration (see [`Store::update_names`]).
@@ -90,7 +89,7 @@ impl Writer {
 #[derive(Default)]
 struct Batch {
     deposits: (Vec<Mail>, Vec<Reply>),
-    removes: (Vec<(Name, u64)>, Vec<RemoveReply>),
+    removes: (Vec<Removal>, Vec<RemoveReply>),
     bindings: (Vec<Binding>, Vec<BindReply>),
     seen: (Vec<(Name, u64)>, Vec<Reply>),
 }
@@ -180,7 +179,7 @@ fn run(store: &dyn Store, quota: Quota, naming: Naming, mut rx: mpsc::Receiver<O
 mod tests {
     use super::*;
     use crate::store::{
-        suite::{body, msg, name, TestResult},
+        suite::{body, msg, name, taken, TestResult},
         RedbStore,
     };
     use std::collections::HashMap;
@@ -222,11 +221,12 @@ mod tests {
         assert_eq!(store.queued_from(&name("r"), &name("s0"))?, EACH as u32);
 
         // Removing the oldest entry names its sender, whichever task deposited first.
+        let oldest = || taken(&[(name("r"), pending[0].seq)]).remove(0);
         assert_eq!(
-            writer.remove(name("r"), pending[0].seq).await?,
+            writer.remove(oldest()).await?,
             Some(pending[0].mail.from().clone())
         );
-        assert_eq!(writer.remove(name("r"), pending[0].seq).await?, None);
+        assert_eq!(writer.remove(oldest()).await?, None);
         assert_eq!(store.usage(&name("r"))?.0, (SENDERS * EACH - 1) as u64);
         Ok(())
     }
