@@ -540,15 +540,15 @@ pub async fn mailbox(dir: &DirectoryProcess, id: &Identity, p: &Params) -> Resul
                 .collect::<Result<_, _>>()
         })
         .collect::<Result<_, _>>()?;
-    let next = Arc::new(AtomicUsize::new(0));
+    let total: usize = letters.iter().map(Vec::len).sum();
     let t = Instant::now();
     let mut tasks = JoinSet::new();
     for ((conn, _), letters) in senders.iter().zip(letters) {
         let letters = Arc::new(Mutex::new(letters));
         for _ in 0..p.mailbox_streams {
-            let (conn, letters, next) = (conn.clone(), letters.clone(), next.clone());
+            let (conn, letters) = (conn.clone(), letters.clone());
             tasks.spawn(async move {
-                while next.fetch_add(1, Ordering::Relaxed) < total {
+                loop {
                     let letter = letters.lock().unwrap_or_else(|e| e.into_inner()).pop();
                     let Some(letter) = letter else { break };
                     match request(&conn, &DirectoryRequest::DepositLetter { letter }).await? {

@@ -152,7 +152,9 @@ pub struct Letter {
     pub kind: LetterKind,
     /// HPKE's encapsulated key: the sender's ephemeral X25519 public key.
     pub encapped: [u8; 32],
-    /// The signed content, sealed: at most [`Letter::max_sealed_len`] bytes.
+    /// The signed content, sealed: at most [`Letter::max_sealed_len`] bytes. (Encoded as
+    /// bytes, not as a sequence of numbers: the same wire bytes, decoded in one copy.)
+    #[serde(with = "serde_bytes")]
     pub sealed: Vec<u8>,
 }
 
@@ -487,7 +489,9 @@ pub struct FilePart {
     pub offer: FileOffer,
     /// Where `data` starts in the file.
     pub offset: u64,
-    /// At most [`crate::defaults::FILE_PART_LEN`] bytes.
+    /// At most [`crate::defaults::FILE_PART_LEN`] bytes (encoded as bytes, like
+    /// [`Letter::sealed`]).
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 

@@ -407,8 +407,11 @@ async fn deposit(shared: &Shared, me: &Name, mail: Mail) -> Result<(), ErrorCode
         return Err(ErrorCode::TooLarge);
     }
     let to = mail.to().clone();
-    let known = shared.store.name(&to).map_err(|_| ErrorCode::Internal)?;
-    if known.is_none() {
+    let known = shared
+        .store
+        .is_bound(&to)
+        .map_err(|_| ErrorCode::Internal)?;
+    if !known {
         return Err(ErrorCode::UnknownPeer);
     }
     match shared.writer.deposit(mail).await {

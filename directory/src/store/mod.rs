@@ -234,6 +234,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Result<Bind, StoreError>>, StoreError>;
     /// The binding of `name`, if any.
     fn name(&self, name: &Name) -> Result<Option<NameRecord>, StoreError>;
+    /// Whether `name` is bound: what a deposit checks, cheaper than [`Store::name`].
+    fn is_bound(&self, name: &Name) -> Result<bool, StoreError> {
+        self.name(name).map(|record| record.is_some())
+    }
     /// Durably stores each mail (one transaction, one fsync for the whole batch: group
     /// commit). Each entry's result is independent: one refused does not fail the others.
     /// Refuses with [`StoreError::MailboxFull`] over the recipient's quota,

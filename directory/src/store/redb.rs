@@ -501,6 +501,12 @@ impl Store for RedbStore {
         Ok(results)
     }
 
+    fn is_bound(&self, name: &Name) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read()?;
+        let names = txn.open_table(NAMES)?;
+        Ok(names.get(name.as_str())?.is_some())
+    }
+
     fn name(&self, name: &Name) -> Result<Option<NameRecord>, StoreError> {
         record(&self.db.begin_read()?, name.as_str())
     }
