@@ -14,6 +14,8 @@
 //! * [`framing`]: length-prefixed postcard frames with a hard size cap, over QUIC streams.
 //! * [`identity`]: a long-term key and self-signed certificate (rcgen), and [`KeyId`], the
 //!   SHA-256 fingerprint of a public key that names an identity.
+//! * [`room`]: rooms' names, and the signed, hash-linked log of their membership that every
+//!   member replays and checks ([`room::Roster`]).
 //! * [`seal`]: end-to-end sealing of mail (HPKE to the recipient's published X25519 key,
 //!   signed by the sender's Ed25519 identity), so the directory holds letters it cannot read.
 //! * [`socket`]: the UDP socket under each QUIC endpoint, its buffers sized for QUIC.
@@ -44,6 +46,7 @@ pub mod defaults;
 pub mod framing;
 pub mod identity;
 pub mod name;
+pub mod room;
 pub mod seal;
 pub mod socket;
 pub mod tls;
