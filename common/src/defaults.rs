@@ -18,6 +18,14 @@ pub const ALPN_PEER: &[u8] = b"chat-peer/4";
 /// with an alert it cannot explain.
 pub const ALPN_OUTDATED: [&[u8]; 2] = [b"chat-dir/1", b"chat-peer/3"];
 
+/// Most ops of a room's log one answer holds: an op is about 250 bytes encoded, so a page
+/// stays well inside a frame.
+pub const ROOM_LOG_PAGE: usize = 128;
+
+/// Most ops a room's log holds: joins and leaves of a busy public room add up, and every
+/// member replays the log once. The directory refuses more with `RoomFull`.
+pub const MAX_ROOM_OPS: u64 = 16_384;
+
 /// Largest frame either side accepts. Checked before any allocation.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
 

@@ -19,6 +19,7 @@
 //! frames in order; the receiver answers each with [`PeerFrame::Ack`], in the same order.
 
 use crate::{
+    room::{Op, RoomName},
     seal::{PublishedKey, Signature},
     KeyId, Name,
 };
@@ -134,6 +135,23 @@ pub enum DirectoryRequest {
         /// The letter; its `from` must be the depositor.
         letter: Letter,
     },
+    /// Append this op to its room's membership log (a creation makes the room). The caller
+    /// must be the op's actor; the directory checks the op against the log as members do
+    /// ([`crate::room::Roster::apply`]), stores it, and pushes it to the room's online members
+    /// as [`DirectoryEvent::RoomOp`].
+    RoomOp {
+        /// The signed op.
+        op: Op,
+    },
+    /// The ops of a room's log after version `after` (from its creation if `None`), at most
+    /// [`crate::defaults::ROOM_LOG_PAGE`]: answered with [`DirectoryResponse::RoomOps`]. A
+    /// private room's log is given to its members only.
+    RoomLog {
+        /// The room.
+        room: RoomName,
+        /// The last version the caller has.
+        after: Option<u64>,
+    },
 }
 
 /// Mail sealed end to end (see [`crate::seal`]): the directory reads the routing metadata in
@@ -244,6 +262,8 @@ pub enum DirectoryResponse {
     Introduced,
     /// Noted.
     Noted,
+    /// A page of a room's log, oldest first; fewer than a page means the end.
+    RoomOps(Vec<Op>),
 }
 
 /// What the directory knows about one name.
@@ -329,6 +349,18 @@ pub enum ErrorCode {
     /// The published encryption key is not signed by the connection's key.
     #[error("the encryption key is not signed by your identity key")]
     BadPublishedKey,
+    /// No room has this name.
+    #[error("no room has that name")]
+    UnknownRoom,
+    /// A room with this name exists already.
+    #[error("a room with that name exists already")]
+    RoomTaken,
+    /// The op does not follow the room's log, or its signer may not do it.
+    #[error("the room refused the change: it is out of date, or you may not make it")]
+    RoomRefused,
+    /// The room has its most members, or its log its most ops.
+    #[error("the room is full")]
+    RoomFull,
 }
 
 /// Written by the directory on the event stream it opens towards a registered peer.
@@ -361,6 +393,9 @@ pub enum DirectoryEvent {
     /// Letters we sent through the mailbox have been taken by their recipient, which signed
     /// each proof; answer with [`EventAck::Delivered`] of the receipt's id.
     SignedReceipt(SignedReceipt),
+    /// A room we are in (or were in until this op) changed. No ack: a peer that missed it
+    /// reads the log ([`DirectoryRequest::RoomLog`]).
+    RoomOp(Op),
 }
 
 /// Written by the peer on the event stream.

@@ -20,6 +20,8 @@
 //! * [`state`]: what every connection shares: store, writer, registry, settings, counters,
 //!   allowances.
 //! * [`rates`]: token buckets: introductions per key, host and target; new names per host.
+//! * [`rooms`]: each room's signed membership log: checked as members check it, stored,
+//!   handed out a page at a time, pushed to the room's online members.
 //! * [`registry`]: who is online now, on which connection, at which addresses; why a live QUIC
 //!   connection is what online means.
 //! * [`store`]: the durable state (name bindings, mailbox) behind a trait: the redb backend, the
@@ -46,6 +48,7 @@ pub mod admission;
 pub mod mailbox;
 pub mod rates;
 pub mod registry;
+pub mod rooms;
 pub mod server;
 pub mod service;
 pub mod session;

@@ -9,6 +9,7 @@
 
 use crate::{
     registry::{Feed, Link, Online},
+    rooms::{Asker, Parts as RoomParts},
     state::Shared,
     store::{Binding, StoreError, ACTIVE_STEP_MS},
 };
@@ -140,6 +141,16 @@ pub async fn handle(
             caller.registered()?;
             return Err(ErrorCode::Unsealed);
         }
+        DirectoryRequest::RoomOp { op } => {
+            let asker = room_asker(shared, caller)?;
+            shared.rooms.append(rooms_parts(shared), asker, op).await?;
+            DirectoryResponse::Noted
+        }
+        DirectoryRequest::RoomLog { room, after } => {
+            let asker = room_asker(shared, caller)?;
+            let ops = shared.rooms.log(rooms_parts(shared), asker, &room, after);
+            DirectoryResponse::RoomOps(ops.await?)
+        }
         DirectoryRequest::DepositLetter { letter } => {
             let me = caller.registered()?;
             deposit(shared, me, Mail::Letter(letter)).await?;
@@ -161,6 +172,27 @@ pub async fn handle(
         }
     };
     Ok(response.into())
+}
+
+fn rooms_parts(shared: &Shared) -> RoomParts<'_> {
+    RoomParts {
+        store: &shared.store,
+        registry: &shared.registry,
+    }
+}
+
+/// The caller of a room request, within the rate its key has for lookups: both read the
+/// store for whoever asks.
+fn room_asker<'a>(shared: &Shared, caller: &'a Caller) -> Result<Asker<'a>, ErrorCode> {
+    let name = caller.registered()?;
+    if let Err(limited) = shared.allowances.lookup_by(caller.key) {
+        debug!(?limited, "room request refused: rate limit");
+        return Err(ErrorCode::RateLimited);
+    }
+    Ok(Asker {
+        name,
+        key: caller.key,
+    })
 }
 
 /// What a [`DirectoryRequest::Register`] says.
@@ -844,6 +876,79 @@ mod tests {
         handle(&d.shared, &bob2, register).await?;
         let bob = peer(d.alice_asks(lookup("bob")).await)?;
         assert_eq!(bob.published, Some(again.published()));
+        Ok(())
+    }
+
+    /// A private room at the directory: its creator's log; a stranger can neither read it nor
+    /// join; an invitation is stored and pushed to the new member, who can then read the log;
+    /// an op out of date, one in someone else's name, and a second creation are refused.
+    #[tokio::test]
+    async fn a_room_log_takes_only_ops_members_would_accept() -> TestResult {
+        use common::room::{Action, Kind, Op, RoomName};
+        let mut d = AliceAndBob::new(Quota::default()).await?;
+        let carol = d.join("carol", 3, true).await?;
+        let room: RoomName = "#ops".parse()?;
+        let key = |n: u8| ring::signature::Ed25519KeyPair::from_seed_unchecked(&[n; 32]);
+        let op = |n: u8,
+                  who: &str,
+                  at: (u64, [u8; 32]),
+                  action: Action|
+         -> Result<Op, Box<dyn std::error::Error>> {
+            let key = key(n).map_err(|e| e.to_string())?;
+            Ok(Op::sign(&key, room.clone(), at, name(who), 1, action))
+        };
+        let create = op(
+            1,
+            "alice",
+            (0, [0; 32]),
+            Action::Create {
+                kind: Kind::Private,
+            },
+        )?;
+        let roomop = |op: &Op| DirectoryRequest::RoomOp { op: op.clone() };
+        let log = DirectoryRequest::RoomLog {
+            room: room.clone(),
+            after: None,
+        };
+        assert_eq!(
+            d.alice_asks(roomop(&create)).await,
+            Ok(DirectoryResponse::Noted)
+        );
+        assert_eq!(
+            d.alice_asks(roomop(&create)).await,
+            Err(ErrorCode::RoomTaken)
+        );
+        let hidden = ask(&d.shared, &carol, log.clone()).await;
+        assert_eq!(hidden, Err(ErrorCode::UnknownRoom));
+        let at = (1, create.hash());
+        let join = op(3, "carol", at, Action::Join)?;
+        let refused = ask(&d.shared, &carol, roomop(&join)).await;
+        assert_eq!(refused, Err(ErrorCode::RoomRefused));
+        let in_alices_name = op(3, "alice", at, Action::Leave)?;
+        let forged = ask(&d.shared, &carol, roomop(&in_alices_name)).await;
+        assert_eq!(forged, Err(ErrorCode::NotSender));
+        let invite = Action::Invite {
+            name: name("bob"),
+            key: test_key(2),
+        };
+        let invite = op(1, "alice", at, invite)?;
+        assert_eq!(
+            d.alice_asks(roomop(&invite)).await,
+            Ok(DirectoryResponse::Noted)
+        );
+        assert_eq!(
+            d.bob.events.try_recv()?,
+            DirectoryEvent::RoomOp(invite.clone())
+        );
+        let stale = op(1, "alice", at, Action::Kick { name: name("bob") })?;
+        assert_eq!(
+            d.alice_asks(roomop(&stale)).await,
+            Err(ErrorCode::RoomRefused)
+        );
+        let (bob, _) = caller(2);
+        ask(&d.shared, &bob, register("bob", false)).await?;
+        let ops = ask(&d.shared, &bob, log).await;
+        assert_eq!(ops, Ok(DirectoryResponse::RoomOps(vec![create, invite])));
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 use crate::{
     rates::{Allowances, Rates},
     registry::Registry,
+    rooms::Rooms,
     store::{Naming, Quota, Store, Writer},
 };
 use std::sync::{atomic::AtomicU64, Arc, Mutex};
@@ -36,6 +37,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// What callers may still ask for: introductions, new names.
     pub allowances: Allowances,
+    /// The rooms' membership logs.
+    pub rooms: Rooms,
 }
 
 impl Shared {
@@ -46,6 +49,7 @@ impl Shared {
             store,
             registry: Registry::default(),
             allowances: Allowances::new(config.rates),
+            rooms: Rooms::default(),
             config,
             metrics: Metrics::default(),
         }

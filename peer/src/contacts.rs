@@ -205,6 +205,11 @@ impl Contacts {
         }
     }
 
+    /// The key remembered for `name`, if any; remembers nothing.
+    pub fn pinned(&self, name: &Name) -> Option<KeyId> {
+        self.known().get(name).map(|k| k.key)
+    }
+
     /// [`Contacts::check_key`] for what the directory says of a name, as the user is told: a
     /// changed key is a [`Failure::KeyChanged`].
     pub fn vouch(&self, info: &PeerInfo) -> Result<(), Failure> {

@@ -890,6 +890,9 @@ async fn serve_events(
                 let id = letter.id;
                 (Mail::Letter(letter), id)
             }
+            // Room changes are not followed by this peer yet (issue 16: the directory's side
+            // is built, the peer's comes next); nothing is owed for them.
+            Ok(Some(DirectoryEvent::RoomOp(_))) => continue,
             Ok(Some(DirectoryEvent::MailboxIdle)) => {
                 let _ = pushed.send(FromDirectory::MailboxIdle).await;
                 continue;

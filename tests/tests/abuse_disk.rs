@@ -227,8 +227,11 @@ fn one_sender_cannot_fill_a_mailbox() -> Result<()> {
         let raw = Raw::at("mallory", mallory())?;
         let conn = raw.registered(dir, "mallory").await?;
         let to = raw.lookup(&conn, "c2").await?;
-        let flood_of = (0..12_000)
-            .map(|i| chat(&raw, &to, "mallory", &i.to_string()).expect("a sealed message"));
+        // Sealed before the flood starts, so the attack window is all sending.
+        let share = MAILBOX_SENDER_QUOTA_MESSAGES as usize;
+        let flood_of = (0..share + 100)
+            .map(|i| chat(&raw, &to, "mallory", &i.to_string()))
+            .collect::<Result<Vec<_>>>()?;
         flood(&conn, flood_of, |a| {
             matches!(a, DirectoryResponse::Error(_))
         })

@@ -51,6 +51,7 @@ use common::{
         MAILBOX_QUOTA_BYTES, MAILBOX_QUOTA_MESSAGES, MAILBOX_SENDER_QUOTA_BYTES,
         MAILBOX_SENDER_QUOTA_MESSAGES, MIN_FREE_DISK, NAMES_PER_KEY, NAME_EXPIRY, STORE_MAX_BYTES,
     },
+    room::{Op, RoomName},
     seal::{PublishedKey, Signature},
     wire::{Mail, Proof},
     KeyId, Name,
@@ -211,6 +212,9 @@ pub enum StoreError {
     /// All mailboxes together hold [`Quota::total_bytes`], or the disk is nearly full.
     #[error("the store is full")]
     StoreFull,
+    /// The room's log already holds an op at that version.
+    #[error("the room's log already holds an op at that version")]
+    RoomConflict,
     /// The database failed (I/O, corruption, encoding, or the writer thread stopped).
     #[error("database failure: {0}")]
     Db(String),
@@ -278,6 +282,18 @@ pub trait Store: Send + Sync + 'static {
     fn sender_usage(&self, recipient: &Name, sender: &Name) -> Result<(u64, u64), StoreError>;
     /// Bytes held in all mailboxes together.
     fn held_bytes(&self) -> Result<u64, StoreError>;
+    /// Durably appends `op` to its room's log, at its version. The caller checked it against
+    /// the log; the store only refuses a version already held ([`StoreError::RoomConflict`]),
+    /// so two ops racing for the same place cannot both be kept.
+    fn append_room_op(&self, op: &Op) -> Result<(), StoreError>;
+    /// A room's ops with a version above `after` (all if `None`), oldest first, at most
+    /// `limit`.
+    fn room_ops(
+        &self,
+        room: &RoomName,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Op>, StoreError>;
 
     /// [`Store::update_names`] for one binding.
     fn bind(

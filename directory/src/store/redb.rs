@@ -14,6 +14,7 @@
 //! | `usage`       | recipient             | (entries, bytes)            | quota checks without a scan           |
 //! | `senders`     | (recipient, sender)   | (entries, bytes)            | per-sender quota, `queued_from_you`   |
 //! | `published`   | key id                | postcard `PublishedKey`     | the key's signed encryption key       |
+//! | `room_ops`    | (room, version)       | postcard `Op`               | each room's signed membership log     |
 //!
 //! `mailbox_ids`, `usage`, `senders` and the bytes held in `meta` are derived from `mail`, and
 //! `active`, `key_names` and `skeletons` from `names`; each changes in the same transaction as
@@ -36,6 +37,7 @@ use super::{
 };
 use common::{
     now_ms,
+    room::{Op, RoomName},
     wire::{Mail, MessageId, Proof, SignedReceipt},
     KeyId, Name,
 };
@@ -57,6 +59,9 @@ const IDS: TableDefinition<(&str, &[u8; 16]), u64> = TableDefinition::new("mailb
 const USAGE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("usage");
 const SENDERS: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("senders");
 const PUBLISHED: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("published");
+/// Most proofs one receipt holds: 256 of 80 bytes stay far inside a frame.
+const RECEIPT_PROOFS: usize = 256;
+const ROOM_OPS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("room_ops");
 /// Layout 2's count of messages per (recipient, sender), which `senders` replaces.
 const QUEUED_V2: TableDefinition<(&str, &str), u64> = TableDefinition::new("queued_from");
 const NEXT_SEQ: &str = "next_seq";
@@ -501,6 +506,47 @@ impl Store for RedbStore {
         Ok(results)
     }
 
+    fn append_room_op(&self, op: &Op) -> Result<(), StoreError> {
+        let txn = self.write()?;
+        {
+            let mut ops = txn.open_table(ROOM_OPS)?;
+            let key = (op.room.name().as_str(), op.version);
+            if ops.get(key)?.is_some() {
+                return Err(StoreError::RoomConflict);
+            }
+            ops.insert(key, postcard::to_allocvec(op)?.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn room_ops(
+        &self,
+        room: &RoomName,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Op>, StoreError> {
+        let from = match after {
+            None => 0,
+            Some(after) => match after.checked_add(1) {
+                Some(from) => from,
+                None => return Ok(Vec::new()),
+            },
+        };
+        let txn = self.db.begin_read()?;
+        let ops = match txn.open_table(ROOM_OPS) {
+            Ok(ops) => ops,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let name = room.name().as_str();
+        let mut out = Vec::new();
+        for entry in ops.range((name, from)..=(name, u64::MAX))?.take(limit) {
+            out.push(postcard::from_bytes(entry?.1.value())?);
+        }
+        Ok(out)
+    }
+
     fn is_bound(&self, name: &Name) -> Result<bool, StoreError> {
         let txn = self.db.begin_read()?;
         let names = txn.open_table(NAMES)?;
@@ -600,24 +646,31 @@ impl Store for RedbStore {
                 let mut next = mailbox.meta(NEXT_SEQ, 1)?;
                 let at_ms = now_ms();
                 for ((recipient, sender, signer), gathered) in receipts {
-                    let receipt = Mail::SignedReceipt(SignedReceipt {
-                        id: MessageId::random(),
-                        from: recipient.clone(),
-                        to: sender.clone(),
-                        signer,
-                        delivered: gathered.delivered,
-                        at_ms,
-                    });
-                    match mailbox.deposit(&receipt, next, quota) {
-                        Ok(_) => {
-                            next += 1;
-                            for i in gathered.entries {
-                                woken[i] = Some(sender.clone());
+                    // A receipt must fit in one event frame: a proof is 80 bytes encoded.
+                    let mut stored_one = false;
+                    for proofs in gathered.delivered.chunks(RECEIPT_PROOFS) {
+                        let receipt = Mail::SignedReceipt(SignedReceipt {
+                            id: MessageId::random(),
+                            from: recipient.clone(),
+                            to: sender.clone(),
+                            signer,
+                            delivered: proofs.to_vec(),
+                            at_ms,
+                        });
+                        match mailbox.deposit(&receipt, next, quota) {
+                            Ok(_) => {
+                                next += 1;
+                                stored_one = true;
+                            }
+                            Err(StoreError::Db(e)) => return Err(StoreError::Db(e)),
+                            Err(_) => {
+                                tracing::debug!(%sender, "no room for a receipt; dropped");
                             }
                         }
-                        Err(StoreError::Db(e)) => return Err(StoreError::Db(e)),
-                        Err(_) => {
-                            tracing::debug!(%sender, "no room for a receipt; dropped");
+                    }
+                    if stored_one {
+                        for i in gathered.entries {
+                            woken[i] = Some(sender.clone());
                         }
                     }
                 }

@@ -1,0 +1,166 @@
+//! Rooms at the directory: each room's signed membership log ([`common::room`]), checked as a
+//! member checks it before it is stored, kept in the store, handed out a page at a time, and
+//! pushed to the room's online members as it grows.
+//!
+//! The directory checks ops only to keep junk out of its store and its members' event streams;
+//! members check every op themselves, so a directory that skipped the checks, or forged an op,
+//! would be caught by them (see [`common::room`]). It never sees what is said in a room: room
+//! messages go peer to peer, or through the mailbox sealed like any other letter.
+
+use crate::{registry::Registry, store::Store};
+use common::{
+    defaults::{MAX_ROOM_OPS, ROOM_LOG_PAGE},
+    room::{Action, Kind, Op, RoomError, RoomName, Roster},
+    wire::{DirectoryEvent, ErrorCode},
+    KeyId, Name,
+};
+use std::{collections::HashMap, sync::Arc};
+use tokio::sync::Mutex;
+use tracing::{debug, warn};
+
+/// The rooms' rosters, replayed from their logs when first asked for. One lock for all: ops
+/// are rare (joins, leaves, invites), and an append must check and store in one step so two
+/// ops cannot take the same place.
+#[derive(Default)]
+pub struct Rooms {
+    rosters: Mutex<HashMap<RoomName, Roster>>,
+}
+
+/// What the rooms use of the directory: its store, and who is online (to push ops to).
+#[derive(Clone, Copy)]
+pub struct Parts<'a> {
+    /// The durable logs.
+    pub store: &'a Arc<dyn Store>,
+    /// Who is online.
+    pub registry: &'a Registry,
+}
+
+/// Who asks: the registered name and the key it proved.
+#[derive(Clone, Copy, Debug)]
+pub struct Asker<'a> {
+    /// The name.
+    pub name: &'a Name,
+    /// The key.
+    pub key: KeyId,
+}
+
+impl Rooms {
+    /// Checks `op` from `asker` against its room's log, stores it, and pushes it to the room's
+    /// online members (and to whom it removes).
+    pub async fn append(
+        &self,
+        shared: Parts<'_>,
+        asker: Asker<'_>,
+        op: Op,
+    ) -> Result<(), ErrorCode> {
+        if op.actor != *asker.name || op.actor_id() != asker.key {
+            return Err(ErrorCode::NotSender);
+        }
+        let mut rosters = self.rosters.lock().await;
+        let known = roster(shared, &mut rosters, &op.room).await?;
+        let (next, told) = match (known, &op.action) {
+            (Some(_), Action::Create { .. }) => return Err(ErrorCode::RoomTaken),
+            (None, Action::Create { .. }) => {
+                op.room.name().check_new().map_err(|_| ErrorCode::BadName)?;
+                let roster = Roster::create(&op).map_err(refused)?;
+                (roster, Vec::new())
+            }
+            (None, _) => return Err(ErrorCode::UnknownRoom),
+            (Some(roster), action) => {
+                if roster.version + 1 >= MAX_ROOM_OPS {
+                    return Err(ErrorCode::RoomFull);
+                }
+                let mut next = roster.clone();
+                next.apply(&op).map_err(refused)?;
+                // Who is no longer a member hears of it too.
+                let told = match action {
+                    Action::Leave => vec![op.actor.clone()],
+                    Action::Kick { name } => vec![name.clone()],
+                    _ => Vec::new(),
+                };
+                (next, told)
+            }
+        };
+        let store = shared.store.clone();
+        let stored = op.clone();
+        let appended = tokio::task::spawn_blocking(move || store.append_room_op(&stored)).await;
+        match appended {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(cause = %e, room = %op.room, "storing a room op failed");
+                return Err(ErrorCode::Internal);
+            }
+            Err(e) => {
+                warn!(cause = %e, "the room op's store task failed");
+                return Err(ErrorCode::Internal);
+            }
+        }
+        debug!(room = %op.room, version = op.version, "room op stored");
+        for name in next.members.keys().chain(&told) {
+            if let Some(online) = shared.registry.get(name) {
+                // A full queue means the member is not reading its events; it reads the log.
+                let _ = online.events.try_send(DirectoryEvent::RoomOp(op.clone()));
+            }
+        }
+        rosters.insert(op.room.clone(), next);
+        Ok(())
+    }
+
+    /// The ops of `room` after `after`, a page at a time. A private room's log is only for its
+    /// members; to anyone else the room does not exist.
+    pub async fn log(
+        &self,
+        shared: Parts<'_>,
+        asker: Asker<'_>,
+        room: &RoomName,
+        after: Option<u64>,
+    ) -> Result<Vec<Op>, ErrorCode> {
+        {
+            let mut rosters = self.rosters.lock().await;
+            let roster = roster(shared, &mut rosters, room)
+                .await?
+                .ok_or(ErrorCode::UnknownRoom)?;
+            if roster.kind == Kind::Private && !roster.has(asker.name, &asker.key) {
+                return Err(ErrorCode::UnknownRoom);
+            }
+        }
+        let (store, room) = (shared.store.clone(), room.clone());
+        let read = move || store.room_ops(&room, after, ROOM_LOG_PAGE);
+        match tokio::task::spawn_blocking(read).await {
+            Ok(Ok(ops)) => Ok(ops),
+            _ => Err(ErrorCode::Internal),
+        }
+    }
+}
+
+/// The roster of `room`, from the cache or replayed from the store; `None` if it has no log.
+async fn roster<'a>(
+    shared: Parts<'_>,
+    rosters: &'a mut HashMap<RoomName, Roster>,
+    room: &RoomName,
+) -> Result<Option<&'a Roster>, ErrorCode> {
+    if !rosters.contains_key(room) {
+        let (store, name) = (shared.store.clone(), room.clone());
+        let read = move || store.room_ops(&name, None, MAX_ROOM_OPS as usize);
+        let ops = match tokio::task::spawn_blocking(read).await {
+            Ok(Ok(ops)) => ops,
+            _ => return Err(ErrorCode::Internal),
+        };
+        if ops.is_empty() {
+            return Ok(None);
+        }
+        let roster = Roster::replay(&ops).map_err(|e| {
+            warn!(cause = %e, %room, "a room's stored log does not replay");
+            ErrorCode::Internal
+        })?;
+        rosters.insert(room.clone(), roster);
+    }
+    Ok(rosters.get(room))
+}
+
+fn refused(e: RoomError) -> ErrorCode {
+    match e {
+        RoomError::Full => ErrorCode::RoomFull,
+        _ => ErrorCode::RoomRefused,
+    }
+}
