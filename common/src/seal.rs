@@ -30,10 +30,10 @@
 //! Hello use it), and the `hpke` crate implements it with the RustCrypto primitives and is
 //! checked against the RFC's test vectors. Base mode makes a fresh ephemeral key for every
 //! letter: once sent, a letter cannot be opened with anything the sender keeps (sender-side
-//! forward secrecy). HPKE's own authenticated mode would bind an X25519 sender key, which is
-//! deniable but proves nothing to a third party, and cannot be kept in the history as proof of
-//! who wrote what; a signature by the identity key can, so the sender signs with Ed25519
-//! (`ring`, the same library TLS uses here). Signing inside the seal keeps the signature, and so
+//! forward secrecy). HPKE's own authenticated mode would bind an X25519 sender key: a second
+//! identity key to publish and pin beside the Ed25519 one that TLS proves and that names a
+//! peer everywhere. Signing with that one key instead keeps a single identity, so the sender
+//! signs with Ed25519 (`ring`, the same library TLS uses here). Signing inside the seal keeps the signature, and so
 //! who wrote to whom beyond the routing metadata, from the directory.
 //!
 //! What it does not give: the recipient's encryption key is long-term, so whoever steals it can
