@@ -20,7 +20,7 @@ use crate::{
     tasks::Tasks,
 };
 use anyhow::Result;
-use common::{seal::Content, wire::PeerInfo, KeyId, Name};
+use common::{defaults::MAX_BODY_LEN, seal::Content, wire::PeerInfo, KeyId, Name};
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
@@ -347,6 +347,21 @@ async fn take_pushed(
                         Mail::Letter(letter) => {
                             let told = letter.receipt();
                             let signer = match letters.open(&letter) {
+                                // The checks the direct path makes: a letter the directory
+                                // passed on holds what its sender sealed, within the seal's
+                                // size, not within a message's.
+                                Ok((Content::Chat(message), _))
+                                    if message.to != *inbox.me()
+                                        || message.body.len() > MAX_BODY_LEN =>
+                                {
+                                    let text = format!(
+                                        "a letter from {} was refused: not for us, or too long",
+                                        message.from
+                                    );
+                                    warn!("{text}");
+                                    inbox.notice(text).await;
+                                    return delivery.taken();
+                                }
                                 Ok((Content::Chat(message), signer)) => {
                                     if inbox.receive(message, Via::Mailbox, signer).await.is_err() {
                                         return; // not taken: it stays in the mailbox

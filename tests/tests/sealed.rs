@@ -316,3 +316,44 @@ fn hex_id(hex: &str) -> Result<[u8; 16]> {
     }
     Ok(id)
 }
+
+/// A letter can hold a little more than a message may (room for its fields): a body over
+/// the limit, sealed and deposited by a raw client, is refused by the recipient as the direct
+/// path refuses it, and reported.
+#[test]
+fn an_oversized_body_in_a_letter_is_refused() -> Result<()> {
+    let net = Net::new()?;
+    net.register("c2")?;
+    let dir = net.dir().addr();
+    raw::runtime()?.block_on(async {
+        let mallory = raw::Raw::new("mallory")?;
+        let conn = mallory.registered(dir, "mallory").await?;
+        let to = mallory.lookup(&conn, "c2").await?;
+        let long = ChatMessage {
+            id: MessageId::random(),
+            from: Name::new("mallory")?,
+            to: Name::new("c2")?,
+            sent_at_ms: common::now_ms(),
+            body: "x".repeat(common::defaults::MAX_BODY_LEN + 100),
+        };
+        let answer = raw::request(&conn, &mallory.deposit(&to, Content::Chat(long))?).await?;
+        ensure!(
+            format!("{answer:?}").contains("Stored"),
+            "deposit: {answer:?}"
+        );
+        anyhow::Ok(())
+    })?;
+    let out = net
+        .peer("c2")
+        .json()
+        .args(["inbox"])
+        .run(SHORT)?
+        .success()?;
+    ensure!(
+        out.of_type("message").is_empty() && out.stderr.contains("too long"),
+        "an oversized body was not refused: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    net.assert_no_panics()
+}
