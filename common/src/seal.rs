@@ -104,11 +104,8 @@ impl PublishedKey {
         if KeyId::of_ed25519(&self.identity) != *owner {
             return Err(SealError::KeyNotOwned);
         }
-        let mut signed = Vec::with_capacity(KEY_CONTEXT.len() + 32);
-        signed.extend_from_slice(KEY_CONTEXT);
-        signed.extend_from_slice(&self.encryption);
         UnparsedPublicKey::new(&ED25519, &self.identity)
-            .verify(&signed, &self.signature.0)
+            .verify(&key_signed_bytes(&self.encryption), &self.signature.0)
             .map_err(|_| SealError::KeyNotOwned)
     }
 }
@@ -259,10 +256,7 @@ impl Sealer {
         let secret = <Kem as hpke::Kem>::PrivateKey::from_bytes(&secret)
             .map_err(|e| anyhow::anyhow!("bad encryption key: {e}"))?;
         let encryption: [u8; 32] = Kem::sk_to_pk(&secret).to_bytes().into();
-        let mut signed = Vec::with_capacity(KEY_CONTEXT.len() + 32);
-        signed.extend_from_slice(KEY_CONTEXT);
-        signed.extend_from_slice(&encryption);
-        let signature = signing_bytes(&signing, &signed);
+        let signature = signing_bytes(&signing, &key_signed_bytes(&encryption));
         Ok(Self {
             signing,
             key_id: KeyId::of_ed25519(&identity_public),
@@ -416,6 +410,14 @@ fn receipt_signed_bytes(sender: &KeyId, told: &MessageId) -> Vec<u8> {
     bytes.extend_from_slice(RECEIPT_CONTEXT);
     bytes.extend_from_slice(&sender.0);
     bytes.extend_from_slice(&told.0);
+    bytes
+}
+
+/// The bytes an identity signs to publish `encryption`.
+fn key_signed_bytes(encryption: &[u8; 32]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(KEY_CONTEXT.len() + 32);
+    bytes.extend_from_slice(KEY_CONTEXT);
+    bytes.extend_from_slice(encryption);
     bytes
 }
 

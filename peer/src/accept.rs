@@ -22,9 +22,7 @@ use crate::{
 use anyhow::{anyhow, bail, Result};
 use common::{
     admit::{self, Slot, Slots},
-    defaults::{
-        MAX_BODY_LEN, PEER_CONNECTIONS_PER_IP, PEER_UNVERIFIED, PEER_VERIFY_TIMEOUT, SEND_WINDOW,
-    },
+    defaults::{PEER_CONNECTIONS_PER_IP, PEER_UNVERIFIED, PEER_VERIFY_TIMEOUT, SEND_WINDOW},
     framing, tls,
     wire::{codes, FileHeader, FileRefusal, MessageId, PeerFrame},
     KeyId, Name,
@@ -215,7 +213,7 @@ impl ChatStream {
         let read = async {
             let mut next = Some(first);
             while let Some(message) = next {
-                if message.to != *self.inbox.me() || message.body.len() > MAX_BODY_LEN {
+                if !self.inbox.fits(&message) {
                     return Err(
                         self.refuse(codes::PROTOCOL, anyhow!("message not for us or too large"))
                     );

@@ -12,6 +12,7 @@
 
 use crate::contacts::{Contacts, Verdict};
 use common::{
+    defaults::MAX_BODY_LEN,
     wire::{ChatMessage, MessageId, Receipt},
     KeyId, Name,
 };
@@ -195,6 +196,13 @@ impl Inbox {
     /// Our own name.
     pub fn me(&self) -> &Name {
         &self.inner.me
+    }
+
+    /// True for a message addressed to us with a body of at most [`MAX_BODY_LEN`] bytes:
+    /// what both paths check before handing a message over (a letter's size limit leaves
+    /// room for its fields, so a body can be longer than a message's).
+    pub fn fits(&self, message: &ChatMessage) -> bool {
+        message.to == self.inner.me && message.body.len() <= MAX_BODY_LEN
     }
 
     /// Copies of every new message, for local commands attached through the control socket.

@@ -7,7 +7,7 @@
 use crate::{
     accept::{self, Acceptor},
     contacts::Contacts,
-    directory_client::{self, DirectoryClient, FromDirectory, Mail},
+    directory_client::{self, Delivery, DirectoryClient, FromDirectory, Mail},
     endpoint,
     failure::Failure,
     files::{self, FileSent, FileUpdate},
@@ -20,7 +20,11 @@ use crate::{
     tasks::Tasks,
 };
 use anyhow::Result;
-use common::{defaults::MAX_BODY_LEN, seal::Content, wire::PeerInfo, KeyId, Name};
+use common::{
+    seal::Content,
+    wire::{Letter, PeerInfo},
+    KeyId, Name,
+};
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
@@ -315,15 +319,57 @@ impl Node {
     }
 }
 
-/// Refuses mail that came unsealed (held since before sealed mail, or made by whoever can write
-/// to the directory's store): reported, and taken so the directory drops it.
-async fn refuse_unsealed(inbox: &Inbox, from: &Name) -> bool {
-    let text = format!(
-        "a message from {from} was refused: it was not sealed, so its sender cannot be checked"
-    );
-    warn!("{text}");
-    inbox.notice(text).await;
-    true
+/// Tells the user (and the log) why mail from the mailbox was refused. It is taken all the
+/// same, so the directory drops it, and its sender gets no receipt.
+async fn refuse(inbox: &Inbox, why: String) {
+    warn!("{why}");
+    inbox.notice(why).await;
+}
+
+/// Why unsealed mail is refused: it is held since before sealed mail, or was made by whoever
+/// can write to the directory's store.
+fn unsealed(from: &Name) -> String {
+    format!("a message from {from} was refused: it was not sealed, so its sender cannot be checked")
+}
+
+/// Opens a letter from the mailbox, checks it, and hands what it holds on; the directory gets
+/// the proof its receipt needs, or nothing when the letter was refused.
+async fn take_letter(
+    letter: Letter,
+    inbox: &Inbox,
+    files: &files::Receiver,
+    letters: &Letters,
+    delivery: Delivery,
+) {
+    let told = letter.receipt();
+    let signer = match letters.open(&letter) {
+        Ok((Content::Chat(message), _)) if !inbox.fits(&message) => {
+            let why = format!(
+                "a letter from {} was refused: not for us, or too long",
+                message.from
+            );
+            refuse(inbox, why).await;
+            return delivery.taken();
+        }
+        Ok((Content::Chat(message), signer)) => {
+            if inbox.receive(message, Via::Mailbox, signer).await.is_err() {
+                return; // not taken: it stays in the mailbox
+            }
+            signer
+        }
+        Ok((Content::FilePart(part), signer)) => {
+            files.take_part(part).await;
+            signer
+        }
+        Err(refusal) => {
+            refuse(inbox, refusal.to_string()).await;
+            return delivery.taken();
+        }
+    };
+    match told {
+        Some(told) => delivery.took(letters.prove(&signer, told)),
+        None => delivery.taken(),
+    }
 }
 
 /// Takes what the directory pushes: mail goes to the inbox (parts of files to `files`),
@@ -345,54 +391,15 @@ async fn take_pushed(
                 tasks.spawn(async move {
                     let taken = match mail {
                         Mail::Letter(letter) => {
-                            let told = letter.receipt();
-                            let signer = match letters.open(&letter) {
-                                // The checks the direct path makes: a letter the directory
-                                // passed on holds what its sender sealed, within the seal's
-                                // size, not within a message's.
-                                Ok((Content::Chat(message), _))
-                                    if message.to != *inbox.me()
-                                        || message.body.len() > MAX_BODY_LEN =>
-                                {
-                                    let text = format!(
-                                        "a letter from {} was refused: not for us, or too long",
-                                        message.from
-                                    );
-                                    warn!("{text}");
-                                    inbox.notice(text).await;
-                                    return delivery.taken();
-                                }
-                                Ok((Content::Chat(message), signer)) => {
-                                    if inbox.receive(message, Via::Mailbox, signer).await.is_err() {
-                                        return; // not taken: it stays in the mailbox
-                                    }
-                                    signer
-                                }
-                                Ok((Content::FilePart(part), signer)) => {
-                                    files.take_part(part).await;
-                                    signer
-                                }
-                                // Refused mail is taken all the same: the directory drops it,
-                                // and its sender gets no receipt.
-                                Err(refusal) => {
-                                    warn!("{refusal}");
-                                    inbox.notice(refusal.to_string()).await;
-                                    return delivery.taken();
-                                }
-                            };
-                            match told {
-                                Some(told) => delivery.took(letters.prove(&signer, told)),
-                                None => delivery.taken(),
-                            }
-                            return;
+                            return take_letter(letter, &inbox, &files, &letters, delivery).await
                         }
                         Mail::Message(message) => {
-                            let from = message.from;
-                            refuse_unsealed(&inbox, &from).await
+                            refuse(&inbox, unsealed(&message.from)).await;
+                            true
                         }
                         Mail::FilePart(part) => {
-                            let from = part.offer.from;
-                            refuse_unsealed(&inbox, &from).await
+                            refuse(&inbox, unsealed(&part.offer.from)).await;
+                            true
                         }
                         Mail::Receipt(receipt) => {
                             debug!(from = %receipt.from, "an unsigned receipt ignored");
