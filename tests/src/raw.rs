@@ -109,6 +109,18 @@ impl Raw {
         Ok(self.sealer.seal(&to.key, &published, content)?)
     }
 
+    /// Looks `to` up on `conn`, seals `content` to it and deposits it there; the directory's
+    /// answer.
+    pub async fn send_letter(
+        &self,
+        conn: &quinn::Connection,
+        to: &str,
+        content: Content,
+    ) -> Result<DirectoryResponse> {
+        let to = self.lookup(conn, to).await?;
+        request(conn, &self.deposit(&to, content)?).await
+    }
+
     /// The deposit of `content`, sealed to the peer `to` describes.
     pub fn deposit(&self, to: &PeerInfo, content: Content) -> Result<DirectoryRequest> {
         Ok(DirectoryRequest::DepositLetter {

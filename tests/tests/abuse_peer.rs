@@ -73,9 +73,9 @@ fn a_poison_file_part_does_not_stop_the_mailbox() -> Result<()> {
             data.clone(),
             data.len() as u64,
         )?;
-        let to = mallory.lookup(&conn, "victim").await?;
-        let deposit = mallory.deposit(&to, Content::FilePart(poison))?;
-        let answer = raw::request(&conn, &deposit).await?;
+        let answer = mallory
+            .send_letter(&conn, "victim", Content::FilePart(poison))
+            .await?;
         ensure!(
             format!("{answer:?}").contains("Stored"),
             "deposit: {answer:?}"
@@ -126,9 +126,9 @@ fn a_file_named_with_dots_is_stored_inside_downloads() -> Result<()> {
             data.clone(),
             data.len() as u64,
         )?;
-        let to = mallory.lookup(&conn, "victim").await?;
-        let deposit = mallory.deposit(&to, Content::FilePart(whole))?;
-        let answer = raw::request(&conn, &deposit).await?;
+        let answer = mallory
+            .send_letter(&conn, "victim", Content::FilePart(whole))
+            .await?;
         ensure!(
             format!("{answer:?}").contains("Stored"),
             "deposit: {answer:?}"

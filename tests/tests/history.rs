@@ -12,7 +12,7 @@ use common::{
 };
 use tests::{
     body,
-    raw::{request, runtime, Raw},
+    raw::{runtime, Raw},
     Json, Net, SHORT,
 };
 
@@ -118,9 +118,8 @@ fn a_message_delivered_twice_is_shown_once_across_restarts() -> Result<()> {
                 .dial(net.dir().addr(), ALPN_DIRECTORY, Expect::AnyKey)
                 .await?;
             raw.register(&conn, "dup").await?;
-            let to = raw.lookup(&conn, "c1").await?;
-            let deposit = raw.deposit(&to, Content::Chat(message.clone()))?;
-            let answer = request(&conn, &deposit).await?;
+            let content = Content::Chat(message.clone());
+            let answer = raw.send_letter(&conn, "c1", content).await?;
             ensure!(answer == DirectoryResponse::Stored, "deposit: {answer:?}");
             Ok(())
         })

@@ -202,9 +202,8 @@ fn nobody_speaks_for_another_name() -> Result<()> {
         let conn = raw.registered(dir, "mallory").await?;
 
         // The mailbox: a deposit whose sender is not the depositor.
-        let to = raw.lookup(&conn, "c2").await?;
-        let spoofed = raw.deposit(&to, Content::Chat(message("c1", "c2", "from c1, honest")))?;
-        let answer = request(&conn, &spoofed).await?;
+        let spoofed = Content::Chat(message("c1", "c2", "from c1, honest"));
+        let answer = raw.send_letter(&conn, "c2", spoofed).await?;
         ensure!(
             answer == DirectoryResponse::Error(ErrorCode::NotSender),
             "spoofed deposit answered {answer:?}"

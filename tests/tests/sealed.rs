@@ -12,7 +12,7 @@ use common::{
 };
 use directory::store::{Quota, RedbStore, Removal, Store};
 use std::{fs, path::Path};
-use tests::{raw, Net, SHORT};
+use tests::{raw, CmdOutput, Net, SHORT};
 
 /// True when `needle` occurs in any file under `dir`.
 fn found_in(dir: &Path, needle: &[u8]) -> Result<bool> {
@@ -28,6 +28,17 @@ fn found_in(dir: &Path, needle: &[u8]) -> Result<bool> {
         }
     }
     Ok(false)
+}
+
+/// `peer inbox --json` run as `who`: its output, and the bodies of the messages it showed.
+fn inbox(net: &Net, who: &str) -> Result<(CmdOutput, Vec<serde_json::Value>)> {
+    let out = net.peer(who).json().args(["inbox"]).run(SHORT)?.success()?;
+    let bodies = out
+        .of_type("message")
+        .iter()
+        .map(|m| m["body"].clone())
+        .collect();
+    Ok((out, bodies))
 }
 
 fn marker(what: &str) -> String {
@@ -73,17 +84,7 @@ fn the_directory_keeps_no_readable_mail() -> Result<()> {
     }
     net.dir_mut().restart()?;
 
-    let out = net
-        .peer("c2")
-        .json()
-        .args(["inbox"])
-        .run(SHORT)?
-        .success()?;
-    let bodies: Vec<_> = out
-        .of_type("message")
-        .iter()
-        .map(|m| m["body"].clone())
-        .collect();
+    let (out, bodies) = inbox(&net, "c2")?;
     ensure!(bodies == [text.as_str()], "c2 got {bodies:?}");
     let file = out.one_of_type("file")?;
     let stored = fs::read_to_string(file["path"].as_str().context("no path")?)?;
@@ -174,17 +175,7 @@ fn altered_and_forged_letters_are_refused_and_dropped() -> Result<()> {
     ensure!(changed == 3, "{changed} letters held for c2, not 3");
     net.dir_mut().restart()?;
 
-    let out = net
-        .peer("c2")
-        .json()
-        .args(["inbox"])
-        .run(SHORT)?
-        .success()?;
-    let bodies: Vec<_> = out
-        .of_type("message")
-        .iter()
-        .map(|m| m["body"].clone())
-        .collect();
+    let (out, bodies) = inbox(&net, "c2")?;
     ensure!(bodies == ["untouched"], "c2 showed {bodies:?}");
     ensure!(
         out.stderr.contains("altered or is not sealed to us"),
@@ -196,14 +187,9 @@ fn altered_and_forged_letters_are_refused_and_dropped() -> Result<()> {
         "the forged letter was not reported: {}",
         out.stderr
     );
-    let again = net
-        .peer("c2")
-        .json()
-        .args(["inbox"])
-        .run(SHORT)?
-        .success()?;
+    let (again, shown) = inbox(&net, "c2")?;
     ensure!(
-        again.of_type("message").is_empty() && !again.stderr.contains("refused"),
+        shown.is_empty() && !again.stderr.contains("refused"),
         "the directory kept refused letters: {}{}",
         again.stdout,
         again.stderr
@@ -328,7 +314,6 @@ fn an_oversized_body_in_a_letter_is_refused() -> Result<()> {
     raw::runtime()?.block_on(async {
         let mallory = raw::Raw::new("mallory")?;
         let conn = mallory.registered(dir, "mallory").await?;
-        let to = mallory.lookup(&conn, "c2").await?;
         let long = ChatMessage {
             id: MessageId::random(),
             from: Name::new("mallory")?,
@@ -336,21 +321,18 @@ fn an_oversized_body_in_a_letter_is_refused() -> Result<()> {
             sent_at_ms: common::now_ms(),
             body: "x".repeat(common::defaults::MAX_BODY_LEN + 100),
         };
-        let answer = raw::request(&conn, &mallory.deposit(&to, Content::Chat(long))?).await?;
+        let answer = mallory
+            .send_letter(&conn, "c2", Content::Chat(long))
+            .await?;
         ensure!(
             format!("{answer:?}").contains("Stored"),
             "deposit: {answer:?}"
         );
         anyhow::Ok(())
     })?;
-    let out = net
-        .peer("c2")
-        .json()
-        .args(["inbox"])
-        .run(SHORT)?
-        .success()?;
+    let (out, shown) = inbox(&net, "c2")?;
     ensure!(
-        out.of_type("message").is_empty() && out.stderr.contains("too long"),
+        shown.is_empty() && out.stderr.contains("too long"),
         "an oversized body was not refused: {}{}",
         out.stdout,
         out.stderr
