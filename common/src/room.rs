@@ -235,7 +235,7 @@ pub struct Roster {
 }
 
 /// What an op did, for the notice members see.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Change {
     /// `name` created the room.
     Created(Name),

@@ -44,7 +44,7 @@
 
 use crate::{
     identity::{write_private, Identity},
-    wire::{ChatMessage, FilePart, Letter, LetterKind, MessageId},
+    wire::{ChatMessage, FilePart, Letter, LetterKind, MessageId, RoomMessage},
     KeyId,
 };
 use anyhow::Context;
@@ -117,13 +117,15 @@ pub enum Content {
     Chat(ChatMessage),
     /// A part of a file.
     FilePart(FilePart),
+    /// A message to a room: the copy for this letter's recipient.
+    RoomChat(RoomMessage),
 }
 
 impl Content {
     /// The routing metadata a letter with this content shows the directory.
     fn header(&self) -> Header<'_> {
         match self {
-            Content::Chat(m) => Header {
+            Content::Chat(m) | Content::RoomChat(RoomMessage { message: m, .. }) => Header {
                 id: m.id,
                 from: &m.from,
                 to: &m.to,
@@ -291,6 +293,20 @@ impl Sealer {
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
         Self::new(identity, secret)
+    }
+
+    /// Signs the next op of a room's membership log as `actor`, the name of this identity
+    /// ([`crate::room`]): the op `(version, prev)` (its place, and the hash of the op before),
+    /// made at `at_ms`.
+    pub fn sign_op(
+        &self,
+        room: crate::room::RoomName,
+        place: (u64, [u8; 32]),
+        actor: crate::Name,
+        at_ms: u64,
+        action: crate::room::Action,
+    ) -> crate::room::Op {
+        crate::room::Op::sign(&self.signing, room, place, actor, at_ms, action)
     }
 
     /// What to publish: the encryption key, signed.

@@ -469,6 +469,21 @@ pub enum PeerFrame {
         /// The hash matched and the file is stored.
         ok: bool,
     },
+    /// A message to a room, from the stream's opener, on a chat stream like
+    /// [`PeerFrame::Chat`] and acknowledged the same way.
+    RoomChat(RoomMessage),
+}
+
+/// A message to a room, as one member receives it: the sender sends a copy to each member,
+/// with the same id, on the chat stream or in a letter of that member's own
+/// ([`crate::seal::Content::RoomChat`]). The receiver shows it only if the sender is a member
+/// of the room by the receiver's own copy of the room's signed log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomMessage {
+    /// The room.
+    pub room: RoomName,
+    /// The message, `to` the member that receives this copy.
+    pub message: ChatMessage,
 }
 
 /// A file one peer offers another on a direct stream. Unlike a [`FileOffer`] it does not carry

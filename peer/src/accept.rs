@@ -17,6 +17,7 @@ use crate::{
     files,
     inbox::{Inbox, Shown, Via},
     links::{DirectPath, Links},
+    rooms::Rooms,
     tasks::Tasks,
 };
 use anyhow::{anyhow, bail, Result};
@@ -24,7 +25,7 @@ use common::{
     admit::{self, Slot, Slots},
     defaults::{PEER_CONNECTIONS_PER_IP, PEER_UNVERIFIED, PEER_VERIFY_TIMEOUT, SEND_WINDOW},
     framing, tls,
-    wire::{codes, FileHeader, FileRefusal, MessageId, PeerFrame},
+    wire::{codes, FileHeader, FileRefusal, MessageId, PeerFrame, RoomMessage},
     KeyId, Name,
 };
 use std::sync::Arc;
@@ -45,6 +46,8 @@ pub struct Acceptor {
     pub directory: DirectoryClient,
     /// Where verified connections are recorded.
     pub links: Arc<Links>,
+    /// Who may post in which room.
+    pub rooms: Rooms,
     /// Where the tasks serving them run.
     pub tasks: Tasks,
 }
@@ -174,6 +177,7 @@ async fn serve_connection(
             files: acceptor.files.clone(),
             directory: acceptor.directory.clone(),
             links: acceptor.links.clone(),
+            rooms: acceptor.rooms.clone(),
         };
         acceptor.tasks.spawn(async move {
             if let Err(e) = stream.run(send, recv).await {
@@ -191,6 +195,7 @@ struct ChatStream {
     files: files::Receiver,
     directory: DirectoryClient,
     links: Arc<Links>,
+    rooms: Rooms,
 }
 
 impl ChatStream {
@@ -201,7 +206,8 @@ impl ChatStream {
             Some(PeerFrame::FileStream(header)) => {
                 return self.receive_file(header, &mut send, &mut recv).await;
             }
-            Some(PeerFrame::Chat(message)) => message,
+            Some(PeerFrame::Chat(message)) => (message, None),
+            Some(PeerFrame::RoomChat(RoomMessage { room, message })) => (message, Some(room)),
             Some(other) => {
                 return Err(self.refuse(codes::PROTOCOL, anyhow!("unexpected {other:?}")))
             }
@@ -212,7 +218,7 @@ impl ChatStream {
         let (pending_tx, mut pending) = mpsc::channel::<(MessageId, Shown)>(SEND_WINDOW);
         let read = async {
             let mut next = Some(first);
-            while let Some(message) = next {
+            while let Some((message, room)) = next {
                 if !self.inbox.fits(&message) {
                     return Err(
                         self.refuse(codes::PROTOCOL, anyhow!("message not for us or too large"))
@@ -220,12 +226,27 @@ impl ChatStream {
                 }
                 self.check_sender(&message.from).await?;
                 let id = message.id;
-                let shown = self.inbox.hand_over(message, Via::Direct, self.key).await?;
+                let shown = match &room {
+                    Some(room) if !self.rooms.admits(room, &message.from, &self.key).await => {
+                        // Acknowledged, so it is not sent again, but not shown: whoever is not
+                        // a member by the room's signed log does not speak in it.
+                        debug!(%room, from = %message.from, "a room message from a non-member dropped");
+                        Shown::already()
+                    }
+                    _ => {
+                        (self.inbox)
+                            .hand_over(message, room, Via::Direct, self.key)
+                            .await?
+                    }
+                };
                 if pending_tx.send((id, shown)).await.is_err() {
                     return Ok(()); // the ack writer failed; its error is the one reported
                 }
                 next = match self.next_frame(&mut recv).await? {
-                    Some(PeerFrame::Chat(message)) => Some(message),
+                    Some(PeerFrame::Chat(message)) => Some((message, None)),
+                    Some(PeerFrame::RoomChat(RoomMessage { room, message })) => {
+                        Some((message, Some(room)))
+                    }
                     Some(other) => {
                         return Err(self.refuse(codes::PROTOCOL, anyhow!("unexpected {other:?}")))
                     }

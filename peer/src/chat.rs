@@ -12,18 +12,18 @@ use crate::{
     service::Update,
     session::Session,
     signals::shutdown_signal,
+    target::Target,
 };
 use anyhow::{anyhow, bail, Result};
 use common::Name;
 use std::io::IsTerminal;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-/// Runs the conversation with `with`.
-pub async fn run(session: Session, console: Console, with: Name) -> Result<()> {
-    if full_screen(console.json) {
-        crate::tui::run(session, with).await
-    } else {
-        lines(session, console, with).await
+/// Runs the conversation with `with`: a peer, or a room (line mode only, for now).
+pub async fn run(session: Session, console: Console, with: Target) -> Result<()> {
+    match with {
+        Target::Peer(name) if full_screen(console.json) => crate::tui::run(session, name).await,
+        with => lines(session, console, with).await,
     }
 }
 
@@ -32,7 +32,8 @@ pub fn full_screen(json: bool) -> bool {
     std::io::stdin().is_terminal() && std::io::stdout().is_terminal() && !json
 }
 
-/// Tracks which peers the conversation has touched, for `/who`.
+/// Tracks which peers the conversation has touched, for `/who`. (A room's members are
+/// `peer room members`'s.)
 #[derive(Default)]
 struct Known(Vec<Name>);
 
@@ -44,14 +45,16 @@ impl Known {
     }
 }
 
-async fn lines(mut session: Session, console: Console, mut with: Name) -> Result<()> {
+async fn lines(mut session: Session, console: Console, mut with: Target) -> Result<()> {
     let shutdown = shutdown_signal()?;
     if let Some(line) = console.online(&session.name, &session.key) {
         print_line(&line)?;
     }
     session.attach();
     let mut known = Known::default();
-    known.add(&with);
+    if let Target::Peer(name) = &with {
+        known.add(name);
+    }
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let (mut outstanding, mut failed, mut eof) = (0usize, 0usize, false);
     tokio::pin!(shutdown);
@@ -63,17 +66,25 @@ async fn lines(mut session: Session, console: Console, mut with: Name) -> Result
             line = stdin.next_line(), if !eof => match line {
                 Ok(Some(line)) => match parse(&line) {
                     Some(Input::Text(text)) => {
-                        session.submit(with.clone(), text);
+                        match &with {
+                            Target::Peer(name) => session.submit(name.clone(), text),
+                            Target::Room(room) => session.submit_room(room.clone(), text),
+                        }
                         outstanding += 1;
                     }
-                    Some(Input::To(name)) => {
-                        known.add(&name);
-                        with = name;
+                    Some(Input::To(target)) => {
+                        if let Target::Peer(name) = &target {
+                            known.add(name);
+                        }
+                        with = target;
                     }
-                    Some(Input::File(path)) => {
-                        session.send_file(with.clone(), path);
-                        outstanding += 1;
-                    }
+                    Some(Input::File(path)) => match &with {
+                        Target::Peer(name) => {
+                            session.send_file(name.clone(), path);
+                            outstanding += 1;
+                        }
+                        Target::Room(room) => eprintln!("peer: files cannot be sent to a room ({room}) yet"),
+                    },
                     Some(Input::Contact(name, accept)) => session.set_contact(
                         name,
                         if accept { Standing::Accepted } else { Standing::Blocked },
@@ -90,7 +101,7 @@ async fn lines(mut session: Session, console: Console, mut with: Name) -> Result
             update = session.next() => match update {
                 Some(Update::Message(received)) => {
                     known.add(&received.message.from);
-                    print_line(&console.message(&received.message, received.via, received.request))?;
+                    print_line(&console.received(&received))?;
                     received.shown();
                 }
                 Some(Update::File(file)) => print_line(&console.file(&file))?,
@@ -131,7 +142,23 @@ async fn lines(mut session: Session, console: Console, mut with: Name) -> Result
                 Some(Update::Contact(Err(e))) => eprintln!("peer: {e}"),
                 Some(Update::Trusted(Ok((name, key)))) => print_line(&console.trusted(&name, &key))?,
                 Some(Update::Trusted(Err(e))) => eprintln!("peer: {e}"),
-                Some(Update::MailboxIdle | Update::Directory { .. }) => {}
+                Some(Update::RoomSent(result)) => {
+                    outstanding = outstanding.saturating_sub(1);
+                    match result {
+                        Ok(sent) if console.json => print_line(&console.room_sent(&sent))?,
+                        Ok(sent) if sent.failed.is_empty() => {}
+                        Ok(sent) => {
+                            failed += 1;
+                            eprintln!("peer: {}", console.room_sent(&sent));
+                        }
+                        Err(e) => {
+                            failed += 1;
+                            eprintln!("peer: {e}");
+                        }
+                    }
+                }
+                Some(Update::Room(notice)) => print_line(&console.room_notice(&notice))?,
+                Some(Update::Rooms(_) | Update::MailboxIdle | Update::Directory { .. }) => {}
                 None => break Err(anyhow!("the running peer stopped")),
             },
             _ = &mut shutdown => break Ok(()),

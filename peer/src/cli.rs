@@ -1,8 +1,10 @@
 //! The command line.
 
+use crate::{rooms::RoomCommand, target::Target};
 use clap::{Parser, Subcommand};
 use common::{
     defaults::{DIRECTORY_WAIT, MAILBOX_FILE_MAX},
+    room::RoomName,
     KeyId, Name,
 };
 use std::{net::SocketAddr, path::PathBuf};
@@ -69,18 +71,17 @@ pub struct Cli {
 /// The commands.
 #[derive(Subcommand, Debug, Clone)]
 pub enum Command {
-    /// Chat with NAME: full-screen on a terminal, else one message per input line.
-    /// /to NAME, /who, /file PATH, /help, /quit.
+    /// Chat with NAME, or in #ROOM: full-screen on a terminal, else one message per input
+    /// line. /to NAME, /who, /file PATH, /help, /quit.
     Chat {
-        /// Whom to talk to.
-        #[arg(value_parser = parse_name)]
-        with: Name,
+        /// Whom to talk to: a name, or a room ('#' and a name; quote it in a shell).
+        with: Target,
     },
-    /// Send one message and exit once it is delivered or queued.
+    /// Send one message and exit once it is delivered or queued (for a room: once every
+    /// member has it or its mailbox does).
     Send {
-        /// Recipient.
-        #[arg(value_parser = parse_name)]
-        to: Name,
+        /// Recipient: a name, or a room ('#' and a name; quote it in a shell).
+        to: Target,
         /// The message.
         #[arg(required = true, num_args = 1..)]
         text: Vec<String>,
@@ -137,15 +138,93 @@ pub enum Command {
         #[arg(value_parser = parse_name)]
         name: Name,
     },
-    /// Print the local history of the conversation with NAME, oldest first.
+    /// Print the local history of the conversation with NAME (or in #ROOM), oldest first.
     History {
-        /// The other side of the conversation.
-        #[arg(value_parser = parse_name)]
-        with: Name,
+        /// The other side of the conversation: a name, or a room.
+        with: Target,
         /// Print only the last N messages.
         #[arg(long)]
         limit: Option<usize>,
     },
+    /// Rooms: group conversations, each message sent to every member (directly, or sealed to
+    /// its mailbox). Membership is a log signed by the members, which every member checks.
+    Room {
+        /// What to do.
+        #[command(subcommand)]
+        action: RoomAction,
+    },
+}
+
+/// `peer room …`.
+#[derive(Subcommand, Debug, Clone)]
+pub enum RoomAction {
+    /// Make a room, with you as its admin: private (members join by invitation) unless
+    /// --public. At most 256 members.
+    Create {
+        /// The room: '#' and a name.
+        #[arg(value_parser = parse_room)]
+        room: RoomName,
+        /// Anyone may join.
+        #[arg(long)]
+        public: bool,
+    },
+    /// Add peers to a room (admins).
+    Invite {
+        /// The room.
+        #[arg(value_parser = parse_room)]
+        room: RoomName,
+        /// Whom.
+        #[arg(required = true, num_args = 1.., value_parser = parse_name)]
+        names: Vec<Name>,
+    },
+    /// Join a public room.
+    Join {
+        /// The room.
+        #[arg(value_parser = parse_room)]
+        room: RoomName,
+    },
+    /// Leave a room: nothing said in it afterwards reaches you.
+    Leave {
+        /// The room.
+        #[arg(value_parser = parse_room)]
+        room: RoomName,
+    },
+    /// Remove a member (admins).
+    Kick {
+        /// The room.
+        #[arg(value_parser = parse_room)]
+        room: RoomName,
+        /// Whom.
+        #[arg(value_parser = parse_name)]
+        name: Name,
+    },
+    /// Print who is in a room, with their role and presence.
+    Members {
+        /// The room.
+        #[arg(value_parser = parse_room)]
+        room: RoomName,
+    },
+    /// Print the rooms you are in.
+    List,
+}
+
+impl RoomAction {
+    /// The command for the running peer.
+    pub fn command(&self) -> RoomCommand {
+        match self.clone() {
+            RoomAction::Create { room, public } => RoomCommand::Create { room, public },
+            RoomAction::Invite { room, names } => RoomCommand::Invite { room, names },
+            RoomAction::Join { room } => RoomCommand::Join { room },
+            RoomAction::Leave { room } => RoomCommand::Leave { room },
+            RoomAction::Kick { room, name } => RoomCommand::Kick { room, name },
+            RoomAction::Members { room } => RoomCommand::Members { room },
+            RoomAction::List => RoomCommand::List,
+        }
+    }
+}
+
+fn parse_room(s: &str) -> Result<RoomName, String> {
+    s.parse().map_err(|e| format!("invalid room {s:?}: {e}"))
 }
 
 fn parse_name(s: &str) -> Result<Name, String> {

@@ -9,19 +9,29 @@ use crate::{
     control::ControlClient,
     history::{self, History, HistoryError},
     home::Home,
+    rooms::RoomCommand,
     service::Update,
     session::Session,
     signals::shutdown_signal,
+    target::Target,
 };
 use anyhow::{anyhow, bail, Result};
-use common::Name;
+use common::{room::RoomName, Name};
 use std::{io::IsTerminal, time::Duration};
 
 /// Runs the command in `cli` on `session`, then closes it.
 pub async fn run(cli: &Cli, session: Session) -> Result<()> {
     let console = console(cli);
     match &cli.command {
-        Command::Send { to, text } => send(session, console, to.clone(), text.join(" ")).await,
+        Command::Send {
+            to: Target::Peer(to),
+            text,
+        } => send(session, console, to.clone(), text.join(" ")).await,
+        Command::Send {
+            to: Target::Room(room),
+            text,
+        } => send_room(session, console, room.clone(), text.join(" ")).await,
+        Command::Room { action } => room(session, console, action.command()).await,
         Command::Whois { name } => whois(session, console, name.clone()).await,
         Command::Verify { name } => verify(session, console, name.clone()).await,
         Command::Trust { name, key } => trust(session, console, name.clone(), *key).await,
@@ -48,7 +58,7 @@ fn console(cli: &Cli) -> Console {
 }
 
 /// `peer history NAME`: asks the running peer, which holds the database, or reads the file.
-pub async fn history(cli: &Cli, home: &Home, with: &Name, limit: Option<usize>) -> Result<()> {
+pub async fn history(cli: &Cli, home: &Home, with: &Target, limit: Option<usize>) -> Result<()> {
     let limit = limit.unwrap_or(usize::MAX);
     let entries = match ControlClient::connect(home).await {
         Some(mut client) => {
@@ -88,6 +98,42 @@ async fn send(mut session: Session, console: Console, to: Name, body: String) ->
     .await;
     session.close().await;
     print_line(&console.sent(&result?))?;
+    Ok(())
+}
+
+async fn send_room(
+    mut session: Session,
+    console: Console,
+    room: RoomName,
+    body: String,
+) -> Result<()> {
+    session.submit_room(room, body);
+    let result = answer(&mut session, "the message was sent", |u| match u {
+        Update::RoomSent(sent) => Some(sent.map_err(anyhow::Error::from)),
+        _ => None,
+    })
+    .await;
+    session.close().await;
+    let sent = result?;
+    print_line(&console.room_sent(&sent))?;
+    match sent.failed.len() {
+        0 => Ok(()),
+        n => bail!("it could not be sent to {n} member(s) of {}", sent.room),
+    }
+}
+
+/// `peer room …`: prints the room as it stands after the command (each room, for `list`).
+async fn room(mut session: Session, console: Console, command: RoomCommand) -> Result<()> {
+    session.room(command);
+    let result = answer(&mut session, "the room command was done", |u| match u {
+        Update::Rooms(rooms) => Some(rooms.map_err(anyhow::Error::from)),
+        _ => None,
+    })
+    .await;
+    session.close().await;
+    for room in result? {
+        print_line(&console.room(&room))?;
+    }
     Ok(())
 }
 
@@ -241,11 +287,12 @@ async fn listen(mut session: Session, console: Console) -> Result<()> {
         tokio::select! {
             update = session.next() => match update {
                 Some(Update::Message(received)) => {
-                    print_line(&console.message(&received.message, received.via, received.request))?;
+                    print_line(&console.received(&received))?;
                     received.shown();
                 }
                 Some(Update::Notice(text)) => eprintln!("{text}"),
                 Some(Update::File(file)) => print_line(&console.file(&file))?,
+                Some(Update::Room(notice)) => print_line(&console.room_notice(&notice))?,
                 Some(_) => {}
                 None => break Err(anyhow!("the running peer stopped")),
             },
@@ -268,11 +315,12 @@ async fn inbox(mut session: Session, console: Console) -> Result<()> {
     let result = loop {
         match session.next().await {
             Some(Update::Message(received)) => {
-                print_line(&console.message(&received.message, received.via, received.request))?;
+                print_line(&console.received(&received))?;
                 received.shown();
             }
             Some(Update::File(file)) => print_line(&console.file(&file))?,
             Some(Update::Notice(text)) => eprintln!("{text}"),
+            Some(Update::Room(notice)) => print_line(&console.room_notice(&notice))?,
             Some(Update::MailboxIdle) => break Ok(()),
             Some(_) => {}
             None => break Err(anyhow!("the connection ended before the mailbox was read")),

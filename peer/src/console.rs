@@ -6,9 +6,11 @@ use crate::{
     inbox::Via,
     links::DirectPath,
     outbox::{Sent, Status},
+    rooms::{RoomNotice, RoomSent, RoomView},
     text,
 };
 use common::{
+    room::{Change, Kind, Role, RoomName},
     wire::{ChatMessage, PeerInfo},
     KeyId, Name,
 };
@@ -27,11 +29,18 @@ pub struct Console {
 impl Console {
     /// The line for an incoming message; `request` when it is from a stranger (a message
     /// request, see [`crate::contacts`]).
-    pub fn message(&self, m: &ChatMessage, via: Via, request: bool) -> String {
+    pub fn message(
+        &self,
+        m: &ChatMessage,
+        room: Option<&RoomName>,
+        via: Via,
+        request: bool,
+    ) -> String {
         let skewed = clock_skewed(m.sent_at_ms, via, common::now_ms());
         if self.json {
             let mut v = json!({
                 "type": "message",
+                "room": room.map(RoomName::to_string),
                 "id": m.id.to_string(),
                 "from": m.from.as_str(),
                 "to": m.to.as_str(),
@@ -58,10 +67,126 @@ impl Console {
         } else {
             ""
         };
+        let room = room.map(|r| format!("{r} ")).unwrap_or_default();
         format!(
-            "[{}] {from}: {}{note}{skew}",
+            "[{}] {room}{from}: {}{note}{skew}",
             clock(m.sent_at_ms),
             sanitize(&m.body)
+        )
+    }
+
+    /// The line for a message as it arrived.
+    pub fn received(&self, r: &crate::service::Received) -> String {
+        self.message(&r.message, r.room.as_ref(), r.via, r.request)
+    }
+
+    /// The line for a message to a room that left: how many members have it.
+    pub fn room_sent(&self, s: &RoomSent) -> String {
+        let members = s.delivered + s.queued + s.failed.len() as u32;
+        if self.json {
+            let failed: Vec<_> = (s.failed.iter())
+                .map(|(name, why)| json!({"name": name.as_str(), "reason": why.to_string()}))
+                .collect();
+            return json!({
+                "type": "sent",
+                "id": s.id.to_string(),
+                "room": s.room.to_string(),
+                "status": if s.queued == 0 && s.failed.is_empty() { "delivered" } else { "queued" },
+                "delivered": s.delivered,
+                "queued": s.queued,
+                "failed": failed,
+            })
+            .to_string();
+        }
+        let mut line = format!(
+            "delivered to {} of {members} in {}, {} queued",
+            s.delivered, s.room, s.queued
+        );
+        for (name, why) in &s.failed {
+            line.push_str(&format!("; not sent to {name}: {why}"));
+        }
+        line
+    }
+
+    /// The line for a change of a room's membership.
+    pub fn room_notice(&self, n: &RoomNotice) -> String {
+        let (event, name, by) = match &n.change {
+            Change::Created(name) => ("created", name, None),
+            Change::Joined(name) => ("joined", name, None),
+            Change::Invited { name, by } => ("invited", name, Some(by)),
+            Change::Left(name) => ("left", name, None),
+            Change::Kicked { name, by } => ("kicked", name, Some(by)),
+        };
+        if self.json {
+            return json!({
+                "type": "room_event",
+                "room": n.room.to_string(),
+                "event": event,
+                "name": name.as_str(),
+                "by": by.map(Name::as_str),
+                "at_ms": n.at_ms,
+            })
+            .to_string();
+        }
+        let what = match (&n.change, by) {
+            (Change::Created(_), _) => "created the room".to_string(),
+            (Change::Invited { .. }, Some(by)) => format!("was invited by {}", self.name(by)),
+            (Change::Kicked { .. }, Some(by)) => format!("was removed by {}", self.name(by)),
+            (Change::Left(_), _) => "left".into(),
+            _ => "joined".into(),
+        };
+        format!(
+            "[{}] {}: {} {what}",
+            clock(n.at_ms),
+            n.room,
+            self.name(name)
+        )
+    }
+
+    /// The line for a room: its kind and members (with presence when it is known).
+    pub fn room(&self, r: &RoomView) -> String {
+        let role = |role: Role| match role {
+            Role::Admin => "admin",
+            Role::Member => "member",
+        };
+        let kind = match r.kind {
+            Kind::Public => "public",
+            Kind::Private => "private",
+        };
+        if self.json {
+            let members: Vec<_> = (r.members.iter())
+                .map(|m| json!({"name": m.name.as_str(), "role": role(m.role), "online": m.online}))
+                .collect();
+            return json!({
+                "type": "room",
+                "room": r.room.to_string(),
+                "kind": kind,
+                "members": members,
+            })
+            .to_string();
+        }
+        let members: Vec<String> = (r.members.iter())
+            .map(|m| {
+                let mut notes = Vec::new();
+                if m.role == Role::Admin {
+                    notes.push("admin");
+                }
+                match m.online {
+                    Some(true) => notes.push("online"),
+                    Some(false) => notes.push("offline"),
+                    None => {}
+                }
+                match notes.is_empty() {
+                    true => self.name(&m.name),
+                    false => format!("{} ({})", self.name(&m.name), notes.join(", ")),
+                }
+            })
+            .collect();
+        format!(
+            "{} ({kind}, {} members): {}",
+            r.room,
+            r.members.len(),
+            members.join(", ")
         )
     }
 
@@ -253,6 +378,9 @@ impl Console {
                 "direction": direction,
                 "state": e.state.as_str(),
             });
+            if let Some(room) = &e.room {
+                v["room"] = json!(room.to_string());
+            }
             match &e.state {
                 HistoryState::Received { via } => {
                     v["via"] = json!(via.as_str());

@@ -121,6 +121,8 @@ pub enum FromDirectory {
     MailboxIdle,
     /// `name` is dialing us now and asks us to dial back (hole punching).
     Introduction(Introduction),
+    /// A room we are in (or were just invited into, or removed from) changed.
+    RoomOp(common::room::Op),
 }
 
 /// One piece of mail from the mailbox.
@@ -890,9 +892,11 @@ async fn serve_events(
                 let id = letter.id;
                 (Mail::Letter(letter), id)
             }
-            // Room changes are not followed by this peer yet (issue 16: the directory's side
-            // is built, the peer's comes next); nothing is owed for them.
-            Ok(Some(DirectoryEvent::RoomOp(_))) => continue,
+            // Nothing is owed for a room's op: a member that misses one reads the log.
+            Ok(Some(DirectoryEvent::RoomOp(op))) => {
+                let _ = pushed.try_send(FromDirectory::RoomOp(op));
+                continue;
+            }
             Ok(Some(DirectoryEvent::MailboxIdle)) => {
                 let _ = pushed.send(FromDirectory::MailboxIdle).await;
                 continue;

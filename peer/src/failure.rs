@@ -3,7 +3,7 @@
 //! and the terminal client can tell an unknown peer from a full mailbox or an unreachable
 //! directory. It crosses the control socket as it is.
 
-use common::Name;
+use common::{room::RoomName, Name};
 use serde::{Deserialize, Serialize};
 
 /// Why a send, a lookup or a file transfer failed. `Display` is the one line for the user.
@@ -129,6 +129,42 @@ pub enum Failure {
         /// Why.
         why: String,
     },
+    /// The directory has no room of this name, or it is private and we are not in it.
+    #[error("there is no room {room} (or it is private and you are not in it)")]
+    UnknownRoom {
+        /// The room.
+        room: RoomName,
+    },
+    /// A room of this name exists already.
+    #[error("the room {room} exists already")]
+    RoomTaken {
+        /// The room.
+        room: RoomName,
+    },
+    /// The room has as many members as a room may.
+    #[error(
+        "the room {room} is full: a room has at most {} members",
+        common::room::MAX_MEMBERS
+    )]
+    RoomFull {
+        /// The room.
+        room: RoomName,
+    },
+    /// We are not a member of the room (we left, were removed, or never joined).
+    #[error("you are not a member of {room}")]
+    NotAMember {
+        /// The room.
+        room: RoomName,
+    },
+    /// A change of membership that its room's rules do not allow (only an admin invites and
+    /// kicks; only the invited enter a private room), or a log that does not check.
+    #[error("{room}: {why}")]
+    RoomRefused {
+        /// The room.
+        room: RoomName,
+        /// Why.
+        why: String,
+    },
 }
 
 impl Failure {
@@ -174,7 +210,16 @@ impl Failure {
             Failure::Unsealable { .. } => {
                 "the recipient must run a current peer once, online, to publish its encryption key"
             }
-            Failure::Refused { .. }
+            Failure::UnknownRoom { .. } => {
+                "`peer room create ROOM` makes one; a private room's admin must invite you"
+            }
+            Failure::RoomTaken { .. } => "pick another name, or `peer room join ROOM` if public",
+            Failure::RoomFull { .. } => "an admin can `peer room kick ROOM NAME` to make room",
+            Failure::NotAMember { .. } => {
+                "`peer room join ROOM` for a public room; a private room's admin must invite you"
+            }
+            Failure::RoomRefused { .. }
+            | Failure::Refused { .. }
             | Failure::Stopped
             | Failure::Other(_)
             | Failure::StillWaiting { .. } => return None,

@@ -7,6 +7,9 @@
 //! |------------|-----------------------|--------------------------------|-------------------------------------|
 //! | `messages` | (other peer, seq)     | postcard [`HistoryEntry`]      | one conversation is one key range   |
 //! | `ids`      | message id            | (other peer, seq)              | duplicates dropped across restarts  |
+//!
+//! A room's conversation is kept like a peer's, under the room's name with its `#`
+//! ([`Target`]'s text), which no peer's name has.
 //! | `peers`    | other peer            | sent_at_ms of its last message | the list of conversations           |
 //! | `meta`     | `"next_seq"`          | u64                            | order survives restarts             |
 //!
@@ -28,9 +31,11 @@ use crate::{
     inbox::Via,
     links::DirectPath,
     outbox::{Sent, Status},
+    target::Target,
 };
 use common::{
     now_ms,
+    room::RoomName,
     wire::{ChatMessage, MessageId},
     KeyId, Name,
 };
@@ -135,6 +140,9 @@ pub struct HistoryEntry {
     pub body: String,
     /// Where it stands.
     pub state: HistoryState,
+    /// The room it was said in. Not stored: a room's messages are kept under the room's key.
+    #[serde(skip)]
+    pub room: Option<RoomName>,
 }
 
 /// Why the history could not be used.
@@ -179,7 +187,7 @@ impl From<redb::DatabaseError> for HistoryError {
 /// Where one of our messages is recorded, to [`History::settle`] it later.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutKey {
-    peer: Name,
+    peer: String,
     seq: u64,
 }
 
@@ -188,7 +196,7 @@ type Reply = oneshot::Sender<Result<(), HistoryError>>;
 enum Op {
     /// A new entry under (peer, seq); indexed by id if it has one.
     Insert {
-        peer: Name,
+        peer: String,
         seq: u64,
         entry: HistoryEntry,
         reply: Option<Reply>,
@@ -286,12 +294,17 @@ impl History {
     pub fn record_in(
         &self,
         message: &ChatMessage,
+        room: Option<&RoomName>,
         via: Via,
         key: KeyId,
     ) -> impl std::future::Future<Output = Result<(), HistoryError>> + Send + 'static {
         let (reply, answer) = oneshot::channel();
+        let with = match room {
+            Some(room) => room.to_string(),
+            None => message.from.to_string(),
+        };
         let queued = self.queue(Op::Insert {
-            peer: message.from.clone(),
+            peer: with,
             seq: self.seq(),
             entry: HistoryEntry {
                 id: Some(message.id),
@@ -300,6 +313,7 @@ impl History {
                 sent_at_ms: message.sent_at_ms,
                 body: message.body.clone(),
                 state: HistoryState::Verified { via, key },
+                room: room.cloned(),
             },
             reply: Some(reply),
         });
@@ -310,18 +324,20 @@ impl History {
     }
 
     /// Records a message of ours as `sending`, now; [`History::settle`] it with its outcome.
-    pub fn sending(&self, from: &Name, to: &Name, body: &str) -> OutKey {
+    /// (A message to a room is recorded once, in the room, as to ourselves.)
+    pub fn sending(&self, from: &Name, to: &Target, body: &str) -> OutKey {
         let key = OutKey {
-            peer: to.clone(),
+            peer: to.to_string(),
             seq: self.seq(),
         };
         let entry = HistoryEntry {
             id: None,
             from: from.clone(),
-            to: to.clone(),
+            to: to.peer().unwrap_or(from).clone(),
             sent_at_ms: now_ms(),
             body: body.to_string(),
             state: HistoryState::Sending,
+            room: to.room().cloned(),
         };
         let op = Op::Insert {
             peer: key.peer.clone(),
@@ -346,6 +362,11 @@ impl History {
                 },
             ),
         };
+        self.settle_as(key, id, state);
+    }
+
+    /// Records where a message recorded by [`History::sending`] stands, and its id.
+    pub fn settle_as(&self, key: OutKey, id: Option<MessageId>, state: HistoryState) {
         if let Err(e) = self.queue(Op::Settle { key, id, state }) {
             tracing::warn!("history: {e}");
         }
@@ -384,27 +405,29 @@ impl History {
     /// Whether a message with this id is recorded in the conversation with `from`: a
     /// redelivery from that sender. The same id in another conversation is another sender's
     /// (or a sender reusing an id it saw), not a duplicate.
-    pub fn contains_from(&self, id: &MessageId, from: &Name) -> Result<bool, HistoryError> {
+    pub fn contains_from(&self, id: &MessageId, from: &Target) -> Result<bool, HistoryError> {
         let txn = self.db.begin_read()?;
         let ids = txn.open_table(IDS)?;
-        Ok(ids
-            .get(&id.0)?
-            .is_some_and(|at| at.value().0 == from.as_str()))
+        let from = from.to_string();
+        Ok(ids.get(&id.0)?.is_some_and(|at| at.value().0 == from))
     }
 
     /// The last `limit` entries of the conversation with `with`, oldest first.
     pub fn conversation(
         &self,
-        with: &Name,
+        with: &Target,
         limit: usize,
     ) -> Result<Vec<HistoryEntry>, HistoryError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(MESSAGES)?;
-        let peer = with.as_str();
+        let key = with.to_string();
+        let peer = key.as_str();
         let mut out = Vec::new();
         for row in table.range((peer, 0)..=(peer, u64::MAX))?.rev().take(limit) {
             let (_, value) = row?;
-            out.push(postcard::from_bytes(value.value())?);
+            let mut entry: HistoryEntry = postcard::from_bytes(value.value())?;
+            entry.room = with.room().cloned();
+            out.push(entry);
         }
         out.reverse();
         Ok(out)
@@ -518,12 +541,12 @@ fn insert(
     messages: &mut Messages<'_>,
     ids: &mut Ids<'_>,
     peers: &mut redb::Table<'_, &'static str, u64>,
-    peer: &Name,
+    peer: &str,
     seq: u64,
     entry: &HistoryEntry,
 ) -> Result<(), HistoryError> {
     if let Some(id) = entry.id {
-        let recorded = ids.get(&id.0)?.map(|at| at.value().0 == peer.as_str());
+        let recorded = ids.get(&id.0)?.map(|at| at.value().0 == peer);
         match recorded {
             // A redelivery in this conversation.
             Some(true) => return Ok(()),
@@ -531,14 +554,14 @@ fn insert(
             // pointing at the first.
             Some(false) => {}
             None => {
-                ids.insert(&id.0, (peer.as_str(), seq))?;
+                ids.insert(&id.0, (peer, seq))?;
             }
         }
     }
     let bytes = postcard::to_allocvec(entry)?;
-    messages.insert((peer.as_str(), seq), bytes.as_slice())?;
-    let last = peers.get(peer.as_str())?.map_or(0, |g| g.value());
-    peers.insert(peer.as_str(), last.max(entry.sent_at_ms))?;
+    messages.insert((peer, seq), bytes.as_slice())?;
+    let last = peers.get(peer)?.map_or(0, |g| g.value());
+    peers.insert(peer, last.max(entry.sent_at_ms))?;
     Ok(())
 }
 
@@ -605,6 +628,10 @@ mod tests {
         Name::new(s).expect("valid test name")
     }
 
+    fn peer(s: &str) -> Target {
+        Target::Peer(name(s))
+    }
+
     fn incoming(from: &str, body: &str) -> ChatMessage {
         ChatMessage {
             id: MessageId::random(),
@@ -627,10 +654,10 @@ mod tests {
         let sent_id = MessageId::random();
         {
             let h = History::open(&file)?;
-            h.record_in(&a, Via::Direct, KEY).await?;
-            let key = h.sending(&name("me"), &name("c2"), "hi back");
-            let failed = h.sending(&name("me"), &name("c2"), "lost");
-            h.record_in(&incoming("c3", "elsewhere"), Via::Mailbox, KEY)
+            h.record_in(&a, None, Via::Direct, KEY).await?;
+            let key = h.sending(&name("me"), &peer("c2"), "hi back");
+            let failed = h.sending(&name("me"), &peer("c2"), "lost");
+            h.record_in(&incoming("c3", "elsewhere"), None, Via::Mailbox, KEY)
                 .await?;
             let sent = Sent {
                 id: sent_id,
@@ -644,7 +671,7 @@ mod tests {
         }
         // The writer thread lets go of the file just after the last handle is dropped.
         let h = History::open_waiting(&file, Duration::from_secs(5))?;
-        let c2 = h.conversation(&name("c2"), 100)?;
+        let c2 = h.conversation(&peer("c2"), 100)?;
         assert_eq!(bodies(&c2), ["hello", "hi back", "lost"]);
         assert_eq!(c2[1].state, HistoryState::Queued);
         assert_eq!(c2[1].id, Some(sent_id));
@@ -656,16 +683,16 @@ mod tests {
         );
         assert!(h.contains(&a.id)? && h.contains(&sent_id)?);
         assert_eq!(
-            bodies(&h.conversation(&name("c2"), 2)?),
+            bodies(&h.conversation(&peer("c2"), 2)?),
             ["hi back", "lost"]
         );
         let peers: Vec<String> = h.peers()?.into_iter().map(|p| p.0.to_string()).collect();
         assert_eq!(peers.len(), 2);
         // New entries after a reopen come after the old ones.
-        h.record_in(&incoming("c2", "later"), Via::Direct, KEY)
+        h.record_in(&incoming("c2", "later"), None, Via::Direct, KEY)
             .await?;
         assert_eq!(
-            bodies(&h.conversation(&name("c2"), 100)?).last(),
+            bodies(&h.conversation(&peer("c2"), 100)?).last(),
             Some(&"later")
         );
         Ok(())
@@ -677,7 +704,7 @@ mod tests {
         let h = History::open(&path(dir.path()))?;
         let mut ids = Vec::new();
         for (body, status) in [("queued", Status::Queued), ("direct", Status::Delivered)] {
-            let key = h.sending(&name("me"), &name("c2"), body);
+            let key = h.sending(&name("me"), &peer("c2"), body);
             let sent = Sent {
                 id: MessageId::random(),
                 to: name("c2"),
@@ -688,11 +715,11 @@ mod tests {
             ids.push(sent.id);
         }
         let theirs = incoming("c2", "theirs");
-        h.record_in(&theirs, Via::Mailbox, KEY).await?;
+        h.record_in(&theirs, None, Via::Mailbox, KEY).await?;
         ids.extend([theirs.id, MessageId::random()]);
         h.delivered_later(ids, 42).await?;
         let states: Vec<HistoryState> = h
-            .conversation(&name("c2"), 10)?
+            .conversation(&peer("c2"), 10)?
             .into_iter()
             .map(|e| e.state)
             .collect();
@@ -715,9 +742,9 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let h = History::open(&path(dir.path()))?;
         let m = incoming("c2", "once");
-        h.record_in(&m, Via::Direct, KEY).await?;
-        h.record_in(&m, Via::Mailbox, KEY).await?;
-        assert_eq!(bodies(&h.conversation(&name("c2"), 10)?), ["once"]);
+        h.record_in(&m, None, Via::Direct, KEY).await?;
+        h.record_in(&m, None, Via::Mailbox, KEY).await?;
+        assert_eq!(bodies(&h.conversation(&peer("c2"), 10)?), ["once"]);
         Ok(())
     }
 

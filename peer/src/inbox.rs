@@ -10,9 +10,13 @@
 //! sender's messages are taken (so they are acknowledged and leave the mailbox) and dropped
 //! unseen; a stranger's are shown as message requests, with a notice the first time.
 
-use crate::contacts::{Contacts, Verdict};
+use crate::{
+    contacts::{Contacts, Verdict},
+    rooms::RoomNotice,
+};
 use common::{
     defaults::MAX_BODY_LEN,
+    room::RoomName,
     wire::{ChatMessage, MessageId, Receipt},
     KeyId, Name,
 };
@@ -76,6 +80,8 @@ pub struct ReceivedFile {
 pub struct Incoming {
     /// The message.
     pub message: ChatMessage,
+    /// The room it was said in; `None` for a message to us alone.
+    pub room: Option<RoomName>,
     /// How it came.
     pub via: Via,
     /// From a stranger: a message request.
@@ -106,6 +112,8 @@ pub enum Event {
     Receipt(Taken),
     /// Something the user should know (a file from the mailbox that had to be dropped).
     Notice(String),
+    /// A room's membership changed.
+    Room(RoomNotice),
 }
 
 /// A receipt waiting to be recorded; acknowledged to the directory after [`Taken::done`].
@@ -143,14 +151,19 @@ struct InboxInner {
 }
 
 /// A copy of an incoming message for a command attached through the control socket: the
-/// message, how it came, and whether it is a message request.
-pub type Copy = (ChatMessage, Via, bool);
+/// message, its room, how it came, and whether it is a message request.
+pub type Copy = (ChatMessage, Option<RoomName>, Via, bool);
 
 /// Resolves when a handed-over message may be acknowledged: it was shown, or it was a
 /// duplicate of one shown before.
 pub struct Shown(Option<(SeenKey, oneshot::Receiver<()>, Inbox)>);
 
 impl Shown {
+    /// For a message that may be acknowledged at once: a duplicate, or one dropped unseen.
+    pub fn already() -> Self {
+        Self(None)
+    }
+
     /// Waits until the message was shown.
     pub async fn wait(self) -> Result<(), NotShown> {
         let Some((key, was_shown, inbox)) = self.0 else {
@@ -231,10 +244,14 @@ impl Inbox {
     pub async fn receive(
         &self,
         message: ChatMessage,
+        room: Option<RoomName>,
         via: Via,
         signer: KeyId,
     ) -> Result<(), NotShown> {
-        self.hand_over(message, via, signer).await?.wait().await
+        self.hand_over(message, room, via, signer)
+            .await?
+            .wait()
+            .await
     }
 
     /// Hands one message to the program and returns at once with [`Shown`], which resolves
@@ -243,6 +260,7 @@ impl Inbox {
     pub async fn hand_over(
         &self,
         message: ChatMessage,
+        room: Option<RoomName>,
         via: Via,
         signer: KeyId,
     ) -> Result<Shown, NotShown> {
@@ -252,7 +270,9 @@ impl Inbox {
                 debug!(from = %message.from, "dropped: the sender is blocked");
                 return Ok(Shown(None));
             }
-            Verdict::Stranger => true,
+            // A room's members are not strangers in it: the room's signed log vouches for
+            // them (the caller checked it).
+            Verdict::Stranger => room.is_none(),
             Verdict::Contact => false,
         };
         if !self.seen().insert(key.clone()) {
@@ -262,10 +282,14 @@ impl Inbox {
         if request {
             self.notice_request(&message.from).await;
         }
-        let _ = self.inner.copies.send((message.clone(), via, request));
+        let _ = self
+            .inner
+            .copies
+            .send((message.clone(), room.clone(), via, request));
         let (shown, was_shown) = oneshot::channel();
         let event = Event::Message(Incoming {
             message,
+            room,
             via,
             request,
             signer,
@@ -314,6 +338,11 @@ impl Inbox {
     /// Tells the user something (a file from the mailbox that had to be dropped).
     pub async fn notice(&self, text: String) {
         let _ = self.inner.events.send(Event::Notice(text)).await;
+    }
+
+    /// Shows a change of a room's membership, in the room.
+    pub async fn room(&self, notice: RoomNotice) {
+        let _ = self.inner.events.send(Event::Room(notice)).await;
     }
 
     /// Reports that the mailbox has been drained.

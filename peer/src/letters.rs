@@ -94,6 +94,19 @@ impl Letters {
             })
     }
 
+    /// Signs the op of a room's log at `place` (its version, the hash of the op before) as
+    /// `actor`, our name (see [`common::room`]).
+    pub fn sign_op(
+        &self,
+        room: common::room::RoomName,
+        place: (u64, [u8; 32]),
+        actor: Name,
+        action: common::room::Action,
+    ) -> common::room::Op {
+        let at = common::now_ms();
+        self.sealer.sign_op(room, place, actor, at, action)
+    }
+
     /// Our proof, for the sender `signer` of a letter we took, that we took what its receipt
     /// tells ([`Letter::receipt`]).
     pub fn prove(&self, signer: &common::KeyId, told: common::wire::MessageId) -> Signature {

@@ -43,13 +43,15 @@
 //!   reach us.
 //! * [`letters`]: mail through the directory sealed end to end: sealed to the recipient on
 //!   deposit; opened, its signature and signer checked, on arrival.
+//! * [`rooms`]: the rooms we know: each room's signed membership log, checked op by op and
+//!   kept; who may post in a room, and to whom a room message goes.
 //! * [`safety`]: safety numbers, which two people compare to know they hold each other's keys.
 //! * [`links`]: live direct connections by name, and how each came about.
 //! * [`directory_client`]: the connection to the directory: register, reconnect, typed
 //!   requests, and what the directory pushes (mail, introductions) as a channel.
-//! * [`endpoint`], [`home`], [`tasks`], [`failure`]: the one QUIC endpoint; the peer's folder
-//!   (key, certificate, pinned directory keys); every background task, ended together; why
-//!   something failed, for the user.
+//! * [`endpoint`], [`home`], [`tasks`], [`failure`], [`target`]: the one QUIC endpoint; the
+//!   peer's folder (key, certificate, pinned directory keys); every background task, ended
+//!   together; why something failed, for the user; a peer or a room, as the user names it.
 //!
 //! # Path of one message (c1 → c2)
 //!
@@ -89,10 +91,12 @@ pub mod logsink;
 pub mod node;
 pub mod outbox;
 pub mod punch;
+pub mod rooms;
 pub mod safety;
 pub mod service;
 pub mod session;
 pub mod signals;
+pub mod target;
 pub mod tasks;
 pub mod text;
 pub mod tui;

@@ -5,13 +5,14 @@ use common::Name;
 use std::path::PathBuf;
 
 /// The commands, in one line, for line mode.
-pub(crate) const HELP: &str = "commands: /to NAME (talk to NAME), /who (presence of known peers), \
+pub(crate) const HELP: &str =
+    "commands: /to NAME or /to #ROOM (talk to NAME, or in ROOM), /who (presence of known peers), \
                     /file PATH (send a file), /accept NAME, /block NAME (contacts), /help, /quit";
 
 /// A line of input: a message or a command.
 pub(crate) enum Input {
     Text(String),
-    To(Name),
+    To(crate::target::Target),
     File(PathBuf),
     /// Accept (true) or block (false) a name.
     Contact(Name, bool),
@@ -36,9 +37,9 @@ pub(crate) fn parse(line: &str) -> Option<Input> {
     }
     let mut words = trimmed.split_whitespace();
     Some(match (words.next(), words.next()) {
-        (Some("/to"), Some(name)) => match Name::new(name) {
-            Ok(name) => Input::To(name),
-            Err(e) => Input::Bad(format!("invalid name {name:?}: {e}")),
+        (Some("/to"), Some(target)) => match target.parse() {
+            Ok(target) => Input::To(target),
+            Err(e) => Input::Bad(e),
         },
         (Some("/file"), Some(_)) => Input::File(file_path(
             trimmed.strip_prefix("/file").unwrap_or_default().trim(),

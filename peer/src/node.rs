@@ -17,12 +17,13 @@ use crate::{
     links::{DirectPath, Links},
     outbox::{self, Outbox, Sent},
     punch::Dialer,
+    rooms::Rooms,
     tasks::Tasks,
 };
 use anyhow::Result;
 use common::{
     seal::Content,
-    wire::{Letter, PeerInfo},
+    wire::{Letter, PeerInfo, RoomMessage},
     KeyId, Name,
 };
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -73,6 +74,8 @@ pub struct Node {
     dialer: Arc<Dialer>,
     contacts: Contacts,
     letters: Letters,
+    rooms: Rooms,
+    online: bool,
     downloads: std::path::PathBuf,
     mailbox_file_max: u64,
     home: Home,
@@ -129,11 +132,27 @@ impl Node {
             .await?
         };
         let links = Arc::new(Links::default());
+        let (notices, mut told) = mpsc::unbounded_channel();
+        let rooms = Rooms::load(
+            options.home.path(),
+            options.name.clone(),
+            directory.clone(),
+            letters.clone(),
+            contacts.clone(),
+            notices,
+        )?;
+        let shown = inbox.clone();
+        tasks.spawn(async move {
+            while let Some(notice) = told.recv().await {
+                shown.room(notice).await;
+            }
+        });
         let acceptor = Acceptor {
             inbox: inbox.clone(),
             files: files.clone(),
             directory: directory.clone(),
             links: links.clone(),
+            rooms: rooms.clone(),
             tasks: tasks.clone(),
         };
         tasks.spawn(accept::serve(endpoint.clone(), acceptor.clone()));
@@ -150,12 +169,19 @@ impl Node {
         });
         tasks.spawn(take_pushed(
             pushed,
-            inbox.clone(),
-            files,
-            letters.clone(),
+            Takers {
+                inbox: inbox.clone(),
+                files,
+                letters: letters.clone(),
+                rooms: rooms.clone(),
+            },
             dialer.clone(),
             tasks.clone(),
         ));
+        if options.online {
+            let status = directory.status();
+            tasks.spawn(follow_rooms(rooms.clone(), status));
+        }
         let outbox = Outbox::new(outbox::Shared {
             me: options.name.clone(),
             dialer: dialer.clone(),
@@ -178,6 +204,8 @@ impl Node {
             dialer,
             contacts,
             letters,
+            rooms,
+            online: options.online,
             downloads: options.home.downloads(),
             mailbox_file_max: options.mailbox_file_max,
             home: options.home,
@@ -265,6 +293,16 @@ impl Node {
         &self.inbox
     }
 
+    /// The rooms we know.
+    pub fn rooms(&self) -> &Rooms {
+        &self.rooms
+    }
+
+    /// Whether we stay online and receive (so the directory pushes us what changes).
+    pub fn online(&self) -> bool {
+        self.online
+    }
+
     /// The outbox, where messages leave.
     pub fn outbox(&self) -> &Outbox {
         &self.outbox
@@ -332,42 +370,61 @@ fn unsealed(from: &Name) -> String {
     format!("a message from {from} was refused: it was not sealed, so its sender cannot be checked")
 }
 
+/// Where what the directory pushes goes.
+#[derive(Clone)]
+struct Takers {
+    inbox: Inbox,
+    files: files::Receiver,
+    letters: Letters,
+    rooms: Rooms,
+}
+
 /// Opens a letter from the mailbox, checks it, and hands what it holds on; the directory gets
 /// the proof its receipt needs, or nothing when the letter was refused.
-async fn take_letter(
-    letter: Letter,
-    inbox: &Inbox,
-    files: &files::Receiver,
-    letters: &Letters,
-    delivery: Delivery,
-) {
-    let told = letter.receipt();
-    let signer = match letters.open(&letter) {
-        Ok((Content::Chat(message), _)) if !inbox.fits(&message) => {
-            let why = format!(
-                "a letter from {} was refused: not for us, or too long",
-                message.from
-            );
-            refuse(inbox, why).await;
-            return delivery.taken();
-        }
-        Ok((Content::Chat(message), signer)) => {
-            if inbox.receive(message, Via::Mailbox, signer).await.is_err() {
-                return; // not taken: it stays in the mailbox
-            }
-            signer
+async fn take_letter(letter: Letter, to: &Takers, delivery: Delivery) {
+    let (inbox, told) = (&to.inbox, letter.receipt());
+    let (message, room, signer) = match to.letters.open(&letter) {
+        Ok((Content::Chat(message), signer)) => (message, None, signer),
+        Ok((Content::RoomChat(RoomMessage { room, message }), signer)) => {
+            (message, Some(room), signer)
         }
         Ok((Content::FilePart(part), signer)) => {
-            files.take_part(part).await;
-            signer
+            to.files.take_part(part).await;
+            return match told {
+                Some(told) => delivery.took(to.letters.prove(&signer, told)),
+                None => delivery.taken(),
+            };
         }
         Err(refusal) => {
             refuse(inbox, refusal.to_string()).await;
             return delivery.taken();
         }
     };
+    if !inbox.fits(&message) {
+        let why = format!(
+            "a letter from {} was refused: not for us, or too long",
+            message.from
+        );
+        refuse(inbox, why).await;
+        return delivery.taken();
+    }
+    if let Some(room) = &room {
+        if !to.rooms.admits(room, &message.from, &signer).await {
+            // Taken, so it leaves the mailbox, but not shown: whoever is not a member by the
+            // room's signed log does not speak in it (nor do we hear a room we left).
+            debug!(%room, from = %message.from, "a room letter from a non-member dropped");
+            return delivery.taken();
+        }
+    }
+    if inbox
+        .receive(message, room, Via::Mailbox, signer)
+        .await
+        .is_err()
+    {
+        return; // not taken: it stays in the mailbox
+    }
     match told {
-        Some(told) => delivery.took(letters.prove(&signer, told)),
+        Some(told) => delivery.took(to.letters.prove(&signer, told)),
         None => delivery.taken(),
     }
 }
@@ -375,37 +432,34 @@ async fn take_letter(
 /// Takes what the directory pushes: mail goes to the inbox (parts of files to `files`),
 /// acknowledged once taken (one piece at a time: the directory waits for each ack);
 /// introductions are answered at once, each on a task of its own, so a message waiting to be
-/// shown never holds a punch up.
+/// shown never holds a punch up; a room's ops update its roster, and what changed is shown.
 async fn take_pushed(
     mut pushed: mpsc::Receiver<FromDirectory>,
-    inbox: Inbox,
-    files: files::Receiver,
-    letters: Letters,
+    to: Takers,
     dialer: Arc<Dialer>,
     tasks: Tasks,
 ) {
     while let Some(push) = pushed.recv().await {
         match push {
             FromDirectory::Mail(mail, delivery) => {
-                let (inbox, files, letters) = (inbox.clone(), files.clone(), letters.clone());
+                let to = to.clone();
                 tasks.spawn(async move {
+                    let inbox = &to.inbox;
                     let taken = match mail {
-                        Mail::Letter(letter) => {
-                            return take_letter(letter, &inbox, &files, &letters, delivery).await
-                        }
+                        Mail::Letter(letter) => return take_letter(letter, &to, delivery).await,
                         Mail::Message(message) => {
-                            refuse(&inbox, unsealed(&message.from)).await;
+                            refuse(inbox, unsealed(&message.from)).await;
                             true
                         }
                         Mail::FilePart(part) => {
-                            refuse(&inbox, unsealed(&part.offer.from)).await;
+                            refuse(inbox, unsealed(&part.offer.from)).await;
                             true
                         }
                         Mail::Receipt(receipt) => {
                             debug!(from = %receipt.from, "an unsigned receipt ignored");
                             true
                         }
-                        Mail::SignedReceipt(receipt) => match letters.check_receipt(receipt) {
+                        Mail::SignedReceipt(receipt) => match to.letters.check_receipt(receipt) {
                             Ok(receipt) => inbox.receipt(receipt).await.is_ok(),
                             Err(refusal) => {
                                 warn!("{refusal}");
@@ -418,11 +472,32 @@ async fn take_pushed(
                     }
                 });
             }
-            FromDirectory::MailboxIdle => inbox.mailbox_idle().await,
+            FromDirectory::MailboxIdle => to.inbox.mailbox_idle().await,
             FromDirectory::Introduction(intro) => {
                 let dialer = dialer.clone();
                 tasks.spawn(async move { dialer.answer(intro).await });
             }
+            // In order, on this task: a room's notices come in the order of its log.
+            FromDirectory::RoomOp(op) => to.rooms.pushed(op).await,
+        }
+    }
+}
+
+/// Each time the directory connection comes up, catches up with every room we are in: what
+/// changed while we were away is checked and shown, in the order of each room's log. (While
+/// connected, the directory pushes each change as it happens.)
+async fn follow_rooms(rooms: Rooms, mut status: watch::Receiver<directory_client::Status>) {
+    loop {
+        let connected = *status.borrow_and_update() == directory_client::Status::Connected;
+        if connected {
+            for roster in rooms.ours().await {
+                if let Err(e) = rooms.sync(&roster.room).await {
+                    warn!(room = %roster.room, "{e}");
+                }
+            }
+        }
+        if status.changed().await.is_err() {
+            return;
         }
     }
 }

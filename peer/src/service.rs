@@ -9,19 +9,23 @@ use crate::{
     directory_client::Status,
     failure::Failure,
     files::{downloads, FileSent, FileUpdate},
-    history::{History, HistoryEntry, HistoryError},
+    history::{History, HistoryEntry, HistoryError, HistoryState, OutKey},
     inbox::{Event, Incoming, ReceivedFile, Taken, Via},
     links::DirectPath,
     node::Node,
-    outbox::{SendFailed, Sent},
+    outbox::{conversation::Post, SendFailed, Sent, Status as SendStatus},
+    rooms::{RoomCommand, RoomNotice, RoomSent, RoomView},
+    target::Target,
 };
 use common::{
     defaults::MAX_BODY_LEN,
+    now_ms,
+    room::{Action, Kind, RoomName},
     wire::{ChatMessage, MessageId, PeerInfo},
     KeyId, Name,
 };
 use std::{future::Future, path::Path, sync::Arc};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Something for a command to show or act on.
 #[derive(Debug)]
@@ -60,6 +64,12 @@ pub enum Update {
         /// When, by the directory's clock.
         at_ms: u64,
     },
+    /// A room's membership changed.
+    Room(RoomNotice),
+    /// The outcome of a message to a room.
+    RoomSent(Result<RoomSent, Failure>),
+    /// The answer to a room command: the room (or the rooms we are in) as it stands now.
+    Rooms(Result<Vec<RoomView>, Failure>),
     /// Where the connection to the directory stands (after [`crate::session::Session::watch_directory`]).
     Directory {
         /// The directory's address as the user gave it.
@@ -74,6 +84,8 @@ pub enum Update {
 pub struct Received {
     /// The message.
     pub message: ChatMessage,
+    /// The room it was said in; `None` for a message to us alone.
+    pub room: Option<RoomName>,
     /// How it came.
     pub via: Via,
     /// From a stranger: a message request (see [`crate::contacts`]).
@@ -86,9 +98,10 @@ pub struct Received {
 
 impl Received {
     /// A copy of a message that another process shows and acknowledges.
-    pub fn copy(message: ChatMessage, via: Via, request: bool) -> Self {
+    pub fn copy(message: ChatMessage, room: Option<RoomName>, via: Via, request: bool) -> Self {
         Self {
             message,
+            room,
             via,
             request,
             signer: None,
@@ -106,7 +119,7 @@ impl Received {
         let signer = incoming.signer;
         let recorded = self
             .history
-            .map(|h| h.record_in(&self.message, self.via, signer));
+            .map(|h| h.record_in(&self.message, self.room.as_ref(), self.via, signer));
         when_recorded(recorded, move || incoming.shown());
     }
 }
@@ -116,12 +129,28 @@ impl Received {
 pub struct Service {
     node: Arc<Node>,
     history: Option<History>,
+    /// Messages to rooms, in the order they were submitted (see [`Service::submit_room`]).
+    room_posts: mpsc::UnboundedSender<RoomPost>,
+}
+
+/// A message to a room waiting for the room's roster.
+struct RoomPost {
+    room: RoomName,
+    body: String,
+    record: Option<(History, OutKey)>,
+    reply: oneshot::Sender<Result<RoomSent, Failure>>,
 }
 
 impl Service {
     /// The service of `node`, recording in `history` if there is one.
     pub fn new(node: Arc<Node>, history: Option<History>) -> Self {
-        Self { node, history }
+        let (room_posts, posts) = mpsc::unbounded_channel();
+        node.spawn(fan_out(node.clone(), posts));
+        Self {
+            node,
+            history,
+            room_posts,
+        }
     }
 
     /// Our name.
@@ -154,9 +183,10 @@ impl Service {
     ) -> impl Future<Output = Result<Sent, SendFailed>> + Send + 'static {
         let record = (body.len() <= MAX_BODY_LEN)
             .then(|| {
-                self.history
-                    .as_ref()
-                    .map(|h| (h.clone(), h.sending(&self.node.name, &to, &body)))
+                self.history.as_ref().map(|h| {
+                    let target = Target::Peer(to.clone());
+                    (h.clone(), h.sending(&self.node.name, &target, &body))
+                })
             })
             .flatten();
         let outcome = self.node.outbox().submit(to.clone(), body);
@@ -174,6 +204,87 @@ impl Service {
             }
             result
         }
+    }
+
+    /// Sends `body` to every other member of `room`, each copy behind every message submitted
+    /// to that member before it: directly where there is a link, else through the member's
+    /// mailbox, sealed to it. It is recorded once, in the room's history, as sending at once,
+    /// and with how many members have it when the returned future has the outcome.
+    pub fn submit_room(
+        &self,
+        room: RoomName,
+        body: String,
+    ) -> impl Future<Output = Result<RoomSent, Failure>> + Send + 'static {
+        let too_large = (body.len() > MAX_BODY_LEN).then_some(Failure::TooLarge {
+            len: body.len() as u64,
+            limit: MAX_BODY_LEN as u64,
+        });
+        let (reply, answer) = oneshot::channel();
+        if too_large.is_none() {
+            let target = Target::Room(room.clone());
+            let record = (self.history.as_ref())
+                .map(|h| (h.clone(), h.sending(&self.node.name, &target, &body)));
+            let post = RoomPost {
+                room,
+                body,
+                record,
+                reply,
+            };
+            // Only fails once the node is shutting down, and then `answer` says so.
+            let _ = self.room_posts.send(post);
+        }
+        async move {
+            match too_large {
+                Some(failure) => Err(failure),
+                None => answer.await.map_err(|_| Failure::Stopped)?,
+            }
+        }
+    }
+
+    /// Does what a `peer room …` command asks, and returns the room as it stands then (for
+    /// `list`, every room we are in).
+    pub async fn room(&self, command: RoomCommand) -> Result<Vec<RoomView>, Failure> {
+        let rooms = self.node.rooms();
+        let roster = match command {
+            RoomCommand::Create { room, public } => {
+                let kind = if public { Kind::Public } else { Kind::Private };
+                rooms.act(&room, Action::Create { kind }).await?
+            }
+            RoomCommand::Invite { room, names } => {
+                let mut roster = None;
+                for name in names {
+                    // The key we remember for the name, which the invitation binds.
+                    let (info, _) = self.node.whois(&name).await?;
+                    let action = Action::Invite {
+                        name,
+                        key: info.key,
+                    };
+                    roster = Some(rooms.act(&room, action).await?);
+                }
+                match roster {
+                    Some(roster) => roster,
+                    None => rooms.sync(&room).await?,
+                }
+            }
+            RoomCommand::Join { room } => rooms.act(&room, Action::Join).await?,
+            RoomCommand::Leave { room } => rooms.act(&room, Action::Leave).await?,
+            RoomCommand::Kick { room, name } => rooms.act(&room, Action::Kick { name }).await?,
+            RoomCommand::Members { room } => {
+                let roster = rooms.sync(&room).await?;
+                let mut view = RoomView::of(&roster);
+                let directory = self.node.directory();
+                let lookups = view.members.iter().map(|m| directory.lookup(&m.name));
+                let found = futures::future::join_all(lookups).await;
+                for (member, found) in view.members.iter_mut().zip(found) {
+                    member.online = found.ok().map(|info| info.online);
+                }
+                return Ok(vec![view]);
+            }
+            RoomCommand::List => {
+                return Ok(rooms.ours().await.iter().map(RoomView::of).collect());
+            }
+        };
+        Ok(vec![RoomView::of(&roster)])
     }
 
     /// What the directory knows about `name`, and our direct link to it.
@@ -250,7 +361,7 @@ impl Service {
     /// everything recorded before this call; `None` when there is no history.
     pub async fn conversation(
         &self,
-        with: &Name,
+        with: &Target,
         limit: usize,
     ) -> Result<Option<Vec<HistoryEntry>>, HistoryError> {
         let Some(history) = self.history.clone() else {
@@ -284,12 +395,13 @@ impl Service {
         while let Some(event) = events.recv().await {
             let update = match event {
                 Event::Message(incoming) => {
-                    if self.seen_before(&incoming.message) {
+                    if self.seen_before(&incoming.message, incoming.room.as_ref()) {
                         incoming.shown();
                         continue;
                     }
                     Update::Message(Received {
                         message: incoming.message.clone(),
+                        room: incoming.room.clone(),
                         via: incoming.via,
                         request: incoming.request,
                         signer: Some(incoming.signer),
@@ -300,6 +412,7 @@ impl Service {
                 Event::MailboxIdle => Update::MailboxIdle,
                 Event::File(file) => Update::File(file),
                 Event::Notice(text) => Update::Notice(text),
+                Event::Room(notice) => Update::Room(notice),
                 Event::Receipt(taken) => {
                     let receipt = taken.receipt.clone();
                     self.record_receipt(taken);
@@ -326,11 +439,15 @@ impl Service {
     }
 
     /// Whether `message` is in the history already (a redelivery after a restart).
-    fn seen_before(&self, message: &ChatMessage) -> bool {
+    fn seen_before(&self, message: &ChatMessage, room: Option<&RoomName>) -> bool {
         let Some(history) = &self.history else {
             return false;
         };
-        match history.contains_from(&message.id, &message.from) {
+        let with = match room {
+            Some(room) => Target::Room(room.clone()),
+            None => Target::Peer(message.from.clone()),
+        };
+        match history.contains_from(&message.id, &with) {
             Ok(seen) => seen,
             Err(e) => {
                 tracing::warn!("history: {e}");
@@ -347,6 +464,81 @@ impl Service {
             }
         }
         self.node.shutdown().await;
+    }
+}
+
+/// Sends each message to a room, in the order submitted: the room's roster (ours, kept up to
+/// date by the directory's pushes on a running peer; read from the directory's log first by
+/// a short command, which gets no pushes), then one copy per other member, handed to that
+/// member's conversation in the outbox before the next message is looked at. That is what
+/// keeps a sender's room messages in order for every member, on either path.
+async fn fan_out(node: Arc<Node>, mut posts: mpsc::UnboundedReceiver<RoomPost>) {
+    while let Some(post) = posts.recv().await {
+        let RoomPost {
+            room,
+            body,
+            record,
+            reply,
+        } = post;
+        let roster = match (node.online(), node.rooms().roster(&room).await) {
+            (true, Some(roster)) if roster.members.contains_key(&node.name) => Ok(roster),
+            _ => node.rooms().sync(&room).await,
+        };
+        let roster = roster.and_then(|roster| match roster.members.contains_key(&node.name) {
+            true => Ok(roster),
+            false => Err(Failure::NotAMember { room: room.clone() }),
+        });
+        let roster = match roster {
+            Ok(roster) => roster,
+            Err(failure) => {
+                if let Some((history, key)) = record {
+                    history.settle(key, Err(&failure.to_string()));
+                }
+                let _ = reply.send(Err(failure));
+                continue;
+            }
+        };
+        let (id, sent_at_ms) = (MessageId::random(), now_ms());
+        let copies: Vec<_> = (roster.members.keys())
+            .filter(|name| **name != node.name)
+            .map(|to| {
+                let message = ChatMessage {
+                    id,
+                    from: node.name.clone(),
+                    to: to.clone(),
+                    sent_at_ms,
+                    body: body.clone(),
+                };
+                let room = Some(room.clone());
+                let outcome = node.outbox().submit_post(Post { message, room });
+                let to = to.clone();
+                async move { (to, outcome.await) }
+            })
+            .collect();
+        node.spawn(async move {
+            let mut sent = RoomSent {
+                id,
+                room,
+                delivered: 0,
+                queued: 0,
+                failed: Vec::new(),
+            };
+            for (to, outcome) in futures::future::join_all(copies).await {
+                match outcome.map(|s| s.status) {
+                    Ok(SendStatus::Delivered) => sent.delivered += 1,
+                    Ok(SendStatus::Queued) => sent.queued += 1,
+                    Err(failure) => sent.failed.push((to, failure)),
+                }
+            }
+            if let Some((history, key)) = record {
+                let state = match sent.queued {
+                    0 => HistoryState::Delivered { path: None },
+                    _ => HistoryState::Queued,
+                };
+                history.settle_as(key, Some(id), state);
+            }
+            let _ = reply.send(Ok(sent));
+        });
     }
 }
 

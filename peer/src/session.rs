@@ -8,10 +8,12 @@ use crate::{
     history::HistoryEntry,
     home::Home,
     inbox::Event,
+    rooms::RoomCommand,
     service::{Service, Update},
+    target::Target,
 };
 use anyhow::{bail, Result};
-use common::{KeyId, Name};
+use common::{room::RoomName, KeyId, Name};
 use std::path::PathBuf;
 use tokio::sync::mpsc;
 
@@ -83,9 +85,37 @@ impl Session {
         }
     }
 
+    /// Sends `body` to the members of `room`; the outcome comes back as [`Update::RoomSent`].
+    /// Messages to rooms submitted by one session leave in submission order.
+    pub fn submit_room(&self, room: RoomName, body: String) {
+        match &self.backend {
+            Backend::Local(service) => {
+                let (outcome, tx) = (service.submit_room(room, body), self.tx.clone());
+                service.node().spawn(async move {
+                    let _ = tx.send(Update::RoomSent(outcome.await));
+                });
+            }
+            Backend::Remote(client, _) => client.send_room(room, body),
+        }
+    }
+
+    /// Does a `peer room …` command; the answer comes back as [`Update::Rooms`].
+    pub fn room(&self, command: RoomCommand) {
+        match &self.backend {
+            Backend::Local(service) => {
+                let (service, tx) = (service.clone(), self.tx.clone());
+                let node = service.node().clone();
+                node.spawn(async move {
+                    let _ = tx.send(Update::Rooms(service.room(command).await));
+                });
+            }
+            Backend::Remote(client, _) => client.room(command),
+        }
+    }
+
     /// The last `limit` messages of the conversation with `with`, oldest first; `None` when
     /// there is no history (the database could not be opened).
-    pub async fn history(&self, with: &Name, limit: usize) -> Result<Option<Vec<HistoryEntry>>> {
+    pub async fn history(&self, with: &Target, limit: usize) -> Result<Option<Vec<HistoryEntry>>> {
         match &self.backend {
             Backend::Local(service) => Ok(service.conversation(with, limit).await?),
             Backend::Remote(_, home) => {

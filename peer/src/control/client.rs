@@ -7,10 +7,12 @@ use crate::{
     directory_client::Status,
     history::HistoryEntry,
     home::Home,
+    rooms::RoomCommand,
     service::{Received, Update},
+    target::Target,
 };
 use anyhow::{bail, Result};
-use common::{framing, KeyId, Name};
+use common::{framing, room::RoomName, KeyId, Name};
 use std::path::PathBuf;
 use tokio::{net::UnixStream, sync::mpsc, task::JoinHandle};
 
@@ -58,7 +60,7 @@ impl ControlClient {
     /// [`ControlClient::start`].
     pub async fn history(
         &mut self,
-        with: &Name,
+        with: &Target,
         limit: usize,
     ) -> Result<Option<Vec<HistoryEntry>>> {
         let Some(stream) = self.stream.as_mut() else {
@@ -137,6 +139,16 @@ impl ControlClient {
         self.request(ControlRequest::Send { to, body });
     }
 
+    /// Sends a message to a room through the running peer.
+    pub fn send_room(&self, room: RoomName, body: String) {
+        self.request(ControlRequest::SendRoom { room, body });
+    }
+
+    /// Has the running peer do a room command.
+    pub fn room(&self, command: RoomCommand) {
+        self.request(ControlRequest::Room(command));
+    }
+
     /// Sends a file through the running peer.
     pub fn send_file(&self, to: Name, path: PathBuf) {
         let path = std::path::absolute(&path).unwrap_or(path);
@@ -179,9 +191,12 @@ fn update_of(response: ControlResponse) -> Option<Update> {
         ControlResponse::Whois(found) => Update::Whois(found),
         ControlResponse::Message {
             message,
+            room,
             via,
             request,
-        } => Update::Message(Received::copy(message, via, request)),
+        } => Update::Message(Received::copy(message, room, via, request)),
+        ControlResponse::RoomSent(sent) => Update::RoomSent(sent),
+        ControlResponse::Rooms(rooms) => Update::Rooms(rooms),
         ControlResponse::Contact(set) => Update::Contact(set),
         ControlResponse::Trusted(trusted) => Update::Trusted(trusted),
         ControlResponse::Notice(text) => Update::Notice(text),

@@ -17,8 +17,11 @@ use crate::{
     inbox::Via,
     links::DirectPath,
     outbox::{SendFailed, Sent},
+    rooms::{RoomCommand, RoomSent, RoomView},
+    target::Target,
 };
 use common::{
+    room::RoomName,
     wire::{ChatMessage, MessageId, PeerInfo},
     KeyId, Name,
 };
@@ -47,8 +50,8 @@ pub enum ControlRequest {
     /// first. Answered with [`ControlResponse::HistoryEntry`] frames, then
     /// [`ControlResponse::HistoryEnd`] (one frame per entry keeps each under the frame cap).
     History {
-        /// The other side of the conversation.
-        with: Name,
+        /// The other side of the conversation: a peer or a room.
+        with: Target,
         /// Most entries to return (the latest ones).
         limit: u32,
     },
@@ -77,6 +80,15 @@ pub enum ControlRequest {
     /// Where the running peer's directory connection stands: answered with
     /// [`ControlResponse::Directory`] now and at every change, until the client hangs up.
     Directory,
+    /// Send a message to a room; answered with [`ControlResponse::RoomSent`].
+    SendRoom {
+        /// The room.
+        room: RoomName,
+        /// Text.
+        body: String,
+    },
+    /// A `peer room …` command; answered with [`ControlResponse::Rooms`].
+    Room(RoomCommand),
 }
 
 /// An answer from the running peer.
@@ -97,6 +109,8 @@ pub enum ControlResponse {
     Message {
         /// The message.
         message: ChatMessage,
+        /// The room it was said in, if any.
+        room: Option<RoomName>,
         /// How it came.
         via: Via,
         /// From a stranger: a message request.
@@ -136,6 +150,10 @@ pub enum ControlResponse {
         /// When (the directory's clock, ms since the epoch).
         at_ms: u64,
     },
+    /// The outcome of a message to a room.
+    RoomSent(Result<RoomSent, Failure>),
+    /// The answer to a room command.
+    Rooms(Result<Vec<RoomView>, Failure>),
     /// The running peer's directory, and where its connection stands.
     Directory {
         /// The directory's address as the running peer was given it.

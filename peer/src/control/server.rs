@@ -101,6 +101,18 @@ async fn serve_client(stream: UnixStream, service: Service) {
                     let _ = tx.send(ControlResponse::Sent(sent));
                 });
             }
+            ControlRequest::SendRoom { room, body } => {
+                let outcome = service.submit_room(room, body);
+                service.node().spawn(async move {
+                    let _ = tx.send(ControlResponse::RoomSent(outcome.await));
+                });
+            }
+            ControlRequest::Room(command) => {
+                let node = service.node().clone();
+                node.spawn(async move {
+                    let _ = tx.send(ControlResponse::Rooms(service.room(command).await));
+                });
+            }
             ControlRequest::SendFile { to, path } => {
                 let node = service.node().clone();
                 node.spawn(async move {
@@ -179,8 +191,9 @@ async fn serve_client(stream: UnixStream, service: Service) {
                     &service,
                     inbox.subscribe(),
                     tx.clone(),
-                    |(message, via, request)| ControlResponse::Message {
+                    |(message, room, via, request)| ControlResponse::Message {
                         message,
+                        room,
                         via,
                         request,
                     },

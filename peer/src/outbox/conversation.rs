@@ -32,12 +32,29 @@
 use crate::{failure::Failure, links::DirectPath, outbox::Status};
 use common::{
     defaults::SEND_WINDOW,
+    room::RoomName,
     wire::{ChatMessage, MessageId, PeerInfo},
 };
 use std::{
     collections::VecDeque,
     time::{Duration, Instant},
 };
+
+/// A message to send: to its recipient alone, or as the recipient's copy of a room message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Post {
+    /// The message, `to` this conversation's recipient.
+    pub message: ChatMessage,
+    /// The room it was said in, if any.
+    pub room: Option<RoomName>,
+}
+
+impl Post {
+    /// Its id: the same in every member's copy of a room message.
+    pub fn id(&self) -> MessageId {
+        self.message.id
+    }
+}
 
 /// After a direct attempt to a peer found no path, how long its messages go straight to the
 /// mailbox.
@@ -51,7 +68,7 @@ pub const OUTAGE_RETRY: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub enum Input {
     /// The user sent a message.
-    Submit(ChatMessage),
+    Submit(Post),
     /// The answer to [`Action::OpenLive`]: a chat stream on the live link, or none.
     LiveOpened(Option<DirectPath>),
     /// The answer to [`Action::Lookup`].
@@ -97,14 +114,14 @@ pub enum Action {
     /// Write this message on the chat stream (by `deadline`, else [`Input::LinkFailed`]).
     Write {
         /// The message.
-        message: ChatMessage,
+        message: Post,
         /// When to give up.
         deadline: Instant,
     },
     /// Drop the chat stream: its unacknowledged messages are going to the mailbox.
     CloseLink,
     /// Deposit this message in the mailbox; answer with [`Input::Deposited`].
-    Deposit(ChatMessage),
+    Deposit(Post),
     /// Ask the directory to introduce us to the recipient again; nothing to answer.
     Introduce,
     /// This message's outcome, for whoever sent it.
@@ -114,7 +131,7 @@ pub enum Action {
 /// A chat stream with the messages written on it and not yet acknowledged.
 #[derive(Debug)]
 struct Link {
-    in_flight: VecDeque<(ChatMessage, Instant)>,
+    in_flight: VecDeque<(Post, Instant)>,
     /// Until the first ack, every message shares the deadline of the dial.
     first_deadline: Option<Instant>,
     path: DirectPath,
@@ -131,7 +148,7 @@ enum State {
     /// A chat stream is open.
     Direct(Link),
     /// Depositing the queue, one message at a time; `Some` while a deposit is under way.
-    Mailbox(Option<ChatMessage>),
+    Mailbox(Option<Post>),
     /// The directory cannot be reached: nothing until then, when routing starts again.
     Outage { until: Instant },
 }
@@ -149,7 +166,7 @@ pub struct Conversation {
     timeout: Duration,
     /// Wait out directory outages instead of failing the messages.
     patient: bool,
-    queue: VecDeque<ChatMessage>,
+    queue: VecDeque<Post>,
     state: State,
     /// Some of our messages may still wait in the recipient's mailbox.
     mailbox_pending: bool,
@@ -209,7 +226,7 @@ impl Conversation {
                     Err(failure) => {
                         for message in self.queue.drain(..) {
                             self.actions
-                                .push_back(Action::Settle(message.id, Err(failure.clone())));
+                                .push_back(Action::Settle(message.id(), Err(failure.clone())));
                         }
                         self.state = State::Idle;
                     }
@@ -249,7 +266,7 @@ impl Conversation {
             }
             (Input::Acked(id), State::Direct(link)) => {
                 match link.in_flight.front() {
-                    Some((message, _)) if message.id == id => {
+                    Some((message, _)) if message.id() == id => {
                         link.in_flight.pop_front();
                         link.first_deadline = None;
                         link.nudged = false;
@@ -264,7 +281,7 @@ impl Conversation {
             }
             (Input::LinkFailed, State::Direct(_)) => self.fall_back(),
             (Input::Deposited(id, result), State::Mailbox(under_way))
-                if under_way.as_ref().is_some_and(|m| m.id == id) =>
+                if under_way.as_ref().is_some_and(|m| m.id() == id) =>
             {
                 let Some(message) = under_way.take() else {
                     return;

@@ -18,10 +18,10 @@ use common::{
     defaults::{MAX_BODY_LEN, SEND_WINDOW},
     framing, now_ms,
     seal::Content,
-    wire::{ChatMessage, DirectoryRequest, MessageId, PeerFrame, PeerInfo},
+    wire::{ChatMessage, DirectoryRequest, MessageId, PeerFrame, PeerInfo, RoomMessage},
     Name,
 };
-use conversation::{Action, Conversation, DialFailed, Input};
+use conversation::{Action, Conversation, DialFailed, Input, Post};
 use serde::{Deserialize, Serialize};
 use std::{
     collections::HashMap,
@@ -102,7 +102,7 @@ pub struct Outbox {
 }
 
 struct Pending {
-    message: ChatMessage,
+    post: Post,
     reply: oneshot::Sender<Result<Sent, Failure>>,
 }
 
@@ -137,10 +137,23 @@ impl Outbox {
         let message = ChatMessage {
             id: MessageId::random(),
             from: self.ctx.me.clone(),
-            to: to.clone(),
+            to,
             sent_at_ms: now_ms(),
             body,
         };
+        Ok(self.submit_post(Post {
+            message,
+            room: None,
+        }))
+    }
+
+    /// Queues `post` for its recipient, behind every message submitted to it before, and
+    /// returns a future of the outcome. The caller checked the body's size.
+    pub fn submit_post(
+        &self,
+        post: Post,
+    ) -> impl std::future::Future<Output = Result<Sent, Failure>> + Send + 'static {
+        let to = post.message.to.clone();
         let (reply, answer) = oneshot::channel();
         let mut conversations = self.conversations.lock().unwrap_or_else(|e| e.into_inner());
         let tx = conversations.entry(to.clone()).or_insert_with(|| {
@@ -150,10 +163,10 @@ impl Outbox {
             self.ctx.tasks.spawn(driver.run(rx).instrument(span));
             tx
         });
-        tx.send(Pending { message, reply })
-            .map_err(|_| Failure::Stopped)?;
+        // A send that fails means the task is gone, and so is `reply`: the answer says so.
+        let _ = tx.send(Pending { post, reply });
         drop(conversations);
-        Ok(async move { answer.await.map_err(|_| Failure::Stopped)? })
+        async move { answer.await.map_err(|_| Failure::Stopped)? }
     }
 }
 
@@ -249,9 +262,10 @@ impl Driver {
     }
 
     fn submit(&mut self, p: Pending) {
-        let id = p.message.id;
-        self.replies.insert(id, (p.message.to.clone(), p.reply));
-        self.conversation.handle(Input::Submit(p.message), now());
+        let id = p.post.id();
+        self.replies
+            .insert(id, (p.post.message.to.clone(), p.reply));
+        self.conversation.handle(Input::Submit(p.post), now());
     }
 
     fn acked(&mut self, ack: Result<MessageId>) {
@@ -273,7 +287,7 @@ impl Driver {
         while let Some(action) = self.conversation.poll_action() {
             match action {
                 Action::Write { message, deadline } => {
-                    match framing::encode(&PeerFrame::Chat(message)) {
+                    match framing::encode(&frame(message)) {
                         Ok(frame) => frames.extend_from_slice(&frame),
                         Err(e) => {
                             debug!(cause = %e, "cannot encode a message");
@@ -355,7 +369,7 @@ impl Driver {
                 return;
             }
             Action::Deposit(message) => {
-                let id = message.id;
+                let id = message.id();
                 Input::Deposited(id, self.deposit(message).await)
             }
             Action::Introduce => {
@@ -381,15 +395,22 @@ impl Driver {
         self.conversation.handle(answer, now());
     }
 
-    /// Seals `message` to the recipient (looked up first if it was not yet) and deposits it.
-    async fn deposit(&mut self, message: ChatMessage) -> Result<(), Failure> {
+    /// Seals `post` to the recipient (looked up first if it was not yet) and deposits it.
+    async fn deposit(&mut self, post: Post) -> Result<(), Failure> {
         let directory = &self.ctx.directory;
         let failure = |e: DirectoryError| e.failure(&self.to, directory.addr());
         let info = match self.recipient.take() {
             Some(info) => info,
             None => directory.lookup(&self.to).await.map_err(failure)?,
         };
-        let sealed = self.ctx.letters.seal(&info, Content::Chat(message));
+        let content = match post.room {
+            None => Content::Chat(post.message),
+            Some(room) => Content::RoomChat(RoomMessage {
+                room,
+                message: post.message,
+            }),
+        };
+        let sealed = self.ctx.letters.seal(&info, content);
         self.recipient = Some(info);
         let request = DirectoryRequest::DepositLetter { letter: sealed? };
         directory.deposit(&request).await.map_err(failure)
@@ -414,6 +435,17 @@ impl Driver {
                 false
             }
         }
+    }
+}
+
+/// How `post` goes on a chat stream.
+fn frame(post: Post) -> PeerFrame {
+    match post.room {
+        None => PeerFrame::Chat(post.message),
+        Some(room) => PeerFrame::RoomChat(RoomMessage {
+            room,
+            message: post.message,
+        }),
     }
 }
 

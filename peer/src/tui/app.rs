@@ -442,9 +442,19 @@ impl App {
                     self.scroll = 0;
                     Action::Send(to, text)
                 }
-                Some(crate::line::Input::To(name)) => {
+                Some(crate::line::Input::To(crate::target::Target::Peer(name))) => {
                     let i = self.open(&name);
                     self.switch_to(i);
+                    Action::None
+                }
+                Some(crate::line::Input::To(crate::target::Target::Room(room))) => {
+                    self.notice(
+                        format!(
+                            "rooms are not in the full-screen client yet: `peer chat '{room}' | cat` \
+                             talks in {room} line by line"
+                        ),
+                        true,
+                    );
                     Action::None
                 }
                 Some(crate::line::Input::File(path)) => {

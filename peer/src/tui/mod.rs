@@ -105,6 +105,14 @@ pub async fn run(mut session: Session, with: Name) -> Result<()> {
                     }
                 }
                 update = session.next() => match update {
+                    Some(Update::Message(received)) if received.room.is_some() => {
+                        // Rooms have no window of their own here yet: a line in the notices.
+                        let room = received.room.as_ref().map(|r| r.to_string()).unwrap_or_default();
+                        let body = crate::console::sanitize(&received.message.body);
+                        app.notice(format!("{room} {}: {body}", received.message.from), false);
+                        screen.terminal.draw(|f| view::draw(f, &mut app))?;
+                        received.shown();
+                    }
                     Some(Update::Message(received)) => {
                         app.incoming(&received.message, received.via);
                         screen.terminal.draw(|f| view::draw(f, &mut app))?;
@@ -139,7 +147,13 @@ pub async fn run(mut session: Session, with: Name) -> Result<()> {
                         app.notice(format!("{name} is trusted with key {}", key.short()), false)
                     }
                     Some(Update::Trusted(Err(e))) => app.notice(e.to_string(), true),
-                    Some(Update::MailboxIdle) => {}
+                    Some(Update::Room(notice)) => {
+                        let line = crate::console::Console { json: false, colour: false }
+                            .room_notice(&notice);
+                        app.notice(line, false);
+                    }
+                    Some(Update::RoomSent(Err(e))) => app.notice(e.to_string(), true),
+                    Some(Update::MailboxIdle | Update::RoomSent(Ok(_)) | Update::Rooms(_)) => {}
                     Some(Update::Directory { addr, status }) => {
                         app.directory(addr, status, Instant::now());
                         if app.directory_up() {
@@ -183,7 +197,8 @@ async fn load_history(session: &Session, app: &mut App, with: &Name) {
         }
     }
     for name in names {
-        match session.history(&name, HISTORY_SHOWN).await {
+        let with = crate::target::Target::Peer(name.clone());
+        match session.history(&with, HISTORY_SHOWN).await {
             Ok(Some(entries)) => app.load_history(&name, entries),
             Ok(None) => {
                 app.notice("no local history: another process has it open", true);

@@ -12,13 +12,17 @@ fn name(s: &str) -> Name {
     Name::new(s).expect("test name")
 }
 
-fn message(n: u32) -> ChatMessage {
-    ChatMessage {
+fn message(n: u32) -> Post {
+    let message = ChatMessage {
         id: id(n),
         from: name("c1"),
         to: name("c2"),
         sent_at_ms: 0,
         body: format!("m{n}"),
+    };
+    Post {
+        message,
+        room: None,
     }
 }
 
@@ -109,7 +113,7 @@ fn writes(actions: &[Action]) -> Vec<MessageId> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Write { message, .. } => Some(message.id),
+            Action::Write { message, .. } => Some(message.id()),
             _ => None,
         })
         .collect()
@@ -468,14 +472,14 @@ fn every_message_is_settled_exactly_once_whatever_happens() {
                         1 => Err(DialFailed::NoStream),
                         _ => Ok(DirectPath::Lan),
                     })),
-                    Action::Write { message, .. } => written.push(message.id),
+                    Action::Write { message, .. } => written.push(message.id()),
                     Action::CloseLink => written.clear(),
                     Action::Deposit(message) => {
                         let stored = match rng.random_range(0..4) {
                             0 => Err(outage()),
                             _ => Ok(()),
                         };
-                        owed.push(Input::Deposited(message.id, stored));
+                        owed.push(Input::Deposited(message.id(), stored));
                     }
                     Action::Introduce => {}
                     Action::Settle(id, outcome) => {
@@ -508,9 +512,9 @@ fn every_message_is_settled_exactly_once_whatever_happens() {
                     Action::OpenLive { .. } => owed.push(Input::LiveOpened(None)),
                     Action::Lookup => owed.push(Input::LookedUp(Ok(info(false, 0)))),
                     Action::Dial { .. } => owed.push(Input::Dialed(Err(DialFailed::NoStream))),
-                    Action::Write { message, .. } => written.push(message.id),
+                    Action::Write { message, .. } => written.push(message.id()),
                     Action::CloseLink => written.clear(),
-                    Action::Deposit(message) => owed.push(Input::Deposited(message.id, Ok(()))),
+                    Action::Deposit(message) => owed.push(Input::Deposited(message.id(), Ok(()))),
                     Action::Introduce => {}
                     Action::Settle(id, _) => {
                         *settled.entry(id).or_default() += 1;
