@@ -3,10 +3,10 @@
 
 use crate::{
     history::{HistoryEntry, HistoryState},
-    inbox::Via,
+    inbox::{RoomNotice, Via},
     links::DirectPath,
     outbox::{Sent, Status},
-    rooms::{RoomNotice, RoomSent, RoomView},
+    rooms::{RoomSent, RoomView},
     text,
 };
 use common::{

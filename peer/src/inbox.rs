@@ -10,13 +10,10 @@
 //! sender's messages are taken (so they are acknowledged and leave the mailbox) and dropped
 //! unseen; a stranger's are shown as message requests, with a notice the first time.
 
-use crate::{
-    contacts::{Contacts, Verdict},
-    rooms::RoomNotice,
-};
+use crate::contacts::{Contacts, Verdict};
 use common::{
     defaults::MAX_BODY_LEN,
-    room::RoomName,
+    room::{Change, RoomName},
     wire::{ChatMessage, MessageId, Receipt},
     KeyId, Name,
 };
@@ -72,6 +69,17 @@ pub struct ReceivedFile {
     /// From a stranger: held apart in the downloads folder's `.requests/SENDER/` until the
     /// user accepts the sender (see [`crate::files::downloads::REQUESTS_DIR`]).
     pub request: bool,
+}
+
+/// A change of a room, for the members to see in the room.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RoomNotice {
+    /// The room.
+    pub room: RoomName,
+    /// What changed.
+    pub change: Change,
+    /// When, by the clock of who changed it (ms since the epoch).
+    pub at_ms: u64,
 }
 
 /// A message waiting to be shown. Call [`Incoming::shown`] once the user can see it: only then

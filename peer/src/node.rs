@@ -132,21 +132,14 @@ impl Node {
             .await?
         };
         let links = Arc::new(Links::default());
-        let (notices, mut told) = mpsc::unbounded_channel();
         let rooms = Rooms::load(
             options.home.path(),
             options.name.clone(),
             directory.clone(),
             letters.clone(),
             contacts.clone(),
-            notices,
+            inbox.clone(),
         )?;
-        let shown = inbox.clone();
-        tasks.spawn(async move {
-            while let Some(notice) = told.recv().await {
-                shown.room(notice).await;
-            }
-        });
         let acceptor = Acceptor {
             inbox: inbox.clone(),
             files: files.clone(),

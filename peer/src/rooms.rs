@@ -13,6 +13,7 @@ use crate::{
     contacts::Contacts,
     directory_client::{DirectoryClient, DirectoryError},
     failure::Failure,
+    inbox::{Inbox, RoomNotice},
     letters::Letters,
 };
 use common::{
@@ -28,7 +29,7 @@ use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::Mutex;
 use tracing::{debug, warn};
 
 /// How long a room the directory did not show us is not asked for again.
@@ -39,17 +40,6 @@ const UNKNOWN_MAX: usize = 1024;
 
 /// The folder in the peer's home that holds the logs, one file per room.
 pub const DIR: &str = "rooms";
-
-/// A change of a room, for the members to see in the room.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct RoomNotice {
-    /// The room.
-    pub room: RoomName,
-    /// What changed.
-    pub change: Change,
-    /// When, by the clock of who changed it (ms since the epoch).
-    pub at_ms: u64,
-}
 
 /// A room's log as we checked it, and the roster it replays to.
 struct Chain {
@@ -69,8 +59,9 @@ struct Inner {
     directory: DirectoryClient,
     letters: Letters,
     contacts: Contacts,
-    /// Where each change goes once it is checked and kept: each op's notice is told once.
-    notices: mpsc::UnboundedSender<RoomNotice>,
+    /// Where each change is shown once it is checked and kept: each op's notice once, in
+    /// the order of the room's log, before any message that needed the op to be shown.
+    inbox: Inbox,
     /// Rooms the directory recently did not show us (none of that name, or a private one we
     /// are not in), and when: a message that names one does not send us asking again at once.
     unknown: std::sync::Mutex<HashMap<RoomName, Instant>>,
@@ -88,7 +79,7 @@ impl Rooms {
         directory: DirectoryClient,
         letters: Letters,
         contacts: Contacts,
-        notices: mpsc::UnboundedSender<RoomNotice>,
+        inbox: Inbox,
     ) -> anyhow::Result<Self> {
         let dir = home.join(DIR);
         std::fs::create_dir_all(&dir)?;
@@ -121,7 +112,7 @@ impl Rooms {
                 directory,
                 letters,
                 contacts,
-                notices,
+                inbox,
                 unknown: Default::default(),
                 chains: Mutex::new(chains),
             }),
@@ -213,16 +204,15 @@ impl Rooms {
         let kept = self.keep(&chain);
         chains.insert(room.clone(), chain);
         kept?;
-        self.tell(notices);
+        self.tell(notices).await;
         // What checked is kept; the rest is refused, loudly: the directory's log does not
         // follow the one we saw.
         broken.map_or(Ok(()), Err)
     }
 
-    fn tell(&self, notices: Vec<RoomNotice>) {
+    async fn tell(&self, notices: Vec<RoomNotice>) {
         for notice in notices {
-            // Gone only once the node is shutting down.
-            let _ = self.inner.notices.send(notice);
+            self.inner.inbox.room(notice).await;
         }
     }
 
@@ -326,7 +316,7 @@ impl Rooms {
                     let kept = self.keep(&chain);
                     chains.insert(room.clone(), chain);
                     kept?;
-                    self.tell(vec![told]);
+                    self.tell(vec![told]).await;
                     return Ok(roster);
                 }
                 // Another op took the place: catch up and try again.
@@ -362,7 +352,7 @@ impl Rooms {
                         if let Err(e) = self.keep(chain) {
                             warn!(%room, "{e}");
                         }
-                        return self.tell(vec![notice]);
+                        return self.tell(vec![notice]).await;
                     }
                     Err(e) => {
                         return warn!(%room, "the directory pushed an op that does not check: {e}");

@@ -10,11 +10,11 @@ use crate::{
     failure::Failure,
     files::{downloads, FileSent, FileUpdate},
     history::{History, HistoryEntry, HistoryError, HistoryState, OutKey},
-    inbox::{Event, Incoming, ReceivedFile, Taken, Via},
+    inbox::{Event, Incoming, ReceivedFile, RoomNotice, Taken, Via},
     links::DirectPath,
     node::Node,
     outbox::{conversation::Post, SendFailed, Sent, Status as SendStatus},
-    rooms::{RoomCommand, RoomNotice, RoomSent, RoomView},
+    rooms::{RoomCommand, RoomSent, RoomView},
     target::Target,
 };
 use common::{

@@ -95,3 +95,210 @@ fn a_private_room_is_for_its_members_only() -> Result<()> {
     );
     net.assert_no_panics()
 }
+
+/// Makes `room` (private) as `admin`, with `names` invited; each name registered first.
+fn room_of(net: &Net, admin: &str, room_name: &str, names: &[String]) -> Result<()> {
+    for who in std::iter::once(admin).chain(names.iter().map(String::as_str)) {
+        net.register(who)?;
+    }
+    room(net, admin, &["create", room_name])?;
+    let mut args = vec!["invite", room_name];
+    args.extend(names.iter().map(String::as_str));
+    let made = room(net, admin, &args)?;
+    ensure!(
+        members(&made[0]).len() == names.len() + 1,
+        "invite: {made:?}"
+    );
+    Ok(())
+}
+
+/// Checks that `got` holds `per_sender` messages `SENDER-i` from each of `senders`, each once
+/// and in order per sender.
+fn in_order(who: &str, got: &[Value], senders: &[String], per_sender: usize) -> Result<()> {
+    let mut next: std::collections::HashMap<&str, usize> = Default::default();
+    for m in got {
+        let from = m["from"].as_str().unwrap_or_default();
+        let n = next.entry(from).or_default();
+        let want = format!("{from}-{n}");
+        ensure!(
+            m["body"] == want.as_str(),
+            "{who}: {} after {want}",
+            m["body"]
+        );
+        *n += 1;
+    }
+    for sender in senders {
+        let n = next.get(sender.as_str()).copied().unwrap_or_default();
+        ensure!(n == per_sender, "{who} has {n} messages from {sender}");
+    }
+    ensure!(
+        got.len() == senders.len() * per_sender,
+        "{who}: {} messages",
+        got.len()
+    );
+    Ok(())
+}
+
+/// Twenty members talk at once, ten messages each: every one of them hears the other 190
+/// once and in order per sender, directly; three members who were offline get all 200 from
+/// their mailboxes when they come back, once and in order, and see how the room came about.
+#[test]
+fn a_busy_room_reaches_everyone_once_and_in_order() -> Result<()> {
+    const ONLINE: usize = 20;
+    const EACH: usize = 10;
+    let net = Net::new()?;
+    let online: Vec<String> = (1..=ONLINE).map(|i| format!("m{i}")).collect();
+    let away: Vec<String> = (1..=3).map(|i| format!("away{i}")).collect();
+    let invited: Vec<String> = online[1..].iter().chain(&away).cloned().collect();
+    room_of(&net, &online[0], "#big", &invited)?;
+
+    let mut listeners = Vec::new();
+    for who in &online {
+        listeners.push(net.listen(who)?);
+    }
+    // Each member's chat goes through its running listen (the control socket).
+    let mut chats = Vec::new();
+    for who in &online {
+        let mut chat = net.peer(who).json().args(["chat", "#big"]).spawn()?;
+        for i in 0..EACH {
+            chat.write_line(&format!("{who}-{i}"))?;
+        }
+        chat.close_stdin();
+        chats.push(chat);
+    }
+    for chat in &mut chats {
+        let status = chat.wait_exit(SHORT * 4)?;
+        ensure!(status.success(), "{}: {status}", chat.stderr_tail());
+        let sent: Vec<_> = (chat.json_lines().into_iter())
+            .filter(|v| is_type(v, "sent"))
+            .collect();
+        ensure!(
+            sent.len() == EACH
+                && sent.iter().all(|s| {
+                    s["room"] == "#big"
+                        && s["delivered"].as_u64().unwrap_or_default()
+                            + s["queued"].as_u64().unwrap_or_default()
+                            == (ONLINE + away.len() - 1) as u64
+                }),
+            "{}: {sent:?}",
+            chat.label()
+        );
+    }
+    for (who, listener) in online.iter().zip(&mut listeners) {
+        let others: Vec<String> = online.iter().filter(|o| *o != who).cloned().collect();
+        let n = others.len() * EACH;
+        let got = listener.wait_json_n(&format!("{n} room messages"), n, SHORT * 4, |v| {
+            is_type(v, "message") && v["room"] == "#big"
+        })?;
+        in_order(who, &got, &others, EACH)?;
+    }
+    for (who, mut listener) in online.iter().zip(listeners) {
+        listener.stop_with(Sig::SIGTERM)?;
+        let all: Vec<_> = (listener.json_lines().into_iter())
+            .filter(|v| is_type(v, "message"))
+            .collect();
+        ensure!(
+            all.len() == (ONLINE - 1) * EACH,
+            "{who}: a duplicate ({})",
+            all.len()
+        );
+    }
+
+    for who in &away {
+        let out = net
+            .peer(who)
+            .json()
+            .args(["inbox"])
+            .run(SHORT * 2)?
+            .success()?;
+        let got = out.of_type("message");
+        in_order(who, &got, &online, EACH)?;
+        let events = out.of_type("room_event");
+        ensure!(
+            events.first().is_some_and(|e| e["event"] == "created")
+                && events
+                    .iter()
+                    .any(|e| e["event"] == "invited" && e["name"] == who.as_str()),
+            "{who} saw {events:?}"
+        );
+        // Once: they are not delivered again.
+        let again = net.peer(who).json().args(["inbox"]).run(SHORT)?.success()?;
+        ensure!(again.of_type("message").is_empty(), "{who} got some twice");
+    }
+    net.assert_no_panics()
+}
+
+/// A directory (or whoever holds its data folder) replaces a room's log with one of its own
+/// making: a creation in c1's name under another key, with a member of its choosing. The
+/// members, who hold the real log and c1's real key, refuse it and say so.
+#[test]
+fn a_room_log_made_up_in_the_store_is_refused_by_the_members() -> Result<()> {
+    use common::{
+        room::{Action, Kind, Op, RoomName},
+        seal::Sealer,
+        KeyId, Name,
+    };
+    let mut net = Net::new()?;
+    room_of(&net, "c1", "#ops", &["c2".to_string()])?;
+    let c2_key: KeyId = net.whois("c1", "c2")?["key"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()?;
+    // c2 has the real log (and c1's key) from the invitation on.
+    ensure!(members(&room(&net, "c2", &["members", "#ops"])?[0]) == ["c1", "c2"]);
+
+    net.dir_mut().terminate()?;
+    let forger = Sealer::from_seed([7; 32], [8; 32])?;
+    let room_name: RoomName = "#ops".parse()?;
+    let c1 = Name::new("c1")?;
+    let mut ops: Vec<Op> = Vec::new();
+    for action in [
+        Action::Create {
+            kind: Kind::Private,
+        },
+        Action::Invite {
+            name: Name::new("c2")?,
+            key: c2_key,
+        },
+        Action::Invite {
+            name: Name::new("mallory")?,
+            key: KeyId([9; 32]),
+        },
+    ] {
+        let place = match ops.last() {
+            Some(last) => (last.version + 1, last.hash()),
+            None => (0, [0; 32]),
+        };
+        ops.push(forger.sign_op(room_name.clone(), place, c1.clone(), 1, action));
+    }
+    {
+        let table: redb::TableDefinition<(&str, u64), &[u8]> =
+            redb::TableDefinition::new("room_ops");
+        let db = redb::Database::open(net.dir().data().join("directory.redb"))?;
+        let txn = db.begin_write()?;
+        {
+            let mut stored = txn.open_table(table)?;
+            for op in &ops {
+                stored.insert(("ops", op.version), postcard::to_allocvec(op)?.as_slice())?;
+            }
+        }
+        txn.commit()?;
+    }
+    net.dir_mut().restart()?;
+
+    let out = net
+        .peer("c2")
+        .json()
+        .args(["room", "members", "#ops"])
+        .run(SHORT)?;
+    let out = out.failure(&["#ops", "does not follow"])?;
+    ensure!(
+        !out.stdout.contains("mallory"),
+        "c2 took the forged log: {}",
+        out.stdout
+    );
+    // A message in the room still goes only to whom the real log names.
+    let sent = say(&net, "c1", "#ops", "to the real members")?;
+    ensure!(!sent.stdout.contains("mallory") && !sent.stderr.contains("mallory"));
+    net.assert_no_panics()
+}
