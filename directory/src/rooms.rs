@@ -23,7 +23,45 @@ use tracing::{debug, warn};
 /// ops cannot take the same place.
 #[derive(Default)]
 pub struct Rooms {
-    rosters: Mutex<HashMap<RoomName, Roster>>,
+    rosters: Mutex<HashMap<RoomName, Known>>,
+}
+
+/// A room as the directory keeps it in memory.
+#[derive(Clone)]
+struct Known {
+    roster: Roster,
+    /// Who left or was removed, and the version of that op: a former member of a private
+    /// room may read its log up to there, to learn it is out (it may have been away when it
+    /// happened), and no further.
+    removed: HashMap<Name, u64>,
+}
+
+impl Known {
+    fn new(roster: Roster) -> Self {
+        Self {
+            roster,
+            removed: HashMap::new(),
+        }
+    }
+
+    /// Notes who `op` removes, or brings back.
+    fn note(&mut self, op: &Op) {
+        match &op.action {
+            Action::Leave => {
+                self.removed.insert(op.actor.clone(), op.version);
+            }
+            Action::Kick { name } => {
+                self.removed.insert(name.clone(), op.version);
+            }
+            Action::Join => {
+                self.removed.remove(&op.actor);
+            }
+            Action::Invite { name, .. } => {
+                self.removed.remove(name);
+            }
+            Action::Create { .. } => {}
+        }
+    }
 }
 
 /// What the rooms use of the directory: its store, and who is online (to push ops to).
@@ -58,20 +96,20 @@ impl Rooms {
         }
         let mut rosters = self.rosters.lock().await;
         let known = roster(shared, &mut rosters, &op.room).await?;
-        let (next, told) = match (known, &op.action) {
+        let (mut next, told) = match (known, &op.action) {
             (Some(_), Action::Create { .. }) => return Err(ErrorCode::RoomTaken),
             (None, Action::Create { .. }) => {
                 op.room.name().check_new().map_err(|_| ErrorCode::BadName)?;
                 let roster = Roster::create(&op).map_err(refused)?;
-                (roster, Vec::new())
+                (Known::new(roster), Vec::new())
             }
             (None, _) => return Err(ErrorCode::UnknownRoom),
-            (Some(roster), action) => {
-                if roster.version + 1 >= MAX_ROOM_OPS {
+            (Some(known), action) => {
+                if known.roster.version + 1 >= MAX_ROOM_OPS {
                     return Err(ErrorCode::RoomFull);
                 }
-                let mut next = roster.clone();
-                next.apply(&op).map_err(refused)?;
+                let mut next = known.clone();
+                next.roster.apply(&op).map_err(refused)?;
                 // Who is no longer a member hears of it too.
                 let told = match action {
                     Action::Leave => vec![op.actor.clone()],
@@ -96,7 +134,8 @@ impl Rooms {
             }
         }
         debug!(room = %op.room, version = op.version, "room op stored");
-        for name in next.members.keys().chain(&told) {
+        next.note(&op);
+        for name in next.roster.members.keys().chain(&told) {
             if let Some(online) = shared.registry.get(name) {
                 // A full queue means the member is not reading its events; it reads the log.
                 let _ = online.events.try_send(DirectoryEvent::RoomOp(op.clone()));
@@ -107,7 +146,8 @@ impl Rooms {
     }
 
     /// The ops of `room` after `after`, a page at a time. A private room's log is only for its
-    /// members; to anyone else the room does not exist.
+    /// members, and for former members up to the op that removed them; to anyone else the
+    /// room does not exist.
     pub async fn log(
         &self,
         shared: Parts<'_>,
@@ -115,19 +155,25 @@ impl Rooms {
         room: &RoomName,
         after: Option<u64>,
     ) -> Result<Vec<Op>, ErrorCode> {
-        {
+        let until = {
             let mut rosters = self.rosters.lock().await;
-            let roster = roster(shared, &mut rosters, room)
+            let known = roster(shared, &mut rosters, room)
                 .await?
                 .ok_or(ErrorCode::UnknownRoom)?;
-            if roster.kind == Kind::Private && !roster.has(asker.name, &asker.key) {
-                return Err(ErrorCode::UnknownRoom);
+            match known.removed.get(asker.name) {
+                _ if known.roster.kind == Kind::Public => None,
+                _ if known.roster.has(asker.name, &asker.key) => None,
+                Some(version) => Some(*version),
+                None => return Err(ErrorCode::UnknownRoom),
             }
-        }
+        };
         let (store, room) = (shared.store.clone(), room.clone());
         let read = move || store.room_ops(&room, after, ROOM_LOG_PAGE);
         match tokio::task::spawn_blocking(read).await {
-            Ok(Ok(ops)) => Ok(ops),
+            Ok(Ok(mut ops)) => {
+                ops.retain(|op| until.is_none_or(|until| op.version <= until));
+                Ok(ops)
+            }
             _ => Err(ErrorCode::Internal),
         }
     }
@@ -136,9 +182,9 @@ impl Rooms {
 /// The roster of `room`, from the cache or replayed from the store; `None` if it has no log.
 async fn roster<'a>(
     shared: Parts<'_>,
-    rosters: &'a mut HashMap<RoomName, Roster>,
+    rosters: &'a mut HashMap<RoomName, Known>,
     room: &RoomName,
-) -> Result<Option<&'a Roster>, ErrorCode> {
+) -> Result<Option<&'a Known>, ErrorCode> {
     if !rosters.contains_key(room) {
         let (store, name) = (shared.store.clone(), room.clone());
         let read = move || store.room_ops(&name, None, MAX_ROOM_OPS as usize);
@@ -153,7 +199,9 @@ async fn roster<'a>(
             warn!(cause = %e, %room, "a room's stored log does not replay");
             ErrorCode::Internal
         })?;
-        rosters.insert(room.clone(), roster);
+        let mut known = Known::new(roster);
+        ops.iter().for_each(|op| known.note(op));
+        rosters.insert(room.clone(), known);
     }
     Ok(rosters.get(room))
 }

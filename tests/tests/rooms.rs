@@ -302,3 +302,58 @@ fn a_room_log_made_up_in_the_store_is_refused_by_the_members() -> Result<()> {
     ensure!(!sent.stdout.contains("mallory") && !sent.stderr.contains("mallory"));
     net.assert_no_panics()
 }
+
+/// An admin removes one member while it listens and another while it is away: both learn they
+/// are out (the one away when it comes back), and neither hears what is said afterwards, on
+/// either path; a removed member cannot post either.
+#[test]
+fn a_kicked_member_hears_nothing_more() -> Result<()> {
+    let net = Net::new()?;
+    room_of(&net, "c1", "#ops", &["c2".into(), "c3".into(), "c4".into()])?;
+    let mut c2 = net.listen("c2")?;
+    let mut c3 = net.listen("c3")?;
+    say(&net, "c1", "#ops", "before")?.success()?;
+    heard(&mut c3, "#ops", "before")?;
+    room(&net, "c1", &["kick", "#ops", "c3"])?;
+    room(&net, "c1", &["kick", "#ops", "c4"])?;
+    c3.wait_json("c3 hears it was removed", SHORT, |v| {
+        is_type(v, "room_event") && v["event"] == "kicked" && v["name"] == "c3"
+    })?;
+    let sent = say(&net, "c1", "#ops", "after")?.success()?;
+    let sent = sent.one_of_type("sent")?;
+    ensure!(sent["delivered"] == 1 && sent["queued"] == 0, "{sent}");
+    heard(&mut c2, "#ops", "after")?;
+    say(&net, "c3", "#ops", "still here?")?.failure(&["not a member of #ops"])?;
+
+    // c4 was away: it learns it is out, and nothing of the room waits for it.
+    let out = net
+        .peer("c4")
+        .json()
+        .args(["inbox"])
+        .run(SHORT)?
+        .success()?;
+    ensure!(
+        out.of_type("message").iter().all(|m| m["body"] == "before"),
+        "c4 got {:?}",
+        out.of_type("message")
+    );
+    ensure!(
+        room(&net, "c4", &["list"])?.is_empty(),
+        "c4 still lists the room"
+    );
+    say(&net, "c4", "#ops", "me too?")?.failure(&["not a member of #ops"])?;
+
+    c2.stop_with(Sig::SIGTERM)?;
+    c3.stop_with(Sig::SIGTERM)?;
+    ensure!(
+        !c3.json_lines()
+            .iter()
+            .any(|v| v["body"] == "after" || v["body"] == "still here?"),
+        "c3 heard the room after it was removed"
+    );
+    ensure!(
+        !c2.json_lines().iter().any(|v| v["body"] == "still here?"),
+        "c2 heard a removed member"
+    );
+    net.assert_no_panics()
+}
