@@ -26,6 +26,19 @@ pub const ROOM_LOG_PAGE: usize = 128;
 /// member replays the log once. The directory refuses more with `RoomFull`.
 pub const MAX_ROOM_OPS: u64 = 16_384;
 
+/// Messages a second one member may post in one room, and in one burst: room for any person
+/// and for a bot, not for a runaway script that would fill every member's screen and mailbox.
+/// The sender's own peer refuses more with a clear error.
+pub const ROOM_POSTS_PER_SECOND: u32 = 30;
+/// See [`ROOM_POSTS_PER_SECOND`].
+pub const ROOM_POSTS_BURST: u32 = 300;
+/// What a member takes from one sender in one room, a second and in a burst: twice what that
+/// sender's peer lets it post, so only a sender that skipped its own limit is cut, and what it
+/// sends over this is dropped unseen.
+pub const ROOM_POSTS_TAKEN_PER_SECOND: u32 = 2 * ROOM_POSTS_PER_SECOND;
+/// See [`ROOM_POSTS_TAKEN_PER_SECOND`].
+pub const ROOM_POSTS_TAKEN_BURST: u32 = 2 * ROOM_POSTS_BURST;
+
 /// Largest frame either side accepts. Checked before any allocation.
 pub const MAX_FRAME_LEN: usize = 64 * 1024;
 

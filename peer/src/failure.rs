@@ -156,6 +156,16 @@ pub enum Failure {
         /// The room.
         room: RoomName,
     },
+    /// We post faster than a member may post in a room.
+    #[error("you are posting too fast in {room}: at most {per_second} messages a second, in bursts of at most {burst}; it was not sent")]
+    PostingTooFast {
+        /// The room.
+        room: RoomName,
+        /// Messages a second.
+        per_second: u32,
+        /// Messages in a burst.
+        burst: u32,
+    },
     /// A change of membership that its room's rules do not allow (only an admin invites and
     /// kicks; only the invited enter a private room), or a log that does not check.
     #[error("{room}: {why}")]
@@ -218,6 +228,7 @@ impl Failure {
             Failure::NotAMember { .. } => {
                 "`peer room join ROOM` for a public room; a private room's admin must invite you"
             }
+            Failure::PostingTooFast { .. } => "wait a moment, and send fewer, longer messages",
             Failure::RoomRefused { .. }
             | Failure::Refused { .. }
             | Failure::Stopped

@@ -17,7 +17,8 @@ use crate::{
     letters::Letters,
 };
 use common::{
-    defaults::ROOM_LOG_PAGE,
+    admit::{self, Buckets},
+    defaults::{ROOM_LOG_PAGE, ROOM_POSTS_TAKEN_BURST, ROOM_POSTS_TAKEN_PER_SECOND},
     identity::write_atomically,
     room::{Action, Change, Kind, Op, RoomError, RoomName, Roster},
     wire::{DirectoryRequest, DirectoryResponse, ErrorCode},
@@ -65,6 +66,10 @@ struct Inner {
     /// Rooms the directory recently did not show us (none of that name, or a private one we
     /// are not in), and when: a message that names one does not send us asking again at once.
     unknown: std::sync::Mutex<HashMap<RoomName, Instant>>,
+    /// What each sender may post in each room, as we take it ([`ROOM_POSTS_TAKEN_PER_SECOND`]).
+    taken: Buckets<(RoomName, Name)>,
+    /// Senders we told the user we cut, so each is told once.
+    cut: std::sync::Mutex<std::collections::HashSet<(RoomName, Name)>>,
     /// One lock for all rooms, held across a sync: ops are rare, and a sync must not race
     /// another that appends the same ops.
     chains: Mutex<HashMap<RoomName, Chain>>,
@@ -114,6 +119,11 @@ impl Rooms {
                 contacts,
                 inbox,
                 unknown: Default::default(),
+                taken: Buckets::new(admit::per_second(
+                    ROOM_POSTS_TAKEN_PER_SECOND,
+                    ROOM_POSTS_TAKEN_BURST,
+                )),
+                cut: Default::default(),
                 chains: Mutex::new(chains),
             }),
         })
@@ -369,6 +379,9 @@ impl Rooms {
     /// or by the log once we caught up (it may have joined since we last looked). False also
     /// when we are not a member ourselves: what is said after we left is not for us.
     pub async fn admits(&self, room: &RoomName, name: &Name, key: &KeyId) -> bool {
+        if !self.within_rate(room, name).await {
+            return false;
+        }
         let mut chains = self.inner.chains.lock().await;
         let me = &self.inner.me;
         if let Some(chain) = chains.get(room) {
@@ -396,6 +409,30 @@ impl Rooms {
         chains
             .get(room)
             .is_some_and(|c| c.roster.has(name, key) && c.roster.members.contains_key(me))
+    }
+
+    /// Whether `name` posts within what a member may post in `room`; past that, what it
+    /// posts is dropped, and the user told once.
+    async fn within_rate(&self, room: &RoomName, name: &Name) -> bool {
+        let key = (room.clone(), name.clone());
+        if self.inner.taken.check(&key) {
+            return true;
+        }
+        let first = {
+            let mut cut = self.inner.cut.lock().unwrap_or_else(|e| e.into_inner());
+            if cut.len() >= UNKNOWN_MAX {
+                cut.clear();
+            }
+            cut.insert(key)
+        };
+        if first {
+            let text = format!(
+                "{name} posts faster in {room} than a member may \
+                 ({ROOM_POSTS_TAKEN_PER_SECOND} messages a second): what is over is dropped"
+            );
+            self.inner.inbox.notice(text).await;
+        }
+        false
     }
 
     /// Writes a room's log to its file.

@@ -18,7 +18,8 @@ use crate::{
     target::Target,
 };
 use common::{
-    defaults::MAX_BODY_LEN,
+    admit::{self, Buckets},
+    defaults::{MAX_BODY_LEN, ROOM_POSTS_BURST, ROOM_POSTS_PER_SECOND},
     now_ms,
     room::{Action, Kind, RoomName},
     wire::{ChatMessage, MessageId, PeerInfo},
@@ -473,6 +474,7 @@ impl Service {
 /// member's conversation in the outbox before the next message is looked at. That is what
 /// keeps a sender's room messages in order for every member, on either path.
 async fn fan_out(node: Arc<Node>, mut posts: mpsc::UnboundedReceiver<RoomPost>) {
+    let budget = Buckets::new(admit::per_second(ROOM_POSTS_PER_SECOND, ROOM_POSTS_BURST));
     while let Some(post) = posts.recv().await {
         let RoomPost {
             room,
@@ -487,6 +489,14 @@ async fn fan_out(node: Arc<Node>, mut posts: mpsc::UnboundedReceiver<RoomPost>) 
         let roster = roster.and_then(|roster| match roster.members.contains_key(&node.name) {
             true => Ok(roster),
             false => Err(Failure::NotAMember { room: room.clone() }),
+        });
+        let roster = roster.and_then(|roster| match budget.check(&room) {
+            true => Ok(roster),
+            false => Err(Failure::PostingTooFast {
+                room: room.clone(),
+                per_second: ROOM_POSTS_PER_SECOND,
+                burst: ROOM_POSTS_BURST,
+            }),
         });
         let roster = match roster {
             Ok(roster) => roster,

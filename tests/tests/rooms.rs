@@ -357,3 +357,40 @@ fn a_kicked_member_hears_nothing_more() -> Result<()> {
     );
     net.assert_no_panics()
 }
+
+/// A script posting far faster than a member may is refused past the burst with a clear
+/// error, and the members get exactly what was reported sent.
+#[test]
+fn posting_too_fast_is_refused_clearly() -> Result<()> {
+    use common::defaults::ROOM_POSTS_BURST;
+    let net = Net::new()?;
+    room_of(&net, "c1", "#ops", &["c2".into()])?;
+    let mut c2 = net.listen("c2")?;
+    let lines = ROOM_POSTS_BURST as usize + 100;
+    let mut chat = net.peer("c1").json().args(["chat", "#ops"]).spawn()?;
+    for i in 0..lines {
+        chat.write_line(&format!("line {i}"))?;
+    }
+    chat.close_stdin();
+    let status = chat.wait_exit(SHORT * 2)?;
+    ensure!(!status.success(), "every line was sent");
+    let sent = (chat.json_lines().iter())
+        .filter(|v| is_type(v, "sent"))
+        .count();
+    ensure!(
+        sent >= ROOM_POSTS_BURST as usize && sent < lines,
+        "{sent} of {lines} sent"
+    );
+    ensure!(
+        chat.stderr_tail().contains("posting too fast in #ops"),
+        "{}",
+        chat.stderr_tail()
+    );
+    c2.wait_json_n("what was sent", sent, SHORT, |v| is_type(v, "message"))?;
+    c2.stop_with(Sig::SIGTERM)?;
+    let got = (c2.json_lines().iter())
+        .filter(|v| is_type(v, "message"))
+        .count();
+    ensure!(got == sent, "c2 got {got}, {sent} were sent");
+    net.assert_no_panics()
+}
