@@ -394,3 +394,55 @@ fn posting_too_fast_is_refused_clearly() -> Result<()> {
     ensure!(got == sent, "c2 got {got}, {sent} were sent");
     net.assert_no_panics()
 }
+
+/// The directory is killed (`kill -9`) in the middle of a busy room and started again: every
+/// message the sender reported sent reaches the member online (directly) and the member away
+/// (through its mailbox), each once and in order; nothing the directory had acknowledged is
+/// lost, and what was sent while it was down waits in the sender and goes once it is back.
+#[test]
+fn a_directory_killed_in_a_busy_room_loses_nothing() -> Result<()> {
+    const LINES: usize = 60;
+    let mut net = Net::new()?;
+    room_of(&net, "c1", "#ops", &["c2".into(), "c3".into()])?;
+    let mut c2 = net.listen("c2")?;
+    let mut chat = net.peer("c1").json().args(["chat", "#ops"]).spawn()?;
+    chat.wait_online()?;
+    for i in 0..LINES / 2 {
+        chat.write_line(&format!("c1-{i}"))?;
+    }
+    chat.wait_json_n("a few sent", 5, SHORT, |v| is_type(v, "sent"))?;
+    net.dir_mut().kill9()?;
+    for i in LINES / 2..LINES {
+        chat.write_line(&format!("c1-{i}"))?;
+    }
+    net.dir_mut().restart()?;
+    chat.close_stdin();
+    let status = chat.wait_exit(SHORT * 3)?;
+    ensure!(status.success(), "{}", chat.stderr_tail());
+    let sent: Vec<_> = (chat.json_lines().into_iter())
+        .filter(|v| is_type(v, "sent"))
+        .collect();
+    ensure!(
+        sent.len() == LINES
+            && sent.iter().all(|s| s["delivered"].as_u64().unwrap_or(0)
+                + s["queued"].as_u64().unwrap_or(0)
+                == 2),
+        "{sent:?}"
+    );
+    let senders = ["c1".to_string()];
+    let got = c2.wait_json_n("every line", LINES, SHORT, |v| is_type(v, "message"))?;
+    in_order("c2", &got, &senders, LINES)?;
+    let away = net
+        .peer("c3")
+        .json()
+        .args(["inbox"])
+        .run(SHORT)?
+        .success()?;
+    in_order("c3", &away.of_type("message"), &senders, LINES)?;
+    c2.stop_with(Sig::SIGTERM)?;
+    let all = (c2.json_lines().iter())
+        .filter(|v| is_type(v, "message"))
+        .count();
+    ensure!(all == LINES, "c2 got {all}");
+    net.assert_no_panics()
+}
