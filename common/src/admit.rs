@@ -155,6 +155,11 @@ pub fn per_second(per_second: u32, burst: u32) -> Quota {
     Quota::per_second(at_least_one(per_second)).allow_burst(at_least_one(burst))
 }
 
+/// `per_minute` tokens a minute, `burst` at once (each at least 1).
+pub fn per_minute(per_minute: u32, burst: u32) -> Quota {
+    Quota::per_minute(at_least_one(per_minute)).allow_burst(at_least_one(burst))
+}
+
 fn at_least_one(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
 }

@@ -482,6 +482,9 @@ pub enum PeerFrame {
 pub struct RoomMessage {
     /// The room.
     pub room: RoomName,
+    /// The version of the room's log the sender sent by: a receiver behind it catches up
+    /// before it decides whether the sender (or it itself) is a member.
+    pub version: u64,
     /// The message, `to` the member that receives this copy.
     pub message: ChatMessage,
 }

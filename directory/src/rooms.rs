@@ -105,7 +105,10 @@ impl Rooms {
             }
             (None, _) => return Err(ErrorCode::UnknownRoom),
             (Some(known), action) => {
-                if known.roster.version + 1 >= MAX_ROOM_OPS {
+                // A full log still lets members leave and admins remove them (at most once
+                // each, so the log stays bounded): a member can always be taken out.
+                let leaving = matches!(action, Action::Leave | Action::Kick { .. });
+                if known.roster.version + 1 >= MAX_ROOM_OPS && !leaving {
                     return Err(ErrorCode::RoomFull);
                 }
                 let mut next = known.clone();

@@ -207,7 +207,11 @@ impl ChatStream {
                 return self.receive_file(header, &mut send, &mut recv).await;
             }
             Some(PeerFrame::Chat(message)) => (message, None),
-            Some(PeerFrame::RoomChat(RoomMessage { room, message })) => (message, Some(room)),
+            Some(PeerFrame::RoomChat(RoomMessage {
+                room,
+                version,
+                message,
+            })) => (message, Some((room, version))),
             Some(other) => {
                 return Err(self.refuse(codes::PROTOCOL, anyhow!("unexpected {other:?}")))
             }
@@ -226,14 +230,18 @@ impl ChatStream {
                 }
                 self.check_sender(&message.from).await?;
                 let id = message.id;
-                let shown = match &room {
-                    Some(room) if !self.rooms.admits(room, &message.from, &self.key).await => {
+                let from = &message.from;
+                let shown = match room {
+                    Some((room, version))
+                        if !self.rooms.admits(&room, from, &self.key, version).await =>
+                    {
                         // Acknowledged, so it is not sent again, but not shown: whoever is not
                         // a member by the room's signed log does not speak in it.
-                        debug!(%room, from = %message.from, "a room message from a non-member dropped");
+                        debug!(%room, %from, "a room message from a non-member dropped");
                         Shown::already()
                     }
-                    _ => {
+                    room => {
+                        let room = room.map(|(room, _)| room);
                         (self.inbox)
                             .hand_over(message, room, Via::Direct, self.key)
                             .await?
@@ -244,9 +252,11 @@ impl ChatStream {
                 }
                 next = match self.next_frame(&mut recv).await? {
                     Some(PeerFrame::Chat(message)) => Some((message, None)),
-                    Some(PeerFrame::RoomChat(RoomMessage { room, message })) => {
-                        Some((message, Some(room)))
-                    }
+                    Some(PeerFrame::RoomChat(RoomMessage {
+                        room,
+                        version,
+                        message,
+                    })) => Some((message, Some((room, version)))),
                     Some(other) => {
                         return Err(self.refuse(codes::PROTOCOL, anyhow!("unexpected {other:?}")))
                     }

@@ -122,6 +122,9 @@ struct Inner {
     open: bool,
     map: Mutex<BTreeMap<Name, Contact>>,
     known: Mutex<BTreeMap<Name, Known>>,
+    /// The keys of the members of the rooms we are in: they may reach us too, as contacts
+    /// may (see [`Contacts::set_room_keys`]).
+    room_keys: Mutex<Vec<KeyId>>,
     reach: watch::Sender<Reach>,
 }
 
@@ -157,16 +160,38 @@ impl Contacts {
                 since_ms: c.since_ms,
             });
         }
-        let (reach, _) = watch::channel(reach_of(open, &map));
+        let (reach, _) = watch::channel(reach_of(open, &map, &[]));
         Self {
             inner: Arc::new(Inner {
                 path,
                 open,
                 map: Mutex::new(map),
                 known: Mutex::new(known),
+                room_keys: Mutex::default(),
                 reach,
             }),
         }
+    }
+
+    /// Lets the members of our rooms (`keys`) reach us directly and be introduced to us, as
+    /// contacts may, so a room's messages go peer to peer; they do not become contacts (their
+    /// files and 1:1 messages are still requests). Replaces the keys given before.
+    pub fn set_room_keys(&self, mut keys: Vec<KeyId>) {
+        keys.sort();
+        keys.dedup();
+        // The contacts' lock first, then the room keys', as in `change_with`.
+        let map = self.map();
+        let mut room_keys = self
+            .inner
+            .room_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if *room_keys == keys {
+            return;
+        }
+        *room_keys = keys;
+        let reach = reach_of(self.inner.open, &map, &room_keys);
+        self.inner.reach.send_replace(reach);
     }
 
     /// What the directory must be told, now and on every change.
@@ -292,9 +317,14 @@ impl Contacts {
             write(path, &next, known)?;
         }
         *map = next;
+        let room_keys = self
+            .inner
+            .room_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         self.inner
             .reach
-            .send_replace(reach_of(self.inner.open, &map));
+            .send_replace(reach_of(self.inner.open, &map, &room_keys));
         Ok(())
     }
 
@@ -307,7 +337,7 @@ impl Contacts {
     }
 }
 
-fn reach_of(open: bool, map: &BTreeMap<Name, Contact>) -> Reach {
+fn reach_of(open: bool, map: &BTreeMap<Name, Contact>, room_keys: &[KeyId]) -> Reach {
     if open {
         return Reach::Anyone;
     }
@@ -318,9 +348,11 @@ fn reach_of(open: bool, map: &BTreeMap<Name, Contact>) -> Reach {
         .collect();
     accepted.sort_by_key(|c| std::cmp::Reverse(c.since_ms));
     let mut seen = std::collections::HashSet::new();
+    // Contacts first, then the members of our rooms.
     let mut keys: Vec<KeyId> = accepted
         .into_iter()
         .map(|c| c.key)
+        .chain(room_keys.iter().copied())
         .filter(|key| seen.insert(*key))
         .take(common::defaults::MAX_CONTACTS)
         .collect();

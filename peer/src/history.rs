@@ -405,11 +405,19 @@ impl History {
     /// Whether a message with this id is recorded in the conversation with `from`: a
     /// redelivery from that sender. The same id in another conversation is another sender's
     /// (or a sender reusing an id it saw), not a duplicate.
-    pub fn contains_from(&self, id: &MessageId, from: &Target) -> Result<bool, HistoryError> {
+    /// In a room, whose members all see each message's id, it must also be from `sender`:
+    /// another member reusing the id is not taken for the message.
+    pub fn contains_from(
+        &self,
+        id: &MessageId,
+        with: &Target,
+        sender: &Name,
+    ) -> Result<bool, HistoryError> {
         let txn = self.db.begin_read()?;
         let ids = txn.open_table(IDS)?;
-        let from = from.to_string();
-        Ok(ids.get(&id.0)?.is_some_and(|at| at.value().0 == from))
+        let key = index_key(&with.to_string(), sender, id);
+        let with = with.to_string();
+        Ok(ids.get(&key)?.is_some_and(|at| at.value().0 == with))
     }
 
     /// The last `limit` entries of the conversation with `with`, oldest first.
@@ -534,6 +542,24 @@ fn commit(db: &Database, ops: Vec<Op>, replies: &mut Vec<Reply>) -> Result<(), H
     failure.map_or(Ok(()), Err)
 }
 
+/// What the `ids` table files a received message under: its id in a 1:1 conversation; in a
+/// room (`conversation` starts with `#`), whose members all see every id, a hash of the room,
+/// the sender and the id, so that one member cannot take another's id.
+fn index_key(conversation: &str, sender: &Name, id: &MessageId) -> [u8; 16] {
+    if !conversation.starts_with('#') {
+        return id.0;
+    }
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"p2pchat history room index\0");
+    hasher.update(conversation.as_bytes());
+    hasher.update(&[0]);
+    hasher.update(sender.as_str().as_bytes());
+    hasher.update(&id.0);
+    let mut key = [0; 16];
+    key.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+    key
+}
+
 type Messages<'t> = redb::Table<'t, (&'static str, u64), &'static [u8]>;
 type Ids<'t> = redb::Table<'t, &'static [u8; 16], (&'static str, u64)>;
 
@@ -546,7 +572,12 @@ fn insert(
     entry: &HistoryEntry,
 ) -> Result<(), HistoryError> {
     if let Some(id) = entry.id {
-        let recorded = ids.get(&id.0)?.map(|at| at.value().0 == peer);
+        // Our own messages by their id (receipts name it), what others said by theirs.
+        let key = match entry.state.is_ours() {
+            true => id.0,
+            false => index_key(peer, &entry.from, &id),
+        };
+        let recorded = ids.get(&key)?.map(|at| at.value().0 == peer);
         match recorded {
             // A redelivery in this conversation.
             Some(true) => return Ok(()),
@@ -554,7 +585,7 @@ fn insert(
             // pointing at the first.
             Some(false) => {}
             None => {
-                ids.insert(&id.0, (peer, seq))?;
+                ids.insert(&key, (peer, seq))?;
             }
         }
     }
@@ -644,6 +675,30 @@ mod tests {
 
     fn bodies(entries: &[HistoryEntry]) -> Vec<&str> {
         entries.iter().map(|e| e.body.as_str()).collect()
+    }
+
+    /// A room's messages are kept under the room, and a member that reuses another's id (all
+    /// members see every id) is neither taken for a redelivery nor able to hide the real one.
+    #[tokio::test]
+    async fn in_a_room_an_id_is_its_senders() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let h = History::open(&path(dir.path()))?;
+        let room: RoomName = "#ops".parse()?;
+        let ops = Target::Room(room.clone());
+        let real = incoming("alice", "the real one");
+        let mut copycat = incoming("mallory", "the same id");
+        copycat.id = real.id;
+        h.record_in(&copycat, Some(&room), Via::Direct, KEY).await?;
+        assert!(!h.contains_from(&real.id, &ops, &real.from)?);
+        h.record_in(&real, Some(&room), Via::Direct, KEY).await?;
+        h.record_in(&real, Some(&room), Via::Mailbox, KEY).await?;
+        let kept = h.conversation(&ops, 10)?;
+        assert_eq!(bodies(&kept), ["the same id", "the real one"]);
+        assert!(h.contains_from(&real.id, &ops, &real.from)?);
+        assert!(kept.iter().all(|e| e.room.as_ref() == Some(&room)));
+        assert!(h.conversation(&peer("alice"), 10)?.is_empty());
+        assert!(!h.contains_from(&real.id, &peer("alice"), &real.from)?);
+        Ok(())
     }
 
     #[tokio::test]

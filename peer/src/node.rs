@@ -378,9 +378,14 @@ async fn take_letter(letter: Letter, to: &Takers, delivery: Delivery) {
     let (inbox, told) = (&to.inbox, letter.receipt());
     let (message, room, signer) = match to.letters.open(&letter) {
         Ok((Content::Chat(message), signer)) => (message, None, signer),
-        Ok((Content::RoomChat(RoomMessage { room, message }), signer)) => {
-            (message, Some(room), signer)
-        }
+        Ok((
+            Content::RoomChat(RoomMessage {
+                room,
+                version,
+                message,
+            }),
+            signer,
+        )) => (message, Some((room, version)), signer),
         Ok((Content::FilePart(part), signer)) => {
             to.files.take_part(part).await;
             return match told {
@@ -401,14 +406,19 @@ async fn take_letter(letter: Letter, to: &Takers, delivery: Delivery) {
         refuse(inbox, why).await;
         return delivery.taken();
     }
-    if let Some(room) = &room {
-        if !to.rooms.admits(room, &message.from, &signer).await {
+    if let Some((room, version)) = &room {
+        if !to
+            .rooms
+            .admits(room, &message.from, &signer, *version)
+            .await
+        {
             // Taken, so it leaves the mailbox, but not shown: whoever is not a member by the
             // room's signed log does not speak in it (nor do we hear a room we left).
             debug!(%room, from = %message.from, "a room letter from a non-member dropped");
             return delivery.taken();
         }
     }
+    let room = room.map(|(room, _)| room);
     if inbox
         .receive(message, room, Via::Mailbox, signer)
         .await

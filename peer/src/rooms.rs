@@ -18,26 +18,29 @@ use crate::{
 };
 use common::{
     admit::{self, Buckets},
-    defaults::{ROOM_LOG_PAGE, ROOM_POSTS_TAKEN_BURST, ROOM_POSTS_TAKEN_PER_SECOND},
+    defaults::{MAX_ROOM_OPS, ROOM_LOG_PAGE, ROOM_POSTS_TAKEN_BURST, ROOM_POSTS_TAKEN_PER_SECOND},
     identity::write_atomically,
     room::{Action, Change, Kind, Op, RoomError, RoomName, Roster},
     wire::{DirectoryRequest, DirectoryResponse, ErrorCode},
     KeyId, Name,
 };
-use std::{
-    collections::HashMap,
-    path::PathBuf,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, path::PathBuf, sync::Arc};
 use tokio::sync::Mutex;
 use tracing::{debug, warn};
 
-/// How long a room the directory did not show us is not asked for again.
-const UNKNOWN_FOR: Duration = Duration::from_secs(10);
-/// Most such rooms remembered; past that, messages naming other unknown rooms are dropped
-/// without asking.
-const UNKNOWN_MAX: usize = 1024;
+/// How often one sender's room messages may send us asking the directory for a room's log
+/// (a message from someone our roster does not have, or sent by a newer log than ours), a
+/// minute and in a burst; and how often all senders' may. Past that, a message is judged by
+/// the roster we have: whoever sends room messages cannot make us spend the directory's
+/// patience (our lookups share its rate limit) or hold the rooms up.
+const ASKS_PER_SENDER: (u32, u32) = (6, 3);
+/// See [`ASKS_PER_SENDER`].
+const ASKS_IN_ALL: (u32, u32) = (120, 20);
+/// Most ops a room's log may have: the directory refuses joins and invitations past
+/// [`MAX_ROOM_OPS`], and each member can leave or be removed once after that.
+const MAX_LOG: u64 = MAX_ROOM_OPS + common::room::MAX_MEMBERS as u64;
+/// Most senders we remember telling the user about (posting too fast), each once.
+const CUT_MAX: usize = 1024;
 
 /// The folder in the peer's home that holds the logs, one file per room.
 pub const DIR: &str = "rooms";
@@ -63,9 +66,9 @@ struct Inner {
     /// Where each change is shown once it is checked and kept: each op's notice once, in
     /// the order of the room's log, before any message that needed the op to be shown.
     inbox: Inbox,
-    /// Rooms the directory recently did not show us (none of that name, or a private one we
-    /// are not in), and when: a message that names one does not send us asking again at once.
-    unknown: std::sync::Mutex<HashMap<RoomName, Instant>>,
+    /// What room messages may make us ask the directory (see [`ASKS_PER_SENDER`]).
+    asks: Buckets<Name>,
+    asks_in_all: Buckets<()>,
     /// What each sender may post in each room, as we take it ([`ROOM_POSTS_TAKEN_PER_SECOND`]).
     taken: Buckets<(RoomName, Name)>,
     /// Senders we told the user we cut, so each is told once.
@@ -110,6 +113,7 @@ impl Rooms {
                 Err(e) => warn!(path = %path.display(), cause = %e, "a room's log was left out"),
             }
         }
+        contacts.set_room_keys(member_keys(&me, &chains));
         Ok(Self {
             inner: Arc::new(Inner {
                 me,
@@ -118,7 +122,8 @@ impl Rooms {
                 letters,
                 contacts,
                 inbox,
-                unknown: Default::default(),
+                asks: Buckets::new(admit::per_minute(ASKS_PER_SENDER.0, ASKS_PER_SENDER.1)),
+                asks_in_all: Buckets::new(admit::per_minute(ASKS_IN_ALL.0, ASKS_IN_ALL.1)),
                 taken: Buckets::new(admit::per_second(
                     ROOM_POSTS_TAKEN_PER_SECOND,
                     ROOM_POSTS_TAKEN_BURST,
@@ -149,48 +154,34 @@ impl Rooms {
     /// checked is checked, kept, and told as a notice. Returns the roster.
     pub async fn sync(&self, room: &RoomName) -> Result<Roster, Failure> {
         let mut chains = self.inner.chains.lock().await;
-        self.sync_locked(&mut chains, room).await?;
+        self.sync_locked(&mut chains, room, true).await?;
         let roster = chains.get(room).map(|c| c.roster.clone());
         roster.ok_or(Failure::UnknownRoom { room: room.clone() })
     }
 
+    /// The sync behind [`Rooms::sync`]. A room we did not know and are not a member of is
+    /// kept (in memory only) when `foreign` (the user asked about it, or is joining it), and
+    /// otherwise forgotten: a message naming a room must not make us hold its log.
     async fn sync_locked(
         &self,
         chains: &mut HashMap<RoomName, Chain>,
         room: &RoomName,
+        foreign: bool,
     ) -> Result<(), Failure> {
         let mut notices = Vec::new();
-        let mut fetched: Vec<Op> = Vec::new();
-        loop {
-            let after = match (chains.get(room), fetched.last()) {
-                (_, Some(op)) => Some(op.version),
-                (Some(chain), None) => Some(chain.roster.version),
-                (None, None) => None,
-            };
-            let request = DirectoryRequest::RoomLog {
-                room: room.clone(),
-                after,
-            };
-            let page = match self.inner.directory.request(&request).await {
-                Ok(DirectoryResponse::RoomOps(ops)) => ops,
-                Ok(other) => return Err(Failure::other(format!("unexpected answer {other:?}"))),
-                Err(e) => return Err(self.failure(room, e)),
-            };
-            let full = page.len() >= ROOM_LOG_PAGE;
-            fetched.extend(page);
-            if !full {
-                break;
-            }
-        }
-        if fetched.is_empty() {
-            return Ok(());
-        }
+        let fetched = self
+            .fetch(chains.get(room).map(|c| c.roster.version), room)
+            .await?;
+        let mut fetched = fetched.into_iter();
+        let known = chains.contains_key(room);
         let mut chain = match chains.remove(room) {
             Some(chain) => chain,
             None => {
-                self.check_pins(&fetched[0])?;
-                let roster = Roster::create(&fetched[0]).map_err(|e| refused(room, e))?;
-                let first = fetched.remove(0);
+                let Some(first) = fetched.next() else {
+                    return Ok(());
+                };
+                self.check_pins(&first)?;
+                let roster = Roster::create(&first).map_err(|e| refused(room, e))?;
                 notices.push(notice(&first, Change::Created(first.actor.clone())));
                 Chain {
                     ops: vec![first],
@@ -211,13 +202,57 @@ impl Rooms {
                 }
             }
         }
+        let ours = chain.roster.members.contains_key(&self.inner.me);
+        if !known && !ours && !foreign {
+            return broken.map_or(Ok(()), Err);
+        }
         let kept = self.keep(&chain);
         chains.insert(room.clone(), chain);
+        self.open_to_members(chains);
         kept?;
-        self.tell(notices).await;
+        if known || ours {
+            self.tell(notices).await;
+        }
         // What checked is kept; the rest is refused, loudly: the directory's log does not
         // follow the one we saw.
         broken.map_or(Ok(()), Err)
+    }
+
+    /// The ops of `room` after version `after` (all of them for `None`), page by page. The
+    /// directory must give them in order with no gap, and no more than a log may hold.
+    async fn fetch(&self, after: Option<u64>, room: &RoomName) -> Result<Vec<Op>, Failure> {
+        let mut fetched: Vec<Op> = Vec::new();
+        let mut next = after.map_or(0, |v| v + 1);
+        loop {
+            let after = next.checked_sub(1);
+            let request = DirectoryRequest::RoomLog {
+                room: room.clone(),
+                after,
+            };
+            let page = match self.inner.directory.request(&request).await {
+                Ok(DirectoryResponse::RoomOps(ops)) => ops,
+                Ok(other) => return Err(Failure::other(format!("unexpected answer {other:?}"))),
+                Err(e) => return Err(self.failure(room, e)),
+            };
+            let full = page.len() >= ROOM_LOG_PAGE;
+            for op in page {
+                if op.version != next || op.room != *room || next >= MAX_LOG {
+                    return Err(refused(room, RoomError::OutOfOrder));
+                }
+                next += 1;
+                fetched.push(op);
+            }
+            if !full {
+                return Ok(fetched);
+            }
+        }
+    }
+
+    /// Lets the members of the rooms we are in reach us directly (see
+    /// [`Contacts::set_room_keys`]).
+    fn open_to_members(&self, chains: &HashMap<RoomName, Chain>) {
+        let keys = member_keys(&self.inner.me, chains);
+        self.inner.contacts.set_room_keys(keys);
     }
 
     async fn tell(&self, notices: Vec<RoomNotice>) {
@@ -247,7 +282,8 @@ impl Rooms {
                     return Err(Failure::RoomRefused {
                         room: op.room.clone(),
                         why: format!(
-                            "its log gives {name} the key {key}, not the one remembered for                              {name} ({pinned}); it was refused"
+                            "its log gives {name} the key {key}, not the one remembered for \
+                             {name} ({pinned}); it was refused"
                         ),
                     })
                 }
@@ -266,7 +302,7 @@ impl Rooms {
         let me = &self.inner.me;
         for _ in 0..4 {
             if !creating {
-                self.sync_locked(&mut chains, room).await?;
+                self.sync_locked(&mut chains, room, true).await?;
             }
             if let Some(roster) = chains.get(room).map(|c| &c.roster) {
                 let member = roster.members.contains_key(me);
@@ -325,6 +361,7 @@ impl Rooms {
                     };
                     let kept = self.keep(&chain);
                     chains.insert(room.clone(), chain);
+                    self.open_to_members(&chains);
                     kept?;
                     self.tell(vec![told]).await;
                     return Ok(roster);
@@ -362,6 +399,7 @@ impl Rooms {
                         if let Err(e) = self.keep(chain) {
                             warn!(%room, "{e}");
                         }
+                        self.open_to_members(&chains);
                         return self.tell(vec![notice]).await;
                     }
                     Err(e) => {
@@ -370,45 +408,36 @@ impl Rooms {
                 }
             }
         }
-        if let Err(e) = self.sync_locked(&mut chains, &room).await {
+        if let Err(e) = self.sync_locked(&mut chains, &room, false).await {
             warn!(%room, "{e}");
         }
     }
 
-    /// Whether `name`, proven to hold `key`, may post in `room`: it is a member by our roster,
-    /// or by the log once we caught up (it may have joined since we last looked). False also
-    /// when we are not a member ourselves: what is said after we left is not for us.
-    pub async fn admits(&self, room: &RoomName, name: &Name, key: &KeyId) -> bool {
+    /// Whether `name`, proven to hold `key`, may post in `room`, in a message it sent by the
+    /// room's log at `version`: it is a member by our roster, and so are we (what is said
+    /// after we left is not for us). When our roster is behind the sender's, or does not have
+    /// the sender (it may have joined since, or invited us while we were away), we catch up
+    /// first, within what room messages may make us ask the directory ([`ASKS_PER_SENDER`]).
+    pub async fn admits(&self, room: &RoomName, name: &Name, key: &KeyId, version: u64) -> bool {
         if !self.within_rate(room, name).await {
             return false;
         }
         let mut chains = self.inner.chains.lock().await;
         let me = &self.inner.me;
-        if let Some(chain) = chains.get(room) {
-            if chain.roster.has(name, key) && chain.roster.members.contains_key(me) {
-                return true;
-            }
+        let judged = |chains: &HashMap<RoomName, Chain>| {
+            chains.get(room).map(|c| {
+                let member = c.roster.has(name, key) && c.roster.members.contains_key(me);
+                (member, c.roster.version >= version)
+            })
+        };
+        let (member, current) = judged(&chains).unwrap_or((false, false));
+        if current || !self.inner.asks.check(name) || !self.inner.asks_in_all.check(&()) {
+            return member;
         }
-        // A room we do not know yet may be one we were invited into while away; one the
-        // directory just did not show us is not asked for again at once.
-        {
-            let mut unknown = self.inner.unknown.lock().unwrap_or_else(|e| e.into_inner());
-            let now = Instant::now();
-            unknown.retain(|_, at| now.duration_since(*at) < UNKNOWN_FOR);
-            if unknown.contains_key(room) || unknown.len() >= UNKNOWN_MAX {
-                return false;
-            }
-        }
-        if let Err(e) = self.sync_locked(&mut chains, room).await {
+        if let Err(e) = self.sync_locked(&mut chains, room, false).await {
             debug!(%room, "{e}");
-            if !chains.contains_key(room) {
-                let mut unknown = self.inner.unknown.lock().unwrap_or_else(|e| e.into_inner());
-                unknown.insert(room.clone(), Instant::now());
-            }
         }
-        chains
-            .get(room)
-            .is_some_and(|c| c.roster.has(name, key) && c.roster.members.contains_key(me))
+        judged(&chains).is_some_and(|(member, _)| member)
     }
 
     /// Whether `name` posts within what a member may post in `room`; past that, what it
@@ -420,7 +449,7 @@ impl Rooms {
         }
         let first = {
             let mut cut = self.inner.cut.lock().unwrap_or_else(|e| e.into_inner());
-            if cut.len() >= UNKNOWN_MAX {
+            if cut.len() >= CUT_MAX {
                 cut.clear();
             }
             cut.insert(key)
@@ -435,12 +464,15 @@ impl Rooms {
         false
     }
 
-    /// Writes a room's log to its file.
+    /// Writes a room's log to its file: one we are in, or were in (to remember we are out).
     fn keep(&self, chain: &Chain) -> Result<(), Failure> {
         let path = self
             .inner
             .dir
             .join(format!("{}.ops", chain.roster.room.name()));
+        if !chain.roster.members.contains_key(&self.inner.me) && !path.exists() {
+            return Ok(());
+        }
         let bytes = postcard::to_allocvec(&chain.ops).map_err(Failure::other)?;
         write_atomically(&path, &bytes).map_err(Failure::other)
     }
@@ -463,6 +495,16 @@ impl Rooms {
             e => e.failure(&self.inner.me, self.inner.directory.addr()),
         }
     }
+}
+
+/// The keys of the other members of the rooms `me` is in.
+fn member_keys(me: &Name, chains: &HashMap<RoomName, Chain>) -> Vec<KeyId> {
+    (chains.values())
+        .filter(|c| c.roster.members.contains_key(me))
+        .flat_map(|c| c.roster.members.iter())
+        .filter(|(name, _)| *name != me)
+        .map(|(_, member)| member.key)
+        .collect()
 }
 
 fn notice(op: &Op, change: Change) -> RoomNotice {

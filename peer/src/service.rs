@@ -5,7 +5,7 @@
 //! is written here and nowhere else.
 
 use crate::{
-    contacts::{Contact, Standing},
+    contacts::{Contact, KeyCheck, Standing},
     directory_client::Status,
     failure::Failure,
     files::{downloads, FileSent, FileUpdate},
@@ -25,6 +25,7 @@ use common::{
     wire::{ChatMessage, MessageId, PeerInfo},
     KeyId, Name,
 };
+use futures::FutureExt;
 use std::{future::Future, path::Path, sync::Arc};
 use tokio::sync::{mpsc, oneshot};
 
@@ -448,7 +449,7 @@ impl Service {
             Some(room) => Target::Room(room.clone()),
             None => Target::Peer(message.from.clone()),
         };
-        match history.contains_from(&message.id, &with) {
+        match history.contains_from(&message.id, &with, &message.from) {
             Ok(seen) => seen,
             Err(e) => {
                 tracing::warn!("history: {e}");
@@ -509,9 +510,16 @@ async fn fan_out(node: Arc<Node>, mut posts: mpsc::UnboundedReceiver<RoomPost>) 
             }
         };
         let (id, sent_at_ms) = (MessageId::random(), now_ms());
-        let copies: Vec<_> = (roster.members.keys())
-            .filter(|name| **name != node.name)
-            .map(|to| {
+        let copies: Vec<_> = (roster.members.iter())
+            .filter(|(name, _)| **name != node.name)
+            .map(|(to, member)| {
+                // The member's key is the one the signed log gives it, not whatever the
+                // directory says when the copy is sealed: it is pinned for the name first
+                // (unless another is), and a lookup that gives another key fails the copy.
+                let to = to.clone();
+                if let Err(failure) = pin(&node, &to, member.key) {
+                    return async move { (to, Err(failure)) }.boxed();
+                }
                 let message = ChatMessage {
                     id,
                     from: node.name.clone(),
@@ -519,10 +527,9 @@ async fn fan_out(node: Arc<Node>, mut posts: mpsc::UnboundedReceiver<RoomPost>) 
                     sent_at_ms,
                     body: body.clone(),
                 };
-                let room = Some(room.clone());
+                let room = Some((room.clone(), roster.version));
                 let outcome = node.outbox().submit_post(Post { message, room });
-                let to = to.clone();
-                async move { (to, outcome.await) }
+                async move { (to, outcome.await) }.boxed()
             })
             .collect();
         node.spawn(async move {
@@ -541,14 +548,30 @@ async fn fan_out(node: Arc<Node>, mut posts: mpsc::UnboundedReceiver<RoomPost>) 
                 }
             }
             if let Some((history, key)) = record {
-                let state = match sent.queued {
-                    0 => HistoryState::Delivered { path: None },
-                    _ => HistoryState::Queued,
+                let state = match (&sent.failed[..], sent.delivered + sent.queued) {
+                    ([(name, why), ..], 0) => HistoryState::Failed {
+                        reason: format!("{name}: {why}"),
+                    },
+                    _ if sent.queued > 0 => HistoryState::Queued,
+                    _ => HistoryState::Delivered { path: None },
                 };
                 history.settle_as(key, Some(id), state);
             }
             let _ = reply.send(Ok(sent));
         });
+    }
+}
+
+/// Pins `key`, the key a room's signed log gives `name`, unless another key is pinned for it.
+fn pin(node: &Node, name: &Name, key: KeyId) -> Result<(), Failure> {
+    match node.contacts().check_key(name, key) {
+        Ok(KeyCheck::Known) => Ok(()),
+        Ok(KeyCheck::Changed { pinned }) => Err(Failure::KeyChanged {
+            name: name.clone(),
+            pinned,
+            presented: key,
+        }),
+        Err(e) => Err(Failure::other(e)),
     }
 }
 

@@ -63,6 +63,18 @@ fn a_private_room_is_for_its_members_only() -> Result<()> {
     );
     let got = heard(&mut c2, "#ops", "hello room")?;
     ensure!(got["from"] == "c1" && got["via"] == "direct", "{got}");
+    // Sharing a room lets members reach each other directly; it does not make them contacts.
+    let contacts = net
+        .peer("c1")
+        .json()
+        .args(["contacts"])
+        .run(SHORT)?
+        .success()?;
+    ensure!(
+        contacts.of_type("contact").is_empty(),
+        "{}",
+        contacts.stdout
+    );
 
     // Not a member: a clear refusal, and no one hears it.
     say(&net, "c3", "#ops", "let me in")?.failure(&["#ops"])?;

@@ -45,8 +45,8 @@ use std::{
 pub struct Post {
     /// The message, `to` this conversation's recipient.
     pub message: ChatMessage,
-    /// The room it was said in, if any.
-    pub room: Option<RoomName>,
+    /// The room it was said in, if any, and the version of the room's log it was sent by.
+    pub room: Option<(RoomName, u64)>,
 }
 
 impl Post {

@@ -188,6 +188,10 @@ struct Driver {
     /// What the directory said of the recipient last: its key and the encryption key that
     /// mailbox letters are sealed to.
     recipient: Option<PeerInfo>,
+    /// A message to the recipient alone was sent: writing to it accepts it as a contact.
+    /// (Copies of room messages do not: sharing a room lets members reach each other, see
+    /// [`crate::contacts::Contacts::set_room_keys`], without making them contacts.)
+    one_to_one: bool,
 }
 
 impl Driver {
@@ -203,6 +207,7 @@ impl Driver {
             stream: None,
             replies: HashMap::new(),
             recipient: None,
+            one_to_one: false,
         }
     }
 
@@ -263,6 +268,12 @@ impl Driver {
 
     fn submit(&mut self, p: Pending) {
         let id = p.post.id();
+        if p.post.room.is_none() && !self.one_to_one {
+            self.one_to_one = true;
+            if let Some(info) = &self.recipient {
+                self.accept(info.key);
+            }
+        }
         self.replies
             .insert(id, (p.post.message.to.clone(), p.reply));
         self.conversation.handle(Input::Submit(p.post), now());
@@ -342,10 +353,8 @@ impl Driver {
                     .and_then(|info| self.ctx.contacts.vouch(&info).map(|()| info));
                 if let Ok(info) = &info {
                     self.recipient = Some(info.clone());
-                    // Writing to someone accepts them: they may reach us, and their answers
-                    // are no message requests.
-                    if let Err(e) = self.ctx.contacts.accept_on_send(&self.to, info.key) {
-                        warn!("contacts: {e:#}");
+                    if self.one_to_one {
+                        self.accept(info.key);
                     }
                 }
                 Input::LookedUp(info)
@@ -395,6 +404,14 @@ impl Driver {
         self.conversation.handle(answer, now());
     }
 
+    /// Writing to someone accepts them: they may reach us, and their answers are no message
+    /// requests.
+    fn accept(&self, key: common::KeyId) {
+        if let Err(e) = self.ctx.contacts.accept_on_send(&self.to, key) {
+            warn!("contacts: {e:#}");
+        }
+    }
+
     /// Seals `post` to the recipient (looked up first if it was not yet) and deposits it.
     async fn deposit(&mut self, post: Post) -> Result<(), Failure> {
         let directory = &self.ctx.directory;
@@ -405,8 +422,9 @@ impl Driver {
         };
         let content = match post.room {
             None => Content::Chat(post.message),
-            Some(room) => Content::RoomChat(RoomMessage {
+            Some((room, version)) => Content::RoomChat(RoomMessage {
                 room,
+                version,
                 message: post.message,
             }),
         };
@@ -442,8 +460,9 @@ impl Driver {
 fn frame(post: Post) -> PeerFrame {
     match post.room {
         None => PeerFrame::Chat(post.message),
-        Some(room) => PeerFrame::RoomChat(RoomMessage {
+        Some((room, version)) => PeerFrame::RoomChat(RoomMessage {
             room,
+            version,
             message: post.message,
         }),
     }
