@@ -52,6 +52,11 @@ pub struct Params {
     pub bulk_bytes: u64,
     pub bulk_chat_msgs: usize,
     pub fsync_count: usize,
+    /// Members of the rooms figures' room, besides the sender.
+    pub room_members: usize,
+    pub room_latency_msgs: usize,
+    pub room_burst: usize,
+    pub room_deposit_msgs: usize,
 }
 
 impl Params {
@@ -73,6 +78,10 @@ impl Params {
             bulk_bytes: 256 << 20,
             bulk_chat_msgs: 2048,
             fsync_count: 200,
+            room_members: 50,
+            room_latency_msgs: 200,
+            room_burst: 1000,
+            room_deposit_msgs: 400,
         }
     }
 
@@ -94,6 +103,10 @@ impl Params {
             bulk_bytes: 8 << 20,
             bulk_chat_msgs: 64,
             fsync_count: 20,
+            room_members: 50,
+            room_latency_msgs: 20,
+            room_burst: 20,
+            room_deposit_msgs: 10,
         }
     }
 }
@@ -110,6 +123,34 @@ pub struct PeerNode {
     _home: tempfile::TempDir,
 }
 
+/// A [`Node`] named `name` in a temporary home, online, on loopback, open to anyone (the
+/// figures are for peers that know each other), with the directory at `addr` pinned to
+/// `fingerprint`. Its events are the caller's to take: unread, they hold the node up.
+async fn start_node(
+    addr: SocketAddr,
+    fingerprint: KeyId,
+    name: &str,
+) -> Result<(Node, tokio::sync::mpsc::Receiver<Event>, tempfile::TempDir)> {
+    let home = tempfile::Builder::new().prefix("bench-peer").tempdir()?;
+    let name = Name::new(name)?;
+    let options = Options {
+        name: name.clone(),
+        directory: addr.to_string(),
+        home: Home::new(Some(home.path().to_path_buf()), &name)?,
+        bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+        pin: Some(fingerprint),
+        heartbeat: Duration::from_secs(10),
+        direct_timeout: Duration::from_secs(3),
+        mailbox_file_max: common::defaults::MAILBOX_FILE_MAX,
+        open: true,
+        online: true,
+        directory_wait: common::defaults::DIRECTORY_WAIT,
+        connect_later: false,
+    };
+    let (node, events) = Node::start(options).await?;
+    Ok((node, events, home))
+}
+
 impl PeerNode {
     pub async fn start(dir: &DirectoryProcess, name: &str) -> Result<Self> {
         Self::start_at(dir.addr, dir.fingerprint, name.to_string()).await
@@ -118,24 +159,7 @@ impl PeerNode {
     /// [`PeerNode::start`] with the directory's address and key, for a future that must not
     /// borrow the [`DirectoryProcess`] (one spawned on another runtime).
     pub async fn start_at(addr: SocketAddr, fingerprint: KeyId, name: String) -> Result<Self> {
-        let home = tempfile::Builder::new().prefix("bench-peer").tempdir()?;
-        let name = Name::new(&name)?;
-        let options = Options {
-            name: name.clone(),
-            directory: addr.to_string(),
-            home: Home::new(Some(home.path().to_path_buf()), &name)?,
-            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            pin: Some(fingerprint),
-            heartbeat: Duration::from_secs(10),
-            direct_timeout: Duration::from_secs(3),
-            mailbox_file_max: common::defaults::MAILBOX_FILE_MAX,
-            // The figures are for peers that know each other: anyone reaches a bench peer.
-            open: true,
-            online: true,
-            directory_wait: common::defaults::DIRECTORY_WAIT,
-            connect_later: false,
-        };
-        let (node, mut events) = Node::start(options).await?;
+        let (node, mut events, home) = start_node(addr, fingerprint, &name).await?;
         let shown = Arc::new(AtomicU64::new(0));
         let counter = shown.clone();
         tokio::spawn(async move {
@@ -600,6 +624,393 @@ pub async fn mailbox(dir: &DirectoryProcess, id: &Identity, p: &Params) -> Resul
     let drain_rate = got as f64 / t.elapsed().as_secs_f64();
     pool.close();
     Ok((deposit_rate, drain_rate))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rooms (issue 16): one sender, a room of members, in-process nodes on one directory
+
+/// The rooms figures with every member online.
+#[derive(Debug, Clone, Copy)]
+pub struct RoomReach {
+    /// One message at a time: from `submit_room` to the moment the last member has shown it;
+    /// p50 in ms.
+    pub p50_ms: f64,
+    /// The same, p99 in ms.
+    pub p99_ms: f64,
+    /// A burst submitted at once: room messages per second from the first submit until every
+    /// member has shown every message of the burst.
+    pub burst_rate: f64,
+}
+
+/// The rooms figure with every member offline: each copy is a sealed deposit.
+#[derive(Debug, Clone, Copy)]
+pub struct RoomDeposits {
+    /// Copies durably deposited per second, from the first submit until the sender has every
+    /// message's outcome (each copy queued).
+    pub rate: f64,
+    /// The directory process's CPU time (user + system) over that window, per 1000 deposits,
+    /// in ms.
+    pub directory_cpu_ms_per_1000: f64,
+    /// This process's CPU time over the window (the sender alone: it seals every copy), per
+    /// 1000 deposits, in ms.
+    pub sender_cpu_ms_per_1000: f64,
+}
+
+/// The body of the `k`th room message of a figure: `k` in six digits, then filler, 100 bytes.
+fn room_body(k: usize) -> String {
+    format!("{k:06}{}", &BODY_100[6..])
+}
+
+/// Which room messages the members have shown: for each message (by the number its body starts
+/// with), how many members showed it and when the last of them did.
+struct Tally {
+    members: usize,
+    slots: Mutex<Vec<(usize, Option<Instant>)>>,
+    /// How many messages every member has shown.
+    complete: tokio::sync::watch::Sender<usize>,
+    /// Anything else shown: a copy shown once too often, a message not of the figure, or not
+    /// in the room.
+    odd: AtomicU64,
+}
+
+impl Tally {
+    fn new(members: usize, messages: usize) -> Self {
+        Self {
+            members,
+            slots: Mutex::new(vec![(0, None); messages]),
+            complete: tokio::sync::watch::Sender::new(0),
+            odd: AtomicU64::new(0),
+        }
+    }
+
+    /// A member showed the message with `body` at `at`.
+    fn shown(&self, body: &str, at: Instant) {
+        let k = body
+            .get(..6)
+            .and_then(|digits| digits.parse::<usize>().ok());
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        match k.and_then(|k| slots.get_mut(k)) {
+            Some((shown, last)) if *shown < self.members => {
+                *shown += 1;
+                if *shown == self.members {
+                    *last = Some(at);
+                    drop(slots);
+                    self.complete.send_modify(|c| *c += 1);
+                }
+            }
+            _ => {
+                self.odd.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Waits until every member has shown `n` messages, for at most `within`.
+    async fn wait_complete(&self, n: usize, within: Duration) -> Result<()> {
+        let mut complete = self.complete.subscribe();
+        let done = tokio::time::timeout(within, async {
+            complete.wait_for(|c| *c >= n).await.is_ok()
+        })
+        .await;
+        if done != Ok(true) {
+            let have = *self.complete.borrow();
+            bail!("after {within:?}, every member had shown {have} of {n} room messages");
+        }
+        Ok(())
+    }
+
+    /// When the last member showed message `k`.
+    fn last_shown(&self, k: usize) -> Result<Instant> {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .get(k)
+            .and_then(|(_, last)| *last)
+            .with_context(|| format!("room message {k} not shown by every member"))
+    }
+}
+
+/// A room member: a node whose incoming messages are shown (and so acknowledged) at once, and
+/// counted in a [`Tally`] if there is one.
+struct RoomMember {
+    node: Node,
+    follow: tokio::task::JoinHandle<()>,
+    _home: tempfile::TempDir,
+}
+
+/// A private room `#bench` on one directory: its creator (the sender) and the members it
+/// invited, each an in-process node.
+struct BenchRoom {
+    room: common::room::RoomName,
+    sender: Arc<Node>,
+    service: peer::service::Service,
+    sender_follow: tokio::task::JoinHandle<()>,
+    _sender_home: tempfile::TempDir,
+    members: Vec<RoomMember>,
+}
+
+impl BenchRoom {
+    /// Starts the sender `{tag}s` and `count` members `{tag}0…`, all online; the sender creates
+    /// the room and invites every member. Members count what they show in `tally`.
+    async fn make(
+        dir: &DirectoryProcess,
+        tag: &str,
+        count: usize,
+        tally: Option<Arc<Tally>>,
+    ) -> Result<Self> {
+        use peer::service::Service;
+        let room: common::room::RoomName = "#bench".parse()?;
+        let (addr, key) = (dir.addr, dir.fingerprint);
+        let (sender, events, sender_home) = start_node(addr, key, &format!("{tag}s")).await?;
+        let sender = Arc::new(sender);
+        let mut made = Self {
+            // The sender hears the room's notices; unread, they would hold its inbox up.
+            sender_follow: follow(events, room.clone(), None),
+            service: Service::new(sender.clone(), None),
+            room,
+            sender,
+            _sender_home: sender_home,
+            members: Vec::with_capacity(count),
+        };
+        match made.fill((addr, key), tag, count, tally).await {
+            Ok(()) => Ok(made),
+            Err(e) => {
+                made.stop().await;
+                Err(e.context("making the room"))
+            }
+        }
+    }
+
+    /// Starts the members and makes the room with them.
+    async fn fill(
+        &mut self,
+        (addr, key): (SocketAddr, KeyId),
+        tag: &str,
+        count: usize,
+        tally: Option<Arc<Tally>>,
+    ) -> Result<()> {
+        use peer::rooms::RoomCommand;
+        // A few at a time: each registration is a durable commit at the directory.
+        let mut starting = JoinSet::new();
+        for i in 0..count + 8 {
+            if starting.len() >= 8 || i >= count {
+                let Some(started) = starting.join_next().await else {
+                    break;
+                };
+                let (node, events, home) = started??;
+                self.members.push(RoomMember {
+                    node,
+                    follow: follow(events, self.room.clone(), tally.clone()),
+                    _home: home,
+                });
+            }
+            if i < count {
+                let name = format!("{tag}{i}");
+                starting.spawn(async move { start_node(addr, key, &name).await });
+            }
+        }
+        let room = self.room.clone();
+        self.service
+            .room(RoomCommand::Create {
+                room: room.clone(),
+                public: false,
+            })
+            .await?;
+        let names = self.members.iter().map(|m| m.node.name.clone()).collect();
+        let views = self
+            .service
+            .room(RoomCommand::Invite { room, names })
+            .await?;
+        let have = views.first().map_or(0, |v| v.members.len());
+        if have != count + 1 {
+            bail!("the room has {have} members, not {}", count + 1);
+        }
+        Ok(())
+    }
+
+    /// Stops every member, all at once; each node leaves the directory cleanly.
+    async fn stop_members(&mut self) {
+        let mut stopping = JoinSet::new();
+        for member in self.members.drain(..) {
+            stopping.spawn(async move {
+                member.node.shutdown().await;
+                member.follow.abort();
+            });
+        }
+        while stopping.join_next().await.is_some() {}
+    }
+
+    async fn stop(mut self) {
+        self.stop_members().await;
+        self.service.close().await;
+        self.sender_follow.abort();
+    }
+}
+
+/// Takes a node's events: each message is shown at once (counted in `tally`, if any, when it
+/// is in `room`), everything else dropped.
+fn follow(
+    mut events: tokio::sync::mpsc::Receiver<Event>,
+    room: common::room::RoomName,
+    tally: Option<Arc<Tally>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            if let Event::Message(incoming) = event {
+                let at = Instant::now();
+                match &tally {
+                    Some(tally) if incoming.room.as_ref() == Some(&room) => {
+                        tally.shown(&incoming.message.body, at)
+                    }
+                    Some(tally) => {
+                        tally.odd.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => {}
+                }
+                incoming.shown();
+            }
+        }
+    })
+}
+
+/// Checks that a room message reached every one of `members` directly.
+fn all_direct(sent: peer::rooms::RoomSent, members: usize) -> Result<()> {
+    if sent.delivered as usize != members || sent.queued != 0 || !sent.failed.is_empty() {
+        bail!(
+            "a room message was delivered to {}, queued for {} and failed for {} of {members} members",
+            sent.delivered,
+            sent.queued,
+            sent.failed.len()
+        );
+    }
+    Ok(())
+}
+
+/// Rooms with every member online: `room_members` members, all in this process, with direct
+/// links made by a few warm-up messages first (not timed).
+///
+/// - Reach: `room_latency_msgs` messages one at a time; each is timed from `submit_room` to
+///   the moment the last member's node has handed it to be shown (and the next one waits for
+///   the sender to have every member's ack).
+/// - Burst: `room_burst` messages submitted at once; messages per second from the first submit
+///   until the last member has shown the last of them.
+///
+/// Every copy must arrive directly, each once: anything else is an error.
+pub async fn rooms_online(dir: &DirectoryProcess, p: &Params) -> Result<RoomReach> {
+    let warmup = 3;
+    let total = warmup + p.room_latency_msgs + p.room_burst;
+    let tally = Arc::new(Tally::new(p.room_members, total));
+    let room = BenchRoom::make(dir, "ro", p.room_members, Some(tally.clone())).await?;
+    let measured = async {
+        let post = |k: usize| room.service.submit_room(room.room.clone(), room_body(k));
+        let mut k = 0;
+        // Warm-up: each member is looked up and dialled once, and has the room's whole log.
+        for _ in 0..warmup {
+            let sent = tokio::time::timeout(Duration::from_secs(30), post(k))
+                .await
+                .map_err(|_| anyhow!("a warm-up room message had no outcome in 30 s"))??;
+            all_direct(sent, p.room_members)?;
+            tally.wait_complete(k + 1, Duration::from_secs(10)).await?;
+            k += 1;
+        }
+        let mut samples = Vec::with_capacity(p.room_latency_msgs);
+        for _ in 0..p.room_latency_msgs {
+            let t = Instant::now();
+            let sent = post(k);
+            tally.wait_complete(k + 1, Duration::from_secs(10)).await?;
+            samples.push(tally.last_shown(k)? - t);
+            let sent = tokio::time::timeout(Duration::from_secs(10), sent)
+                .await
+                .map_err(|_| anyhow!("a room message had no outcome in 10 s"))??;
+            all_direct(sent, p.room_members)?;
+            k += 1;
+        }
+        let first = k;
+        let t = Instant::now();
+        let answers: Vec<_> = (first..first + p.room_burst).map(post).collect();
+        tally
+            .wait_complete(first + p.room_burst, Duration::from_secs(120))
+            .await?;
+        let mut end = t;
+        for k in first..first + p.room_burst {
+            end = end.max(tally.last_shown(k)?);
+        }
+        let outcomes = async {
+            for answer in answers {
+                all_direct(answer.await?, p.room_members)?;
+            }
+            Ok::<_, anyhow::Error>(())
+        };
+        tokio::time::timeout(Duration::from_secs(30), outcomes)
+            .await
+            .map_err(|_| anyhow!("the burst's outcomes did not all come in 30 s"))??;
+        let odd = tally.odd.load(Ordering::Relaxed);
+        if odd > 0 {
+            bail!("{odd} room messages were shown twice, or were not the figure's");
+        }
+        Ok(RoomReach {
+            p50_ms: quantile_us(&mut samples, 0.5) / 1000.0,
+            p99_ms: quantile_us(&mut samples, 0.99) / 1000.0,
+            burst_rate: p.room_burst as f64 / (end - t).as_secs_f64(),
+        })
+    }
+    .await;
+    room.stop().await;
+    measured
+}
+
+/// Rooms with every member offline: the room is made with its `room_members` members online,
+/// they leave, and the sender submits `room_deposit_msgs` messages at once. Every copy is
+/// sealed to its member and deposited in its mailbox, one conversation per member. Timed from
+/// the first submit until the sender has every message's outcome (all copies queued); the
+/// directory's CPU time is read from `/proc` over the same window.
+pub async fn rooms_offline(dir: &DirectoryProcess, p: &Params) -> Result<RoomDeposits> {
+    let mut room = BenchRoom::make(dir, "rf", p.room_members, None).await?;
+    let names: Vec<Name> = room.members.iter().map(|m| m.node.name.clone()).collect();
+    room.stop_members().await;
+    let measured = async {
+        for name in &names {
+            let (info, _) = room.sender.whois(name).await?;
+            if info.online {
+                bail!("{name} is still online after it stopped");
+            }
+        }
+        let n = p.room_deposit_msgs;
+        let cpu0 = (cpu_time(dir.pid())?, cpu_time(std::process::id())?);
+        let t = Instant::now();
+        let answers: Vec<_> = (0..n)
+            .map(|k| room.service.submit_room(room.room.clone(), room_body(k)))
+            .collect();
+        let outcomes = async {
+            let mut deposits = 0usize;
+            for answer in answers {
+                let sent = answer.await?;
+                if sent.queued as usize != names.len() || sent.delivered != 0 {
+                    bail!(
+                        "a room message was queued for {} and delivered to {} of {} offline members ({} failed)",
+                        sent.queued,
+                        sent.delivered,
+                        names.len(),
+                        sent.failed.len()
+                    );
+                }
+                deposits += sent.queued as usize;
+            }
+            Ok::<_, anyhow::Error>(deposits)
+        };
+        let deposits = tokio::time::timeout(Duration::from_secs(180), outcomes)
+            .await
+            .map_err(|_| anyhow!("the deposits did not all complete in 180 s"))??;
+        let elapsed = t.elapsed().as_secs_f64();
+        let cpu1 = (cpu_time(dir.pid())?, cpu_time(std::process::id())?);
+        let per_1000 = |d: Duration| d.as_secs_f64() * 1000.0 / (deposits as f64 / 1000.0);
+        Ok(RoomDeposits {
+            rate: deposits as f64 / elapsed,
+            directory_cpu_ms_per_1000: per_1000(cpu1.0 - cpu0.0),
+            sender_cpu_ms_per_1000: per_1000(cpu1.1 - cpu0.1),
+        })
+    }
+    .await;
+    room.stop().await;
+    measured
 }
 
 // ---------------------------------------------------------------------------------------------

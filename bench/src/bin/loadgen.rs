@@ -33,7 +33,8 @@ struct Cli {
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
     /// Only these figure groups (comma separated): peer, first, lookups, presence, mailbox,
-    /// bulk (a file with send_file, 32 KiB chat messages, and the stream references), disk.
+    /// bulk (a file with send_file, 32 KiB chat messages, and the stream references), disk,
+    /// rooms (a room of 50 in-process members: reach, burst, and deposits when all are offline).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Online populations for the presence figure, e.g. 1000,5000,10000.
@@ -348,6 +349,49 @@ const REDB_COMMIT: Spec = (
     Better::Lower,
 );
 
+const ROOM_P50: Spec = (
+    "rooms_reach_p50",
+    "room message to all 50 members, p50",
+    "ms",
+    Some(20.0),
+    Better::Lower,
+);
+const ROOM_P99: Spec = (
+    "rooms_reach_p99",
+    "room message to all 50 members, p99",
+    "ms",
+    None,
+    Better::Lower,
+);
+const ROOM_BURST: Spec = (
+    "rooms_burst",
+    "room msgs/s into 50 online members (all shown)",
+    "msg/s",
+    None,
+    Better::Higher,
+);
+const ROOM_DEPOSITS: Spec = (
+    "rooms_deposits",
+    "room fan-out to 50 offline members: deposits/s",
+    "msg/s",
+    None,
+    Better::Higher,
+);
+const ROOM_DIR_CPU: Spec = (
+    "rooms_deposit_dir_cpu",
+    "  directory CPU per 1000 room deposits",
+    "core-ms",
+    None,
+    Better::Lower,
+);
+const ROOM_SENDER_CPU: Spec = (
+    "rooms_deposit_sender_cpu",
+    "  sender CPU per 1000 room deposits (sealing)",
+    "core-ms",
+    None,
+    Better::Lower,
+);
+
 const MIB: f64 = (1 << 20) as f64;
 
 fn main() -> Result<()> {
@@ -537,6 +581,35 @@ async fn run(cli: Cli) -> Result<()> {
                     report.push(DRAIN, Ok(drain));
                 }
                 Err(e) => report.push(DEPOSITS, Err(e)),
+            }
+        }
+        if wants("rooms") {
+            let dir = DirectoryProcess::spawn(&bin, &[])?;
+            match figures::rooms_online(&dir, &p).await {
+                Ok(r) => {
+                    report.push(ROOM_P50, Ok(r.p50_ms));
+                    report.push(ROOM_P99, Ok(r.p99_ms));
+                    report.push(ROOM_BURST, Ok(r.burst_rate));
+                }
+                Err(e) => report.push(ROOM_P50, Err(e)),
+            }
+            drop(dir);
+            let dir = DirectoryProcess::spawn(
+                &bin,
+                &[
+                    "--mailbox-quota-messages",
+                    "100000000",
+                    "--mailbox-quota-bytes",
+                    "100000000000",
+                ],
+            )?;
+            match figures::rooms_offline(&dir, &p).await {
+                Ok(d) => {
+                    report.push(ROOM_DEPOSITS, Ok(d.rate));
+                    report.push(ROOM_DIR_CPU, Ok(d.directory_cpu_ms_per_1000));
+                    report.push(ROOM_SENDER_CPU, Ok(d.sender_cpu_ms_per_1000));
+                }
+                Err(e) => report.push(ROOM_DEPOSITS, Err(e)),
             }
         }
         if wants("disk") {
