@@ -12,7 +12,9 @@
 #   5. c2 cut off (docker network disconnect) in the middle of a conversation: c1's next
 #      messages are `queued` within a bound; after docker network connect, c2 receives them
 #      all, once, in order, and the conversation carries on;
-#   6. no container's log shows a panic, and no container was restarted behind our back.
+#   6. a room #ops of c1, c2 and c3: c1's room messages reach both, with "room":"#ops"; with c3
+#      stopped they are queued for it, and it gets them from its mailbox when started again;
+#   7. no container's log shows a panic, and no container was restarted behind our back.
 #
 # What each peer received is read from its container's stdout (`docker logs`, stdout only):
 # the JSON Lines of its `listen`. Everything is torn down at the end, also on failure; a failure
@@ -348,7 +350,38 @@ send_all c1 c2 "$run-s5" 7 8 any
 expect_received c2 c1 "$run-s5" 30 "$(lines "$run-s5" 1 3 direct; lines "$run-s5" 4 8 any)"
 
 # ---------------------------------------------------------------------------------------------
-step="step 6 (no panics, nothing restarted, no late duplicates)"
+step="step 6 (a room: c1, c2 and c3; c3 stopped and started again)"
+log "$step"
+out=$(peer_cmd c1 room create '#ops' 2>&1) || fail "c1 room create #ops" "a room line" "$out"
+out=$(peer_cmd c1 room invite '#ops' c2 c3 2>&1) || fail "c1 room invite #ops c2 c3" "a room line" "$out"
+grep -q '"name":"c3"' <<<"$out" || fail "c1 room invite #ops c2 c3" "c2 and c3 members" "$out"
+send_all c1 '#ops' "$run-r" 1 2 any
+expect_received c2 c1 "$run-r" 30 "$(lines "$run-r" 1 2 any)"
+expect_received c3 c1 "$run-r" 30 "$(lines "$run-r" 1 2 any)"
+dc stop -t 10 c3 >/dev/null 2>&1
+wait_for 30 is_offline c1 c3 || fail "whois c3 after stopping it" "online: false" \
+  "$(peer_cmd c1 whois c3 2>&1)"
+# Delivered to c2, queued for c3: the room's `sent` line says queued.
+send_all c1 '#ops' "$run-r" 3 4 queued
+dc start c3 >/dev/null 2>&1
+expect_received c3 c1 "$run-r" 60 "$(lines "$run-r" 1 2 any; lines "$run-r" 3 4 mailbox)"
+expect_received c2 c1 "$run-r" 30 "$(lines "$run-r" 1 4 any)"
+for s in c2 c3; do
+  outside=$(stdout_of "$s" | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        o = json.loads(line)
+    except ValueError:
+        continue
+    if o.get("type") == "message" and o.get("body", "").startswith(sys.argv[1]) and o.get("room") != "#ops":
+        print(o["body"], o.get("room"))
+' "$run-r")
+  [ -z "$outside" ] || fail "$s's room messages" 'every one with "room":"#ops"' "$outside"
+done
+
+# ---------------------------------------------------------------------------------------------
+step="step 7 (no panics, nothing restarted, no late duplicates)"
 log "$step"
 for s in "${services[@]}"; do
   panics=$(timeout 20 docker logs "${cid[$s]}" 2>&1 | grep -iE 'panicked|RUST_BACKTRACE|stack backtrace' || true)
@@ -362,3 +395,5 @@ expect_received c2 c1 "$run-s1-c1" 1 "$(lines "$run-s1-c1" 1 "$n1" direct)"
 expect_received c1 c2 "$run-s1-c2" 1 "$(lines "$run-s1-c2" 1 "$n1" direct)"
 expect_received c3 c1 "$run-s2" 1 "$(lines "$run-s2" 1 5 mailbox)"
 expect_received c2 c1 "$run-s5" 1 "$(lines "$run-s5" 1 3 direct; lines "$run-s5" 4 8 any)"
+expect_received c2 c1 "$run-r" 1 "$(lines "$run-r" 1 4 any)"
+expect_received c3 c1 "$run-r" 1 "$(lines "$run-r" 1 2 any; lines "$run-r" 3 4 mailbox)"
