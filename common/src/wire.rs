@@ -396,6 +396,15 @@ pub enum DirectoryEvent {
     /// A room we are in (or were in until this op) changed. No ack: a peer that missed it
     /// reads the log ([`DirectoryRequest::RoomLog`]).
     RoomOp(Op),
+    /// A member of a room we are in came online or went offline. No ack.
+    RoomPresence {
+        /// The room.
+        room: RoomName,
+        /// The member.
+        name: Name,
+        /// Online now, or offline.
+        online: bool,
+    },
 }
 
 /// Written by the peer on the event stream.

@@ -14,7 +14,10 @@ use common::{
     wire::{DirectoryEvent, ErrorCode},
     KeyId, Name,
 };
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 use tokio::sync::Mutex;
 use tracing::{debug, warn};
 
@@ -24,6 +27,9 @@ use tracing::{debug, warn};
 #[derive(Default)]
 pub struct Rooms {
     rosters: Mutex<HashMap<RoomName, Known>>,
+    /// The rooms each name is a member of, of those in `rosters`: whom to tell when it comes
+    /// online or goes offline.
+    member_of: std::sync::Mutex<HashMap<Name, HashSet<RoomName>>>,
 }
 
 /// A room as the directory keeps it in memory.
@@ -138,6 +144,7 @@ impl Rooms {
         }
         debug!(room = %op.room, version = op.version, "room op stored");
         next.note(&op);
+        self.index(&op.room, &next.roster, &told);
         for name in next.roster.members.keys().chain(&told) {
             if let Some(online) = shared.registry.get(name) {
                 // A full queue means the member is not reading its events; it reads the log.
@@ -146,6 +153,55 @@ impl Rooms {
         }
         rosters.insert(op.room.clone(), next);
         Ok(())
+    }
+
+    /// Tells the online members of the rooms `name` is in that it came online or went
+    /// offline (of the rooms this directory has read since it started: every member reads its
+    /// rooms' logs when it connects).
+    pub async fn presence(&self, shared: Parts<'_>, name: &Name, online: bool) {
+        let rooms: Vec<RoomName> = {
+            let member_of = self.member_of.lock().unwrap_or_else(|e| e.into_inner());
+            member_of.get(name).into_iter().flatten().cloned().collect()
+        };
+        if rooms.is_empty() {
+            return;
+        }
+        let rosters = self.rosters.lock().await;
+        for room in rooms {
+            let Some(known) = rosters.get(&room) else {
+                continue;
+            };
+            for member in known.roster.members.keys().filter(|m| *m != name) {
+                if let Some(peer) = shared.registry.get(member) {
+                    let event = DirectoryEvent::RoomPresence {
+                        room: room.clone(),
+                        name: name.clone(),
+                        online,
+                    };
+                    // Presence is a courtesy: a member whose queue is full misses it.
+                    let _ = peer.events.try_send(event);
+                }
+            }
+        }
+    }
+
+    /// Notes who is in `room` now, and that `gone` are not.
+    fn index(&self, room: &RoomName, roster: &Roster, gone: &[Name]) {
+        let mut member_of = self.member_of.lock().unwrap_or_else(|e| e.into_inner());
+        for name in gone {
+            if let Some(rooms) = member_of.get_mut(name) {
+                rooms.remove(room);
+                if rooms.is_empty() {
+                    member_of.remove(name);
+                }
+            }
+        }
+        for name in roster.members.keys() {
+            member_of
+                .entry(name.clone())
+                .or_default()
+                .insert(room.clone());
+        }
     }
 
     /// The ops of `room` after `after`, a page at a time. A private room's log is only for its
@@ -163,6 +219,7 @@ impl Rooms {
             let known = roster(shared, &mut rosters, room)
                 .await?
                 .ok_or(ErrorCode::UnknownRoom)?;
+            self.index(room, &known.roster, &[]);
             match known.removed.get(asker.name) {
                 _ if known.roster.kind == Kind::Public => None,
                 _ if known.roster.has(asker.name, &asker.key) => None,

@@ -174,7 +174,8 @@ pub async fn handle(
     Ok(response.into())
 }
 
-fn rooms_parts(shared: &Shared) -> RoomParts<'_> {
+/// What the rooms use of the directory's state.
+pub fn rooms_parts(shared: &Shared) -> RoomParts<'_> {
     RoomParts {
         store: &shared.store,
         registry: &shared.registry,
@@ -242,7 +243,7 @@ async fn register(shared: &Shared, caller: &Caller, hello: Hello) -> Result<Repl
         caller.reach.clone(),
         published.identity,
     );
-    if let Some(old) = shared.registry.insert(name, entry) {
+    if let Some(old) = shared.registry.insert(name.clone(), entry) {
         if old.link.id() != caller.link.id() {
             info!("replacing an older connection for the same name");
             old.link
@@ -250,6 +251,8 @@ async fn register(shared: &Shared, caller: &Caller, hello: Hello) -> Result<Repl
         }
     }
     info!(key = %caller.key.short(), heartbeat_ms, "online");
+    let rooms = rooms_parts(shared);
+    shared.rooms.presence(rooms, &name, true).await;
     Ok(Reply {
         response: registered,
         online: Some(feed),

@@ -113,6 +113,8 @@ pub async fn run(
         let _ = shared.writer.set_last_seen(name.clone(), now_ms()).await;
         if shared.registry.remove_if(name, conn.stable_id()) {
             info!("offline");
+            let rooms = service::rooms_parts(&shared);
+            shared.rooms.presence(rooms, name, false).await;
         }
     }
     // The connection is closed (on shutdown the server closes it), so its streams and its

@@ -3,7 +3,7 @@
 
 use crate::{
     history::{HistoryEntry, HistoryState},
-    inbox::{RoomNotice, Via},
+    inbox::{RoomEvent, RoomNotice, Via},
     links::DirectPath,
     outbox::{Sent, Status},
     rooms::{RoomSent, RoomView},
@@ -108,14 +108,16 @@ impl Console {
         line
     }
 
-    /// The line for a change of a room's membership.
+    /// The line for a change of a room: its membership, or a member's presence.
     pub fn room_notice(&self, n: &RoomNotice) -> String {
-        let (event, name, by) = match &n.change {
-            Change::Created(name) => ("created", name, None),
-            Change::Joined(name) => ("joined", name, None),
-            Change::Invited { name, by } => ("invited", name, Some(by)),
-            Change::Left(name) => ("left", name, None),
-            Change::Kicked { name, by } => ("kicked", name, Some(by)),
+        let (event, name, by) = match &n.event {
+            RoomEvent::Changed(Change::Created(name)) => ("created", name, None),
+            RoomEvent::Changed(Change::Joined(name)) => ("joined", name, None),
+            RoomEvent::Changed(Change::Invited { name, by }) => ("invited", name, Some(by)),
+            RoomEvent::Changed(Change::Left(name)) => ("left", name, None),
+            RoomEvent::Changed(Change::Kicked { name, by }) => ("kicked", name, Some(by)),
+            RoomEvent::Online(name) => ("online", name, None),
+            RoomEvent::Offline(name) => ("offline", name, None),
         };
         if self.json {
             return json!({
@@ -128,11 +130,13 @@ impl Console {
             })
             .to_string();
         }
-        let what = match (&n.change, by) {
-            (Change::Created(_), _) => "created the room".to_string(),
-            (Change::Invited { .. }, Some(by)) => format!("was invited by {}", self.name(by)),
-            (Change::Kicked { .. }, Some(by)) => format!("was removed by {}", self.name(by)),
-            (Change::Left(_), _) => "left".into(),
+        let what = match (event, by) {
+            ("created", _) => "created the room".to_string(),
+            ("invited", Some(by)) => format!("was invited by {}", self.name(by)),
+            ("kicked", Some(by)) => format!("was removed by {}", self.name(by)),
+            ("online", _) => "is online".into(),
+            ("offline", _) => "went offline".into(),
+            ("left", _) => "left".into(),
             _ => "joined".into(),
         };
         format!(

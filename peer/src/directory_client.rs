@@ -123,6 +123,15 @@ pub enum FromDirectory {
     Introduction(Introduction),
     /// A room we are in (or were just invited into, or removed from) changed.
     RoomOp(common::room::Op),
+    /// A member of a room we are in came online or went offline.
+    RoomPresence {
+        /// The room.
+        room: common::room::RoomName,
+        /// The member.
+        name: Name,
+        /// Online now.
+        online: bool,
+    },
 }
 
 /// One piece of mail from the mailbox.
@@ -895,6 +904,10 @@ async fn serve_events(
             // Nothing is owed for a room's op: a member that misses one reads the log.
             Ok(Some(DirectoryEvent::RoomOp(op))) => {
                 let _ = pushed.try_send(FromDirectory::RoomOp(op));
+                continue;
+            }
+            Ok(Some(DirectoryEvent::RoomPresence { room, name, online })) => {
+                let _ = pushed.try_send(FromDirectory::RoomPresence { room, name, online });
                 continue;
             }
             Ok(Some(DirectoryEvent::MailboxIdle)) => {

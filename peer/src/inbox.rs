@@ -76,10 +76,21 @@ pub struct ReceivedFile {
 pub struct RoomNotice {
     /// The room.
     pub room: RoomName,
-    /// What changed.
-    pub change: Change,
-    /// When, by the clock of who changed it (ms since the epoch).
+    /// What happened.
+    pub event: RoomEvent,
+    /// When: by the clock of who changed the room, or ours for presence (ms since the epoch).
     pub at_ms: u64,
+}
+
+/// What happened in a room.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum RoomEvent {
+    /// Its membership changed (an op of its log).
+    Changed(Change),
+    /// A member came online.
+    Online(Name),
+    /// A member went offline.
+    Offline(Name),
 }
 
 /// A message waiting to be shown. Call [`Incoming::shown`] once the user can see it: only then

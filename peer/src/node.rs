@@ -482,6 +482,9 @@ async fn take_pushed(
             }
             // In order, on this task: a room's notices come in the order of its log.
             FromDirectory::RoomOp(op) => to.rooms.pushed(op).await,
+            FromDirectory::RoomPresence { room, name, online } => {
+                to.rooms.presence(&room, &name, online).await
+            }
         }
     }
 }

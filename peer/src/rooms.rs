@@ -13,7 +13,7 @@ use crate::{
     contacts::Contacts,
     directory_client::{DirectoryClient, DirectoryError},
     failure::Failure,
-    inbox::{Inbox, RoomNotice},
+    inbox::{Inbox, RoomEvent, RoomNotice},
     letters::Letters,
 };
 use common::{
@@ -413,6 +413,29 @@ impl Rooms {
         }
     }
 
+    /// Shows that `name` came online or went offline in `room`, if it is a member there and
+    /// so are we (the directory tells presence; it cannot add a member by it).
+    pub async fn presence(&self, room: &RoomName, name: &Name, online: bool) {
+        let shared = {
+            let chains = self.inner.chains.lock().await;
+            chains.get(room).is_some_and(|c| {
+                c.roster.members.contains_key(name) && c.roster.members.contains_key(&self.inner.me)
+            })
+        };
+        if shared {
+            let event = match online {
+                true => RoomEvent::Online(name.clone()),
+                false => RoomEvent::Offline(name.clone()),
+            };
+            let notice = RoomNotice {
+                room: room.clone(),
+                event,
+                at_ms: common::now_ms(),
+            };
+            self.tell(vec![notice]).await;
+        }
+    }
+
     /// Whether `name`, proven to hold `key`, may post in `room`, in a message it sent by the
     /// room's log at `version`: it is a member by our roster, and so are we (what is said
     /// after we left is not for us). When our roster is behind the sender's, or does not have
@@ -510,7 +533,7 @@ fn member_keys(me: &Name, chains: &HashMap<RoomName, Chain>) -> Vec<KeyId> {
 fn notice(op: &Op, change: Change) -> RoomNotice {
     RoomNotice {
         room: op.room.clone(),
-        change,
+        event: RoomEvent::Changed(change),
         at_ms: op.at_ms,
     }
 }

@@ -86,6 +86,20 @@ fn a_private_room_is_for_its_members_only() -> Result<()> {
         "members: {members_seen:?}"
     );
 
+    // Members coming online and going offline show in the room.
+    let mut c1 = net.listen("c1")?;
+    c2.wait_json("c1 online in #ops", SHORT, |v| {
+        is_type(v, "room_event") && v["event"] == "online" && v["name"] == "c1"
+    })?;
+    c1.stop_with(Sig::SIGTERM)?;
+    c2.wait_json("c1 offline in #ops", SHORT, |v| {
+        is_type(v, "room_event") && v["event"] == "offline" && v["name"] == "c1"
+    })?;
+    ensure!(
+        !c3.json_lines().iter().any(|v| is_type(v, "room_event")),
+        "c3, not a member, was told of #ops"
+    );
+
     room(&net, "c2", &["leave", "#ops"])?;
     let after = say(&net, "c1", "#ops", "after c2 left")?.success()?;
     let after = after.one_of_type("sent")?;
