@@ -9,6 +9,7 @@ use crate::{
     console::{print_line, Console},
     contacts::Standing,
     line::{parse, Input, HELP},
+    rooms::RoomCommand,
     service::Update,
     session::Session,
     signals::shutdown_signal,
@@ -19,11 +20,12 @@ use common::Name;
 use std::io::IsTerminal;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-/// Runs the conversation with `with`: a peer, or a room (line mode only, for now).
+/// Runs the conversation with `with`: a peer, or a room.
 pub async fn run(session: Session, console: Console, with: Target) -> Result<()> {
-    match with {
-        Target::Peer(name) if full_screen(console.json) => crate::tui::run(session, name).await,
-        with => lines(session, console, with).await,
+    if full_screen(console.json) {
+        crate::tui::run(session, with).await
+    } else {
+        lines(session, console, with).await
     }
 }
 
@@ -90,6 +92,15 @@ async fn lines(mut session: Session, console: Console, mut with: Target) -> Resu
                         if accept { Standing::Accepted } else { Standing::Blocked },
                     ),
                     Some(Input::Who) => known.0.iter().for_each(|n| session.whois(n.clone())),
+                    Some(Input::Room(line)) => match line.command(with.room()) {
+                        Ok(command) => {
+                            if let RoomCommand::Join { room } = &command {
+                                with = Target::Room(room.clone());
+                            }
+                            session.room(command);
+                        }
+                        Err(e) => eprintln!("{e}"),
+                    },
                     Some(Input::Help) => eprintln!("{HELP}"),
                     Some(Input::Quit) => eof = true,
                     Some(Input::Bad(e)) => eprintln!("{e}"),
@@ -158,7 +169,13 @@ async fn lines(mut session: Session, console: Console, mut with: Target) -> Resu
                     }
                 }
                 Some(Update::Room(notice)) => print_line(&console.room_notice(&notice))?,
-                Some(Update::Rooms(_) | Update::MailboxIdle | Update::Directory { .. }) => {}
+                Some(Update::Rooms(Ok(rooms))) => {
+                    for room in rooms {
+                        print_line(&console.room(&room))?;
+                    }
+                }
+                Some(Update::Rooms(Err(e))) => eprintln!("peer: {e}"),
+                Some(Update::MailboxIdle | Update::Directory { .. }) => {}
                 None => break Err(anyhow!("the running peer stopped")),
             },
             _ = &mut shutdown => break Ok(()),

@@ -1,13 +1,15 @@
 //! What a typed line means, in the terminal client and in `chat`'s line mode alike: a message,
 //! or a `/command`.
 
-use common::Name;
+use crate::rooms::RoomCommand;
+use common::{room::RoomName, Name};
 use std::path::PathBuf;
 
 /// The commands, in one line, for line mode.
 pub(crate) const HELP: &str =
     "commands: /to NAME or /to #ROOM (talk to NAME, or in ROOM), /who (presence of known peers), \
-                    /file PATH (send a file), /accept NAME, /block NAME (contacts), /help, /quit";
+                    /file PATH (send a file), /accept NAME, /block NAME (contacts), \
+                    /join #ROOM, /leave, /invite NAME..., /kick NAME, /members (rooms), /help, /quit";
 
 /// A line of input: a message or a command.
 pub(crate) enum Input {
@@ -17,9 +19,45 @@ pub(crate) enum Input {
     /// Accept (true) or block (false) a name.
     Contact(Name, bool),
     Who,
+    /// A room command; those without a room are for the room shown.
+    Room(RoomLine),
     Help,
     Quit,
     Bad(String),
+}
+
+/// A room command as typed.
+pub(crate) enum RoomLine {
+    Join(RoomName),
+    Leave(Option<RoomName>),
+    Invite(Vec<Name>),
+    Kick(Name),
+    Members(Option<RoomName>),
+}
+
+impl RoomLine {
+    /// The command, for the room named or, failing that, `shown` (the conversation shown, if
+    /// it is a room).
+    pub(crate) fn command(self, shown: Option<&RoomName>) -> Result<RoomCommand, String> {
+        let room = |named: Option<RoomName>| {
+            named
+                .or_else(|| shown.cloned())
+                .ok_or_else(|| "not in a room: /to #ROOM first, or name the room".to_string())
+        };
+        Ok(match self {
+            RoomLine::Join(room) => RoomCommand::Join { room },
+            RoomLine::Leave(named) => RoomCommand::Leave { room: room(named)? },
+            RoomLine::Invite(names) => RoomCommand::Invite {
+                room: room(None)?,
+                names,
+            },
+            RoomLine::Kick(name) => RoomCommand::Kick {
+                room: room(None)?,
+                name,
+            },
+            RoomLine::Members(named) => RoomCommand::Members { room: room(named)? },
+        })
+    }
 }
 
 /// What a typed line means; `None` for a blank one.
@@ -49,6 +87,34 @@ pub(crate) fn parse(line: &str) -> Option<Input> {
             Err(e) => Input::Bad(format!("invalid name {name:?}: {e}")),
         },
         (Some("/who"), None) => Input::Who,
+        (Some("/join"), Some(room)) => match room.parse() {
+            Ok(room) => Input::Room(RoomLine::Join(room)),
+            Err(e) => Input::Bad(format!("invalid room {room:?}: {e}")),
+        },
+        (Some(command @ ("/leave" | "/members")), room) => {
+            let room = match room.map(str::parse).transpose() {
+                Ok(room) => room,
+                Err(e) => return Some(Input::Bad(format!("invalid room: {e}"))),
+            };
+            Input::Room(match command {
+                "/leave" => RoomLine::Leave(room),
+                _ => RoomLine::Members(room),
+            })
+        }
+        (Some("/invite"), Some(first)) => {
+            let names: Result<Vec<Name>, _> = std::iter::once(first)
+                .chain(words)
+                .map(|n| Name::new(n).map_err(|e| format!("invalid name {n:?}: {e}")))
+                .collect();
+            match names {
+                Ok(names) => Input::Room(RoomLine::Invite(names)),
+                Err(e) => Input::Bad(e),
+            }
+        }
+        (Some("/kick"), Some(name)) => match Name::new(name) {
+            Ok(name) => Input::Room(RoomLine::Kick(name)),
+            Err(e) => Input::Bad(format!("invalid name {name:?}: {e}")),
+        },
         (Some("/help"), _) => Input::Help,
         (Some("/quit"), _) => Input::Quit,
         _ => Input::Bad(format!("unknown command {trimmed:?}; {HELP}")),

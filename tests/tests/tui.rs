@@ -218,3 +218,57 @@ fn failures_say_what_went_wrong_and_what_to_do() -> Result<()> {
     chat.wait_clean_exit(EXIT)?;
     net.assert_no_panics()
 }
+
+/// A room in the full-screen client: `peer chat '#ops'` opens it, members' messages show in
+/// it with their senders, a typed line goes to every member, `/members` answers in it, and
+/// another member joining shows as a notice.
+#[test]
+fn a_room_on_a_terminal() -> Result<()> {
+    let net = Net::new()?;
+    for who in ["c1", "c2", "c3"] {
+        net.register(who)?;
+    }
+    let room = |who: &str, args: &[&str]| -> Result<()> {
+        net.peer(who)
+            .json()
+            .args(["room"])
+            .args(args)
+            .run(SHORT)?
+            .success()?;
+        Ok(())
+    };
+    room("c1", &["create", "#ops", "--public"])?;
+    room("c1", &["invite", "#ops", "c2"])?;
+    let mut c2 = net.listen("c2")?;
+    let chat = net
+        .peer("c1")
+        .args(["chat", "#ops"])
+        .tmux(net.root(), 120, 40)?;
+    chat.wait_text("#ops · 2 members", SHOWN)?;
+
+    net.peer("c2")
+        .args(["send", "#ops", "hello room"])
+        .run(SHORT)?
+        .success()?;
+    chat.wait_text("c2: hello room", SHOWN)?;
+
+    chat.line("hi everyone")?;
+    let got = c2.wait_json("c1's room message", SHORT, |v| {
+        is_message_from(v, "c1") && v["room"] == "#ops"
+    })?;
+    ensure!(body(&got) == "hi everyone", "c2 got {got}");
+    chat.wait_for("the room message delivered", SHOWN, |s| {
+        s.lines()
+            .any(|l| l.contains("c1: hi everyone") && l.contains("✓ delivered"))
+    })?;
+
+    room("c3", &["join", "#ops"])?;
+    chat.wait_text("c3 joined", SHOWN)?;
+    chat.line("/members")?;
+    chat.wait_text("#ops (public, 3 members)", SHOWN)?;
+
+    chat.keys(&["C-c"])?;
+    chat.wait_clean_exit(EXIT)?;
+    c2.stop_with(Sig::SIGTERM)?;
+    net.assert_no_panics()
+}

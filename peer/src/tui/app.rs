@@ -9,11 +9,14 @@ use crate::{
     failure::Failure,
     files::FileSent,
     history::{HistoryEntry, HistoryState},
-    inbox::Via,
+    inbox::{RoomEvent, RoomNotice, Via},
     outbox::{SendFailed, Sent},
+    rooms::{RoomCommand, RoomSent, RoomView},
+    target::Target,
 };
 use common::{
     now_ms,
+    room::{Change, RoomName},
     wire::{ChatMessage, MessageId, PeerInfo},
     Name,
 };
@@ -27,13 +30,16 @@ use std::{
 const RECONNECTED_SHOWN: Duration = Duration::from_secs(5);
 
 /// The commands, for `/help` and Tab.
-pub(crate) const COMMANDS: [&str; 7] = [
-    "/to", "/who", "/file", "/accept", "/block", "/help", "/quit",
+pub(crate) const COMMANDS: [&str; 12] = [
+    "/to", "/who", "/file", "/accept", "/block", "/join", "/leave", "/invite", "/kick", "/members",
+    "/help", "/quit",
 ];
 
 /// The help text, one line per entry.
-pub(crate) const HELP: [&str; 10] = [
-    "/to NAME    talk to NAME (opens the conversation)",
+pub(crate) const HELP: [&str; 12] = [
+    "/to NAME    talk to NAME (opens the conversation);  /to #ROOM  talk in a room you are in",
+    "/join #ROOM  join a public room;  /leave  leave the room shown;  /members  who is in it",
+    "/invite NAME...  /kick NAME   add or remove members of the room shown (its admins)",
     "/who        presence of every peer in the list",
     "/file PATH  send a file (direct; small ones go to the mailbox if NAME is away)",
     "/accept NAME  a contact: may reach you directly; its messages are no longer requests",
@@ -83,11 +89,13 @@ pub(crate) enum Entry {
     },
 }
 
-/// One conversation.
+/// One conversation: with a peer, or in a room.
 #[derive(Debug)]
 pub(crate) struct Conversation {
     /// The other side.
-    pub(crate) name: Name,
+    pub(crate) target: Target,
+    /// A room's members, as last heard (for Tab).
+    pub(crate) members: Vec<Name>,
     /// Its lines, oldest first.
     pub(crate) entries: Vec<Entry>,
     /// Messages received while another conversation was shown.
@@ -100,9 +108,10 @@ pub(crate) struct Conversation {
 }
 
 impl Conversation {
-    fn new(name: Name) -> Self {
+    fn new(target: Target) -> Self {
         Self {
-            name,
+            target,
+            members: Vec::new(),
             entries: Vec::new(),
             unread: 0,
             presence: Presence::Unknown,
@@ -116,14 +125,16 @@ impl Conversation {
 pub(crate) enum Action {
     /// Nothing more.
     None,
-    /// Send this text to that peer.
-    Send(Name, String),
+    /// Send this text to that peer or room.
+    Send(Target, String),
     /// Ask for the presence of these peers and show the answers.
     Who(Vec<Name>),
     /// Send this file to that peer.
     SendFile(Name, PathBuf),
     /// Accept or block that peer.
     Contact(Name, Standing),
+    /// A room command.
+    Room(RoomCommand),
     /// Leave.
     Quit,
 }
@@ -155,7 +166,7 @@ pub(crate) struct App {
 
 impl App {
     /// A client for `me`, showing the conversation with `with`.
-    pub(crate) fn new(me: Name, with: Name) -> Self {
+    pub(crate) fn new(me: Name, with: Target) -> Self {
         Self {
             me,
             conversations: vec![Conversation::new(with)],
@@ -217,13 +228,18 @@ impl App {
         &self.conversations[self.current]
     }
 
-    /// The index of the conversation with `name`, opened at the end of the list if new.
-    pub(crate) fn open(&mut self, name: &Name) -> usize {
-        if let Some(i) = self.conversations.iter().position(|c| c.name == *name) {
+    /// The index of the conversation with `target`, opened at the end of the list if new.
+    pub(crate) fn open(&mut self, target: &Target) -> usize {
+        if let Some(i) = self.conversations.iter().position(|c| c.target == *target) {
             return i;
         }
-        self.conversations.push(Conversation::new(name.clone()));
+        self.conversations.push(Conversation::new(target.clone()));
         self.conversations.len() - 1
+    }
+
+    /// The room shown, if the conversation shown is a room.
+    pub(crate) fn shown_room(&self) -> Option<&RoomName> {
+        self.shown().target.room()
     }
 
     /// Shows conversation `i`.
@@ -236,7 +252,7 @@ impl App {
     }
 
     /// Puts earlier messages (from the local history) before what the conversation holds.
-    pub(crate) fn load_history(&mut self, with: &Name, entries: Vec<HistoryEntry>) {
+    pub(crate) fn load_history(&mut self, with: &Target, entries: Vec<HistoryEntry>) {
         let i = self.open(with);
         let conv = &mut self.conversations[i];
         let mut earlier: Vec<Entry> = entries
@@ -269,9 +285,13 @@ impl App {
         });
     }
 
-    /// A message came in.
-    pub(crate) fn incoming(&mut self, m: &ChatMessage, via: Via) {
-        let i = self.open(&m.from);
+    /// A message came in, to us or in `room`.
+    pub(crate) fn incoming(&mut self, m: &ChatMessage, room: Option<&RoomName>, via: Via) {
+        let target = match room {
+            Some(room) => Target::Room(room.clone()),
+            None => Target::Peer(m.from.clone()),
+        };
+        let i = self.open(&target);
         let conv = &mut self.conversations[i];
         conv.entries.push(Entry::Message {
             id: Some(m.id),
@@ -286,7 +306,7 @@ impl App {
     }
 
     /// We sent `body` to `to`; its outcome comes with [`App::outcome`].
-    pub(crate) fn submitted(&mut self, to: &Name, body: String) {
+    pub(crate) fn submitted(&mut self, to: &Target, body: String) {
         let i = self.open(to);
         let me = self.me.clone();
         let conv = &mut self.conversations[i];
@@ -317,7 +337,7 @@ impl App {
                 None,
             ),
         };
-        let i = self.open(to);
+        let i = self.open(&Target::Peer(to.clone()));
         if let Err(SendFailed { failure, .. }) = result {
             if let Some(hint) = failure.hint() {
                 self.notice_in(i, format!("{failure}: {hint}"), true);
@@ -339,7 +359,8 @@ impl App {
 
     /// `from` took these queued messages of ours from its mailbox.
     pub(crate) fn receipt(&mut self, from: &Name, delivered: &[MessageId], at_ms: u64) {
-        let Some(conv) = self.conversations.iter_mut().find(|c| c.name == *from) else {
+        let from = Target::Peer(from.clone());
+        let Some(conv) = self.conversations.iter_mut().find(|c| c.target == from) else {
             return;
         };
         for entry in conv.entries.iter_mut().rev() {
@@ -362,7 +383,7 @@ impl App {
     pub(crate) fn file_outcome(&mut self, result: Result<&FileSent, &Failure>) {
         match result {
             Ok(f) => {
-                let i = self.open(&f.to);
+                let i = self.open(&Target::Peer(f.to.clone()));
                 let text = match f.path {
                     Some(path) => format!(
                         "✓ file delivered to {} ({} bytes, direct, {})",
@@ -378,9 +399,105 @@ impl App {
         }
     }
 
-    /// The names of the conversations, for polling presence.
+    /// The peers of the conversations, for polling presence.
     pub(crate) fn names(&self) -> Vec<Name> {
-        self.conversations.iter().map(|c| c.name.clone()).collect()
+        (self.conversations.iter())
+            .filter_map(|c| c.target.peer().cloned())
+            .collect()
+    }
+
+    /// The outcome of the oldest pending message in a room (the room named by the failure,
+    /// or else the first room with one pending).
+    pub(crate) fn room_outcome(&mut self, result: Result<&RoomSent, &Failure>) {
+        let room = match result {
+            Ok(sent) => Some(sent.room.clone()),
+            Err(Failure::NotAMember { room } | Failure::PostingTooFast { room, .. }) => {
+                Some(room.clone())
+            }
+            Err(_) => None,
+        };
+        let i = match room {
+            Some(room) => self.open(&Target::Room(room)),
+            None => match (self.conversations.iter())
+                .position(|c| c.target.room().is_some() && !c.pending.is_empty())
+            {
+                Some(i) => i,
+                None => {
+                    let text = result.err().map_or(String::new(), |f| f.to_string());
+                    return self.notice(text, true);
+                }
+            },
+        };
+        let (state, note) = match result {
+            Ok(sent) => {
+                let members = sent.delivered + sent.queued + sent.failed.len() as u32;
+                let state = match (sent.queued, sent.failed.is_empty(), sent.delivered) {
+                    (_, false, 0) if sent.queued == 0 => HistoryState::Failed {
+                        reason: format!("sent to none of {members}"),
+                    },
+                    (0, true, _) => HistoryState::Delivered { path: None },
+                    _ => HistoryState::Queued,
+                };
+                let note = (sent.queued > 0 || !sent.failed.is_empty()).then(|| {
+                    let mut text = format!(
+                        "delivered to {} of {members}, {} queued",
+                        sent.delivered, sent.queued
+                    );
+                    for (name, why) in &sent.failed {
+                        text.push_str(&format!("; not to {name}: {why}"));
+                    }
+                    (text, !sent.failed.is_empty())
+                });
+                (state, note)
+            }
+            Err(failure) => (
+                HistoryState::Failed {
+                    reason: failure.to_string(),
+                },
+                failure
+                    .hint()
+                    .map(|hint| (format!("{failure}: {hint}"), true)),
+            ),
+        };
+        let conv = &mut self.conversations[i];
+        if let Some(at) = conv.pending.pop_front() {
+            if let Some(Entry::Message { state: s, id, .. }) = conv.entries.get_mut(at) {
+                *s = state;
+                *id = result.ok().map(|sent| sent.id);
+            }
+        }
+        if let Some((text, alarm)) = note {
+            self.notice_in(i, text, alarm);
+        }
+    }
+
+    /// A room's membership or a member's presence changed: a notice in the room.
+    pub(crate) fn room_notice(&mut self, n: &RoomNotice, line: String) {
+        let i = self.open(&Target::Room(n.room.clone()));
+        let members = &mut self.conversations[i].members;
+        match &n.event {
+            RoomEvent::Changed(Change::Created(name) | Change::Joined(name))
+            | RoomEvent::Changed(Change::Invited { name, .. }) => {
+                if !members.contains(name) {
+                    members.push(name.clone());
+                }
+            }
+            RoomEvent::Changed(Change::Left(name) | Change::Kicked { name, .. }) => {
+                members.retain(|m| m != name)
+            }
+            RoomEvent::Online(_) | RoomEvent::Offline(_) => {}
+        }
+        self.notice_in(i, line, false);
+    }
+
+    /// The answer to a room command: each room's members, for Tab, and a line about it.
+    pub(crate) fn rooms(&mut self, views: &[RoomView], line: impl Fn(&RoomView) -> String) {
+        for view in views {
+            let i = self.open(&Target::Room(view.room.clone()));
+            self.conversations[i].members = view.members.iter().map(|m| m.name.clone()).collect();
+            let text = line(view);
+            self.notice_in(i, text, false);
+        }
     }
 
     /// A presence answer: updates the list, says so in the conversation when it changed, and
@@ -391,7 +508,8 @@ impl App {
         } else {
             Presence::Offline(info.last_seen_ms)
         };
-        let Some(i) = self.conversations.iter().position(|c| c.name == info.name) else {
+        let target = Target::Peer(info.name.clone());
+        let Some(i) = self.conversations.iter().position(|c| c.target == target) else {
             return;
         };
         let before = std::mem::replace(&mut self.conversations[i].presence, now.clone());
@@ -438,30 +556,42 @@ impl App {
                 Some(crate::line::Input::Text(text)) => {
                     // A pasted block often ends with a line break that means nothing.
                     let text = text.trim_matches('\n').to_string();
-                    let to = self.shown().name.clone();
+                    let to = self.shown().target.clone();
                     self.scroll = 0;
                     Action::Send(to, text)
                 }
-                Some(crate::line::Input::To(crate::target::Target::Peer(name))) => {
-                    let i = self.open(&name);
+                Some(crate::line::Input::To(target)) => {
+                    let i = self.open(&target);
                     self.switch_to(i);
-                    Action::None
+                    match target {
+                        // Its members, for Tab, and whether we are in it.
+                        Target::Room(room) => Action::Room(RoomCommand::Members { room }),
+                        Target::Peer(_) => Action::None,
+                    }
                 }
-                Some(crate::line::Input::To(crate::target::Target::Room(room))) => {
-                    self.notice(
-                        format!(
-                            "rooms are not in the full-screen client yet: `peer chat '{room}' | cat` \
-                             talks in {room} line by line"
-                        ),
-                        true,
-                    );
-                    Action::None
-                }
-                Some(crate::line::Input::File(path)) => {
-                    let to = self.shown().name.clone();
-                    self.notice(format!("sending {} to {to}…", path.display()), false);
-                    Action::SendFile(to, path)
-                }
+                Some(crate::line::Input::File(path)) => match self.shown().target.clone() {
+                    Target::Peer(to) => {
+                        self.notice(format!("sending {} to {to}…", path.display()), false);
+                        Action::SendFile(to, path)
+                    }
+                    Target::Room(room) => {
+                        self.notice(format!("files cannot be sent to a room ({room}) yet"), true);
+                        Action::None
+                    }
+                },
+                Some(crate::line::Input::Room(line)) => match line.command(self.shown_room()) {
+                    Ok(command) => {
+                        if let RoomCommand::Join { room } = &command {
+                            let i = self.open(&Target::Room(room.clone()));
+                            self.switch_to(i);
+                        }
+                        Action::Room(command)
+                    }
+                    Err(e) => {
+                        self.notice(e, true);
+                        Action::None
+                    }
+                },
                 Some(crate::line::Input::Who) => {
                     let names = self.names();
                     self.who_pending += names.len();
@@ -494,11 +624,18 @@ impl App {
     /// complete their common prefix and are listed.
     pub(crate) fn complete(&mut self) {
         let (word, first) = self.input.word_before_cursor();
-        let names = self.names();
         let candidates: Vec<String> = if first && word.starts_with('/') {
             COMMANDS.iter().map(|c| c.to_string()).collect()
         } else {
-            names.iter().map(|n| n.to_string()).collect()
+            // Conversations (peers and rooms), and the members of the room shown.
+            let mut words: Vec<String> = (self.conversations.iter())
+                .map(|c| c.target.to_string())
+                .chain(self.shown().members.iter().map(|m| m.to_string()))
+                .filter(|w| *w != self.me.as_str())
+                .collect();
+            words.sort();
+            words.dedup();
+            words
         };
         let matching: Vec<&String> = candidates.iter().filter(|c| c.starts_with(&word)).collect();
         match matching.as_slice() {
@@ -581,8 +718,12 @@ mod tests {
         Name::new(s).expect("valid test name")
     }
 
+    fn peer(s: &str) -> Target {
+        Target::Peer(name(s))
+    }
+
     fn app() -> App {
-        App::new(name("c1"), name("c2"))
+        App::new(name("c1"), peer("c2"))
     }
 
     fn typed(app: &mut App, s: &str) {
@@ -617,10 +758,10 @@ mod tests {
     fn outcomes_settle_messages_per_recipient_in_order() {
         let mut app = app();
         typed(&mut app, "hello");
-        assert_eq!(app.enter(), Action::Send(name("c2"), "hello".into()));
-        app.submitted(&name("c2"), "hello".into());
-        app.submitted(&name("c2"), "again".into());
-        app.submitted(&name("c3"), "elsewhere".into());
+        assert_eq!(app.enter(), Action::Send(peer("c2"), "hello".into()));
+        app.submitted(&peer("c2"), "hello".into());
+        app.submitted(&peer("c2"), "again".into());
+        app.submitted(&peer("c3"), "elsewhere".into());
         assert_eq!(app.outstanding(), 3);
         let failed = SendFailed {
             to: name("c3"),
@@ -657,8 +798,8 @@ mod tests {
             sent_at_ms: now_ms(),
             body: "psst".into(),
         };
-        app.incoming(&m, Via::Direct);
-        app.incoming(&m, Via::Mailbox);
+        app.incoming(&m, None, Via::Direct);
+        app.incoming(&m, None, Via::Mailbox);
         assert_eq!(app.conversations[1].unread, 2);
         typed(&mut app, "/to c3");
         assert_eq!(app.enter(), Action::None);
@@ -741,7 +882,7 @@ mod tests {
     #[test]
     fn tab_completes_commands_and_names() {
         let mut app = app();
-        app.open(&name("carol"));
+        app.open(&peer("carol"));
         typed(&mut app, "/t");
         app.complete();
         assert_eq!(app.input.text(), "/to ");
@@ -762,11 +903,79 @@ mod tests {
         ));
     }
 
+    /// A room is a conversation of its own: `/to #ops` opens it and asks for its members,
+    /// its messages and notices land in it, Tab completes its members, room commands apply to
+    /// it, and a message's outcome says how many members have it.
+    #[test]
+    fn a_room_is_a_conversation_with_members() {
+        let mut app = app();
+        let ops: RoomName = "#ops".parse().expect("room");
+        typed(&mut app, "/leave");
+        assert_eq!(app.enter(), Action::None, "not in a room yet");
+        typed(&mut app, "/to #ops");
+        assert_eq!(
+            app.enter(),
+            Action::Room(RoomCommand::Members { room: ops.clone() })
+        );
+        assert_eq!(app.shown().target, Target::Room(ops.clone()));
+        let joined = RoomNotice {
+            room: ops.clone(),
+            event: RoomEvent::Changed(Change::Joined(name("dave"))),
+            at_ms: now_ms(),
+        };
+        app.room_notice(&joined, "dave joined".into());
+        typed(&mut app, "da");
+        app.complete();
+        assert_eq!(app.input.text(), "dave ");
+        app.input.take();
+        typed(&mut app, "/invite erin frank");
+        assert_eq!(
+            app.enter(),
+            Action::Room(RoomCommand::Invite {
+                room: ops.clone(),
+                names: vec![name("erin"), name("frank")],
+            })
+        );
+        // Back in c2's conversation, a message in the room counts as unread there.
+        app.switch_to(0);
+        let m = ChatMessage {
+            id: MessageId::random(),
+            from: name("dave"),
+            to: name("c1"),
+            sent_at_ms: now_ms(),
+            body: "hi all".into(),
+        };
+        app.incoming(&m, Some(&ops), Via::Direct);
+        let room = app.open(&Target::Room(ops.clone()));
+        assert_eq!(app.conversations[room].unread, 1);
+        assert!(states(&app, 0).is_empty(), "it went to c2");
+        app.switch_to(room);
+        typed(&mut app, "deploying");
+        assert_eq!(
+            app.enter(),
+            Action::Send(Target::Room(ops.clone()), "deploying".into())
+        );
+        app.submitted(&Target::Room(ops.clone()), "deploying".into());
+        let sent = RoomSent {
+            id: MessageId::random(),
+            room: ops,
+            delivered: 1,
+            queued: 1,
+            failed: Vec::new(),
+        };
+        app.room_outcome(Ok(&sent));
+        assert_eq!(states(&app, room).last(), Some(&HistoryState::Queued));
+        assert!(matches!(
+            app.conversations[room].entries.last(),
+            Some(Entry::Notice { text, .. }) if text == "delivered to 1 of 2, 1 queued"
+        ));
+    }
+
     #[test]
     fn receipts_mark_queued_messages_delivered_later() {
         let mut app = app();
-        app.submitted(&name("c2"), "one".into());
-        app.submitted(&name("c2"), "two".into());
+        app.submitted(&peer("c2"), "one".into());
+        app.submitted(&peer("c2"), "two".into());
         let queued = Sent {
             id: MessageId::random(),
             to: name("c2"),
@@ -805,7 +1014,7 @@ mod tests {
         typed(&mut app, "/nope");
         assert_eq!(app.enter(), Action::None);
         typed(&mut app, "//slash");
-        assert_eq!(app.enter(), Action::Send(name("c2"), "/slash".into()));
+        assert_eq!(app.enter(), Action::Send(peer("c2"), "/slash".into()));
         typed(&mut app, "/quit");
         assert_eq!(app.enter(), Action::Quit);
         let n = app.conversations[0].entries.len();

@@ -31,10 +31,9 @@ mod input;
 mod terminal;
 mod view;
 
-use crate::{service::Update, session::Session, signals::shutdown_signal};
+use crate::{service::Update, session::Session, signals::shutdown_signal, target::Target};
 use anyhow::Result;
 use app::{Action, App};
-use common::Name;
 use ratatui::crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use std::{
     io::Write,
@@ -51,13 +50,16 @@ const HISTORY_SHOWN: usize = 200;
 /// Most conversations from the history put in the side list at start.
 const HISTORY_PEERS: usize = 30;
 
-/// Runs the client, talking to `with` first.
-pub async fn run(mut session: Session, with: Name) -> Result<()> {
+/// Runs the client, talking to `with` (a peer or a room) first.
+pub async fn run(mut session: Session, with: Target) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let shutdown = shutdown_signal()?;
     let mut hangup = signal(SignalKind::hangup())?;
     let mut app = App::new(session.name.clone(), with.clone());
     load_history(&session, &mut app, &with).await;
+    if let Target::Room(room) = &with {
+        session.room(crate::rooms::RoomCommand::Members { room: room.clone() });
+    }
     session.attach();
     session.watch_directory();
 
@@ -92,8 +94,12 @@ pub async fn run(mut session: Session, with: Name) -> Result<()> {
                         Action::None => {}
                         Action::Send(to, body) => {
                             app.submitted(&to, body.clone());
-                            session.submit(to, body);
+                            match to {
+                                Target::Peer(name) => session.submit(name, body),
+                                Target::Room(room) => session.submit_room(room, body),
+                            }
                         }
+                        Action::Room(command) => session.room(command),
                         Action::Who(names) => names.into_iter().for_each(|n| session.whois(n)),
                         Action::SendFile(to, path) => session.send_file(to, path),
                         Action::Contact(name, standing) => session.set_contact(name, standing),
@@ -105,16 +111,8 @@ pub async fn run(mut session: Session, with: Name) -> Result<()> {
                     }
                 }
                 update = session.next() => match update {
-                    Some(Update::Message(received)) if received.room.is_some() => {
-                        // Rooms have no window of their own here yet: a line in the notices.
-                        let room = received.room.as_ref().map(|r| r.to_string()).unwrap_or_default();
-                        let body = crate::console::sanitize(&received.message.body);
-                        app.notice(format!("{room} {}: {body}", received.message.from), false);
-                        screen.terminal.draw(|f| view::draw(f, &mut app))?;
-                        received.shown();
-                    }
                     Some(Update::Message(received)) => {
-                        app.incoming(&received.message, received.via);
+                        app.incoming(&received.message, received.room.as_ref(), received.via);
                         screen.terminal.draw(|f| view::draw(f, &mut app))?;
                         received.shown();
                     }
@@ -148,12 +146,13 @@ pub async fn run(mut session: Session, with: Name) -> Result<()> {
                     }
                     Some(Update::Trusted(Err(e))) => app.notice(e.to_string(), true),
                     Some(Update::Room(notice)) => {
-                        let line = crate::console::Console { json: false, colour: false }
-                            .room_notice(&notice);
-                        app.notice(line, false);
+                        let line = PLAIN.room_notice(&notice);
+                        app.room_notice(&notice, line);
                     }
-                    Some(Update::RoomSent(Err(e))) => app.notice(e.to_string(), true),
-                    Some(Update::MailboxIdle | Update::RoomSent(Ok(_)) | Update::Rooms(_)) => {}
+                    Some(Update::RoomSent(result)) => app.room_outcome(result.as_ref()),
+                    Some(Update::Rooms(Ok(views))) => app.rooms(&views, |v| PLAIN.room(v)),
+                    Some(Update::Rooms(Err(e))) => app.notice(e.to_string(), true),
+                    Some(Update::MailboxIdle) => {}
                     Some(Update::Directory { addr, status }) => {
                         app.directory(addr, status, Instant::now());
                         if app.directory_up() {
@@ -188,18 +187,24 @@ pub async fn run(mut session: Session, with: Name) -> Result<()> {
     result
 }
 
+/// Plain lines (no colour codes: the client colours by itself), for notices.
+const PLAIN: crate::console::Console = crate::console::Console {
+    json: false,
+    colour: false,
+};
+
 /// Puts the conversations of the history in the side list, with their earlier messages.
-async fn load_history(session: &Session, app: &mut App, with: &Name) {
-    let mut names = vec![with.clone()];
+async fn load_history(session: &Session, app: &mut App, with: &Target) {
+    let mut targets = vec![with.clone()];
     for name in session.history_peers().into_iter().take(HISTORY_PEERS) {
-        if !names.contains(&name) {
-            names.push(name);
+        let target = Target::Peer(name);
+        if !targets.contains(&target) {
+            targets.push(target);
         }
     }
-    for name in names {
-        let with = crate::target::Target::Peer(name.clone());
-        match session.history(&with, HISTORY_SHOWN).await {
-            Ok(Some(entries)) => app.load_history(&name, entries),
+    for target in targets {
+        match session.history(&target, HISTORY_SHOWN).await {
+            Ok(Some(entries)) => app.load_history(&target, entries),
             Ok(None) => {
                 app.notice("no local history: another process has it open", true);
                 return;

@@ -4,6 +4,7 @@
 
 use super::app::{presence_text, App, Entry, Presence};
 use crate::console::clock;
+use crate::target::Target;
 use crate::{history::HistoryState, inbox::Via};
 use common::Name;
 use ratatui::{
@@ -76,14 +77,17 @@ fn draw_side(frame: &mut Frame, app: &App, area: Rect) {
             Presence::Offline(_) => ("○", dim),
             Presence::Unknown => ("·", dim),
         };
-        let mut name_style = Style::default().fg(colour(&c.name));
+        let mut name_style = Style::default().fg(match &c.target {
+            Target::Peer(name) => colour(name),
+            Target::Room(room) => colour(room.name()),
+        });
         if i == app.current {
             name_style = name_style.add_modifier(Modifier::REVERSED | Modifier::BOLD);
         }
         let mut line = vec![
             Span::styled(dot, dot_style),
             Span::raw(" "),
-            Span::styled(c.name.to_string(), name_style),
+            Span::styled(c.target.to_string(), name_style),
         ];
         if c.unread > 0 {
             line.push(Span::styled(
@@ -94,10 +98,11 @@ fn draw_side(frame: &mut Frame, app: &App, area: Rect) {
             ));
         }
         lines.push(Line::from(line));
-        lines.push(Line::from(Span::styled(
-            format!("  {}", presence_text(&c.presence)),
-            dim,
-        )));
+        let under = match &c.target {
+            Target::Peer(_) => presence_text(&c.presence),
+            Target::Room(_) => format!("room, {} members", c.members.len()),
+        };
+        lines.push(Line::from(Span::styled(format!("  {under}"), dim)));
     }
     let block = Block::default()
         .borders(Borders::ALL)
@@ -108,7 +113,11 @@ fn draw_side(frame: &mut Frame, app: &App, area: Rect) {
 fn draw_messages(frame: &mut Frame, app: &mut App, area: Rect) {
     let waiting = !app.directory_up();
     let conv = &app.conversations[app.current];
-    let (name, presence) = (conv.name.clone(), presence_text(&conv.presence));
+    let name = conv.target.to_string();
+    let presence = match &conv.target {
+        Target::Peer(_) => presence_text(&conv.presence),
+        Target::Room(_) => format!("{} members", conv.members.len()),
+    };
     let inner_width = area.width.saturating_sub(2) as usize;
     let height = area.height.saturating_sub(2) as usize;
     let mut rows = Vec::new();
@@ -136,7 +145,7 @@ fn draw_input(frame: &mut Frame, app: &App, area: Rect) {
     let title = if app.quitting {
         format!(" leaving: waiting for {} message(s) ", app.outstanding())
     } else {
-        format!(" to {} ", app.shown().name)
+        format!(" to {} ", app.shown().target)
     };
     let block = Block::default().borders(Borders::ALL).title(title);
     frame.render_widget(Paragraph::new(text).block(block), area);
