@@ -159,8 +159,14 @@ impl Letters {
         })
     }
 
-    /// Opens a letter from the mailbox and checks who signed it: the first key seen for a name
-    /// is remembered, a different one is refused.
+    /// The key remembered for `name`, if any.
+    pub fn pinned(&self, name: &Name) -> Option<common::KeyId> {
+        self.contacts.pinned(name)
+    }
+
+    /// Opens a letter from the mailbox and checks who signed it: the key remembered for the
+    /// name must have signed it. (The caller remembers the directory's key for a name first
+    /// seen in a letter, see [`crate::node`].)
     pub fn open(&self, letter: &Letter) -> Result<(Content, common::KeyId), Refusal> {
         let from = letter.from.clone();
         let opened = self.sealer.open(letter).map_err(|cause| Refusal::Broken {

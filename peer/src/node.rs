@@ -164,6 +164,7 @@ impl Node {
             pushed,
             Takers {
                 inbox: inbox.clone(),
+                directory: directory.clone(),
                 files,
                 letters: letters.clone(),
                 rooms: rooms.clone(),
@@ -367,6 +368,7 @@ fn unsealed(from: &Name) -> String {
 #[derive(Clone)]
 struct Takers {
     inbox: Inbox,
+    directory: DirectoryClient,
     files: files::Receiver,
     letters: Letters,
     rooms: Rooms,
@@ -376,6 +378,23 @@ struct Takers {
 /// the proof its receipt needs, or nothing when the letter was refused.
 async fn take_letter(letter: Letter, to: &Takers, delivery: Delivery) {
     let (inbox, told) = (&to.inbox, letter.receipt());
+    if to.letters.pinned(&letter.from).is_none() {
+        // The first we hear of a name: the key to check its letter against is the one the
+        // directory holds for the name, not whichever key signed the letter (else a letter
+        // made up in the directory's store would bring its own key along).
+        let found = to.directory.lookup(&letter.from).await;
+        if let Err(why) = found
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|info| inbox.vouch(&info).map_err(|e| e.to_string()))
+        {
+            let why = format!(
+                "a letter from {} was refused: its key could not be looked up ({why})",
+                letter.from
+            );
+            refuse(inbox, why).await;
+            return delivery.taken();
+        }
+    }
     let (message, room, signer) = match to.letters.open(&letter) {
         Ok((Content::Chat(message), signer)) => (message, None, signer),
         Ok((

@@ -203,6 +203,57 @@ fn altered_and_forged_letters_are_refused_and_dropped() -> Result<()> {
     net.assert_no_panics()
 }
 
+/// The first letter c2 ever gets from c1 was made up in the store: sealed to c2 but signed by
+/// another key in c1's name. c2 checks it against the key the directory holds for c1, not
+/// against whichever key signed it: it is refused, and c1's real key is the one remembered.
+#[test]
+fn a_forged_first_letter_does_not_bring_its_own_key() -> Result<()> {
+    let mut net = Net::new()?;
+    net.register("c2")?;
+    let sent = net.send("c1", "c2", "the real one")?;
+    ensure!(sent["status"] == "queued", "{sent}");
+    net.dir_mut().terminate()?;
+    let data = net.dir().data().to_path_buf();
+    let c2 = {
+        let store = RedbStore::open(&data.join("directory.redb"))?;
+        store.name(&Name::new("c2")?)?.context("c2 is not bound")?
+    };
+    let published = c2.published.context("c2 published no key")?;
+    let mallory = Sealer::from_seed(rand::random(), rand::random())?;
+    let changed = tamper(&data, "c2", |_, mail| match mail {
+        Mail::Letter(letter) => {
+            let forged = ChatMessage {
+                id: MessageId::random(),
+                from: letter.from.clone(),
+                to: letter.to.clone(),
+                sent_at_ms: letter.sent_at_ms,
+                body: "forged, first contact".into(),
+            };
+            let sealed = mallory.seal(&c2.key, &published, Content::Chat(forged));
+            Mail::Letter(sealed.expect("sealed"))
+        }
+        other => other,
+    })?;
+    ensure!(changed == 1, "{changed} letters held for c2, not 1");
+    net.dir_mut().restart()?;
+
+    let (out, bodies) = inbox(&net, "c2")?;
+    ensure!(bodies.is_empty(), "c2 showed {bodies:?}");
+    ensure!(
+        out.stderr.contains("not by the key remembered for c1"),
+        "the forged letter was not reported: {}",
+        out.stderr
+    );
+    // c1's real key is the one remembered: its next message is taken.
+    net.send("c1", "c2", "after")?;
+    let after = net.register("c2")?;
+    ensure!(
+        after.len() == 1 && after[0]["body"] == "after",
+        "c2 got {after:?}"
+    );
+    net.assert_no_panics()
+}
+
 /// A program of the protocol version before (ALPN chat-dir/1 or chat-peer/3) completes its
 /// handshake and is closed at once with a reason that tells it to upgrade, by the directory and
 /// by a peer alike.
