@@ -406,10 +406,12 @@ async fn take_letter(letter: Letter, to: &Takers, delivery: Delivery) {
             signer,
         )) => (message, Some((room, version)), signer),
         Ok((Content::FilePart(part), signer)) => {
-            to.files.take_part(part).await;
+            // The proof for the part that completes a file only if the file is whole and its
+            // hash matched: else its sender would count it delivered.
+            let whole = to.files.take_part(part).await;
             return match told {
-                Some(told) => delivery.took(to.letters.prove(&signer, told)),
-                None => delivery.taken(),
+                Some(told) if whole => delivery.took(to.letters.prove(&signer, told)),
+                _ => delivery.taken(),
             };
         }
         Err(refusal) => {

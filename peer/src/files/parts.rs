@@ -160,38 +160,50 @@ impl Receiver {
     /// is on disk (and, for the last part, the file is checked, stored and reported), or it
     /// cannot be used and is dropped, with a notice for the user. A part that cannot be used is
     /// never left in the mailbox: the directory would push it again and again, and the mail
-    /// behind it would wait forever.
-    pub async fn take_part(&self, part: FilePart) {
+    /// behind it would wait forever. True when this part completed the file, whose hash
+    /// matched: only then does its sender get a proof of delivery.
+    pub async fn take_part(&self, part: FilePart) -> bool {
         let (from, name) = (part.offer.from.clone(), part.offer.name.clone());
         let request = match self.inbox.verdict(&from) {
-            Verdict::Blocked => return, // taken, and dropped unseen
+            Verdict::Blocked => return false, // taken, and dropped unseen
             Verdict::Stranger => true,
             Verdict::Contact => false,
         };
-        if let Err(e) = self.write(part, request).await {
-            warn!(cause = %format!("{e:#}"), "dropped a file part from the mailbox");
-            let name = crate::text::for_terminal(&name, false);
-            let notice = format!(
-                "a part of the file {name:?} from {from} could not be used and was dropped: {e:#}"
-            );
-            self.inbox.notice(notice).await;
+        match self.write(part, request).await {
+            Ok(whole) => whole,
+            Err(e) => {
+                warn!(cause = %format!("{e:#}"), "dropped a file part from the mailbox");
+                let name = crate::text::for_terminal(&name, false);
+                let notice = format!(
+                    "a part of the file {name:?} from {from} could not be used and was dropped: {e:#}"
+                );
+                self.inbox.notice(notice).await;
+                false
+            }
         }
     }
 
-    async fn write(&self, part: FilePart, request: bool) -> Result<()> {
+    async fn write(&self, part: FilePart, request: bool) -> Result<bool> {
         if part.offer.to != *self.inbox.me() || part.data.len() > FILE_PART_LEN {
             bail!("a file part not for us, or too large");
         }
         let downloads = self.downloads.clone();
-        match tokio::task::spawn_blocking(move || write_part(&downloads, &part, request)).await?? {
-            PartOutcome::Kept => {}
-            PartOutcome::Complete(file) => self.inbox.file(file).await,
-            PartOutcome::Discarded(reason) => {
-                warn!("{reason}");
-                self.inbox.notice(reason).await;
-            }
-        }
-        Ok(())
+        Ok(
+            match tokio::task::spawn_blocking(move || write_part(&downloads, &part, request))
+                .await??
+            {
+                PartOutcome::Kept => false,
+                PartOutcome::Complete(file) => {
+                    self.inbox.file(file).await;
+                    true
+                }
+                PartOutcome::Discarded(reason) => {
+                    warn!("{reason}");
+                    self.inbox.notice(reason).await;
+                    false
+                }
+            },
+        )
     }
 }
 
