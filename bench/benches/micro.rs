@@ -6,7 +6,7 @@
 
 use common::{
     framing,
-    seal::{verify_receipt, Content, Sealer},
+    seal::{verify_receipt, Content, Recipient, Sealer},
     wire::{ChatMessage, Mail, MessageId, PeerFrame},
     Name,
 };
@@ -157,6 +157,12 @@ fn seal(c: &mut Criterion) {
                 black_box(content.clone()),
             )
         })
+    });
+    // As a conversation seals: the recipient's published key checked once, not per letter.
+    let recipient = Recipient::check(&bob_keys.key_id(), &bob_keys.published())
+        .unwrap_or_else(|_| std::process::abort());
+    g.bench_function("seal_to_checked_chat_100B", |b| {
+        b.iter(|| alice.seal_to(&recipient, black_box(content.clone())))
     });
     g.bench_function("open_chat_100B", |b| {
         b.iter(|| bob_keys.open(black_box(&letter)))

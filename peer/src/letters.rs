@@ -13,19 +13,32 @@ use crate::{
     contacts::{Contacts, KeyCheck},
     failure::Failure,
 };
+use common::KeyId;
 use common::{
-    seal::{verify_receipt, Content, SealError, Sealer, Signature},
+    seal::{verify_receipt, Content, PublishedKey, Recipient, SealError, Sealer, Signature},
     wire::{Letter, PeerInfo, Receipt, SignedReceipt},
     Name,
 };
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 /// Seals what we deposit and opens what the directory pushes; cheap to clone.
 #[derive(Clone)]
 pub struct Letters {
     sealer: Arc<Sealer>,
     contacts: Contacts,
+    /// Published keys checked already, by identity and encryption key: a conversation seals
+    /// every letter to the same one.
+    checked: Arc<Mutex<Checked>>,
 }
+
+/// Checked recipients by identity and encryption key.
+type Checked = HashMap<(KeyId, [u8; 32]), Recipient>;
+
+/// Most checked published keys kept; past that, the cache starts afresh.
+const CHECKED_MAX: usize = 4096;
 
 /// Why a letter from the mailbox was refused: it is not shown, and the directory drops it.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +77,24 @@ impl Letters {
         Self {
             sealer: Arc::new(sealer),
             contacts,
+            checked: Arc::default(),
         }
+    }
+
+    /// `key`, checked once for `id`.
+    fn recipient(&self, id: &KeyId, key: &PublishedKey) -> Result<Recipient, SealError> {
+        let cache_key = (*id, key.encryption);
+        let lock = || self.checked.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(recipient) = lock().get(&cache_key) {
+            return Ok(recipient.clone());
+        }
+        let recipient = Recipient::check(id, key)?;
+        let mut checked = lock();
+        if checked.len() >= CHECKED_MAX {
+            checked.clear();
+        }
+        checked.insert(cache_key, recipient.clone());
+        Ok(recipient)
     }
 
     /// What we publish for others to seal to.
@@ -84,8 +114,8 @@ impl Letters {
             .published
             .as_ref()
             .ok_or_else(|| unsealable("it has published no encryption key"))?;
-        self.sealer
-            .seal(&info.key, published, content)
+        self.recipient(&info.key, published)
+            .and_then(|recipient| self.sealer.seal_to(&recipient, content))
             .map_err(|e| match e {
                 SealError::KeyNotOwned => {
                     unsealable("the directory gave an encryption key its identity key did not sign")
