@@ -167,6 +167,8 @@ struct InboxInner {
     copies: broadcast::Sender<Copy>,
     /// Copies of receipts, likewise.
     receipts: broadcast::Sender<Receipt>,
+    /// Copies of room notices, likewise.
+    rooms: broadcast::Sender<RoomNotice>,
 }
 
 /// A copy of an incoming message for a command attached through the control socket: the
@@ -208,6 +210,7 @@ impl Inbox {
         let (events, rx) = mpsc::channel(1024);
         let (copies, _) = broadcast::channel(1024);
         let (receipts, _) = broadcast::channel(256);
+        let (rooms, _) = broadcast::channel(256);
         let inner = InboxInner {
             me,
             contacts,
@@ -216,6 +219,7 @@ impl Inbox {
             events,
             copies,
             receipts,
+            rooms,
         };
         (
             Self {
@@ -361,7 +365,13 @@ impl Inbox {
 
     /// Shows a change of a room's membership, in the room.
     pub async fn room(&self, notice: RoomNotice) {
+        let _ = self.inner.rooms.send(notice.clone());
         let _ = self.inner.events.send(Event::Room(notice)).await;
+    }
+
+    /// Copies of every room notice, for local commands attached through the control socket.
+    pub fn subscribe_rooms(&self) -> broadcast::Receiver<RoomNotice> {
+        self.inner.rooms.subscribe()
     }
 
     /// Reports that the mailbox has been drained.

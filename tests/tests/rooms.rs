@@ -340,7 +340,15 @@ fn a_kicked_member_hears_nothing_more() -> Result<()> {
     let mut c3 = net.listen("c3")?;
     say(&net, "c1", "#ops", "before")?.success()?;
     heard(&mut c3, "#ops", "before")?;
+    // A chat attached to c3's running listen (the control socket) sees the room's notices too.
+    let mut attached = net.peer("c3").json().args(["chat", "#ops"]).spawn()?;
+    attached.wait_online()?;
     room(&net, "c1", &["kick", "#ops", "c3"])?;
+    attached.wait_json("the attached chat hears c3 was removed", SHORT, |v| {
+        is_type(v, "room_event") && v["event"] == "kicked" && v["name"] == "c3"
+    })?;
+    attached.close_stdin();
+    attached.wait_exit(SHORT)?;
     room(&net, "c1", &["kick", "#ops", "c4"])?;
     c3.wait_json("c3 hears it was removed", SHORT, |v| {
         is_type(v, "room_event") && v["event"] == "kicked" && v["name"] == "c3"

@@ -196,6 +196,7 @@ fn update_of(response: ControlResponse) -> Option<Update> {
             request,
         } => Update::Message(Received::copy(message, room, via, request)),
         ControlResponse::RoomSent(sent) => Update::RoomSent(sent),
+        ControlResponse::Room(notice) => Update::Room(notice),
         ControlResponse::Rooms(rooms) => Update::Rooms(rooms),
         ControlResponse::Contact(set) => Update::Contact(set),
         ControlResponse::Trusted(trusted) => Update::Trusted(trusted),

@@ -14,7 +14,7 @@ use crate::{
     failure::Failure,
     files::FileSent,
     history::HistoryEntry,
-    inbox::Via,
+    inbox::{RoomNotice, Via},
     links::DirectPath,
     outbox::{SendFailed, Sent},
     rooms::{RoomCommand, RoomSent, RoomView},
@@ -152,6 +152,8 @@ pub enum ControlResponse {
     },
     /// The outcome of a message to a room.
     RoomSent(Result<RoomSent, Failure>),
+    /// After [`ControlRequest::Attach`]: a room's membership, or a member's presence, changed.
+    Room(RoomNotice),
     /// The answer to a room command.
     Rooms(Result<Vec<RoomView>, Failure>),
     /// The running peer's directory, and where its connection stands.

@@ -203,6 +203,13 @@ async fn serve_client(stream: UnixStream, service: Service) {
                         )))
                     },
                 );
+                forward(
+                    &service,
+                    inbox.subscribe_rooms(),
+                    tx.clone(),
+                    ControlResponse::Room,
+                    |_| None,
+                );
                 // A receipt lost to a slow reader only leaves a mark stale in this window; the
                 // running peer recorded it.
                 forward(
