@@ -6,7 +6,7 @@
 //! Each module uses only modules listed after it:
 //!
 //! * [`server`]: the accept loop: connection cap, one task per connection, shutdown; every task
-//!   the directory runs hangs off its `JoinSet`.
+//!   the directory runs hangs off its `JoinSet`; and the metrics page, if asked for.
 //! * [`admission`]: which incoming connections are served, from their first packet: the
 //!   global cap, a stateless Retry under load, connections and new connections per host.
 //! * [`session`]: one peer's QUIC connection: request frames in, response frames out, one task
@@ -19,6 +19,7 @@
 //!   deposit, introduce.
 //! * [`state`]: what every connection shares: store, writer, registry, settings, counters,
 //!   allowances.
+//! * [`metrics`]: the counters and histograms, for logs and Prometheus (served by `server`).
 //! * [`rates`]: token buckets: introductions per key, host and target; new names per host.
 //! * [`rooms`]: each room's signed membership log: checked as members check it, stored,
 //!   handed out a page at a time, pushed to the room's online members.
@@ -46,6 +47,7 @@
 
 pub mod admission;
 pub mod mailbox;
+pub mod metrics;
 pub mod rates;
 pub mod registry;
 pub mod rooms;

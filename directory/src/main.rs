@@ -104,6 +104,11 @@ struct Cli {
     /// directory that answers many requests at once. The store's writer has its own thread.
     #[arg(long, env = "DIRECTORY_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     threads: u16,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (TCP), for example 127.0.0.1:9100.
+    /// Off unless given; keep it on a private address: it tells how busy the directory is.
+    #[arg(long, env = "DIRECTORY_METRICS")]
+    metrics: Option<SocketAddr>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -209,6 +214,16 @@ fn run(cli: Cli) -> Result<()> {
         )
         .with_context(|| format!("binding {}", cli.bind))?;
         let addr = endpoint.local_addr()?;
+        let metrics = match cli.metrics {
+            Some(at) => {
+                let listener = tokio::net::TcpListener::bind(at)
+                    .await
+                    .with_context(|| format!("binding the metrics address {at}"))?;
+                tracing::info!(at = %listener.local_addr()?, "serving metrics");
+                Some(listener)
+            }
+            None => None,
+        };
         let shutdown = shutdown_signal()?;
         tracing::info!(%addr, fingerprint = %identity.key_id, "directory listening");
         // One stdout line that scripts and tests can read.
@@ -216,13 +231,17 @@ fn run(cli: Cli) -> Result<()> {
             "directory listening on {addr} fingerprint {}",
             identity.key_id
         );
+        if let Some(listener) = &metrics {
+            println!("metrics on http://{}/metrics", listener.local_addr()?);
+        }
         let limits = directory::Limits {
             per_ip: cli.max_connections_per_ip,
             new_per_second: cli.new_connections_per_second,
             new_burst: cli.new_connections_burst,
             registration_timeout: std::time::Duration::from_secs(cli.registration_timeout),
         };
-        directory::run(endpoint, Arc::new(store), config, limits, shutdown).await
+        let store = Arc::new(store);
+        directory::run(endpoint, store, config, limits, metrics, shutdown).await
     })
 }
 

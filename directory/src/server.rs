@@ -13,27 +13,38 @@ use crate::{
     admission::{Admission, Decision, Limits},
     session,
     state::{Config, Shared},
-    store::Store,
+    store::{Store, StoreError},
 };
 use anyhow::Result;
 use common::wire::codes;
 use std::{future::Future, sync::Arc, time::Duration};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, Instrument};
+use tracing::{debug, warn, Instrument};
 
-/// Serves `endpoint` until `shutdown` resolves, admitting connections within `limits`.
+/// Serves `endpoint` until `shutdown` resolves, admitting connections within `limits`; and
+/// Prometheus metrics on `metrics`, if given (see [`crate::metrics`]).
 pub async fn run(
     endpoint: quinn::Endpoint,
     store: Arc<dyn Store>,
     config: Config,
     limits: Limits,
+    metrics: Option<tokio::net::TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let admission = Admission::new(config.max_connections, limits);
     let shared = Arc::new(Shared::new(store, config));
     let cancel = CancellationToken::new();
     let mut sessions = JoinSet::new();
+    if let Some(listener) = metrics {
+        let serve = serve_metrics(
+            listener,
+            shared.clone(),
+            endpoint.clone(),
+            cancel.child_token(),
+        );
+        sessions.spawn(serve);
+    }
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -54,6 +65,7 @@ pub async fn run(
                     Decision::Refuse(why) => {
                         // Attackers choose how often this happens: debug, not info.
                         debug!(%remote, ?why, "refusing a connection");
+                        shared.metrics.refused(why);
                         incoming.refuse();
                         continue;
                     }
@@ -82,4 +94,47 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), finished).await;
     sessions.shutdown().await;
     Ok(())
+}
+
+/// The metrics as Prometheus text, with the gauges read now.
+async fn scrape(shared: &Shared, endpoint: &quinn::Endpoint) -> String {
+    let metrics = &shared.metrics;
+    let store = shared.store.clone();
+    let started = std::time::Instant::now();
+    let read = move || Ok::<_, StoreError>((store.held_entries()?, store.held_bytes()?));
+    let held = match tokio::task::spawn_blocking(read).await {
+        Ok(Ok(held)) => Some(held),
+        _ => {
+            warn!("metrics: the mailbox totals could not be read");
+            None
+        }
+    };
+    metrics.store_read(started.elapsed());
+    metrics.held(shared.registry.len(), endpoint.open_connections(), held);
+    metrics.text()
+}
+
+/// Serves `/metrics` on `listener` until `cancel`.
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    cancel: CancellationToken,
+) {
+    use axum::{http::header, routing::get, Router};
+    const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let (shared, endpoint) = (shared.clone(), endpoint.clone());
+            async move {
+                let text = scrape(&shared, &endpoint).await;
+                ([(header::CONTENT_TYPE, OPENMETRICS)], text)
+            }
+        }),
+    );
+    let served = axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned());
+    if let Err(e) = served.await {
+        warn!(cause = %e, "the metrics server stopped");
+    }
 }

@@ -25,7 +25,7 @@ use common::{
 };
 use std::{
     net::SocketAddr,
-    sync::{atomic::Ordering, Arc, OnceLock, RwLock},
+    sync::{Arc, OnceLock, RwLock},
     time::{Duration, Instant},
 };
 use tracing::{debug, info, warn};
@@ -322,18 +322,15 @@ async fn bind(
 /// Counts a hole punching outcome; logs the counters at most every [`PUNCH_LOG_EVERY`].
 fn punch_outcome(shared: &Shared, success: bool, now: Instant) {
     let m = &shared.metrics;
-    let counter = if success { &m.punched } else { &m.punch_failed };
-    counter.fetch_add(1, Ordering::Relaxed);
+    let (punched, failed) = m.punched(success);
     let mut logged = m.punch_logged.lock().unwrap_or_else(|e| e.into_inner());
     if logged.is_some_and(|at| now.duration_since(at) < PUNCH_LOG_EVERY) {
         return;
     }
     *logged = Some(now);
     info!(
-        introductions = m.introductions.load(Ordering::Relaxed),
-        punched = m.punched.load(Ordering::Relaxed),
-        failed = m.punch_failed.load(Ordering::Relaxed),
-        "hole punching so far"
+        introductions = m.introductions.get(),
+        punched, failed, "hole punching so far"
     );
 }
 
@@ -369,7 +366,7 @@ fn introduce(shared: &Shared, caller: &Caller, name: &Name) -> Result<(), ErrorC
         .events
         .try_send(event)
         .map_err(|_| ErrorCode::Offline)?;
-    let n = shared.metrics.introductions.fetch_add(1, Ordering::Relaxed) + 1;
+    let n = shared.metrics.introductions.inc() + 1;
     debug!(to = %name, introductions = n, "introduced");
     Ok(())
 }
@@ -1036,7 +1033,7 @@ mod tests {
             ],
         };
         assert_eq!(d.bob.events.try_recv()?, expected);
-        assert_eq!(d.shared.metrics.introductions.load(Ordering::Relaxed), 1);
+        assert_eq!(d.shared.metrics.introductions.get(), 1);
         Ok(())
     }
 
@@ -1251,8 +1248,7 @@ mod tests {
             .lock()
             .map_err(|e| e.to_string())?;
         assert_eq!(logged, Some(start + PUNCH_LOG_EVERY));
-        assert_eq!(shared.metrics.punched.load(Ordering::Relaxed), 2);
-        assert_eq!(shared.metrics.punch_failed.load(Ordering::Relaxed), 1);
+        assert_eq!(shared.metrics.punched(true), (3, 1), "two before this one");
         Ok(())
     }
 }

@@ -11,7 +11,7 @@
 //! reset. The transport's windows (`common::tls`) bound the rest.
 
 use crate::{
-    mailbox,
+    mailbox, metrics,
     registry::{Feed, Link},
     service::{self, Caller, Reply},
     state::Shared,
@@ -160,7 +160,11 @@ impl Session {
 
     /// The encoded answer to one request.
     async fn answer(self: &Arc<Self>, request: DirectoryRequest) -> Result<Vec<u8>> {
-        let response = match service::handle(&self.shared, &self.caller, request).await {
+        let (kind, started) = (metrics::kind(&request), std::time::Instant::now());
+        let answered = service::handle(&self.shared, &self.caller, request).await;
+        let outcome = answered.as_ref().map(|_| ()).map_err(|code| *code);
+        (self.shared.metrics).answered(kind, outcome, started.elapsed());
+        let response = match answered {
             Ok(Reply { response, online }) => {
                 if let Some(feed) = online {
                     // Fails only once the session's loop has ended: nothing to deliver then.

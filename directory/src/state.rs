@@ -8,7 +8,7 @@ use crate::{
     rooms::Rooms,
     store::{Naming, Quota, Store, Writer},
 };
-use std::sync::{atomic::AtomicU64, Arc, Mutex};
+use std::sync::Arc;
 
 /// How the directory is run.
 #[derive(Debug, Clone)]
@@ -33,8 +33,8 @@ pub struct Shared {
     pub registry: Registry,
     /// Settings.
     pub config: Config,
-    /// Counters, for logs.
-    pub metrics: Metrics,
+    /// Counters, for logs and Prometheus.
+    pub metrics: crate::metrics::Metrics,
     /// What callers may still ask for: introductions, new names.
     pub allowances: Allowances,
     /// The rooms' membership logs.
@@ -51,21 +51,7 @@ impl Shared {
             allowances: Allowances::new(config.rates),
             rooms: Rooms::default(),
             config,
-            metrics: Metrics::default(),
+            metrics: crate::metrics::Metrics::default(),
         }
     }
-}
-
-/// What the directory counts.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// Introductions sent (hole punching).
-    pub introductions: AtomicU64,
-    /// Introductions that ended in a direct link, as reported by the peer that asked.
-    pub punched: AtomicU64,
-    /// Introductions that did not.
-    pub punch_failed: AtomicU64,
-    /// When the hole punching counters were last logged: they are logged at most once a
-    /// minute, not per report, which any peer can send at will.
-    pub punch_logged: Mutex<Option<std::time::Instant>>,
 }

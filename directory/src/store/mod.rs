@@ -282,6 +282,8 @@ pub trait Store: Send + Sync + 'static {
     fn sender_usage(&self, recipient: &Name, sender: &Name) -> Result<(u64, u64), StoreError>;
     /// Bytes held in all mailboxes together.
     fn held_bytes(&self) -> Result<u64, StoreError>;
+    /// Entries (messages, file parts, receipts) held in all mailboxes together.
+    fn held_entries(&self) -> Result<u64, StoreError>;
     /// Durably appends `op` to its room's log, at its version. The caller checked it against
     /// the log; the store only refuses a version already held ([`StoreError::RoomConflict`]),
     /// so two ops racing for the same place cannot both be kept.

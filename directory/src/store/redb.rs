@@ -721,6 +721,12 @@ impl Store for RedbStore {
         let table = txn.open_table(META)?;
         Ok(table.get(HELD_BYTES)?.map_or(0, |g| g.value()))
     }
+
+    fn held_entries(&self) -> Result<u64, StoreError> {
+        use redb::ReadableTableMetadata as _;
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(MAIL)?.len()?)
+    }
 }
 
 #[cfg(test)]

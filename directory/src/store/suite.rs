@@ -235,6 +235,7 @@ fn deposit_is_idempotent<S: Store>(open: Open<'_, S>) -> TestResult {
     store.deposit_batch(&[Mail::Chat(other)], Quota::default())?;
     assert_eq!(store.usage(&name("c3"))?, (1, one));
     assert_eq!(store.held_bytes()?, 2 * one);
+    assert_eq!(store.held_entries()?, 2);
     Ok(())
 }
 
