@@ -107,6 +107,28 @@ impl Identity {
         Ok(Self { cert, key, key_id })
     }
 
+    /// The identity of the private key in `path` (PKCS#8 DER, as `key.der` in a data folder
+    /// keeps it), with a fresh certificate: several directory nodes that load the same file
+    /// present the same key, so peers pin one fingerprint for all.
+    pub fn from_key_file(path: &Path, subject: &str) -> Result<Self> {
+        let der = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let pkcs8 = PrivatePkcs8KeyDer::from(der);
+        let key = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519)
+            .map_err(|e| anyhow::anyhow!("{} is not an Ed25519 key: {e}", path.display()))?;
+        let params = rcgen::CertificateParams::new(vec![subject.to_string()])
+            .context("certificate parameters")?;
+        let cert = params
+            .self_signed(&key)
+            .context("signing the certificate")?;
+        let cert = cert.der().clone();
+        let key_id = KeyId::of_cert(&cert).context("reading back our own certificate")?;
+        Ok(Self {
+            cert,
+            key: pkcs8,
+            key_id,
+        })
+    }
+
     /// Loads the identity kept in `dir`, or makes one and keeps it there. The private key file
     /// is readable by its owner only.
     pub fn load_or_generate(dir: &Path, subject: &str) -> Result<Self> {
@@ -186,6 +208,19 @@ mod tests {
         let b = Identity::load_or_generate(&dir, "c1").expect("load");
         assert_eq!(a.key_id, b.key_id);
         assert_ne!(a.key_id, Identity::generate("c1").expect("generate").key_id);
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_key_file_gives_the_same_identity_with_a_new_certificate() {
+        let dir = std::env::temp_dir().join(format!("identity-test-{}", rand::random::<u64>()));
+        let first = Identity::load_or_generate(&dir, "node-a").expect("identity");
+        let shared = Identity::from_key_file(&dir.join(KEY_FILE), "node-b").expect("load");
+        assert_eq!(shared.key_id, first.key_id);
+        assert_ne!(shared.cert, first.cert);
+        let junk = dir.join("junk.der");
+        fs::write(&junk, b"not a key").expect("write");
+        assert!(Identity::from_key_file(&junk, "node-c").is_err());
         let _ = fs::remove_dir_all(dir);
     }
 

@@ -105,10 +105,30 @@ struct Cli {
     #[arg(long, env = "DIRECTORY_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     threads: u16,
 
+    /// The directory's private key (PKCS#8 DER, like `key.der` in a data folder) instead of
+    /// the one in --data: give every node of a cluster the same file, and peers pin one
+    /// fingerprint for all of them.
+    #[arg(long, env = "DIRECTORY_KEY", global = true)]
+    key: Option<PathBuf>,
+
+    /// How log lines on stderr look: `text` for people, `json` (one object per line) for log
+    /// shippers.
+    #[arg(long, env = "DIRECTORY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+
     /// Serve Prometheus metrics at http://ADDR/metrics (TCP), for example 127.0.0.1:9100.
     /// Off unless given; keep it on a private address: it tells how busy the directory is.
     #[arg(long, env = "DIRECTORY_METRICS")]
     metrics: Option<SocketAddr>,
+}
+
+/// See `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Lines for people.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -130,14 +150,17 @@ fn main() -> ExitCode {
     // Colour only for a person at a terminal: not in files, pipes or `docker logs`.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    match run(Cli::parse()) {
+        .with_env_filter(filter);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(ansi).init(),
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("directory: {e:#}");
@@ -157,8 +180,12 @@ fn data_dir(cli: &Cli) -> Result<PathBuf> {
 
 fn run(cli: Cli) -> Result<()> {
     let data = data_dir(&cli)?;
-    let identity = Identity::load_or_generate(&data, "directory")
-        .with_context(|| format!("loading the directory's key from {}", data.display()))?;
+    let identity = match &cli.key {
+        Some(key) => Identity::from_key_file(key, "directory")
+            .with_context(|| format!("loading the directory's key from {}", key.display()))?,
+        None => Identity::load_or_generate(&data, "directory")
+            .with_context(|| format!("loading the directory's key from {}", data.display()))?,
+    };
     private(&data);
     match cli.command {
         Some(Command::Fingerprint) => {
@@ -225,7 +252,8 @@ fn run(cli: Cli) -> Result<()> {
             None => None,
         };
         let shutdown = shutdown_signal()?;
-        tracing::info!(%addr, fingerprint = %identity.key_id, "directory listening");
+        let node = node_id(&data)?;
+        tracing::info!(%addr, fingerprint = %identity.key_id, node, "directory listening");
         // One stdout line that scripts and tests can read.
         println!(
             "directory listening on {addr} fingerprint {}",
@@ -243,6 +271,21 @@ fn run(cli: Cli) -> Result<()> {
         let store = Arc::new(store);
         directory::run(endpoint, store, config, limits, metrics, shutdown).await
     })
+}
+
+/// This node's own id, kept in its data folder: nodes of a cluster share one key, and their
+/// logs say which node speaks.
+fn node_id(data: &std::path::Path) -> Result<String> {
+    let path = data.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        _ => {
+            let id = hex::encode(rand::random::<[u8; 8]>());
+            std::fs::create_dir_all(data)?;
+            common::identity::write_atomically(&path, id.as_bytes())?;
+            Ok(id)
+        }
+    }
 }
 
 /// Dials `target` and checks that it presents `identity`'s key.
