@@ -18,7 +18,8 @@ pub struct Cli {
     #[arg(long, env = "CHAT_NAME", value_parser = parse_name)]
     pub name: Name,
 
-    /// The directory, HOST:PORT.
+    /// The directory, HOST:PORT; or several nodes of one directory (sharing its key),
+    /// comma-separated: the peer uses one, and moves to another when it cannot be reached.
     #[arg(long, env = "CHAT_DIRECTORY", default_value = "127.0.0.1:9000")]
     pub directory: String,
 

@@ -244,6 +244,9 @@ struct Inner {
     events_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The long-lived request stream (see [`Inner::exchange`]).
     requests: tokio::sync::Mutex<Option<RequestStream>>,
+    /// Which of the directory's addresses to try first next time: the one after the node we
+    /// were last connected to, since we only connect again when that connection is lost.
+    next_node: std::sync::atomic::AtomicUsize,
 }
 
 /// A request stream kept open for the next request, on the connection `conn_id` names.
@@ -354,6 +357,7 @@ impl Inner {
             leaving: watch::Sender::new(false),
             events_task: Default::default(),
             requests: Default::default(),
+            next_node: Default::default(),
         }))
     }
 
@@ -589,20 +593,51 @@ impl Inner {
         }
     }
 
+    /// Connects to one of the directory's nodes: every address of every `HOST:PORT` given
+    /// (comma-separated), starting after the node we were connected to last; a node that
+    /// cannot be reached passes the turn to the next. A refusal for good (another key than the
+    /// pinned one, our name taken) ends the attempt at once.
     async fn connect_once(self: &Arc<Self>) -> Result<quinn::Connection> {
         let s = &self.settings;
-        let addr = tokio::net::lookup_host(&s.addr)
-            .await
-            .with_context(|| format!("cannot resolve the directory address {}", s.addr))?
-            .find(|a| {
-                a.is_ipv4()
-                    == self
-                        .endpoint
-                        .local_addr()
-                        .map(|l| l.is_ipv4())
-                        .unwrap_or(true)
-            })
-            .with_context(|| format!("the directory address {} has no usable address", s.addr))?;
+        let v4 = self
+            .endpoint
+            .local_addr()
+            .map(|l| l.is_ipv4())
+            .unwrap_or(true);
+        let mut nodes = Vec::new();
+        for host in s.addr.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+            let found = tokio::net::lookup_host(host)
+                .await
+                .with_context(|| format!("cannot resolve the directory address {host}"))?;
+            nodes.extend(found.filter(|a| a.is_ipv4() == v4));
+        }
+        anyhow::ensure!(
+            !nodes.is_empty(),
+            "the directory address {} has no usable address",
+            s.addr
+        );
+        let first = self.next_node.load(std::sync::atomic::Ordering::Relaxed);
+        let mut failed = None;
+        for i in 0..nodes.len() {
+            let k = (first + i) % nodes.len();
+            match self.connect_to(nodes[k]).await {
+                Ok(conn) => {
+                    (self.next_node).store(k + 1, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(conn);
+                }
+                Err(e) if e.is::<Final>() => return Err(e),
+                Err(e) => {
+                    debug!(node = %nodes[k], cause = %format!("{e:#}"), "directory node not reached");
+                    failed = Some(e);
+                }
+            }
+        }
+        Err(failed.unwrap_or_else(|| self.unreachable().into()))
+    }
+
+    /// Connects and registers to the directory node at `addr`.
+    async fn connect_to(self: &Arc<Self>, addr: SocketAddr) -> Result<quinn::Connection> {
+        let s = &self.settings;
         let connecting = self
             .endpoint
             .connect_with(self.client_config.clone(), addr, "directory")

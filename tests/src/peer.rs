@@ -22,7 +22,7 @@ pub struct PeerCmd {
     label: String,
     name: OsString,
     home: Result<PathBuf>,
-    directory: SocketAddr,
+    directory: String,
     bind: Option<SocketAddr>,
     json: bool,
     open: bool,
@@ -47,7 +47,7 @@ impl PeerCmd {
             label,
             name: name.into(),
             home,
-            directory,
+            directory: directory.to_string(),
             bind: Some("127.0.0.1:0".parse().expect("literal addr")),
             json: false,
             open: true,
@@ -112,7 +112,13 @@ impl PeerCmd {
 
     /// `--directory ADDR` (instead of the net's main directory).
     pub fn directory(mut self, addr: SocketAddr) -> Self {
-        self.directory = addr;
+        self.directory = addr.to_string();
+        self
+    }
+
+    /// `--directory NODES`: several nodes of one directory, comma-separated.
+    pub fn directory_nodes(mut self, nodes: &str) -> Self {
+        self.directory = nodes.to_string();
         self
     }
 
@@ -166,7 +172,7 @@ impl PeerCmd {
             "--name".into(),
             self.name.clone(),
             "--directory".into(),
-            self.directory.to_string().into(),
+            self.directory.clone().into(),
             "--home".into(),
             home.into(),
         ];

@@ -63,3 +63,46 @@ fn nodes_sharing_a_key_file_are_one_directory_to_peers() -> Result<()> {
     );
     net.assert_no_panics()
 }
+
+/// A peer given two nodes of one directory (`--directory A,B`, one key) that loses the node it
+/// uses (kill -9) moves to the other within a few heartbeats, and is online there.
+#[test]
+fn a_peer_moves_to_another_node_when_its_node_dies() -> Result<()> {
+    let mut net = Net::new()?;
+    let key = net.dir().data().join("key.der");
+    let b = net.start_directory(DirOpts {
+        args: vec!["--key".into(), key.display().to_string()],
+        ..DirOpts::default()
+    })?;
+    let nodes = format!("{},{}", net.dir().addr(), b.addr());
+    let mut c1 = net
+        .peer("c1")
+        .heartbeat(1.0)
+        .directory_nodes(&nodes)
+        .json()
+        .args(["listen"])
+        .spawn()?;
+    c1.wait_online()?;
+    net.wait_presence("c2", "c1", true, SHORT)?;
+    net.dir_mut().kill9()?;
+    let online_at_b = || -> Result<bool> {
+        let out = net
+            .peer("c2")
+            .directory(b.addr())
+            .json()
+            .args(["whois", "c1"])
+            .run(SHORT)?;
+        Ok(out.status.success() && out.one_of_type("whois")?["online"] == true)
+    };
+    let deadline = std::time::Instant::now() + SHORT;
+    while !online_at_b()? {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "c1 did not move to the other node: {}",
+            c1.stderr_tail()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    c1.ensure_running()?;
+    net.assert_no_panics()
+}
