@@ -82,6 +82,9 @@ pub struct Node {
     tasks: Tasks,
 }
 
+/// How long leaving waits for the close frames to be sent.
+const CLOSE_SENT: Duration = Duration::from_millis(10);
+
 /// How many pushes from the directory may wait for the node: mail comes one piece at a time,
 /// so this bounds the introductions that queue behind it (more are dropped).
 const PUSHED_BACKLOG: usize = 64;
@@ -332,8 +335,10 @@ impl Node {
     pub async fn shutdown(&self) {
         self.directory.close().await;
         self.endpoint.close(common::wire::codes::OK.into(), b"bye");
-        // Long enough for the close frames to leave; the draining period is not worth waiting.
-        let _ = tokio::time::timeout(Duration::from_millis(200), self.endpoint.wait_idle()).await;
+        // Long enough for the close frames to leave (their driver sends them at once), not
+        // for the draining period (three probe timeouts, about 80 ms on loopback): a short
+        // command would spend most of its life waiting for it.
+        let _ = tokio::time::timeout(CLOSE_SENT, self.endpoint.wait_idle()).await;
         let left = self.tasks.shutdown(Duration::from_millis(200)).await;
         if left > 0 {
             debug!(left, "tasks still running at shutdown");
