@@ -32,8 +32,8 @@ pub struct Cli {
     #[arg(long, default_value = "0.0.0.0:0")]
     pub bind: SocketAddr,
 
-    /// Write JSON Lines to stdout, for scripts.
-    #[arg(long)]
+    /// Write JSON Lines to stdout, for scripts (before or after the command).
+    #[arg(long, global = true)]
     pub json: bool,
 
     /// Trust the directory only if its key has this fingerprint (64 hex digits), and pin it.
@@ -146,6 +146,9 @@ pub enum Command {
         /// Print only the last N messages.
         #[arg(long)]
         limit: Option<usize>,
+        /// Print only the messages whose text contains TEXT (any case).
+        #[arg(long, value_name = "TEXT")]
+        grep: Option<String>,
     },
     /// Rooms: group conversations, each message sent to every member (directly, or sealed to
     /// its mailbox). Membership is a log signed by the members, which every member checks.

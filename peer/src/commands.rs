@@ -58,8 +58,16 @@ fn console(cli: &Cli) -> Console {
 }
 
 /// `peer history NAME`: asks the running peer, which holds the database, or reads the file.
-pub async fn history(cli: &Cli, home: &Home, with: &Target, limit: Option<usize>) -> Result<()> {
-    let limit = limit.unwrap_or(usize::MAX);
+/// With `grep`, only the messages that contain it (any case), the last `limit` of those.
+pub async fn history(
+    cli: &Cli,
+    home: &Home,
+    with: &Target,
+    limit: Option<usize>,
+    grep: Option<&str>,
+) -> Result<()> {
+    let shown = limit.unwrap_or(usize::MAX);
+    let limit = if grep.is_some() { usize::MAX } else { shown };
     let entries = match ControlClient::connect(home).await {
         Some(mut client) => {
             client.hello().await?;
@@ -83,7 +91,11 @@ pub async fn history(cli: &Cli, home: &Home, with: &Target, limit: Option<usize>
         }
     };
     let console = console(cli);
-    for entry in &entries {
+    let needle = grep.map(str::to_lowercase);
+    let matching: Vec<_> = (entries.iter())
+        .filter(|e| (needle.as_ref()).is_none_or(|n| e.body.to_lowercase().contains(n)))
+        .collect();
+    for entry in &matching[matching.len().saturating_sub(shown)..] {
         print_line(&console.history(entry))?;
     }
     Ok(())

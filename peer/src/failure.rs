@@ -129,6 +129,15 @@ pub enum Failure {
         /// Why.
         why: String,
     },
+    /// The message has no text.
+    #[error("the message is empty; nothing was sent")]
+    EmptyMessage,
+    /// The message is to ourselves.
+    #[error("{name} is you: a message to yourself is not sent")]
+    ToSelf {
+        /// Our name.
+        name: Name,
+    },
     /// The directory has no room of this name, or it is private and we are not in it.
     #[error("there is no room {room} (or it is private and you are not in it)")]
     UnknownRoom {
@@ -229,7 +238,9 @@ impl Failure {
                 "`peer room join ROOM` for a public room; a private room's admin must invite you"
             }
             Failure::PostingTooFast { .. } => "wait a moment, and send fewer, longer messages",
-            Failure::RoomRefused { .. }
+            Failure::ToSelf { .. } => "`peer history` keeps what you sent others",
+            Failure::EmptyMessage
+            | Failure::RoomRefused { .. }
             | Failure::Refused { .. }
             | Failure::Stopped
             | Failure::Other(_)

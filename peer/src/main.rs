@@ -54,6 +54,8 @@ fn main() -> ExitCode {
     runtime.shutdown_timeout(Duration::from_millis(100));
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output went away (`peer history bob | head -1`): nothing to say.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             match e.downcast_ref::<Failure>().and_then(Failure::hint) {
                 Some(hint) => eprintln!("peer: {e:#} ({hint})"),
@@ -66,8 +68,8 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli, directory_given: Option<String>) -> Result<()> {
     let home = Home::new(cli.home.clone(), &cli.name)?;
-    if let Command::History { with, limit } = &cli.command {
-        return commands::history(&cli, &home, with, *limit).await;
+    if let Command::History { with, limit, grep } = &cli.command {
+        return commands::history(&cli, &home, with, *limit, grep.as_deref()).await;
     }
     if let Command::Contacts = &cli.command {
         return commands::contacts(&cli, &home);
@@ -224,4 +226,26 @@ async fn remote(cli: &Cli, home: &Home) -> Result<Option<Session>> {
     }
     tracing::debug!("using the peer already running for {}", cli.name);
     Ok(Some(session))
+}
+
+/// Whether `e` is stdout's reader having gone away.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_pipe_is_recognised_under_context() {
+        let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        let wrapped = anyhow::Error::from(pipe).context("printing the history");
+        assert!(is_broken_pipe(&wrapped));
+        assert!(!is_broken_pipe(&anyhow::anyhow!("something else")));
+    }
 }

@@ -19,7 +19,7 @@ use crate::{
 };
 use common::{
     admit::{self, Buckets},
-    defaults::{MAX_BODY_LEN, ROOM_POSTS_BURST, ROOM_POSTS_PER_SECOND},
+    defaults::{ROOM_POSTS_BURST, ROOM_POSTS_PER_SECOND},
     now_ms,
     room::{Action, Kind, RoomName},
     wire::{ChatMessage, MessageId, PeerInfo},
@@ -183,7 +183,9 @@ impl Service {
         to: Name,
         body: String,
     ) -> impl Future<Output = Result<Sent, SendFailed>> + Send + 'static {
-        let record = (body.len() <= MAX_BODY_LEN)
+        let refused = crate::outbox::refusal(&self.node.name, Some(&to), &body);
+        let record = refused
+            .is_none()
             .then(|| {
                 self.history.as_ref().map(|h| {
                     let target = Target::Peer(to.clone());
@@ -217,12 +219,9 @@ impl Service {
         room: RoomName,
         body: String,
     ) -> impl Future<Output = Result<RoomSent, Failure>> + Send + 'static {
-        let too_large = (body.len() > MAX_BODY_LEN).then_some(Failure::TooLarge {
-            len: body.len() as u64,
-            limit: MAX_BODY_LEN as u64,
-        });
+        let refused = crate::outbox::refusal(&self.node.name, None, &body);
         let (reply, answer) = oneshot::channel();
-        if too_large.is_none() {
+        if refused.is_none() {
             let target = Target::Room(room.clone());
             let record = (self.history.as_ref())
                 .map(|h| (h.clone(), h.sending(&self.node.name, &target, &body)));
@@ -236,7 +235,7 @@ impl Service {
             let _ = self.room_posts.send(post);
         }
         async move {
-            match too_large {
+            match refused {
                 Some(failure) => Err(failure),
                 None => answer.await.map_err(|_| Failure::Stopped)?,
             }

@@ -128,11 +128,8 @@ impl Outbox {
         body: String,
     ) -> Result<impl std::future::Future<Output = Result<Sent, Failure>> + Send + 'static, Failure>
     {
-        if body.len() > MAX_BODY_LEN {
-            return Err(Failure::TooLarge {
-                len: body.len() as u64,
-                limit: MAX_BODY_LEN as u64,
-            });
+        if let Some(refused) = refusal(&self.ctx.me, Some(&to), &body) {
+            return Err(refused);
         }
         let message = ChatMessage {
             id: MessageId::random(),
@@ -453,6 +450,24 @@ impl Driver {
                 false
             }
         }
+    }
+}
+
+/// Why a message of `me` to `to` (a peer; `None` for a room) with `body` is not sent at all,
+/// if it is not: too long, empty, or to ourselves.
+pub fn refusal(me: &Name, to: Option<&Name>, body: &str) -> Option<Failure> {
+    if body.len() > MAX_BODY_LEN {
+        return Some(Failure::TooLarge {
+            len: body.len() as u64,
+            limit: MAX_BODY_LEN as u64,
+        });
+    }
+    if body.trim().is_empty() {
+        return Some(Failure::EmptyMessage);
+    }
+    match to {
+        Some(to) if to == me => Some(Failure::ToSelf { name: me.clone() }),
+        _ => None,
     }
 }
 
