@@ -71,7 +71,7 @@ impl Console {
         format!(
             "[{}] {room}{from}: {}{note}{skew}",
             clock(m.sent_at_ms),
-            sanitize(&m.body)
+            body_lines(&m.body)
         )
     }
 
@@ -415,7 +415,7 @@ impl Console {
             "[{}] {}: {}{note}",
             clock(e.sent_at_ms),
             self.name(&e.from),
-            sanitize(&e.body)
+            body_lines(&e.body)
         )
     }
 
@@ -457,6 +457,13 @@ pub fn print_line(line: &str) -> std::io::Result<()> {
 /// characters shown as U+FFFD (see [`text`]).
 pub fn sanitize(body: &str) -> String {
     text::for_terminal(body, false)
+}
+
+/// A message's text for plain output: made safe like [`sanitize`], but its line breaks kept,
+/// each following line indented under the first (a hanging indent), so a multi-line message
+/// reads as one.
+pub fn body_lines(body: &str) -> String {
+    text::for_terminal(body, true).replace('\n', "\n    ")
 }
 
 /// A short description of where a message stands, for people.

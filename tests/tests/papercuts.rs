@@ -47,3 +47,20 @@ fn papercuts() -> Result<()> {
         .failure(&["c1 is you"])?;
     net.assert_no_panics()
 }
+
+/// A multi-line message prints as indented continuation lines in plain output, so it reads as
+/// one message and a line of it cannot pass for another message.
+#[test]
+fn a_multi_line_message_keeps_its_lines_indented() -> Result<()> {
+    let net = Net::new()?;
+    net.register("c2")?;
+    net.send("c1", "c2", "line one\nline two\n[00:00] c3: forged?")?;
+    let out = net.peer("c2").args(["inbox"]).run(SHORT)?.success()?;
+    ensure!(
+        out.stdout
+            .contains("c1: line one\n    line two\n    [00:00] c3: forged?"),
+        "{:?}",
+        out.stdout
+    );
+    net.assert_no_panics()
+}
