@@ -96,15 +96,25 @@ impl Identity {
     /// Makes a new key and certificate. `subject` goes into the certificate for humans only.
     pub fn generate(subject: &str) -> Result<Self> {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).context("generating a key")?;
+        Self::certified(&key, PrivatePkcs8KeyDer::from(key.serialize_der()), subject)
+    }
+
+    /// `key` (whose PKCS#8 form is `pkcs8`) with a fresh self-signed certificate.
+    fn certified(
+        key: &rcgen::KeyPair,
+        pkcs8: PrivatePkcs8KeyDer<'static>,
+        subject: &str,
+    ) -> Result<Self> {
         let params = rcgen::CertificateParams::new(vec![subject.to_string()])
             .context("certificate parameters")?;
-        let cert = params
-            .self_signed(&key)
-            .context("signing the certificate")?;
+        let cert = params.self_signed(key).context("signing the certificate")?;
         let cert = cert.der().clone();
-        let key = PrivatePkcs8KeyDer::from(key.serialize_der());
         let key_id = KeyId::of_cert(&cert).context("reading back our own certificate")?;
-        Ok(Self { cert, key, key_id })
+        Ok(Self {
+            cert,
+            key: pkcs8,
+            key_id,
+        })
     }
 
     /// The identity of the private key in `path` (PKCS#8 DER, as `key.der` in a data folder
@@ -115,18 +125,7 @@ impl Identity {
         let pkcs8 = PrivatePkcs8KeyDer::from(der);
         let key = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519)
             .map_err(|e| anyhow::anyhow!("{} is not an Ed25519 key: {e}", path.display()))?;
-        let params = rcgen::CertificateParams::new(vec![subject.to_string()])
-            .context("certificate parameters")?;
-        let cert = params
-            .self_signed(&key)
-            .context("signing the certificate")?;
-        let cert = cert.der().clone();
-        let key_id = KeyId::of_cert(&cert).context("reading back our own certificate")?;
-        Ok(Self {
-            cert,
-            key: pkcs8,
-            key_id,
-        })
+        Self::certified(&key, pkcs8, subject)
     }
 
     /// Loads the identity kept in `dir`, or makes one and keeps it there. The private key file

@@ -129,6 +129,25 @@ fn tamper(data: &Path, to: &str, mut change: impl FnMut(usize, Mail) -> Mail) ->
     Ok(mail.len())
 }
 
+/// A letter in place of `letter`, with the same routing but `body`, sealed to its recipient
+/// (`to`: its key and published encryption key) and signed by `mallory`.
+fn forged(
+    mallory: &Sealer,
+    to: (&common::KeyId, &common::seal::PublishedKey),
+    letter: &common::wire::Letter,
+    body: &str,
+) -> Mail {
+    let message = ChatMessage {
+        id: MessageId::random(),
+        from: letter.from.clone(),
+        to: letter.to.clone(),
+        sent_at_ms: letter.sent_at_ms,
+        body: body.into(),
+    };
+    let sealed = mallory.seal(to.0, to.1, Content::Chat(message));
+    Mail::Letter(sealed.expect("sealed"))
+}
+
 /// Three letters wait for c2, who knows c1's key from an earlier message. In the stopped
 /// directory's store, one letter's ciphertext gets a flipped bit and another is replaced by a
 /// letter sealed to c2 (whose encryption key is public) but signed by another key in c1's
@@ -159,17 +178,12 @@ fn altered_and_forged_letters_are_refused_and_dropped() -> Result<()> {
             letter.sealed[middle] ^= 0x20;
             Mail::Letter(letter)
         }
-        (1, Mail::Letter(letter)) => {
-            let forged = ChatMessage {
-                id: MessageId::random(),
-                from: letter.from.clone(),
-                to: letter.to.clone(),
-                sent_at_ms: letter.sent_at_ms,
-                body: "forged: send your password".into(),
-            };
-            let sealed = mallory.seal(&c2.key, &published, Content::Chat(forged));
-            Mail::Letter(sealed.expect("sealed"))
-        }
+        (1, Mail::Letter(letter)) => forged(
+            &mallory,
+            (&c2.key, &published),
+            &letter,
+            "forged: send your password",
+        ),
         (_, other) => other,
     })?;
     ensure!(changed == 3, "{changed} letters held for c2, not 3");
@@ -221,17 +235,12 @@ fn a_forged_first_letter_does_not_bring_its_own_key() -> Result<()> {
     let published = c2.published.context("c2 published no key")?;
     let mallory = Sealer::from_seed(rand::random(), rand::random())?;
     let changed = tamper(&data, "c2", |_, mail| match mail {
-        Mail::Letter(letter) => {
-            let forged = ChatMessage {
-                id: MessageId::random(),
-                from: letter.from.clone(),
-                to: letter.to.clone(),
-                sent_at_ms: letter.sent_at_ms,
-                body: "forged, first contact".into(),
-            };
-            let sealed = mallory.seal(&c2.key, &published, Content::Chat(forged));
-            Mail::Letter(sealed.expect("sealed"))
-        }
+        Mail::Letter(letter) => forged(
+            &mallory,
+            (&c2.key, &published),
+            &letter,
+            "forged, first contact",
+        ),
         other => other,
     })?;
     ensure!(changed == 1, "{changed} letters held for c2, not 1");

@@ -394,6 +394,14 @@ const ROOM_SENDER_CPU: Spec = (
 
 const MIB: f64 = (1 << 20) as f64;
 
+/// Mailbox quotas no figure reaches: the deposit figures measure the directory, not its caps.
+const UNBOUNDED_MAILBOX: &[&str] = &[
+    "--mailbox-quota-messages",
+    "100000000",
+    "--mailbox-quota-bytes",
+    "100000000000",
+];
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -566,15 +574,7 @@ async fn run(cli: Cli) -> Result<()> {
             report.push(LOOKUPS_STREAM_EACH, each.map(|w| w.rate));
         }
         if wants("mailbox") {
-            let dir = DirectoryProcess::spawn(
-                &bin,
-                &[
-                    "--mailbox-quota-messages",
-                    "100000000",
-                    "--mailbox-quota-bytes",
-                    "100000000000",
-                ],
-            )?;
+            let dir = DirectoryProcess::spawn(&bin, UNBOUNDED_MAILBOX)?;
             match figures::mailbox(&dir, &identity, &p).await {
                 Ok((dep, drain)) => {
                     report.push(DEPOSITS, Ok(dep));
@@ -594,15 +594,7 @@ async fn run(cli: Cli) -> Result<()> {
                 Err(e) => report.push(ROOM_P50, Err(e)),
             }
             drop(dir);
-            let dir = DirectoryProcess::spawn(
-                &bin,
-                &[
-                    "--mailbox-quota-messages",
-                    "100000000",
-                    "--mailbox-quota-bytes",
-                    "100000000000",
-                ],
-            )?;
+            let dir = DirectoryProcess::spawn(&bin, UNBOUNDED_MAILBOX)?;
             match figures::rooms_offline(&dir, &p).await {
                 Ok(d) => {
                     report.push(ROOM_DEPOSITS, Ok(d.rate));
