@@ -101,7 +101,7 @@ impl Rooms {
             return Err(ErrorCode::NotSender);
         }
         let mut rosters = self.rosters.lock().await;
-        let known = roster(shared, &mut rosters, &op.room).await?;
+        let known = self.roster(shared, &mut rosters, &op.room).await?;
         let (mut next, told) = match (known, &op.action) {
             (Some(_), Action::Create { .. }) => return Err(ErrorCode::RoomTaken),
             (None, Action::Create { .. }) => {
@@ -185,6 +185,35 @@ impl Rooms {
         }
     }
 
+    /// The roster of `room`, from the cache or replayed from the store; `None` if it has no log.
+    async fn roster<'a>(
+        &self,
+        shared: Parts<'_>,
+        rosters: &'a mut HashMap<RoomName, Known>,
+        room: &RoomName,
+    ) -> Result<Option<&'a Known>, ErrorCode> {
+        if !rosters.contains_key(room) {
+            let (store, name) = (shared.store.clone(), room.clone());
+            let read = move || store.room_ops(&name, None, MAX_ROOM_OPS as usize);
+            let ops = match tokio::task::spawn_blocking(read).await {
+                Ok(Ok(ops)) => ops,
+                _ => return Err(ErrorCode::Internal),
+            };
+            if ops.is_empty() {
+                return Ok(None);
+            }
+            let roster = Roster::replay(&ops).map_err(|e| {
+                warn!(cause = %e, %room, "a room's stored log does not replay");
+                ErrorCode::Internal
+            })?;
+            let mut known = Known::new(roster);
+            ops.iter().for_each(|op| known.note(op));
+            self.index(room, &known.roster, &[]);
+            rosters.insert(room.clone(), known);
+        }
+        Ok(rosters.get(room))
+    }
+
     /// Notes who is in `room` now, and that `gone` are not.
     fn index(&self, room: &RoomName, roster: &Roster, gone: &[Name]) {
         let mut member_of = self.member_of.lock().unwrap_or_else(|e| e.into_inner());
@@ -216,10 +245,8 @@ impl Rooms {
     ) -> Result<Vec<Op>, ErrorCode> {
         let until = {
             let mut rosters = self.rosters.lock().await;
-            let known = roster(shared, &mut rosters, room)
-                .await?
-                .ok_or(ErrorCode::UnknownRoom)?;
-            self.index(room, &known.roster, &[]);
+            let known =
+                (self.roster(shared, &mut rosters, room).await?).ok_or(ErrorCode::UnknownRoom)?;
             match known.removed.get(asker.name) {
                 _ if known.roster.kind == Kind::Public => None,
                 _ if known.roster.has(asker.name, &asker.key) => None,
@@ -237,33 +264,6 @@ impl Rooms {
             _ => Err(ErrorCode::Internal),
         }
     }
-}
-
-/// The roster of `room`, from the cache or replayed from the store; `None` if it has no log.
-async fn roster<'a>(
-    shared: Parts<'_>,
-    rosters: &'a mut HashMap<RoomName, Known>,
-    room: &RoomName,
-) -> Result<Option<&'a Known>, ErrorCode> {
-    if !rosters.contains_key(room) {
-        let (store, name) = (shared.store.clone(), room.clone());
-        let read = move || store.room_ops(&name, None, MAX_ROOM_OPS as usize);
-        let ops = match tokio::task::spawn_blocking(read).await {
-            Ok(Ok(ops)) => ops,
-            _ => return Err(ErrorCode::Internal),
-        };
-        if ops.is_empty() {
-            return Ok(None);
-        }
-        let roster = Roster::replay(&ops).map_err(|e| {
-            warn!(cause = %e, %room, "a room's stored log does not replay");
-            ErrorCode::Internal
-        })?;
-        let mut known = Known::new(roster);
-        ops.iter().for_each(|op| known.note(op));
-        rosters.insert(room.clone(), known);
-    }
-    Ok(rosters.get(room))
 }
 
 fn refused(e: RoomError) -> ErrorCode {

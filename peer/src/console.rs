@@ -82,7 +82,7 @@ impl Console {
 
     /// The line for a message to a room that left: how many members have it.
     pub fn room_sent(&self, s: &RoomSent) -> String {
-        let members = s.delivered + s.queued + s.failed.len() as u32;
+        let members = s.members();
         if self.json {
             let failed: Vec<_> = (s.failed.iter())
                 .map(|(name, why)| json!({"name": name.as_str(), "reason": why.to_string()}))
@@ -110,14 +110,23 @@ impl Console {
 
     /// The line for a change of a room: its membership, or a member's presence.
     pub fn room_notice(&self, n: &RoomNotice) -> String {
-        let (event, name, by) = match &n.event {
-            RoomEvent::Changed(Change::Created(name)) => ("created", name, None),
-            RoomEvent::Changed(Change::Joined(name)) => ("joined", name, None),
-            RoomEvent::Changed(Change::Invited { name, by }) => ("invited", name, Some(by)),
-            RoomEvent::Changed(Change::Left(name)) => ("left", name, None),
-            RoomEvent::Changed(Change::Kicked { name, by }) => ("kicked", name, Some(by)),
-            RoomEvent::Online(name) => ("online", name, None),
-            RoomEvent::Offline(name) => ("offline", name, None),
+        // The JSON event, who, by whom, and what a person reads.
+        let (event, name, by, what) = match &n.event {
+            RoomEvent::Changed(Change::Created(name)) => {
+                ("created", name, None, "created the room".to_string())
+            }
+            RoomEvent::Changed(Change::Joined(name)) => ("joined", name, None, "joined".into()),
+            RoomEvent::Changed(Change::Invited { name, by }) => {
+                let what = format!("was invited by {}", self.name(by));
+                ("invited", name, Some(by), what)
+            }
+            RoomEvent::Changed(Change::Left(name)) => ("left", name, None, "left".into()),
+            RoomEvent::Changed(Change::Kicked { name, by }) => {
+                let what = format!("was removed by {}", self.name(by));
+                ("kicked", name, Some(by), what)
+            }
+            RoomEvent::Online(name) => ("online", name, None, "is online".into()),
+            RoomEvent::Offline(name) => ("offline", name, None, "went offline".into()),
         };
         if self.json {
             return json!({
@@ -130,15 +139,6 @@ impl Console {
             })
             .to_string();
         }
-        let what = match (event, by) {
-            ("created", _) => "created the room".to_string(),
-            ("invited", Some(by)) => format!("was invited by {}", self.name(by)),
-            ("kicked", Some(by)) => format!("was removed by {}", self.name(by)),
-            ("online", _) => "is online".into(),
-            ("offline", _) => "went offline".into(),
-            ("left", _) => "left".into(),
-            _ => "joined".into(),
-        };
         format!(
             "[{}] {}: {} {what}",
             clock(n.at_ms),

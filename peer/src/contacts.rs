@@ -238,12 +238,18 @@ impl Contacts {
     /// [`Contacts::check_key`] for what the directory says of a name, as the user is told: a
     /// changed key is a [`Failure::KeyChanged`].
     pub fn vouch(&self, info: &PeerInfo) -> Result<(), Failure> {
-        match self.check_key(&info.name, info.key) {
+        self.vouch_key(&info.name, info.key)
+    }
+
+    /// [`Contacts::vouch`] for `key`, given for `name` by anyone (the directory, a room's
+    /// signed log).
+    pub fn vouch_key(&self, name: &Name, key: KeyId) -> Result<(), Failure> {
+        match self.check_key(name, key) {
             Ok(KeyCheck::Known) => Ok(()),
             Ok(KeyCheck::Changed { pinned }) => Err(Failure::KeyChanged {
-                name: info.name.clone(),
+                name: name.clone(),
                 pinned,
-                presented: info.key,
+                presented: key,
             }),
             Err(e) => Err(Failure::other(e)),
         }

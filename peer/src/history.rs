@@ -31,6 +31,7 @@ use crate::{
     inbox::Via,
     links::DirectPath,
     outbox::{Sent, Status},
+    rooms::RoomSent,
     target::Target,
 };
 use common::{
@@ -415,8 +416,8 @@ impl History {
     ) -> Result<bool, HistoryError> {
         let txn = self.db.begin_read()?;
         let ids = txn.open_table(IDS)?;
-        let key = index_key(&with.to_string(), sender, id);
         let with = with.to_string();
+        let key = index_key(&with, sender, id);
         Ok(ids.get(&key)?.is_some_and(|at| at.value().0 == with))
     }
 
@@ -462,6 +463,18 @@ pub fn state_of(sent: &Sent) -> HistoryState {
     match sent.status {
         Status::Delivered => HistoryState::Delivered { path: sent.path },
         Status::Queued => HistoryState::Queued,
+    }
+}
+
+/// The recorded state of a message to a room, as the history and the terminal client show
+/// it: failed when no copy left, queued while any member's mailbox holds one, else delivered.
+pub fn room_state(sent: &RoomSent) -> HistoryState {
+    match (&sent.failed[..], sent.delivered + sent.queued) {
+        ([(name, why), ..], 0) => HistoryState::Failed {
+            reason: format!("{name}: {why}"),
+        },
+        _ if sent.queued > 0 => HistoryState::Queued,
+        _ => HistoryState::Delivered { path: None },
     }
 }
 

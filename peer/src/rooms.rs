@@ -645,3 +645,10 @@ pub struct RoomSent {
     /// Members it could not be sent to, and why.
     pub failed: Vec<(Name, Failure)>,
 }
+
+impl RoomSent {
+    /// The other members it was for.
+    pub fn members(&self) -> u32 {
+        self.delivered + self.queued + self.failed.len() as u32
+    }
+}

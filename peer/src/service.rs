@@ -5,11 +5,11 @@
 //! is written here and nowhere else.
 
 use crate::{
-    contacts::{Contact, KeyCheck, Standing},
+    contacts::{Contact, Standing},
     directory_client::Status,
     failure::Failure,
     files::{downloads, FileSent, FileUpdate},
-    history::{History, HistoryEntry, HistoryError, HistoryState, OutKey},
+    history::{History, HistoryEntry, HistoryError, OutKey},
     inbox::{Event, Incoming, ReceivedFile, RoomNotice, Taken, Via},
     links::DirectPath,
     node::Node,
@@ -516,7 +516,7 @@ async fn fan_out(node: Arc<Node>, mut posts: mpsc::UnboundedReceiver<RoomPost>) 
                 // directory says when the copy is sealed: it is pinned for the name first
                 // (unless another is), and a lookup that gives another key fails the copy.
                 let to = to.clone();
-                if let Err(failure) = pin(&node, &to, member.key) {
+                if let Err(failure) = node.contacts().vouch_key(&to, member.key) {
                     return async move { (to, Err(failure)) }.boxed();
                 }
                 let message = ChatMessage {
@@ -547,30 +547,10 @@ async fn fan_out(node: Arc<Node>, mut posts: mpsc::UnboundedReceiver<RoomPost>) 
                 }
             }
             if let Some((history, key)) = record {
-                let state = match (&sent.failed[..], sent.delivered + sent.queued) {
-                    ([(name, why), ..], 0) => HistoryState::Failed {
-                        reason: format!("{name}: {why}"),
-                    },
-                    _ if sent.queued > 0 => HistoryState::Queued,
-                    _ => HistoryState::Delivered { path: None },
-                };
-                history.settle_as(key, Some(id), state);
+                history.settle_as(key, Some(id), crate::history::room_state(&sent));
             }
             let _ = reply.send(Ok(sent));
         });
-    }
-}
-
-/// Pins `key`, the key a room's signed log gives `name`, unless another key is pinned for it.
-fn pin(node: &Node, name: &Name, key: KeyId) -> Result<(), Failure> {
-    match node.contacts().check_key(name, key) {
-        Ok(KeyCheck::Known) => Ok(()),
-        Ok(KeyCheck::Changed { pinned }) => Err(Failure::KeyChanged {
-            name: name.clone(),
-            pinned,
-            presented: key,
-        }),
-        Err(e) => Err(Failure::other(e)),
     }
 }
 

@@ -105,6 +105,15 @@ impl std::fmt::Debug for RedbStore {
     }
 }
 
+/// The first sequence number or version after `after` (from the start for `None`); `None`
+/// when there is none (`after` is the last possible one).
+fn first_after(after: Option<u64>) -> Option<u64> {
+    match after {
+        None => Some(0),
+        Some(after) => after.checked_add(1),
+    }
+}
+
 /// Adds `delta` (entries, bytes) to a counter row, deleting the row when it reaches zero.
 fn add<K: redb::Key + 'static>(
     table: &mut Table<'_, K, (u64, u64)>,
@@ -526,12 +535,8 @@ impl Store for RedbStore {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<Op>, StoreError> {
-        let from = match after {
-            None => 0,
-            Some(after) => match after.checked_add(1) {
-                Some(from) => from,
-                None => return Ok(Vec::new()),
-            },
+        let Some(from) = first_after(after) else {
+            return Ok(Vec::new());
         };
         let txn = self.db.begin_read()?;
         let ops = match txn.open_table(ROOM_OPS) {
@@ -596,12 +601,8 @@ impl Store for RedbStore {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<Stored>, StoreError> {
-        let from = match after {
-            None => 0,
-            Some(after) => match after.checked_add(1) {
-                Some(from) => from,
-                None => return Ok(Vec::new()),
-            },
+        let Some(from) = first_after(after) else {
+            return Ok(Vec::new());
         };
         let to = recipient.as_str();
         let txn = self.db.begin_read()?;

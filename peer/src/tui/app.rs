@@ -430,14 +430,8 @@ impl App {
         };
         let (state, note) = match result {
             Ok(sent) => {
-                let members = sent.delivered + sent.queued + sent.failed.len() as u32;
-                let state = match (sent.queued, sent.failed.is_empty(), sent.delivered) {
-                    (_, false, 0) if sent.queued == 0 => HistoryState::Failed {
-                        reason: format!("sent to none of {members}"),
-                    },
-                    (0, true, _) => HistoryState::Delivered { path: None },
-                    _ => HistoryState::Queued,
-                };
+                let members = sent.members();
+                let state = crate::history::room_state(sent);
                 let note = (sent.queued > 0 || !sent.failed.is_empty()).then(|| {
                     let mut text = format!(
                         "delivered to {} of {members}, {} queued",
