@@ -27,6 +27,18 @@ fn members(line: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The `sent` lines `chat` printed.
+fn sent_lines(chat: &Running) -> Vec<Value> {
+    (chat.json_lines().into_iter())
+        .filter(|v| is_type(v, "sent"))
+        .collect()
+}
+
+/// How many members a room's `sent` line says have the message or its mailbox does.
+fn copies_left(sent: &Value) -> u64 {
+    sent["delivered"].as_u64().unwrap_or_default() + sent["queued"].as_u64().unwrap_or_default()
+}
+
 /// Waits for `listener` to show a message in `room` with `body`.
 fn heard(listener: &mut Running, room: &str, body: &str) -> Result<Value> {
     listener.wait_json(&format!("{body:?} in {room}"), SHORT, |v| {
@@ -195,16 +207,11 @@ fn a_busy_room_reaches_everyone_once_and_in_order() -> Result<()> {
     for chat in &mut chats {
         let status = chat.wait_exit(SHORT * 4)?;
         ensure!(status.success(), "{}: {status}", chat.stderr_tail());
-        let sent: Vec<_> = (chat.json_lines().into_iter())
-            .filter(|v| is_type(v, "sent"))
-            .collect();
+        let sent = sent_lines(chat);
         ensure!(
             sent.len() == EACH
                 && sent.iter().all(|s| {
-                    s["room"] == "#big"
-                        && s["delivered"].as_u64().unwrap_or_default()
-                            + s["queued"].as_u64().unwrap_or_default()
-                            == (ONLINE + away.len() - 1) as u64
+                    s["room"] == "#big" && copies_left(s) == (ONLINE + away.len() - 1) as u64
                 }),
             "{}: {sent:?}",
             chat.label()
@@ -408,9 +415,7 @@ fn posting_too_fast_is_refused_clearly() -> Result<()> {
     chat.close_stdin();
     let status = chat.wait_exit(SHORT * 2)?;
     ensure!(!status.success(), "every line was sent");
-    let sent = (chat.json_lines().iter())
-        .filter(|v| is_type(v, "sent"))
-        .count();
+    let sent = sent_lines(&chat).len();
     ensure!(
         sent >= ROOM_POSTS_BURST as usize && sent < lines,
         "{sent} of {lines} sent"
@@ -453,14 +458,9 @@ fn a_directory_killed_in_a_busy_room_loses_nothing() -> Result<()> {
     chat.close_stdin();
     let status = chat.wait_exit(SHORT * 3)?;
     ensure!(status.success(), "{}", chat.stderr_tail());
-    let sent: Vec<_> = (chat.json_lines().into_iter())
-        .filter(|v| is_type(v, "sent"))
-        .collect();
+    let sent = sent_lines(&chat);
     ensure!(
-        sent.len() == LINES
-            && sent.iter().all(|s| s["delivered"].as_u64().unwrap_or(0)
-                + s["queued"].as_u64().unwrap_or(0)
-                == 2),
+        sent.len() == LINES && sent.iter().all(|s| copies_left(s) == 2),
         "{sent:?}"
     );
     let senders = ["c1".to_string()];
