@@ -1,10 +1,13 @@
 //! The directory's durable state, behind one trait: name bindings and the mailbox. This module
-//! says what any backend must do; [`redb`] does it in one file.
+//! says what any backend must do; [`redb`] does it in one file, and [`jetstream`] for a
+//! cluster, as a log in NATS JetStream that every node applies to a redb replica.
 //!
 //! # Layout
 //!
 //! * this module: the [`Store`] trait, the records it deals in and its errors.
 //! * [`redb`]: the backend in a single redb file, and what is stored in which table.
+//! * [`jetstream`]: the cluster's backend: writes go through a replicated JetStream stream,
+//!   reads come from the node's own replica.
 //! * [`writer`]: the group-commit [`Writer`]: one thread, one transaction for many callers.
 //! * `upgrade`: moves the data of older files into the current tables, once.
 //!
@@ -38,13 +41,14 @@
 //!
 //! [`SignedReceipt`]: common::wire::SignedReceipt
 
+pub mod jetstream;
 pub mod redb;
 #[cfg(test)]
 pub(crate) mod suite;
 mod upgrade;
 pub mod writer;
 
-pub use self::{redb::RedbStore, writer::Writer};
+pub use self::{jetstream::JetStreamStore, redb::RedbStore, writer::Writer};
 
 use common::{
     defaults::{
@@ -86,7 +90,7 @@ pub enum Bind {
 
 /// A registration to commit: `key` asks for `name` at `at_ms`. The time comes with the request,
 /// so tests of expiry give their own clock.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Binding {
     /// The name asked for.
     pub name: Name,
@@ -100,7 +104,7 @@ pub struct Binding {
 }
 
 /// Limits on name bindings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Naming {
     /// Most names one key may hold; names it held before the limit are kept.
     pub names_per_key: u32,
@@ -119,7 +123,7 @@ impl Default for Naming {
 }
 
 /// Mailbox limits. Bytes are counted as stored ([`Mail::size`]: encoded, every field).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Quota {
     /// Most messages held for one recipient.
     pub max_messages: u64,
@@ -163,7 +167,7 @@ impl Quota {
 }
 
 /// A recipient's proof that it took a letter: its identity key and its signature.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Taken {
     /// The recipient's identity key, as it published it.
     pub signer: [u8; 32],
@@ -172,7 +176,7 @@ pub struct Taken {
 }
 
 /// A mailbox entry to delete, once its recipient acknowledged it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Removal {
     /// Whose mailbox.
     pub recipient: Name,

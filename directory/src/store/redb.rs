@@ -65,6 +65,8 @@ const ROOM_OPS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("room
 /// Layout 2's count of messages per (recipient, sender), which `senders` replaces.
 const QUEUED_V2: TableDefinition<(&str, &str), u64> = TableDefinition::new("queued_from");
 const NEXT_SEQ: &str = "next_seq";
+/// In a replica: the position in the log of the last entry applied.
+const LOG_POSITION: &str = "log_position";
 const HELD_BYTES: &str = "held_bytes";
 /// Which layout the file has: 3 since bytes are counted as stored and names are indexed by key
 /// and skeleton; absent before.
@@ -97,6 +99,16 @@ pub struct RedbStore {
     db: Database,
     /// The file, for the free space of its disk.
     path: PathBuf,
+    /// The entry of a replicated log being applied, if the file is a replica (see
+    /// [`RedbStore::applying`]).
+    applying: std::sync::Mutex<Option<Applying>>,
+}
+
+/// A log entry being applied to a replica: where it is in the log, and its time.
+#[derive(Clone, Copy, Debug)]
+struct Applying {
+    position: u64,
+    at_ms: u64,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -418,6 +430,7 @@ impl RedbStore {
         let store = Self {
             db: Database::create(path)?,
             path: path.to_path_buf(),
+            applying: std::sync::Mutex::new(None),
         };
         let txn = store.write()?;
         upgrade::from_v1(&txn, MAIL)?;
@@ -444,11 +457,55 @@ impl RedbStore {
         Ok(txn)
     }
 
+    /// Makes the next changes those of the log entry at `position`, made at `at_ms`: each
+    /// commit records the position in the same transaction, and what a change stamps with the
+    /// time (receipts) gets the entry's, so every replica applying the same entries holds the
+    /// same data. For [`super::jetstream`], whose applier is this file's only writer.
+    pub fn applying(&self, position: u64, at_ms: u64) {
+        *self.applying.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Applying { position, at_ms });
+    }
+
+    /// The position of the last log entry applied (0 before any).
+    pub fn log_position(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get(LOG_POSITION)?.map_or(0, |g| g.value()))
+    }
+
+    fn now(&self) -> u64 {
+        let applying = *self.applying.lock().unwrap_or_else(|e| e.into_inner());
+        applying.map_or_else(now_ms, |a| a.at_ms)
+    }
+
+    /// Commits `txn`, with the log position of the entry being applied, if any.
+    fn commit(&self, txn: WriteTransaction) -> Result<(), StoreError> {
+        let applying = *self.applying.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(a) = applying {
+            txn.open_table(META)?.insert(LOG_POSITION, a.position)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
     /// Free bytes on the disk holding the file, for an unprivileged writer.
-    fn free_disk(&self) -> Result<u64, StoreError> {
+    pub(super) fn free_disk(&self) -> Result<u64, StoreError> {
         let stat = rustix::fs::statvfs(&self.path).map_err(std::io::Error::from)?;
         Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
     }
+}
+
+/// A receipt's id: unique, since it hashes the id of a message the receipt tells about, and the
+/// same on every replica, which all store the receipt at the same `seq`.
+fn receipt_id(seq: u64, proofs: &[Proof]) -> MessageId {
+    let mut hash = blake3::Hasher::new_derive_key("p2p-chat directory receipt id v1");
+    hash.update(&seq.to_le_bytes());
+    for proof in proofs.iter().take(1) {
+        hash.update(&proof.told.0);
+    }
+    let mut id = [0; 16];
+    id.copy_from_slice(&hash.finalize().as_bytes()[..16]);
+    MessageId(id)
 }
 
 /// Reads a name's record in a read transaction.
@@ -511,7 +568,7 @@ impl Store for RedbStore {
             }
             results
         };
-        txn.commit()?;
+        self.commit(txn)?;
         Ok(results)
     }
 
@@ -525,7 +582,7 @@ impl Store for RedbStore {
             }
             ops.insert(key, postcard::to_allocvec(op)?.as_slice())?;
         }
-        txn.commit()?;
+        self.commit(txn)?;
         Ok(())
     }
 
@@ -591,7 +648,7 @@ impl Store for RedbStore {
             mailbox.meta.insert(NEXT_SEQ, next)?;
             results
         };
-        txn.commit()?;
+        self.commit(txn)?;
         Ok(results)
     }
 
@@ -645,13 +702,13 @@ impl Store for RedbStore {
             }
             if !receipts.is_empty() {
                 let mut next = mailbox.meta(NEXT_SEQ, 1)?;
-                let at_ms = now_ms();
+                let at_ms = self.now();
                 for ((recipient, sender, signer), gathered) in receipts {
                     // A receipt must fit in one event frame: a proof is 80 bytes encoded.
                     let mut stored_one = false;
                     for proofs in gathered.delivered.chunks(RECEIPT_PROOFS) {
                         let receipt = Mail::SignedReceipt(SignedReceipt {
-                            id: MessageId::random(),
+                            id: receipt_id(next, proofs),
                             from: recipient.clone(),
                             to: sender.clone(),
                             signer,
@@ -679,7 +736,7 @@ impl Store for RedbStore {
             }
         }
         if changed {
-            txn.commit()?;
+            self.commit(txn)?;
         } else {
             txn.abort()?;
         }

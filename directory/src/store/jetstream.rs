@@ -1,0 +1,723 @@
+//! The [`Store`] of a directory cluster: every change goes through one NATS JetStream stream,
+//! the cluster's log, and every node applies the log, in its order, to a redb replica of its
+//! own, from which it answers reads.
+//!
+//! # Why a log and replicas
+//!
+//! JetStream replicates a stream with Raft (three replicas ride out one NATS server lost) and
+//! gives every entry one position in one order. A change is published as an entry and takes
+//! effect when it is applied; every node applies the same entries in the same order to the
+//! same [`RedbStore`] code, so every replica holds the same data, and every rule of the store
+//! (a name bound at most once, lookalikes, quotas, receipts) holds cluster-wide without a
+//! protocol of our own: two nodes binding one name to two keys publish two entries, and the
+//! later one is refused on every node alike. Reads stay local and as fast as a single node's.
+//!
+//! # Path of a change
+//!
+//! 1. A write (from the [`super::Writer`]'s thread) publishes an [`Entry`] naming this node
+//!    and a request number, and waits for JetStream's ack: the entry is on a majority of the
+//!    stream's replicas.
+//! 2. The node's applier, an ordered consumer of the stream, applies entries one by one,
+//!    recording each one's position in the same redb transaction (see
+//!    [`RedbStore::applying`]); it hands the outcome of this node's own entries to their
+//!    writers, and names each recipient of mail or receipts in [`JetStreamStore::woken`], so
+//!    the node holding its connection wakes its mailbox.
+//! 3. The write returns that outcome: when it returns `Ok`, the change is durable in the
+//!    stream and applied here (a lookup on this node sees it; another node sees it once it
+//!    has applied the entry, typically within a millisecond or two).
+//!
+//! # Limits
+//!
+//! An entry is deterministic: it carries its time and its quotas, and replicas apply it with
+//! them, so nodes with different settings still agree. The free space of the disk is checked
+//! by the node that publishes. A replica that fails to apply an entry (its disk failed) stops
+//! applying and refuses writes: it cannot skip an entry and stay a replica. The stream keeps
+//! every entry; a new node replays it from the start.
+
+use super::{
+    Bind, Binding, NameRecord, Naming, Quota, RedbStore, Removal, Store, StoreError, Stored,
+};
+use async_nats::jetstream::{self, consumer::push, stream};
+use common::{
+    now_ms,
+    room::{Op, RoomName},
+    wire::Mail,
+    Name,
+};
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use std::{
+    collections::HashMap,
+    future::Future,
+    path::Path,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+use tokio::sync::{broadcast, oneshot, watch};
+
+/// Most bytes of mail in one entry: NATS refuses messages over its `max_payload` (1 MiB by
+/// default), and a batch of deposits may hold many 64 KiB letters.
+const MAX_ENTRY_MAIL: u64 = 512 * 1024;
+
+/// How long a write waits for the stream's ack and then for its own entry to be applied.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Names woken that a slow reader may fall behind on before it is told it lagged.
+const WOKEN_QUEUE: usize = 4096;
+
+/// Where the cluster's log is and how it is kept.
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// The stream's name (one per cluster).
+    pub stream: String,
+    /// Copies JetStream keeps of it: 3 in a cluster of three NATS servers, 1 for one server.
+    pub replicas: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            stream: "DIRECTORY".into(),
+            replicas: 1,
+        }
+    }
+}
+
+/// One entry of the log: a change, who published it and when.
+#[derive(Debug, Serialize, Deserialize)]
+struct Entry {
+    /// The publishing node's number for this run, so it knows its own entries.
+    origin: u64,
+    /// The publisher's number for the write waiting on this entry.
+    request: u64,
+    /// When it was published (ms since the epoch): the time the change records.
+    at_ms: u64,
+    change: Change,
+}
+
+/// A write to the store, as every replica applies it.
+#[derive(Debug, Serialize, Deserialize)]
+enum Change {
+    Names {
+        bindings: Vec<Binding>,
+        seen: Vec<(Name, u64)>,
+        naming: Naming,
+    },
+    Deposits {
+        mail: Vec<Mail>,
+        quota: Quota,
+    },
+    Removals {
+        entries: Vec<Removal>,
+        quota: Quota,
+    },
+    RoomOp(Op),
+}
+
+/// What applying a [`Change`] gave, for the writer that waits on it.
+#[derive(Debug)]
+enum Outcome {
+    Names(Vec<Result<Bind, StoreError>>),
+    Deposits(Vec<Result<(), StoreError>>),
+    Removals(Vec<Option<Name>>),
+    RoomOp(Result<(), StoreError>),
+}
+
+/// What the writers and the applier share.
+struct Inner {
+    local: Arc<RedbStore>,
+    js: jetstream::Context,
+    subject: String,
+    origin: u64,
+    next_request: AtomicU64,
+    waiters: Mutex<HashMap<u64, oneshot::Sender<Result<Outcome, StoreError>>>>,
+    /// Why the applier stopped, once it has.
+    stopped: Mutex<Option<String>>,
+    /// Position of the last entry applied.
+    applied: watch::Sender<u64>,
+    woken: broadcast::Sender<Name>,
+}
+
+/// The [`Store`] of a directory node in a cluster: writes through the cluster's JetStream log,
+/// reads from this node's replica.
+pub struct JetStreamStore {
+    inner: Arc<Inner>,
+    /// Runs the NATS client and the applier, apart from the directory's own threads: the
+    /// store's methods block (see [`Store`]), and may be called from any thread.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for JetStreamStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStreamStore")
+            .field("subject", &self.inner.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for JetStreamStore {
+    fn drop(&mut self) {
+        // The applier's tasks hold the replica open: outside a runtime, wait for them to end,
+        // so the same file can be opened again at once. Inside one, blocking is not allowed.
+        if let Some(runtime) = self.runtime.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(_) => runtime.shutdown_background(),
+                Err(_) => runtime.shutdown_timeout(Duration::from_secs(5)),
+            }
+        }
+    }
+}
+
+fn db(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+impl JetStreamStore {
+    /// Connects to the NATS servers `servers` (comma-separated `nats://host:port`), creates
+    /// the log's stream if it does not exist, opens the replica at `replica` and applies the
+    /// log up to its current end before returning.
+    pub fn open(servers: &str, log: &LogConfig, replica: &Path) -> Result<Self, StoreError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("store-nats")
+            .enable_all()
+            .build()
+            .map_err(db)?;
+        let local = Arc::new(RedbStore::open(replica)?);
+        let servers = servers.to_string();
+        let log = log.clone();
+        let inner = block_on(runtime.handle(), async move {
+            start(&servers, &log, local).await
+        })??;
+        Ok(Self {
+            inner,
+            runtime: Some(runtime),
+        })
+    }
+
+    /// The names whose mailbox got mail or a receipt, on whichever node the change was made,
+    /// as this node applies it: the node where that peer is online wakes its mailbox. A
+    /// receiver that lags has missed some; it should wake every mailbox it serves.
+    pub fn woken(&self) -> broadcast::Receiver<Name> {
+        self.inner.woken.subscribe()
+    }
+
+    /// The position of the last log entry this node applied.
+    pub fn applied(&self) -> u64 {
+        *self.inner.applied.borrow()
+    }
+
+    fn handle(&self) -> Result<&tokio::runtime::Handle, StoreError> {
+        match &self.runtime {
+            Some(runtime) => Ok(runtime.handle()),
+            None => Err(db("the store is closed")),
+        }
+    }
+
+    /// Publishes `change` and waits until this node has applied it.
+    fn write(&self, change: Change) -> Result<Outcome, StoreError> {
+        if let Some(why) = self.inner.stopped() {
+            return Err(db(format!("this replica stopped applying the log: {why}")));
+        }
+        let inner = self.inner.clone();
+        let request = inner.next_request.fetch_add(1, Ordering::Relaxed);
+        let (reply, outcome) = oneshot::channel();
+        inner.waiters().insert(request, reply);
+        let entry = Entry {
+            origin: inner.origin,
+            request,
+            at_ms: now_ms(),
+            change,
+        };
+        let bytes = postcard::to_allocvec(&entry).map_err(db)?;
+        let publish = {
+            let inner = inner.clone();
+            async move {
+                let ack = inner
+                    .js
+                    .publish(inner.subject.clone(), bytes.into())
+                    .await
+                    .map_err(db)?;
+                ack.await.map_err(db)?;
+                outcome
+                    .await
+                    .map_err(|_| db("the applier stopped before applying the entry"))?
+            }
+        };
+        let timed = async move {
+            tokio::time::timeout(WRITE_TIMEOUT, publish)
+                .await
+                .map_err(|_| db("the cluster's log did not take the change in time"))?
+        };
+        let result = block_on(self.handle()?, timed).and_then(|r| r);
+        if result.is_err() {
+            self.inner.waiters().remove(&request);
+        }
+        result
+    }
+}
+
+impl Inner {
+    fn waiters(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Result<Outcome, StoreError>>>> {
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stopped(&self) -> Option<String> {
+        self.stopped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Applies one entry at `position` to the replica; `Err` only if the replica failed.
+    fn apply(&self, position: u64, entry: Entry) -> Result<(), StoreError> {
+        let local = &self.local;
+        local.applying(position, entry.at_ms);
+        let outcome = match entry.change {
+            Change::Names {
+                bindings,
+                seen,
+                naming,
+            } => Outcome::Names(local.update_names(&bindings, &seen, naming)?),
+            Change::Deposits { mail, quota } => {
+                let results = local.deposit_batch(&mail, quota)?;
+                for (m, r) in mail.iter().zip(&results) {
+                    if r.is_ok() {
+                        let _ = self.woken.send(m.to().clone());
+                    }
+                }
+                Outcome::Deposits(results)
+            }
+            Change::Removals { entries, quota } => {
+                let woken = local.remove_batch(&entries, quota)?;
+                for sender in woken.iter().flatten() {
+                    let _ = self.woken.send(sender.clone());
+                }
+                Outcome::Removals(woken)
+            }
+            Change::RoomOp(op) => match local.append_room_op(&op) {
+                Err(StoreError::Db(e)) => return Err(StoreError::Db(e)),
+                other => Outcome::RoomOp(other),
+            },
+        };
+        if entry.origin == self.origin {
+            if let Some(waiter) = self.waiters().remove(&entry.request) {
+                let _ = waiter.send(Ok(outcome));
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks the replica stopped, and fails every write waiting on it.
+    fn stop(&self, why: String) {
+        tracing::error!("this directory node stopped applying the cluster's log: {why}");
+        *self.stopped.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.clone());
+        for (_, waiter) in self.waiters().drain() {
+            let _ = waiter.send(Err(db(&why)));
+        }
+    }
+}
+
+/// Runs `future` on `handle` and blocks the calling thread until it is done. Unlike
+/// `Handle::block_on`, it may be called from a thread of another runtime.
+fn block_on<T: Send + 'static>(
+    handle: &tokio::runtime::Handle,
+    future: impl Future<Output = T> + Send + 'static,
+) -> Result<T, StoreError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    handle.spawn(async move {
+        let _ = tx.send(future.await);
+    });
+    rx.recv().map_err(|_| db("the store's runtime stopped"))
+}
+
+/// Connects, makes sure the stream exists, starts the applier and waits until it has applied
+/// what the stream held when it started.
+async fn start(
+    servers: &str,
+    log: &LogConfig,
+    local: Arc<RedbStore>,
+) -> Result<Arc<Inner>, StoreError> {
+    let client = async_nats::ConnectOptions::new()
+        .name("directory")
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .connect(servers)
+        .await
+        .map_err(|e| db(format!("cannot reach NATS at {servers}: {e}")))?;
+    let js = jetstream::new(client.clone());
+    let subject = format!("directory.{}.log", log.stream);
+    let mut stream = tokio::time::timeout(
+        WRITE_TIMEOUT * 3,
+        js.get_or_create_stream(stream::Config {
+            name: log.stream.clone(),
+            subjects: vec![subject.clone()],
+            num_replicas: log.replicas,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        }),
+    )
+    .await
+    .map_err(|_| db("JetStream did not answer"))?
+    .map_err(|e| db(format!("cannot open the log's stream: {e}")))?;
+    let state = stream.info().await.map_err(db)?.state.clone();
+    let position = local.log_position()?;
+    if position + 1 < state.first_sequence && state.messages > 0 {
+        return Err(db(format!(
+            "this replica stopped at entry {position}, but the log starts at {}: copy the data \
+             folder of a node that is up to date",
+            state.first_sequence
+        )));
+    }
+    let (applied, mut watch_applied) = watch::channel(position);
+    let inner = Arc::new(Inner {
+        local,
+        js,
+        subject,
+        origin: rand::random(),
+        next_request: AtomicU64::new(0),
+        waiters: Mutex::new(HashMap::new()),
+        stopped: Mutex::new(None),
+        applied,
+        woken: broadcast::channel(WOKEN_QUEUE).0,
+    });
+    let consumer = stream
+        .create_consumer(push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: position + 1,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| db(format!("cannot follow the log: {e}")))?;
+    let messages = consumer.messages().await.map_err(db)?;
+    tokio::spawn(apply_all(inner.clone(), messages));
+    let end = state.last_sequence;
+    if end > position {
+        tracing::info!(
+            from = position,
+            to = end,
+            "catching up with the cluster's log"
+        );
+    }
+    watch_applied
+        .wait_for(|&at| at >= end || inner.stopped().is_some())
+        .await
+        .map_err(db)?;
+    if let Some(why) = inner.stopped() {
+        return Err(db(why));
+    }
+    Ok(inner)
+}
+
+/// The applier: every entry of the log, in order, applied on a blocking thread (redb commits
+/// wait for the disk).
+async fn apply_all(inner: Arc<Inner>, mut messages: push::Ordered) {
+    while let Some(message) = messages.next().await {
+        let message = match message {
+            Ok(message) => message,
+            Err(e) => {
+                // The ordered consumer recreates itself after gaps and reconnections.
+                tracing::debug!("following the log: {e}");
+                continue;
+            }
+        };
+        let position = match message.info() {
+            Ok(info) => info.stream_sequence,
+            Err(e) => {
+                inner.stop(format!("a log entry without a position: {e}"));
+                return;
+            }
+        };
+        if position <= *inner.applied.borrow() {
+            continue;
+        }
+        let entry: Entry = match postcard::from_bytes(&message.payload) {
+            Ok(entry) => entry,
+            Err(e) => {
+                // Not ours (another program published on the subject): nothing to apply.
+                tracing::warn!(position, "skipped an undecodable log entry: {e}");
+                inner.applied.send_replace(position);
+                continue;
+            }
+        };
+        let applier = inner.clone();
+        let applied = tokio::task::spawn_blocking(move || applier.apply(position, entry)).await;
+        match applied {
+            Ok(Ok(())) => {
+                inner.applied.send_replace(position);
+            }
+            Ok(Err(e)) => return inner.stop(format!("entry {position}: {e}")),
+            Err(e) => return inner.stop(format!("entry {position}: {e}")),
+        }
+    }
+    inner.stop("the log's consumer ended".into());
+}
+
+/// Splits `mail` into runs of at most [`MAX_ENTRY_MAIL`] bytes (at least one mail each).
+fn chunks(mail: &[Mail]) -> Vec<&[Mail]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, m) in mail.iter().enumerate() {
+        let size = m.size();
+        if i > start && bytes + size > MAX_ENTRY_MAIL {
+            out.push(&mail[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < mail.len() {
+        out.push(&mail[start..]);
+    }
+    out
+}
+
+fn unexpected(outcome: Outcome) -> StoreError {
+    db(format!("the log answered a change with {outcome:?}"))
+}
+
+impl Store for JetStreamStore {
+    fn update_names(
+        &self,
+        bindings: &[Binding],
+        seen: &[(Name, u64)],
+        naming: Naming,
+    ) -> Result<Vec<Result<Bind, StoreError>>, StoreError> {
+        let change = Change::Names {
+            bindings: bindings.to_vec(),
+            seen: seen.to_vec(),
+            naming,
+        };
+        match self.write(change)? {
+            Outcome::Names(results) => Ok(results),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn name(&self, name: &Name) -> Result<Option<NameRecord>, StoreError> {
+        self.inner.local.name(name)
+    }
+
+    fn is_bound(&self, name: &Name) -> Result<bool, StoreError> {
+        self.inner.local.is_bound(name)
+    }
+
+    fn deposit_batch(
+        &self,
+        mail: &[Mail],
+        quota: Quota,
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        // The disk checked is this node's; replicas apply the entry whatever theirs holds.
+        if self.inner.local.free_disk()? < quota.min_free_disk {
+            tracing::warn!("the disk is nearly full; refusing deposits");
+            return Ok(vec![Err(StoreError::StoreFull); mail.len()]);
+        }
+        let quota = Quota {
+            min_free_disk: 0,
+            ..quota
+        };
+        let mut results = Vec::with_capacity(mail.len());
+        for chunk in chunks(mail) {
+            let change = Change::Deposits {
+                mail: chunk.to_vec(),
+                quota,
+            };
+            match self.write(change)? {
+                Outcome::Deposits(r) => results.extend(r),
+                other => return Err(unexpected(other)),
+            }
+        }
+        Ok(results)
+    }
+
+    fn pending(
+        &self,
+        recipient: &Name,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Stored>, StoreError> {
+        self.inner.local.pending(recipient, after, limit)
+    }
+
+    fn remove_batch(
+        &self,
+        entries: &[Removal],
+        quota: Quota,
+    ) -> Result<Vec<Option<Name>>, StoreError> {
+        let change = Change::Removals {
+            entries: entries.to_vec(),
+            quota,
+        };
+        match self.write(change)? {
+            Outcome::Removals(woken) => Ok(woken),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn queued_from(&self, recipient: &Name, sender: &Name) -> Result<u32, StoreError> {
+        self.inner.local.queued_from(recipient, sender)
+    }
+
+    fn lookup(&self, name: &Name, asker: &Name) -> Result<Option<(NameRecord, u32)>, StoreError> {
+        self.inner.local.lookup(name, asker)
+    }
+
+    fn usage(&self, recipient: &Name) -> Result<(u64, u64), StoreError> {
+        self.inner.local.usage(recipient)
+    }
+
+    fn sender_usage(&self, recipient: &Name, sender: &Name) -> Result<(u64, u64), StoreError> {
+        self.inner.local.sender_usage(recipient, sender)
+    }
+
+    fn held_bytes(&self) -> Result<u64, StoreError> {
+        self.inner.local.held_bytes()
+    }
+
+    fn held_entries(&self) -> Result<u64, StoreError> {
+        self.inner.local.held_entries()
+    }
+
+    fn append_room_op(&self, op: &Op) -> Result<(), StoreError> {
+        match self.write(Change::RoomOp(op.clone()))? {
+            Outcome::RoomOp(result) => result,
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn room_ops(
+        &self,
+        room: &RoomName,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Op>, StoreError> {
+        self.inner.local.room_ops(room, after, limit)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::store::suite::{self, chat, name, TestResult};
+    use std::{
+        io::{BufRead, BufReader},
+        process::{Child, Command, Stdio},
+    };
+
+    /// A `nats-server` with JetStream on a free loopback port, stopped on drop.
+    pub(crate) struct Nats {
+        child: Child,
+        /// `nats://127.0.0.1:PORT`.
+        pub(crate) url: String,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for Nats {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Starts one, or says loudly why not: `None` without `nats-server` on the PATH, which
+    /// fails the test when `CI=true` (CI installs it).
+    pub(crate) fn nats() -> Result<Option<Nats>, Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let spawned = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if std::env::var("CI").as_deref() == Ok("true") {
+                    return Err("nats-server is not installed, and CI=true".into());
+                }
+                eprintln!("SKIPPED: nats-server is not installed (.ci/run installs it)");
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let mut lines = BufReader::new(stderr).lines();
+        let mut url = None;
+        for line in lines.by_ref() {
+            let line = line?;
+            if let Some((_, addr)) = line.split_once("Listening for client connections on ") {
+                url = Some(format!("nats://{}", addr.trim()));
+            }
+            if line.contains("Server is ready") {
+                break;
+            }
+        }
+        // Keep draining its log, or the server blocks once the pipe is full.
+        std::thread::spawn(move || lines.for_each(drop));
+        let url = url.ok_or("nats-server did not say where it listens")?;
+        Ok(Some(Nats {
+            child,
+            url,
+            _dir: dir,
+        }))
+    }
+
+    fn log(stream: &str) -> LogConfig {
+        LogConfig {
+            stream: stream.replace(['.', '_'], "-"),
+            replicas: 1,
+        }
+    }
+
+    #[test]
+    fn passes_the_store_suite() -> TestResult {
+        let Some(nats) = nats()? else { return Ok(()) };
+        let dir = tempfile::tempdir()?;
+        suite::all(|store| {
+            let replica = dir.path().join(format!("{store}.redb"));
+            JetStreamStore::open(&nats.url, &log(store), &replica)
+        })
+    }
+
+    /// Two nodes on one log: a change made on one is applied by the other, which wakes the
+    /// recipient there; a name bound on one is refused to another key on the other; and a
+    /// node started later, with an empty replica, replays the log to the same state.
+    #[test]
+    fn nodes_on_one_log_hold_the_same_data() -> TestResult {
+        let Some(nats) = nats()? else { return Ok(()) };
+        let dir = tempfile::tempdir()?;
+        let open =
+            |node: &str| JetStreamStore::open(&nats.url, &log("two"), &dir.path().join(node));
+        let (a, b) = (open("a.redb")?, open("b.redb")?);
+        let mut woken_on_b = b.woken();
+        let naming = Naming::default();
+        let alice = common::KeyId([1; 32]);
+        assert_eq!(a.bind(&name("alice"), &alice, 1, naming)?, Bind::New);
+        assert_eq!(
+            b.bind(&name("alice"), &common::KeyId([2; 32]), 2, naming),
+            Err(StoreError::NameTaken)
+        );
+        b.bind(&name("bob"), &common::KeyId([3; 32]), 3, naming)?;
+        let mail = Mail::Chat(chat("alice", "bob", "hello"));
+        a.deposit_batch(std::slice::from_ref(&mail), Quota::default())?[0].clone()?;
+        let woken = block_on(a.handle()?, async move {
+            tokio::time::timeout(Duration::from_secs(5), woken_on_b.recv()).await
+        })?;
+        assert_eq!(woken?.map_err(|e| e.to_string())?, name("bob"));
+        let held = b.pending(&name("bob"), None, 10)?;
+        assert_eq!(held.iter().map(|s| &s.mail).collect::<Vec<_>>(), [&mail]);
+        assert_eq!(b.name(&name("alice"))?.map(|r| r.key), Some(alice));
+        let c = open("c.redb")?;
+        assert_eq!(c.applied(), a.applied());
+        assert_eq!(c.pending(&name("bob"), None, 10)?, held);
+        assert_eq!(c.name(&name("alice"))?, a.name(&name("alice"))?);
+        Ok(())
+    }
+}
