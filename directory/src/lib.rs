@@ -18,7 +18,10 @@
 //! * [`service`]: the answer to each request, knowing nothing of QUIC: register, lookup,
 //!   deposit, introduce.
 //! * [`state`]: what every connection shares: store, writer, registry, settings, counters,
-//!   allowances.
+//!   allowances, the cluster.
+//! * [`cluster`]: what the nodes of a cluster tell each other at once over NATS: who is online
+//!   where (lookups and introductions across nodes), presence, and changes applied from the
+//!   store's log that concern the peers connected here.
 //! * [`metrics`]: the counters and histograms, for logs and Prometheus (served by `server`).
 //! * [`rates`]: token buckets: introductions per key, host and target; new names per host.
 //! * [`rooms`]: each room's signed membership log: checked as members check it, stored,
@@ -46,6 +49,7 @@
 //!    `MailboxIdle`.
 
 pub mod admission;
+pub mod cluster;
 pub mod mailbox;
 pub mod metrics;
 pub mod rates;

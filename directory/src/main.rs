@@ -4,7 +4,11 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use common::{defaults, Identity};
-use directory::{store::RedbStore, Config};
+use directory::{
+    cluster::{Cluster, Membership},
+    store::{jetstream::LogConfig, JetStreamStore, RedbStore, Store},
+    Config,
+};
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
 /// Rendezvous server for peer-to-peer chat: binds names to keys, tracks who is online, and
@@ -116,6 +120,17 @@ struct Cli {
     #[arg(long, env = "DIRECTORY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
 
+    /// Run as a node of a cluster whose state is kept in NATS JetStream, at these servers
+    /// (comma-separated, `nats://HOST:4222,nats://HOST2:4222`). Without it, the directory keeps
+    /// its state in one file in --data and needs no other server.
+    #[arg(long, env = "DIRECTORY_STORE", value_name = "nats://HOST:PORT,...")]
+    store: Option<String>,
+
+    /// Copies JetStream keeps of the cluster's log when this node creates it: 3 for a NATS
+    /// cluster of three servers (one may fail), 1 for a single NATS server.
+    #[arg(long, env = "DIRECTORY_STORE_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    store_replicas: u8,
+
     /// Serve Prometheus metrics at http://ADDR/metrics (TCP), for example 127.0.0.1:9100.
     /// Off unless given; keep it on a private address: it tells how busy the directory is.
     #[arg(long, env = "DIRECTORY_METRICS")]
@@ -195,8 +210,31 @@ fn run(cli: Cli) -> Result<()> {
         Some(Command::Health { target }) => return health(&identity, target),
         None => {}
     }
-    let store = RedbStore::open(&data.join("directory.redb"))
-        .with_context(|| format!("opening the database in {}", data.display()))?;
+    let node = node_id(&data)?;
+    let servers: Option<Vec<String>> = cli.store.as_ref().map(|list| {
+        list.split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    });
+    let (store, changes): (Arc<dyn Store>, _) = match &servers {
+        None => {
+            let store = RedbStore::open(&data.join("directory.redb"))
+                .with_context(|| format!("opening the database in {}", data.display()))?;
+            (Arc::new(store), None)
+        }
+        Some(servers) => {
+            let log = LogConfig {
+                replicas: cli.store_replicas.into(),
+                ..LogConfig::default()
+            };
+            let replica = data.join("replica.redb");
+            let store = JetStreamStore::open(servers, &log, &replica)
+                .with_context(|| format!("joining the cluster's store at {}", servers.join(",")))?;
+            let changes = store.changes();
+            (Arc::new(store), Some(changes))
+        }
+    };
     let config = Config {
         quota: directory::store::Quota {
             max_messages: cli.mailbox_quota_messages,
@@ -251,8 +289,16 @@ fn run(cli: Cli) -> Result<()> {
             }
             None => None,
         };
+        let cluster = match (&servers, changes) {
+            (Some(servers), Some(changes)) => {
+                let cluster = Cluster::connect(servers, &node)
+                    .await
+                    .context("connecting to the cluster's NATS servers")?;
+                Some(Membership { cluster, changes })
+            }
+            _ => None,
+        };
         let shutdown = shutdown_signal()?;
-        let node = node_id(&data)?;
         tracing::info!(%addr, fingerprint = %identity.key_id, node, "directory listening");
         // One stdout line that scripts and tests can read.
         println!(
@@ -268,8 +314,7 @@ fn run(cli: Cli) -> Result<()> {
             new_burst: cli.new_connections_burst,
             registration_timeout: std::time::Duration::from_secs(cli.registration_timeout),
         };
-        let store = Arc::new(store);
-        directory::run(endpoint, store, config, limits, metrics, shutdown).await
+        directory::run(endpoint, store, config, limits, metrics, cluster, shutdown).await
     })
 }
 

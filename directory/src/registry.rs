@@ -165,6 +165,11 @@ impl Registry {
         self.map().get(name).cloned()
     }
 
+    /// Calls `f` with each peer online (under the registry's lock: keep it short).
+    pub fn each(&self, mut f: impl FnMut(&Online)) {
+        self.map().values().for_each(&mut f);
+    }
+
     /// How many peers are online.
     pub fn len(&self) -> usize {
         self.map().len()

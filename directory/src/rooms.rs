@@ -102,7 +102,7 @@ impl Rooms {
         }
         let mut rosters = self.rosters.lock().await;
         let known = self.roster(shared, &mut rosters, &op.room).await?;
-        let (mut next, told) = match (known, &op.action) {
+        let (next, told) = match (known, &op.action) {
             (Some(_), Action::Create { .. }) => return Err(ErrorCode::RoomTaken),
             (None, Action::Create { .. }) => {
                 op.room.name().check_new().map_err(|_| ErrorCode::BadName)?;
@@ -119,13 +119,7 @@ impl Rooms {
                 }
                 let mut next = known.clone();
                 next.roster.apply(&op).map_err(refused)?;
-                // Who is no longer a member hears of it too.
-                let told = match action {
-                    Action::Leave => vec![op.actor.clone()],
-                    Action::Kick { name } => vec![name.clone()],
-                    _ => Vec::new(),
-                };
-                (next, told)
+                (next, removed_by(&op))
             }
         };
         let store = shared.store.clone();
@@ -143,16 +137,53 @@ impl Rooms {
             }
         }
         debug!(room = %op.room, version = op.version, "room op stored");
-        next.note(&op);
-        self.index(&op.room, &next.roster, &told);
-        for name in next.roster.members.keys().chain(&told) {
+        self.took(shared, &mut rosters, next, &told, op);
+        Ok(())
+    }
+
+    /// Notes `op`, which `known` took in, and pushes it to the members online here (and to
+    /// `told`, whom it removes).
+    fn took(
+        &self,
+        shared: Parts<'_>,
+        rosters: &mut HashMap<RoomName, Known>,
+        mut known: Known,
+        told: &[Name],
+        op: Op,
+    ) {
+        known.note(&op);
+        self.index(&op.room, &known.roster, told);
+        for name in known.roster.members.keys().chain(told) {
             if let Some(online) = shared.registry.get(name) {
                 // A full queue means the member is not reading its events; it reads the log.
                 let _ = online.events.try_send(DirectoryEvent::RoomOp(op.clone()));
             }
         }
-        rosters.insert(op.room.clone(), next);
-        Ok(())
+        rosters.insert(op.room.clone(), known);
+    }
+
+    /// Takes in `op`, stored by another node of the cluster (which checked it), and pushes it
+    /// to the members online here. A room this node has not read, or has read only up to an
+    /// older version, is read again from the store when next asked for.
+    pub async fn applied(&self, shared: Parts<'_>, op: Op) {
+        let mut rosters = self.rosters.lock().await;
+        let mut next = match rosters.get(&op.room) {
+            Some(known) => known.clone(),
+            None if matches!(op.action, Action::Create { .. }) => match Roster::create(&op) {
+                Ok(roster) => {
+                    let known = Known::new(roster);
+                    self.took(shared, &mut rosters, known, &[], op);
+                    return;
+                }
+                Err(_) => return,
+            },
+            None => return,
+        };
+        if next.roster.apply(&op).is_err() {
+            rosters.remove(&op.room);
+            return;
+        }
+        self.took(shared, &mut rosters, next, &removed_by(&op), op);
     }
 
     /// Tells the online members of the rooms `name` is in that it came online or went
@@ -263,6 +294,15 @@ impl Rooms {
             }
             _ => Err(ErrorCode::Internal),
         }
+    }
+}
+
+/// Who `op` takes out of its room: they hear of it too.
+fn removed_by(op: &Op) -> Vec<Name> {
+    match &op.action {
+        Action::Leave => vec![op.actor.clone()],
+        Action::Kick { name } => vec![name.clone()],
+        _ => Vec::new(),
     }
 }
 

@@ -11,6 +11,7 @@
 
 use crate::{
     admission::{Admission, Decision, Limits},
+    cluster::Membership,
     session,
     state::{Config, Shared},
     store::{Store, StoreError},
@@ -23,19 +24,37 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 
 /// Serves `endpoint` until `shutdown` resolves, admitting connections within `limits`; and
-/// Prometheus metrics on `metrics`, if given (see [`crate::metrics`]).
+/// Prometheus metrics on `metrics`, if given (see [`crate::metrics`]). With `cluster`, the
+/// node works with the other nodes of its cluster (see [`crate::cluster`]).
 pub async fn run(
     endpoint: quinn::Endpoint,
     store: Arc<dyn Store>,
     config: Config,
     limits: Limits,
     metrics: Option<tokio::net::TcpListener>,
+    cluster: Option<Membership>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let admission = Admission::new(config.max_connections, limits);
-    let shared = Arc::new(Shared::new(store, config));
-    let cancel = CancellationToken::new();
+    let mut shared = Shared::new(store, config);
+    let changes = cluster.map(|Membership { cluster, changes }| {
+        shared.cluster = Some(cluster);
+        changes
+    });
+    let shared = Arc::new(shared);
     let mut sessions = JoinSet::new();
+    if let Some(changes) = changes {
+        let following = shared.clone();
+        sessions.spawn(async move {
+            if let Some(cluster) = &following.cluster {
+                let (registry, rooms) = (&following.registry, &following.rooms);
+                cluster
+                    .follow(changes, registry, rooms, &following.store)
+                    .await;
+            }
+        });
+    }
+    let cancel = CancellationToken::new();
     if let Some(listener) = metrics {
         let serve = serve_metrics(
             listener,

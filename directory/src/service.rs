@@ -8,6 +8,7 @@
 //! connection then starts delivering its mail ([`Reply::online`]).
 
 use crate::{
+    cluster::{self, Remote},
     registry::{Feed, Link, Online},
     rooms::{Asker, Parts as RoomParts},
     state::Shared,
@@ -127,7 +128,7 @@ pub async fn handle(
                 debug!(?limited, "lookup refused: rate limit");
                 return Err(ErrorCode::RateLimited);
             }
-            DirectoryResponse::Peer(lookup(shared, caller.key, me, name)?)
+            DirectoryResponse::Peer(lookup(shared, caller.key, me, name).await?)
         }
         DirectoryRequest::SetReach { reach } => {
             caller.registered()?;
@@ -157,7 +158,7 @@ pub async fn handle(
             DirectoryResponse::Stored
         }
         DirectoryRequest::Introduce { name } => {
-            introduce(shared, caller, &name)?;
+            introduce(shared, caller, &name).await?;
             DirectoryResponse::Introduced
         }
         DirectoryRequest::PunchOutcome {
@@ -253,6 +254,9 @@ async fn register(shared: &Shared, caller: &Caller, hello: Hello) -> Result<Repl
     info!(key = %caller.key.short(), heartbeat_ms, "online");
     let rooms = rooms_parts(shared);
     shared.rooms.presence(rooms, &name, true).await;
+    if let Some(cluster) = &shared.cluster {
+        cluster.presence(&name, true).await;
+    }
     Ok(Reply {
         response: registered,
         online: Some(feed),
@@ -337,21 +341,13 @@ fn punch_outcome(shared: &Shared, success: bool, now: Instant) {
 /// Sends `name` the caller's addresses on its event stream, so it dials the caller while the
 /// caller dials it. Each introduction makes the target send packets to addresses the caller
 /// chose, so they are rate limited per key, per host and per target (see [`crate::rates`]);
-/// refused attempts count against the caller too.
-fn introduce(shared: &Shared, caller: &Caller, name: &Name) -> Result<(), ErrorCode> {
+/// refused attempts count against the caller too. A target online on another node of the
+/// cluster gets it through that node, which checks the target's rate.
+async fn introduce(shared: &Shared, caller: &Caller, name: &Name) -> Result<(), ErrorCode> {
     let me = caller.registered()?;
     let from = caller.link.remote_address().ip();
     if let Err(limited) = shared.allowances.introduce_from(caller.key, from) {
         debug!(?limited, "introduction refused: rate limit");
-        return Err(ErrorCode::RateLimited);
-    }
-    let target = shared.registry.get(name).ok_or(ErrorCode::Offline)?;
-    if !target.reaches(&caller.key) {
-        debug!(to = %name, "introduction refused: not a contact of the target");
-        return Err(ErrorCode::NotAccepted);
-    }
-    if let Err(limited) = shared.allowances.introduce_to(name) {
-        debug!(?limited, to = %name, "introduction refused: rate limit");
         return Err(ErrorCode::RateLimited);
     }
     let mut addrs = vec![caller.link.remote_address()];
@@ -361,11 +357,13 @@ fn introduce(shared: &Shared, caller: &Caller, name: &Name) -> Result<(), ErrorC
         key: caller.key,
         addrs,
     };
-    // A full queue means the target is not reading its events; the caller falls back.
-    target
-        .events
-        .try_send(event)
-        .map_err(|_| ErrorCode::Offline)?;
+    match (shared.registry.get(name), &shared.cluster) {
+        (Some(target), _) => {
+            cluster::introduce_here(name, &target, &shared.allowances, caller.key, event)?
+        }
+        (None, Some(cluster)) => cluster.introduce(name, caller.key, event).await?,
+        (None, None) => return Err(ErrorCode::Offline),
+    }
     let n = shared.metrics.introductions.inc() + 1;
     debug!(to = %name, introductions = n, "introduced");
     Ok(())
@@ -374,8 +372,9 @@ fn introduce(shared: &Shared, caller: &Caller, name: &Name) -> Result<(), ErrorC
 /// What `asker` (key `key`, name `me`) may know of `name`: everything if `name` lets it reach
 /// it, else (a stranger, or `name` offline) its key, whether it is online and its last-seen
 /// day, without addresses. Offline, nobody is known to be its contact (contact lists are kept
-/// only while online), so everyone gets the day, unless it let anyone reach it.
-fn lookup(shared: &Shared, key: KeyId, me: &Name, name: Name) -> Result<PeerInfo, ErrorCode> {
+/// only while online), so everyone gets the day, unless it let anyone reach it. A peer online
+/// on another node of the cluster is asked of that node.
+async fn lookup(shared: &Shared, key: KeyId, me: &Name, name: Name) -> Result<PeerInfo, ErrorCode> {
     // Reads are served inline: a redb read transaction on a hot page costs microseconds, less
     // than the hop to a blocking thread, which profiling showed dominating lookups.
     let (record, queued) = shared
@@ -383,11 +382,16 @@ fn lookup(shared: &Shared, key: KeyId, me: &Name, name: Name) -> Result<PeerInfo
         .lookup(&name, me)
         .map_err(|_| ErrorCode::Internal)?
         .ok_or(ErrorCode::UnknownPeer)?;
+    let online = match (shared.registry.get(&name), &shared.cluster) {
+        (Some(o), _) => Some(Remote::of(&o, &key)),
+        (None, Some(cluster)) => cluster.lookup(&name, key).await,
+        (None, None) => None,
+    };
     let day = |ms: u64| ms - ms % STRANGER_LAST_SEEN_STEP_MS;
-    Ok(match shared.registry.get(&name) {
-        Some(o) if !o.reaches(&key) => PeerInfo {
+    Ok(match online {
+        Some(Remote { key, addrs: None }) => PeerInfo {
             name,
-            key: o.key,
+            key,
             online: true,
             last_seen_ms: Some(day(now_ms())),
             observed_addr: None,
@@ -395,15 +399,18 @@ fn lookup(shared: &Shared, key: KeyId, me: &Name, name: Name) -> Result<PeerInfo
             queued_from_you: queued,
             published: record.published,
         },
-        Some(o) => PeerInfo {
+        Some(Remote {
+            key,
+            addrs: Some((observed, listen_addrs)),
+        }) => PeerInfo {
             name,
-            key: o.key,
+            key,
             online: true,
             // Its connection is alive now: QUIC closes it three missed heartbeats after the
             // last one.
             last_seen_ms: Some(now_ms()),
-            observed_addr: Some(o.link.remote_address()),
-            listen_addrs: o.listen_addrs,
+            observed_addr: Some(observed),
+            listen_addrs,
             queued_from_you: queued,
             published: record.published,
         },

@@ -90,6 +90,16 @@ pub async fn run(
                 }
             },
             Some(feed) = online_rx.recv() => {
+                if shared.cluster.is_some() {
+                    let (shared, conn, name) = (shared.clone(), conn.clone(), feed.name.clone());
+                    let answer = async move {
+                        if let Some(cluster) = &shared.cluster {
+                            let (registry, allowances) = (&shared.registry, &shared.allowances);
+                            cluster.serve_peer(name, conn, registry, allowances).await;
+                        }
+                    };
+                    tasks.spawn(answer.in_current_span());
+                }
                 let delivery = mailbox::deliver(conn.clone(), shared.clone(), feed);
                 tasks.spawn(delivery.in_current_span());
             }
@@ -115,6 +125,9 @@ pub async fn run(
             info!("offline");
             let rooms = service::rooms_parts(&shared);
             shared.rooms.presence(rooms, name, false).await;
+            if let Some(cluster) = &shared.cluster {
+                cluster.presence(name, false).await;
+            }
         }
     }
     // The connection is closed (on shutdown the server closes it), so its streams and its

@@ -3,6 +3,7 @@
 //! this state and not on the accept loop.
 
 use crate::{
+    cluster::Cluster,
     rates::{Allowances, Rates},
     registry::Registry,
     rooms::Rooms,
@@ -39,6 +40,8 @@ pub struct Shared {
     pub allowances: Allowances,
     /// The rooms' membership logs.
     pub rooms: Rooms,
+    /// The other nodes, when this one is part of a cluster.
+    pub cluster: Option<Cluster>,
 }
 
 impl Shared {
@@ -50,6 +53,7 @@ impl Shared {
             registry: Registry::default(),
             allowances: Allowances::new(config.rates),
             rooms: Rooms::default(),
+            cluster: None,
             config,
             metrics: crate::metrics::Metrics::default(),
         }

@@ -13,6 +13,7 @@
 //!   [`PeerCmd::spawn`] for `listen` and `chat`, which give a [`Running`].
 //! - [`netns`]: real Linux NATs made of network namespaces, for the NAT traversal scenarios;
 //!   [`PeerCmd::netns`] and [`DirOpts::netns`] run a process inside one.
+//! - [`Nats`]: a `nats-server` with JetStream, for directories run as a cluster.
 //! - [`raw`]: a hand-made QUIC client for hostile input at the protocol level.
 //! - [`fuzz_checks`]: what each fuzz target checks, for `fuzz/` and the corpus replay.
 //! - [`Running`]: a long-lived process whose stdout lines are read on a thread; `wait_*`
@@ -38,6 +39,7 @@ mod checks;
 mod directory;
 pub mod fuzz_checks;
 mod logs;
+mod nats;
 mod net;
 pub mod netns;
 mod peer;
@@ -50,6 +52,7 @@ pub use bins::{bins, workspace_root, Bins};
 pub use checks::{check_messages, numbered};
 pub use directory::{directory_fingerprint, parse_start_line, DirOpts, Directory};
 pub use logs::Logs;
+pub use nats::Nats;
 pub use net::Net;
 pub use nix::sys::signal::Signal as Sig;
 pub use peer::{CmdOutput, PeerCmd};

@@ -20,7 +20,7 @@
 //! 2. The node's applier, an ordered consumer of the stream, applies entries one by one,
 //!    recording each one's position in the same redb transaction (see
 //!    [`RedbStore::applying`]); it hands the outcome of this node's own entries to their
-//!    writers, and names each recipient of mail or receipts in [`JetStreamStore::woken`], so
+//!    writers, and names each recipient of mail or receipts in [`JetStreamStore::changes`], so
 //!    the node holding its connection wakes its mailbox.
 //! 3. The write returns that outcome: when it returns `Ok`, the change is durable in the
 //!    stream and applied here (a lookup on this node sees it; another node sees it once it
@@ -65,8 +65,23 @@ const MAX_ENTRY_MAIL: u64 = 512 * 1024;
 /// How long a write waits for the stream's ack and then for its own entry to be applied.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Names woken that a slow reader may fall behind on before it is told it lagged.
-const WOKEN_QUEUE: usize = 4096;
+/// Changes a slow reader may fall behind on before it is told it lagged.
+const CHANGES_QUEUE: usize = 4096;
+
+/// A change this node applied that its own peers may need to hear of, on whichever node it was
+/// made.
+#[derive(Clone, Debug)]
+pub enum Applied {
+    /// The mailbox of this name got mail or a receipt.
+    Mail(Name),
+    /// A room's log grew by this op.
+    RoomOp {
+        /// The op.
+        op: Box<Op>,
+        /// Made on this node, whose rooms pushed it already.
+        mine: bool,
+    },
+}
 
 /// Where the cluster's log is and how it is kept.
 #[derive(Clone, Debug)]
@@ -138,7 +153,7 @@ struct Inner {
     stopped: Mutex<Option<String>>,
     /// Position of the last entry applied.
     applied: watch::Sender<u64>,
-    woken: broadcast::Sender<Name>,
+    changes: broadcast::Sender<Applied>,
 }
 
 /// The [`Store`] of a directory node in a cluster: writes through the cluster's JetStream log,
@@ -176,10 +191,10 @@ fn db(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl JetStreamStore {
-    /// Connects to the NATS servers `servers` (comma-separated `nats://host:port`), creates
-    /// the log's stream if it does not exist, opens the replica at `replica` and applies the
-    /// log up to its current end before returning.
-    pub fn open(servers: &str, log: &LogConfig, replica: &Path) -> Result<Self, StoreError> {
+    /// Connects to the NATS servers `servers` (`nats://host:port` each), creates the log's
+    /// stream if it does not exist, opens the replica at `replica` and applies the log up to
+    /// its current end before returning.
+    pub fn open(servers: &[String], log: &LogConfig, replica: &Path) -> Result<Self, StoreError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("store-nats")
@@ -187,7 +202,7 @@ impl JetStreamStore {
             .build()
             .map_err(db)?;
         let local = Arc::new(RedbStore::open(replica)?);
-        let servers = servers.to_string();
+        let servers = servers.to_vec();
         let log = log.clone();
         let inner = block_on(runtime.handle(), async move {
             start(&servers, &log, local).await
@@ -198,11 +213,11 @@ impl JetStreamStore {
         })
     }
 
-    /// The names whose mailbox got mail or a receipt, on whichever node the change was made,
-    /// as this node applies it: the node where that peer is online wakes its mailbox. A
-    /// receiver that lags has missed some; it should wake every mailbox it serves.
-    pub fn woken(&self) -> broadcast::Receiver<Name> {
-        self.inner.woken.subscribe()
+    /// The changes this node applies from now on that its peers may need to hear of: mail
+    /// for them (wake their mailbox), a room's new op (push it to them). A receiver that lags
+    /// has missed some, and should wake every mailbox it serves.
+    pub fn changes(&self) -> broadcast::Receiver<Applied> {
+        self.inner.changes.subscribe()
     }
 
     /// The position of the last log entry this node applied.
@@ -288,7 +303,7 @@ impl Inner {
                 let results = local.deposit_batch(&mail, quota)?;
                 for (m, r) in mail.iter().zip(&results) {
                     if r.is_ok() {
-                        let _ = self.woken.send(m.to().clone());
+                        let _ = self.changes.send(Applied::Mail(m.to().clone()));
                     }
                 }
                 Outcome::Deposits(results)
@@ -296,13 +311,20 @@ impl Inner {
             Change::Removals { entries, quota } => {
                 let woken = local.remove_batch(&entries, quota)?;
                 for sender in woken.iter().flatten() {
-                    let _ = self.woken.send(sender.clone());
+                    let _ = self.changes.send(Applied::Mail(sender.clone()));
                 }
                 Outcome::Removals(woken)
             }
             Change::RoomOp(op) => match local.append_room_op(&op) {
                 Err(StoreError::Db(e)) => return Err(StoreError::Db(e)),
-                other => Outcome::RoomOp(other),
+                other => {
+                    if other.is_ok() {
+                        let mine = entry.origin == self.origin;
+                        let op = Box::new(op);
+                        let _ = self.changes.send(Applied::RoomOp { op, mine });
+                    }
+                    Outcome::RoomOp(other)
+                }
             },
         };
         if entry.origin == self.origin {
@@ -339,7 +361,7 @@ fn block_on<T: Send + 'static>(
 /// Connects, makes sure the stream exists, starts the applier and waits until it has applied
 /// what the stream held when it started.
 async fn start(
-    servers: &str,
+    servers: &[String],
     log: &LogConfig,
     local: Arc<RedbStore>,
 ) -> Result<Arc<Inner>, StoreError> {
@@ -350,7 +372,7 @@ async fn start(
         .connection_timeout(Duration::from_secs(5))
         .connect(servers)
         .await
-        .map_err(|e| db(format!("cannot reach NATS at {servers}: {e}")))?;
+        .map_err(|e| db(format!("cannot reach NATS at {}: {e}", servers.join(","))))?;
     let js = jetstream::new(client.clone());
     let subject = format!("directory.{}.log", log.stream);
     let mut stream = tokio::time::timeout(
@@ -385,7 +407,7 @@ async fn start(
         waiters: Mutex::new(HashMap::new()),
         stopped: Mutex::new(None),
         applied,
-        woken: broadcast::channel(WOKEN_QUEUE).0,
+        changes: broadcast::channel(CHANGES_QUEUE).0,
     });
     let consumer = stream
         .create_consumer(push::OrderedConfig {
@@ -682,7 +704,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir()?;
         suite::all(|store| {
             let replica = dir.path().join(format!("{store}.redb"));
-            JetStreamStore::open(&nats.url, &log(store), &replica)
+            JetStreamStore::open(std::slice::from_ref(&nats.url), &log(store), &replica)
         })
     }
 
@@ -693,10 +715,15 @@ pub(crate) mod tests {
     fn nodes_on_one_log_hold_the_same_data() -> TestResult {
         let Some(nats) = nats()? else { return Ok(()) };
         let dir = tempfile::tempdir()?;
-        let open =
-            |node: &str| JetStreamStore::open(&nats.url, &log("two"), &dir.path().join(node));
+        let open = |node: &str| {
+            JetStreamStore::open(
+                std::slice::from_ref(&nats.url),
+                &log("two"),
+                &dir.path().join(node),
+            )
+        };
         let (a, b) = (open("a.redb")?, open("b.redb")?);
-        let mut woken_on_b = b.woken();
+        let mut changes_on_b = b.changes();
         let naming = Naming::default();
         let alice = common::KeyId([1; 32]);
         assert_eq!(a.bind(&name("alice"), &alice, 1, naming)?, Bind::New);
@@ -708,9 +735,13 @@ pub(crate) mod tests {
         let mail = Mail::Chat(chat("alice", "bob", "hello"));
         a.deposit_batch(std::slice::from_ref(&mail), Quota::default())?[0].clone()?;
         let woken = block_on(a.handle()?, async move {
-            tokio::time::timeout(Duration::from_secs(5), woken_on_b.recv()).await
+            tokio::time::timeout(Duration::from_secs(5), changes_on_b.recv()).await
         })?;
-        assert_eq!(woken?.map_err(|e| e.to_string())?, name("bob"));
+        let woken = match woken?.map_err(|e| e.to_string())? {
+            Applied::Mail(name) => name,
+            other => return Err(format!("not mail: {other:?}").into()),
+        };
+        assert_eq!(woken, name("bob"));
         let held = b.pending(&name("bob"), None, 10)?;
         assert_eq!(held.iter().map(|s| &s.mail).collect::<Vec<_>>(), [&mail]);
         assert_eq!(b.name(&name("alice"))?.map(|r| r.key), Some(alice));

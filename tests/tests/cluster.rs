@@ -1,0 +1,227 @@
+//! Two directory nodes on one NATS JetStream store (`directory --store nats://…`), sharing one
+//! key, with the peers split over them: names, presence, direct chat, the mailbox, receipts
+//! and order work across nodes, and a peer whose node is killed moves to the other without
+//! losing or repeating a message.
+//!
+//! Each scenario starts its own `nats-server`; without one installed they skip loudly, and
+//! fail under `CI=true`.
+
+use anyhow::{ensure, Result};
+use std::time::{Duration, Instant};
+use tests::{
+    check_messages, is_message_from, numbered, poll_until, DirOpts, Directory, Nats, Net, SHORT,
+};
+
+/// A two-node cluster: `net`'s main directory is node A; `b` is node B.
+struct Cluster {
+    net: Net,
+    b: Directory,
+    _nats: Nats,
+}
+
+impl Cluster {
+    fn start() -> Result<Option<Self>> {
+        let Some(nats) = Nats::start()? else {
+            return Ok(None);
+        };
+        let store = |extra: &[String]| DirOpts {
+            args: [&["--store".to_string(), nats.url().to_string()], extra].concat(),
+            ..DirOpts::default()
+        };
+        let net = Net::with(store(&[]))?;
+        let key = net.dir().data().join("key.der").display().to_string();
+        let b = net.start_directory(store(&["--key".into(), key]))?;
+        Ok(Some(Self {
+            net,
+            b,
+            _nats: nats,
+        }))
+    }
+
+    /// `whois name`, asked by `asker` at node B, until it says `online`.
+    fn wait_presence_at_b(&self, asker: &str, name: &str, online: bool) -> Result<()> {
+        poll_until(
+            &format!("whois {name} at node B to say online={online}"),
+            SHORT,
+            Duration::from_millis(100),
+            || {
+                let out = self
+                    .net
+                    .peer(asker)
+                    .directory(self.b.addr())
+                    .json()
+                    .args(["whois", name])
+                    .run(SHORT)?;
+                Ok(
+                    (out.status.success() && out.one_of_type("whois")?["online"] == online)
+                        .then_some(()),
+                )
+            },
+        )
+    }
+}
+
+/// A name bound on node A is refused to another key on node B, and known there; a peer online
+/// on A is online to a lookup at B, with the addresses to dial it; c2, on B, chats with c1, on
+/// A, directly both ways.
+#[test]
+fn peers_on_two_nodes_find_each_other_and_chat_directly() -> Result<()> {
+    let Some(cluster) = Cluster::start()? else {
+        return Ok(());
+    };
+    let (net, b) = (&cluster.net, &cluster.b);
+    net.register("c1")?;
+    let taken = net
+        .peer_in("c1", "impostor")
+        .directory(b.addr())
+        .args(["inbox"])
+        .run(SHORT)?;
+    taken.failure(&["registered to another key"])?;
+
+    let mut c1 = net.listen("c1")?;
+    cluster.wait_presence_at_b("c2", "c1", true)?;
+    let mut c2 = net.listen_with(net.peer("c2").directory(b.addr()))?;
+    let sent = net
+        .peer("c2")
+        .directory(b.addr())
+        .json()
+        .args(["send", "c1", "from node B"])
+        .run(SHORT)?
+        .success()?
+        .one_of_type("sent")?;
+    ensure!(
+        sent["status"] == "delivered" && sent["path"] == "public",
+        "c2 on node B did not reach c1 on node A directly: {sent}"
+    );
+    let got = c1.wait_json("a message from c2", SHORT, |v| is_message_from(v, "c2"))?;
+    ensure!(
+        got["body"] == "from node B" && got["via"] == "direct",
+        "c1 got {got}"
+    );
+    let back = net.send("c1", "c2", "from node A")?;
+    ensure!(
+        back["status"] == "delivered" && back["path"] == "public",
+        "c1 on node A did not reach c2 on node B directly: {back}"
+    );
+    c2.wait_json("a message from c1", SHORT, |v| is_message_from(v, "c1"))?;
+    net.assert_no_panics()
+}
+
+/// c1 on node A sends 30 messages to c2 while it is offline: queued. When c2 comes online on
+/// node B, they arrive from the mailbox once each and in order, and c1's history learns they
+/// were delivered (the receipts travel back across nodes).
+#[test]
+fn the_mailbox_works_across_nodes() -> Result<()> {
+    const N: usize = 30;
+    let Some(cluster) = Cluster::start()? else {
+        return Ok(());
+    };
+    let (net, b) = (&cluster.net, &cluster.b);
+    net.peer("c2")
+        .directory(b.addr())
+        .args(["inbox"])
+        .run(SHORT)?
+        .success()?;
+    let bodies = numbered("queued", 0..N);
+    for body in &bodies {
+        let sent = net.send("c1", "c2", body)?;
+        ensure!(sent["status"] == "queued", "c2 is offline, yet: {sent}");
+    }
+    let mut c1 = net.listen("c1")?;
+    let mut c2 = net.listen_with(net.peer("c2").directory(b.addr()))?;
+    let got = c2.wait_json_n("messages from c1", N, SHORT, |v| is_message_from(v, "c1"))?;
+    check_messages(&got, "c1", "c2", &bodies, Some("mailbox"))?;
+    // The receipts reach c1 on node A: its history says delivered (later).
+    poll_until(
+        "c1's history to say delivered later",
+        SHORT,
+        Duration::from_millis(200),
+        || {
+            let history = net.history("c1", "c2")?;
+            let mut sent = history.iter().filter(|m| m["from"] == "c1");
+            Ok(
+                (sent.clone().count() == N && sent.all(|m| m["state"] == "delivered_later"))
+                    .then_some(()),
+            )
+        },
+    )?;
+    // Nothing more arrives: each message once.
+    let again = net.peer("c2").directory(b.addr()).json().args(["inbox"]);
+    drop(c2);
+    let again = again.run(SHORT)?.success()?.of_type("message");
+    ensure!(again.is_empty(), "delivered again: {again:?}");
+    c1.ensure_running()?;
+    net.assert_no_panics()
+}
+
+/// A mailbox message deposited on node A for a peer online on node B is pushed to it at once:
+/// B applies the deposit from the cluster's log and wakes its mailbox.
+#[test]
+fn mail_deposited_on_one_node_is_pushed_by_the_other() -> Result<()> {
+    let Some(cluster) = Cluster::start()? else {
+        return Ok(());
+    };
+    let (net, b) = (&cluster.net, &cluster.b);
+    net.register("c1")?;
+    // Closed to strangers, c2 gets c1's message through the mailbox.
+    let mut c2 = net.listen_with(net.peer("c2").closed().directory(b.addr()))?;
+    let started = Instant::now();
+    let sent = net.send("c1", "c2", "through the log")?;
+    let got = c2.wait_json("a message from c1", SHORT, |v| is_message_from(v, "c1"))?;
+    ensure!(
+        got["body"] == "through the log" && got["via"] == "mailbox",
+        "c2 got {got} after {sent}"
+    );
+    eprintln!("deposit on A to shown on B: {:?}", started.elapsed());
+    net.assert_no_panics()
+}
+
+/// c1 (given both nodes) chats with c2 through node A; node A is killed (-9) mid-conversation.
+/// c1 moves to node B, and every message c1 sent, before and after, reaches c2 exactly once.
+#[test]
+fn a_peer_moves_when_its_node_dies_and_nothing_is_lost_or_repeated() -> Result<()> {
+    let Some(mut cluster) = Cluster::start()? else {
+        return Ok(());
+    };
+    let nodes = format!("{},{}", cluster.net.dir().addr(), cluster.b.addr());
+    let net = &cluster.net;
+    let mut c2 = net.listen_with(net.peer("c2").directory(cluster.b.addr()))?;
+    let mut c1 = net
+        .peer("c1")
+        .heartbeat(1.0)
+        .directory_nodes(&nodes)
+        .json()
+        .args(["chat", "c2"])
+        .spawn()?;
+    c1.wait_online()?;
+    let before = numbered("before", 0..5);
+    for body in &before {
+        c1.write_line(body)?;
+    }
+    let got = c2.wait_json_n("messages from c1", before.len(), SHORT, |v| {
+        is_message_from(v, "c1")
+    })?;
+    check_messages(&got, "c1", "c2", &before, None)?;
+    cluster.net.dir_mut().kill9()?;
+    let net = &cluster.net;
+    cluster.wait_presence_at_b("c2", "c1", true)?;
+    let after = numbered("after", 0..5);
+    for body in &after {
+        c1.write_line(body)?;
+    }
+    let got = c2.wait_json_n("messages from c1", after.len(), SHORT, |v| {
+        is_message_from(v, "c1")
+    })?;
+    check_messages(&got, "c1", "c2", &after, None)?;
+    c1.finish(Duration::from_secs(30))?;
+    let all = c2
+        .json_lines()
+        .into_iter()
+        .filter(|v| is_message_from(v, "c1"))
+        .count();
+    ensure!(
+        all == before.len() + after.len(),
+        "c2 got {all} messages from c1"
+    );
+    net.assert_no_panics()
+}
