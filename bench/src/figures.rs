@@ -58,6 +58,10 @@ pub struct Params {
     pub room_latency_msgs: usize,
     pub room_burst: usize,
     pub room_deposit_msgs: usize,
+    /// Deposits timed one at a time from one cluster node to a recipient on the other.
+    pub cluster_deliveries: usize,
+    /// Nodes killed, one after the other, for the failover figure.
+    pub cluster_kills: usize,
 }
 
 impl Params {
@@ -85,6 +89,8 @@ impl Params {
             // figures measure the delivery, within the posting limit.
             room_burst: ROOM_POSTS_BURST as usize,
             room_deposit_msgs: ROOM_POSTS_BURST as usize,
+            cluster_deliveries: 500,
+            cluster_kills: 5,
         }
     }
 
@@ -110,6 +116,8 @@ impl Params {
             room_latency_msgs: 20,
             room_burst: 20,
             room_deposit_msgs: 10,
+            cluster_deliveries: 20,
+            cluster_kills: 1,
         }
     }
 }
@@ -118,6 +126,9 @@ const BODY_100: &str = "01234567890123456789012345678901234567890123456789012345
 
 // ---------------------------------------------------------------------------------------------
 // Peers in this process
+
+/// How often the in-process peers heartbeat, unless a figure says otherwise.
+const HEARTBEAT: Duration = Duration::from_secs(10);
 
 /// A running [`Node`] whose incoming messages are shown (and so acknowledged) at once.
 pub struct PeerNode {
@@ -130,19 +141,20 @@ pub struct PeerNode {
 /// figures are for peers that know each other), with the directory at `addr` pinned to
 /// `fingerprint`. Its events are the caller's to take: unread, they hold the node up.
 async fn start_node(
-    addr: SocketAddr,
+    directory: String,
     fingerprint: KeyId,
     name: &str,
+    heartbeat: Duration,
 ) -> Result<(Node, tokio::sync::mpsc::Receiver<Event>, tempfile::TempDir)> {
     let home = tempfile::Builder::new().prefix("bench-peer").tempdir()?;
     let name = Name::new(name)?;
     let options = Options {
         name: name.clone(),
-        directory: addr.to_string(),
+        directory,
         home: Home::new(Some(home.path().to_path_buf()), &name)?,
         bind: SocketAddr::from(([127, 0, 0, 1], 0)),
         pin: Some(fingerprint),
-        heartbeat: Duration::from_secs(10),
+        heartbeat,
         direct_timeout: Duration::from_secs(3),
         mailbox_file_max: common::defaults::MAILBOX_FILE_MAX,
         open: true,
@@ -162,7 +174,18 @@ impl PeerNode {
     /// [`PeerNode::start`] with the directory's address and key, for a future that must not
     /// borrow the [`DirectoryProcess`] (one spawned on another runtime).
     pub async fn start_at(addr: SocketAddr, fingerprint: KeyId, name: String) -> Result<Self> {
-        let (node, mut events, home) = start_node(addr, fingerprint, &name).await?;
+        Self::start_listed(addr.to_string(), fingerprint, &name, HEARTBEAT).await
+    }
+
+    /// [`PeerNode::start_at`] with the directory given as the peer's `--directory` takes it
+    /// (`A:9000,B:9000` for several nodes of one cluster), heartbeating every `heartbeat`.
+    pub async fn start_listed(
+        directory: String,
+        fingerprint: KeyId,
+        name: &str,
+        heartbeat: Duration,
+    ) -> Result<Self> {
+        let (node, mut events, home) = start_node(directory, fingerprint, name, heartbeat).await?;
         let shown = Arc::new(AtomicU64::new(0));
         let counter = shown.clone();
         tokio::spawn(async move {
@@ -287,28 +310,32 @@ pub enum Requests {
     StreamEach,
 }
 
-/// Lookups per second from many concurrent clients.
+/// Lookups per second from many concurrent clients, spread over the nodes `dirs` (one for a
+/// single directory) of a peer online on the first: at another node of a cluster, a lookup of
+/// it asks the first. CPU is summed over the nodes.
 pub async fn lookups(
-    dir: &DirectoryProcess,
+    dirs: &[&DirectoryProcess],
     id: &Identity,
     p: &Params,
     how: Requests,
 ) -> Result<LoadWindow> {
+    let first = dirs.first().context("no directory")?;
     let pool = ClientPool::new(id, 4)?;
-    let target_conn = pool.connect(0, dir.addr).await?;
+    let target_conn = pool.connect(0, first.addr).await?;
     let target = crate::name("target", 0);
     pool.register(&target_conn, &target, Duration::from_secs(10), true)
         .await?;
     let mut conns = Vec::new();
     for i in 0..p.lookup_conns {
-        let conn = pool.connect(i, dir.addr).await?;
+        let conn = pool.connect(i, dirs[i % dirs.len()].addr).await?;
         pool.register(&conn, &crate::name("lk", i), Duration::from_secs(10), false)
             .await?;
         conns.push(conn);
     }
+    let cpu = || -> Result<Duration> { dirs.iter().map(|d| cpu_time(d.pid())).sum() };
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
-    let cpu0 = (cpu_time(dir.pid())?, cpu_time(std::process::id())?);
+    let cpu0 = (cpu()?, cpu_time(std::process::id())?);
     let start = Instant::now();
     let deadline = start + p.lookup_window;
     let mut tasks = JoinSet::new();
@@ -341,7 +368,7 @@ pub async fn lookups(
     }
     while tasks.join_next().await.is_some() {}
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu1 = (cpu_time(dir.pid())?, cpu_time(std::process::id())?);
+    let cpu1 = (cpu()?, cpu_time(std::process::id())?);
     pool.close();
     if failed.load(Ordering::Relaxed) > 0 {
         bail!("{} lookups failed", failed.load(Ordering::Relaxed));
@@ -762,7 +789,8 @@ impl BenchRoom {
         use peer::service::Service;
         let room: common::room::RoomName = "#bench".parse()?;
         let (addr, key) = (dir.addr, dir.fingerprint);
-        let (sender, events, sender_home) = start_node(addr, key, &format!("{tag}s")).await?;
+        let (sender, events, sender_home) =
+            start_node(addr.to_string(), key, &format!("{tag}s"), HEARTBEAT).await?;
         let sender = Arc::new(sender);
         let mut made = Self {
             // The sender hears the room's notices; unread, they would hold its inbox up.
@@ -807,7 +835,8 @@ impl BenchRoom {
             }
             if i < count {
                 let name = format!("{tag}{i}");
-                starting.spawn(async move { start_node(addr, key, &name).await });
+                let addr = addr.to_string();
+                starting.spawn(async move { start_node(addr, key, &name, HEARTBEAT).await });
             }
         }
         let room = self.room.clone();

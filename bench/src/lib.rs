@@ -5,6 +5,7 @@
 //! results. Everything runs on loopback, on ephemeral ports, in temporary folders, and is
 //! bounded in count and time.
 
+pub mod cluster;
 pub mod figures;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -154,10 +155,15 @@ const LIMITS_LIFTED: &[&str] = &[
 impl DirectoryProcess {
     /// Starts `bin` with `extra` arguments and waits for its "listening" line.
     pub fn spawn(bin: &Path, extra: &[&str]) -> Result<Self> {
+        Self::spawn_on(bin, SocketAddr::from(([127, 0, 0, 1], 0)), extra)
+    }
+
+    /// [`DirectoryProcess::spawn`] on `bind`.
+    pub fn spawn_on(bin: &Path, bind: SocketAddr, extra: &[&str]) -> Result<Self> {
         let data = tempfile::Builder::new().prefix("bench-dir").tempdir()?;
         let log = std::fs::File::create(data.path().join("directory.log"))?;
         let mut child = Command::new(bin)
-            .args(["--bind", "127.0.0.1:0", "--data"])
+            .args(["--bind", &bind.to_string(), "--data"])
             .arg(data.path().join("data"))
             .args(LIMITS_LIFTED)
             .args(extra)

@@ -34,7 +34,8 @@ struct Cli {
     out: PathBuf,
     /// Only these figure groups (comma separated): peer, first, lookups, presence, mailbox,
     /// bulk (a file with send_file, 32 KiB chat messages, and the stream references), disk,
-    /// rooms (a room of 50 in-process members: reach, burst, and deposits when all are offline).
+    /// rooms (a room of 50 in-process members: reach, burst, and deposits when all are offline),
+    /// cluster (two directory nodes on three clustered nats-servers, beside one redb node).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Online populations for the presence figure, e.g. 1000,5000,10000.
@@ -392,6 +393,84 @@ const ROOM_SENDER_CPU: Spec = (
     Better::Lower,
 );
 
+const CL_LOOKUPS_REDB: Spec = (
+    "cluster_redb_lookups",
+    "one redb node: lookups/s (beside the cluster)",
+    "req/s",
+    None,
+    Better::Higher,
+);
+const CL_LOOKUPS: Spec = (
+    "cluster_lookups",
+    "cluster: lookups/s over 2 nodes (half ask the other)",
+    "req/s",
+    None,
+    Better::Higher,
+);
+const CL_LOOKUPS_CPU: Spec = (
+    "cluster_lookups_cpu",
+    "  both nodes' CPU during cluster lookups",
+    "% core",
+    None,
+    Better::Lower,
+);
+const CL_DEPOSITS_REDB: Spec = (
+    "cluster_redb_deposits",
+    "one redb node: committed deposits/s (beside)",
+    "msg/s",
+    None,
+    Better::Higher,
+);
+const CL_DEPOSITS: Spec = (
+    "cluster_deposits",
+    "cluster: deposits/s committed in JetStream (R3)",
+    "msg/s",
+    None,
+    Better::Higher,
+);
+const CL_DRAIN: Spec = (
+    "cluster_drain",
+    "cluster: mailbox drain rate",
+    "msg/s",
+    None,
+    Better::Higher,
+);
+const CL_SAME_P50: Spec = (
+    "cluster_redb_delivery_p50",
+    "one redb node: deposit → pushed to recipient, p50",
+    "ms",
+    None,
+    Better::Lower,
+);
+const CL_CROSS_P50: Spec = (
+    "cluster_cross_p50",
+    "cluster: deposit on A → pushed by B, p50",
+    "ms",
+    Some(100.0),
+    Better::Lower,
+);
+const CL_CROSS_P99: Spec = (
+    "cluster_cross_p99",
+    "cluster: deposit on A → pushed by B, p99",
+    "ms",
+    Some(100.0),
+    Better::Lower,
+);
+const CL_FAILOVER_P50: Spec = (
+    "cluster_failover_p50",
+    "cluster: node killed → peer online on the other, p50",
+    "s",
+    None,
+    Better::Lower,
+);
+const CL_FAILOVER_P99: Spec = (
+    "cluster_failover_p99",
+    "cluster: node killed → peer online on the other, p99",
+    "s",
+    None,
+    Better::Lower,
+);
+
 const MIB: f64 = (1 << 20) as f64;
 
 /// Mailbox quotas no figure reaches: the deposit figures measure the directory, not its caps.
@@ -562,7 +641,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         if wants("lookups") {
             let dir = DirectoryProcess::spawn(&bin, &[])?;
-            match figures::lookups(&dir, &identity, &p, figures::Requests::Pipelined).await {
+            match figures::lookups(&[&dir], &identity, &p, figures::Requests::Pipelined).await {
                 Ok(w) => {
                     report.push(LOOKUPS, Ok(w.rate));
                     report.push(LOOKUP_CPU, Ok(w.directory_cpu_pct));
@@ -570,7 +649,8 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 Err(e) => report.push(LOOKUPS, Err(e)),
             }
-            let each = figures::lookups(&dir, &identity, &p, figures::Requests::StreamEach).await;
+            let each =
+                figures::lookups(&[&dir], &identity, &p, figures::Requests::StreamEach).await;
             report.push(LOOKUPS_STREAM_EACH, each.map(|w| w.rate));
         }
         if wants("mailbox") {
@@ -603,6 +683,9 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 Err(e) => report.push(ROOM_DEPOSITS, Err(e)),
             }
+        }
+        if wants("cluster") {
+            cluster(&bin, &identity, &p, &mut report).await?;
         }
         if wants("disk") {
             match figures::fsync_cost(p.fsync_count) {
@@ -655,6 +738,62 @@ async fn run(cli: Cli) -> Result<()> {
     );
     if failed > 0 {
         anyhow::bail!("{failed} measurements failed (see errors in results.json)");
+    }
+    Ok(())
+}
+
+/// The cluster's figures (issue 17), each beside one redb node in the same run: lookups over two
+/// nodes, deposits committed through JetStream with 3 replicas, delivery from a deposit on one
+/// node to a recipient on the other, and failover. Needs `nats-server`.
+async fn cluster(
+    bin: &std::path::Path,
+    identity: &common::Identity,
+    p: &Params,
+    report: &mut Report,
+) -> Result<()> {
+    use bench::cluster::{self, ClusterKey, NatsCluster};
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let single = DirectoryProcess::spawn(bin, UNBOUNDED_MAILBOX)?;
+    let lookups = figures::lookups(&[&single], identity, p, figures::Requests::Pipelined).await;
+    report.push(CL_LOOKUPS_REDB, lookups.map(|w| w.rate));
+    let deposits = figures::mailbox(&single, identity, p).await;
+    report.push(CL_DEPOSITS_REDB, deposits.map(|(d, _)| d));
+    let same = cluster::cross_node_delivery(&single, &single, identity, p.cluster_deliveries).await;
+    report.push(CL_SAME_P50, same.map(|v| bench::quantile_sorted(&v, 0.5)));
+    drop(single);
+
+    let key = ClusterKey::new(bin)?;
+    let nats = NatsCluster::start(3)?;
+    let a = cluster::node(bin, &nats, &key, 3, any, UNBOUNDED_MAILBOX)?;
+    let b = cluster::node(bin, &nats, &key, 3, any, UNBOUNDED_MAILBOX)?;
+    match figures::lookups(&[&a, &b], identity, p, figures::Requests::Pipelined).await {
+        Ok(w) => {
+            report.push(CL_LOOKUPS, Ok(w.rate));
+            report.push(CL_LOOKUPS_CPU, Ok(w.directory_cpu_pct));
+        }
+        Err(e) => report.push(CL_LOOKUPS, Err(e)),
+    }
+    match figures::mailbox(&a, identity, p).await {
+        Ok((deposits, drain)) => {
+            report.push(CL_DEPOSITS, Ok(deposits));
+            report.push(CL_DRAIN, Ok(drain));
+        }
+        Err(e) => report.push(CL_DEPOSITS, Err(e)),
+    }
+    match cluster::cross_node_delivery(&a, &b, identity, p.cluster_deliveries).await {
+        Ok(v) => {
+            report.push(CL_CROSS_P50, Ok(bench::quantile_sorted(&v, 0.5)));
+            report.push(CL_CROSS_P99, Ok(bench::quantile_sorted(&v, 0.99)));
+        }
+        Err(e) => report.push(CL_CROSS_P50, Err(e)),
+    }
+    drop((a, b, nats));
+    match cluster::failover(bin, identity, &key, p.cluster_kills).await {
+        Ok(v) => {
+            report.push(CL_FAILOVER_P50, Ok(bench::quantile_sorted(&v, 0.5)));
+            report.push(CL_FAILOVER_P99, Ok(bench::quantile_sorted(&v, 0.99)));
+        }
+        Err(e) => report.push(CL_FAILOVER_P50, Err(e)),
     }
     Ok(())
 }

@@ -65,6 +65,10 @@ const MAX_ENTRY_MAIL: u64 = 512 * 1024;
 /// How long a write waits for the stream's ack and then for its own entry to be applied.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a node waits for JetStream to take the log's stream when it starts: a NATS cluster
+/// that is starting too elects its JetStream leader first.
+const JETSTREAM_START: Duration = Duration::from_secs(60);
+
 /// Changes a slow reader may fall behind on before it is told it lagged.
 const CHANGES_QUEUE: usize = 4096;
 
@@ -375,19 +379,28 @@ async fn start(
         .map_err(|e| db(format!("cannot reach NATS at {}: {e}", servers.join(","))))?;
     let js = jetstream::new(client.clone());
     let subject = format!("directory.{}.log", log.stream);
-    let mut stream = tokio::time::timeout(
-        WRITE_TIMEOUT * 3,
-        js.get_or_create_stream(stream::Config {
-            name: log.stream.clone(),
-            subjects: vec![subject.clone()],
-            num_replicas: log.replicas,
-            storage: stream::StorageType::File,
-            ..Default::default()
-        }),
-    )
-    .await
-    .map_err(|_| db("JetStream did not answer"))?
-    .map_err(|e| db(format!("cannot open the log's stream: {e}")))?;
+    let config = stream::Config {
+        name: log.stream.clone(),
+        subjects: vec![subject.clone()],
+        num_replicas: log.replicas,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    };
+    // A NATS cluster that is starting has no JetStream leader for a few seconds: retry.
+    let deadline = tokio::time::Instant::now() + JETSTREAM_START;
+    let mut stream = loop {
+        let tried = tokio::time::timeout(WRITE_TIMEOUT, js.get_or_create_stream(config.clone()));
+        let why = match tried.await {
+            Ok(Ok(stream)) => break stream,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "JetStream did not answer".to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(db(format!("cannot open the log's stream: {why}")));
+        }
+        tracing::info!("waiting for JetStream: {why}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     let state = stream.info().await.map_err(db)?.state.clone();
     let position = local.log_position()?;
     if position + 1 < state.first_sequence && state.messages > 0 {
