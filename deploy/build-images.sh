@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the container images p2pchat/directory and p2pchat/peer from this checkout, with no
+# Builds the container images p2pchat/directory and p2pchat/peer from this checkout (and
+# p2pchat/nats from this machine's nats-server, when it has one), with no
 # image registry: the images are FROM scratch (see deploy/Dockerfile), so everything in them is
 # staged here from the build machine.
 #
@@ -46,15 +47,16 @@ stage_file() {
 }
 
 libc_dir=
-for bin in "${bins[@]}"; do
-  src="$target_dir/release/$bin"
+# stage_bin SRC NAME: bin/NAME from SRC (debug info stripped), with its loader and libraries.
+stage_bin() {
+  local src=$1 bin=$2 interp ldd_out lib
   strip --strip-debug -o "$ctx/bin/$bin" "$src"
   echo "   bin/$bin ($(du -h "$ctx/bin/$bin" | cut -f1))"
   # The program interpreter, exactly at the path the binary names.
   interp=$(readelf -l "$src" | sed -nE 's/.*Requesting program interpreter: ([^]]+)\].*/\1/p')
   if [ -z "$interp" ]; then
     echo "   $bin is statically linked"
-    continue
+    return 0
   fi
   stage_file "$interp"
   ldd_out=$(ldd "$src")
@@ -67,7 +69,19 @@ for bin in "${bins[@]}"; do
     stage_file "$lib"
     case "$lib" in */libc.so.*) libc_dir=$(dirname "$lib") ;; esac
   done < <(sed -nE 's/.*=> (\/[^ ]+) \(0x[0-9a-f]+\)$/\1/p' <<<"$ldd_out")
+}
+
+for bin in "${bins[@]}"; do
+  stage_bin "$target_dir/release/$bin" "$bin"
 done
+# NATS for the cluster's stack (deploy/docker-compose.cluster.yml): the nats-server installed
+# on this machine (.ci/run installs Debian's), in an image of its own.
+if nats=$(command -v nats-server); then
+  stage_bin "$nats" nats-server
+  bins+=(nats)
+else
+  echo "   no nats-server here: no nats image (the cluster's stack needs one)"
+fi
 
 # Name resolution (getaddrinfo, for `directory:9000`) goes through NSS. Since glibc 2.34 the
 # `files` and `dns` services are built into libc (libnss_files.so.2 and libnss_dns.so.2 are
@@ -93,5 +107,5 @@ for bin in "${bins[@]}"; do
   if [ -n "$old" ] && [ "$old" != "$(docker image inspect -f '{{.Id}}' "$image")" ]; then
     docker image rm "$old" >/dev/null 2>&1 || true
   fi
-  echo "   $image runs: $(docker run --rm --network none "$image" --version)"
+  echo "   $image runs: $(docker run --rm --network none "$image" --version 2>&1 | head -1)"
 done

@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# The directory cluster in containers: builds the images (deploy/build-images.sh, which needs
+# nats-server on this machine for the nats image), brings up deploy/docker-compose.cluster.yml
+# (3 NATS servers with JetStream, 2 directory nodes d1 and d2 sharing one key, peers c1 and c2
+# on d1, c3 and c4 on d2) under a project name of its own, and checks from outside:
+#
+#   1. peers on different nodes chat directly: c1 (d1) and c3 (d2) at the same time, `direct`;
+#   2. and through the mailbox across nodes: c4 (d2) stopped, c1's messages `queued`, and c4
+#      gets them once, in order, `mailbox`, when started again;
+#   3. d1 killed (docker kill) mid-conversation: c1 and c2 move to d2 (online there), and every
+#      message c1 sent to c3 before, during and after arrives exactly once, in order;
+#   4. one NATS server killed: lookups, direct messages and mailbox deposits keep working;
+#   5. the killed ones started again: d1 is healthy (its replica catches up) and serves peers;
+#   6. a name registered through d1 (c1) is refused to another key through d2;
+#   7. no container's log shows a panic, nothing was restarted behind our back, and nothing
+#      arrived twice.
+#
+# Environment: as deploy/compose-test.sh (COMPOSE_TEST_SKIP_BUILD=1, COMPOSE_TEST_KEEP=1).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+project="p2pchat-cluster-$$"
+run="k$$"                 # in every message body, so nothing else can be mistaken for ours
+send_bound=20             # seconds any `peer` command may take, all included
+export CHAT_HEARTBEAT=1 CHAT_DIRECT_TIMEOUT=3
+export IMAGE_PREFIX=${IMAGE_PREFIX:-p2pchat} IMAGE_TAG=${IMAGE_TAG:-latest}
+export RUST_LOG=${RUST_LOG:-peer=info,directory=info}
+
+compose_file=deploy/docker-compose.cluster.yml
+services=(nats1 nats2 nats3 d1 d2 c1 c2 c3 c4)
+logs_dir="${CARGO_TARGET_DIR:-$root/target}/cluster-test-logs"
+# shellcheck source=deploy/test-lib.sh
+. deploy/test-lib.sh
+
+# online_at NODE NAME: NAME is registered on NODE (its own registry), from NODE's log.
+online_at() {
+  timeout 20 docker logs "${cid[$1]}" 2>&1 | grep -q "name=\"$2\"}: directory::service: online"
+}
+stopped() { ! is_running "$1"; }
+
+# ---------------------------------------------------------------------------------------------
+step="build"
+if [ "${COMPOSE_TEST_SKIP_BUILD:-}" = 1 ]; then
+  log "reusing the images $IMAGE_PREFIX/{directory,peer,nats}:$IMAGE_TAG"
+else
+  log "building the images"
+  deploy/build-images.sh
+fi
+for bin in directory peer nats; do
+  docker image inspect "$IMAGE_PREFIX/$bin:$IMAGE_TAG" >/dev/null ||
+    fail "image $IMAGE_PREFIX/$bin:$IMAGE_TAG" "built (nats needs nats-server here)" "missing"
+done
+
+step="start"
+log "starting the stack (project $project, ${compose[*]})"
+out=$(dc up -d 2>&1) || fail "${compose[*]} up -d" "the stack up" "$out"
+for s in "${services[@]}"; do
+  cid[$s]=$(dc ps -q "$s")
+  [ -n "${cid[$s]}" ] || fail "container of $s" "a container id" "none"
+done
+net=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}' "${cid[c1]}")
+for d in d1 d2; do
+  wait_for 90 is_healthy "$d" || fail "$d health" "healthy" "$(health "$d")"
+done
+for s in c1 c2 c3 c4; do
+  wait_for 60 printed_online "$s" || fail "$s online" '{"type":"online",...} on stdout' \
+    "$(timeout 10 docker logs --tail 20 "${cid[$s]}" 2>&1)"
+done
+for pair in "d1 c1" "d1 c2" "d2 c3" "d2 c4"; do
+  # shellcheck disable=SC2086
+  online_at $pair || fail "${pair#* } on node ${pair% *}" "registered there" \
+    "$(timeout 10 docker logs --tail 20 "${cid[${pair% *}]}" 2>&1)"
+done
+fingerprints=$(for d in d1 d2; do stdout_of "$d"; done |
+  sed -nE 's/^directory listening on .* fingerprint ([0-9a-f]+)$/\1/p' | sort -u)
+[ "$(grep -c . <<<"$fingerprints")" = 1 ] || fail "the nodes' keys" "one fingerprint" "$fingerprints"
+log "up: c1, c2 on d1; c3, c4 on d2; one key $fingerprints; network $net"
+
+step="step 0 (the peers accept each other as contacts, across nodes)"
+log "$step"
+for a in c1 c2 c3 c4; do
+  for b in c1 c2 c3 c4; do
+    [ "$a" = "$b" ] && continue
+    wait_for 30 is_online "$a" "$b" || fail "whois $b from $a" "online: true" \
+      "$(peer_cmd "$a" whois "$b" 2>&1)"
+    out=$(peer_cmd "$a" accept "$b" 2>&1) || fail "$a accept $b" "a contact line" "$out"
+  done
+done
+
+# ---------------------------------------------------------------------------------------------
+step="step 1 (c1 on d1 and c3 on d2, both ways at once, direct)"
+log "$step"
+tmp=$(mktemp -d)
+send_all c1 c3 "$run-s1-c1" 1 4 delivered >"$tmp/a" 2>"$tmp/a.err" &
+pa=$!
+send_all c3 c1 "$run-s1-c3" 1 4 delivered >"$tmp/b" 2>"$tmp/b.err" &
+pb=$!
+ra=0 rb=0
+wait "$pa" || ra=$?
+wait "$pb" || rb=$?
+cat "$tmp/a" "$tmp/b"
+if [ "$ra" -ne 0 ] || [ "$rb" -ne 0 ]; then
+  cat "$tmp/a.err" "$tmp/b.err" >&2
+  rm -rf "$tmp"
+  exit 1
+fi
+rm -rf "$tmp"
+expect_received c3 c1 "$run-s1-c1" 20 "$(lines "$run-s1-c1" 1 4 direct)"
+expect_received c1 c3 "$run-s1-c3" 20 "$(lines "$run-s1-c3" 1 4 direct)"
+
+# ---------------------------------------------------------------------------------------------
+step="step 2 (c4 on d2 stopped: c1's messages through the mailbox, across nodes)"
+log "$step"
+dc stop -t 10 c4 >/dev/null 2>&1
+wait_for 30 is_offline c1 c4 || fail "whois c4 after stopping it" "online: false" \
+  "$(peer_cmd c1 whois c4 2>&1)"
+send_all c1 c4 "$run-s2" 1 3 queued
+dc start c4 >/dev/null 2>&1
+expect_received c4 c1 "$run-s2" 60 "$(lines "$run-s2" 1 3 mailbox)"
+
+# ---------------------------------------------------------------------------------------------
+step="step 3 (d1 killed mid-conversation: c1 and c2 move to d2)"
+log "$step"
+send_all c1 c3 "$run-s3" 1 3 delivered
+timeout 30 docker kill "${cid[d1]}" >/dev/null
+wait_for 30 stopped d1 || fail "d1 after docker kill" "stopped" "still running"
+# The conversation goes on while c1 notices (3 heartbeats) and moves: the direct link to c3
+# does not need the directory.
+send_all c1 c3 "$run-s3" 4 6 any
+for s in c1 c2; do
+  wait_for 60 online_at d2 "$s" || fail "$s after d1 was killed" "online at d2" \
+    "$(timeout 10 docker logs --tail 20 "${cid[$s]}" 2>&1)"
+done
+wait_for 30 is_online c3 c1 || fail "whois c1 at d2" "online: true" "$(peer_cmd c3 whois c1 2>&1)"
+send_all c1 c3 "$run-s3" 7 8 any
+expect_received c3 c1 "$run-s3" 30 "$(lines "$run-s3" 1 8 any)"
+
+# ---------------------------------------------------------------------------------------------
+step="step 4 (nats1 killed: the cluster keeps working on two NATS servers of three)"
+log "$step"
+timeout 30 docker kill "${cid[nats1]}" >/dev/null
+wait_for 30 stopped nats1 || fail "nats1 after docker kill" "stopped" "still running"
+wait_for 30 is_online c4 c2 || fail "whois c2 from c4" "online: true" "$(peer_cmd c4 whois c2 2>&1)"
+send_all c4 c2 "$run-s4" 1 2 delivered
+dc stop -t 10 c2 >/dev/null 2>&1
+wait_for 30 is_offline c4 c2 || fail "whois c2 after stopping it" "online: false" \
+  "$(peer_cmd c4 whois c2 2>&1)"
+# A deposit commits in the log: a majority of its 3 copies, on the 2 servers left.
+send_all c4 c2 "$run-s4" 3 4 queued
+dc start c2 >/dev/null 2>&1
+expect_received c2 c4 "$run-s4" 60 "$(lines "$run-s4" 1 2 direct; lines "$run-s4" 3 4 mailbox)"
+
+# ---------------------------------------------------------------------------------------------
+step="step 5 (nats1 and d1 started again)"
+log "$step"
+timeout 30 docker start "${cid[nats1]}" >/dev/null
+timeout 30 docker start "${cid[d1]}" >/dev/null
+wait_for 90 is_healthy d1 || fail "d1 health after the restart" "healthy" "$(health d1)"
+fingerprints=$(stdout_of d1 | sed -nE 's/^directory listening on .* fingerprint ([0-9a-f]+)$/\1/p' | sort -u)
+[ "$fingerprints" = "$(stdout_of d2 | sed -nE 's/^directory listening on .* fingerprint ([0-9a-f]+)$/\1/p' | sort -u)" ] ||
+  fail "d1's key after the restart" "the cluster's key" "$fingerprints"
+# d1 serves again: a short-lived peer asks it about c3 (online at d2) and sends to c3.
+ask_d1() {
+  timeout "$send_bound" docker run --rm --network "$net" -e CHAT_HOME=/tmp/h \
+    "$IMAGE_PREFIX/peer:$IMAGE_TAG" --name "$1" --directory d1:9000 --json --open "${@:2}"
+}
+out=$(ask_d1 "v$$" whois c3 2>&1) || fail "whois c3 at the restarted d1" "an answer" "$out"
+[ "$(json_field online <<<"$out")" = True ] || fail "whois c3 at d1" "online: true" "$out"
+
+# ---------------------------------------------------------------------------------------------
+step="step 6 (c1's name, bound through d1, is refused to another key through d2)"
+log "$step"
+if out=$(timeout "$send_bound" docker run --rm --network "$net" -e CHAT_HOME=/tmp/h \
+  "$IMAGE_PREFIX/peer:$IMAGE_TAG" --name c1 --directory d2:9000 inbox 2>&1); then
+  fail "another key registering c1 at d2" "refused" "$out"
+fi
+grep -q "registered to another key" <<<"$out" ||
+  fail "another key registering c1 at d2" "'registered to another key'" "$out"
+
+# ---------------------------------------------------------------------------------------------
+step="step 7 (no panics, nothing restarted, no late duplicates)"
+log "$step"
+for s in "${services[@]}"; do
+  panics=$(timeout 20 docker logs "${cid[$s]}" 2>&1 | grep -iE 'panicked|RUST_BACKTRACE|stack backtrace' || true)
+  [ -z "$panics" ] || fail "$s's log" "no panic" "$panics"
+  restarts=$(timeout 10 docker inspect -f '{{.RestartCount}}' "${cid[$s]}")
+  [ "$restarts" = 0 ] || fail "$s's restart count" 0 "$restarts"
+  is_running "$s" || fail "$s" "running" "$(timeout 10 docker inspect -f '{{.State.Status}} exit {{.State.ExitCode}}' "${cid[$s]}")"
+done
+expect_received c3 c1 "$run-s1-c1" 1 "$(lines "$run-s1-c1" 1 4 direct)"
+expect_received c1 c3 "$run-s1-c3" 1 "$(lines "$run-s1-c3" 1 4 direct)"
+expect_received c4 c1 "$run-s2" 1 "$(lines "$run-s2" 1 3 mailbox)"
+expect_received c3 c1 "$run-s3" 1 "$(lines "$run-s3" 1 8 any)"
+expect_received c2 c4 "$run-s4" 1 "$(lines "$run-s4" 1 2 direct; lines "$run-s4" 3 4 mailbox)"
