@@ -605,17 +605,26 @@ impl Inner {
             .map(|l| l.is_ipv4())
             .unwrap_or(true);
         let mut nodes = Vec::new();
+        let mut unresolved = None;
         for host in s.addr.split(',').map(str::trim).filter(|h| !h.is_empty()) {
-            let found = tokio::net::lookup_host(host)
-                .await
-                .with_context(|| format!("cannot resolve the directory address {host}"))?;
-            nodes.extend(found.filter(|a| a.is_ipv4() == v4));
+            // A node whose name no longer resolves (a container that died takes its name
+            // with it) passes the turn to the others.
+            match tokio::net::lookup_host(host).await {
+                Ok(found) => nodes.extend(found.filter(|a| a.is_ipv4() == v4)),
+                Err(e) => {
+                    debug!(node = host, cause = %e, "directory node not resolved");
+                    unresolved.get_or_insert(
+                        anyhow::Error::new(e)
+                            .context(format!("cannot resolve the directory address {host}")),
+                    );
+                }
+            }
         }
-        anyhow::ensure!(
-            !nodes.is_empty(),
-            "the directory address {} has no usable address",
-            s.addr
-        );
+        if nodes.is_empty() {
+            return Err(unresolved.unwrap_or_else(|| {
+                anyhow::anyhow!("the directory address {} has no usable address", s.addr)
+            }));
+        }
         let first = self.next_node.load(std::sync::atomic::Ordering::Relaxed);
         let mut failed = None;
         for i in 0..nodes.len() {

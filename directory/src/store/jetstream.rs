@@ -255,12 +255,7 @@ impl JetStreamStore {
         let publish = {
             let inner = inner.clone();
             async move {
-                let ack = inner
-                    .js
-                    .publish(inner.subject.clone(), bytes.into())
-                    .await
-                    .map_err(db)?;
-                ack.await.map_err(db)?;
+                inner.publish(request, bytes.into()).await?;
                 outcome
                     .await
                     .map_err(|_| db("the applier stopped before applying the entry"))?
@@ -280,6 +275,33 @@ impl JetStreamStore {
 }
 
 impl Inner {
+    /// Publishes the entry of write `request` until JetStream acknowledges it. A NATS server
+    /// that dies, or a stream leader that moves, fails a publish for a moment: it is tried
+    /// again, under the same message id, so JetStream keeps one copy if an earlier try was
+    /// stored after all (its duplicate window is two minutes, the write's bound ten seconds).
+    async fn publish(&self, request: u64, payload: bytes::Bytes) -> Result<(), StoreError> {
+        let id = format!("{:016x}-{request}", self.origin);
+        loop {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", id.as_str());
+            let tried = match self
+                .js
+                .publish_with_headers(self.subject.clone(), headers, payload.clone())
+                .await
+            {
+                Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match tried {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::debug!(cause = %e, "the log did not take an entry; trying again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
     fn waiters(
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Result<Outcome, StoreError>>>> {
