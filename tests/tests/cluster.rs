@@ -225,3 +225,42 @@ fn a_peer_moves_when_its_node_dies_and_nothing_is_lost_or_repeated() -> Result<(
     );
     net.assert_no_panics()
 }
+
+/// A room with members on both nodes: c1, on node A, creates it and invites c2, on node B,
+/// which hears of it at once (node B pushes the op it applied from the log); c1's room message
+/// reaches c2; c1 coming online and going offline on A shows in the room on B.
+#[test]
+fn a_room_spans_both_nodes() -> Result<()> {
+    let Some(cluster) = Cluster::start()? else {
+        return Ok(());
+    };
+    let (net, b) = (&cluster.net, &cluster.b);
+    net.register("c1")?;
+    let mut c2 = net.listen_with(net.peer("c2").directory(b.addr()))?;
+    let room = |args: &[&str]| net.peer("c1").json().args(["room"]).args(args).run(SHORT);
+    room(&["create", "#span"])?.success()?;
+    room(&["invite", "#span", "c2"])?.success()?;
+    c2.wait_json("c2 on node B hears it was invited", SHORT, |v| {
+        v["type"] == "room_event" && v["event"] == "invited" && v["name"] == "c2"
+    })?;
+    let mut c1 = net.listen("c1")?;
+    c2.wait_json("c1 online in #span, from node A", SHORT, |v| {
+        v["type"] == "room_event" && v["event"] == "online" && v["name"] == "c1"
+    })?;
+    let sent = net
+        .peer("c1")
+        .json()
+        .args(["send", "#span", "across nodes"])
+        .run(SHORT)?
+        .success()?
+        .one_of_type("sent")?;
+    ensure!(sent["delivered"] == 1, "sent: {sent}");
+    c2.wait_json("the room message", SHORT, |v| {
+        is_message_from(v, "c1") && v["room"] == "#span" && v["body"] == "across nodes"
+    })?;
+    c1.stop_with(tests::Sig::SIGTERM)?;
+    c2.wait_json("c1 offline in #span, from node A", SHORT, |v| {
+        v["type"] == "room_event" && v["event"] == "offline" && v["name"] == "c1"
+    })?;
+    net.assert_no_panics()
+}
