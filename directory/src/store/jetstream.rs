@@ -425,6 +425,13 @@ async fn start(
     };
     let state = stream.info().await.map_err(db)?.state.clone();
     let position = local.log_position()?;
+    if position > state.last_sequence {
+        return Err(db(format!(
+            "this replica has applied {position} entries, but the log holds {}: it belongs to \
+             another log (was the stream deleted?); move {} away to start it afresh",
+            state.last_sequence, "replica.redb"
+        )));
+    }
     if position + 1 < state.first_sequence && state.messages > 0 {
         return Err(db(format!(
             "this replica stopped at entry {position}, but the log starts at {}: copy the data \
@@ -785,5 +792,28 @@ pub(crate) mod tests {
         assert_eq!(c.pending(&name("bob"), None, 10)?, held);
         assert_eq!(c.name(&name("alice"))?, a.name(&name("alice"))?);
         Ok(())
+    }
+
+    /// A replica that applied entries of one log is refused by another (a stream deleted and
+    /// made again): applying that log's entries from the start would skip them all.
+    #[test]
+    fn a_replica_of_another_log_is_refused() -> TestResult {
+        let Some(nats) = nats()? else { return Ok(()) };
+        let dir = tempfile::tempdir()?;
+        let replica = dir.path().join("node.redb");
+        let servers = std::slice::from_ref(&nats.url);
+        let first = JetStreamStore::open(servers, &log("first"), &replica)?;
+        first.bind(
+            &name("alice"),
+            &common::KeyId([1; 32]),
+            1,
+            Naming::default(),
+        )?;
+        drop(first);
+        let refused = JetStreamStore::open(servers, &log("second"), &replica);
+        match refused {
+            Err(StoreError::Db(why)) if why.contains("another log") => Ok(()),
+            other => Err(format!("opened: {other:?}").into()),
+        }
     }
 }
