@@ -359,7 +359,9 @@ pub async fn lookups(
                 let req = DirectoryRequest::Lookup { name: target };
                 while Instant::now() < deadline {
                     match request(&conn, &req).await {
-                        Ok(DirectoryResponse::Peer(_)) => done.fetch_add(1, Ordering::Relaxed),
+                        Ok(DirectoryResponse::Peer(info)) if info.online => {
+                            done.fetch_add(1, Ordering::Relaxed)
+                        }
                         _ => failed.fetch_add(1, Ordering::Relaxed),
                     };
                 }
@@ -413,7 +415,11 @@ async fn pipelined_lookups(
         let mut answer = Some(first);
         while let Some(a) = answer {
             match a {
-                DirectoryResponse::Peer(_) => done.fetch_add(1, Ordering::Relaxed),
+                // The target is online throughout: an answer that says otherwise (a node of a
+                // cluster that did not get the other node's answer) is a failure.
+                DirectoryResponse::Peer(info) if info.online => {
+                    done.fetch_add(1, Ordering::Relaxed)
+                }
                 other => bail!("lookup answered {other:?}"),
             };
             in_flight -= 1;
