@@ -155,11 +155,29 @@ async fn send_file(
     to: Name,
     path: &std::path::Path,
 ) -> Result<()> {
+    let interrupted = shutdown_signal()?;
+    tokio::pin!(interrupted);
     session.send_file(to, path.to_path_buf());
     let bar = progress_bar(console);
+    let (mut done, mut total) = (0, 0);
     let result = loop {
-        match session.next().await {
-            Some(Update::FileProgress { done, total }) => {
+        let update = tokio::select! {
+            update = session.next() => update,
+            () = &mut interrupted => {
+                // What was sent stays on the receiver's side: the same command resumes there.
+                break Err(anyhow!(
+                    "interrupted at {} of {}; run the same command to resume",
+                    indicatif::HumanBytes(done),
+                    indicatif::HumanBytes(total)
+                ));
+            }
+        };
+        match update {
+            Some(Update::FileProgress {
+                done: now,
+                total: of,
+            }) => {
+                (done, total) = (now, of);
                 bar.set_length(total);
                 bar.set_position(done);
             }

@@ -14,6 +14,7 @@ use common::{
     wire::{ChatMessage, PeerInfo},
     KeyId, Name,
 };
+use indicatif::HumanBytes;
 use serde_json::json;
 use std::io::Write;
 
@@ -265,11 +266,11 @@ impl Console {
             .to_string();
         }
         format!(
-            "[{}] {} sent a file: {} ({} bytes)",
+            "[{}] {} sent a file: {} ({})",
             clock(f.sent_at_ms),
             self.name(&f.from),
             sanitize(&f.path.display().to_string()),
-            f.size
+            HumanBytes(f.size)
         )
     }
 
@@ -291,19 +292,19 @@ impl Console {
         }
         let Some(path) = f.path else {
             return format!(
-                "queued {} bytes for {} in the mailbox; blake3 {}",
-                f.size,
+                "queued {} for {} in the mailbox; blake3 {}",
+                HumanBytes(f.size),
                 f.to,
                 hex::encode(f.hash)
             );
         };
         let resumed = match f.resumed_from {
             0 => String::new(),
-            n => format!(", resumed after {n} bytes"),
+            n => format!(", resumed after {}", HumanBytes(n)),
         };
         format!(
-            "sent {} bytes to {} (direct, {}{resumed}); blake3 {}",
-            f.size,
+            "sent {} to {} (direct, {}{resumed}); blake3 {}",
+            HumanBytes(f.size),
             f.to,
             path.as_str(),
             hex::encode(f.hash)

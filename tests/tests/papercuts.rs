@@ -64,3 +64,67 @@ fn a_multi_line_message_keeps_its_lines_indented() -> Result<()> {
     );
     net.assert_no_panics()
 }
+
+/// Sizes read as sizes (item 9): a file's line says `1.50 MiB`, not a count of bytes. A
+/// transfer interrupted with Ctrl-C says how far it got and how to go on, and the same command
+/// then resumes.
+#[test]
+fn file_sizes_read_as_sizes_and_an_interrupted_file_says_how_to_resume() -> Result<()> {
+    let net = Net::new()?;
+    let _bob = net.listen("bob")?;
+    let dir = tempfile::tempdir()?;
+    let small = dir.path().join("small.bin");
+    std::fs::write(&small, vec![7u8; 3 << 19])?;
+    let out = net
+        .peer("alice")
+        .args(["send-file".as_ref(), "bob".as_ref(), small.as_os_str()])
+        .run(SHORT)?
+        .success()?;
+    ensure!(
+        out.stdout.contains("sent 1.50 MiB to bob"),
+        "the size is not readable: {}",
+        out.stdout
+    );
+
+    // Large and sparse: quick to make, long enough to interrupt on the way.
+    let big = dir.path().join("big.bin");
+    std::fs::File::create(&big)?.set_len(1 << 30)?;
+    let partial = net.home("bob")?.join("downloads").join(".partial");
+    let mut sending = net
+        .peer("alice")
+        .args(["send-file".as_ref(), "bob".as_ref(), big.as_os_str()])
+        .spawn()?;
+    tests::poll_until(
+        "part of the file at bob",
+        SHORT,
+        std::time::Duration::from_millis(20),
+        || {
+            let arrived = std::fs::read_dir(&partial)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| e.metadata().is_ok_and(|m| m.len() > 0));
+            Ok(arrived.then_some(()))
+        },
+    )?;
+    sending.signal(tests::Sig::SIGINT)?;
+    let status = sending.wait_exit(SHORT)?;
+    let said = sending.stderr_tail();
+    ensure!(
+        !status.success()
+            && said.contains("interrupted at")
+            && said.contains("of 1.00 GiB; run the same command to resume"),
+        "after Ctrl-C ({status}): {said}"
+    );
+    let again = net
+        .peer("alice")
+        .args(["send-file".as_ref(), "bob".as_ref(), big.as_os_str()])
+        .run(std::time::Duration::from_secs(120))?
+        .success()?;
+    ensure!(
+        again.stdout.contains("sent 1.00 GiB to bob") && again.stdout.contains("resumed after"),
+        "{}",
+        again.stdout
+    );
+    net.assert_no_panics()
+}

@@ -183,9 +183,11 @@ where
             if !told {
                 told = true;
                 report(FileUpdate::Waiting(format!(
-                    "{to} is {why}, and {:?} ({size} bytes) is over the {} byte limit for the \
-                     mailbox: it goes directly once {to} can be reached, as long as this runs",
-                    header.name, self.mailbox_file_max
+                    "{to} is {why}, and {:?} ({}) is over the {} limit for the mailbox: it goes \
+                     directly once {to} can be reached, as long as this runs",
+                    header.name,
+                    indicatif::HumanBytes(size),
+                    indicatif::HumanBytes(self.mailbox_file_max)
                 )));
             }
             tokio::time::sleep(backoff).await;

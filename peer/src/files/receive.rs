@@ -135,10 +135,10 @@ async fn receive(
     if !room_for(downloads, header.size - offset) {
         framing::write_frame(send, &PeerFrame::FileRefused(FileRefusal::CannotStore)).await?;
         bail!(
-            "refused a file of {} bytes from {}: the disk would be left with less than {} bytes",
-            header.size,
+            "refused a file of {} from {}: the disk would be left with less than {}",
+            indicatif::HumanBytes(header.size),
             header.from,
-            super::downloads::MIN_FREE_DISK
+            indicatif::HumanBytes(super::downloads::MIN_FREE_DISK)
         );
     }
     framing::write_frame(send, &PeerFrame::FileAccept { offset }).await?;

@@ -386,12 +386,16 @@ impl App {
                 let i = self.open(&Target::Peer(f.to.clone()));
                 let text = match f.path {
                     Some(path) => format!(
-                        "✓ file delivered to {} ({} bytes, direct, {})",
+                        "✓ file delivered to {} ({}, direct, {})",
                         f.to,
-                        f.size,
+                        indicatif::HumanBytes(f.size),
                         path.as_str()
                     ),
-                    None => format!("✉ file queued in {}'s mailbox ({} bytes)", f.to, f.size),
+                    None => format!(
+                        "✉ file queued in {}'s mailbox ({})",
+                        f.to,
+                        indicatif::HumanBytes(f.size)
+                    ),
                 };
                 self.notice_in(i, text, false);
             }
