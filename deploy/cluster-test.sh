@@ -40,26 +40,8 @@ online_at() {
 stopped() { ! is_running "$1"; }
 
 # ---------------------------------------------------------------------------------------------
-step="build"
-if [ "${COMPOSE_TEST_SKIP_BUILD:-}" = 1 ]; then
-  log "reusing the images $IMAGE_PREFIX/{directory,peer,nats}:$IMAGE_TAG"
-else
-  log "building the images"
-  deploy/build-images.sh
-fi
-for bin in directory peer nats; do
-  docker image inspect "$IMAGE_PREFIX/$bin:$IMAGE_TAG" >/dev/null ||
-    fail "image $IMAGE_PREFIX/$bin:$IMAGE_TAG" "built (nats needs nats-server here)" "missing"
-done
-
-step="start"
-log "starting the stack (project $project, ${compose[*]})"
-out=$(dc up -d 2>&1) || fail "${compose[*]} up -d" "the stack up" "$out"
-for s in "${services[@]}"; do
-  cid[$s]=$(dc ps -q "$s")
-  [ -n "${cid[$s]}" ] || fail "container of $s" "a container id" "none"
-done
-net=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}' "${cid[c1]}")
+build_images directory peer nats
+start_stack
 for d in d1 d2; do
   wait_for 90 is_healthy "$d" || fail "$d health" "healthy" "$(health "$d")"
 done

@@ -43,26 +43,8 @@ logs_dir="${CARGO_TARGET_DIR:-$root/target}/compose-test-logs"
 . deploy/test-lib.sh
 
 # ---------------------------------------------------------------------------------------------
-step="build"
-if [ "${COMPOSE_TEST_SKIP_BUILD:-}" = 1 ]; then
-  log "reusing the images $IMAGE_PREFIX/{directory,peer}:$IMAGE_TAG"
-else
-  log "building the images"
-  deploy/build-images.sh
-fi
-for bin in directory peer; do
-  docker image inspect "$IMAGE_PREFIX/$bin:$IMAGE_TAG" >/dev/null ||
-    fail "image $IMAGE_PREFIX/$bin:$IMAGE_TAG" "built" "missing"
-done
-
-step="start"
-log "starting the stack (project $project, ${compose[*]})"
-out=$(dc up -d 2>&1) || fail "${compose[*]} up -d" "the stack up" "$out"
-for s in "${services[@]}"; do
-  cid[$s]=$(dc ps -q "$s")
-  [ -n "${cid[$s]}" ] || fail "container of $s" "a container id" "none"
-done
-net=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}' "${cid[c2]}")
+build_images directory peer
+start_stack
 wait_for 60 is_healthy || fail "directory health" "healthy" "$(health)"
 for s in c1 c2 c3; do
   # The peer printed "online" only after it resolved `directory` and registered there.

@@ -7,7 +7,8 @@
 #   logs_dir       where every container's whole log is written at the end
 #   send_bound     seconds any `peer` command may take, all included
 #
-# and fills cid[SERVICE] with container ids once the stack is up. It gets: `log`, `fail`,
+# It gets `build_images` and `start_stack` (which fills cid[SERVICE] with container ids and
+# `net` with the stack's network), `log`, `fail`,
 # `wait_for`, `dc` (compose on this project), `peer_cmd`, `send`, `send_all`, `received`,
 # `expect_received`, `lines`, `is_online`, `is_offline`, `is_running`, `printed_online`,
 # `json_field`, and a teardown on exit that keeps the logs and takes the stack down.
@@ -197,3 +198,34 @@ is_healthy() { [ "$(health "${1:-directory}")" = healthy ]; }
 is_running() { [ "$(timeout 10 docker inspect -f '{{.State.Running}}' "${cid[$1]}")" = true ]; }
 printed_online() { stdout_of "$1" | grep -q '"type":"online"'; }
 
+
+# build_images IMAGE...: builds the images (deploy/build-images.sh) unless
+# COMPOSE_TEST_SKIP_BUILD=1, then checks that each $IMAGE_PREFIX/IMAGE:$IMAGE_TAG exists.
+build_images() {
+  step="build"
+  if [ "${COMPOSE_TEST_SKIP_BUILD:-}" = 1 ]; then
+    log "reusing the images $IMAGE_PREFIX/{$(IFS=,; echo "$*")}:$IMAGE_TAG"
+  else
+    log "building the images"
+    deploy/build-images.sh
+  fi
+  local image
+  for image in "$@"; do
+    docker image inspect "$IMAGE_PREFIX/$image:$IMAGE_TAG" >/dev/null ||
+      fail "image $IMAGE_PREFIX/$image:$IMAGE_TAG" "built (nats needs nats-server here)" "missing"
+  done
+}
+
+# start_stack: brings the stack up, fills cid[SERVICE] for every service in $services, and sets
+# `net` to the network the last of them is on.
+start_stack() {
+  step="start"
+  log "starting the stack (project $project, ${compose[*]})"
+  local out s
+  out=$(dc up -d 2>&1) || fail "${compose[*]} up -d" "the stack up" "$out"
+  for s in "${services[@]}"; do
+    cid[$s]=$(dc ps -q "$s")
+    [ -n "${cid[$s]}" ] || fail "container of $s" "a container id" "none"
+  done
+  net=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}' "${cid[$s]}")
+}
