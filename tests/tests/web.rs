@@ -300,6 +300,19 @@ fn alice_in_the_browser_chats_with_bob_on_the_command_line() -> Result<()> {
         String::from_utf8_lossy(&download.body)
     );
 
+    // A message in a conversation not shown: unread in the list and in the tab's title.
+    net.send("carol", "alice", "hello from carol")?;
+    let unread = browser.wait_for(
+        "carol's unread message",
+        WAIT,
+        "const u = document.querySelector('#list li[data-with=\"carol\"] .unread');
+         return u && u.textContent === '1' ? document.title : null;",
+    )?;
+    ensure!(
+        unread == "(1) alice — peer",
+        "the title does not count the unread message: {unread}"
+    );
+
     browser.screenshot(&screenshot_path("web-screenshot.png"))?;
 
     // Bob leaves: the page shows him offline, and a message to him is queued.
@@ -420,6 +433,85 @@ fn the_page_survives_a_restart_of_the_peer() -> Result<()> {
         is_message_from(v, "alice") && body(v) == "still here"
     })?;
     wait_state(&browser, "still here", "delivered")?;
+
+    // Earlier messages come as the conversation is scrolled up: 50 at first, then more.
+    browser.run(
+        "for (let i = 0; i < 60; i++) request({type: 'send', to: 'bob', body: `n${i}`});",
+        json!([]),
+    )?;
+    bob.wait_json("the last of 60 messages", WAIT, |v| body(v) == "n59")?;
+    wait_state(&browser, "n59", "delivered")?;
+    browser.goto(&format!("{url}#bob"))?;
+    let count = "return document.querySelectorAll('#messages .msg').length;";
+    let first = browser.wait_for("the first page of history", WAIT, count)?;
+    ensure!(
+        first == 50,
+        "{first} messages shown at first, expected the last 50"
+    );
+    browser.run(
+        "document.getElementById('messages').scrollTop = 0;
+         document.getElementById('messages').dispatchEvent(new Event('scroll'));",
+        json!([]),
+    )?;
+    browser.wait_for(
+        "earlier messages after scrolling up",
+        WAIT,
+        "return document.querySelectorAll('#messages .msg').length === 63
+             && document.querySelector('#messages .more') === null;",
+    )?;
+    bob.terminate()?;
+    alice.terminate()?;
+    net.assert_no_panics()
+}
+
+/// With a `listen` running for alice, `peer web` uses it (as short commands do); when that
+/// `listen` stops, `peer web` runs the peer itself, and the page carries on.
+#[test]
+fn the_page_uses_the_running_listen_and_takes_over_when_it_stops() -> Result<()> {
+    if !browser_available()? {
+        return Ok(());
+    }
+    let net = Net::new()?;
+    let mut bob = net.listen("bob")?;
+    let mut listen = net.listen("alice")?;
+    let (mut alice, url, _) = web(&net, "alice", "127.0.0.1:0")?;
+    let browser = Browser::start(&net.root().join("browser"), 1000, 700)?;
+    browser.goto(&format!("{url}#bob"))?;
+    browser.wait_for(
+        "the page to connect, through the running listen",
+        WAIT,
+        "return document.body.dataset.attached === 'true';",
+    )?;
+    browser.type_into("#input", &format!("through the listen{ENTER}"))?;
+    bob.wait_json("the message", WAIT, |v| body(v) == "through the listen")?;
+    wait_state(&browser, "through the listen", "delivered")?;
+    net.send("bob", "alice", "to the listen")?;
+    browser.wait_for("bob's message", WAIT, &shows_theirs("to the listen"))?;
+    listen.wait_json("the listen's own copy", WAIT, |v| {
+        body(v) == "to the listen"
+    })?;
+
+    listen.terminate()?;
+    browser.wait_for(
+        "peer web to run the peer itself",
+        WAIT,
+        "return document.body.dataset.attached === 'false'
+             && document.getElementById('link').dataset.link === 'up';",
+    )?;
+    // The history is the same, now read from the file this process holds.
+    wait_state(&browser, "through the listen", "delivered")?;
+    browser.wait_for("the earlier message", WAIT, &shows_theirs("to the listen"))?;
+    net.send("bob", "alice", "to the page's own peer")?;
+    browser.wait_for(
+        "bob's next message",
+        WAIT,
+        &shows_theirs("to the page's own peer"),
+    )?;
+    browser.type_into("#input", &format!("on my own{ENTER}"))?;
+    bob.wait_json("the message after the take-over", WAIT, |v| {
+        body(v) == "on my own"
+    })?;
+    wait_state(&browser, "on my own", "delivered")?;
     bob.terminate()?;
     alice.terminate()?;
     net.assert_no_panics()
