@@ -93,12 +93,12 @@ fn screenshot_path(name: &str) -> std::path::PathBuf {
 fn requests_without_the_token_or_from_elsewhere_are_refused() -> Result<()> {
     let net = Net::new()?;
     let (mut alice, url, addr) = web(&net, "alice", "127.0.0.1:0")?;
-    let token = token(&url).to_string();
+    let secret = token(&url).to_string();
     ensure!(
-        token.len() == 64,
+        secret.len() == 64,
         "the address has no 64-digit token: {url}"
     );
-    let with_token = format!("/?token={token}");
+    let with_token = format!("/?token={secret}");
     let host = addr.to_string();
     let own_origin = format!("http://{addr}");
 
@@ -184,6 +184,38 @@ fn requests_without_the_token_or_from_elsewhere_are_refused() -> Result<()> {
         "one line expected: {}",
         out.stderr
     );
+
+    // Asked for: served on every interface, with a warning, and any name for the machine.
+    let mut dave = net
+        .peer("dave")
+        .args(["web", "--bind", "0.0.0.0:0", "--allow-remote"])
+        .spawn()?;
+    let url = dave.wait_line("the page's address", WAIT, |l| l.starts_with("http://"))?;
+    ensure!(
+        url.starts_with("http://127.0.0.1:"),
+        "an address to open: {url}"
+    );
+    let port = url.rsplit(':').next().unwrap_or_default();
+    let port: u16 = port.split('/').next().unwrap_or_default().parse()?;
+    let lan_host = format!("box.lan:{port}");
+    let from_lan = http(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        "GET",
+        &format!("/?token={}", token(&url)),
+        &[("Host", &lan_host)],
+        b"",
+    )?;
+    ensure!(
+        from_lan.status == 303,
+        "another name for the machine: {}",
+        from_lan.status
+    );
+    ensure!(
+        dave.stderr_tail().contains("warning: serving on 0.0.0.0"),
+        "no warning: {}",
+        dave.stderr_tail()
+    );
+    dave.terminate()?;
     net.assert_no_panics()
 }
 
@@ -353,6 +385,12 @@ fn alice_in_the_browser_chats_with_bob_on_the_command_line() -> Result<()> {
         "return window.peerTimings.firstMessage;",
     )?;
     let wall = opened.elapsed();
+    // The file bob sent is still offered after the reload.
+    browser.wait_for(
+        "the download link after a reload",
+        WAIT,
+        "return document.querySelector('#messages a.download') !== null;",
+    )?;
 
     // The phone-sized layout: the conversation fills the screen.
     browser.set_window_size(390, 844)?;
@@ -442,7 +480,8 @@ fn the_page_survives_a_restart_of_the_peer() -> Result<()> {
     bob.wait_json("the last of 60 messages", WAIT, |v| body(v) == "n59")?;
     wait_state(&browser, "n59", "delivered")?;
     browser.goto(&format!("{url}#bob"))?;
-    let count = "return document.querySelectorAll('#messages .msg').length;";
+    let count = "const n = document.querySelectorAll('#messages .msg').length;
+                 return n > 0 ? n : null;";
     let first = browser.wait_for("the first page of history", WAIT, count)?;
     ensure!(
         first == 50,
@@ -512,6 +551,64 @@ fn the_page_uses_the_running_listen_and_takes_over_when_it_stops() -> Result<()>
         body(v) == "on my own"
     })?;
     wait_state(&browser, "on my own", "delivered")?;
+    bob.terminate()?;
+    alice.terminate()?;
+    net.assert_no_panics()
+}
+
+/// A room bob made and invited alice to appears in her list; the page talks in it, and a
+/// message in it while another conversation is shown counts as unread.
+#[test]
+fn rooms_are_conversations_in_the_page() -> Result<()> {
+    if !browser_available()? {
+        return Ok(());
+    }
+    let net = Net::new()?;
+    let mut bob = net.listen("bob")?;
+    let (mut alice, url, _) = web(&net, "alice", "127.0.0.1:0")?;
+    let browser = Browser::start(&net.root().join("browser"), 1000, 700)?;
+    browser.goto(&format!("{url}#bob"))?;
+    browser.wait_for(
+        "the page to connect",
+        WAIT,
+        "return window.peerTimings.connected > 0",
+    )?;
+    for args in [
+        ["create", "#team"].as_slice(),
+        &["invite", "#team", "alice"],
+    ] {
+        net.peer("bob")
+            .args(["room"])
+            .args(args)
+            .run(SHORT)?
+            .success()?;
+    }
+    browser.wait_for(
+        "#team in the list",
+        WAIT,
+        "return document.querySelector('#list li[data-with=\"#team\"]') !== null;",
+    )?;
+    net.peer("bob")
+        .args(["send", "#team", "welcome to the team"])
+        .run(SHORT)?
+        .success()?;
+    browser.wait_for(
+        "the room's message, unread",
+        WAIT,
+        "const u = document.querySelector('#list li[data-with=\"#team\"] .unread');
+         return u && u.textContent === '1';",
+    )?;
+    browser.click("#list li[data-with=\"#team\"]")?;
+    browser.wait_for(
+        "the room's message",
+        WAIT,
+        &shows_theirs("welcome to the team"),
+    )?;
+    browser.type_into("#input", &format!("thanks, bob{ENTER}"))?;
+    bob.wait_json("alice's message in the room", WAIT, |v| {
+        is_type(v, "message") && v["room"] == "#team" && body(v) == "thanks, bob"
+    })?;
+    wait_state(&browser, "thanks, bob", "delivered")?;
     bob.terminate()?;
     alice.terminate()?;
     net.assert_no_panics()

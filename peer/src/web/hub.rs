@@ -36,6 +36,8 @@ const PRESENCE_EVERY: Duration = Duration::from_secs(3);
 const HISTORY_PEERS: usize = 30;
 /// Most messages a page may ask for at once when it scrolls up.
 pub const HISTORY_MAX: usize = 2_000;
+/// Most conversations in the list: a page cannot make the hub's state grow without end.
+pub const MAX_CONVERSATIONS: usize = 1_000;
 
 /// What a page asks, as its JSON says.
 #[derive(Debug, Deserialize)]
@@ -135,6 +137,9 @@ pub struct Hub {
     next_cid: u64,
     /// Files being sent, oldest first: (recipient, uploaded copy).
     files: VecDeque<(Name, PathBuf)>,
+    /// The files received since start, as the page shows them; the history holds only
+    /// messages, and a page that loads a conversation again gets these with them.
+    received: Vec<(Target, Value)>,
     directory: Value,
 }
 
@@ -151,6 +156,7 @@ impl Hub {
             room_order: VecDeque::new(),
             next_cid: 1,
             files: VecDeque::new(),
+            received: Vec::new(),
             directory: json!({"state": "connecting", "text": "starting the peer…"}),
         }
     }
@@ -276,6 +282,11 @@ impl Hub {
             Ok(target) => target,
             Err(e) => return self.notice(None, &e, true),
         };
+        let known = self.conversations.iter().any(|c| c.target == target);
+        if !known && self.conversations.len() >= MAX_CONVERSATIONS {
+            let text = format!("at most {MAX_CONVERSATIONS} conversations can be open");
+            return self.notice(None, &text, true);
+        }
         match request {
             PageRequest::Send { body, .. } => self.send(session, target, body),
             PageRequest::Open { .. } => {
@@ -299,10 +310,15 @@ impl Hub {
                 };
                 let complete = entries.len() < limit;
                 let messages = self.with_cids(&target, entries);
+                let files: Vec<&Value> = (self.received.iter())
+                    .filter(|(t, _)| *t == target)
+                    .map(|(_, file)| file)
+                    .collect();
                 self.emit(json!({
                     "type": "history",
                     "with": target.to_string(),
                     "messages": messages,
+                    "files": files,
                     "complete": complete,
                 }));
             }
@@ -472,16 +488,20 @@ impl Hub {
                 conv.unread += 1;
                 conv.last_ms = now_ms();
                 let unread = conv.unread;
-                self.emit(json!({
-                    "type": "file",
-                    "with": target.to_string(),
-                    "unread": unread,
+                let shown = json!({
                     "from": file.from.to_string(),
                     "name": name,
                     "size": file.size,
                     "at_ms": file.sent_at_ms,
                     "url": format!("/files/{number}"),
                     "request": file.request,
+                });
+                self.received.push((target.clone(), shown.clone()));
+                self.emit(json!({
+                    "type": "file",
+                    "with": target.to_string(),
+                    "unread": unread,
+                    "file": shown,
                 }));
             }
             Update::FileProgress { done, total } => {

@@ -86,7 +86,13 @@ where
     let mut shutdown = std::pin::pin!(shutdown_signal()?);
 
     let (mut session, mut keep) = open().await?;
-    let url = format!("http://{addr}/?token={}", token.as_str());
+    // An address of every interface is not one to open: the page is on loopback too.
+    let shown = match addr.ip() {
+        ip if !ip.is_unspecified() => addr,
+        std::net::IpAddr::V4(_) => SocketAddr::from(([127, 0, 0, 1], addr.port())),
+        std::net::IpAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())),
+    };
+    let url = format!("http://{shown}/?token={}", token.as_str());
     let mut stdout = std::io::stdout();
     writeln!(stdout, "{url}")?;
     stdout.flush()?;

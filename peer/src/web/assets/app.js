@@ -116,9 +116,10 @@ function handle(ev) {
     }
     case "history": {
       const chat = state.chats.get(ev.with) || { limit: HISTORY_PAGE };
-      const notes = (chat.items || []).filter((i) => i.kind !== "message");
+      const notes = (chat.items || []).filter((i) => i.kind === "notice");
       chat.items = ev.messages.map((m) => ({ kind: "message", ...m }));
-      // Notices and files are not in the history: keep them, by time.
+      // Files received come with the history; notices are the page's own: kept, by time.
+      for (const f of ev.files || []) chat.items.push({ kind: "file", ...f });
       for (const n of notes) chat.items.push(n);
       chat.items.sort((a, b) => a.at_ms - b.at_ms);
       chat.complete = ev.complete;
@@ -130,8 +131,8 @@ function handle(ev) {
       const c = conv(ev.with);
       c.last_ms = Date.now();
       const chat = state.chats.get(ev.with);
-      if (chat) chat.items.push({ kind: "file", ...ev });
-      arrived(ev.with, ev.unread, ev.from, `sent a file: ${ev.name}`);
+      if (chat) chat.items.push({ kind: "file", ...ev.file });
+      arrived(ev.with, ev.unread, ev.file.from, `sent a file: ${ev.file.name}`);
       break;
     }
     case "file_progress":
