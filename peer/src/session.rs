@@ -128,11 +128,20 @@ impl Session {
         }
     }
 
-    /// The peers with a conversation in the local history, latest first (own node only).
-    pub fn history_peers(&self) -> Vec<Name> {
+    /// The peers with a conversation in the local history, latest first; none when the
+    /// running peer cannot say (an older version).
+    pub async fn history_peers(&self) -> Vec<Name> {
         match &self.backend {
             Backend::Local(service, _) => service.history_peers(),
-            Backend::Remote(..) => Vec::new(),
+            Backend::Remote(_, home) => {
+                let Some(mut client) = ControlClient::connect(home).await else {
+                    return Vec::new();
+                };
+                match client.hello().await {
+                    Ok(_) => client.peers().await.unwrap_or_default(),
+                    Err(_) => Vec::new(),
+                }
+            }
         }
     }
 

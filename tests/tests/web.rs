@@ -513,13 +513,26 @@ fn the_page_uses_the_running_listen_and_takes_over_when_it_stops() -> Result<()>
     let net = Net::new()?;
     let mut bob = net.listen("bob")?;
     let mut listen = net.listen("alice")?;
+    net.send("bob", "alice", "before the page")?;
     let (mut alice, url, _) = web(&net, "alice", "127.0.0.1:0")?;
     let browser = Browser::start(&net.root().join("browser"), 1000, 700)?;
-    browser.goto(&format!("{url}#bob"))?;
+    browser.goto(&url)?;
     browser.wait_for(
         "the page to connect, through the running listen",
         WAIT,
         "return document.body.dataset.attached === 'true';",
+    )?;
+    // The list has the conversations of the running peer's history.
+    browser.wait_for(
+        "bob in the list",
+        WAIT,
+        "return document.querySelector('#list li[data-with=\"bob\"]') !== null;",
+    )?;
+    browser.click("#list li[data-with=\"bob\"]")?;
+    browser.wait_for(
+        "the earlier message",
+        WAIT,
+        &shows_theirs("before the page"),
     )?;
     browser.type_into("#input", &format!("through the listen{ENTER}"))?;
     bob.wait_json("the message", WAIT, |v| body(v) == "through the listen")?;

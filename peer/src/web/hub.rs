@@ -223,7 +223,12 @@ impl Hub {
         // history what became of them.
         self.pending.clear();
         self.room_order.clear();
-        for name in session.history_peers().into_iter().take(HISTORY_PEERS) {
+        for name in session
+            .history_peers()
+            .await
+            .into_iter()
+            .take(HISTORY_PEERS)
+        {
             self.open(&Target::Peer(name));
         }
         session.attach();
