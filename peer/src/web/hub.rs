@@ -36,6 +36,8 @@ const PRESENCE_EVERY: Duration = Duration::from_secs(3);
 const HISTORY_PEERS: usize = 30;
 /// Most messages a page may ask for at once when it scrolls up.
 pub const HISTORY_MAX: usize = 2_000;
+/// Most peers whose presence is asked at each tick.
+const PRESENCE_WATCHED: usize = 50;
 /// Most conversations in the list: a page cannot make the hub's state grow without end.
 pub const MAX_CONVERSATIONS: usize = 1_000;
 
@@ -223,6 +225,15 @@ impl Hub {
         // history what became of them.
         self.pending.clear();
         self.room_order.clear();
+        for (to, path) in std::mem::take(&mut self.files) {
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            let text = "file not sent: the running peer stopped; send it again";
+            self.emit(
+                json!({"type": "file_sent", "with": to.to_string(), "ok": false, "text": text}),
+            );
+        }
         for name in session
             .history_peers()
             .await
@@ -250,16 +261,25 @@ impl Hub {
                 _ = presence.tick() => {
                     // While the directory is away, asking would only pile up requests.
                     if self.directory["state"] == "connected" {
-                        for c in &self.conversations {
-                            if let Target::Peer(name) = &c.target {
-                                session.whois(name.clone());
-                            }
+                        for name in self.watched() {
+                            session.whois(name);
                         }
                     }
                 }
                 _ = shutdown.as_mut() => return End::Shutdown,
             }
         }
+    }
+
+    /// The peers whose presence is asked: those of the latest conversations, so that a long
+    /// list does not become a stream of lookups at the directory.
+    fn watched(&self) -> Vec<Name> {
+        let mut peers: Vec<(u64, &Name)> = (self.conversations.iter())
+            .filter_map(|c| c.target.peer().map(|name| (c.last_ms, name)))
+            .collect();
+        peers.sort_by_key(|&(at, _)| std::cmp::Reverse(at));
+        peers.truncate(PRESENCE_WATCHED);
+        peers.into_iter().map(|(_, name)| name.clone()).collect()
     }
 
     async fn command(&mut self, session: &Session, command: Command) {
@@ -673,4 +693,95 @@ fn conversation_json(c: &Conversation) -> Value {
         "last_seen_ms": last_seen,
         "last_ms": c.last_ms,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub() -> (Hub, broadcast::Receiver<Arc<str>>) {
+        let (events, rx) = broadcast::channel(64);
+        (Hub::new(events, Downloads::default()), rx)
+    }
+
+    fn bob() -> Target {
+        Target::Peer(Name::new("bob").expect("name"))
+    }
+
+    fn entry(body: &str, state: HistoryState) -> HistoryEntry {
+        HistoryEntry {
+            id: None,
+            from: Name::new("alice").expect("name"),
+            to: Name::new("bob").expect("name"),
+            sent_at_ms: 1,
+            body: body.to_string(),
+            state,
+            room: None,
+        }
+    }
+
+    fn events(rx: &mut broadcast::Receiver<Arc<str>>) -> Vec<Value> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .filter_map(|text| serde_json::from_str(&text).ok())
+            .collect()
+    }
+
+    #[test]
+    fn messages_being_sent_keep_their_cids_in_the_history() {
+        let (mut hub, _rx) = hub();
+        let pending = [(1, "same"), (2, "same"), (3, "other")];
+        hub.pending
+            .entry(bob())
+            .or_default()
+            .extend(pending.map(|(cid, body)| (cid, body.to_string())));
+        let entries = vec![
+            entry("same", HistoryState::Delivered { path: None }),
+            entry("same", HistoryState::Sending),
+            entry("same", HistoryState::Sending),
+            entry("other", HistoryState::Sending),
+        ];
+        let shown = hub.with_cids(&bob(), entries);
+        let cids: Vec<&Value> = shown.iter().map(|m| &m["cid"]).collect();
+        assert_eq!(cids, [&json!(null), &json!(1), &json!(2), &json!(3)]);
+        assert_eq!(shown[0]["state"], "delivered");
+    }
+
+    #[test]
+    fn an_outcome_settles_the_oldest_message_of_its_conversation() {
+        let (mut hub, mut rx) = hub();
+        let queue = hub.pending.entry(bob()).or_default();
+        queue.extend([(7, "a".to_string()), (8, "b".to_string())]);
+        hub.settle(&bob(), Some("ab".repeat(16)), &HistoryState::Queued);
+        let failed = HistoryState::Failed {
+            reason: "no".to_string(),
+        };
+        hub.settle(&bob(), None, &failed);
+        // Nothing left to settle: no event.
+        hub.settle(&bob(), None, &HistoryState::Queued);
+        let states: Vec<(Value, Value, Value)> = events(&mut rx)
+            .into_iter()
+            .filter(|e| e["type"] == "state")
+            .map(|e| (e["cid"].clone(), e["state"].clone(), e["detail"].clone()))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                (json!(7), json!("queued"), json!(null)),
+                (json!(8), json!("failed"), json!("no")),
+            ]
+        );
+    }
+
+    #[test]
+    fn presence_is_asked_for_the_latest_conversations_only() {
+        let (mut hub, _rx) = hub();
+        for i in 0..(PRESENCE_WATCHED + 10) {
+            let at = hub.open(&Target::Peer(Name::new(format!("p{i}")).expect("name")));
+            hub.conversations[at].last_ms = i as u64;
+        }
+        hub.open(&"#room".parse().expect("room"));
+        let watched = hub.watched();
+        assert_eq!(watched.len(), PRESENCE_WATCHED);
+        assert_eq!(watched[0].to_string(), format!("p{}", PRESENCE_WATCHED + 9));
+    }
 }
