@@ -633,6 +633,24 @@ fn rooms_are_conversations_in_the_page() -> Result<()> {
         is_type(v, "message") && v["room"] == "#team" && body(v) == "thanks, bob"
     })?;
     wait_state(&browser, "thanks, bob", "delivered")?;
+
+    // A conversation opened by name; a message to a name nobody has fails, and says why.
+    browser.type_into("#new-name", &format!("nobody{ENTER}"))?;
+    browser.wait_for(
+        "the new conversation shown",
+        WAIT,
+        "return document.getElementById('title').textContent === 'nobody';",
+    )?;
+    browser.type_into("#input", &format!("hello?{ENTER}"))?;
+    wait_state(&browser, "hello?", "failed")?;
+    let why = browser.run(
+        "return document.querySelector('#messages .msg.mine .state').textContent;",
+        json!([]),
+    )?;
+    ensure!(
+        why.as_str().is_some_and(|w| w.starts_with("✗ failed: ")),
+        "no reason shown: {why}"
+    );
     bob.terminate()?;
     alice.terminate()?;
     net.assert_no_panics()
