@@ -306,6 +306,26 @@ fn alice_in_the_browser_chats_with_bob_on_the_command_line() -> Result<()> {
              .some(n => n.textContent.startsWith('file delivered to bob'));",
     )?;
 
+    // A file dropped on the conversation is sent too.
+    browser.run(
+        "const dt = new DataTransfer();
+         dt.items.add(new File(['dropped bytes'], 'dropped.txt'));
+         document.getElementById('main')
+             .dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));",
+        json!([]),
+    )?;
+    let dropped = bob.wait_json("the dropped file", WAIT, |v| {
+        is_type(v, "file")
+            && v["path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("dropped.txt"))
+    })?;
+    let path = dropped["path"].as_str().context("no path")?;
+    ensure!(
+        std::fs::read(path)? == b"dropped bytes",
+        "the dropped file arrived changed"
+    );
+
     // A file from bob is a download link that gives the same bytes.
     let bobs = net.root().join("from bob.bin");
     std::fs::write(&bobs, b"bob's bytes \x00\x01\x02")?;
