@@ -103,8 +103,12 @@ where
     let (commands, mut requests) = mpsc::channel(COMMAND_QUEUE);
     let (events, _) = broadcast::channel(EVENT_QUEUE);
     let downloads = hub::Downloads::default();
-    let uploads = home.path().join("web-uploads");
-    // Uploads left by an earlier run were not sent, or were and are no longer needed.
+    // One folder per port: another `peer web` for the same home (attached to this one's
+    // peer) has its own. What an earlier run on this port left was sent, or never will be.
+    let uploads = home
+        .path()
+        .join("web-uploads")
+        .join(addr.port().to_string());
     let _ = std::fs::remove_dir_all(&uploads);
     let shared = server::Shared {
         guard: Guard::new(token, addr, remote),
