@@ -95,7 +95,7 @@ function handle(ev) {
       const c = conv(ev.with);
       c.last_ms = Date.now();
       const chat = state.chats.get(ev.with);
-      if (chat) chat.items.push({ kind: "message", ...ev.message });
+      if (chat) chat.items.push({ kind: "message", request: ev.request, ...ev.message });
       if (ev.message.state === "received") arrived(ev.with, ev.unread, ev.message.from, ev.message.body);
       break;
     }
@@ -380,7 +380,7 @@ function drawChat(toBottom) {
   }
   const chat = w && state.chats.get(w);
   if (!chat) {
-    box.replaceChildren();
+    box.replaceChildren(el("div", "notice", "Pick a conversation, or open one by name (or #room)."));
     return;
   }
   const fromBottom = box.scrollHeight - box.scrollTop - box.clientHeight;
@@ -425,6 +425,7 @@ function drawItem(item) {
   } else if (item.detail === "via the mailbox") {
     meta.append(el("span", "via", "via the mailbox"));
   }
+  if (item.request) meta.append(el("span", "request", "message request: accept with peer accept"));
   div.append(meta, el("div", "body", item.body));
   return div;
 }
