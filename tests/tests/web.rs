@@ -654,6 +654,39 @@ fn rooms_are_conversations_in_the_page() -> Result<()> {
     })?;
     wait_state(&browser, "thanks, bob", "delivered")?;
 
+    // The terminal client's commands work in the composer: join a public room, list its
+    // members, talk in it.
+    net.peer("bob")
+        .args(["room", "create", "#lobby", "--public"])
+        .run(SHORT)?
+        .success()?;
+    browser.type_into("#input", &format!("/join #lobby{ENTER}"))?;
+    browser.wait_for(
+        "the joined room shown, with its members",
+        WAIT,
+        "return document.getElementById('title').textContent === '#lobby'
+             && [...document.querySelectorAll('#messages .notice')]
+                 .some(n => n.textContent.startsWith('#lobby (public, 2 members)'));",
+    )?;
+    browser.type_into("#input", &format!("/members{ENTER}"))?;
+    browser.wait_for(
+        "the members with their presence",
+        WAIT,
+        "return [...document.querySelectorAll('#messages .notice')]
+             .some(n => n.textContent.includes('bob (admin, online)'));",
+    )?;
+    browser.type_into("#input", &format!("//join is a word too{ENTER}"))?;
+    bob.wait_json("alice's message in the lobby", WAIT, |v| {
+        is_type(v, "message") && v["room"] == "#lobby" && body(v) == "/join is a word too"
+    })?;
+    browser.type_into("#input", &format!("/frobnicate{ENTER}"))?;
+    browser.wait_for(
+        "an unknown command said so",
+        WAIT,
+        "return [...document.querySelectorAll('#messages .notice[data-alarm=\"true\"]')]
+             .some(n => n.textContent.startsWith('unknown command'));",
+    )?;
+
     // A conversation opened by name; a message to a name nobody has fails, and says why.
     browser.type_into("#new-name", &format!("nobody{ENTER}"))?;
     browser.wait_for(

@@ -10,8 +10,10 @@
 
 use crate::{
     console::Console,
+    contacts::Standing,
     history::{room_state, state_of, HistoryEntry, HistoryState},
     inbox::Via,
+    line::{parse, Input, HELP},
     rooms::RoomCommand,
     service::Update,
     session::Session,
@@ -23,7 +25,7 @@ use serde_json::{json, Value};
 use std::{
     collections::{HashMap, VecDeque},
     future::Future,
-    path::PathBuf,
+    path::{Path, PathBuf},
     pin::Pin,
     sync::{Arc, Mutex},
     time::Duration,
@@ -137,8 +139,11 @@ pub struct Hub {
     /// does not always name its room.
     room_order: VecDeque<Target>,
     next_cid: u64,
-    /// Files being sent, oldest first: (recipient, uploaded copy).
-    files: VecDeque<(Name, PathBuf)>,
+    /// Files being sent, oldest first: the recipient, and the folder of the uploaded copy
+    /// (removed once sent; `None` for a file `/file` named on this machine).
+    files: VecDeque<(Name, Option<PathBuf>)>,
+    /// Room commands typed in the page whose answers are still to show.
+    room_asked: usize,
     /// The files received since start, as the page shows them; the history holds only
     /// messages, and a page that loads a conversation again gets these with them.
     received: Vec<(Target, Value)>,
@@ -158,6 +163,7 @@ impl Hub {
             room_order: VecDeque::new(),
             next_cid: 1,
             files: VecDeque::new(),
+            room_asked: 0,
             received: Vec::new(),
             directory: json!({"state": "connecting", "text": "starting the peer…"}),
         }
@@ -225,8 +231,9 @@ impl Hub {
         // history what became of them.
         self.pending.clear();
         self.room_order.clear();
-        for (to, path) in std::mem::take(&mut self.files) {
-            if let Some(dir) = path.parent() {
+        self.room_asked = 0;
+        for (to, upload) in std::mem::take(&mut self.files) {
+            if let Some(dir) = upload {
                 let _ = std::fs::remove_dir_all(dir);
             }
             let text = "file not sent: the running peer stopped; send it again";
@@ -289,7 +296,8 @@ impl Hub {
             }
             Command::SendFile { to, path } => {
                 self.open(&Target::Peer(to.clone()));
-                self.files.push_back((to.clone(), path.clone()));
+                let upload = path.parent().map(Path::to_path_buf);
+                self.files.push_back((to.clone(), upload));
                 session.send_file(to, path);
             }
             Command::Page(request) => self.page(session, request).await,
@@ -313,7 +321,7 @@ impl Hub {
             return self.notice(None, &text, true);
         }
         match request {
-            PageRequest::Send { body, .. } => self.send(session, target, body),
+            PageRequest::Send { body, .. } => self.typed(session, target, body),
             PageRequest::Open { .. } => {
                 self.open(&target);
                 if let Target::Peer(name) = target {
@@ -352,6 +360,68 @@ impl Hub {
                 self.conversations[i].unread = 0;
                 self.emit(json!({"type": "unread", "with": target.to_string(), "unread": 0}));
             }
+        }
+    }
+
+    /// What the page's composer sent: a message, or one of the terminal client's commands
+    /// (`/accept`, `/join #room`, …; `//text` for a message that starts with `/`).
+    fn typed(&mut self, session: &Session, target: Target, body: String) {
+        let Some(input) = parse(&body) else { return };
+        match input {
+            Input::Text(text) => self.send(session, target, text),
+            Input::To(to) => {
+                self.open(&to);
+                if let Target::Peer(name) = &to {
+                    session.whois(name.clone());
+                }
+                self.emit(json!({"type": "show", "with": to.to_string()}));
+            }
+            Input::File(path) => match target {
+                Target::Peer(name) => {
+                    self.files.push_back((name.clone(), None));
+                    session.send_file(name, path);
+                }
+                Target::Room(_) => {
+                    self.notice(Some(&target), "files cannot be sent to a room yet", true)
+                }
+            },
+            Input::Contact(name, accept) => {
+                let standing = if accept {
+                    Standing::Accepted
+                } else {
+                    Standing::Blocked
+                };
+                session.set_contact(name, standing);
+            }
+            Input::Who => {
+                let lines: Vec<String> = (self.conversations.iter())
+                    .filter(|c| c.target.peer().is_some())
+                    .map(|c| format!("{}: {}", c.target, presence_str(&c.presence)))
+                    .collect();
+                let text = match lines.is_empty() {
+                    true => "no one in the list".to_string(),
+                    false => lines.join(", "),
+                };
+                self.notice(Some(&target), &text, false);
+            }
+            Input::Room(line) => match line.command(target.room()) {
+                Ok(command) => {
+                    if let RoomCommand::Join { room } = &command {
+                        let room = Target::Room(room.clone());
+                        self.open(&room);
+                        self.emit(json!({"type": "show", "with": room.to_string()}));
+                    }
+                    self.room_asked += 1;
+                    session.room(command);
+                }
+                Err(e) => self.notice(Some(&target), &e, true),
+            },
+            Input::Help => self.notice(Some(&target), HELP, false),
+            Input::Quit => {
+                let text = "close the tab to leave; peer web runs until it is stopped";
+                self.notice(Some(&target), text, false);
+            }
+            Input::Bad(e) => self.notice(Some(&target), &e, true),
         }
     }
 
@@ -540,11 +610,11 @@ impl Hub {
                 }
             }
             Update::FileSent(result) => {
-                let Some((to, path)) = self.files.pop_front() else {
+                let Some((to, upload)) = self.files.pop_front() else {
                     return;
                 };
                 // The uploaded copy was only for sending; its folder holds nothing else.
-                if let Some(dir) = path.parent() {
+                if let Some(dir) = upload {
                     let _ = std::fs::remove_dir_all(dir);
                 }
                 let (ok, text) = match result {
@@ -583,8 +653,16 @@ impl Hub {
                 self.notice(Some(&target), &PLAIN.room_notice(&notice), false);
             }
             Update::Rooms(Ok(views)) => {
+                // The answer to a command typed in the page is shown; the list asked at
+                // start only fills the conversations.
+                let typed = self.room_asked > 0;
+                self.room_asked = self.room_asked.saturating_sub(1);
                 for view in views {
-                    self.open(&Target::Room(view.room));
+                    let target = Target::Room(view.room.clone());
+                    self.open(&target);
+                    if typed {
+                        self.notice(Some(&target), &PLAIN.room(&view), false);
+                    }
                 }
             }
             Update::Directory { addr, status } => {
@@ -679,12 +757,20 @@ fn entry_json(e: &HistoryEntry, cid: Option<u64>) -> Value {
     })
 }
 
+fn presence_str(presence: &Presence) -> &'static str {
+    match presence {
+        Presence::Unknown => "unknown",
+        Presence::Online => "online",
+        Presence::Offline(_) => "offline",
+    }
+}
+
 fn conversation_json(c: &Conversation) -> Value {
-    let (presence, last_seen) = match c.presence {
-        Presence::Unknown => ("unknown", None),
-        Presence::Online => ("online", None),
-        Presence::Offline(at) => ("offline", at),
+    let last_seen = match c.presence {
+        Presence::Offline(at) => at,
+        _ => None,
     };
+    let presence = presence_str(&c.presence);
     json!({
         "with": c.target.to_string(),
         "room": matches!(c.target, Target::Room(_)),

@@ -145,6 +145,9 @@ function handle(ev) {
     case "notice":
       note(ev.with, ev.text, ev.alarm);
       break;
+    case "show":
+      show(ev.with);
+      break;
   }
   draw();
 }
