@@ -8,11 +8,11 @@
 //! at once as `sending` with a number of its own (`cid`); the outcome, which the session gives
 //! in submission order for each recipient, settles the oldest `cid` of that conversation.
 
+use super::page::{entry_json, state_detail, via_str, PageRequest};
 use crate::{
     console::Console,
     contacts::Standing,
     history::{room_state, state_of, HistoryEntry, HistoryState},
-    inbox::Via,
     line::{parse, Input, HELP},
     rooms::RoomCommand,
     service::Update,
@@ -20,7 +20,6 @@ use crate::{
     target::Target,
 };
 use common::{now_ms, wire::PeerInfo, Name};
-use serde::Deserialize;
 use serde_json::{json, Value};
 use std::{
     collections::{HashMap, VecDeque},
@@ -42,36 +41,6 @@ pub const HISTORY_MAX: usize = 2_000;
 const PRESENCE_WATCHED: usize = 50;
 /// Most conversations in the list: a page cannot make the hub's state grow without end.
 pub const MAX_CONVERSATIONS: usize = 1_000;
-
-/// What a page asks, as its JSON says.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum PageRequest {
-    /// Send `body` to `to` (a name, or `#room`).
-    Send {
-        /// The conversation.
-        to: String,
-        /// The text.
-        body: String,
-    },
-    /// Put the conversation in the list and say how its peer is.
-    Open {
-        /// The conversation.
-        with: String,
-    },
-    /// The last `limit` messages of a conversation.
-    History {
-        /// The conversation.
-        with: String,
-        /// How many.
-        limit: usize,
-    },
-    /// The user has seen the conversation: no more unread.
-    Read {
-        /// The conversation.
-        with: String,
-    },
-}
 
 /// What the server asks of the hub.
 #[derive(Debug)]
@@ -725,36 +694,6 @@ fn with_hint(failure: &crate::failure::Failure) -> String {
         Some(hint) => format!("{failure} ({hint})"),
         None => failure.to_string(),
     }
-}
-
-fn via_str(via: Via) -> &'static str {
-    match via {
-        Via::Direct => "direct",
-        Via::Mailbox => "via the mailbox",
-    }
-}
-
-/// What the page shows beside a state: why it failed, when it was picked up, how it came.
-fn state_detail(state: &HistoryState) -> Value {
-    match state {
-        HistoryState::Failed { reason } => json!(reason),
-        HistoryState::DeliveredLater { at_ms } => json!(at_ms),
-        HistoryState::Delivered { path: Some(path) } => json!(path.as_str()),
-        HistoryState::Received { via } | HistoryState::Verified { via, .. } => json!(via_str(*via)),
-        _ => Value::Null,
-    }
-}
-
-fn entry_json(e: &HistoryEntry, cid: Option<u64>) -> Value {
-    json!({
-        "id": e.id.map(|id| id.to_string()),
-        "cid": cid,
-        "from": e.from.to_string(),
-        "at_ms": e.sent_at_ms,
-        "body": e.body,
-        "state": e.state.as_str(),
-        "detail": state_detail(&e.state),
-    })
 }
 
 fn presence_str(presence: &Presence) -> &'static str {

@@ -9,6 +9,7 @@
 //! * `guard`: the token, and the `Host` and `Origin` checks every request passes.
 //! * `server`: the routes (axum): the page, the WebSocket, uploads, downloads; the limits.
 //! * `hub`: the one task that drives the session and tells every page what happened.
+//! * `page`: what the page and the server say over the WebSocket (JSON).
 //! * `assets/`: the page (HTML, CSS, plain JavaScript), compiled into the binary.
 //!
 //! # Safety
@@ -29,6 +30,7 @@
 
 pub mod guard;
 pub mod hub;
+pub mod page;
 pub mod server;
 
 use crate::{home::Home, session::Session, signals::shutdown_signal};

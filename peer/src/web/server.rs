@@ -5,7 +5,8 @@
 
 use super::{
     guard::Guard,
-    hub::{Command, Downloads, PageRequest},
+    hub::{Command, Downloads},
+    page::PageRequest,
 };
 use crate::files::downloads::safe_name;
 use axum::{
