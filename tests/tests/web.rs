@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tests::{
     body, browser_available, http, is_message_from, is_type, now_ms, workspace_root, Browser, Net,
-    Running, SHORT,
+    PeerCmd, Running, SHORT,
 };
 
 /// Long enough for a debug build on a slow machine; every wait ends as soon as it can.
@@ -24,7 +24,12 @@ const RELEASE: &str = "\u{E000}";
 
 /// `peer web --bind ADDR` for `name`, and the page's address from its first line.
 fn web(net: &Net, name: &str, bind: &str) -> Result<(Running, String, SocketAddr)> {
-    let mut running = net.peer(name).args(["web", "--bind", bind]).spawn()?;
+    web_with(net.peer(name), bind)
+}
+
+/// `cmd` + `web --bind ADDR`, and the page's address from its first line.
+fn web_with(cmd: PeerCmd, bind: &str) -> Result<(Running, String, SocketAddr)> {
+    let mut running = cmd.args(["web", "--bind", bind]).spawn()?;
     let url = running.wait_line("the page's address", WAIT, |l| l.starts_with("http://"))?;
     let addr = url
         .trim_start_matches("http://")
@@ -705,6 +710,63 @@ fn rooms_are_conversations_in_the_page() -> Result<()> {
         "no reason shown: {why}"
     );
     bob.terminate()?;
+    alice.terminate()?;
+    net.assert_no_panics()
+}
+
+/// A stranger's message is a message request in the page (alice takes only her contacts'
+/// messages directly), and `/accept` typed in the page makes the stranger a contact.
+#[test]
+fn a_message_request_is_accepted_from_the_page() -> Result<()> {
+    if !browser_available()? {
+        return Ok(());
+    }
+    let net = Net::new()?;
+    let (mut alice, url, _) = web_with(net.peer("alice").closed(), "127.0.0.1:0")?;
+    let browser = Browser::start(&net.root().join("browser"), 1000, 700)?;
+    browser.goto(&url)?;
+    browser.wait_for(
+        "the page to connect",
+        WAIT,
+        "return window.peerTimings.connected > 0",
+    )?;
+    net.peer("carol")
+        .closed()
+        .args(["send", "alice", "hi, it's carol"])
+        .run(SHORT)?
+        .success()?;
+    browser.wait_for(
+        "carol in the list",
+        WAIT,
+        "return document.querySelector('#list li[data-with=\"carol\"]') !== null;",
+    )?;
+    browser.click("#list li[data-with=\"carol\"]")?;
+    browser.wait_for("carol's message", WAIT, &shows_theirs("hi, it's carol"))?;
+    // The history does not keep whether a message was a request: a live one says so.
+    net.peer("carol")
+        .closed()
+        .args(["send", "alice", "are you there?"])
+        .run(SHORT)?
+        .success()?;
+    browser.wait_for(
+        "the request marked",
+        WAIT,
+        "return [...document.querySelectorAll('#messages .msg .request')]
+             .some(r => r.textContent === 'message request: /accept carol to accept');",
+    )?;
+    browser.type_into("#input", &format!("/accept carol{ENTER}"))?;
+    browser.wait_for(
+        "carol accepted",
+        WAIT,
+        "return [...document.querySelectorAll('#messages .notice, #directory')]
+             .some(n => n.textContent === 'carol is accepted now');",
+    )?;
+    let contacts = net.peer("alice").args(["contacts"]).run(SHORT)?.success()?;
+    ensure!(
+        contacts.stdout.contains("carol"),
+        "carol is not a contact: {}",
+        contacts.stdout
+    );
     alice.terminate()?;
     net.assert_no_panics()
 }

@@ -428,7 +428,7 @@ function drawItem(item) {
   } else if (item.detail === "via the mailbox") {
     meta.append(el("span", "via", "via the mailbox"));
   }
-  if (item.request) meta.append(el("span", "request", "message request: accept with peer accept"));
+  if (item.request) meta.append(el("span", "request", `message request: /accept ${item.from} to accept`));
   div.append(meta, el("div", "body", item.body));
   return div;
 }
