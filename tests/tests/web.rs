@@ -8,11 +8,12 @@
 
 use anyhow::{ensure, Context, Result};
 use serde_json::json;
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 use tests::{
-    body, browser_available, http, is_message_from, is_type, now_ms, workspace_root, Browser, Net,
-    PeerCmd, Running, SHORT,
+    body, browser_available, http, is_message_from, is_type, now_ms, poll_until, workspace_root,
+    Browser, Net, PeerCmd, Running, SHORT,
 };
 
 /// Long enough for a debug build on a slow machine; every wait ends as soon as it can.
@@ -767,6 +768,77 @@ fn a_message_request_is_accepted_from_the_page() -> Result<()> {
         "carol is not a contact: {}",
         contacts.stdout
     );
+    alice.terminate()?;
+    net.assert_no_panics()
+}
+
+/// A WebSocket handshake on `addr` with `cookie`: the open stream and the status line.
+fn ws_handshake(addr: SocketAddr, cookie: &str) -> Result<(TcpStream, String)> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(WAIT))?;
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\nCookie: {cookie}\r\n\
+         Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes())?;
+    // The head only: a socket that is let in stays open.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        ensure!(stream.read(&mut byte)? == 1, "closed during the handshake");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let status = head.lines().next().unwrap_or_default().to_string();
+    Ok((stream, status))
+}
+
+/// The WebSocket is bounded: at most 16 pages at once (the next is refused until one goes),
+/// and a message larger than 256 KiB closes the socket.
+#[test]
+fn websockets_are_bounded() -> Result<()> {
+    let net = Net::new()?;
+    let (mut alice, url, addr) = web(&net, "alice", "127.0.0.1:0")?;
+    let cookie = format!("peer_web_{}={}", addr.port(), token(&url));
+    let mut open = Vec::new();
+    for i in 0..16 {
+        let (stream, status) = ws_handshake(addr, &cookie)?;
+        ensure!(status.contains(" 101 "), "socket {i}: {status}");
+        open.push(stream);
+    }
+    let (_, status) = ws_handshake(addr, &cookie)?;
+    ensure!(status.contains(" 503 "), "a 17th socket: {status}");
+    drop(open.pop());
+    poll_until(
+        "a place for a new socket",
+        WAIT,
+        Duration::from_millis(50),
+        || {
+            let (stream, status) = ws_handshake(addr, &cookie)?;
+            Ok(status.contains(" 101 ").then_some(stream))
+        },
+    )?;
+
+    // One text frame of 300 KiB, masked as a client's must be.
+    let mut socket = open.pop().context("a socket")?;
+    let payload = vec![b'a'; 300 * 1024];
+    let mut frame = vec![0x81, 0x80 | 127];
+    frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend_from_slice(&payload);
+    // The server may close before it has read it all.
+    let _ = socket.write_all(&frame);
+    let mut buf = [0u8; 64 * 1024];
+    let closed = poll_until("the socket closed", WAIT, Duration::from_millis(1), || {
+        match socket.read(&mut buf) {
+            Ok(0) | Err(_) => Ok(Some(())),
+            // A close frame (opcode 8) is as good as the end.
+            Ok(n) => Ok(buf[..n].contains(&0x88).then_some(())),
+        }
+    });
+    ensure!(closed.is_ok(), "a 300 KiB message did not close the socket");
+    drop(open);
     alice.terminate()?;
     net.assert_no_panics()
 }
