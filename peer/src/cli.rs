@@ -150,6 +150,21 @@ pub enum Command {
         #[arg(long, value_name = "TEXT")]
         grep: Option<String>,
     },
+    /// Serve the chat as a page in your browser, on this machine only: runs the peer like
+    /// `listen` (or uses the one running for NAME). The first line printed is the page's
+    /// address, with the token that lets only you in.
+    Web {
+        /// The TCP address to serve the page on; port 0 picks a free one.
+        #[arg(long = "bind", value_name = "ADDR", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Allow an address that is not loopback (other machines can then reach the page;
+        /// the token is all that keeps them out, and nothing is encrypted).
+        #[arg(long)]
+        allow_remote: bool,
+        /// Open the page in your browser.
+        #[arg(long = "open")]
+        open_browser: bool,
+    },
     /// Rooms: group conversations, each message sent to every member (directly, or sealed to
     /// its mailbox). Membership is a log signed by the members, which every member checks.
     Room {

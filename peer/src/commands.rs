@@ -43,7 +43,7 @@ pub async fn run(cli: &Cli, session: Session) -> Result<()> {
             contact(session, console, name.clone(), Standing::Accepted).await
         }
         Command::Block { name } => contact(session, console, name.clone(), Standing::Blocked).await,
-        Command::History { .. } | Command::Contacts => {
+        Command::History { .. } | Command::Contacts | Command::Web { .. } => {
             session.close().await;
             bail!("this command runs without a session")
         }
@@ -55,6 +55,28 @@ fn console(cli: &Cli) -> Console {
         json: cli.json,
         colour: !cli.json && std::io::stdout().is_terminal(),
     }
+}
+
+/// `peer web`: serves the page, on the sessions `open` gives (see [`crate::web::run`]).
+pub async fn web<F, Fut, G>(cli: &Cli, home: &Home, open: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(Session, G)>>,
+{
+    let Command::Web {
+        listen,
+        allow_remote,
+        open_browser,
+    } = &cli.command
+    else {
+        bail!("not the web command");
+    };
+    let options = crate::web::Options {
+        bind: *listen,
+        allow_remote: *allow_remote,
+        open_browser: *open_browser,
+    };
+    crate::web::run(home, options, open).await
 }
 
 /// `peer history NAME`: asks the running peer, which holds the database, or reads the file.

@@ -11,6 +11,7 @@
 //! * [`commands`]: one function per subcommand, written against a [`session::Session`].
 //! * [`chat`]: `peer chat`: line mode for scripts, or the full-screen [`tui`] on a terminal.
 //! * [`tui`]: the full-screen terminal client (ratatui + crossterm).
+//! * [`web`]: `peer web`: the chat as a page in the browser (axum, a WebSocket), on loopback.
 //! * [`line`](mod@line): what a typed line means: a message or a `/command`.
 //! * [`console`]: what the user sees: plain lines, colours, or JSON Lines.
 //! * [`text`]: text from the network made safe to show: no controls, no reordering.
@@ -100,3 +101,4 @@ pub mod target;
 pub mod tasks;
 pub mod text;
 pub mod tui;
+pub mod web;

@@ -74,6 +74,17 @@ async fn run(cli: Cli, directory_given: Option<String>) -> Result<()> {
     if let Command::Contacts = &cli.command {
         return commands::contacts(&cli, &home);
     }
+    if let Command::Web { .. } = &cli.command {
+        // The page outlives the running peer it attaches to: a session again each time.
+        let (cli, home) = (&cli, &home);
+        let open = move || async move {
+            anyhow::Ok(match open_session(cli, home).await? {
+                Opened::Remote(session) => (session, None),
+                Opened::Local(session, guard) => (session, guard),
+            })
+        };
+        return commands::web(cli, home, open).await;
+    }
     let session = match open_session(&cli, &home).await? {
         Opened::Remote(session) => {
             if let Some(given) = directory_given {
@@ -100,7 +111,10 @@ async fn open_session(cli: &Cli, home: &Home) -> Result<Opened> {
     if let Some(session) = remote(cli, home).await? {
         return Ok(Opened::Remote(session));
     }
-    let long_running = matches!(cli.command, Command::Chat { .. } | Command::Listen);
+    let long_running = matches!(
+        cli.command,
+        Command::Chat { .. } | Command::Listen | Command::Web { .. }
+    );
     let lock = if long_running {
         match control::lock(home)? {
             Some(lock) => Some(lock),
@@ -133,12 +147,14 @@ async fn open_session(cli: &Cli, home: &Home) -> Result<Opened> {
         open: cli.open,
         online: matches!(
             cli.command,
-            Command::Chat { .. } | Command::Listen | Command::Inbox
+            Command::Chat { .. } | Command::Listen | Command::Inbox | Command::Web { .. }
         ),
         directory_wait: Duration::from_secs_f64(cli.directory_wait),
         // The terminal client opens at once and shows the connection being made.
-        connect_later: matches!(cli.command, Command::Chat { .. })
-            && peer::chat::full_screen(cli.json),
+        // So does the page.
+        connect_later: (matches!(cli.command, Command::Chat { .. })
+            && peer::chat::full_screen(cli.json))
+            || matches!(cli.command, Command::Web { .. }),
     };
     let history = if matches!(
         cli.command,

@@ -27,11 +27,13 @@ pub struct Session {
     pub key: KeyId,
     backend: Backend,
     updates: mpsc::UnboundedReceiver<Update>,
-    tx: mpsc::UnboundedSender<Update>,
 }
 
 enum Backend {
-    Local(Service),
+    /// This process's node, and where its answers go.
+    Local(Service, mpsc::UnboundedSender<Update>),
+    /// The running peer's: only the client's reader sends updates, so that they end (and
+    /// [`Session::next`] says `None`) when the running peer goes away.
     Remote(ControlClient, Home),
 }
 
@@ -45,9 +47,8 @@ impl Session {
         Self {
             name: service.name().clone(),
             key: service.key(),
-            backend: Backend::Local(service),
+            backend: Backend::Local(service, tx),
             updates,
-            tx,
         }
     }
 
@@ -55,13 +56,12 @@ impl Session {
     pub async fn remote(mut client: ControlClient, home: Home) -> Result<Self> {
         let (name, key) = client.hello().await?;
         let (tx, updates) = mpsc::unbounded_channel();
-        client.start(tx.clone());
+        client.start(tx);
         Ok(Self {
             name,
             key,
             backend: Backend::Remote(client, home),
             updates,
-            tx,
         })
     }
 
@@ -75,8 +75,8 @@ impl Session {
     /// in that order.
     pub fn submit(&self, to: Name, body: String) {
         match &self.backend {
-            Backend::Local(service) => {
-                let (outcome, tx) = (service.submit(to, body), self.tx.clone());
+            Backend::Local(service, tx) => {
+                let (outcome, tx) = (service.submit(to, body), tx.clone());
                 service.node().spawn(async move {
                     let _ = tx.send(Update::Sent(outcome.await));
                 });
@@ -89,8 +89,8 @@ impl Session {
     /// Messages to rooms submitted by one session leave in submission order.
     pub fn submit_room(&self, room: RoomName, body: String) {
         match &self.backend {
-            Backend::Local(service) => {
-                let (outcome, tx) = (service.submit_room(room, body), self.tx.clone());
+            Backend::Local(service, tx) => {
+                let (outcome, tx) = (service.submit_room(room, body), tx.clone());
                 service.node().spawn(async move {
                     let _ = tx.send(Update::RoomSent(outcome.await));
                 });
@@ -102,8 +102,8 @@ impl Session {
     /// Does a `peer room …` command; the answer comes back as [`Update::Rooms`].
     pub fn room(&self, command: RoomCommand) {
         match &self.backend {
-            Backend::Local(service) => {
-                let (service, tx) = (service.clone(), self.tx.clone());
+            Backend::Local(service, tx) => {
+                let (service, tx) = (service.clone(), tx.clone());
                 let node = service.node().clone();
                 node.spawn(async move {
                     let _ = tx.send(Update::Rooms(service.room(command).await));
@@ -117,7 +117,7 @@ impl Session {
     /// there is no history (the database could not be opened).
     pub async fn history(&self, with: &Target, limit: usize) -> Result<Option<Vec<HistoryEntry>>> {
         match &self.backend {
-            Backend::Local(service) => Ok(service.conversation(with, limit).await?),
+            Backend::Local(service, _) => Ok(service.conversation(with, limit).await?),
             Backend::Remote(_, home) => {
                 let Some(mut client) = ControlClient::connect(home).await else {
                     bail!("the running peer has gone");
@@ -128,11 +128,20 @@ impl Session {
         }
     }
 
-    /// The peers with a conversation in the local history, latest first (own node only).
-    pub fn history_peers(&self) -> Vec<Name> {
+    /// The peers with a conversation in the local history, latest first; none when the
+    /// running peer cannot say (an older version).
+    pub async fn history_peers(&self) -> Vec<Name> {
         match &self.backend {
-            Backend::Local(service) => service.history_peers(),
-            Backend::Remote(..) => Vec::new(),
+            Backend::Local(service, _) => service.history_peers(),
+            Backend::Remote(_, home) => {
+                let Some(mut client) = ControlClient::connect(home).await else {
+                    return Vec::new();
+                };
+                match client.hello().await {
+                    Ok(_) => client.peers().await.unwrap_or_default(),
+                    Err(_) => Vec::new(),
+                }
+            }
         }
     }
 
@@ -140,8 +149,8 @@ impl Session {
     /// reasons to wait as [`Update::Notice`], the outcome as [`Update::FileSent`].
     pub fn send_file(&self, to: Name, path: PathBuf) {
         match &self.backend {
-            Backend::Local(service) => {
-                let (service, tx) = (service.clone(), self.tx.clone());
+            Backend::Local(service, tx) => {
+                let (service, tx) = (service.clone(), tx.clone());
                 let node = service.node().clone();
                 node.spawn(async move {
                     let progress = tx.clone();
@@ -164,8 +173,8 @@ impl Session {
     /// Looks `name` up; the answer comes back as [`Update::Whois`].
     pub fn whois(&self, name: Name) {
         match &self.backend {
-            Backend::Local(service) => {
-                let (service, tx) = (service.clone(), self.tx.clone());
+            Backend::Local(service, tx) => {
+                let (service, tx) = (service.clone(), tx.clone());
                 let node = service.node().clone();
                 node.spawn(async move {
                     let _ = tx.send(Update::Whois(service.whois(&name).await));
@@ -179,8 +188,8 @@ impl Session {
     /// [`Update::Trusted`].
     pub fn trust(&self, name: Name, key: Option<KeyId>) {
         match &self.backend {
-            Backend::Local(service) => {
-                let (service, tx) = (service.clone(), self.tx.clone());
+            Backend::Local(service, tx) => {
+                let (service, tx) = (service.clone(), tx.clone());
                 let node = service.node().clone();
                 node.spawn(async move {
                     let _ = tx.send(Update::Trusted(service.trust(&name, key).await));
@@ -193,8 +202,8 @@ impl Session {
     /// Accepts or blocks `name`; the contact as recorded comes back as [`Update::Contact`].
     pub fn set_contact(&self, name: Name, standing: Standing) {
         match &self.backend {
-            Backend::Local(service) => {
-                let (service, tx) = (service.clone(), self.tx.clone());
+            Backend::Local(service, tx) => {
+                let (service, tx) = (service.clone(), tx.clone());
                 let node = service.node().clone();
                 node.spawn(async move {
                     let _ = tx.send(Update::Contact(service.set_contact(&name, standing).await));
@@ -208,8 +217,8 @@ impl Session {
     /// and at every change.
     pub fn watch_directory(&self) {
         match &self.backend {
-            Backend::Local(service) => {
-                let (node, tx) = (service.node().clone(), self.tx.clone());
+            Backend::Local(service, tx) => {
+                let (node, tx) = (service.node().clone(), tx.clone());
                 let mut status = node.directory_status();
                 service.node().spawn(async move {
                     loop {
@@ -230,7 +239,7 @@ impl Session {
     /// terminal.
     pub fn log_file(&self) -> PathBuf {
         let home = match &self.backend {
-            Backend::Local(service) => service.node().home().path(),
+            Backend::Local(service, _) => service.node().home().path(),
             Backend::Remote(_, home) => home.path(),
         };
         home.join("peer.log")
@@ -251,7 +260,7 @@ impl Session {
     /// Leaves: the own node records what is pending in the history and goes offline cleanly;
     /// a remote one is left running.
     pub async fn close(self) {
-        if let Backend::Local(service) = &self.backend {
+        if let Backend::Local(service, _) = &self.backend {
             service.close().await;
         }
     }

@@ -18,6 +18,8 @@
 //! - [`fuzz_checks`]: what each fuzz target checks, for `fuzz/` and the corpus replay.
 //! - [`Running`]: a long-lived process whose stdout lines are read on a thread; `wait_*`
 //!   return the first matching line or fail with what was received and the stderr tail.
+//! - [`Browser`]: headless chromium driven through chromedriver (WebDriver), for `peer web`;
+//!   [`http`], one plain HTTP request.
 //! - [`Tmux`]: a `peer` on a real terminal (a tmux pane of its own tmux server), for the
 //!   full-screen client: type keys, paste, read the screen, signal it.
 //!
@@ -35,6 +37,7 @@
 use std::time::Duration;
 
 mod bins;
+mod browser;
 mod checks;
 mod directory;
 pub mod fuzz_checks;
@@ -49,6 +52,7 @@ mod tmux;
 mod util;
 
 pub use bins::{bins, workspace_root, Bins};
+pub use browser::{browser_available, http, Browser, HttpResponse};
 pub use checks::{check_messages, numbered};
 pub use directory::{directory_fingerprint, parse_start_line, DirOpts, Directory};
 pub use logs::Logs;

@@ -96,6 +96,19 @@ impl ControlClient {
         }
     }
 
+    /// The peers with a conversation in the running peer's history, latest first. Call after
+    /// [`ControlClient::hello`], instead of [`ControlClient::start`].
+    pub async fn peers(&mut self) -> Result<Vec<Name>> {
+        let Some(stream) = self.stream.as_mut() else {
+            bail!("control session already started")
+        };
+        framing::write_frame(stream, &ControlRequest::Peers).await?;
+        match framing::read_frame(stream).await? {
+            Some(ControlResponse::Peers(peers)) => Ok(peers),
+            other => bail!("the running peer answered {other:?}"),
+        }
+    }
+
     /// Starts the reader and writer tasks; answers become [`Update`]s on `updates`. The tasks
     /// end with the client.
     pub fn start(&mut self, updates: mpsc::UnboundedSender<Update>) {
@@ -216,6 +229,7 @@ fn update_of(response: ControlResponse) -> Option<Update> {
         ControlResponse::Hello { .. }
         | ControlResponse::Attached
         | ControlResponse::HistoryEntry(_)
-        | ControlResponse::HistoryEnd { .. } => return None,
+        | ControlResponse::HistoryEnd { .. }
+        | ControlResponse::Peers(_) => return None,
     })
 }

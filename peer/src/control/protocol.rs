@@ -89,6 +89,9 @@ pub enum ControlRequest {
     },
     /// A `peer room …` command; answered with [`ControlResponse::Rooms`].
     Room(RoomCommand),
+    /// The peers with a conversation in the running peer's history, latest first: answered
+    /// with [`ControlResponse::Peers`].
+    Peers,
 }
 
 /// An answer from the running peer.
@@ -163,4 +166,6 @@ pub enum ControlResponse {
         /// Where the connection stands.
         status: Status,
     },
+    /// The peers with a conversation in the history, latest first (empty without one).
+    Peers(Vec<Name>),
 }

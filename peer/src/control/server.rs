@@ -170,6 +170,9 @@ async fn serve_client(stream: UnixStream, service: Service) {
                     let _ = tx.send(ControlResponse::HistoryEnd { available });
                 });
             }
+            ControlRequest::Peers => {
+                let _ = tx.send(ControlResponse::Peers(service.history_peers()));
+            }
             ControlRequest::Directory => {
                 let node = service.node().clone();
                 let mut status = node.directory_status();

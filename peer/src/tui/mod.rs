@@ -196,7 +196,12 @@ const PLAIN: crate::console::Console = crate::console::Console {
 /// Puts the conversations of the history in the side list, with their earlier messages.
 async fn load_history(session: &Session, app: &mut App, with: &Target) {
     let mut targets = vec![with.clone()];
-    for name in session.history_peers().into_iter().take(HISTORY_PEERS) {
+    for name in session
+        .history_peers()
+        .await
+        .into_iter()
+        .take(HISTORY_PEERS)
+    {
         let target = Target::Peer(name);
         if !targets.contains(&target) {
             targets.push(target);
