@@ -29,7 +29,14 @@ use common::{
 };
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 use tokio::sync::broadcast;
 use tracing::{debug, warn};
 
@@ -38,6 +45,9 @@ use tracing::{debug, warn};
 const ASK_TIMEOUT: Duration = Duration::from_millis(1500);
 
 const PRESENCE: &str = "directory.presence";
+
+/// Why a node closes a peer's connection once the peer is online on another node.
+const MOVED: &[u8] = b"online on another node";
 
 /// A question about a peer, to the node where it is online.
 #[derive(Debug, Serialize, Deserialize)]
@@ -112,7 +122,9 @@ fn subject(name: &Name) -> String {
 }
 
 impl Cluster {
-    /// Connects to the NATS servers `servers` (`nats://host:port` each) as node `node`.
+    /// Connects to the NATS servers `servers` (`nats://host:port` each) as node `node`. The
+    /// nodes tell each other apart by an id of this run (`node` and a random part): a node
+    /// started on a copy of another's data folder is still another node.
     pub async fn connect(servers: &[String], node: &str) -> anyhow::Result<Self> {
         let client = async_nats::ConnectOptions::new()
             .name(format!("directory node {node}"))
@@ -122,7 +134,7 @@ impl Cluster {
             .await?;
         Ok(Self {
             client,
-            node: node.to_string(),
+            node: format!("{node}-{:016x}", rand::random::<u64>()),
         })
     }
 
@@ -182,21 +194,17 @@ impl Cluster {
     }
 
     /// Answers for `name` while it is online here on `link`: lookups and introductions from
-    /// other nodes; closes `link` if the peer comes online on another node. Returns when the
-    /// connection closes.
+    /// other nodes; closes `link` if the peer comes online on another node, and sets `moved`
+    /// first: the session then says nothing of the peer going offline, which it has not.
+    /// Returns when the connection closes.
     pub async fn serve_peer(
         &self,
         name: Name,
         link: quinn::Connection,
         registry: &Registry,
         allowances: &Allowances,
+        moved: &AtomicBool,
     ) {
-        let evict = Ask::Evict {
-            node: self.node.clone(),
-        };
-        if let Ok(payload) = postcard::to_allocvec(&evict) {
-            let _ = self.client.publish(subject(&name), payload.into()).await;
-        }
         let mut asks = match self.client.subscribe(subject(&name)).await {
             Ok(asks) => asks,
             Err(e) => {
@@ -204,6 +212,15 @@ impl Cluster {
                 return;
             }
         };
+        // Subscribed (and flushed, so the servers know) before evicting: of two nodes where
+        // the peer registers at once, each then hears the other's eviction.
+        let _ = self.client.flush().await;
+        let evict = Ask::Evict {
+            node: self.node.clone(),
+        };
+        if let Ok(payload) = postcard::to_allocvec(&evict) {
+            let _ = self.client.publish(subject(&name), payload.into()).await;
+        }
         loop {
             let message = tokio::select! {
                 message = asks.next() => match message {
@@ -222,7 +239,8 @@ impl Cluster {
                 (Ask::Evict { node }, _) if node == self.node => continue,
                 (Ask::Evict { .. }, _) => {
                     debug!(%name, "online on another node now; closing here");
-                    Link::close(&link, codes::REPLACED, b"replaced by a newer connection");
+                    moved.store(true, Ordering::Relaxed);
+                    Link::close(&link, codes::REPLACED, MOVED);
                     return;
                 }
                 (_, None) => continue,
@@ -271,6 +289,8 @@ impl Cluster {
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         warn!(missed, "fell behind the store's changes; waking every mailbox");
                         registry.each(|online| online.wake.notify_one());
+                        // Room ops were missed too: read the rooms again from the store.
+                        rooms.forget().await;
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
@@ -280,7 +300,9 @@ impl Cluster {
                         continue;
                     };
                     match postcard::from_bytes::<Presence>(&message.payload) {
-                        Ok(p) if p.node != self.node => {
+                        // A peer online here is not offline, whatever a node it left says.
+                        Ok(p) if p.node != self.node
+                            && (p.online || registry.get(&p.name).is_none()) => {
                             rooms.presence(parts, &p.name, p.online).await;
                         }
                         _ => {}

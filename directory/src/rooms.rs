@@ -128,6 +128,9 @@ impl Rooms {
         match appended {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
+                // The op may have been stored after all (a cluster's write that timed out), or
+                // another node's took its place: read the room again when next asked.
+                rosters.remove(&op.room);
                 warn!(cause = %e, room = %op.room, "storing a room op failed");
                 return Err(ErrorCode::Internal);
             }
@@ -160,6 +163,12 @@ impl Rooms {
             }
         }
         rosters.insert(op.room.clone(), known);
+    }
+
+    /// Forgets every room read so far: each is read again from the store when next asked for
+    /// (a node of a cluster that missed ops made elsewhere).
+    pub async fn forget(&self) {
+        self.rosters.lock().await.clear();
     }
 
     /// Takes in `op`, stored by another node of the cluster (which checked it), and pushes it

@@ -43,9 +43,12 @@ pub async fn run(
     });
     let shared = Arc::new(shared);
     let mut sessions = JoinSet::new();
+    // What runs as long as the server does, aborted when it returns (not waited for, as the
+    // sessions are).
+    let mut background = JoinSet::new();
     if let Some(changes) = changes {
         let following = shared.clone();
-        sessions.spawn(async move {
+        background.spawn(async move {
             if let Some(cluster) = &following.cluster {
                 let (registry, rooms) = (&following.registry, &following.rooms);
                 cluster
@@ -112,6 +115,7 @@ pub async fn run(
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), finished).await;
     sessions.shutdown().await;
+    background.shutdown().await;
     Ok(())
 }
 

@@ -70,6 +70,8 @@ pub async fn run(
         online,
     });
     let mut tasks = JoinSet::new();
+    // Set when the peer came online on another node of the cluster, which closed this one.
+    let moved = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         tokio::select! {
             accepted = conn.accept_bi() => match accepted {
@@ -92,10 +94,11 @@ pub async fn run(
             Some(feed) = online_rx.recv() => {
                 if shared.cluster.is_some() {
                     let (shared, conn, name) = (shared.clone(), conn.clone(), feed.name.clone());
+                    let moved = moved.clone();
                     let answer = async move {
                         if let Some(cluster) = &shared.cluster {
                             let (registry, allowances) = (&shared.registry, &shared.allowances);
-                            cluster.serve_peer(name, conn, registry, allowances).await;
+                            cluster.serve_peer(name, conn, registry, allowances, &moved).await;
                         }
                     };
                     tasks.spawn(answer.in_current_span());
@@ -121,7 +124,8 @@ pub async fn run(
         // time is still true, and that connection reports the peer online anyway.
         // Through the writer, so that peers leaving together share one fsync.
         let _ = shared.writer.set_last_seen(name.clone(), now_ms()).await;
-        if shared.registry.remove_if(name, conn.stable_id()) {
+        let moved = moved.load(std::sync::atomic::Ordering::Relaxed);
+        if shared.registry.remove_if(name, conn.stable_id()) && !moved {
             info!("offline");
             let rooms = service::rooms_parts(&shared);
             shared.rooms.presence(rooms, name, false).await;

@@ -30,9 +30,10 @@
 //!
 //! An entry is deterministic: it carries its time and its quotas, and replicas apply it with
 //! them, so nodes with different settings still agree. The free space of the disk is checked
-//! by the node that publishes. A replica that fails to apply an entry (its disk failed) stops
-//! applying and refuses writes: it cannot skip an entry and stay a replica. The stream keeps
-//! every entry; a new node replays it from the start.
+//! by the node that publishes. A replica that cannot apply an entry (its disk failed, the
+//! entry is of a newer layout or does not decode, entries are missing) stops applying and
+//! refuses writes: it cannot skip an entry and stay a replica. The stream keeps every entry; a
+//! new node replays it from the start.
 
 use super::{
     Bind, Binding, NameRecord, Naming, Quota, RedbStore, Removal, Store, StoreError, Stored,
@@ -105,9 +106,15 @@ impl Default for LogConfig {
     }
 }
 
+/// The layout of [`Entry`] this code writes and reads. postcard is not self-describing: a node
+/// that meets an entry of another layout stops applying rather than misread it.
+const ENTRY_LAYOUT: u8 = 1;
+
 /// One entry of the log: a change, who published it and when.
 #[derive(Debug, Serialize, Deserialize)]
 struct Entry {
+    /// [`ENTRY_LAYOUT`] of the node that wrote it.
+    layout: u8,
     /// The publishing node's number for this run, so it knows its own entries.
     origin: u64,
     /// The publisher's number for the write waiting on this entry.
@@ -243,15 +250,21 @@ impl JetStreamStore {
         }
         let inner = self.inner.clone();
         let request = inner.next_request.fetch_add(1, Ordering::Relaxed);
-        let (reply, outcome) = oneshot::channel();
-        inner.waiters().insert(request, reply);
         let entry = Entry {
+            layout: ENTRY_LAYOUT,
             origin: inner.origin,
             request,
             at_ms: now_ms(),
             change,
         };
         let bytes = postcard::to_allocvec(&entry).map_err(db)?;
+        let (reply, outcome) = oneshot::channel();
+        inner.waiters().insert(request, reply);
+        // The applier may have stopped (and failed every waiter) since the check above.
+        if let Some(why) = inner.stopped() {
+            inner.waiters().remove(&request);
+            return Err(db(format!("this replica stopped applying the log: {why}")));
+        }
         let publish = {
             let inner = inner.clone();
             async move {
@@ -368,6 +381,8 @@ impl Inner {
         for (_, waiter) in self.waiters().drain() {
             let _ = waiter.send(Err(db(&why)));
         }
+        // Wakes whoever waits for a position (a node catching up when it starts).
+        self.applied.send_modify(|_| {});
     }
 }
 
@@ -432,7 +447,7 @@ async fn start(
             state.last_sequence, "replica.redb"
         )));
     }
-    if position + 1 < state.first_sequence && state.messages > 0 {
+    if position + 1 < state.first_sequence {
         return Err(db(format!(
             "this replica stopped at entry {position}, but the log starts at {}: copy the data \
              folder of a node that is up to date",
@@ -500,17 +515,28 @@ async fn apply_all(inner: Arc<Inner>, mut messages: push::Ordered) {
                 return;
             }
         };
-        if position <= *inner.applied.borrow() {
+        let applied = *inner.applied.borrow();
+        if position <= applied {
+            // Delivered again (the consumer was made anew after a reconnection).
             continue;
         }
-        let entry: Entry = match postcard::from_bytes(&message.payload) {
-            Ok(entry) => entry,
-            Err(e) => {
-                // Not ours (another program published on the subject): nothing to apply.
-                tracing::warn!(position, "skipped an undecodable log entry: {e}");
-                inner.applied.send_replace(position);
-                continue;
+        if position != applied + 1 {
+            return inner.stop(format!(
+                "entries {} to {} are missing from the log",
+                applied + 1,
+                position - 1
+            ));
+        }
+        // An entry this node cannot read cannot be skipped either: the other replicas apply it.
+        let entry = match postcard::from_bytes::<Entry>(&message.payload) {
+            Ok(entry) if entry.layout == ENTRY_LAYOUT => entry,
+            Ok(entry) => {
+                return inner.stop(format!(
+                    "entry {position} has layout {}, this node reads {ENTRY_LAYOUT}: upgrade it",
+                    entry.layout
+                ))
             }
+            Err(e) => return inner.stop(format!("entry {position} does not decode: {e}")),
         };
         let applier = inner.clone();
         let applied = tokio::task::spawn_blocking(move || applier.apply(position, entry)).await;
@@ -814,6 +840,39 @@ pub(crate) mod tests {
         match refused {
             Err(StoreError::Db(why)) if why.contains("another log") => Ok(()),
             other => Err(format!("opened: {other:?}").into()),
+        }
+    }
+
+    /// An entry a node cannot read stops it: writes fail with the reason instead of the
+    /// replica going on without the entry, and a node that starts on that log refuses to
+    /// start rather than wait for an entry it will never apply.
+    #[test]
+    fn an_entry_that_does_not_decode_stops_the_replica() -> TestResult {
+        let Some(nats) = nats()? else { return Ok(()) };
+        let dir = tempfile::tempdir()?;
+        let servers = std::slice::from_ref(&nats.url);
+        let a = JetStreamStore::open(servers, &log("junk"), &dir.path().join("a.redb"))?;
+        let url = nats.url.clone();
+        block_on(a.handle()?, async move {
+            let client = async_nats::connect(url).await.map_err(db)?;
+            let js = jetstream::new(client);
+            let ack = js.publish("directory.junk.log", "not an entry".into());
+            ack.await.map_err(db)?.await.map_err(db)?;
+            Ok::<_, StoreError>(())
+        })??;
+        let write = a.bind(
+            &name("alice"),
+            &common::KeyId([1; 32]),
+            1,
+            Naming::default(),
+        );
+        match write {
+            Err(StoreError::Db(why)) if why.contains("does not decode") => {}
+            other => return Err(format!("a write after junk: {other:?}").into()),
+        }
+        match JetStreamStore::open(servers, &log("junk"), &dir.path().join("b.redb")) {
+            Err(StoreError::Db(why)) if why.contains("does not decode") => Ok(()),
+            other => Err(format!("a node started on it: {other:?}").into()),
         }
     }
 }
