@@ -217,11 +217,11 @@ fn run(cli: Cli) -> Result<()> {
             .filter(|s| !s.is_empty())
             .collect()
     });
-    let (store, changes): (Arc<dyn Store>, _) = match &servers {
+    let (store, changes, failed): (Arc<dyn Store>, _, _) = match &servers {
         None => {
             let store = RedbStore::open(&data.join("directory.redb"))
                 .with_context(|| format!("opening the database in {}", data.display()))?;
-            (Arc::new(store), None)
+            (Arc::new(store), None, None)
         }
         Some(servers) => {
             let log = LogConfig {
@@ -231,8 +231,8 @@ fn run(cli: Cli) -> Result<()> {
             let replica = data.join("replica.redb");
             let store = JetStreamStore::open(servers, &log, &replica)
                 .with_context(|| format!("joining the cluster's store at {}", servers.join(",")))?;
-            let changes = store.changes();
-            (Arc::new(store), Some(changes))
+            let (changes, failed) = (store.changes(), store.failed());
+            (Arc::new(store), Some(changes), Some(failed))
         }
     };
     let config = Config {
@@ -298,7 +298,22 @@ fn run(cli: Cli) -> Result<()> {
             }
             _ => None,
         };
-        let shutdown = shutdown_signal()?;
+        let signal = shutdown_signal()?;
+        // A node whose replica stopped applying the cluster's log stops serving too (and
+        // exits non-zero), so that its peers move to a node that can serve them.
+        let stopped = std::sync::OnceLock::new();
+        let shutdown = async {
+            match failed {
+                Some(failed) => tokio::select! {
+                    () = signal => {}
+                    why = failed => {
+                        tracing::error!("stopping: this node cannot apply the cluster's log: {why}");
+                        let _ = stopped.set(why);
+                    }
+                },
+                None => signal.await,
+            }
+        };
         tracing::info!(%addr, fingerprint = %identity.key_id, node, "directory listening");
         // One stdout line that scripts and tests can read.
         println!(
@@ -314,7 +329,11 @@ fn run(cli: Cli) -> Result<()> {
             new_burst: cli.new_connections_burst,
             registration_timeout: std::time::Duration::from_secs(cli.registration_timeout),
         };
-        directory::run(endpoint, store, config, limits, metrics, cluster, shutdown).await
+        directory::run(endpoint, store, config, limits, metrics, cluster, shutdown).await?;
+        match stopped.get() {
+            Some(why) => anyhow::bail!("this node cannot apply the cluster's log: {why}"),
+            None => Ok(()),
+        }
     })
 }
 

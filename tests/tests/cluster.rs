@@ -264,3 +264,47 @@ fn a_room_spans_both_nodes() -> Result<()> {
     })?;
     net.assert_no_panics()
 }
+
+/// A node that cannot apply an entry of the cluster's log stops serving and exits non-zero,
+/// saying why, instead of serving what it holds while every write fails: its peers move to a
+/// node that can serve them. The entry here is junk published on the log's subject with the
+/// NATS text protocol.
+#[test]
+fn a_node_that_cannot_apply_the_log_exits() -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let Some(mut cluster) = Cluster::start()? else {
+        return Ok(());
+    };
+    let url = cluster
+        ._nats
+        .url()
+        .trim_start_matches("nats://")
+        .to_string();
+    let mut nats = std::net::TcpStream::connect(&url)?;
+    nats.set_read_timeout(Some(SHORT))?;
+    let mut lines = BufReader::new(nats.try_clone()?);
+    let mut info = String::new();
+    lines.read_line(&mut info)?;
+    ensure!(info.starts_with("INFO"), "not NATS: {info}");
+    nats.write_all(
+        b"CONNECT {\"verbose\":false}\r\nPUB directory.DIRECTORY.log 4\r\njunk\r\nPING\r\n",
+    )?;
+    let mut pong = String::new();
+    while !pong.starts_with("PONG") {
+        pong.clear();
+        ensure!(
+            lines.read_line(&mut pong)? > 0,
+            "NATS closed the connection"
+        );
+    }
+    let b = &mut cluster.b;
+    poll_until("node B to exit", SHORT, Duration::from_millis(100), || {
+        Ok((!b.is_running()).then_some(()))
+    })?;
+    ensure!(
+        b.stderr_tail().contains("cannot apply the cluster's log"),
+        "node B's last words: {}",
+        b.stderr_tail()
+    );
+    Ok(())
+}

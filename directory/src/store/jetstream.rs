@@ -231,6 +231,24 @@ impl JetStreamStore {
         self.inner.changes.subscribe()
     }
 
+    /// Resolves, with the reason, once this replica stops applying the log (see "Limits"):
+    /// a node that cannot apply the log should stop serving, so that its peers move to a node
+    /// that can.
+    pub fn failed(&self) -> impl Future<Output = String> + Send + 'static {
+        let inner = self.inner.clone();
+        let mut applied = inner.applied.subscribe();
+        async move {
+            loop {
+                if let Some(why) = inner.stopped() {
+                    return why;
+                }
+                if applied.changed().await.is_err() {
+                    return "the store closed".into();
+                }
+            }
+        }
+    }
+
     /// The position of the last log entry this node applied.
     pub fn applied(&self) -> u64 {
         *self.inner.applied.borrow()
