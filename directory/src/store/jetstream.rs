@@ -17,7 +17,7 @@
 //! 1. A write (from the [`super::Writer`]'s thread) publishes an [`Entry`] naming this node
 //!    and a request number, and waits for JetStream's ack: the entry is on a majority of the
 //!    stream's replicas.
-//! 2. The node's applier, an ordered consumer of the stream, applies entries one by one,
+//! 2. The node's applier, following the stream with a consumer, applies entries one by one,
 //!    recording each one's position in the same redb transaction (see
 //!    [`RedbStore::applying`]); it hands the outcome of this node's own entries to their
 //!    writers, and names each recipient of mail or receipts in [`JetStreamStore::changes`], so
@@ -62,6 +62,10 @@ use tokio::sync::{broadcast, oneshot, watch};
 /// Most bytes of mail in one entry: NATS refuses messages over its `max_payload` (1 MiB by
 /// default), and a batch of deposits may hold many 64 KiB letters.
 const MAX_ENTRY_MAIL: u64 = 512 * 1024;
+
+/// How often the consumer a node follows the log with says it is alive when there is nothing
+/// to deliver; two missed, and the node follows with a new one.
+const FOLLOW_HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// How long a write waits for the stream's ack and then for its own entry to be applied.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -484,18 +488,7 @@ async fn start(
         applied,
         changes: broadcast::channel(CHANGES_QUEUE).0,
     });
-    let consumer = stream
-        .create_consumer(push::OrderedConfig {
-            deliver_subject: client.new_inbox(),
-            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: position + 1,
-            },
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| db(format!("cannot follow the log: {e}")))?;
-    let messages = consumer.messages().await.map_err(db)?;
-    tokio::spawn(apply_all(inner.clone(), messages));
+    tokio::spawn(follow(inner.clone(), stream, client));
     let end = state.last_sequence;
     if end > position {
         tracing::info!(
@@ -516,22 +509,58 @@ async fn start(
 
 /// The applier: every entry of the log, in order, applied on a blocking thread (redb commits
 /// wait for the disk).
-async fn apply_all(inner: Arc<Inner>, mut messages: push::Ordered) {
+/// Follows the log from the entry after the last applied, for good: a consumer that goes
+/// quiet (no heartbeat for two seconds: the NATS server holding it died, the connection moved)
+/// or fails is replaced by a new one from where the replica stands. async-nats's ordered
+/// consumer does the same, but notices only after 10 s and may start again from the
+/// beginning; a write waits for its own entry, so the follower must be back within seconds.
+async fn follow(inner: Arc<Inner>, stream: stream::Stream, client: async_nats::Client) {
+    loop {
+        let from = *inner.applied.borrow() + 1;
+        let config = push::Config {
+            deliver_subject: client.new_inbox(),
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from,
+            },
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            flow_control: true,
+            idle_heartbeat: FOLLOW_HEARTBEAT,
+            memory_storage: true,
+            num_replicas: 1,
+            // The server drops a consumer nobody follows any more (one this node replaced).
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
+        };
+        let messages = match stream.create_consumer(config).await {
+            Ok(consumer) => consumer.messages().await.map_err(db),
+            Err(e) => Err(db(e)),
+        };
+        match messages {
+            Ok(messages) => {
+                if let Err(why) = apply_all(&inner, messages).await {
+                    return inner.stop(why);
+                }
+            }
+            Err(e) => tracing::debug!(from, "cannot follow the log yet: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Applies what `messages` delivers, in order, until the consumer goes quiet or fails (`Ok`:
+/// follow again) or the replica cannot go on (`Err`, why).
+async fn apply_all(inner: &Arc<Inner>, mut messages: push::Messages) -> Result<(), String> {
     while let Some(message) = messages.next().await {
         let message = match message {
             Ok(message) => message,
             Err(e) => {
-                // The ordered consumer recreates itself after gaps and reconnections.
-                tracing::debug!("following the log: {e}");
-                continue;
+                tracing::info!("following the log again: {e}");
+                return Ok(());
             }
         };
         let position = match message.info() {
             Ok(info) => info.stream_sequence,
-            Err(e) => {
-                inner.stop(format!("a log entry without a position: {e}"));
-                return;
-            }
+            Err(e) => return Err(format!("a log entry without a position: {e}")),
         };
         let applied = *inner.applied.borrow();
         if position <= applied {
@@ -539,7 +568,7 @@ async fn apply_all(inner: Arc<Inner>, mut messages: push::Ordered) {
             continue;
         }
         if position != applied + 1 {
-            return inner.stop(format!(
+            return Err(format!(
                 "entries {} to {} are missing from the log",
                 applied + 1,
                 position - 1
@@ -549,12 +578,12 @@ async fn apply_all(inner: Arc<Inner>, mut messages: push::Ordered) {
         let entry = match postcard::from_bytes::<Entry>(&message.payload) {
             Ok(entry) if entry.layout == ENTRY_LAYOUT => entry,
             Ok(entry) => {
-                return inner.stop(format!(
+                return Err(format!(
                     "entry {position} has layout {}, this node reads {ENTRY_LAYOUT}: upgrade it",
                     entry.layout
                 ))
             }
-            Err(e) => return inner.stop(format!("entry {position} does not decode: {e}")),
+            Err(e) => return Err(format!("entry {position} does not decode: {e}")),
         };
         let applier = inner.clone();
         let applied = tokio::task::spawn_blocking(move || applier.apply(position, entry)).await;
@@ -562,11 +591,12 @@ async fn apply_all(inner: Arc<Inner>, mut messages: push::Ordered) {
             Ok(Ok(())) => {
                 inner.applied.send_replace(position);
             }
-            Ok(Err(e)) => return inner.stop(format!("entry {position}: {e}")),
-            Err(e) => return inner.stop(format!("entry {position}: {e}")),
+            Ok(Err(e)) => return Err(format!("entry {position}: {e}")),
+            Err(e) => return Err(format!("entry {position}: {e}")),
         }
     }
-    inner.stop("the log's consumer ended".into());
+    // The subscription ended (the connection closed for good, or the store is closing).
+    Ok(())
 }
 
 /// Splits `mail` into runs of at most [`MAX_ENTRY_MAIL`] bytes (at least one mail each).
