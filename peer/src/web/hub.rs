@@ -591,11 +591,14 @@ impl Hub {
                         true,
                         match sent.path {
                             Some(path) => format!(
-                                "file delivered to {to} ({} bytes, direct, {})",
-                                sent.size,
+                                "file delivered to {to} ({}, direct, {})",
+                                indicatif::HumanBytes(sent.size),
                                 path.as_str()
                             ),
-                            None => format!("file queued in {to}'s mailbox ({} bytes)", sent.size),
+                            None => format!(
+                                "file queued in {to}'s mailbox ({})",
+                                indicatif::HumanBytes(sent.size)
+                            ),
                         },
                     ),
                     Err(failure) => (false, format!("file not sent: {}", with_hint(&failure))),

@@ -8,6 +8,17 @@
 const HISTORY_PAGE = 50;
 const $ = (id) => document.getElementById(id);
 
+// A size as people read it, in the terminal's units: 1.50 MiB, not 1572864 bytes.
+function size(n) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i += 1;
+  }
+  return i === 0 ? `${n} B` : `${n.toFixed(2)} ${units[i]}`;
+}
+
 const state = {
   me: null,
   convs: new Map(), // with -> {with, room, unread, presence, last_seen_ms, last_ms, order}
@@ -269,7 +280,7 @@ function upload(file) {
       note(to, `${file.name}: ${xhr.responseText.trim() || xhr.status}`, true);
       draw();
     } else {
-      note(to, `sending ${file.name} (${file.size} bytes)`, false);
+      note(to, `sending ${file.name} (${size(file.size)})`, false);
       draw();
     }
   };
@@ -289,7 +300,7 @@ function progress(w, done, total, what) {
   }
   box.hidden = false;
   $("bar").value = total ? Math.round((done * 100) / total) : 0;
-  $("progress-text").textContent = `${what} to ${w}: ${done} of ${total} bytes`;
+  $("progress-text").textContent = `${what} to ${w}: ${size(done)} of ${size(total)}`;
 }
 
 function grow() {
@@ -412,7 +423,7 @@ function drawItem(item) {
   meta.append(from, el("span", "time", time(item.at_ms)));
   if (item.kind === "file") {
     div.classList.add("file");
-    const a = el("a", "download", `${item.name} (${item.size} bytes)`);
+    const a = el("a", "download", `${item.name} (${size(item.size)})`);
     a.href = item.url;
     a.download = item.name;
     div.append(meta, a);
