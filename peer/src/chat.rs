@@ -146,7 +146,9 @@ async fn lines(mut session: Session, console: Console, mut with: Target) -> Resu
                         }
                     }
                 }
-                Some(Update::Whois(Ok((info, path)))) => print_line(&console.whois(&info, path))?,
+                Some(Update::Whois(Ok((info, path)))) => {
+                    print_line(&console.whois(&info, path, &session.name))?
+                }
                 Some(Update::Whois(Err(e))) => eprintln!("peer: {e}"),
                 Some(Update::Notice(text)) => eprintln!("{text}"),
                 Some(Update::Contact(Ok(contact))) => print_line(&console.contact(&contact))?,

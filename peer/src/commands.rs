@@ -317,9 +317,10 @@ async fn answer<T>(
 async fn whois(mut session: Session, console: Console, name: Name) -> Result<()> {
     session.whois(name);
     let result = whois_answer(&mut session).await;
+    let me = session.name.clone();
     session.close().await;
     let (info, path) = result?;
-    print_line(&console.whois(&info, path))?;
+    print_line(&console.whois(&info, path, &me))?;
     Ok(())
 }
 

@@ -302,11 +302,11 @@ impl Console {
             0 => String::new(),
             n => format!(", resumed after {}", HumanBytes(n)),
         };
+        let words = path.words().map(|w| format!(", {w}")).unwrap_or_default();
         format!(
-            "sent {} to {} (direct, {}{resumed}); blake3 {}",
+            "sent {} to {} (direct{words}{resumed}); blake3 {}",
             HumanBytes(f.size),
             f.to,
-            path.as_str(),
             hex::encode(f.hash)
         )
     }
@@ -324,8 +324,8 @@ impl Console {
             .to_string();
         }
         match s.status {
-            Status::Delivered => match s.path {
-                Some(path) => format!("delivered to {} (direct, {})", s.to, path.as_str()),
+            Status::Delivered => match s.path.and_then(DirectPath::words) {
+                Some(words) => format!("delivered to {} (direct, {words})", s.to),
                 None => format!("delivered to {} (direct)", s.to),
             },
             Status::Queued => {
@@ -335,7 +335,7 @@ impl Console {
     }
 
     /// The lines for a lookup; `path` is the direct link this peer has to it, if any.
-    pub fn whois(&self, p: &PeerInfo, path: Option<DirectPath>) -> String {
+    pub fn whois(&self, p: &PeerInfo, path: Option<DirectPath>, me: &Name) -> String {
         if self.json {
             return json!({
                 "type": "whois",
@@ -351,7 +351,15 @@ impl Console {
             .to_string();
         }
         let seen = match (p.online, p.last_seen_ms) {
+            (true, _) if p.name == *me => "online (you)".to_string(),
             (true, _) => "online".to_string(),
+            // Asked by a short command, with no `listen` or `chat` running: connected for the
+            // command, not online for messages.
+            (false, _) if p.name == *me => {
+                "you, not online: what is sent to you waits in the mailbox until you run \
+                 `listen` or `chat`"
+                    .to_string()
+            }
             (false, Some(ms)) => format!("offline, last seen {}", ago(ms)),
             (false, None) => "offline, never seen".to_string(),
         };
@@ -432,14 +440,24 @@ impl Console {
         if !self.colour {
             return name.to_string();
         }
-        const COLOURS: [u8; 6] = [31, 32, 33, 34, 35, 36];
-        let hash = name
-            .as_str()
-            .bytes()
-            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));
-        let c = COLOURS[(hash as usize) % COLOURS.len()];
+        // ANSI green, yellow, blue, magenta, cyan: never red, which reads as an error.
+        const COLOURS: [u8; NAME_COLOURS] = [32, 33, 34, 35, 36];
+        let c = COLOURS[name_colour(name)];
         format!("\x1b[1;{c}m{name}\x1b[0m")
     }
+}
+
+/// How many colours names are drawn in, in the line mode and the terminal client alike.
+pub const NAME_COLOURS: usize = 5;
+
+/// The colour of `name`, of [`NAME_COLOURS`]: stable across runs, and the same in the line mode
+/// and the terminal client.
+pub fn name_colour(name: &Name) -> usize {
+    let hash = name
+        .as_str()
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));
+    hash as usize % NAME_COLOURS
 }
 
 /// Writes one line to stdout and flushes it, so a message is on its way to the user before it
@@ -479,10 +497,10 @@ pub fn state_text(state: &HistoryState) -> String {
             via: Via::Direct, ..
         } => "received".into(),
         HistoryState::Sending => "sending".into(),
-        HistoryState::Delivered { path: Some(path) } => {
-            format!("delivered, direct {}", path.as_str())
-        }
-        HistoryState::Delivered { path: None } => "delivered, direct".into(),
+        HistoryState::Delivered { path } => match path.and_then(|p| p.words()) {
+            Some(words) => format!("delivered, direct, {words}"),
+            None => "delivered, direct".into(),
+        },
         HistoryState::Queued => "queued in the mailbox".into(),
         HistoryState::Failed { reason } => format!("failed: {reason}"),
         HistoryState::DeliveredLater { at_ms } => {
@@ -542,6 +560,21 @@ fn clock_skewed(sent_at_ms: u64, via: Via, now_ms: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Red reads as an error: no name is printed in it, and each name keeps its colour.
+    #[test]
+    fn names_are_never_red_and_keep_their_colour() {
+        let console = Console {
+            json: false,
+            colour: true,
+        };
+        for i in 0..1000 {
+            let name = Name::new(format!("peer{i}")).expect("a valid name");
+            let drawn = console.name(&name);
+            assert!(!drawn.starts_with("\x1b[1;31m"), "{name} in red");
+            assert_eq!(drawn, console.name(&name));
+        }
+    }
 
     #[test]
     fn clock_is_local_and_dated_when_not_today() {

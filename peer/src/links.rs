@@ -30,6 +30,16 @@ impl DirectPath {
         }
     }
 
+    /// How people would say it, where it is worth saying: a link on the same network, or one
+    /// made through NATs. A plain link over the internet, the usual case, goes unsaid.
+    pub fn words(self) -> Option<&'static str> {
+        match self {
+            DirectPath::Lan => Some("same network"),
+            DirectPath::Public => None,
+            DirectPath::Punched => Some("through NAT"),
+        }
+    }
+
     /// How a link made by dialing (or accepted from) `addr` came about, for the peer `info`
     /// describes; `introduced` when the directory introduced us first.
     pub fn classify(addr: SocketAddr, info: &PeerInfo, introduced: bool) -> Self {

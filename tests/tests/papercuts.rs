@@ -128,3 +128,59 @@ fn file_sizes_read_as_sizes_and_an_interrupted_file_says_how_to_resume() -> Resu
     );
     net.assert_no_panics()
 }
+
+/// No jargon on every line (item 10): a message delivered over a plain direct link says
+/// `delivered to bob (direct)`, and the history says `delivered, direct`; how the link came
+/// about is for `whois` and the JSON output (`"path":"public"`).
+#[test]
+fn a_plain_direct_delivery_says_no_jargon() -> Result<()> {
+    let net = Net::new()?;
+    let _bob = net.listen("bob")?;
+    let out = net
+        .peer("alice")
+        .args(["send", "bob", "hi"])
+        .run(SHORT)?
+        .success()?;
+    ensure!(
+        out.stdout.trim() == "delivered to bob (direct)",
+        "{}",
+        out.stdout
+    );
+    let history = net
+        .peer("alice")
+        .args(["history", "bob"])
+        .run(SHORT)?
+        .success()?;
+    ensure!(
+        history.stdout.contains("delivered, direct") && !history.stdout.contains("public"),
+        "{}",
+        history.stdout
+    );
+    let sent = net.send("alice", "bob", "again")?;
+    ensure!(sent["path"] == "public", "{sent}");
+    net.assert_no_panics()
+}
+
+/// `whois` of yourself (item 10) says what it means: not "offline, never seen" from a short
+/// command while no `listen` runs, and "(you)" once one does.
+#[test]
+fn whois_of_yourself_says_what_it_means() -> Result<()> {
+    let net = Net::new()?;
+    let whois = || -> Result<String> {
+        let out = net
+            .peer("alice")
+            .args(["whois", "alice"])
+            .run(SHORT)?
+            .success()?;
+        Ok(out.stdout)
+    };
+    let alone = whois()?;
+    ensure!(
+        alone.starts_with("alice: you, not online") && !alone.contains("never seen"),
+        "{alone}"
+    );
+    let _alice = net.listen("alice")?;
+    let listening = whois()?;
+    ensure!(listening.starts_with("alice: online (you)"), "{listening}");
+    net.assert_no_panics()
+}

@@ -386,10 +386,10 @@ impl App {
                 let i = self.open(&Target::Peer(f.to.clone()));
                 let text = match f.path {
                     Some(path) => format!(
-                        "✓ file delivered to {} ({}, direct, {})",
+                        "✓ file delivered to {} ({}, direct{})",
                         f.to,
                         indicatif::HumanBytes(f.size),
-                        path.as_str()
+                        path.words().map(|w| format!(", {w}")).unwrap_or_default()
                     ),
                     None => format!(
                         "✉ file queued in {}'s mailbox ({})",

@@ -3,7 +3,7 @@
 //! input line. Messages are wrapped here, by display width, so scrolling counts real rows.
 
 use super::app::{presence_text, App, Entry, Presence};
-use crate::console::clock;
+use crate::console::{self, clock};
 use crate::target::Target;
 use crate::{history::HistoryState, inbox::Via};
 use common::Name;
@@ -51,21 +51,17 @@ pub(crate) fn draw(frame: &mut Frame, app: &mut App) {
     draw_input(frame, app, input);
 }
 
-/// One colour per name, stable across runs (the same hash as the line mode's colours).
+/// One colour per name, stable across runs: the line mode's ([`console::name_colour`]), never
+/// red, which this client keeps for what failed.
 pub(crate) fn colour(name: &Name) -> Color {
-    const COLOURS: [Color; 6] = [
-        Color::Red,
+    const COLOURS: [Color; console::NAME_COLOURS] = [
         Color::Green,
         Color::Yellow,
         Color::Blue,
         Color::Magenta,
         Color::Cyan,
     ];
-    let hash = name
-        .as_str()
-        .bytes()
-        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));
-    COLOURS[(hash as usize) % COLOURS.len()]
+    COLOURS[console::name_colour(name)]
 }
 
 fn draw_side(frame: &mut Frame, app: &App, area: Rect) {
@@ -218,10 +214,10 @@ fn state_label(state: &HistoryState) -> Option<(String, Style)> {
             via: Via::Direct, ..
         } => return None,
         HistoryState::Sending => ("… sending".into(), style(Color::Yellow)),
-        HistoryState::Delivered { path: Some(p) } => {
-            (format!("✓ delivered ({})", p.as_str()), style(Color::Green))
-        }
-        HistoryState::Delivered { path: None } => ("✓ delivered".into(), style(Color::Green)),
+        HistoryState::Delivered { path } => match path.and_then(|p| p.words()) {
+            Some(words) => (format!("✓ delivered ({words})"), style(Color::Green)),
+            None => ("✓ delivered".into(), style(Color::Green)),
+        },
         HistoryState::Queued => ("✉ queued (mailbox)".into(), style(Color::Cyan)),
         HistoryState::DeliveredLater { .. } => ("✓ delivered later".into(), style(Color::Green)),
         HistoryState::Failed { reason } => (format!("✗ failed: {reason}"), style(Color::Red)),
@@ -269,6 +265,17 @@ fn wrap(spans: &[(String, Style)], width: usize, indent: usize) -> Vec<Line<'sta
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Red is for what failed: no name is drawn in it, the user's own included.
+    #[test]
+    fn no_name_is_drawn_in_red() {
+        let names = ["alice", "bob", "carol", "c1", "c2", "c3"].map(String::from);
+        let more = (0..1000).map(|i| format!("peer{i}"));
+        for name in names.into_iter().chain(more) {
+            let name = Name::new(name).expect("a valid name");
+            assert_ne!(colour(&name), Color::Red, "{name}");
+        }
+    }
 
     fn text(line: &Line) -> String {
         line.spans.iter().map(|s| s.content.as_ref()).collect()

@@ -591,9 +591,9 @@ impl Hub {
                         true,
                         match sent.path {
                             Some(path) => format!(
-                                "file delivered to {to} ({}, direct, {})",
+                                "file delivered to {to} ({}, direct{})",
                                 indicatif::HumanBytes(sent.size),
-                                path.as_str()
+                                path.words().map(|w| format!(", {w}")).unwrap_or_default()
                             ),
                             None => format!(
                                 "file queued in {to}'s mailbox ({})",

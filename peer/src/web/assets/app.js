@@ -318,11 +318,12 @@ function el(tag, cls, text) {
   return e;
 }
 
-// One colour per sender, the same on every load.
+// One colour per sender, the same on every load: a hue from 40 to 320, never red (which the
+// page keeps for what failed).
 function colour(name) {
   let h = 0;
-  for (const ch of name || "") h = (h * 31 + ch.codePointAt(0)) % 360;
-  return `hsl(${h}, 55%, 42%)`;
+  for (const ch of name || "") h = (h * 31 + ch.codePointAt(0)) % 280;
+  return `hsl(${40 + h}, 55%, 38%)`;
 }
 
 function time(ms) {
@@ -342,9 +343,13 @@ const STATES = {
   failed: "✗ failed",
 };
 
+// How a direct link came about, where it is worth saying (as the terminal says it): a plain
+// link over the internet ("public") goes unsaid.
+const PATHS = { lan: "same network", punched: "through NAT" };
+
 function stateText(m) {
   let text = STATES[m.state] || "";
-  if (m.state === "delivered" && m.detail) text += ` (${m.detail})`;
+  if (m.state === "delivered" && PATHS[m.detail]) text += ` (${PATHS[m.detail]})`;
   if (m.state === "delivered_later" && m.detail) text += ` ${time(m.detail)}`;
   if (m.state === "failed" && m.detail) text += `: ${m.detail}`;
   return text;
