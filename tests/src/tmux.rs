@@ -138,8 +138,13 @@ impl Tmux {
     }
 
     /// Pastes `text` the way a terminal does (bracketed paste, if the program asked for it).
+    /// The text goes through a file beside the tmux socket: a tmux command line has a limit,
+    /// and a paste may be large.
     pub fn paste(&self, text: &str) -> Result<()> {
-        self.run(&["set-buffer", "-b", "p", "--", text])?;
+        let file = self.socket.with_extension("paste");
+        std::fs::write(&file, text)?;
+        let path = file.to_string_lossy().into_owned();
+        self.run(&["load-buffer", "-b", "p", &path])?;
         self.run(&["paste-buffer", "-p", "-d", "-b", "p", "-t", "t"])
             .map(drop)
     }

@@ -272,3 +272,33 @@ fn a_room_on_a_terminal() -> Result<()> {
     c2.stop_with(Sig::SIGTERM)?;
     net.assert_no_panics()
 }
+
+/// The box checks a message before it is sent (issue 14, item 7): near the 32 KiB limit its
+/// title shows the size; a paste over it is refused on Enter with what to do instead, and
+/// stays in the box (nothing is sent).
+#[test]
+fn an_oversized_message_is_refused_in_the_box() -> Result<()> {
+    let net = Net::new()?;
+    let mut c2 = net.listen("c2")?;
+    let chat = net
+        .peer("c1")
+        .args(["chat", "c2"])
+        .tmux(net.root(), 220, 40)?;
+    chat.wait_text("to c2", SHOWN)?;
+    chat.paste(&"x".repeat(30_000))?;
+    chat.wait_text("29.30 KiB of 32.00 KiB", SHOWN)?;
+    chat.paste(&"y".repeat(5_000))?;
+    chat.keys(&["Enter"])?;
+    chat.wait_for("the refusal, with what to do", SHOWN, |s| {
+        s.contains("over the 32.00 KiB a message may hold") && s.contains("/file PATH")
+    })?;
+    // Still in the box: its size is still shown, and nothing reached c2.
+    chat.wait_text("34.18 KiB of 32.00 KiB", SHOWN)?;
+    chat.keys(&["C-u"])?;
+    chat.line("a short one")?;
+    let got = c2.wait_json("the short message", SHORT, |v| is_message_from(v, "c1"))?;
+    ensure!(got["body"] == "a short one", "c2 got {got}");
+    chat.keys(&["C-c"])?;
+    chat.wait_clean_exit(EXIT)?;
+    net.assert_no_panics()
+}

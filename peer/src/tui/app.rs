@@ -14,6 +14,7 @@ use crate::{
     rooms::{RoomCommand, RoomSent, RoomView},
     target::Target,
 };
+use common::defaults::MAX_BODY_LEN;
 use common::{
     now_ms,
     room::{Change, RoomName},
@@ -36,7 +37,7 @@ pub(crate) const COMMANDS: [&str; 12] = [
 ];
 
 /// The help text, one line per entry.
-pub(crate) const HELP: [&str; 12] = [
+pub(crate) const HELP: [&str; 14] = [
     "/to NAME    talk to NAME (opens the conversation);  /to #ROOM  talk in a room you are in",
     "/join #ROOM  join a public room;  /leave  leave the room shown;  /members  who is in it",
     "/invite NAME...  /kick NAME   add or remove members of the room shown (its admins)",
@@ -46,7 +47,10 @@ pub(crate) const HELP: [&str; 12] = [
     "/block NAME   drop what NAME sends, unseen",
     "/help       this help;  /quit (or Ctrl-C, or Ctrl-D on an empty line) leaves",
     "Enter sends; a paste of several lines is one message (Alt-Enter adds a line break)",
-    "Up/Down recall what you typed; PageUp/PageDown scroll; Tab completes names and commands",
+    "Up/Down recall what you typed; PageUp/PageDown scroll (Home/End with nothing typed: \
+     oldest/latest); Tab completes names and commands",
+    "A message holds up to 32 KiB (the box shows the size near it); send more with /file",
+    "● online, ○ offline, · not known (not asked yet, or the directory cannot be reached)",
     "Ctrl-N/Ctrl-P: next/previous conversation",
     "//text sends a message that starts with /",
 ];
@@ -554,6 +558,18 @@ impl App {
                 Some(crate::line::Input::Text(text)) => {
                     // A pasted block often ends with a line break that means nothing.
                     let text = text.trim_matches('\n').to_string();
+                    if text.len() > MAX_BODY_LEN {
+                        // Refused here, before it is sent and fails: it stays in the box.
+                        self.input.put_back(&line);
+                        let notice = format!(
+                            "this message is {}, over the {} a message may hold: shorten it, \
+                             or send it as a file with /file PATH",
+                            indicatif::HumanBytes(text.len() as u64),
+                            indicatif::HumanBytes(MAX_BODY_LEN as u64)
+                        );
+                        self.notice(notice, true);
+                        return Action::None;
+                    }
                     let to = self.shown().target.clone();
                     self.scroll = 0;
                     Action::Send(to, text)
@@ -661,6 +677,16 @@ impl App {
         self.scroll = self
             .scroll
             .saturating_sub(self.page.saturating_sub(1).max(1));
+    }
+
+    /// Home with nothing typed: the oldest line of the conversation (the view clamps it).
+    pub(crate) fn scroll_top(&mut self) {
+        self.scroll = usize::MAX;
+    }
+
+    /// End with nothing typed: back to the latest line.
+    pub(crate) fn scroll_bottom(&mut self) {
+        self.scroll = 0;
     }
 
     /// Ctrl-N / Ctrl-P: the next or previous conversation.

@@ -25,6 +25,16 @@ impl Editor {
         self.text.iter().collect()
     }
 
+    /// The length of what is typed, in bytes as a message counts them (UTF-8).
+    pub(crate) fn bytes(&self) -> usize {
+        self.text.iter().map(|c| c.len_utf8()).sum()
+    }
+
+    /// Puts `text` back in the box, the cursor at its end: a line that could not be sent.
+    pub(crate) fn put_back(&mut self, text: &str) {
+        self.set(text.chars().collect());
+    }
+
     /// True when nothing is typed.
     pub(crate) fn is_empty(&self) -> bool {
         self.text.is_empty()

@@ -262,6 +262,9 @@ fn on_key(app: &mut App, key: KeyEvent) -> Action {
         KeyCode::Right if ctrl || alt => input.word_right(),
         KeyCode::Left => input.left(),
         KeyCode::Right => input.right(),
+        // With nothing typed, Home and End move through the conversation, not the line.
+        KeyCode::Home if input.is_empty() => app.scroll_top(),
+        KeyCode::End if input.is_empty() => app.scroll_bottom(),
         KeyCode::Home => input.home(),
         KeyCode::End => input.end(),
         KeyCode::Up => input.older(),

@@ -6,6 +6,7 @@ use super::app::{presence_text, App, Entry, Presence};
 use crate::console::{self, clock};
 use crate::target::Target;
 use crate::{history::HistoryState, inbox::Via};
+use common::defaults::MAX_BODY_LEN;
 use common::Name;
 use ratatui::{
     layout::{Constraint, Layout, Position, Rect},
@@ -138,12 +139,21 @@ fn draw_messages(frame: &mut Frame, app: &mut App, area: Rect) {
 fn draw_input(frame: &mut Frame, app: &App, area: Rect) {
     let width = area.width.saturating_sub(2) as usize;
     let (text, column) = app.input.view(width.saturating_sub(1));
+    let bytes = app.input.bytes();
     let title = if app.quitting {
         format!(" leaving: waiting for {} message(s) ", app.outstanding())
+    } else if bytes > MAX_BODY_LEN * 3 / 4 {
+        // Near the limit, how near; past it, in red: Enter would refuse it.
+        let size = indicatif::HumanBytes(bytes as u64);
+        let limit = indicatif::HumanBytes(MAX_BODY_LEN as u64);
+        format!(" to {} · {size} of {limit} ", app.shown().target)
     } else {
         format!(" to {} ", app.shown().target)
     };
-    let block = Block::default().borders(Borders::ALL).title(title);
+    let mut block = Block::default().borders(Borders::ALL).title(title);
+    if bytes > MAX_BODY_LEN {
+        block = block.border_style(Style::default().fg(Color::Red));
+    }
     frame.render_widget(Paragraph::new(text).block(block), area);
     let x = area.x + 1 + u16::try_from(column).unwrap_or(0);
     frame.set_cursor_position(Position::new(
