@@ -193,6 +193,9 @@ fn failures_say_what_went_wrong_and_what_to_do() -> Result<()> {
         s.contains("c2's mailbox is full") && s.contains("empties when its owner comes online")
     })?;
 
+    // A name against the rules is refused on /to, saying which rule.
+    chat.line("/to Not-A-Name!")?;
+    chat.wait_text("may only hold a-z", SHOWN)?;
     chat.line("/to ghost")?;
     chat.line("anyone there?")?;
     chat.wait_for("the unknown name, with what to do", SHOWN, |s| {

@@ -620,12 +620,13 @@ impl App {
                 }
                 Some(crate::line::Input::Help) => Action::None,
                 Some(crate::line::Input::Quit) => Action::Quit,
-                Some(crate::line::Input::Bad(_)) => {
+                Some(crate::line::Input::Bad(why)) => {
                     let word = trimmed.split_whitespace().next().unwrap_or(trimmed);
-                    let text = if COMMANDS.contains(&word) {
-                        format!("usage: see /help ({trimmed:?})")
-                    } else {
-                        format!("unknown command {word:?}; /help lists them")
+                    let text = match COMMANDS.contains(&word) {
+                        // A known command with something wrong in it: say what.
+                        true if !why.starts_with("unknown command") => format!("{why}; see /help"),
+                        true => format!("usage: see /help ({trimmed:?})"),
+                        false => format!("unknown command {word:?}; /help lists them"),
                     };
                     self.notice(text, true);
                     Action::None
