@@ -92,6 +92,19 @@ fn screenshot_path(name: &str) -> std::path::PathBuf {
     workspace_root().join("target").join(name)
 }
 
+/// A browser on `url` + `fragment` (the conversation to show), `size` pixels, once the page
+/// is connected to its peer.
+fn open_page(net: &Net, url: &str, fragment: &str, size: (u32, u32)) -> Result<Browser> {
+    let browser = Browser::start(&net.root().join("browser"), size.0, size.1)?;
+    browser.goto(&format!("{url}{fragment}"))?;
+    browser.wait_for(
+        "the page to connect",
+        WAIT,
+        "return window.peerTimings.connected > 0",
+    )?;
+    Ok(browser)
+}
+
 /// The page refuses a request without the token, with a foreign `Origin` or `Host`; the first
 /// load with the token sets the cookie, and the cookie then lets the page in. A bind that is
 /// not loopback needs --allow-remote.
@@ -236,13 +249,7 @@ fn alice_in_the_browser_chats_with_bob_on_the_command_line() -> Result<()> {
     let mut bob = net.peer("bob").json().args(["chat", "alice"]).spawn()?;
     bob.wait_online()?;
     let (mut alice, url, addr) = web(&net, "alice", "127.0.0.1:0")?;
-    let browser = Browser::start(&net.root().join("browser"), 1100, 720)?;
-    browser.goto(&format!("{url}#bob"))?;
-    browser.wait_for(
-        "the page to connect",
-        WAIT,
-        "return window.peerTimings.connected > 0",
-    )?;
+    let browser = open_page(&net, &url, "#bob", (1100, 720))?;
     browser.wait_for(
         "bob to show online",
         WAIT,
@@ -463,13 +470,7 @@ fn the_page_survives_a_restart_of_the_peer() -> Result<()> {
     let net = Net::new()?;
     let mut bob = net.listen("bob")?;
     let (mut alice, url, addr) = web(&net, "alice", "127.0.0.1:0")?;
-    let browser = Browser::start(&net.root().join("browser"), 1000, 700)?;
-    browser.goto(&format!("{url}#bob"))?;
-    browser.wait_for(
-        "the page to connect",
-        WAIT,
-        "return window.peerTimings.connected > 0",
-    )?;
+    let browser = open_page(&net, &url, "#bob", (1000, 700))?;
     browser.type_into("#input", &format!("before{ENTER}"))?;
     bob.wait_json("the first message", WAIT, |v| body(v) == "before")?;
     wait_state(&browser, "before", "delivered")?;
@@ -616,13 +617,7 @@ fn rooms_are_conversations_in_the_page() -> Result<()> {
     let net = Net::new()?;
     let mut bob = net.listen("bob")?;
     let (mut alice, url, _) = web(&net, "alice", "127.0.0.1:0")?;
-    let browser = Browser::start(&net.root().join("browser"), 1000, 700)?;
-    browser.goto(&format!("{url}#bob"))?;
-    browser.wait_for(
-        "the page to connect",
-        WAIT,
-        "return window.peerTimings.connected > 0",
-    )?;
+    let browser = open_page(&net, &url, "#bob", (1000, 700))?;
     for args in [
         ["create", "#team"].as_slice(),
         &["invite", "#team", "alice"],
@@ -724,13 +719,7 @@ fn a_message_request_is_accepted_from_the_page() -> Result<()> {
     }
     let net = Net::new()?;
     let (mut alice, url, _) = web_with(net.peer("alice").closed(), "127.0.0.1:0")?;
-    let browser = Browser::start(&net.root().join("browser"), 1000, 700)?;
-    browser.goto(&url)?;
-    browser.wait_for(
-        "the page to connect",
-        WAIT,
-        "return window.peerTimings.connected > 0",
-    )?;
+    let browser = open_page(&net, &url, "", (1000, 700))?;
     net.peer("carol")
         .closed()
         .args(["send", "alice", "hi, it's carol"])
