@@ -184,6 +184,20 @@ pub async fn cross_node_delivery(
         DirectoryResponse::Registered { .. } => {}
         other => bail!("register {sink}: {other:?}"),
     }
+    // The sink's name is bound through the log; node A knows it once it applied that entry,
+    // a moment after node B did. A deposit before then would find no such name.
+    let known_at_a = async {
+        loop {
+            let lookup = DirectoryRequest::Lookup { name: sink.clone() };
+            if let DirectoryResponse::Peer(_) = request(&sender_conn, &lookup).await? {
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), known_at_a)
+        .await
+        .map_err(|_| anyhow!("node A never learnt the name bound at node B"))??;
     let (tx, mut delivered) = tokio::sync::mpsc::unbounded_channel();
     let events = sink_conn.clone();
     tokio::spawn(async move {
