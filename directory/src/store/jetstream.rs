@@ -267,9 +267,6 @@ impl JetStreamStore {
 
     /// Publishes `change` and waits until this node has applied it.
     fn write(&self, change: Change) -> Result<Outcome, StoreError> {
-        if let Some(why) = self.inner.stopped() {
-            return Err(db(format!("this replica stopped applying the log: {why}")));
-        }
         let inner = self.inner.clone();
         let request = inner.next_request.fetch_add(1, Ordering::Relaxed);
         let entry = Entry {
@@ -282,7 +279,7 @@ impl JetStreamStore {
         let bytes = postcard::to_allocvec(&entry).map_err(db)?;
         let (reply, outcome) = oneshot::channel();
         inner.waiters().insert(request, reply);
-        // The applier may have stopped (and failed every waiter) since the check above.
+        // Checked once the waiter is in: an applier that stops later fails it.
         if let Some(why) = inner.stopped() {
             inner.waiters().remove(&request);
             return Err(db(format!("this replica stopped applying the log: {why}")));
@@ -465,8 +462,8 @@ async fn start(
     if position > state.last_sequence {
         return Err(db(format!(
             "this replica has applied {position} entries, but the log holds {}: it belongs to \
-             another log (was the stream deleted?); move {} away to start it afresh",
-            state.last_sequence, "replica.redb"
+             another log (was the stream deleted?); move replica.redb away to start it afresh",
+            state.last_sequence
         )));
     }
     if position + 1 < state.first_sequence {
@@ -507,8 +504,6 @@ async fn start(
     Ok(inner)
 }
 
-/// The applier: every entry of the log, in order, applied on a blocking thread (redb commits
-/// wait for the disk).
 /// Follows the log from the entry after the last applied, for good: a consumer that goes
 /// quiet (no heartbeat for two seconds: the NATS server holding it died, the connection moved)
 /// or fails is replaced by a new one from where the replica stands. async-nats's ordered
@@ -547,7 +542,8 @@ async fn follow(inner: Arc<Inner>, stream: stream::Stream, client: async_nats::C
     }
 }
 
-/// Applies what `messages` delivers, in order, until the consumer goes quiet or fails (`Ok`:
+/// The applier: applies what `messages` delivers, in order, each entry on a blocking thread
+/// (redb commits wait for the disk), until the consumer goes quiet or fails (`Ok`:
 /// follow again) or the replica cannot go on (`Err`, why).
 async fn apply_all(inner: &Arc<Inner>, mut messages: push::Messages) -> Result<(), String> {
     while let Some(message) = messages.next().await {
