@@ -124,7 +124,7 @@ impl Node {
                 pushed_tx,
             )?
         } else {
-            DirectoryClient::connect(
+            let connected = DirectoryClient::connect(
                 endpoint.clone(),
                 &identity,
                 home,
@@ -132,7 +132,14 @@ impl Node {
                 tasks_,
                 pushed_tx,
             )
-            .await?
+            .await;
+            if connected.is_err() {
+                // A refused handshake (a pin that does not match, say) has queued its close
+                // for the other side: let it leave before the command exits, or that side
+                // waits out its idle timeout.
+                let _ = tokio::time::timeout(CLOSE_SENT, endpoint.wait_idle()).await;
+            }
+            connected?
         };
         let links = Arc::new(Links::default());
         let rooms = Rooms::load(
