@@ -177,6 +177,11 @@ async fn lines(mut session: Session, console: Console, mut with: Target) -> Resu
                     }
                 }
                 Some(Update::Rooms(Err(e))) => eprintln!("peer: {e}"),
+                Some(Update::Echo(echo)) => {
+                    if let Some(line) = console.echo(&session.name, &echo) {
+                        print_line(&line)?;
+                    }
+                }
                 Some(Update::MailboxIdle | Update::Directory { .. }) => {}
                 None => break Err(anyhow!("the running peer stopped")),
             },

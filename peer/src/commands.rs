@@ -346,6 +346,11 @@ async fn listen(mut session: Session, console: Console) -> Result<()> {
                 Some(Update::Notice(text)) => eprintln!("{text}"),
                 Some(Update::File(file)) => print_line(&console.file(&file))?,
                 Some(Update::Room(notice)) => print_line(&console.room_notice(&notice))?,
+                Some(Update::Echo(echo)) => {
+                    if let Some(line) = console.echo(&session.name, &echo) {
+                        print_line(&line)?;
+                    }
+                }
                 Some(_) => {}
                 None => break Err(anyhow!("the running peer stopped")),
             },

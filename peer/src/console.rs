@@ -2,6 +2,7 @@
 //! errors go to stderr.
 
 use crate::{
+    echo::{Echo, Stage},
     history::{HistoryEntry, HistoryState},
     inbox::{RoomEvent, RoomNotice, Via},
     links::DirectPath,
@@ -426,6 +427,40 @@ impl Console {
             self.name(&e.from),
             body_lines(&e.body)
         )
+    }
+
+    /// The line for one of our messages sent from another view (see [`crate::echo`]): when
+    /// it was submitted, and, in JSON or when it failed, its outcome.
+    pub fn echo(&self, me: &Name, e: &Echo) -> Option<String> {
+        if self.json {
+            let mut v = json!({"type": "echo", "to": e.to.to_string(), "number": e.number});
+            match &e.stage {
+                Stage::Submitted { body, at_ms } => {
+                    v["body"] = json!(body);
+                    v["sent_at_ms"] = json!(at_ms);
+                    v["state"] = json!("sending");
+                }
+                Stage::Settled { id, state } => {
+                    v["id"] = json!(id.map(|id| id.to_string()));
+                    v["state"] = json!(state.as_str());
+                }
+            }
+            return Some(v.to_string());
+        }
+        match &e.stage {
+            Stage::Submitted { body, at_ms } => Some(format!(
+                "[{}] {} → {}: {}",
+                clock(*at_ms),
+                self.name(me),
+                e.to,
+                body_lines(body)
+            )),
+            Stage::Settled {
+                state: state @ HistoryState::Failed { .. },
+                ..
+            } => Some(format!("to {}: {}", e.to, state_text(state))),
+            Stage::Settled { .. } => None,
+        }
     }
 
     /// The line announcing we are online.

@@ -25,6 +25,7 @@
 //!   protocol, server and client.
 //! * [`service`]: what the running peer does for any command: sends and records them in the
 //!   [`history`], lookups, files, and incoming messages turned into updates.
+//! * [`echo`]: our messages, announced to every view but the one they were typed in.
 //! * [`history`]: the local history of every conversation (redb, group commit).
 //!
 //! The node, and its parts:
@@ -79,6 +80,7 @@ pub mod console;
 pub mod contacts;
 pub mod control;
 pub mod directory_client;
+pub mod echo;
 pub mod endpoint;
 pub mod failure;
 pub mod files;

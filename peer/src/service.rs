@@ -7,9 +7,10 @@
 use crate::{
     contacts::{Contact, Standing},
     directory_client::Status,
+    echo::{Echo, Echoes},
     failure::Failure,
     files::{downloads, FileSent, FileUpdate},
-    history::{History, HistoryEntry, HistoryError, OutKey},
+    history::{room_state, state_of, History, HistoryEntry, HistoryError, HistoryState, OutKey},
     inbox::{Event, Incoming, ReceivedFile, RoomNotice, Taken, Via},
     links::DirectPath,
     node::Node,
@@ -72,6 +73,8 @@ pub enum Update {
     RoomSent(Result<RoomSent, Failure>),
     /// The answer to a room command: the room (or the rooms we are in) as it stands now.
     Rooms(Result<Vec<RoomView>, Failure>),
+    /// One of our messages, sent from another view (see [`crate::echo`]).
+    Echo(Echo),
     /// Where the connection to the directory stands (after [`crate::session::Session::watch_directory`]).
     Directory {
         /// The directory's address as the user gave it.
@@ -133,6 +136,9 @@ pub struct Service {
     history: Option<History>,
     /// Messages to rooms, in the order they were submitted (see [`Service::submit_room`]).
     room_posts: mpsc::UnboundedSender<RoomPost>,
+    /// Our messages, for every view; this view's are announced as from `origin`.
+    echoes: Echoes,
+    origin: u64,
 }
 
 /// A message to a room waiting for the room's roster.
@@ -148,11 +154,34 @@ impl Service {
     pub fn new(node: Arc<Node>, history: Option<History>) -> Self {
         let (room_posts, posts) = mpsc::unbounded_channel();
         node.spawn(fan_out(node.clone(), posts));
+        let echoes = Echoes::default();
+        let origin = echoes.number();
         Self {
             node,
             history,
             room_posts,
+            echoes,
+            origin,
         }
+    }
+
+    /// The service for another view of the same peer (a window, a control connection): what
+    /// it sends is announced to the other views, and it hears theirs.
+    pub fn view(&self) -> Self {
+        Self {
+            origin: self.echoes.number(),
+            ..self.clone()
+        }
+    }
+
+    /// This view's origin, which its own echoes carry.
+    pub fn origin(&self) -> u64 {
+        self.origin
+    }
+
+    /// The echoes of every view's messages from now on, this view's own included.
+    pub fn echoes(&self) -> tokio::sync::broadcast::Receiver<Echo> {
+        self.echoes.subscribe()
     }
 
     /// Our name.
@@ -193,6 +222,9 @@ impl Service {
                 })
             })
             .flatten();
+        let echo = (refused.is_none())
+            .then(|| (self.echoes).submitted(self.origin, &Target::Peer(to.clone()), &body))
+            .flatten();
         let outcome = self.node.outbox().submit(to.clone(), body);
         async move {
             let result = match outcome {
@@ -204,6 +236,12 @@ impl Service {
                 match &result {
                     Ok(sent) => history.settle(key, Ok(sent)),
                     Err(e) => history.settle(key, Err(&e.failure.to_string())),
+                }
+            }
+            if let Some(echo) = echo {
+                match &result {
+                    Ok(sent) => echo.settled(Some(sent.id), state_of(sent)),
+                    Err(e) => echo.settled(None, failed(&e.failure)),
                 }
             }
             result
@@ -221,8 +259,10 @@ impl Service {
     ) -> impl Future<Output = Result<RoomSent, Failure>> + Send + 'static {
         let refused = crate::outbox::refusal(&self.node.name, None, &body);
         let (reply, answer) = oneshot::channel();
+        let mut echo = None;
         if refused.is_none() {
             let target = Target::Room(room.clone());
+            echo = self.echoes.submitted(self.origin, &target, &body);
             let record = (self.history.as_ref())
                 .map(|h| (h.clone(), h.sending(&self.node.name, &target, &body)));
             let post = RoomPost {
@@ -235,10 +275,17 @@ impl Service {
             let _ = self.room_posts.send(post);
         }
         async move {
-            match refused {
+            let result = match refused {
                 Some(failure) => Err(failure),
                 None => answer.await.map_err(|_| Failure::Stopped)?,
+            };
+            if let Some(echo) = echo {
+                match &result {
+                    Ok(sent) => echo.settled(Some(sent.id), room_state(sent)),
+                    Err(failure) => echo.settled(None, failed(failure)),
+                }
             }
+            result
         }
     }
 
@@ -551,6 +598,13 @@ async fn fan_out(node: Arc<Node>, mut posts: mpsc::UnboundedReceiver<RoomPost>) 
             }
             let _ = reply.send(Ok(sent));
         });
+    }
+}
+
+/// How a message that could not be sent stands.
+fn failed(failure: &Failure) -> HistoryState {
+    HistoryState::Failed {
+        reason: failure.to_string(),
     }
 }
 

@@ -15,7 +15,7 @@ use crate::{
 use anyhow::{bail, Result};
 use common::{room::RoomName, KeyId, Name};
 use std::path::PathBuf;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 pub use crate::service::Received;
 
@@ -40,10 +40,12 @@ enum Backend {
 impl Session {
     /// A session on this process's own node, fed by its inbox `events`.
     pub fn local(service: Service, events: mpsc::Receiver<Event>) -> Self {
+        let service = service.view();
         let (tx, updates) = mpsc::unbounded_channel();
         service
             .node()
             .spawn(service.clone().pump(events, tx.clone()));
+        service.node().spawn(echo_others(&service, tx.clone()));
         Self {
             name: service.name().clone(),
             key: service.key(),
@@ -262,6 +264,29 @@ impl Session {
     pub async fn close(self) {
         if let Backend::Local(service, _) = &self.backend {
             service.close().await;
+        }
+    }
+}
+
+/// Hands the echoes of the other views' messages to this view's updates, until it is gone.
+fn echo_others(
+    service: &Service,
+    tx: mpsc::UnboundedSender<Update>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let (origin, mut echoes) = (service.origin(), service.echoes());
+    async move {
+        loop {
+            let update = match echoes.recv().await {
+                Ok(echo) if echo.origin == origin => continue,
+                Ok(echo) => Update::Echo(echo),
+                Err(broadcast::error::RecvError::Lagged(n)) => Update::Notice(format!(
+                    "{n} of your messages from other windows were not copied to this one"
+                )),
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            if tx.send(update).is_err() {
+                return;
+            }
         }
     }
 }

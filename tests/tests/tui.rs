@@ -305,3 +305,70 @@ fn an_oversized_message_is_refused_in_the_box() -> Result<()> {
     chat.wait_clean_exit(EXIT)?;
     net.assert_no_panics()
 }
+
+/// One conversation across windows and commands: a line sent with `peer send`, and one typed
+/// in a second window, show in the first window (which runs the peer) too, delivered; the
+/// second window shows the first one's line; and a `listen` attached beside them prints both.
+#[test]
+fn every_window_shows_every_message() -> Result<()> {
+    let net = Net::new()?;
+    let mut c2 = net.listen("c2")?;
+    let first = net
+        .peer("c1")
+        .args(["chat", "c2"])
+        .tmux(net.root(), 120, 30)?;
+    first.wait_text("c2 · online", SHOWN)?;
+    let second = net
+        .peer("c1")
+        .args(["chat", "c2"])
+        .tmux(net.root(), 120, 30)?;
+    second.wait_text("c2 · online", SHOWN)?;
+    let mut c1 = net.listen("c1")?;
+
+    let sent = net
+        .peer("c1")
+        .args(["send", "c2", "from a command"])
+        .run(SHORT)?;
+    sent.success()?;
+    second.line("typed in the second window")?;
+    first.line("typed in the first window")?;
+    for (window, which) in [(&first, "first"), (&second, "second")] {
+        for text in [
+            "from a command",
+            "typed in the second window",
+            "typed in the first window",
+        ] {
+            window.wait_for(
+                &format!("'{text}' delivered in the {which} window"),
+                SHOWN,
+                |s| {
+                    s.lines()
+                        .any(|l| l.contains(&format!("c1: {text}")) && l.contains("✓ delivered"))
+                },
+            )?;
+        }
+    }
+    for text in ["from a command", "typed in the second window"] {
+        let got = c2.wait_json(text, SHORT, |v| is_message_from(v, "c1") && body(v) == text)?;
+        ensure!(got["to"] == "c2", "c2 got {got}");
+        let echo = c1.wait_json(&format!("listen's echo of '{text}'"), SHORT, |v| {
+            is_type(v, "echo") && v["body"] == text
+        })?;
+        ensure!(
+            echo["to"] == "c2" && echo["state"] == "sending",
+            "listen printed {echo}"
+        );
+    }
+    let settled = c1.wait_json("an echo's outcome", SHORT, |v| {
+        is_type(v, "echo") && v["state"] == "delivered"
+    })?;
+    ensure!(settled["id"].is_string(), "listen printed {settled}");
+    // The attached views first; then the window that runs the peer.
+    c1.terminate()?;
+    for window in [second, first] {
+        window.keys(&["C-c"])?;
+        window.wait_clean_exit(EXIT)?;
+    }
+    c2.terminate()?;
+    net.assert_no_panics()
+}

@@ -580,6 +580,13 @@ fn the_page_uses_the_running_listen_and_takes_over_when_it_stops() -> Result<()>
     listen.wait_json("the listen's own copy", WAIT, |v| {
         body(v) == "to the listen"
     })?;
+    // One conversation in every view: what the page sent shows in the listen, and what a
+    // command sent through the listen shows in the page.
+    listen.wait_json("the page's message, echoed", WAIT, |v| {
+        is_type(v, "echo") && v["body"] == "through the listen"
+    })?;
+    net.send("alice", "bob", "from alice's command line")?;
+    wait_state(&browser, "from alice's command line", "delivered")?;
 
     listen.terminate()?;
     browser.wait_for(

@@ -214,6 +214,7 @@ fn update_of(response: ControlResponse) -> Option<Update> {
         ControlResponse::Contact(set) => Update::Contact(set),
         ControlResponse::Trusted(trusted) => Update::Trusted(trusted),
         ControlResponse::Notice(text) => Update::Notice(text),
+        ControlResponse::Echo(echo) => Update::Echo(echo),
         ControlResponse::FileProgress { done, total } => Update::FileProgress { done, total },
         ControlResponse::FileSent(sent) => Update::FileSent(sent),
         ControlResponse::Directory { addr, status } => Update::Directory { addr, status },

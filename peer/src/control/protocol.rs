@@ -11,6 +11,7 @@
 use crate::{
     contacts::{Contact, Standing},
     directory_client::Status,
+    echo::Echo,
     failure::Failure,
     files::FileSent,
     history::HistoryEntry,
@@ -168,4 +169,6 @@ pub enum ControlResponse {
     },
     /// The peers with a conversation in the history, latest first (empty without one).
     Peers(Vec<Name>),
+    /// After [`ControlRequest::Attach`]: one of our messages, sent from another view.
+    Echo(Echo),
 }

@@ -56,6 +56,8 @@ fn same_user(stream: &UnixStream) -> bool {
 }
 
 async fn serve_client(stream: UnixStream, service: Service) {
+    // A view of its own: what it sends is echoed to the other views, not to itself.
+    let service = service.view();
     let (mut rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel::<ControlResponse>();
     service.node().spawn(write_responses(wr, rx));
@@ -194,11 +196,13 @@ async fn serve_client(stream: UnixStream, service: Service) {
                     &service,
                     inbox.subscribe(),
                     tx.clone(),
-                    |(message, room, via, request)| ControlResponse::Message {
-                        message,
-                        room,
-                        via,
-                        request,
+                    |(message, room, via, request)| {
+                        Some(ControlResponse::Message {
+                            message,
+                            room,
+                            via,
+                            request,
+                        })
                     },
                     |n| {
                         Some(ControlResponse::Notice(format!(
@@ -210,8 +214,20 @@ async fn serve_client(stream: UnixStream, service: Service) {
                     &service,
                     inbox.subscribe_rooms(),
                     tx.clone(),
-                    ControlResponse::Room,
+                    |notice| Some(ControlResponse::Room(notice)),
                     |_| None,
+                );
+                let origin = service.origin();
+                forward(
+                    &service,
+                    service.echoes(),
+                    tx.clone(),
+                    move |echo| (echo.origin != origin).then_some(ControlResponse::Echo(echo)),
+                    |n| {
+                        Some(ControlResponse::Notice(format!(
+                            "{n} of your messages from other windows were not copied to this one"
+                        )))
+                    },
                 );
                 // A receipt lost to a slow reader only leaves a mark stale in this window; the
                 // running peer recorded it.
@@ -219,10 +235,12 @@ async fn serve_client(stream: UnixStream, service: Service) {
                     &service,
                     inbox.subscribe_receipts(),
                     tx,
-                    |r| ControlResponse::Receipt {
-                        from: r.from,
-                        delivered: r.delivered,
-                        at_ms: r.at_ms,
+                    |r| {
+                        Some(ControlResponse::Receipt {
+                            from: r.from,
+                            delivered: r.delivered,
+                            at_ms: r.at_ms,
+                        })
                     },
                     |_| None,
                 );
@@ -231,19 +249,23 @@ async fn serve_client(stream: UnixStream, service: Service) {
     }
 }
 
-/// Copies every item of `copies` to an attached client as `response(item)`, until either side
-/// goes away; `lagged(n)` says what to tell it when `n` items were lost to its slowness.
+/// Copies every item of `copies` to an attached client as `response(item)` (none for an item
+/// it need not see), until either side goes away; `lagged(n)` says what to tell it when `n`
+/// items were lost to its slowness.
 fn forward<T: Clone + Send + 'static>(
     service: &Service,
     mut copies: broadcast::Receiver<T>,
     tx: mpsc::UnboundedSender<ControlResponse>,
-    response: impl Fn(T) -> ControlResponse + Send + 'static,
+    response: impl Fn(T) -> Option<ControlResponse> + Send + 'static,
     lagged: impl Fn(u64) -> Option<ControlResponse> + Send + 'static,
 ) {
     service.node().spawn(async move {
         loop {
             let sent = match copies.recv().await {
-                Ok(item) => tx.send(response(item)),
+                Ok(item) => match response(item) {
+                    Some(response) => tx.send(response),
+                    None => Ok(()),
+                },
                 Err(broadcast::error::RecvError::Lagged(n)) => match lagged(n) {
                     Some(notice) => tx.send(notice),
                     None => Ok(()),

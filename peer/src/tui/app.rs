@@ -6,6 +6,7 @@ use super::input::Editor;
 use crate::{
     contacts::Standing,
     directory_client::Status,
+    echo::{Echo, Stage},
     failure::Failure,
     files::FileSent,
     history::{HistoryEntry, HistoryState},
@@ -22,7 +23,7 @@ use common::{
     Name,
 };
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -109,6 +110,8 @@ pub(crate) struct Conversation {
     /// Our messages without an outcome, oldest first (indices into `entries`); outcomes for
     /// one recipient come in submission order.
     pending: VecDeque<usize>,
+    /// Our messages sent from other views, without an outcome: echo number → index.
+    echoed: HashMap<u64, usize>,
 }
 
 impl Conversation {
@@ -120,6 +123,7 @@ impl Conversation {
             unread: 0,
             presence: Presence::Unknown,
             pending: VecDeque::new(),
+            echoed: HashMap::new(),
         }
     }
 }
@@ -273,6 +277,7 @@ impl App {
         earlier.append(&mut conv.entries);
         conv.entries = earlier;
         conv.pending.iter_mut().for_each(|p| *p += shift);
+        conv.echoed.values_mut().for_each(|p| *p += shift);
     }
 
     /// Adds a notice to the conversation shown.
@@ -322,6 +327,39 @@ impl App {
             body,
             state: HistoryState::Sending,
         });
+    }
+
+    /// One of our messages, sent from another view: shown as that view shows it.
+    pub(crate) fn echo(&mut self, echo: Echo) {
+        let i = self.open(&echo.to);
+        let me = self.me.clone();
+        let conv = &mut self.conversations[i];
+        match echo.stage {
+            Stage::Submitted { body, at_ms } => {
+                conv.echoed.insert(echo.number, conv.entries.len());
+                conv.entries.push(Entry::Message {
+                    id: None,
+                    from: me,
+                    at_ms,
+                    body,
+                    state: HistoryState::Sending,
+                });
+            }
+            Stage::Settled { id, state } => {
+                let Some(at) = conv.echoed.remove(&echo.number) else {
+                    return;
+                };
+                if let Some(Entry::Message {
+                    state: s, id: i, ..
+                }) = conv.entries.get_mut(at)
+                {
+                    if !matches!(s, HistoryState::DeliveredLater { .. }) {
+                        *s = state;
+                    }
+                    *i = id;
+                }
+            }
+        }
     }
 
     /// How many of our messages have no outcome yet.
@@ -1044,5 +1082,76 @@ mod tests {
         assert_eq!(app.enter(), Action::Quit);
         let n = app.conversations[0].entries.len();
         assert_eq!(n, 2, "the /file notice and the unknown command's");
+    }
+
+    #[test]
+    fn an_echo_shows_as_ours_and_settles_in_place_after_history_loads() {
+        let mut app = app();
+        let submitted = |number, body: &str| Echo {
+            origin: 7,
+            number,
+            to: peer("c3"),
+            stage: Stage::Submitted {
+                body: body.into(),
+                at_ms: 1,
+            },
+        };
+        app.echo(submitted(1, "from another window"));
+        app.echo(submitted(2, "and another"));
+        // Earlier messages loaded from the history go before both.
+        let earlier = HistoryEntry {
+            id: None,
+            from: name("c3"),
+            to: name("c1"),
+            room: None,
+            sent_at_ms: 0,
+            body: "earlier".into(),
+            state: HistoryState::Received { via: Via::Direct },
+        };
+        app.load_history(&peer("c3"), vec![earlier]);
+        let id = MessageId::random();
+        app.echo(Echo {
+            origin: 7,
+            number: 1,
+            to: peer("c3"),
+            stage: Stage::Settled {
+                id: Some(id),
+                state: HistoryState::Queued,
+            },
+        });
+        // An outcome of a message never seen (announced before this view listened) changes
+        // nothing.
+        app.echo(Echo {
+            origin: 7,
+            number: 99,
+            to: peer("c3"),
+            stage: Stage::Settled {
+                id: None,
+                state: HistoryState::Queued,
+            },
+        });
+        let i = app.open(&peer("c3"));
+        let conv = &app.conversations[i];
+        let states: Vec<_> = (conv.entries.iter())
+            .map(|e| match e {
+                Entry::Message {
+                    body, state, id, ..
+                } => (body.as_str(), state.clone(), *id),
+                Entry::Notice { .. } => panic!("no notice expected"),
+            })
+            .collect();
+        assert_eq!(
+            states,
+            vec![
+                ("earlier", HistoryState::Received { via: Via::Direct }, None),
+                ("from another window", HistoryState::Queued, Some(id)),
+                ("and another", HistoryState::Sending, None),
+            ]
+        );
+        assert_eq!(
+            app.outstanding(),
+            0,
+            "an echo is not this view's to wait for"
+        );
     }
 }

@@ -117,6 +117,7 @@ pub async fn run(mut session: Session, with: Target) -> Result<()> {
                         received.shown();
                     }
                     Some(Update::Sent(result)) => app.outcome(result.as_ref()),
+                    Some(Update::Echo(echo)) => app.echo(echo),
                     Some(Update::Whois(Ok((info, _)))) => app.presence(&info),
                     Some(Update::Whois(Err(e))) => app.presence_failed(&e),
                     Some(Update::Notice(text)) => app.notice(text, false),
@@ -129,10 +130,10 @@ pub async fn run(mut session: Session, with: Target) -> Result<()> {
                     }
                     Some(Update::File(file)) => app.notice(
                         format!(
-                            "{} sent a file: {} ({} bytes{})",
+                            "{} sent a file: {} ({}{})",
                             file.from,
                             file.path.display(),
-                            file.size,
+                            indicatif::HumanBytes(file.size),
                             if file.via == crate::inbox::Via::Mailbox { ", via the mailbox" } else { "" },
                         ),
                         false,

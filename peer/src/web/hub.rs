@@ -12,6 +12,7 @@ use super::page::{entry_json, state_detail, via_str, PageRequest};
 use crate::{
     console::Console,
     contacts::Standing,
+    echo::{Echo, Stage},
     history::{room_state, state_of, HistoryEntry, HistoryState},
     line::{parse, Input, HELP},
     rooms::RoomCommand,
@@ -104,6 +105,9 @@ pub struct Hub {
     conversations: Vec<Conversation>,
     /// Our messages without an outcome, by conversation: (cid, body), oldest first.
     pending: HashMap<Target, VecDeque<(u64, String)>>,
+    /// Our messages sent from other views without an outcome: echo number → (conversation,
+    /// cid).
+    echoed: HashMap<u64, (Target, u64)>,
     /// The rooms of our messages to rooms without an outcome, in submission order: a failure
     /// does not always name its room.
     room_order: VecDeque<Target>,
@@ -129,6 +133,7 @@ impl Hub {
             attached: false,
             conversations: Vec::new(),
             pending: HashMap::new(),
+            echoed: HashMap::new(),
             room_order: VecDeque::new(),
             next_cid: 1,
             files: VecDeque::new(),
@@ -199,6 +204,7 @@ impl Hub {
         // Outcomes of an earlier session's sends will not come: its pages learn from the
         // history what became of them.
         self.pending.clear();
+        self.echoed.clear();
         self.room_order.clear();
         self.room_asked = 0;
         for (to, upload) in std::mem::take(&mut self.files) {
@@ -394,9 +400,10 @@ impl Hub {
         }
     }
 
-    fn send(&mut self, session: &Session, target: Target, body: String) {
-        let i = self.open(&target);
-        let (cid, at_ms) = (self.next_cid, now_ms());
+    /// Shows one of our messages as `sending`, under a new `cid`, which it returns.
+    fn sending(&mut self, target: &Target, body: &str, at_ms: u64) -> u64 {
+        let i = self.open(target);
+        let cid = self.next_cid;
         self.next_cid += 1;
         self.conversations[i].last_ms = at_ms;
         let from = self.me.as_ref().map(|(n, _)| n.to_string());
@@ -405,6 +412,11 @@ impl Hub {
             "with": target.to_string(),
             "message": {"id": null, "cid": cid, "from": from, "at_ms": at_ms, "body": body, "state": "sending"},
         }));
+        cid
+    }
+
+    fn send(&mut self, session: &Session, target: Target, body: String) {
+        let cid = self.sending(&target, &body, now_ms());
         let queue = self.pending.entry(target.clone()).or_default();
         queue.push_back((cid, body.clone()));
         match target {
@@ -441,13 +453,33 @@ impl Hub {
 
     /// Settles the oldest message without an outcome in `target`'s conversation.
     fn settle(&mut self, target: &Target, id: Option<String>, state: &HistoryState) {
-        let i = self.open(target);
         let cid = self
             .pending
             .get_mut(target)
             .and_then(VecDeque::pop_front)
             .map(|(cid, _)| cid);
-        let Some(cid) = cid else { return };
+        if let Some(cid) = cid {
+            self.settle_cid(target, cid, id, state);
+        }
+    }
+
+    /// One of our messages sent from another view: shown, then settled, as the pages' own.
+    fn echo(&mut self, echo: Echo) {
+        match echo.stage {
+            Stage::Submitted { body, at_ms } => {
+                let cid = self.sending(&echo.to, &body, at_ms);
+                self.echoed.insert(echo.number, (echo.to, cid));
+            }
+            Stage::Settled { id, state } => {
+                if let Some((target, cid)) = self.echoed.remove(&echo.number) {
+                    self.settle_cid(&target, cid, id.map(|id| id.to_string()), &state);
+                }
+            }
+        }
+    }
+
+    fn settle_cid(&mut self, target: &Target, cid: u64, id: Option<String>, state: &HistoryState) {
+        let i = self.open(target);
         let event = json!({
             "type": "state",
             "with": self.conversations[i].target.to_string(),
@@ -489,6 +521,7 @@ impl Hub {
                 // Sent to every open page: shown, so it may be recorded and acknowledged.
                 received.shown();
             }
+            Update::Echo(echo) => self.echo(echo),
             Update::Sent(Ok(sent)) => {
                 let target = Target::Peer(sent.to.clone());
                 self.settle(&target, Some(sent.id.to_string()), &state_of(&sent));
