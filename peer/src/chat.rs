@@ -5,6 +5,7 @@
 //! received message one output line, and at end of input it waits until every message is
 //! delivered or queued.
 
+use crate::tui::Alerts;
 use crate::{
     console::{print_line, Console},
     contacts::Standing,
@@ -21,9 +22,9 @@ use std::io::IsTerminal;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Runs the conversation with `with`: a peer, or a room.
-pub async fn run(session: Session, console: Console, with: Target) -> Result<()> {
+pub async fn run(session: Session, console: Console, with: Target, alerts: Alerts) -> Result<()> {
     if full_screen(console.json) {
-        crate::tui::run(session, with).await
+        crate::tui::run(session, with, alerts).await
     } else {
         lines(session, console, with).await
     }

@@ -77,6 +77,14 @@ pub enum Command {
     Chat {
         /// Whom to talk to: a name, or a room ('#' and a name; quote it in a shell).
         with: Target,
+        /// When the full-screen client rings the terminal bell for a message: in a
+        /// conversation not shown, for every message, or never.
+        #[arg(long, value_enum, env = "CHAT_BELL", default_value = "other")]
+        bell: crate::tui::Bell,
+        /// Also ask the terminal for a desktop notification (sender and text) for a message
+        /// in a conversation not shown.
+        #[arg(long, env = "CHAT_NOTIFY")]
+        notify: bool,
     },
     /// Send one message and exit once it is delivered or queued (for a room: once every
     /// member has it or its mailbox does).

@@ -38,7 +38,13 @@ pub async fn run(cli: &Cli, session: Session) -> Result<()> {
         Command::SendFile { to, path } => send_file(session, console, to.clone(), path).await,
         Command::Listen => listen(session, console).await,
         Command::Inbox => inbox(session, console).await,
-        Command::Chat { with } => chat::run(session, console, with.clone()).await,
+        Command::Chat { with, bell, notify } => {
+            let alerts = crate::tui::Alerts {
+                bell: *bell,
+                notify: *notify,
+            };
+            chat::run(session, console, with.clone(), alerts).await
+        }
         Command::Accept { name } => {
             contact(session, console, name.clone(), Standing::Accepted).await
         }

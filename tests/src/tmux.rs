@@ -163,6 +163,28 @@ impl Tmux {
         .map(drop)
     }
 
+    /// Starts copying everything the program writes to the terminal, escape sequences and
+    /// all, to a file beside the tmux socket; read it with [`Tmux::raw_output`].
+    pub fn record_output(&self) -> Result<()> {
+        let file = self.socket.with_extension("raw");
+        let command = format!("cat >> {}", quote(&file.to_string_lossy()));
+        self.run(&["pipe-pane", "-o", "-t", "t", &command])
+            .map(drop)
+    }
+
+    /// What the program wrote since [`Tmux::record_output`].
+    pub fn raw_output(&self) -> String {
+        read_lossy(&self.socket.with_extension("raw"))
+    }
+
+    /// The pane's title, as the program set it (OSC 2).
+    pub fn title(&self) -> Result<String> {
+        Ok(self
+            .run(&["display", "-p", "-t", "t", "#{pane_title}"])?
+            .trim_end()
+            .to_string())
+    }
+
     /// Whether the pane is on the alternate screen (a full-screen program owns it).
     pub fn alternate_screen(&self) -> Result<bool> {
         Ok(self

@@ -3,10 +3,12 @@
 
 use anyhow::{ensure, Result};
 use std::time::Duration;
-use tests::{body, is_message_from, is_type, DirOpts, Net, Sig, EXIT, SHORT};
+use tests::{body, is_message_from, is_type, poll_until, DirOpts, Net, Sig, EXIT, SHORT};
 
 /// How long the screen may take to show something that depends on the network.
 const SHOWN: Duration = Duration::from_secs(20);
+/// How often a poll of what tmux says is repeated.
+const POLL: Duration = Duration::from_millis(50);
 
 /// Messages both ways, their states, `/to`, unread counts, a multi-line paste, resizing,
 /// `/file`, `/quit`, and the terminal as it was afterwards.
@@ -371,4 +373,98 @@ fn every_window_shows_every_message() -> Result<()> {
     }
     c2.terminate()?;
     net.assert_no_panics()
+}
+
+/// A message in a conversation that is not shown rings the bell, asks for a desktop
+/// notification (with --notify), and counts in the window title; the conversation then opens
+/// on a "new" line above it. A message in the conversation shown does none of that.
+#[test]
+fn unseen_messages_ring_count_in_the_title_and_are_marked() -> Result<()> {
+    let net = Net::new()?;
+    let c2 = net.listen("c2")?;
+    let c3 = net.listen("c3")?;
+    let chat = net
+        .peer("c1")
+        .args(["chat", "c2", "--notify"])
+        .tmux(net.root(), 120, 30)?;
+    chat.record_output()?;
+    chat.wait_text("c2 · online", SHOWN)?;
+    poll_until("the title", SHOWN, POLL, || {
+        Ok((chat.title()? == "c1 · c2").then_some(()))
+    })?;
+    net.send("c2", "c1", "before")?;
+    chat.wait_text("c2: before", SHOWN)?;
+    chat.line("/to c3")?;
+    chat.wait_text("c3 · online", SHOWN)?;
+
+    net.send("c2", "c1", "while you look elsewhere")?;
+    chat.wait_text("c2 (1)", SHOWN)?;
+    poll_until("the unread count in the title", SHOWN, POLL, || {
+        Ok((chat.title()? == "(1) c1 · c3").then_some(()))
+    })?;
+    let raw = chat.raw_output();
+    ensure!(bells(&raw) == 1, "expected one bell, got {}", bells(&raw));
+    ensure!(
+        raw.contains("\x1b]777;notify;c2;while you look elsewhere\x07"),
+        "no desktop notification in {raw:?}"
+    );
+
+    // Ctrl-P shows c2's conversation again (the one before c3 in the list): the new line
+    // sits between what was read and what was not.
+    chat.keys(&["C-p"])?;
+    let screen = chat.wait_text("c2 · online", SHOWN)?;
+    let lines: Vec<&str> = screen.lines().collect();
+    let at = |text: &str| lines.iter().position(|l| l.contains(text));
+    let (before, marker, after) = (
+        at("c2: before"),
+        at("─ new ─"),
+        at("c2: while you look elsewhere"),
+    );
+    ensure!(
+        matches!((before, marker, after), (Some(b), Some(m), Some(a)) if b < m && m < a),
+        "the new line is not between the read and the unread message:\n{screen}"
+    );
+    poll_until("the title without a count", SHOWN, POLL, || {
+        Ok((chat.title()? == "c1 · c2").then_some(()))
+    })?;
+
+    // In the conversation shown: no bell, no notification.
+    net.send("c2", "c1", "while you look")?;
+    chat.wait_text("c2: while you look", SHOWN)?;
+    let raw = chat.raw_output();
+    ensure!(
+        bells(&raw) == 1,
+        "a bell for a message shown: {}",
+        bells(&raw)
+    );
+    ensure!(
+        !raw.contains("notify;c2;while you look\x07"),
+        "a notification for a message shown"
+    );
+    chat.keys(&["C-c"])?;
+    chat.wait_clean_exit(EXIT)?;
+    drop((c2, c3));
+    net.assert_no_panics()
+}
+
+/// Bells in raw terminal output, not counting the BEL that ends an OSC string.
+fn bells(raw: &str) -> usize {
+    let mut count = 0;
+    let mut rest = raw;
+    while let Some(at) = rest.find(['\x07', '\x1b']) {
+        let tail = &rest[at..];
+        if let Some(osc) = tail.strip_prefix("\x1b]") {
+            // Skip to the end of the OSC string (BEL or ESC \).
+            match osc.find(['\x07', '\x1b']) {
+                Some(end) => rest = &osc[end + 1..],
+                None => break,
+            }
+        } else {
+            if tail.starts_with('\x07') {
+                count += 1;
+            }
+            rest = &tail[1..];
+        }
+    }
+    count
 }

@@ -112,6 +112,12 @@ pub(crate) struct Conversation {
     pending: VecDeque<usize>,
     /// Our messages sent from other views, without an outcome: echo number → index.
     echoed: HashMap<u64, usize>,
+    /// Where the messages that arrived while another conversation was shown begin (an
+    /// index into `entries`).
+    first_unread: Option<usize>,
+    /// Where the "new" line is drawn while the conversation is shown: `first_unread` as it
+    /// was when the user came to it.
+    pub(crate) marker: Option<usize>,
 }
 
 impl Conversation {
@@ -124,6 +130,8 @@ impl Conversation {
             presence: Presence::Unknown,
             pending: VecDeque::new(),
             echoed: HashMap::new(),
+            first_unread: None,
+            marker: None,
         }
     }
 }
@@ -253,10 +261,18 @@ impl App {
     /// Shows conversation `i`.
     pub(crate) fn switch_to(&mut self, i: usize) {
         if i < self.conversations.len() {
+            self.conversations[self.current].marker = None;
             self.current = i;
-            self.conversations[i].unread = 0;
+            let conv = &mut self.conversations[i];
+            conv.unread = 0;
+            conv.marker = conv.first_unread.take();
             self.scroll = 0;
         }
+    }
+
+    /// Messages received while their conversation was not shown, in every conversation.
+    pub(crate) fn unread(&self) -> usize {
+        self.conversations.iter().map(|c| c.unread).sum()
     }
 
     /// Puts earlier messages (from the local history) before what the conversation holds.
@@ -278,6 +294,12 @@ impl App {
         conv.entries = earlier;
         conv.pending.iter_mut().for_each(|p| *p += shift);
         conv.echoed.values_mut().for_each(|p| *p += shift);
+        for at in [&mut conv.first_unread, &mut conv.marker]
+            .into_iter()
+            .flatten()
+        {
+            *at += shift;
+        }
     }
 
     /// Adds a notice to the conversation shown.
@@ -294,14 +316,20 @@ impl App {
         });
     }
 
-    /// A message came in, to us or in `room`.
-    pub(crate) fn incoming(&mut self, m: &ChatMessage, room: Option<&RoomName>, via: Via) {
+    /// A message came in, to us or in `room`; true when it is in a conversation not shown
+    /// (unread, and worth an alert).
+    pub(crate) fn incoming(&mut self, m: &ChatMessage, room: Option<&RoomName>, via: Via) -> bool {
         let target = match room {
             Some(room) => Target::Room(room.clone()),
             None => Target::Peer(m.from.clone()),
         };
         let i = self.open(&target);
         let conv = &mut self.conversations[i];
+        let unread = i != self.current;
+        if unread {
+            conv.unread += 1;
+            conv.first_unread.get_or_insert(conv.entries.len());
+        }
         conv.entries.push(Entry::Message {
             id: Some(m.id),
             from: m.from.clone(),
@@ -309,9 +337,7 @@ impl App {
             body: m.body.clone(),
             state: HistoryState::Received { via },
         });
-        if i != self.current {
-            conv.unread += 1;
-        }
+        unread
     }
 
     /// We sent `body` to `to`; its outcome comes with [`App::outcome`].

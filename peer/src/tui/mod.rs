@@ -8,6 +8,7 @@
 //!   what each command does (pure state).
 //! * `view`: drawing the state.
 //! * `terminal`: taking the terminal and giving it back on every way out.
+//! * `alert`: the bell, the unread total in the window title, desktop notifications.
 //!
 //! # The loop
 //!
@@ -26,12 +27,14 @@
 //! SIGINT and SIGHUP leave at once. Log lines go to `HOME/peer.log` while the screen is ours,
 //! since stderr would scribble over it.
 
+mod alert;
 mod app;
 mod input;
 mod terminal;
 mod view;
 
 use crate::{service::Update, session::Session, signals::shutdown_signal, target::Target};
+pub use alert::{Alerts, Bell};
 use anyhow::Result;
 use app::{Action, App};
 use ratatui::crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
@@ -50,8 +53,8 @@ const HISTORY_SHOWN: usize = 200;
 /// Most conversations from the history put in the side list at start.
 const HISTORY_PEERS: usize = 30;
 
-/// Runs the client, talking to `with` (a peer or a room) first.
-pub async fn run(mut session: Session, with: Target) -> Result<()> {
+/// Runs the client, talking to `with` (a peer or a room) first, alerting as `alerts` says.
+pub async fn run(mut session: Session, with: Target, alerts: Alerts) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let shutdown = shutdown_signal()?;
     let mut hangup = signal(SignalKind::hangup())?;
@@ -77,6 +80,7 @@ pub async fn run(mut session: Session, with: Target) -> Result<()> {
     }
     let result = async {
         let (mut screen, mut events) = Screen::enter()?;
+        let mut alerter = alert::Alerter::new(alerts);
         let mut presence = tokio::time::interval(PRESENCE_EVERY);
         let mut leave_by: Option<Instant> = None;
         tokio::pin!(shutdown);
@@ -87,6 +91,8 @@ pub async fn run(mut session: Session, with: Target) -> Result<()> {
                 }
             }
             screen.terminal.draw(|f| view::draw(f, &mut app))?;
+            let title = alert::title(app.me.as_str(), &app.shown().target.to_string(), app.unread());
+            alerter.title(screen.terminal.backend_mut(), title)?;
             tokio::select! {
                 event = events.recv() => {
                     let Some(event) = event else { break };
@@ -112,8 +118,10 @@ pub async fn run(mut session: Session, with: Target) -> Result<()> {
                 }
                 update = session.next() => match update {
                     Some(Update::Message(received)) => {
-                        app.incoming(&received.message, received.room.as_ref(), received.via);
+                        let m = &received.message;
+                        let unseen = app.incoming(m, received.room.as_ref(), received.via);
                         screen.terminal.draw(|f| view::draw(f, &mut app))?;
+                        alerter.message(screen.terminal.backend_mut(), m.from.as_str(), &m.body, unseen);
                         received.shown();
                     }
                     Some(Update::Sent(result)) => app.outcome(result.as_ref()),

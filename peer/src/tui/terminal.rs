@@ -10,6 +10,7 @@ use ratatui::{
         cursor::Show,
         event::{self, DisableBracketedPaste, EnableBracketedPaste, Event},
         execute,
+        style::Print,
         terminal::{self, EnterAlternateScreen, LeaveAlternateScreen},
     },
     Terminal,
@@ -23,6 +24,12 @@ use std::{
     time::Duration,
 };
 use tokio::sync::mpsc;
+
+/// Saves the window title on the terminal's stack (xterm's window manipulation, which most
+/// terminals follow), for the client to put the unread count in it.
+const SAVE_TITLE: &str = "\x1b[22;0t";
+/// Puts the saved title back.
+const RESTORE_TITLE: &str = "\x1b[23;0t";
 
 /// True while the terminal is in the client's hands.
 static ACTIVE: AtomicBool = AtomicBool::new(false);
@@ -47,7 +54,12 @@ impl Screen {
         });
         terminal::enable_raw_mode()?;
         ACTIVE.store(true, Ordering::SeqCst);
-        let entered = execute!(io::stdout(), EnterAlternateScreen, EnableBracketedPaste);
+        let entered = execute!(
+            io::stdout(),
+            EnterAlternateScreen,
+            EnableBracketedPaste,
+            Print(SAVE_TITLE)
+        );
         let terminal = entered.and_then(|()| Terminal::new(CrosstermBackend::new(io::stdout())));
         let terminal = match terminal {
             Ok(t) => t,
@@ -80,7 +92,8 @@ pub(crate) fn restore() {
             io::stdout(),
             DisableBracketedPaste,
             LeaveAlternateScreen,
-            Show
+            Show,
+            Print(RESTORE_TITLE)
         );
         let _ = terminal::disable_raw_mode();
     }

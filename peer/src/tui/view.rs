@@ -118,7 +118,10 @@ fn draw_messages(frame: &mut Frame, app: &mut App, area: Rect) {
     let inner_width = area.width.saturating_sub(2) as usize;
     let height = area.height.saturating_sub(2) as usize;
     let mut rows = Vec::new();
-    for entry in &conv.entries {
+    for (i, entry) in conv.entries.iter().enumerate() {
+        if conv.marker == Some(i) {
+            rows.push(new_line(inner_width));
+        }
         rows.extend(entry_rows(entry, &app.me, inner_width, waiting));
     }
     let max_scroll = rows.len().saturating_sub(height);
@@ -134,6 +137,14 @@ fn draw_messages(frame: &mut Frame, app: &mut App, area: Rect) {
     let block = Block::default().borders(Borders::ALL).title(title);
     let shown: Vec<Line> = rows.drain(start..end).collect();
     frame.render_widget(Paragraph::new(shown).block(block), area);
+}
+
+/// The line drawn where the messages that came while the user was elsewhere begin.
+fn new_line(width: usize) -> Line<'static> {
+    const LABEL: &str = " new ";
+    let side = width.saturating_sub(LABEL.len()) / 2;
+    let text = format!("{}{LABEL}{}", "─".repeat(side), "─".repeat(side));
+    Line::styled(text, Style::default().fg(Color::Yellow))
 }
 
 fn draw_input(frame: &mut Frame, app: &App, area: Rect) {
