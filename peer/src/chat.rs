@@ -102,6 +102,16 @@ async fn lines(mut session: Session, console: Console, mut with: Target) -> Resu
                         }
                         Err(e) => eprintln!("{e}"),
                     },
+                    Some(Input::Search(text)) => match session.history(&with, usize::MAX).await {
+                        Ok(Some(entries)) => {
+                            for entry in crate::history::matching(&entries, &text) {
+                                print_line(&console.history(entry))?;
+                            }
+                        }
+                        Ok(None) => eprintln!("no local history to search"),
+                        Err(e) => eprintln!("cannot read the history: {e:#}"),
+                    },
+                    Some(Input::Close) => eprintln!("line mode has one conversation; /to NAME switches"),
                     Some(Input::Help) => eprintln!("{HELP}"),
                     Some(Input::Quit) => eof = true,
                     Some(Input::Bad(e)) => eprintln!("{e}"),

@@ -119,10 +119,7 @@ pub async fn history(
         }
     };
     let console = console(cli);
-    let needle = grep.map(str::to_lowercase);
-    let matching: Vec<_> = (entries.iter())
-        .filter(|e| (needle.as_ref()).is_none_or(|n| e.body.to_lowercase().contains(n)))
-        .collect();
+    let matching = history::matching(&entries, grep.unwrap_or_default());
     for entry in &matching[matching.len().saturating_sub(shown)..] {
         print_line(&console.history(entry))?;
     }

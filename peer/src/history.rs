@@ -458,6 +458,14 @@ impl History {
     }
 }
 
+/// The entries whose text contains `text`, in any case, in their order.
+pub fn matching<'a>(entries: &'a [HistoryEntry], text: &str) -> Vec<&'a HistoryEntry> {
+    let needle = text.to_lowercase();
+    (entries.iter())
+        .filter(|e| e.body.to_lowercase().contains(&needle))
+        .collect()
+}
+
 /// The recorded state for a send outcome.
 pub fn state_of(sent: &Sent) -> HistoryState {
     match sent.status {

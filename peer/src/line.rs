@@ -8,7 +8,8 @@ use std::path::PathBuf;
 /// The commands, in one line, for line mode.
 pub(crate) const HELP: &str =
     "commands: /to NAME or /to #ROOM (talk to NAME, or in ROOM), /who (presence of known peers), \
-                    /file PATH (send a file), /accept NAME, /block NAME (contacts), \
+                    /file PATH (send a file), /search TEXT (in this conversation's history), \
+                    /close (drop the conversation from the list), /accept NAME, /block NAME (contacts), \
                     /join #ROOM, /leave, /invite NAME..., /kick NAME, /members (rooms), /help, /quit";
 
 /// A line of input: a message or a command.
@@ -19,6 +20,10 @@ pub(crate) enum Input {
     /// Accept (true) or block (false) a name.
     Contact(Name, bool),
     Who,
+    /// Find the messages of the conversation shown that contain this text (any case).
+    Search(String),
+    /// Drop the conversation shown from the list (its history stays).
+    Close,
     /// A room command; those without a room are for the room shown.
     Room(RoomLine),
     Help,
@@ -87,6 +92,14 @@ pub(crate) fn parse(line: &str) -> Option<Input> {
             Err(e) => Input::Bad(format!("invalid name {name:?}: {e}")),
         },
         (Some("/who"), None) => Input::Who,
+        (Some("/search"), Some(_)) => Input::Search(
+            trimmed
+                .strip_prefix("/search")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        ),
+        (Some("/close"), None) => Input::Close,
         (Some("/join"), Some(room)) => match room.parse() {
             Ok(room) => Input::Room(RoomLine::Join(room)),
             Err(e) => Input::Bad(format!("invalid room {room:?}: {e}")),
@@ -143,5 +156,13 @@ mod tests {
         assert!(matches!(parse("/accept Not A Name!"), Some(Input::Bad(_))));
         assert!(matches!(parse("/block"), Some(Input::Bad(_))));
         assert!(matches!(parse("//accept c1"), Some(Input::Text(t)) if t == "/accept c1"));
+    }
+
+    #[test]
+    fn search_takes_the_rest_of_the_line() {
+        assert!(matches!(parse("/search  two words "), Some(Input::Search(t)) if t == "two words"));
+        assert!(matches!(parse("/search"), Some(Input::Bad(_))));
+        assert!(matches!(parse("/close"), Some(Input::Close)));
+        assert!(matches!(parse("/close c2"), Some(Input::Bad(_))));
     }
 }

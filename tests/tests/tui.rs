@@ -468,3 +468,48 @@ fn bells(raw: &str) -> usize {
     }
     count
 }
+
+/// `/to` a name no one has says so at once; `/search` finds the messages of the conversation
+/// shown in the history, in any case; `/close` drops a conversation from the list.
+#[test]
+fn to_search_and_close() -> Result<()> {
+    let net = Net::new()?;
+    let c2 = net.listen("c2")?;
+    net.register("c1")?;
+    net.send("c2", "c1", "the Needle in one")?;
+    net.send("c2", "c1", "nothing here")?;
+    net.send("c2", "c1", "and a needle in two")?;
+    let chat = net
+        .peer("c1")
+        .args(["chat", "c2"])
+        .tmux(net.root(), 120, 30)?;
+    chat.wait_text("c2: and a needle in two", SHOWN)?;
+
+    chat.line("/search needle")?;
+    let screen = chat.wait_text("2 message(s) with \"needle\"", SHOWN)?;
+    ensure!(
+        screen.contains("c2: the Needle in one --")
+            && screen.contains("c2: and a needle in two --"),
+        "the matches are not listed:\n{screen}"
+    );
+    ensure!(
+        !screen.contains("c2: nothing here --"),
+        "a message without the text was listed:\n{screen}"
+    );
+
+    chat.line("/to nobody")?;
+    chat.wait_for("the unknown name said at once", SHOWN, |s| {
+        s.contains("no peer is named nobody: check the spelling") && s.contains("no such name")
+    })?;
+
+    chat.line("/close")?;
+    chat.wait_for("nobody gone from the list", SHOWN, |s| {
+        !s.contains("✗ nobody") && s.contains("c2 · online")
+    })?;
+    chat.line("/close")?;
+    chat.wait_text("this is the only conversation", SHOWN)?;
+    chat.keys(&["C-c"])?;
+    chat.wait_clean_exit(EXIT)?;
+    drop(c2);
+    net.assert_no_panics()
+}

@@ -3,6 +3,7 @@
 //! loop in [`super`] feeds it; [`super::view`] draws it.
 
 use super::input::Editor;
+use crate::console::clock;
 use crate::{
     contacts::Standing,
     directory_client::Status,
@@ -28,22 +29,26 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// Most matches `/search` shows.
+const SEARCH_SHOWN: usize = 20;
+
 /// How long "reconnected" stays in the status line.
 const RECONNECTED_SHOWN: Duration = Duration::from_secs(5);
 
 /// The commands, for `/help` and Tab.
-pub(crate) const COMMANDS: [&str; 12] = [
-    "/to", "/who", "/file", "/accept", "/block", "/join", "/leave", "/invite", "/kick", "/members",
-    "/help", "/quit",
+pub(crate) const COMMANDS: [&str; 14] = [
+    "/to", "/who", "/file", "/search", "/close", "/accept", "/block", "/join", "/leave", "/invite",
+    "/kick", "/members", "/help", "/quit",
 ];
 
 /// The help text, one line per entry.
-pub(crate) const HELP: [&str; 14] = [
+pub(crate) const HELP: [&str; 15] = [
     "/to NAME    talk to NAME (opens the conversation);  /to #ROOM  talk in a room you are in",
     "/join #ROOM  join a public room;  /leave  leave the room shown;  /members  who is in it",
     "/invite NAME...  /kick NAME   add or remove members of the room shown (its admins)",
     "/who        presence of every peer in the list",
     "/file PATH  send a file (direct; small ones go to the mailbox if NAME is away)",
+    "/search TEXT  the messages of this conversation with TEXT;  /close  drop it from the list",
     "/accept NAME  a contact: may reach you directly; its messages are no longer requests",
     "/block NAME   drop what NAME sends, unseen",
     "/help       this help;  /quit (or Ctrl-C, or Ctrl-D on an empty line) leaves",
@@ -65,6 +70,8 @@ pub(crate) enum Presence {
     Online,
     /// Offline, last seen then (ms since the epoch), if ever.
     Offline(Option<u64>),
+    /// The directory knows no one by this name.
+    NoSuchName,
 }
 
 /// One line of a conversation.
@@ -145,6 +152,11 @@ pub(crate) enum Action {
     Send(Target, String),
     /// Ask for the presence of these peers and show the answers.
     Who(Vec<Name>),
+    /// Ask for the presence of this peer, if the directory is up (a name it does not know is
+    /// said so).
+    Check(Name),
+    /// Find the messages of that conversation, in the local history, with this text.
+    Search(Target, String),
     /// Send this file to that peer.
     SendFile(Name, PathBuf),
     /// Accept or block that peer.
@@ -270,6 +282,44 @@ impl App {
         }
     }
 
+    /// Drops the conversation shown from the list and shows the one after it (the one before,
+    /// for the last). Its history stays; a message in it opens it again.
+    pub(crate) fn close(&mut self) {
+        if self.conversations.len() == 1 {
+            let text = "this is the only conversation: /to NAME opens another; /quit leaves";
+            return self.notice(text, true);
+        }
+        if !self.shown().pending.is_empty() {
+            let text = "messages are still being sent here: close it once they are";
+            return self.notice(text, true);
+        }
+        self.conversations.remove(self.current);
+        let next = self.current.min(self.conversations.len() - 1);
+        self.current = next;
+        let conv = &mut self.conversations[next];
+        conv.unread = 0;
+        conv.marker = conv.first_unread.take();
+        self.scroll = 0;
+    }
+
+    /// The answer to `/search text` in `target`'s conversation: how many messages of its
+    /// history hold it, and the last of them, as notices.
+    pub(crate) fn found(&mut self, target: &Target, text: &str, entries: &[HistoryEntry]) {
+        let hits = crate::history::matching(entries, text);
+        let shown = hits.len().min(SEARCH_SHOWN);
+        let i = self.open(target);
+        let more = match hits.len() > shown {
+            true => format!(" (the last {shown})"),
+            false => String::new(),
+        };
+        let header = format!("{} message(s) with {text:?}{more}", hits.len());
+        self.notice_in(i, header, false);
+        for e in &hits[hits.len() - shown..] {
+            let line = format!("{} {}: {}", clock(e.sent_at_ms), e.from, e.body);
+            self.notice_in(i, line, false);
+        }
+    }
+
     /// Messages received while their conversation was not shown, in every conversation.
     pub(crate) fn unread(&self) -> usize {
         self.conversations.iter().map(|c| c.unread).sum()
@@ -357,7 +407,16 @@ impl App {
 
     /// One of our messages, sent from another view: shown as that view shows it.
     pub(crate) fn echo(&mut self, echo: Echo) {
-        let i = self.open(&echo.to);
+        let i = match &echo.stage {
+            Stage::Submitted { .. } => self.open(&echo.to),
+            // Not for a conversation closed since.
+            Stage::Settled { .. } => {
+                match self.conversations.iter().position(|c| c.target == echo.to) {
+                    Some(i) => i,
+                    None => return,
+                }
+            }
+        };
         let me = self.me.clone();
         let conv = &mut self.conversations[i];
         match echo.stage {
@@ -596,8 +655,20 @@ impl App {
         }
     }
 
-    /// A failed presence answer: shown only if `/who` asked.
+    /// A failed presence answer: shown if `/who` asked. A name the directory does not know
+    /// is said in its conversation the first time, and shown in the side list.
     pub(crate) fn presence_failed(&mut self, failure: &Failure) {
+        if let Failure::UnknownPeer { name } = failure {
+            let target = Target::Peer(name.clone());
+            if let Some(i) = self.conversations.iter().position(|c| c.target == target) {
+                let before =
+                    std::mem::replace(&mut self.conversations[i].presence, Presence::NoSuchName);
+                if before != Presence::NoSuchName {
+                    let hint = failure.hint().unwrap_or_default();
+                    self.notice_in(i, format!("{failure}: {hint}"), true);
+                }
+            }
+        }
         if self.who_pending > 0 {
             self.who_pending -= 1;
             self.notice(with_hint("no answer", failure), true);
@@ -644,7 +715,8 @@ impl App {
                     match target {
                         // Its members, for Tab, and whether we are in it.
                         Target::Room(room) => Action::Room(RoomCommand::Members { room }),
-                        Target::Peer(_) => Action::None,
+                        // Whether the name exists, at once rather than at the next poll.
+                        Target::Peer(name) => Action::Check(name),
                     }
                 }
                 Some(crate::line::Input::File(path)) => match self.shown().target.clone() {
@@ -670,6 +742,13 @@ impl App {
                         Action::None
                     }
                 },
+                Some(crate::line::Input::Search(text)) => {
+                    Action::Search(self.shown().target.clone(), text)
+                }
+                Some(crate::line::Input::Close) => {
+                    self.close();
+                    Action::None
+                }
                 Some(crate::line::Input::Who) => {
                     let names = self.names();
                     self.who_pending += names.len();
@@ -773,6 +852,7 @@ pub(crate) fn presence_text(p: &Presence) -> String {
         Presence::Online => "online".into(),
         Presence::Offline(Some(ms)) => format!("last seen {}", crate::console::ago(*ms)),
         Presence::Offline(None) => "offline".into(),
+        Presence::NoSuchName => "no such name".into(),
     }
 }
 
@@ -891,10 +971,25 @@ mod tests {
         app.incoming(&m, None, Via::Mailbox);
         assert_eq!(app.conversations[1].unread, 2);
         typed(&mut app, "/to c3");
-        assert_eq!(app.enter(), Action::None);
+        assert_eq!(
+            app.enter(),
+            Action::Check(name("c3")),
+            "the name is looked up at once"
+        );
         assert_eq!((app.current, app.conversations[1].unread), (1, 0));
+        assert_eq!(
+            app.conversations[1].marker,
+            Some(0),
+            "the new line above both"
+        );
         app.cycle(true);
         assert_eq!(app.current, 0);
+        assert_eq!(app.conversations[1].marker, None, "gone once left");
+        // /close drops the conversation shown, and shows the next one.
+        typed(&mut app, "/close");
+        assert_eq!(app.enter(), Action::None);
+        assert_eq!(app.conversations.len(), 1);
+        assert_eq!(app.shown().target, peer("c3"));
     }
 
     #[test]

@@ -107,6 +107,15 @@ pub async fn run(mut session: Session, with: Target, alerts: Alerts) -> Result<(
                         }
                         Action::Room(command) => session.room(command),
                         Action::Who(names) => names.into_iter().for_each(|n| session.whois(n)),
+                        Action::Check(name) if app.directory_up() => session.whois(name),
+                        Action::Check(_) => {}
+                        Action::Search(target, text) => {
+                            match session.history(&target, usize::MAX).await {
+                                Ok(Some(entries)) => app.found(&target, &text, &entries),
+                                Ok(None) => app.notice("no local history to search", true),
+                                Err(e) => app.notice(format!("cannot read the history: {e:#}"), true),
+                            }
+                        }
                         Action::SendFile(to, path) => session.send_file(to, path),
                         Action::Contact(name, standing) => session.set_contact(name, standing),
                         Action::Quit if leave_by.is_some() => break,

@@ -73,6 +73,7 @@ fn draw_side(frame: &mut Frame, app: &App, area: Rect) {
             Presence::Online => ("●", Style::default().fg(Color::Green)),
             Presence::Offline(_) => ("○", dim),
             Presence::Unknown => ("·", dim),
+            Presence::NoSuchName => ("✗", Style::default().fg(Color::Red)),
         };
         let mut name_style = Style::default().fg(match &c.target {
             Target::Peer(name) => colour(name),

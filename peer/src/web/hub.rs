@@ -10,7 +10,7 @@
 
 use super::page::{entry_json, state_detail, via_str, PageRequest};
 use crate::{
-    console::Console,
+    console::{clock, Console},
     contacts::Standing,
     echo::{Echo, Stage},
     history::{room_state, state_of, HistoryEntry, HistoryState},
@@ -40,6 +40,8 @@ const HISTORY_PEERS: usize = 30;
 pub const HISTORY_MAX: usize = 2_000;
 /// Most peers whose presence is asked at each tick.
 const PRESENCE_WATCHED: usize = 50;
+/// Most matches `/search` shows.
+const SEARCH_SHOWN: usize = 20;
 /// Most conversations in the list: a page cannot make the hub's state grow without end.
 pub const MAX_CONVERSATIONS: usize = 1_000;
 
@@ -296,7 +298,7 @@ impl Hub {
             return self.notice(None, &text, true);
         }
         match request {
-            PageRequest::Send { body, .. } => self.typed(session, target, body),
+            PageRequest::Send { body, .. } => self.typed(session, target, body).await,
             PageRequest::Open { .. } => {
                 self.open(&target);
                 if let Target::Peer(name) = target {
@@ -340,7 +342,7 @@ impl Hub {
 
     /// What the page's composer sent: a message, or one of the terminal client's commands
     /// (`/accept`, `/join #room`, …; `//text` for a message that starts with `/`).
-    fn typed(&mut self, session: &Session, target: Target, body: String) {
+    async fn typed(&mut self, session: &Session, target: Target, body: String) {
         let Some(input) = parse(&body) else { return };
         match input {
             Input::Text(text) => self.send(session, target, text),
@@ -391,6 +393,28 @@ impl Hub {
                 }
                 Err(e) => self.notice(Some(&target), &e, true),
             },
+            Input::Search(text) => match session.history(&target, usize::MAX).await {
+                Ok(Some(entries)) => {
+                    let hits = crate::history::matching(&entries, &text);
+                    let shown = &hits[hits.len().saturating_sub(SEARCH_SHOWN)..];
+                    let header = format!("{} message(s) with {text:?}", hits.len());
+                    self.notice(Some(&target), &header, false);
+                    for e in shown {
+                        let line = format!("{} {}: {}", clock(e.sent_at_ms), e.from, e.body);
+                        self.notice(Some(&target), &line, false);
+                    }
+                }
+                Ok(None) => self.notice(Some(&target), "no local history to search", true),
+                Err(e) => {
+                    let text = format!("cannot read the history: {e:#}");
+                    self.notice(Some(&target), &text, true);
+                }
+            },
+            Input::Close => {
+                let text =
+                    "the list keeps every conversation here; /close is the terminal client's";
+                self.notice(Some(&target), text, false);
+            }
             Input::Help => self.notice(Some(&target), HELP, false),
             Input::Quit => {
                 let text = "close the tab to leave; peer web runs until it is stopped";
