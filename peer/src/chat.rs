@@ -128,6 +128,11 @@ async fn lines(mut session: Session, console: Console, mut with: Target) -> Resu
                 }
                 Some(Update::File(file)) => print_line(&console.file(&file))?,
                 Some(Update::FileProgress { .. }) => {}
+                Some(Update::FileArriving(progress)) => {
+                    if console.json {
+                        print_line(&console.arriving(&progress))?;
+                    }
+                }
                 Some(Update::FileSent(result)) => {
                     outstanding = outstanding.saturating_sub(1);
                     match result {

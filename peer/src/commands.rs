@@ -4,11 +4,12 @@
 use crate::{
     chat,
     cli::{Cli, Command},
-    console::{print_line, Console},
+    console::{self, print_line, Console},
     contacts::Standing,
     control::ControlClient,
     history::{self, History, HistoryError},
     home::Home,
+    inbox::Arriving,
     rooms::RoomCommand,
     service::Update,
     session::Session,
@@ -218,6 +219,67 @@ async fn send_file(
     Ok(())
 }
 
+/// Files arriving while `listen` runs: a JSON line for each report, or, for a person at a
+/// terminal, one progress bar per file on stderr, which other lines are printed around.
+struct Arrivals {
+    console: Console,
+    bars: indicatif::MultiProgress,
+    shown: Vec<(Name, String, indicatif::ProgressBar)>,
+}
+
+/// Most files with a bar at once (more arrive at once only from several senders).
+const ARRIVALS_SHOWN: usize = 8;
+
+impl Arrivals {
+    fn new(console: Console) -> Self {
+        let bars = indicatif::MultiProgress::new();
+        if console.json || !std::io::stderr().is_terminal() {
+            bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        Self {
+            console,
+            bars,
+            shown: Vec::new(),
+        }
+    }
+
+    /// Prints `line` on stdout without tearing a bar.
+    fn print(&self, line: &str) -> std::io::Result<()> {
+        self.bars.suspend(|| print_line(line))
+    }
+
+    fn show(&mut self, a: &Arriving) -> std::io::Result<()> {
+        if self.console.json {
+            return print_line(&self.console.arriving(a));
+        }
+        let at = (self.shown.iter()).position(|(from, name, _)| *from == a.from && *name == a.name);
+        let bar = match at {
+            Some(i) => &self.shown[i].2,
+            None if self.shown.len() >= ARRIVALS_SHOWN => return Ok(()),
+            None => {
+                let bar = self.bars.add(progress_bar(self.console));
+                bar.set_length(a.total);
+                bar.set_message(format!("{} from {}", console::sanitize(&a.name), a.from));
+                self.shown.push((a.from.clone(), a.name.clone(), bar));
+                &self.shown[self.shown.len() - 1].2
+            }
+        };
+        bar.set_position(a.done);
+        Ok(())
+    }
+
+    /// A file from `from` is stored: its bar goes (and any other of `from`'s that stalled).
+    fn done(&mut self, from: &Name) {
+        self.shown.retain(|(sender, _, bar)| {
+            let keep = sender != from;
+            if !keep {
+                bar.finish_and_clear();
+            }
+            keep
+        });
+    }
+}
+
 /// A progress bar on stderr with rate and time left, for a person at a terminal only.
 fn progress_bar(console: Console) -> indicatif::ProgressBar {
     if console.json || !std::io::stderr().is_terminal() {
@@ -225,7 +287,7 @@ fn progress_bar(console: Console) -> indicatif::ProgressBar {
     }
     let bar = indicatif::ProgressBar::new(0);
     let style = indicatif::ProgressStyle::with_template(
-        "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} {eta} left",
+        "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} {eta} left {msg}",
     );
     if let Ok(style) = style {
         bar.set_style(style);
@@ -339,19 +401,24 @@ async fn listen(mut session: Session, console: Console) -> Result<()> {
     }
     session.attach();
     tokio::pin!(shutdown);
+    let mut arriving = Arrivals::new(console);
     let result = loop {
         tokio::select! {
             update = session.next() => match update {
                 Some(Update::Message(received)) => {
-                    print_line(&console.received(&received))?;
+                    arriving.print(&console.received(&received))?;
                     received.shown();
                 }
-                Some(Update::Notice(text)) => eprintln!("{text}"),
-                Some(Update::File(file)) => print_line(&console.file(&file))?,
-                Some(Update::Room(notice)) => print_line(&console.room_notice(&notice))?,
+                Some(Update::Notice(text)) => arriving.bars.suspend(|| eprintln!("{text}")),
+                Some(Update::File(file)) => {
+                    arriving.done(&file.from);
+                    arriving.print(&console.file(&file))?
+                }
+                Some(Update::FileArriving(progress)) => arriving.show(&progress)?,
+                Some(Update::Room(notice)) => arriving.print(&console.room_notice(&notice))?,
                 Some(Update::Echo(echo)) => {
                     if let Some(line) = console.echo(&session.name, &echo) {
-                        print_line(&line)?;
+                        arriving.print(&line)?;
                     }
                 }
                 Some(_) => {}

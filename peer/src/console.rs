@@ -4,7 +4,7 @@
 use crate::{
     echo::{Echo, Stage},
     history::{HistoryEntry, HistoryState},
-    inbox::{RoomEvent, RoomNotice, Via},
+    inbox::{Arriving, RoomEvent, RoomNotice, Via},
     links::DirectPath,
     outbox::{Sent, Status},
     rooms::{RoomSent, RoomView},
@@ -461,6 +461,28 @@ impl Console {
             } => Some(format!("to {}: {}", e.to, state_text(state))),
             Stage::Settled { .. } => None,
         }
+    }
+
+    /// The line for how far a file arriving is.
+    pub fn arriving(&self, a: &Arriving) -> String {
+        if self.json {
+            return json!({
+                "type": "file_progress",
+                "from": a.from.as_str(),
+                "name": a.name,
+                "done": a.done,
+                "total": a.total,
+            })
+            .to_string();
+        }
+        let percent = (a.done * 100).checked_div(a.total).unwrap_or(100);
+        format!(
+            "receiving {} from {}: {percent}% ({} of {})",
+            sanitize(&a.name),
+            a.from,
+            HumanBytes(a.done),
+            HumanBytes(a.total)
+        )
     }
 
     /// The line announcing we are online.

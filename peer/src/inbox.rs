@@ -49,6 +49,20 @@ impl Via {
     }
 }
 
+/// How far a file arriving on a direct link is: reported as it starts, every few hundred
+/// milliseconds, and once all of it is in (before it is checked and stored).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Arriving {
+    /// The sender.
+    pub from: Name,
+    /// The file's name, as the sender gave it (made safe for a file name).
+    pub name: String,
+    /// Bytes we have, a resumed transfer's earlier ones included.
+    pub done: u64,
+    /// The file's size.
+    pub total: u64,
+}
+
 /// A file that arrived whole and checked.
 #[derive(Debug, Clone)]
 pub struct ReceivedFile {
@@ -169,6 +183,8 @@ struct InboxInner {
     receipts: broadcast::Sender<Receipt>,
     /// Copies of room notices, likewise.
     rooms: broadcast::Sender<RoomNotice>,
+    /// How far files arriving are, for every view.
+    arrivals: broadcast::Sender<Arriving>,
 }
 
 /// A copy of an incoming message for a command attached through the control socket: the
@@ -211,6 +227,7 @@ impl Inbox {
         let (copies, _) = broadcast::channel(1024);
         let (receipts, _) = broadcast::channel(256);
         let (rooms, _) = broadcast::channel(256);
+        let (arrivals, _) = broadcast::channel(64);
         let inner = InboxInner {
             me,
             contacts,
@@ -220,6 +237,7 @@ impl Inbox {
             copies,
             receipts,
             rooms,
+            arrivals,
         };
         (
             Self {
@@ -356,6 +374,16 @@ impl Inbox {
     /// Reports a file that arrived.
     pub async fn file(&self, file: ReceivedFile) {
         let _ = self.inner.events.send(Event::File(file)).await;
+    }
+
+    /// Reports how far a file arriving is, to every view that listens (none is fine).
+    pub fn arriving(&self, progress: Arriving) {
+        let _ = self.inner.arrivals.send(progress);
+    }
+
+    /// How far files arriving are, from now on.
+    pub fn subscribe_arrivals(&self) -> broadcast::Receiver<Arriving> {
+        self.inner.arrivals.subscribe()
     }
 
     /// Tells the user something (a file from the mailbox that had to be dropped).

@@ -11,7 +11,7 @@ use crate::{
     failure::Failure,
     files::{downloads, FileSent, FileUpdate},
     history::{room_state, state_of, History, HistoryEntry, HistoryError, HistoryState, OutKey},
-    inbox::{Event, Incoming, ReceivedFile, RoomNotice, Taken, Via},
+    inbox::{Arriving, Event, Incoming, ReceivedFile, RoomNotice, Taken, Via},
     links::DirectPath,
     node::Node,
     outbox::{conversation::Post, SendFailed, Sent, Status as SendStatus},
@@ -75,6 +75,8 @@ pub enum Update {
     Rooms(Result<Vec<RoomView>, Failure>),
     /// One of our messages, sent from another view (see [`crate::echo`]).
     Echo(Echo),
+    /// How far a file arriving is.
+    FileArriving(Arriving),
     /// Where the connection to the directory stands (after [`crate::session::Session::watch_directory`]).
     Directory {
         /// The directory's address as the user gave it.

@@ -46,6 +46,7 @@ impl Session {
             .node()
             .spawn(service.clone().pump(events, tx.clone()));
         service.node().spawn(echo_others(&service, tx.clone()));
+        service.node().spawn(arrivals(&service, tx.clone()));
         Self {
             name: service.name().clone(),
             key: service.key(),
@@ -286,6 +287,28 @@ fn echo_others(
             };
             if tx.send(update).is_err() {
                 return;
+            }
+        }
+    }
+}
+
+/// Hands how far files arriving are to this view's updates, until it is gone. A report lost
+/// to a slow view only leaves its progress behind until the next one.
+fn arrivals(
+    service: &Service,
+    tx: mpsc::UnboundedSender<Update>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut arrivals = service.node().inbox().subscribe_arrivals();
+    async move {
+        loop {
+            match arrivals.recv().await {
+                Ok(progress) => {
+                    if tx.send(Update::FileArriving(progress)).is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
             }
         }
     }

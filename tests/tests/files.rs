@@ -113,6 +113,22 @@ fn a_gigabyte_arrives_intact() -> Result<()> {
         b3sum(&stored)? == expected,
         "the stored file's hash differs"
     );
+    // The receiving side reported how far it was: from the start to all of it, never back,
+    // before the file line.
+    let lines = c2.json_lines();
+    let file_at = (lines.iter().position(|v| is_type(v, "file"))).context("no file line")?;
+    let done: Vec<u64> = (lines[..file_at].iter())
+        .filter(|v| is_type(v, "file_progress") && v["from"] == "c1" && v["name"] == "big.bin")
+        .map(|v| v["done"].as_u64().unwrap_or(u64::MAX))
+        .collect();
+    ensure!(
+        done.first() == Some(&0) && done.last() == Some(&(1 << 30)),
+        "progress went {done:?}"
+    );
+    ensure!(
+        done.windows(2).all(|w| w[0] <= w[1]),
+        "progress went back: {done:?}"
+    );
     fs::remove_file(&path)?;
     fs::remove_file(&stored)?;
     c2.terminate()?;

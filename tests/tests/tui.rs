@@ -91,7 +91,11 @@ fn chat_on_a_terminal() -> Result<()> {
     // /file sends a file to the peer shown (c3, online: directly).
     let path = net.root().join("for c3.txt");
     std::fs::write(&path, "a file for c3\n")?;
-    chat.line(&format!("/file {}", path.display()))?;
+    // Tab completes the path from what is on disk, spaces and all.
+    chat.type_text(&format!("/file {}/for", net.root().display()))?;
+    chat.keys(&["Tab"])?;
+    chat.wait_text("for c3.txt", SHOWN)?;
+    chat.keys(&["Enter"])?;
     let got = c3.wait_json("the file", SHORT, |v| is_type(v, "file"))?;
     ensure!(
         got["from"] == "c1" && got["size"] == 14 && got["via"] == "direct",

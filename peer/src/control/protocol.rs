@@ -15,7 +15,7 @@ use crate::{
     failure::Failure,
     files::FileSent,
     history::HistoryEntry,
-    inbox::{RoomNotice, Via},
+    inbox::{Arriving, RoomNotice, Via},
     links::DirectPath,
     outbox::{SendFailed, Sent},
     rooms::{RoomCommand, RoomSent, RoomView},
@@ -171,4 +171,6 @@ pub enum ControlResponse {
     Peers(Vec<Name>),
     /// After [`ControlRequest::Attach`]: one of our messages, sent from another view.
     Echo(Echo),
+    /// After [`ControlRequest::Attach`]: how far a file arriving is.
+    FileArriving(Arriving),
 }

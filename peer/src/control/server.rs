@@ -217,6 +217,13 @@ async fn serve_client(stream: UnixStream, service: Service) {
                     |notice| Some(ControlResponse::Room(notice)),
                     |_| None,
                 );
+                forward(
+                    &service,
+                    inbox.subscribe_arrivals(),
+                    tx.clone(),
+                    |progress| Some(ControlResponse::FileArriving(progress)),
+                    |_| None,
+                );
                 let origin = service.origin();
                 forward(
                     &service,

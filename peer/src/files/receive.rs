@@ -6,7 +6,7 @@ use super::{
     downloads::{limit_partials, open_partial, partial_path, room_for, safe_name, store, Busy},
     Receiver, CHUNK, IN_FLIGHT_CHUNKS,
 };
-use crate::inbox::{ReceivedFile, Via};
+use crate::inbox::{Arriving, ReceivedFile, Via};
 use anyhow::{anyhow, bail, Context, Result};
 use common::{
     framing,
@@ -17,9 +17,13 @@ use std::{
     io::{Seek, SeekFrom, Write},
     path::Path,
     sync::Arc,
+    time::{Duration, Instant},
 };
 use tokio::sync::{mpsc, Notify};
 use tracing::debug;
+
+/// How often a file arriving reports how far it is.
+const REPORT_EVERY: Duration = Duration::from_millis(250);
 
 /// Largest file a peer accepts.
 pub const MAX_FILE_SIZE: u64 = 1 << 40;
@@ -32,7 +36,7 @@ const FLUSH_EVERY: u64 = 16 * 1024 * 1024;
 /// A file stream on which nothing arrives for this long is given up (its partial file is kept
 /// for resuming): a sender that stalls must not hold one of the [`super::TRANSFERS`] for ever
 /// on a link it keeps alive.
-pub const FILE_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+pub const FILE_IDLE: Duration = Duration::from_secs(30);
 
 impl Receiver {
     /// Receives the file `header` describes on `send`/`recv`, the file stream, its header
@@ -58,8 +62,22 @@ impl Receiver {
         if let Some(older) = older {
             older.notify_one();
         }
+        let (inbox, from, name) = (
+            self.inbox.clone(),
+            header.from.clone(),
+            safe_name(&header.name),
+        );
+        let total = header.size;
+        let report = move |done| {
+            inbox.arriving(Arriving {
+                from: from.clone(),
+                name: name.clone(),
+                done,
+                total,
+            })
+        };
         let result = tokio::select! {
-            result = receive(&self.downloads, header, send, recv) => result,
+            result = receive(&self.downloads, header, send, recv, report) => result,
             _ = mine.notified() => Err(anyhow!("a newer transfer of the same file took over")),
         };
         {
@@ -83,6 +101,7 @@ async fn receive(
     header: FileHeader,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
+    report: impl Fn(u64),
 ) -> Result<ReceivedFile> {
     if header.size > MAX_FILE_SIZE {
         framing::write_frame(send, &PeerFrame::FileRefused(FileRefusal::TooLarge)).await?;
@@ -147,6 +166,8 @@ async fn receive(
     let (chunks, taken) = mpsc::channel::<Vec<u8>>(IN_FLIGHT_CHUNKS);
     let writer = tokio::task::spawn_blocking(move || write_chunks(file, hasher, taken));
     let mut have = offset;
+    report(have);
+    let mut reported = Instant::now();
     let read = async {
         while have < header.size {
             // Whole chunks: BLAKE3 hashes a large update on several lanes at once.
@@ -167,6 +188,10 @@ async fn receive(
             }
             chunk.truncate(filled);
             have += filled as u64;
+            if have == header.size || reported.elapsed() >= REPORT_EVERY {
+                report(have);
+                reported = Instant::now();
+            }
             if filled == 0 || chunks.send(chunk).await.is_err() {
                 // The stream ended early, or the writer failed (its error is the one reported).
                 return Ok(None);

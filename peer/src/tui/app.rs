@@ -11,7 +11,7 @@ use crate::{
     failure::Failure,
     files::FileSent,
     history::{HistoryEntry, HistoryState},
-    inbox::{RoomEvent, RoomNotice, Via},
+    inbox::{Arriving, RoomEvent, RoomNotice, Via},
     outbox::{SendFailed, Sent},
     rooms::{RoomCommand, RoomSent, RoomView},
     target::Target,
@@ -28,6 +28,9 @@ use std::{
     path::PathBuf,
     time::{Duration, Instant},
 };
+
+/// Most files arriving shown in the status line.
+const ARRIVING_SHOWN: usize = 4;
 
 /// Most matches `/search` shows.
 const SEARCH_SHOWN: usize = 20;
@@ -190,6 +193,8 @@ pub(crate) struct App {
     directory: Option<(String, Status)>,
     /// When the connection came back after being lost.
     reconnected_at: Option<Instant>,
+    /// Files arriving, as last reported (at most [`ARRIVING_SHOWN`]).
+    arriving: Vec<Arriving>,
 }
 
 impl App {
@@ -206,6 +211,7 @@ impl App {
             quitting: false,
             directory: None,
             reconnected_at: None,
+            arriving: Vec::new(),
         }
     }
 
@@ -227,9 +233,34 @@ impl App {
         matches!(&self.directory, Some((_, Status::Connected)) | None)
     }
 
+    /// How far a file arriving is; one all in leaves the status line.
+    pub(crate) fn file_arriving(&mut self, progress: Arriving) {
+        let same = |a: &Arriving| a.from == progress.from && a.name == progress.name;
+        self.arriving.retain(|a| !same(a));
+        if progress.done < progress.total && self.arriving.len() < ARRIVING_SHOWN {
+            self.arriving.push(progress);
+        }
+    }
+
+    /// A file from `from` is stored: it (and any of `from`'s that stalled) leaves the status
+    /// line.
+    pub(crate) fn file_arrived(&mut self, from: &Name) {
+        self.arriving.retain(|a| a.from != *from);
+    }
+
     /// The status line: how the directory connection stands, when there is something to say
-    /// (connecting, lost, refused, just back); `true` with it for an alarm.
+    /// (connecting, lost, refused, just back), else the files arriving; `true` with it for an
+    /// alarm.
     pub(crate) fn status_line(&self, now: Instant) -> Option<(String, bool)> {
+        self.directory_line(now).or_else(|| {
+            let lines: Vec<String> = (self.arriving.iter())
+                .map(|a| super::PLAIN.arriving(a))
+                .collect();
+            (!lines.is_empty()).then(|| (lines.join("; "), false))
+        })
+    }
+
+    fn directory_line(&self, now: Instant) -> Option<(String, bool)> {
         let (addr, status) = self.directory.as_ref()?;
         Some(match status {
             Status::Connecting => (format!("connecting to the directory at {addr}…"), false),
@@ -781,6 +812,21 @@ impl App {
     /// Tab: completes the command (first word) or name before the cursor; several candidates
     /// complete their common prefix and are listed.
     pub(crate) fn complete(&mut self) {
+        // After /file: the path, from what is on disk.
+        let text = self.input.text();
+        if let Some(typed) = text.strip_prefix("/file ") {
+            if self.input.at_end() {
+                let typed = typed.trim_start();
+                match super::paths::complete(typed) {
+                    super::paths::Completion::Path(path) => {
+                        self.input.put_back(&format!("/file {path}"))
+                    }
+                    super::paths::Completion::Names(names) => self.notice(names.join("  "), false),
+                    super::paths::Completion::Nothing => {}
+                }
+                return;
+            }
+        }
         let (word, first) = self.input.word_before_cursor();
         let candidates: Vec<String> = if first && word.starts_with('/') {
             COMMANDS.iter().map(|c| c.to_string()).collect()
@@ -1274,5 +1320,31 @@ mod tests {
             0,
             "an echo is not this view's to wait for"
         );
+    }
+
+    #[test]
+    fn files_arriving_show_in_the_status_line_until_stored() {
+        let mut app = app();
+        let arriving = |done| Arriving {
+            from: name("c2"),
+            name: "big.iso".into(),
+            done,
+            total: 4 << 30,
+        };
+        let now = Instant::now();
+        app.file_arriving(arriving(1 << 30));
+        let (line, alarm) = app.status_line(now).expect("a status line");
+        assert_eq!(
+            line,
+            "receiving big.iso from c2: 25% (1.00 GiB of 4.00 GiB)"
+        );
+        assert!(!alarm);
+        app.file_arriving(arriving(2 << 30));
+        let (line, _) = app.status_line(now).expect("a status line");
+        assert!(line.contains("50%") && !line.contains("25%"), "{line}");
+        app.file_arrived(&name("c2"));
+        assert_eq!(app.status_line(now), None);
+        app.file_arriving(arriving(4 << 30));
+        assert_eq!(app.status_line(now), None, "all in: nothing to show");
     }
 }

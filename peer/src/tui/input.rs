@@ -35,6 +35,11 @@ impl Editor {
         self.set(text.chars().collect());
     }
 
+    /// True when the cursor is after the last character.
+    pub(crate) fn at_end(&self) -> bool {
+        self.cursor == self.text.len()
+    }
+
     /// True when nothing is typed.
     pub(crate) fn is_empty(&self) -> bool {
         self.text.is_empty()

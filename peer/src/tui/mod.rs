@@ -9,6 +9,7 @@
 //! * `view`: drawing the state.
 //! * `terminal`: taking the terminal and giving it back on every way out.
 //! * `alert`: the bell, the unread total in the window title, desktop notifications.
+//! * `paths`: Tab after `/file`, completing the path from what is on disk.
 //!
 //! # The loop
 //!
@@ -30,6 +31,7 @@
 mod alert;
 mod app;
 mod input;
+mod paths;
 mod terminal;
 mod view;
 
@@ -135,6 +137,7 @@ pub async fn run(mut session: Session, with: Target, alerts: Alerts) -> Result<(
                     }
                     Some(Update::Sent(result)) => app.outcome(result.as_ref()),
                     Some(Update::Echo(echo)) => app.echo(echo),
+                    Some(Update::FileArriving(progress)) => app.file_arriving(progress),
                     Some(Update::Whois(Ok((info, _)))) => app.presence(&info),
                     Some(Update::Whois(Err(e))) => app.presence_failed(&e),
                     Some(Update::Notice(text)) => app.notice(text, false),
@@ -145,7 +148,9 @@ pub async fn run(mut session: Session, with: Target, alerts: Alerts) -> Result<(
                     Some(Update::Receipt { from, delivered, at_ms }) => {
                         app.receipt(&from, &delivered, at_ms)
                     }
-                    Some(Update::File(file)) => app.notice(
+                    Some(Update::File(file)) => {
+                        app.file_arrived(&file.from);
+                        app.notice(
                         format!(
                             "{} sent a file: {} ({}{})",
                             file.from,
@@ -154,7 +159,8 @@ pub async fn run(mut session: Session, with: Target, alerts: Alerts) -> Result<(
                             if file.via == crate::inbox::Via::Mailbox { ", via the mailbox" } else { "" },
                         ),
                         false,
-                    ),
+                    )
+                    }
                     Some(Update::Contact(Ok(c))) => {
                         app.notice(format!("{} is {} now", c.name, c.standing.as_str()), false)
                     }

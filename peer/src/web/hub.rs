@@ -546,6 +546,13 @@ impl Hub {
                 received.shown();
             }
             Update::Echo(echo) => self.echo(echo),
+            Update::FileArriving(a) => self.emit(json!({
+                "type": "file_arriving",
+                "with": a.from.to_string(),
+                "name": a.name,
+                "done": a.done,
+                "total": a.total,
+            })),
             Update::Sent(Ok(sent)) => {
                 let target = Target::Peer(sent.to.clone());
                 self.settle(&target, Some(sent.id.to_string()), &state_of(&sent));

@@ -147,7 +147,11 @@ function handle(ev) {
       break;
     }
     case "file_progress":
-      progress(ev.with, ev.done, ev.total, "sending");
+      progress(ev.with, ev.done, ev.total, `sending to ${ev.with}`);
+      break;
+    case "file_arriving":
+      if (ev.done >= ev.total) progress(null);
+      else progress(ev.with, ev.done, ev.total, `receiving ${ev.name} from ${ev.with}`);
       break;
     case "file_sent":
       progress(null);
@@ -272,7 +276,7 @@ function upload(file) {
   const xhr = new XMLHttpRequest();
   xhr.open("POST", `/upload?to=${encodeURIComponent(to)}&name=${encodeURIComponent(file.name)}`);
   xhr.upload.onprogress = (e) => {
-    if (e.lengthComputable) progress(to, e.loaded, e.total, "uploading");
+    if (e.lengthComputable) progress(to, e.loaded, e.total, `uploading to ${to}`);
   };
   xhr.onload = () => {
     if (xhr.status !== 202) {
@@ -300,7 +304,7 @@ function progress(w, done, total, what) {
   }
   box.hidden = false;
   $("bar").value = total ? Math.round((done * 100) / total) : 0;
-  $("progress-text").textContent = `${what} to ${w}: ${size(done)} of ${size(total)}`;
+  $("progress-text").textContent = `${what}: ${size(done)} of ${size(total)}`;
 }
 
 function grow() {
