@@ -64,7 +64,7 @@ pub struct Arriving {
 }
 
 /// A file that arrived whole and checked.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReceivedFile {
     /// The sender.
     pub from: Name,
@@ -185,6 +185,8 @@ struct InboxInner {
     rooms: broadcast::Sender<RoomNotice>,
     /// How far files arriving are, for every view.
     arrivals: broadcast::Sender<Arriving>,
+    /// Copies of the files stored, for local commands attached through the control socket.
+    files: broadcast::Sender<ReceivedFile>,
 }
 
 /// A copy of an incoming message for a command attached through the control socket: the
@@ -228,6 +230,7 @@ impl Inbox {
         let (receipts, _) = broadcast::channel(256);
         let (rooms, _) = broadcast::channel(256);
         let (arrivals, _) = broadcast::channel(64);
+        let (files, _) = broadcast::channel(64);
         let inner = InboxInner {
             me,
             contacts,
@@ -238,6 +241,7 @@ impl Inbox {
             receipts,
             rooms,
             arrivals,
+            files,
         };
         (
             Self {
@@ -373,7 +377,13 @@ impl Inbox {
 
     /// Reports a file that arrived.
     pub async fn file(&self, file: ReceivedFile) {
+        let _ = self.inner.files.send(file.clone());
         let _ = self.inner.events.send(Event::File(file)).await;
+    }
+
+    /// Copies of every file stored, for local commands attached through the control socket.
+    pub fn subscribe_files(&self) -> broadcast::Receiver<ReceivedFile> {
+        self.inner.files.subscribe()
     }
 
     /// Reports how far a file arriving is, to every view that listens (none is fine).

@@ -315,6 +315,7 @@ fn an_oversized_message_is_refused_in_the_box() -> Result<()> {
 /// One conversation across windows and commands: a line sent with `peer send`, and one typed
 /// in a second window, show in the first window (which runs the peer) too, delivered; the
 /// second window shows the first one's line; and a `listen` attached beside them prints both.
+/// A file received shows in every view too.
 #[test]
 fn every_window_shows_every_message() -> Result<()> {
     let net = Net::new()?;
@@ -369,6 +370,26 @@ fn every_window_shows_every_message() -> Result<()> {
         is_type(v, "echo") && v["state"] == "delivered"
     })?;
     ensure!(settled["id"].is_string(), "listen printed {settled}");
+    // A file c2 sends shows in every view, not only in the one that runs the peer.
+    let path = net.root().join("for c1.txt");
+    std::fs::write(&path, "a file for c1\n")?;
+    net.peer("c2")
+        .args(["send-file", "c1"])
+        .args([&path])
+        .run(SHORT)?
+        .success()?;
+    for (window, which) in [(&first, "first"), (&second, "second")] {
+        window.wait_for(&format!("the file in the {which} window"), SHOWN, |s| {
+            s.contains("c2 sent a file")
+        })?;
+    }
+    let file = c1.wait_json("the file in the attached listen", SHORT, |v| {
+        is_type(v, "file")
+    })?;
+    ensure!(
+        file["from"] == "c2" && file["size"] == 14,
+        "listen printed {file}"
+    );
     // The attached views first; then the window that runs the peer.
     c1.terminate()?;
     for window in [second, first] {

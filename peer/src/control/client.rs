@@ -216,6 +216,7 @@ fn update_of(response: ControlResponse) -> Option<Update> {
         ControlResponse::Notice(text) => Update::Notice(text),
         ControlResponse::Echo(echo) => Update::Echo(echo),
         ControlResponse::FileArriving(progress) => Update::FileArriving(progress),
+        ControlResponse::File(file) => Update::File(file),
         ControlResponse::FileProgress { done, total } => Update::FileProgress { done, total },
         ControlResponse::FileSent(sent) => Update::FileSent(sent),
         ControlResponse::Directory { addr, status } => Update::Directory { addr, status },

@@ -15,7 +15,7 @@ use crate::{
     failure::Failure,
     files::FileSent,
     history::HistoryEntry,
-    inbox::{Arriving, RoomNotice, Via},
+    inbox::{Arriving, ReceivedFile, RoomNotice, Via},
     links::DirectPath,
     outbox::{SendFailed, Sent},
     rooms::{RoomCommand, RoomSent, RoomView},
@@ -173,4 +173,6 @@ pub enum ControlResponse {
     Echo(Echo),
     /// After [`ControlRequest::Attach`]: how far a file arriving is.
     FileArriving(Arriving),
+    /// After [`ControlRequest::Attach`]: a file arrived and is stored.
+    File(ReceivedFile),
 }

@@ -219,6 +219,17 @@ async fn serve_client(stream: UnixStream, service: Service) {
                 );
                 forward(
                     &service,
+                    inbox.subscribe_files(),
+                    tx.clone(),
+                    |file| Some(ControlResponse::File(file)),
+                    |n| {
+                        Some(ControlResponse::Notice(format!(
+                            "{n} files received were not copied to this window; see the main one"
+                        )))
+                    },
+                );
+                forward(
+                    &service,
                     inbox.subscribe_arrivals(),
                     tx.clone(),
                     |progress| Some(ControlResponse::FileArriving(progress)),
