@@ -128,11 +128,16 @@ impl Identity {
         Self::certified(&key, pkcs8, subject)
     }
 
+    /// Whether an identity is stored in `dir` (what [`Identity::load_or_generate`] loads).
+    pub fn is_stored(dir: &Path) -> bool {
+        dir.join(KEY_FILE).exists() && dir.join(CERT_FILE).exists()
+    }
+
     /// Loads the identity kept in `dir`, or makes one and keeps it there. The private key file
     /// is readable by its owner only.
     pub fn load_or_generate(dir: &Path, subject: &str) -> Result<Self> {
         let (key_path, cert_path) = (dir.join(KEY_FILE), dir.join(CERT_FILE));
-        if key_path.exists() && cert_path.exists() {
+        if Self::is_stored(dir) {
             let key =
                 fs::read(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
             let cert =

@@ -372,6 +372,9 @@ async fn answer<T>(
     pick: impl Fn(Update) -> Option<Result<T>>,
 ) -> Result<T> {
     while let Some(update) = session.next().await {
+        if let Update::Notice(text) = &update {
+            eprintln!("{text}");
+        }
         if let Some(result) = pick(update) {
             return result;
         }

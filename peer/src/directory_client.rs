@@ -123,6 +123,8 @@ pub enum FromDirectory {
     Introduction(Introduction),
     /// A room we are in (or were just invited into, or removed from) changed.
     RoomOp(common::room::Op),
+    /// Something the user should know about the connection (a first pin).
+    Notice(String),
     /// A member of a room we are in came online or went offline.
     RoomPresence {
         /// The room.
@@ -679,9 +681,21 @@ impl Inner {
             _ = refused(addr) => return Err(Failure::NoDirectory { addr: s.addr.clone() }.into()),
         };
         let key = tls::remote_key(&conn).context("the directory sent no certificate")?;
-        if let Err(e) = self.home.check_directory(&s.addr, key, s.pin) {
-            conn.close(codes::UNAUTHORIZED.into(), b"unexpected key");
-            return Err(Final(Failure::other(e)).into());
+        match self.home.check_directory(&s.addr, key, s.pin) {
+            Ok(false) => {}
+            Ok(true) => {
+                let text = format!(
+                    "first connection to the directory at {}: its key fingerprint {key} is pinned \
+                     now (in {}); a directory there with another key will be refused",
+                    s.addr,
+                    self.home.known_directories().display()
+                );
+                let _ = self.pushed.try_send(FromDirectory::Notice(text));
+            }
+            Err(e) => {
+                conn.close(codes::UNAUTHORIZED.into(), b"unexpected key");
+                return Err(Final(Failure::other(e)).into());
+            }
         }
         self.pin.set(key);
         let local = self.endpoint.local_addr()?;

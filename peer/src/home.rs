@@ -52,6 +52,11 @@ impl Home {
         &self.dir
     }
 
+    /// Whether the peer's identity is made already (before its first run, it is not).
+    pub fn has_identity(&self) -> bool {
+        Identity::is_stored(&self.dir)
+    }
+
     /// Loads the peer's identity, making it on first run.
     pub fn identity(&self, name: &Name) -> Result<Identity> {
         Identity::load_or_generate(&self.dir, name.as_str())
@@ -107,13 +112,14 @@ impl Home {
     }
 
     /// Checks the key the directory at `addr` presented: pins it on first use (or pins
-    /// `explicit`), and refuses a key that differs from the pinned one.
+    /// `explicit`), and refuses a key that differs from the pinned one. True when it was
+    /// pinned just now.
     pub fn check_directory(
         &self,
         addr: &str,
         presented: KeyId,
         explicit: Option<KeyId>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         if let Some(expected) = explicit {
             if presented != expected {
                 bail!(
@@ -123,14 +129,14 @@ impl Home {
             }
         }
         match self.pinned(addr)? {
-            Some(pinned) if pinned == presented => Ok(()),
+            Some(pinned) if pinned == presented => Ok(false),
             Some(pinned) if explicit.is_none() => bail!(
                 "the directory at {addr} presented key fingerprint {presented}, but {pinned} is \
                  pinned in {}; if the directory's key really changed, remove that line or pass \
                  --pin",
                 self.known_path().display()
             ),
-            _ => self.pin(addr, presented),
+            _ => self.pin(addr, presented).map(|()| true),
         }
     }
 
@@ -169,8 +175,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("home-test-{}", rand::random::<u64>()));
         let home = Home::new(Some(dir.clone()), &Name::new("c1")?)?;
         let (a, b) = (KeyId([1; 32]), KeyId([2; 32]));
-        home.check_directory("d:9000", a, None)?;
-        home.check_directory("d:9000", a, None)?;
+        assert!(
+            home.check_directory("d:9000", a, None)?,
+            "pinned on first use"
+        );
+        assert!(!home.check_directory("d:9000", a, None)?, "pinned already");
         let err = home
             .check_directory("d:9000", b, None)
             .expect_err("changed key");

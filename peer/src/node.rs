@@ -94,12 +94,22 @@ impl Node {
     /// starts accepting direct connections. Incoming messages arrive on the returned receiver.
     pub async fn start(options: Options) -> Result<(Self, mpsc::Receiver<Event>)> {
         let tasks = Tasks::default();
+        let first_run = !options.home.has_identity();
         let identity = Arc::new(options.home.identity(&options.name)?);
         let key = identity.key_id;
         let endpoint = endpoint::bind(&identity, options.bind)?;
         let contacts = Contacts::load(&options.home, options.open)?;
         let letters = Letters::new(options.home.sealer(&identity)?, contacts.clone());
         let (inbox, events) = Inbox::new(options.name.clone(), contacts.clone());
+        if first_run {
+            let text = format!(
+                "first run as {}: made its key, fingerprint {key} (in {}); keep that folder, \
+                 the name is bound to this key",
+                options.name,
+                options.home.path().display()
+            );
+            inbox.notice(text).await;
+        }
         let files = files::Receiver::new(options.home.downloads(), inbox.clone());
         tasks.spawn(files::downloads::prune(options.home.downloads()));
         let settings = directory_client::Settings {
@@ -509,6 +519,7 @@ async fn take_pushed(
                 });
             }
             FromDirectory::MailboxIdle => to.inbox.mailbox_idle().await,
+            FromDirectory::Notice(text) => to.inbox.notice(text).await,
             FromDirectory::Introduction(intro) => {
                 let dialer = dialer.clone();
                 tasks.spawn(async move { dialer.answer(intro).await });

@@ -128,3 +128,42 @@ fn chat_opens_at_once_and_connects_when_a_directory_appears() -> Result<()> {
     chat.wait_clean_exit(tests::EXIT)?;
     Ok(())
 }
+
+/// The first run says, once, what it made and what it pinned, as SSH does: the new key's
+/// fingerprint and where it is kept, and the directory's fingerprint now pinned. The second
+/// run says neither.
+#[test]
+fn the_first_run_says_what_it_made_and_pinned() -> Result<()> {
+    let net = Net::new()?;
+    let first = net.peer("c1").args(["whois", "c1"]).run(SHORT)?.success()?;
+    let key = first
+        .stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("key "))
+        .map(str::to_string);
+    let Some(key) = key else {
+        anyhow::bail!("whois printed no key: {}", first.stdout)
+    };
+    let directory = tests::directory_fingerprint(net.dir().data())?;
+    ensure!(
+        first
+            .stderr
+            .contains(&format!("first run as c1: made its key, fingerprint {key}")),
+        "the first run did not say what key it made: {}",
+        first.stderr
+    );
+    ensure!(
+        first
+            .stderr
+            .contains(&format!("its key fingerprint {directory} is pinned now")),
+        "the first run did not say what it pinned: {}",
+        first.stderr
+    );
+    let second = net.peer("c1").args(["whois", "c1"]).run(SHORT)?.success()?;
+    ensure!(
+        !second.stderr.contains("first"),
+        "the second run said it again: {}",
+        second.stderr
+    );
+    net.assert_no_panics()
+}
