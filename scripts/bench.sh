@@ -20,7 +20,7 @@ target=${CARGO_TARGET_DIR:-target}
 out=$target/bench
 ((smoke)) && out=$target/bench-smoke
 
-cargo build --release --quiet -p directory -p bench --bins
+cargo build --release --quiet -p directory -p peer -p bench --bins
 # 10k simulated peers use only ~20 UDP sockets, but leave room anyway.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 

@@ -62,6 +62,8 @@ pub struct Params {
     pub cluster_deliveries: usize,
     /// Nodes killed, one after the other, for the failover figure.
     pub cluster_kills: usize,
+    /// Timed runs of each one-shot command.
+    pub oneshot_runs: usize,
 }
 
 impl Params {
@@ -91,6 +93,7 @@ impl Params {
             room_deposit_msgs: ROOM_POSTS_BURST as usize,
             cluster_deliveries: 500,
             cluster_kills: 5,
+            oneshot_runs: 30,
         }
     }
 
@@ -118,6 +121,7 @@ impl Params {
             room_deposit_msgs: 10,
             cluster_deliveries: 20,
             cluster_kills: 1,
+            oneshot_runs: 3,
         }
     }
 }

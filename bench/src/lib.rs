@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod figures;
+pub mod oneshot;
 
 use anyhow::{anyhow, bail, Context, Result};
 use common::{

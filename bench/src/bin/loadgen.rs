@@ -35,7 +35,8 @@ struct Cli {
     /// Only these figure groups (comma separated): peer, first, lookups, presence, mailbox,
     /// bulk (a file with send_file, 32 KiB chat messages, and the stream references), disk,
     /// rooms (a room of 50 in-process members: reach, burst, and deposits when all are offline),
-    /// cluster (two directory nodes on three clustered nats-servers, beside one redb node).
+    /// cluster (two directory nodes on three clustered nats-servers, beside one redb node),
+    /// oneshot (whole `peer whois` and `peer send` processes; needs the peer binary).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Online populations for the presence figure, e.g. 1000,5000,10000.
@@ -193,6 +194,34 @@ const PRES_CPU: Spec = (
     "directory CPU, largest population heartbeating",
     "% core",
     Some(10.0),
+    Better::Lower,
+);
+const ONESHOT_WHOIS: Spec = (
+    "oneshot_whois_p50",
+    "one-shot `peer whois bob` process, p50",
+    "ms",
+    Some(20.0),
+    Better::Lower,
+);
+const ONESHOT_WHOIS_P90: Spec = (
+    "oneshot_whois_p90",
+    "one-shot `peer whois bob` process, p90",
+    "ms",
+    None,
+    Better::Lower,
+);
+const ONESHOT_SEND: Spec = (
+    "oneshot_send_p50",
+    "one-shot `peer send bob hello` (direct), p50",
+    "ms",
+    Some(20.0),
+    Better::Lower,
+);
+const ONESHOT_SEND_P90: Spec = (
+    "oneshot_send_p90",
+    "one-shot `peer send bob hello` (direct), p90",
+    "ms",
+    None,
     Better::Lower,
 );
 const DEPOSITS: Spec = (
@@ -682,6 +711,23 @@ async fn run(cli: Cli) -> Result<()> {
                     report.push(ROOM_SENDER_CPU, Ok(d.sender_cpu_ms_per_1000));
                 }
                 Err(e) => report.push(ROOM_DEPOSITS, Err(e)),
+            }
+        }
+        if wants("oneshot") {
+            let dir = DirectoryProcess::spawn(&bin, &[])?;
+            match bench::oneshot::measure(&dir, p.oneshot_runs) {
+                Ok(o) => {
+                    let q = |v: &[f64], q| {
+                        let mut v = v.to_vec();
+                        v.sort_by(f64::total_cmp);
+                        bench::quantile_sorted(&v, q)
+                    };
+                    report.push(ONESHOT_WHOIS, Ok(q(&o.whois, 0.5)));
+                    report.push(ONESHOT_WHOIS_P90, Ok(q(&o.whois, 0.9)));
+                    report.push(ONESHOT_SEND, Ok(q(&o.send, 0.5)));
+                    report.push(ONESHOT_SEND_P90, Ok(q(&o.send, 0.9)));
+                }
+                Err(e) => report.push(ONESHOT_WHOIS, Err(e)),
             }
         }
         if wants("cluster") {
