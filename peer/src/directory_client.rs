@@ -469,6 +469,11 @@ impl DirectoryClient {
         }
     }
 
+    /// The connection to the directory, if it is up.
+    pub fn connection(&self) -> Option<quinn::Connection> {
+        (self.inner.conn.borrow().clone()).filter(|c| c.close_reason().is_none())
+    }
+
     /// The live connection, waiting for one until `deadline`.
     async fn current(&self, deadline: Instant) -> Result<quinn::Connection, DirectoryError> {
         let (mut conn, mut status) = (self.inner.conn.subscribe(), self.inner.status.subscribe());

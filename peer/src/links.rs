@@ -86,6 +86,14 @@ impl Links {
         }
     }
 
+    /// Every live link.
+    pub fn all(&self) -> Vec<quinn::Connection> {
+        (self.lock().live.values())
+            .filter(|(c, _)| c.close_reason().is_none())
+            .map(|(c, _)| c.clone())
+            .collect()
+    }
+
     /// Records `conn` as the link to `name` unless a live one is already there.
     pub fn insert(&self, name: Name, conn: quinn::Connection, path: DirectPath) {
         {
