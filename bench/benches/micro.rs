@@ -88,6 +88,23 @@ fn store(c: &mut Criterion) {
             })
             .collect()
     };
+    // What the mailbox holds since issue 15: the same messages, sealed (a 100-byte body).
+    let sealer = Sealer::from_seed([1; 32], [1; 32]).unwrap_or_else(|_| std::process::abort());
+    let recipient = Recipient::check(&sealer.key_id(), &sealer.published())
+        .unwrap_or_else(|_| std::process::abort());
+    let mut next_letter = 1u64 << 40;
+    let mut letters = |n: usize| -> Vec<Mail> {
+        (0..n)
+            .map(|_| {
+                next_letter += 1;
+                let content = Content::Chat(message(next_letter, &to));
+                let letter = sealer
+                    .seal_to(&recipient, content)
+                    .unwrap_or_else(|_| std::process::abort());
+                Mail::Letter(letter)
+            })
+            .collect()
+    };
     let mut g = c.benchmark_group("store");
     // Durable commits cost milliseconds here: fewer samples, same statistics.
     g.sample_size(20);
@@ -97,6 +114,13 @@ fn store(c: &mut Criterion) {
         g.bench_function(format!("deposit_batch_{n}"), |b| {
             b.iter_batched(
                 || batch(n),
+                |msgs| store.deposit_batch(&msgs, quota),
+                BatchSize::PerIteration,
+            )
+        });
+        g.bench_function(format!("deposit_batch_letters_{n}"), |b| {
+            b.iter_batched(
+                || letters(n),
                 |msgs| store.deposit_batch(&msgs, quota),
                 BatchSize::PerIteration,
             )

@@ -45,7 +45,7 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction,
 };
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
 };
 
@@ -172,20 +172,27 @@ impl<'t> Mailbox<'t> {
     }
 
     /// Stores one mail under `seq` unless it is a duplicate (`Ok(false)`) or over a quota.
-    fn deposit(&mut self, mail: &Mail, seq: u64, quota: Quota) -> Result<bool, StoreError> {
+    /// The counters it changes are kept in `counters` until [`Counters::write`].
+    fn deposit(
+        &mut self,
+        mail: &Mail,
+        seq: u64,
+        quota: Quota,
+        counters: &mut Counters,
+    ) -> Result<bool, StoreError> {
         let (to, id) = (mail.to().as_str(), mail.id());
         if self.ids.get((to, &id.0))?.is_some() {
             return Ok(false);
         }
         let encoded = postcard::to_allocvec(mail)?;
         let len = encoded.len() as u64;
-        let (count, bytes) = self.usage.get(to)?.map_or((0, 0), |g| g.value());
+        let (count, bytes) = counters.usage(&self.usage, to)?;
         if count >= quota.max_messages || bytes.saturating_add(len) > quota.max_bytes {
             return Err(StoreError::MailboxFull);
         }
         let sender = (!mail.is_receipt()).then(|| mail.from().as_str());
         let from_sender = match sender {
-            Some(from) => self.senders.get((to, from))?.map_or((0, 0), |g| g.value()),
+            Some(from) => counters.sender(&self.senders, to, from)?,
             None => (0, 0),
         };
         if sender.is_some()
@@ -194,17 +201,17 @@ impl<'t> Mailbox<'t> {
         {
             return Err(StoreError::SenderQuotaFull);
         }
-        let held = self.meta(HELD_BYTES, 0)?;
+        let held = counters.held(&self.meta)?;
         if held.saturating_add(len) > quota.total_bytes {
             return Err(StoreError::StoreFull);
         }
         self.messages.insert((to, seq), encoded.as_slice())?;
         self.ids.insert((to, &id.0), seq)?;
-        self.usage.insert(to, (count + 1, bytes + len))?;
+        counters.set_usage(to, (count + 1, bytes + len));
         if let Some(from) = sender {
-            add(&mut self.senders, (to, from), from_sender, true, (1, len))?;
+            counters.set_sender(to, from, (from_sender.0 + 1, from_sender.1 + len));
         }
-        self.meta.insert(HELD_BYTES, held + len)?;
+        counters.held = Some(held + len);
         Ok(true)
     }
 
@@ -283,6 +290,77 @@ impl<'t> Mailbox<'t> {
             self.senders.insert((to.as_str(), from.as_str()), *s)?;
         }
         self.meta.insert(HELD_BYTES, held)?;
+        Ok(())
+    }
+}
+
+/// The counters a run of deposits changes (a recipient's entries and bytes, a sender's with
+/// it, the bytes held), kept in memory from their first read until [`Counters::write`]: a
+/// batch of deposits reads and writes each counter row once, not once per deposit.
+#[derive(Default)]
+struct Counters {
+    usage: HashMap<String, (u64, u64)>,
+    senders: HashMap<(String, String), (u64, u64)>,
+    held: Option<u64>,
+}
+
+impl Counters {
+    fn usage(
+        &mut self,
+        table: &Table<'_, &'static str, (u64, u64)>,
+        to: &str,
+    ) -> Result<(u64, u64), StoreError> {
+        if let Some(now) = self.usage.get(to) {
+            return Ok(*now);
+        }
+        let now = table.get(to)?.map_or((0, 0), |g| g.value());
+        self.usage.insert(to.to_string(), now);
+        Ok(now)
+    }
+
+    fn set_usage(&mut self, to: &str, now: (u64, u64)) {
+        self.usage.insert(to.to_string(), now);
+    }
+
+    fn sender(
+        &mut self,
+        table: &Table<'_, (&'static str, &'static str), (u64, u64)>,
+        to: &str,
+        from: &str,
+    ) -> Result<(u64, u64), StoreError> {
+        let key = (to.to_string(), from.to_string());
+        if let Some(now) = self.senders.get(&key) {
+            return Ok(*now);
+        }
+        let now = table.get((to, from))?.map_or((0, 0), |g| g.value());
+        self.senders.insert(key, now);
+        Ok(now)
+    }
+
+    fn set_sender(&mut self, to: &str, from: &str, now: (u64, u64)) {
+        self.senders.insert((to.to_string(), from.to_string()), now);
+    }
+
+    fn held(&mut self, meta: &Table<'_, &'static str, u64>) -> Result<u64, StoreError> {
+        if let Some(held) = self.held {
+            return Ok(held);
+        }
+        let held = meta.get(HELD_BYTES)?.map_or(0, |g| g.value());
+        self.held = Some(held);
+        Ok(held)
+    }
+
+    /// Writes every counter read since, changed or not, to `mailbox`'s tables.
+    fn write(self, mailbox: &mut Mailbox<'_>) -> Result<(), StoreError> {
+        for (to, now) in &self.usage {
+            mailbox.usage.insert(to.as_str(), *now)?;
+        }
+        for ((to, from), now) in &self.senders {
+            mailbox.senders.insert((to.as_str(), from.as_str()), *now)?;
+        }
+        if let Some(held) = self.held {
+            mailbox.meta.insert(HELD_BYTES, held)?;
+        }
         Ok(())
     }
 }
@@ -634,8 +712,9 @@ impl Store for RedbStore {
             let mut mailbox = Mailbox::open(&txn)?;
             let mut next = mailbox.meta(NEXT_SEQ, 1)?;
             let mut results = Vec::with_capacity(mail.len());
+            let mut counters = Counters::default();
             for m in mail {
-                results.push(match mailbox.deposit(m, next, quota) {
+                results.push(match mailbox.deposit(m, next, quota, &mut counters) {
                     Ok(stored) => {
                         next += u64::from(stored);
                         Ok(())
@@ -645,6 +724,7 @@ impl Store for RedbStore {
                     Err(e) => Err(e),
                 });
             }
+            counters.write(&mut mailbox)?;
             mailbox.meta.insert(NEXT_SEQ, next)?;
             results
         };
@@ -703,6 +783,8 @@ impl Store for RedbStore {
             if !receipts.is_empty() {
                 let mut next = mailbox.meta(NEXT_SEQ, 1)?;
                 let at_ms = self.now();
+                // Read after the removals above wrote theirs.
+                let mut counters = Counters::default();
                 for ((recipient, sender, signer), gathered) in receipts {
                     // A receipt must fit in one event frame: a proof is 80 bytes encoded.
                     let mut stored_one = false;
@@ -715,7 +797,7 @@ impl Store for RedbStore {
                             delivered: proofs.to_vec(),
                             at_ms,
                         });
-                        match mailbox.deposit(&receipt, next, quota) {
+                        match mailbox.deposit(&receipt, next, quota, &mut counters) {
                             Ok(_) => {
                                 next += 1;
                                 stored_one = true;
@@ -732,6 +814,7 @@ impl Store for RedbStore {
                         }
                     }
                 }
+                counters.write(&mut mailbox)?;
                 mailbox.meta.insert(NEXT_SEQ, next)?;
             }
         }
