@@ -396,11 +396,14 @@ impl<'t> Names<'t> {
         Ok(now.saturating_sub(active) < naming.expiry_ms)
     }
 
+    /// Binds `b`'s name to its key, or refreshes it; keys left without a name by the expired
+    /// bindings this releases are added to `orphans`.
     fn binding(
         &mut self,
         b: &Binding,
         naming: Naming,
         mailbox: &mut Mailbox<'_>,
+        orphans: &mut Vec<KeyId>,
     ) -> Result<Bind, StoreError> {
         let (name, key, now) = (b.name.as_str(), &b.key, b.at_ms);
         match self.key(name)? {
@@ -409,7 +412,7 @@ impl<'t> Names<'t> {
                 return Ok(Bind::Existing);
             }
             Some(_) if self.live(name, now, naming)? => return Err(StoreError::NameTaken),
-            Some(_) => self.release(name, mailbox)?,
+            Some(_) => orphans.extend(self.release(name, mailbox)?),
             None => {}
         }
         let skeleton = b.name.skeleton();
@@ -429,16 +432,9 @@ impl<'t> Names<'t> {
             if self.live(&other, now, naming)? {
                 return Err(StoreError::Lookalike);
             }
-            self.release(&other, mailbox)?;
+            orphans.extend(self.release(&other, mailbox)?);
         }
-        let mut held = 0;
-        for entry in self.key_names.range((&key.0, "")..)? {
-            if entry?.0.value().0 != &key.0 {
-                break;
-            }
-            held += 1;
-        }
-        if held >= naming.names_per_key as usize {
+        if self.names_held(key)? >= naming.names_per_key as usize {
             return Err(StoreError::TooManyNames);
         }
         self.names.insert(name, (&key.0, None))?;
@@ -457,10 +453,27 @@ impl<'t> Names<'t> {
         Ok(())
     }
 
+    /// How many names `key` holds.
+    fn names_held(&self, key: &KeyId) -> Result<usize, StoreError> {
+        let mut held = 0;
+        for entry in self.key_names.range((&key.0, "")..)? {
+            if entry?.0.value().0 != &key.0 {
+                break;
+            }
+            held += 1;
+        }
+        Ok(held)
+    }
+
     /// Drops an expired binding with its index rows and its mailbox: the name is free again.
-    fn release(&mut self, name: &str, mailbox: &mut Mailbox<'_>) -> Result<(), StoreError> {
+    /// Returns its key if that holds no name any more (its published key can go).
+    fn release(
+        &mut self,
+        name: &str,
+        mailbox: &mut Mailbox<'_>,
+    ) -> Result<Option<KeyId>, StoreError> {
         let Some(key) = self.key(name)? else {
-            return Ok(());
+            return Ok(None);
         };
         tracing::info!(name, "released a name unused for longer than its expiry");
         self.names.remove(name)?;
@@ -468,7 +481,8 @@ impl<'t> Names<'t> {
         self.key_names.remove((&key.0, name))?;
         let skeleton = Name::new(name).map(|n| n.skeleton()).unwrap_or_default();
         self.skeletons.remove((skeleton.as_str(), name))?;
-        mailbox.empty(name)
+        mailbox.empty(name)?;
+        Ok((self.names_held(&key)? == 0).then_some(key))
     }
 
     /// Rebuilds `active`, `key_names` and `skeletons` from `names`; a name never seen counts
@@ -627,7 +641,12 @@ impl Store for RedbStore {
             let mut published = txn.open_table(PUBLISHED)?;
             let mut results = Vec::with_capacity(bindings.len());
             for b in bindings {
-                let result = names.binding(b, naming, &mut mailbox);
+                let mut orphans = Vec::new();
+                let result = names.binding(b, naming, &mut mailbox, &mut orphans);
+                // A key without names cannot be looked up: what it published goes with them.
+                for orphan in orphans {
+                    published.remove(&orphan.0)?;
+                }
                 if let (Ok(_), Some(key)) = (&result, &b.published) {
                     published.insert(&b.key.0, postcard::to_allocvec(key)?.as_slice())?;
                 }

@@ -22,8 +22,12 @@ type Case<S> = for<'a> fn(Open<'a, S>) -> TestResult;
 /// Runs every case against stores from `open`, each case in stores of its own. A failing case
 /// is named in the error, or in the captured output if it panics.
 pub(crate) fn all<S: Store>(open: impl Fn(&str) -> Result<S, StoreError>) -> TestResult {
-    let cases: [(&str, Case<S>); 18] = [
+    let cases: [(&str, Case<S>); 19] = [
         ("bind_new_existing_taken", bind_new_existing_taken),
+        (
+            "a_key_left_without_names_loses_its_published_key",
+            a_key_left_without_names_loses_its_published_key,
+        ),
         (
             "a_published_key_is_kept_per_key_and_survives_reopening",
             a_published_key_is_kept_per_key_and_survives_reopening,
@@ -755,6 +759,55 @@ fn a_published_key_is_kept_per_key_and_survives_reopening<S: Store>(
         store
             .lookup(&name("c1"), &name("c2"))?
             .and_then(|(r, _)| r.published),
+        Some(published(30))
+    );
+    Ok(())
+}
+
+/// A key whose last name expired and was taken by another key cannot be looked up any more:
+/// its published key goes (the table does not grow with every key that ever registered). A
+/// key that keeps another name keeps its published key.
+fn a_key_left_without_names_loses_its_published_key<S: Store>(open: Open<'_, S>) -> TestResult {
+    use common::seal::{PublishedKey, Signature};
+    let published = |n: u8| PublishedKey {
+        identity: [n; 32],
+        encryption: [n + 1; 32],
+        signature: Signature([n + 2; 64]),
+    };
+    let naming = Naming {
+        expiry_ms: 1000,
+        ..Naming::default()
+    };
+    let binding = |who: &str, key: u8, at_ms: u64, with: Option<PublishedKey>| Binding {
+        name: name(who),
+        key: KeyId([key; 32]),
+        at_ms,
+        published: with,
+    };
+    let store = open("store")?;
+    let first = [
+        binding("c1", 1, 5000, Some(published(10))),
+        binding("c2", 2, 5000, Some(published(20))),
+        binding("c3", 2, 5000, None),
+    ];
+    store.update_names(&first, &[], naming)?;
+    // Both names expire and are taken by key 3: key 1 has no name left, key 2 still has c3.
+    let taken = [
+        binding("c1", 3, 6000, Some(published(30))),
+        binding("c2", 3, 6000, Some(published(30))),
+    ];
+    let results = store.update_names(&taken, &[], naming)?;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    // A new name for each old key, without publishing again: what is still kept shows.
+    let again = [binding("c8", 1, 6001, None), binding("c9", 2, 6001, None)];
+    store.update_names(&again, &[], naming)?;
+    assert_eq!(store.name(&name("c8"))?.and_then(|r| r.published), None);
+    assert_eq!(
+        store.name(&name("c9"))?.and_then(|r| r.published),
+        Some(published(20))
+    );
+    assert_eq!(
+        store.name(&name("c1"))?.and_then(|r| r.published),
         Some(published(30))
     );
     Ok(())
