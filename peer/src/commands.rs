@@ -329,11 +329,19 @@ async fn trust(
     key: Option<common::KeyId>,
 ) -> Result<()> {
     session.trust(name, key);
-    let result = answer(&mut session, "the key was trusted", |u| match u {
-        Update::Trusted(result) => Some(result.map_err(anyhow::Error::from)),
-        _ => None,
-    })
-    .await;
+    // The letters the new key signed, held until now, are opened first: shown here.
+    let result = loop {
+        match session.next().await {
+            Some(Update::Trusted(result)) => break result.map_err(anyhow::Error::from),
+            Some(Update::Message(received)) => {
+                print_line(&console.received(&received))?;
+                received.shown();
+            }
+            Some(Update::Notice(text)) => eprintln!("{text}"),
+            Some(_) => {}
+            None => break Err(anyhow!("the peer stopped before the key was trusted")),
+        }
+    };
     session.close().await;
     let (name, key) = result?;
     print_line(&console.trusted(&name, &key))?;

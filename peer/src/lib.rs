@@ -45,6 +45,7 @@
 //!   reach us.
 //! * [`letters`]: mail through the directory sealed end to end: sealed to the recipient on
 //!   deposit; opened, its signature and signer checked, on arrival.
+//! * [`held`]: letters signed by a sender's new key, kept until the user trusts it.
 //! * [`rooms`]: the rooms we know: each room's signed membership log, checked op by op and
 //!   kept; who may post in a room, and to whom a room message goes.
 //! * [`safety`]: safety numbers, which two people compare to know they hold each other's keys.
@@ -84,6 +85,7 @@ pub mod echo;
 pub mod endpoint;
 pub mod failure;
 pub mod files;
+pub mod held;
 pub mod history;
 pub mod home;
 pub mod inbox;

@@ -156,13 +156,13 @@ async fn open_session(cli: &Cli, home: &Home) -> Result<Opened> {
             && peer::chat::full_screen(cli.json))
             || matches!(cli.command, Command::Web { .. }),
     };
+    // (`trust` keeps one: the letters a new key signed, held until now, are shown by it.)
     let history = if matches!(
         cli.command,
         Command::Whois { .. }
             | Command::Accept { .. }
             | Command::Block { .. }
             | Command::Verify { .. }
-            | Command::Trust { .. }
     ) {
         None
     } else {

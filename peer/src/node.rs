@@ -11,6 +11,7 @@ use crate::{
     endpoint,
     failure::Failure,
     files::{self, FileSent, FileUpdate},
+    held::Held,
     home::Home,
     inbox::{Event, Inbox, Via},
     letters::Letters,
@@ -84,6 +85,8 @@ pub struct Node {
     mailbox_file_max: u64,
     home: Home,
     tasks: Tasks,
+    /// What mail is handed to, for letters held until their sender's new key is trusted.
+    takers: Takers,
 }
 
 /// How long leaving waits for the close frames to be sent.
@@ -184,15 +187,17 @@ impl Node {
             contacts: contacts.clone(),
             answers: crate::punch::answer_budget(),
         });
+        let takers = Takers {
+            inbox: inbox.clone(),
+            directory: directory.clone(),
+            files,
+            letters: letters.clone(),
+            rooms: rooms.clone(),
+            held: Held::new(options.home.path()),
+        };
         tasks.spawn(take_pushed(
             pushed,
-            Takers {
-                inbox: inbox.clone(),
-                directory: directory.clone(),
-                files,
-                letters: letters.clone(),
-                rooms: rooms.clone(),
-            },
+            takers.clone(),
             dialer.clone(),
             tasks.clone(),
         ));
@@ -228,8 +233,34 @@ impl Node {
             mailbox_file_max: options.mailbox_file_max,
             home: options.home,
             tasks,
+            takers,
         };
         Ok((node, events))
+    }
+
+    /// Opens the letters held from `name` because a new key had signed them (see
+    /// [`crate::held`]), once that key is trusted: each is shown as it would have been, or
+    /// refused if another key still signed it. Returns how many were opened.
+    pub async fn release_held(&self, name: &Name) -> Result<usize, Failure> {
+        let held = &self.takers.held;
+        let letters = held.of(name).map_err(Failure::other)?;
+        let mut opened = 0;
+        for (path, letter) in letters {
+            match open_letter(&letter, &self.takers).await {
+                Taking::Took(_) => {
+                    // No receipt: the directory dropped the letter when it was held.
+                    opened += 1;
+                    held.done(&path);
+                }
+                // Not shown (the node is stopping): it stays held.
+                Taking::Left => {}
+                Taking::KeyChanged(refusal) => {
+                    refuse(&self.takers.inbox, format!("{refusal}; dropped")).await;
+                    held.done(&path);
+                }
+            }
+        }
+        Ok(opened)
     }
 
     /// Sends one message; returns once it is delivered or durably queued.
@@ -402,12 +433,14 @@ struct Takers {
     files: files::Receiver,
     letters: Letters,
     rooms: Rooms,
+    held: Held,
 }
 
 /// Opens a letter from the mailbox, checks it, and hands what it holds on; the directory gets
-/// the proof its receipt needs, or nothing when the letter was refused.
+/// the proof its receipt needs, or nothing when the letter was refused. A letter signed by a
+/// new key for its sender is held (see [`crate::held`]) until the user trusts that key.
 async fn take_letter(letter: Letter, to: &Takers, delivery: Delivery) {
-    let (inbox, told) = (&to.inbox, letter.receipt());
+    let inbox = &to.inbox;
     if to.letters.pinned(&letter.from).is_none() {
         // The first we hear of a name: the key to check its letter against is the one the
         // directory holds for the name, not whichever key signed the letter (else a letter
@@ -425,7 +458,39 @@ async fn take_letter(letter: Letter, to: &Takers, delivery: Delivery) {
             return delivery.taken();
         }
     }
-    let (message, room, signer) = match to.letters.open(&letter) {
+    match open_letter(&letter, to).await {
+        Taking::Took(Some(proof)) => delivery.took(proof),
+        Taking::Took(None) => delivery.taken(),
+        Taking::Left => {} // not taken: it stays in the mailbox
+        Taking::KeyChanged(refusal) => {
+            let why = match to.held.hold(&letter) {
+                Ok(true) => format!("{refusal}; it is held, and shown once you trust the new key"),
+                Ok(false) => {
+                    format!("{refusal}; too many letters are held already, so it was dropped")
+                }
+                Err(e) => format!("{refusal}; it could not be held ({e:#}), so it was dropped"),
+            };
+            refuse(inbox, why).await;
+            delivery.taken();
+        }
+    }
+}
+
+/// What became of a letter.
+enum Taking {
+    /// In our hands (shown, stored, or dropped on purpose), with the proof for its receipt if
+    /// it earns one.
+    Took(Option<common::seal::Signature>),
+    /// The inbox did not take it (the node is stopping): it stays where it was.
+    Left,
+    /// Signed by another key than the one remembered for its sender.
+    KeyChanged(crate::letters::Refusal),
+}
+
+/// Opens `letter`, checks it, and hands what it holds to the inbox, the files or nowhere.
+async fn open_letter(letter: &Letter, to: &Takers) -> Taking {
+    let (inbox, told) = (&to.inbox, letter.receipt());
+    let (message, room, signer) = match to.letters.open(letter) {
         Ok((Content::Chat(message), signer)) => (message, None, signer),
         Ok((
             Content::RoomChat(RoomMessage {
@@ -439,14 +504,17 @@ async fn take_letter(letter: Letter, to: &Takers, delivery: Delivery) {
             // The proof for the part that completes a file only if the file is whole and its
             // hash matched: else its sender would count it delivered.
             let whole = to.files.take_part(part).await;
-            return match told {
-                Some(told) if whole => delivery.took(to.letters.prove(&signer, told)),
-                _ => delivery.taken(),
-            };
+            return Taking::Took(
+                told.filter(|_| whole)
+                    .map(|told| to.letters.prove(&signer, told)),
+            );
+        }
+        Err(refusal @ crate::letters::Refusal::KeyChanged { .. }) => {
+            return Taking::KeyChanged(refusal)
         }
         Err(refusal) => {
             refuse(inbox, refusal.to_string()).await;
-            return delivery.taken();
+            return Taking::Took(None);
         }
     };
     if !inbox.fits(&message) {
@@ -455,7 +523,7 @@ async fn take_letter(letter: Letter, to: &Takers, delivery: Delivery) {
             message.from
         );
         refuse(inbox, why).await;
-        return delivery.taken();
+        return Taking::Took(None);
     }
     if let Some((room, version)) = &room {
         if !to
@@ -466,7 +534,7 @@ async fn take_letter(letter: Letter, to: &Takers, delivery: Delivery) {
             // Taken, so it leaves the mailbox, but not shown: whoever is not a member by the
             // room's signed log does not speak in it (nor do we hear a room we left).
             debug!(%room, from = %message.from, "a room letter from a non-member dropped");
-            return delivery.taken();
+            return Taking::Took(None);
         }
     }
     let room = room.map(|(room, _)| room);
@@ -475,12 +543,9 @@ async fn take_letter(letter: Letter, to: &Takers, delivery: Delivery) {
         .await
         .is_err()
     {
-        return; // not taken: it stays in the mailbox
+        return Taking::Left;
     }
-    match told {
-        Some(told) => delivery.took(to.letters.prove(&signer, told)),
-        None => delivery.taken(),
-    }
+    Taking::Took(told.map(|told| to.letters.prove(&signer, told)))
 }
 
 /// Takes what the directory pushes: mail goes to the inbox (parts of files to `files`),

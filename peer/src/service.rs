@@ -359,6 +359,15 @@ impl Service {
             .contacts()
             .trust(name, key)
             .map_err(Failure::other)?;
+        // What the new key signed while it was not trusted yet.
+        match self.node.release_held(name).await {
+            Ok(0) => {}
+            Ok(n) => {
+                let text = format!("{n} held letter(s) from {name} opened");
+                self.node.inbox().notice(text).await;
+            }
+            Err(e) => tracing::warn!("held letters from {name}: {e}"),
+        }
         Ok((name.clone(), key))
     }
 

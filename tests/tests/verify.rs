@@ -59,8 +59,9 @@ fn both_sides_see_the_same_safety_number() -> Result<()> {
 
 /// A directory that gives another key for a name c1 has seen (a second directory here, where
 /// another key holds the name c2) is caught: c1's send and whois fail loudly, nothing is sent,
-/// until `peer trust c2`; after it the send goes through. (Before, c1 took whatever key the
-/// directory gave.)
+/// until `peer trust c2`; after it the send goes through. A letter the new key sent meanwhile
+/// is held, and shown by the trust. (Before, c1 took whatever key the directory gave; and the
+/// letter was dropped.)
 #[test]
 fn a_changed_key_is_refused_until_trusted() -> Result<()> {
     let net = Net::new()?;
@@ -97,13 +98,49 @@ fn a_changed_key_is_refused_until_trusted() -> Result<()> {
         inbox.stdout
     );
 
-    let trusted = on_other("c1", "c1")
+    // What the new key sends meanwhile is held, not shown and not lost.
+    let sent = on_other("c2", "impostor")
+        .json()
+        .args(["send", "c1", "from the new key"])
+        .run(SHORT)?
+        .success()?
+        .one_of_type("sent")?;
+    ensure!(sent["status"] == "queued", "{sent}");
+    let held = on_other("c1", "c1")
+        .json()
+        .args(["inbox"])
+        .run(SHORT)?
+        .success()?;
+    ensure!(
+        held.of_type("message").is_empty() && held.stderr.contains("it is held"),
+        "the new key's letter was shown or not held: {} / {}",
+        held.stdout,
+        held.stderr
+    );
+
+    let trust = on_other("c1", "c1")
         .json()
         .args(["trust", "c2"])
         .run(SHORT)?
-        .success()?
-        .one_of_type("trusted")?;
+        .success()?;
+    let shown = trust.of_type("message");
+    ensure!(
+        shown.len() == 1 && shown[0]["body"] == "from the new key",
+        "trusting did not show the held letter: {}",
+        trust.stdout
+    );
+    let trusted = trust.one_of_type("trusted")?;
     ensure!(trusted["key"] != first["key"], "{trusted} vs {first}");
+    let again = on_other("c1", "c1")
+        .json()
+        .args(["inbox"])
+        .run(SHORT)?
+        .success()?;
+    ensure!(
+        again.of_type("message").is_empty(),
+        "the held letter came twice: {}",
+        again.stdout
+    );
     let sent = on_other("c1", "c1")
         .json()
         .args(["send", "c2", "trusted now"])
