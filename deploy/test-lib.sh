@@ -38,6 +38,12 @@ teardown() {
   for s in "${services[@]}"; do
     [ -n "${cid[$s]:-}" ] && timeout 20 docker logs -t "${cid[$s]}" >"$logs_dir/$s.log" 2>&1
   done
+  # A stack that failed to come up has no containers recorded yet: take the logs of all.
+  if [ "${#cid[@]}" -eq 0 ] && [ "$rc" -ne 0 ]; then
+    dc logs -t --no-color >"$logs_dir/stack.log" 2>&1
+    echo "---- last lines of the stack's logs"
+    tail -60 "$logs_dir/stack.log"
+  fi
   if [ "$rc" -ne 0 ]; then
     for s in "${services[@]}"; do
       [ -n "${cid[$s]:-}" ] || continue

@@ -442,13 +442,26 @@ async fn start(
         storage: stream::StorageType::File,
         ..Default::default()
     };
-    // A NATS cluster that is starting has no JetStream leader for a few seconds: retry.
+    // A NATS cluster that is starting has no JetStream leader for a few seconds, and a stream
+    // just made may not answer for its state at once: retry both.
     let deadline = tokio::time::Instant::now() + JETSTREAM_START;
-    let mut stream = loop {
-        let tried = tokio::time::timeout(WRITE_TIMEOUT, js.get_or_create_stream(config.clone()));
-        let why = match tried.await {
-            Ok(Ok(stream)) => break stream,
-            Ok(Err(e)) => e.to_string(),
+    let open = || async {
+        let mut stream = js
+            .get_or_create_stream(config.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let state = stream
+            .info()
+            .await
+            .map_err(|e| e.to_string())?
+            .state
+            .clone();
+        Ok::<_, String>((stream, state))
+    };
+    let (stream, state) = loop {
+        let why = match tokio::time::timeout(WRITE_TIMEOUT, open()).await {
+            Ok(Ok(opened)) => break opened,
+            Ok(Err(why)) => why,
             Err(_) => "JetStream did not answer".to_string(),
         };
         if tokio::time::Instant::now() >= deadline {
@@ -457,7 +470,6 @@ async fn start(
         tracing::info!("waiting for JetStream: {why}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let state = stream.info().await.map_err(db)?.state.clone();
     let position = local.log_position()?;
     if position > state.last_sequence {
         return Err(db(format!(
