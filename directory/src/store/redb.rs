@@ -350,13 +350,21 @@ impl Counters {
         Ok(held)
     }
 
-    /// Writes every counter read since, changed or not, to `mailbox`'s tables.
+    /// Writes every counter read since to `mailbox`'s tables; a row exists only while it
+    /// counts something (one read for a refused deposit stays zero, and is not written).
     fn write(self, mailbox: &mut Mailbox<'_>) -> Result<(), StoreError> {
         for (to, now) in &self.usage {
-            mailbox.usage.insert(to.as_str(), *now)?;
+            match now.0 {
+                0 => mailbox.usage.remove(to.as_str()).map(drop)?,
+                _ => mailbox.usage.insert(to.as_str(), *now).map(drop)?,
+            }
         }
         for ((to, from), now) in &self.senders {
-            mailbox.senders.insert((to.as_str(), from.as_str()), *now)?;
+            let key = (to.as_str(), from.as_str());
+            match now.0 {
+                0 => mailbox.senders.remove(key).map(drop)?,
+                _ => mailbox.senders.insert(key, *now).map(drop)?,
+            }
         }
         if let Some(held) = self.held {
             mailbox.meta.insert(HELD_BYTES, held)?;
