@@ -253,6 +253,12 @@ impl Arrivals {
             return print_line(&self.console.arriving(a));
         }
         let at = (self.shown.iter()).position(|(from, name, _)| *from == a.from && *name == a.name);
+        if a.stopped {
+            if let Some(i) = at {
+                self.shown.remove(i).2.finish_and_clear();
+            }
+            return Ok(());
+        }
         let bar = match at {
             Some(i) => &self.shown[i].2,
             None if self.shown.len() >= ARRIVALS_SHOWN => return Ok(()),

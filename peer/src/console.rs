@@ -472,8 +472,16 @@ impl Console {
                 "name": a.name,
                 "done": a.done,
                 "total": a.total,
+                "stopped": a.stopped,
             })
             .to_string();
+        }
+        if a.stopped {
+            return format!(
+                "receiving {} from {} stopped; what came is kept for resuming",
+                sanitize(&a.name),
+                a.from
+            );
         }
         let percent = (a.done * 100).checked_div(a.total).unwrap_or(100);
         format!(

@@ -453,7 +453,10 @@ impl DirectoryClient {
 
     /// Leaves: acknowledgements already owed reach the directory, then the connection closes
     /// and the directory marks us offline at once. Reconnecting stops.
-    pub async fn close(&self) {
+    ///
+    /// Returns the connection it closed, with the datagrams it had sent just before: one more
+    /// means the close has left (see `Node::shutdown`).
+    pub async fn close(&self) -> Option<(quinn::Connection, u64)> {
         self.inner.leaving.send_replace(true);
         let task = self
             .inner
@@ -464,14 +467,10 @@ impl DirectoryClient {
         if let Some(task) = task {
             let _ = task.await;
         }
-        if let Some(conn) = self.inner.conn.send_replace(None) {
-            conn.close(codes::OK.into(), b"bye");
-        }
-    }
-
-    /// The connection to the directory, if it is up.
-    pub fn connection(&self) -> Option<quinn::Connection> {
-        (self.inner.conn.borrow().clone()).filter(|c| c.close_reason().is_none())
+        let conn = self.inner.conn.send_replace(None)?;
+        let sent = conn.stats().udp_tx.datagrams;
+        conn.close(codes::OK.into(), b"bye");
+        Some((conn, sent))
     }
 
     /// The live connection, waiting for one until `deadline`.

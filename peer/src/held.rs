@@ -9,7 +9,9 @@ use common::{wire::Letter, Name};
 use std::{
     fs,
     path::{Path, PathBuf},
+    sync::Arc,
 };
+use tokio::sync::{Mutex, MutexGuard};
 
 /// Most letters held for one sender.
 pub const PER_SENDER: usize = 200;
@@ -22,6 +24,9 @@ const FOLDER: &str = "held";
 #[derive(Clone, Debug)]
 pub struct Held {
     dir: PathBuf,
+    /// Held while a letter is held or the held letters are opened: a letter checked under
+    /// the old key must not be put away just after the new key's letters were opened.
+    busy: Arc<Mutex<()>>,
 }
 
 impl Held {
@@ -29,7 +34,13 @@ impl Held {
     pub fn new(home: &Path) -> Self {
         Self {
             dir: home.join(FOLDER),
+            busy: Arc::default(),
         }
+    }
+
+    /// Excludes every other holder of the guard until it is dropped.
+    pub async fn guard(&self) -> MutexGuard<'_, ()> {
+        self.busy.lock().await
     }
 
     /// Keeps `letter` until its sender's new key is trusted; false when the bounds leave no
@@ -61,6 +72,10 @@ impl Held {
         let mut letters = Vec::new();
         for entry in entries {
             let path = entry?.path();
+            // Only whole files: one being written is a temporary file beside them.
+            if path.extension().is_none_or(|e| e != "letter") {
+                continue;
+            }
             let letter = fs::read(&path)
                 .ok()
                 .and_then(|bytes| postcard::from_bytes::<Letter>(&bytes).ok())

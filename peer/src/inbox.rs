@@ -61,6 +61,9 @@ pub struct Arriving {
     pub done: u64,
     /// The file's size.
     pub total: u64,
+    /// The transfer stopped before the file was stored (what came is kept for resuming): the
+    /// last report of it.
+    pub stopped: bool,
 }
 
 /// A file that arrived whole and checked.

@@ -243,6 +243,7 @@ impl Node {
     /// refused if another key still signed it. Returns how many were opened.
     pub async fn release_held(&self, name: &Name) -> Result<usize, Failure> {
         let held = &self.takers.held;
+        let _guard = held.guard().await;
         let letters = held.of(name).map_err(Failure::other)?;
         let mut opened = 0;
         for (path, letter) in letters {
@@ -252,6 +253,7 @@ impl Node {
                     opened += 1;
                     held.done(&path);
                 }
+                Taking::Refused => held.done(&path),
                 // Not shown (the node is stopping): it stays held.
                 Taking::Left => {}
                 Taking::KeyChanged(refusal) => {
@@ -385,16 +387,19 @@ impl Node {
     /// Leaves cleanly: the directory marks us offline at once, peers see the close, and every
     /// task of the node ends.
     pub async fn shutdown(&self) {
-        let open: Vec<quinn::Connection> = (self.directory.connection().into_iter())
-            .chain(self.links.all())
-            .collect();
-        let sent: Vec<u64> = open.iter().map(|c| c.stats().udp_tx.datagrams).collect();
-        self.directory.close().await;
+        // Each connection's count is read just before it is closed (no await between): what it
+        // sends after that is its close.
+        let mut open: Vec<(quinn::Connection, u64)> =
+            self.directory.close().await.into_iter().collect();
+        open.extend(self.links.all().into_iter().map(|c| {
+            let sent = c.stats().udp_tx.datagrams;
+            (c, sent)
+        }));
         self.endpoint.close(common::wire::codes::OK.into(), b"bye");
         // Until the close frames have left, not for the draining period (three probe
         // timeouts, about 80 ms on loopback): a short command would spend most of its life
         // waiting for it.
-        closes_sent(&open, &sent).await;
+        closes_sent(&open).await;
         let left = self.tasks.shutdown(Duration::from_millis(200)).await;
         if left > 0 {
             debug!(left, "tasks still running at shutdown");
@@ -458,9 +463,20 @@ async fn take_letter(letter: Letter, to: &Takers, delivery: Delivery) {
             return delivery.taken();
         }
     }
-    match open_letter(&letter, to).await {
+    let mut taking = open_letter(&letter, to).await;
+    let _held = match taking {
+        Taking::KeyChanged(_) => {
+            // Checked again once no `peer trust` is opening held letters: one may have
+            // trusted the key since, and then this letter is not to be held but shown.
+            let guard = to.held.guard().await;
+            taking = open_letter(&letter, to).await;
+            Some(guard)
+        }
+        _ => None,
+    };
+    match taking {
         Taking::Took(Some(proof)) => delivery.took(proof),
-        Taking::Took(None) => delivery.taken(),
+        Taking::Took(None) | Taking::Refused => delivery.taken(),
         Taking::Left => {} // not taken: it stays in the mailbox
         Taking::KeyChanged(refusal) => {
             let why = match to.held.hold(&letter) {
@@ -481,6 +497,8 @@ enum Taking {
     /// In our hands (shown, stored, or dropped on purpose), with the proof for its receipt if
     /// it earns one.
     Took(Option<common::seal::Signature>),
+    /// Refused (broken, not for us, from a non-member of its room): said, and dropped.
+    Refused,
     /// The inbox did not take it (the node is stopping): it stays where it was.
     Left,
     /// Signed by another key than the one remembered for its sender.
@@ -514,7 +532,7 @@ async fn open_letter(letter: &Letter, to: &Takers) -> Taking {
         }
         Err(refusal) => {
             refuse(inbox, refusal.to_string()).await;
-            return Taking::Took(None);
+            return Taking::Refused;
         }
     };
     if !inbox.fits(&message) {
@@ -523,7 +541,7 @@ async fn open_letter(letter: &Letter, to: &Takers) -> Taking {
             message.from
         );
         refuse(inbox, why).await;
-        return Taking::Took(None);
+        return Taking::Refused;
     }
     if let Some((room, version)) = &room {
         if !to
@@ -534,7 +552,7 @@ async fn open_letter(letter: &Letter, to: &Takers) -> Taking {
             // Taken, so it leaves the mailbox, but not shown: whoever is not a member by the
             // room's signed log does not speak in it (nor do we hear a room we left).
             debug!(%room, from = %message.from, "a room letter from a non-member dropped");
-            return Taking::Took(None);
+            return Taking::Refused;
         }
     }
     let room = room.map(|(room, _)| room);
@@ -625,13 +643,13 @@ async fn follow_rooms(rooms: Rooms, mut status: watch::Receiver<directory_client
     }
 }
 
-/// Waits until each of `open` has sent a datagram since it had sent `sent[i]` (its close:
-/// every connection is closed by then), at most [`CLOSE_SENT`]. A close is sent by the
+/// Waits until each connection of `open` has sent more datagrams than the count beside it
+/// (read just before it was closed: its close), at most [`CLOSE_SENT`]. A close is sent by the
 /// connection's driver as soon as it runs, so the wait is usually a task switch or two.
-async fn closes_sent(open: &[quinn::Connection], sent: &[u64]) {
+async fn closes_sent(open: &[(quinn::Connection, u64)]) {
     let deadline = Instant::now() + CLOSE_SENT;
     for turn in 0u32.. {
-        let all = (open.iter().zip(sent)).all(|(c, before)| c.stats().udp_tx.datagrams > *before);
+        let all = (open.iter()).all(|(c, before)| c.stats().udp_tx.datagrams > *before);
         if all || Instant::now() >= deadline {
             return;
         }

@@ -68,16 +68,17 @@ impl Receiver {
             safe_name(&header.name),
         );
         let total = header.size;
-        let report = move |done| {
+        let report = move |done, stopped| {
             inbox.arriving(Arriving {
                 from: from.clone(),
                 name: name.clone(),
                 done,
                 total,
+                stopped,
             })
         };
         let result = tokio::select! {
-            result = receive(&self.downloads, header, send, recv, report) => result,
+            result = receive(&self.downloads, header, send, recv, |done| report(done, false)) => result,
             _ = mine.notified() => Err(anyhow!("a newer transfer of the same file took over")),
         };
         {
@@ -89,7 +90,14 @@ impl Receiver {
                 arriving.remove(&partial);
             }
         }
-        self.inbox.file(result?).await;
+        match result {
+            Ok(file) => self.inbox.file(file).await,
+            Err(e) => {
+                // The views showing its progress drop it.
+                report(0, true);
+                return Err(e);
+            }
+        }
         Ok(())
     }
 }

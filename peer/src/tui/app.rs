@@ -237,7 +237,10 @@ impl App {
     pub(crate) fn file_arriving(&mut self, progress: Arriving) {
         let same = |a: &Arriving| a.from == progress.from && a.name == progress.name;
         self.arriving.retain(|a| !same(a));
-        if progress.done < progress.total && self.arriving.len() < ARRIVING_SHOWN {
+        if progress.done < progress.total
+            && !progress.stopped
+            && self.arriving.len() < ARRIVING_SHOWN
+        {
             self.arriving.push(progress);
         }
     }
@@ -1330,6 +1333,7 @@ mod tests {
             name: "big.iso".into(),
             done,
             total: 4 << 30,
+            stopped: false,
         };
         let now = Instant::now();
         app.file_arriving(arriving(1 << 30));
@@ -1346,5 +1350,11 @@ mod tests {
         assert_eq!(app.status_line(now), None);
         app.file_arriving(arriving(4 << 30));
         assert_eq!(app.status_line(now), None, "all in: nothing to show");
+        app.file_arriving(arriving(1 << 30));
+        app.file_arriving(Arriving {
+            stopped: true,
+            ..arriving(0)
+        });
+        assert_eq!(app.status_line(now), None, "stopped: nothing to show");
     }
 }

@@ -552,6 +552,7 @@ impl Hub {
                 "name": a.name,
                 "done": a.done,
                 "total": a.total,
+                "stopped": a.stopped,
             })),
             Update::Sent(Ok(sent)) => {
                 let target = Target::Peer(sent.to.clone());

@@ -150,7 +150,7 @@ function handle(ev) {
       progress(ev.with, ev.done, ev.total, `sending to ${ev.with}`);
       break;
     case "file_arriving":
-      if (ev.done >= ev.total) progress(null);
+      if (ev.stopped || ev.done >= ev.total) progress(null);
       else progress(ev.with, ev.done, ev.total, `receiving ${ev.name} from ${ev.with}`);
       break;
     case "file_sent":
