@@ -4,7 +4,7 @@
 
 use super::{Bind, Binding, NameRecord, Naming, Quota, Removal, Store, StoreError, Stored, Taken};
 use common::{
-    seal::Signature,
+    seal::{PublishedKey, Signature},
     wire::{ChatMessage, FileOffer, FilePart, Letter, LetterKind, Mail, MessageId},
     KeyId, Name,
 };
@@ -716,12 +716,6 @@ fn a_lookalike_of_another_keys_name_is_refused<S: Store>(open: Open<'_, S>) -> T
 fn a_published_key_is_kept_per_key_and_survives_reopening<S: Store>(
     open: Open<'_, S>,
 ) -> TestResult {
-    use common::seal::{PublishedKey, Signature};
-    let published = |n: u8| PublishedKey {
-        identity: [n; 32],
-        encryption: [n + 1; 32],
-        signature: Signature([n + 2; 64]),
-    };
     let binding = |who: &str, key: u8, with: Option<PublishedKey>| Binding {
         name: name(who),
         key: KeyId([key; 32]),
@@ -736,14 +730,8 @@ fn a_published_key_is_kept_per_key_and_survives_reopening<S: Store>(
             binding("c2", 1, None),
         ];
         store.update_names(&bindings, &[], Naming::default())?;
-        assert_eq!(
-            store.name(&name("c1"))?.and_then(|r| r.published),
-            Some(published(10))
-        );
-        assert_eq!(
-            store.name(&name("c2"))?.and_then(|r| r.published),
-            Some(published(10))
-        );
+        assert_eq!(published_of(&store, "c1")?, Some(published(10)));
+        assert_eq!(published_of(&store, "c2")?, Some(published(10)));
         store.update_names(
             &[binding("c2", 1, Some(published(30)))],
             &[],
@@ -751,10 +739,7 @@ fn a_published_key_is_kept_per_key_and_survives_reopening<S: Store>(
         )?;
     }
     let store = open("store")?;
-    assert_eq!(
-        store.name(&name("c1"))?.and_then(|r| r.published),
-        Some(published(30))
-    );
+    assert_eq!(published_of(&store, "c1")?, Some(published(30)));
     assert_eq!(
         store
             .lookup(&name("c1"), &name("c2"))?
@@ -764,16 +749,24 @@ fn a_published_key_is_kept_per_key_and_survives_reopening<S: Store>(
     Ok(())
 }
 
+/// A published encryption key made of `n` (not a real one: the store does not check it).
+fn published(n: u8) -> PublishedKey {
+    PublishedKey {
+        identity: [n; 32],
+        encryption: [n + 1; 32],
+        signature: Signature([n + 2; 64]),
+    }
+}
+
+/// The published key of the key that holds `who`, as a lookup gives it.
+fn published_of<S: Store>(store: &S, who: &str) -> Result<Option<PublishedKey>, StoreError> {
+    Ok(store.name(&name(who))?.and_then(|r| r.published))
+}
+
 /// A key whose last name expired and was taken by another key cannot be looked up any more:
 /// its published key goes (the table does not grow with every key that ever registered). A
 /// key that keeps another name keeps its published key.
 fn a_key_left_without_names_loses_its_published_key<S: Store>(open: Open<'_, S>) -> TestResult {
-    use common::seal::{PublishedKey, Signature};
-    let published = |n: u8| PublishedKey {
-        identity: [n; 32],
-        encryption: [n + 1; 32],
-        signature: Signature([n + 2; 64]),
-    };
     let naming = Naming {
         expiry_ms: 1000,
         ..Naming::default()
@@ -801,15 +794,9 @@ fn a_key_left_without_names_loses_its_published_key<S: Store>(open: Open<'_, S>)
     // A new name for each old key, without publishing again: what is still kept shows.
     let again = [binding("c8", 1, 6001, None), binding("c9", 2, 6001, None)];
     store.update_names(&again, &[], naming)?;
-    assert_eq!(store.name(&name("c8"))?.and_then(|r| r.published), None);
-    assert_eq!(
-        store.name(&name("c9"))?.and_then(|r| r.published),
-        Some(published(20))
-    );
-    assert_eq!(
-        store.name(&name("c1"))?.and_then(|r| r.published),
-        Some(published(30))
-    );
+    assert_eq!(published_of(&store, "c8")?, None);
+    assert_eq!(published_of(&store, "c9")?, Some(published(20)));
+    assert_eq!(published_of(&store, "c1")?, Some(published(30)));
     Ok(())
 }
 
