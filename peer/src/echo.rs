@@ -51,6 +51,11 @@ pub enum Stage {
     },
 }
 
+/// What a view is told when it fell `n` echoes behind and lost them.
+pub fn lost(n: u64) -> String {
+    format!("{n} of your messages from other windows were not copied to this one")
+}
+
 /// The broadcast of a running peer's echoes; cheap to clone.
 #[derive(Clone)]
 pub struct Echoes {

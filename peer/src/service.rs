@@ -612,6 +612,31 @@ async fn fan_out(node: Arc<Node>, mut posts: mpsc::UnboundedReceiver<RoomPost>) 
     }
 }
 
+/// Copies every item of `copies` to `tx` as `response(item)` (none for an item this view
+/// need not see), until either side goes away; `lagged(n)` says what to tell it when `n`
+/// items were lost to its slowness. How a view, in this process or through the control
+/// socket, follows what the running peer broadcasts.
+pub fn relay<T: Clone + Send + 'static, U: Send + 'static>(
+    mut copies: tokio::sync::broadcast::Receiver<T>,
+    tx: mpsc::UnboundedSender<U>,
+    response: impl Fn(T) -> Option<U> + Send + 'static,
+    lagged: impl Fn(u64) -> Option<U> + Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
+    use tokio::sync::broadcast::error::RecvError;
+    async move {
+        loop {
+            let sent = match copies.recv().await {
+                Ok(item) => response(item).map(|u| tx.send(u)),
+                Err(RecvError::Lagged(n)) => lagged(n).map(|u| tx.send(u)),
+                Err(RecvError::Closed) => return,
+            };
+            if let Some(Err(_)) = sent {
+                return;
+            }
+        }
+    }
+}
+
 /// How a message that could not be sent stands.
 fn failed(failure: &Failure) -> HistoryState {
     HistoryState::Failed {

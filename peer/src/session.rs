@@ -9,13 +9,13 @@ use crate::{
     home::Home,
     inbox::Event,
     rooms::RoomCommand,
-    service::{Service, Update},
+    service::{relay, Service, Update},
     target::Target,
 };
 use anyhow::{bail, Result};
 use common::{room::RoomName, KeyId, Name};
 use std::path::PathBuf;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 pub use crate::service::Received;
 
@@ -45,8 +45,21 @@ impl Session {
         service
             .node()
             .spawn(service.clone().pump(events, tx.clone()));
-        service.node().spawn(echo_others(&service, tx.clone()));
-        service.node().spawn(arrivals(&service, tx.clone()));
+        // The other views' messages, and how far files arriving are (a report lost to a
+        // slow view only leaves its progress behind until the next one).
+        let origin = service.origin();
+        service.node().spawn(relay(
+            service.echoes(),
+            tx.clone(),
+            move |echo| (echo.origin != origin).then_some(Update::Echo(echo)),
+            |n| Some(Update::Notice(crate::echo::lost(n))),
+        ));
+        service.node().spawn(relay(
+            service.node().inbox().subscribe_arrivals(),
+            tx.clone(),
+            |progress| Some(Update::FileArriving(progress)),
+            |_| None,
+        ));
         Self {
             name: service.name().clone(),
             key: service.key(),
@@ -265,51 +278,6 @@ impl Session {
     pub async fn close(self) {
         if let Backend::Local(service, _) = &self.backend {
             service.close().await;
-        }
-    }
-}
-
-/// Hands the echoes of the other views' messages to this view's updates, until it is gone.
-fn echo_others(
-    service: &Service,
-    tx: mpsc::UnboundedSender<Update>,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let (origin, mut echoes) = (service.origin(), service.echoes());
-    async move {
-        loop {
-            let update = match echoes.recv().await {
-                Ok(echo) if echo.origin == origin => continue,
-                Ok(echo) => Update::Echo(echo),
-                Err(broadcast::error::RecvError::Lagged(n)) => Update::Notice(format!(
-                    "{n} of your messages from other windows were not copied to this one"
-                )),
-                Err(broadcast::error::RecvError::Closed) => return,
-            };
-            if tx.send(update).is_err() {
-                return;
-            }
-        }
-    }
-}
-
-/// Hands how far files arriving are to this view's updates, until it is gone. A report lost
-/// to a slow view only leaves its progress behind until the next one.
-fn arrivals(
-    service: &Service,
-    tx: mpsc::UnboundedSender<Update>,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let mut arrivals = service.node().inbox().subscribe_arrivals();
-    async move {
-        loop {
-            match arrivals.recv().await {
-                Ok(progress) => {
-                    if tx.send(Update::FileArriving(progress)).is_err() {
-                        return;
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => return,
-            }
         }
     }
 }

@@ -7,8 +7,12 @@ use super::{
     ControlGuard,
 };
 use crate::{
-    directory_client::Status, failure::Failure, files::FileUpdate, home::Home, outbox::SendFailed,
-    service::Service,
+    directory_client::Status,
+    failure::Failure,
+    files::FileUpdate,
+    home::Home,
+    outbox::SendFailed,
+    service::{relay, Service},
 };
 use anyhow::{Context, Result};
 use common::framing;
@@ -241,11 +245,7 @@ async fn serve_client(stream: UnixStream, service: Service) {
                     service.echoes(),
                     tx.clone(),
                     move |echo| (echo.origin != origin).then_some(ControlResponse::Echo(echo)),
-                    |n| {
-                        Some(ControlResponse::Notice(format!(
-                            "{n} of your messages from other windows were not copied to this one"
-                        )))
-                    },
+                    |n| Some(ControlResponse::Notice(crate::echo::lost(n))),
                 );
                 // A receipt lost to a slow reader only leaves a mark stale in this window; the
                 // running peer recorded it.
@@ -267,34 +267,15 @@ async fn serve_client(stream: UnixStream, service: Service) {
     }
 }
 
-/// Copies every item of `copies` to an attached client as `response(item)` (none for an item
-/// it need not see), until either side goes away; `lagged(n)` says what to tell it when `n`
-/// items were lost to its slowness.
+/// Follows `copies` for an attached client: see [`relay`].
 fn forward<T: Clone + Send + 'static>(
     service: &Service,
-    mut copies: broadcast::Receiver<T>,
+    copies: broadcast::Receiver<T>,
     tx: mpsc::UnboundedSender<ControlResponse>,
     response: impl Fn(T) -> Option<ControlResponse> + Send + 'static,
     lagged: impl Fn(u64) -> Option<ControlResponse> + Send + 'static,
 ) {
-    service.node().spawn(async move {
-        loop {
-            let sent = match copies.recv().await {
-                Ok(item) => match response(item) {
-                    Some(response) => tx.send(response),
-                    None => Ok(()),
-                },
-                Err(broadcast::error::RecvError::Lagged(n)) => match lagged(n) {
-                    Some(notice) => tx.send(notice),
-                    None => Ok(()),
-                },
-                Err(broadcast::error::RecvError::Closed) => return,
-            };
-            if sent.is_err() {
-                return;
-            }
-        }
-    });
+    service.node().spawn(relay(copies, tx, response, lagged));
 }
 
 async fn write_responses(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<ControlResponse>) {
