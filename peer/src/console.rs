@@ -525,6 +525,24 @@ pub fn name_colour(name: &Name) -> usize {
     hash as usize % NAME_COLOURS
 }
 
+/// Most matches `/search` lists, in the terminal client and the page.
+pub const SEARCH_SHOWN: usize = 20;
+
+/// The answer to `/search text` as notice lines: how many of `entries` hold `text` (any case),
+/// then the last [`SEARCH_SHOWN`] of them, each with its time and sender.
+pub fn search_lines(text: &str, entries: &[HistoryEntry]) -> Vec<String> {
+    let hits = crate::history::matching(entries, text);
+    let shown = hits.len().min(SEARCH_SHOWN);
+    let more = match hits.len() > shown {
+        true => format!(" (the last {shown})"),
+        false => String::new(),
+    };
+    let header = format!("{} message(s) with {text:?}{more}", hits.len());
+    let lines = (hits[hits.len() - shown..].iter())
+        .map(|e| format!("{} {}: {}", clock(e.sent_at_ms), e.from, e.body));
+    std::iter::once(header).chain(lines).collect()
+}
+
 /// Writes one line to stdout and flushes it, so a message is on its way to the user before it
 /// is acknowledged. Any character from the network that could move the terminal or reorder
 /// text, and that is still in the line, is written escaped (see [`text::escape_json`]: in a

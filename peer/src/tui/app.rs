@@ -3,7 +3,6 @@
 //! loop in [`super`] feeds it; [`super::view`] draws it.
 
 use super::input::Editor;
-use crate::console::clock;
 use crate::{
     contacts::Standing,
     directory_client::Status,
@@ -31,9 +30,6 @@ use std::{
 
 /// Most files arriving shown in the status line.
 const ARRIVING_SHOWN: usize = 4;
-
-/// Most matches `/search` shows.
-const SEARCH_SHOWN: usize = 20;
 
 /// How long "reconnected" stays in the status line.
 const RECONNECTED_SHOWN: Duration = Duration::from_secs(5);
@@ -328,28 +324,15 @@ impl App {
             return self.notice(text, true);
         }
         self.conversations.remove(self.current);
-        let next = self.current.min(self.conversations.len() - 1);
-        self.current = next;
-        let conv = &mut self.conversations[next];
-        conv.unread = 0;
-        conv.marker = conv.first_unread.take();
-        self.scroll = 0;
+        self.current = self.current.min(self.conversations.len() - 1);
+        self.switch_to(self.current);
     }
 
     /// The answer to `/search text` in `target`'s conversation: how many messages of its
     /// history hold it, and the last of them, as notices.
     pub(crate) fn found(&mut self, target: &Target, text: &str, entries: &[HistoryEntry]) {
-        let hits = crate::history::matching(entries, text);
-        let shown = hits.len().min(SEARCH_SHOWN);
         let i = self.open(target);
-        let more = match hits.len() > shown {
-            true => format!(" (the last {shown})"),
-            false => String::new(),
-        };
-        let header = format!("{} message(s) with {text:?}{more}", hits.len());
-        self.notice_in(i, header, false);
-        for e in &hits[hits.len() - shown..] {
-            let line = format!("{} {}: {}", clock(e.sent_at_ms), e.from, e.body);
+        for line in crate::console::search_lines(text, entries) {
             self.notice_in(i, line, false);
         }
     }
@@ -849,7 +832,7 @@ impl App {
             [] => {}
             [one] => self.input.complete_word(&format!("{one} ")),
             many => {
-                let prefix = common_prefix(many);
+                let prefix = super::paths::common_prefix(many);
                 if prefix.len() > word.len() {
                     self.input.complete_word(&prefix);
                 } else {
@@ -903,19 +886,6 @@ pub(crate) fn presence_text(p: &Presence) -> String {
         Presence::Offline(None) => "offline".into(),
         Presence::NoSuchName => "no such name".into(),
     }
-}
-
-fn common_prefix(words: &[&String]) -> String {
-    let Some(first) = words.first() else {
-        return String::new();
-    };
-    let mut prefix: String = first.to_string();
-    for w in &words[1..] {
-        while !w.starts_with(&prefix) {
-            prefix.pop();
-        }
-    }
-    prefix
 }
 
 /// `what: failure`, and what to do about it when there is something to say.

@@ -9,7 +9,8 @@
 //! * `view`: drawing the state.
 //! * `terminal`: taking the terminal and giving it back on every way out.
 //! * `alert`: the bell, the unread total in the window title, desktop notifications.
-//! * `paths`: Tab after `/file`, completing the path from what is on disk.
+//! * `paths`: Tab completion: the path after `/file` from what is on disk, and the common
+//!   start of several candidates.
 //!
 //! # The loop
 //!

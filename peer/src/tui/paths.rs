@@ -1,4 +1,5 @@
-//! Tab after `/file`: completing the path typed from what is on disk, as a shell does.
+//! Tab completion helpers: the path after `/file`, completed from what is on disk as a shell
+//! does, and the common start of several candidates.
 
 use std::path::PathBuf;
 
@@ -61,22 +62,19 @@ pub(crate) fn complete(typed: &str) -> Completion {
     }
 }
 
-/// The longest start the names share, on character boundaries.
-fn common_prefix(names: &[String]) -> String {
-    let Some(first) = names.first() else {
+/// The longest start the words share, on character boundaries (Tab's completion of a
+/// command, a name or a path).
+pub(crate) fn common_prefix(words: &[impl AsRef<str>]) -> String {
+    let Some(first) = words.first() else {
         return String::new();
     };
-    let mut end = first.len();
-    for name in &names[1..] {
-        end = first
-            .char_indices()
-            .zip(name.chars())
-            .take_while(|((_, a), b)| a == b)
-            .last()
-            .map_or(0, |((i, a), _)| i + a.len_utf8())
-            .min(end);
+    let mut prefix = first.as_ref().to_string();
+    for w in &words[1..] {
+        while !w.as_ref().starts_with(&prefix) {
+            prefix.pop();
+        }
     }
-    first[..end].to_string()
+    prefix
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 
 use super::page::{entry_json, state_detail, via_str, PageRequest};
 use crate::{
-    console::{clock, Console},
+    console::Console,
     contacts::Standing,
     echo::{Echo, Stage},
     history::{room_state, state_of, HistoryEntry, HistoryState},
@@ -40,8 +40,6 @@ const HISTORY_PEERS: usize = 30;
 pub const HISTORY_MAX: usize = 2_000;
 /// Most peers whose presence is asked at each tick.
 const PRESENCE_WATCHED: usize = 50;
-/// Most matches `/search` shows.
-const SEARCH_SHOWN: usize = 20;
 /// Most conversations in the list: a page cannot make the hub's state grow without end.
 pub const MAX_CONVERSATIONS: usize = 1_000;
 
@@ -395,12 +393,7 @@ impl Hub {
             },
             Input::Search(text) => match session.history(&target, usize::MAX).await {
                 Ok(Some(entries)) => {
-                    let hits = crate::history::matching(&entries, &text);
-                    let shown = &hits[hits.len().saturating_sub(SEARCH_SHOWN)..];
-                    let header = format!("{} message(s) with {text:?}", hits.len());
-                    self.notice(Some(&target), &header, false);
-                    for e in shown {
-                        let line = format!("{} {}: {}", clock(e.sent_at_ms), e.from, e.body);
+                    for line in crate::console::search_lines(&text, &entries) {
                         self.notice(Some(&target), &line, false);
                     }
                 }
