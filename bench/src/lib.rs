@@ -213,17 +213,27 @@ impl Drop for DirectoryProcess {
 
 /// Where the `directory` binary is: `$DIRECTORY_BIN`, else next to this executable.
 pub fn directory_bin() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("DIRECTORY_BIN") {
+    binary("directory", "DIRECTORY_BIN")
+}
+
+/// Where the `peer` binary is: `$PEER_BIN`, else next to this executable.
+pub fn peer_bin() -> Result<PathBuf> {
+    binary("peer", "PEER_BIN")
+}
+
+/// The binary `name` of this workspace: `$env`, else next to this executable.
+fn binary(name: &str, env: &str) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
         return Ok(PathBuf::from(p));
     }
     let me = std::env::current_exe()?;
     let dir = me.parent().context("executable folder")?;
-    let bin = dir.join("directory");
+    let bin = dir.join(name);
     if bin.exists() {
         return Ok(bin);
     }
     bail!(
-        "no directory binary at {}; build it (cargo build --release -p directory) or set DIRECTORY_BIN",
+        "no {name} binary at {}; build it (cargo build --release -p {name}) or set {env}",
         bin.display()
     )
 }

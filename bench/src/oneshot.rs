@@ -8,7 +8,7 @@ use crate::DirectoryProcess;
 use anyhow::{bail, ensure, Context, Result};
 use std::{
     io::{BufRead, BufReader},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -19,21 +19,6 @@ pub struct OneShot {
     pub whois: Vec<f64>,
     /// `send bob hello`, delivered direct.
     pub send: Vec<f64>,
-}
-
-/// Where the `peer` binary is: `$PEER_BIN`, else next to this executable.
-pub fn peer_bin() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("PEER_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let me = std::env::current_exe()?;
-    let bin = me.parent().context("executable folder")?.join("peer");
-    ensure!(
-        bin.exists(),
-        "no peer binary at {}; build it (cargo build --release -p peer) or set PEER_BIN",
-        bin.display()
-    );
-    Ok(bin)
 }
 
 /// A `peer` command for `name` against `dir`, its home under `homes`.
@@ -72,7 +57,7 @@ impl Drop for Listening {
 /// `runs` timed runs of each command, after one untimed run of each (alice's first run makes
 /// her key and registers her name; a first run is not what a script waits on).
 pub fn measure(dir: &DirectoryProcess, runs: usize) -> Result<OneShot> {
-    let bin = peer_bin()?;
+    let bin = crate::peer_bin()?;
     let homes = tempfile::Builder::new().prefix("bench-oneshot").tempdir()?;
     let mut bob = peer(&bin, dir, homes.path(), "bob");
     let mut bob = Listening(bob.arg("listen").stdout(Stdio::piped()).spawn()?);
