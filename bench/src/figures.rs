@@ -2,9 +2,7 @@
 //! process, in-process peers, raw clients), measures, tears everything down, and returns plain
 //! numbers; repetition and summaries are the runner's job.
 
-use crate::{
-    cpu_time, machine_busy, quantile_us, request, rss_bytes, ClientPool, DirectoryProcess,
-};
+use crate::{cpu_time, quantile_us, request, rss_bytes, ClientPool, DirectoryProcess};
 use anyhow::{anyhow, bail, Context, Result};
 use common::{
     defaults::{ROOM_POSTS_BURST, ROOM_POSTS_PER_SECOND},
@@ -28,7 +26,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
-        Arc, Mutex, OnceLock,
+        Arc, Mutex,
     },
     time::{Duration, Instant},
 };
@@ -52,6 +50,8 @@ pub struct Params {
     pub mailbox_streams: usize,
     pub bulk_bytes: u64,
     pub bulk_chat_msgs: usize,
+    /// How long quinn-perf's client uploads, when it is run (`QUINN_PERF`).
+    pub bulk_perf_secs: u64,
     pub fsync_count: usize,
     /// Members of the rooms figures' room, besides the sender.
     pub room_members: usize,
@@ -82,8 +82,9 @@ impl Params {
             mailbox_msgs: 20_000,
             mailbox_conns: 32,
             mailbox_streams: 8,
-            bulk_bytes: 256 << 20,
+            bulk_bytes: 1 << 30,
             bulk_chat_msgs: 2048,
+            bulk_perf_secs: 4,
             fsync_count: 200,
             room_members: 50,
             room_latency_msgs: 200,
@@ -114,6 +115,7 @@ impl Params {
             mailbox_streams: 4,
             bulk_bytes: 8 << 20,
             bulk_chat_msgs: 64,
+            bulk_perf_secs: 1,
             fsync_count: 20,
             room_members: 50,
             room_latency_msgs: 20,
@@ -1069,13 +1071,13 @@ pub async fn rooms_offline(dir: &DirectoryProcess, p: &Params) -> Result<RoomDep
 pub struct Bulk {
     /// Bytes per second.
     pub rate: f64,
-    /// Busy CPU time of the whole machine ([`machine_busy`]) during the transfer, per GiB moved:
+    /// Busy CPU time of the whole machine ([`crate::machine_busy`]) during the transfer, per GiB moved:
     /// both sides, and the kernel's work for them. With two cores, at most 2 s pass per second.
     pub cpu_per_gib: f64,
 }
 
 impl Bulk {
-    fn new(bytes: u64, elapsed: Duration, busy: Duration) -> Self {
+    pub fn new(bytes: u64, elapsed: Duration, busy: Duration) -> Self {
         let gib = bytes as f64 / (1u64 << 30) as f64;
         Self {
             rate: bytes as f64 / elapsed.as_secs_f64(),
@@ -1084,208 +1086,8 @@ impl Bulk {
     }
 }
 
-/// Where the two sides of a bulk transfer run.
-#[derive(Clone)]
-pub struct Sides {
-    pub sender: tokio::runtime::Handle,
-    pub receiver: tokio::runtime::Handle,
-    /// Starts the peers' names, which differ by placement: a directory binds a name to the
-    /// first key that registers it.
-    pub tag: &'static str,
-}
-
-impl Sides {
-    /// Both sides on the runtime of the caller, sharing all its cores.
-    pub fn shared() -> Self {
-        let here = tokio::runtime::Handle::current();
-        Self {
-            sender: here.clone(),
-            receiver: here,
-            tag: "file",
-        }
-    }
-}
-
-/// A runtime for each side of a transfer, with every thread of each pinned to a core of its
-/// own: its worker, its blocking pool, and the threads those start (Linux threads inherit
-/// their affinity). As if sender and receiver were two one-core hosts.
-pub struct PinnedSides {
-    sender: Option<tokio::runtime::Runtime>,
-    receiver: Option<tokio::runtime::Runtime>,
-}
-
-impl PinnedSides {
-    /// The sender on core 0, the receiver on core 1.
-    pub fn new() -> Result<Self> {
-        Ok(Self {
-            sender: Some(pinned_runtime(0)?),
-            receiver: Some(pinned_runtime(1)?),
-        })
-    }
-
-    pub fn sides(&self) -> Sides {
-        let handle = |rt: &Option<tokio::runtime::Runtime>| {
-            rt.as_ref()
-                .map(|rt| rt.handle().clone())
-                .expect("runtime kept until drop")
-        };
-        Sides {
-            sender: handle(&self.sender),
-            receiver: handle(&self.receiver),
-            tag: "pinned",
-        }
-    }
-}
-
-impl Drop for PinnedSides {
-    fn drop(&mut self) {
-        // Dropped from async code, where a runtime may not block to shut down.
-        for rt in [self.sender.take(), self.receiver.take()]
-            .into_iter()
-            .flatten()
-        {
-            rt.shutdown_background();
-        }
-    }
-}
-
-fn pinned_runtime(core: usize) -> Result<tokio::runtime::Runtime> {
-    let mut set = rustix::thread::CpuSet::new();
-    set.set(core);
-    // Fail here, not silently in a thread, if the core cannot be had.
-    let probe = std::thread::spawn(move || rustix::thread::sched_setaffinity(None, &set));
-    probe
-        .join()
-        .map_err(|_| anyhow!("pinning probe panicked"))?
-        .with_context(|| format!("pinning a thread to core {core}"))?;
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name(format!("side-{core}"))
-        .on_thread_start(move || {
-            let _ = rustix::thread::sched_setaffinity(None, &set);
-        })
-        .enable_all()
-        .build()?)
-}
-
-/// How a side of a stream transfer binds its endpoint.
-type Bind = fn(Option<quinn::ServerConfig>, SocketAddr) -> std::io::Result<quinn::Endpoint>;
-
-/// One bi-stream carrying `bytes` from a client endpoint on `sides.sender` to a server
-/// endpoint on `sides.receiver`, timed until the server confirms the count.
-async fn stream_transfer(
-    sides: &Sides,
-    bind: Bind,
-    server_config: quinn::ServerConfig,
-    client_config: quinn::ClientConfig,
-    server_name: &'static str,
-    bytes: u64,
-) -> Result<Bulk> {
-    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    // An endpoint runs its driver on the runtime it is made on.
-    let server = sides
-        .receiver
-        .spawn(async move { bind(Some(server_config), loopback) })
-        .await??;
-    let addr = server.local_addr()?;
-    let receiver = sides.receiver.spawn(async move {
-        let conn = server.accept().await.context("no connection")?.await?;
-        let (mut send, mut recv) = conn.accept_bi().await?;
-        let mut n = 0u64;
-        while let Some(chunk) = recv.read_chunk(usize::MAX, true).await? {
-            n += chunk.bytes.len() as u64;
-        }
-        send.write_all(&n.to_be_bytes()).await?;
-        send.finish()?;
-        conn.closed().await;
-        Ok::<u64, anyhow::Error>(n)
-    });
-    let sender = sides.sender.spawn(async move {
-        let client = bind(None, loopback)?;
-        let conn = client
-            .connect_with(client_config, addr, server_name)?
-            .await?;
-        let buf = vec![0x5au8; 64 * 1024];
-        let busy = machine_busy()?;
-        let t = Instant::now();
-        let (mut send, mut recv) = conn.open_bi().await?;
-        let mut left = bytes;
-        while left > 0 {
-            let k = left.min(buf.len() as u64) as usize;
-            send.write_all(&buf[..k]).await?;
-            left -= k as u64;
-        }
-        send.finish()?;
-        let echo = recv.read_to_end(8).await?;
-        let elapsed = t.elapsed();
-        let busy = machine_busy()? - busy;
-        conn.close(0u32.into(), b"done");
-        client.wait_idle().await;
-        Ok::<_, anyhow::Error>((elapsed, busy, echo))
-    });
-    let (elapsed, busy, echo) = sender.await??;
-    let n = receiver.await??;
-    if n != bytes || echo != bytes.to_be_bytes() {
-        bail!("sent {bytes} bytes, the receiver counted {n}");
-    }
-    Ok(Bulk::new(bytes, elapsed, busy))
-}
-
-/// Socket buffers quinn's perf tool asks for by default (`--send-buffer-size`,
-/// `--recv-buffer-size`).
-const PERF_SOCKET_BUFFER: usize = 2 * 1024 * 1024;
-
-/// An endpoint bound as quinn's perf tool binds its own: a plain socket with
-/// [`PERF_SOCKET_BUFFER`] buffers.
-fn perf_endpoint(
-    server: Option<quinn::ServerConfig>,
-    addr: SocketAddr,
-) -> std::io::Result<quinn::Endpoint> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )?;
-    socket.set_send_buffer_size(PERF_SOCKET_BUFFER)?;
-    socket.set_recv_buffer_size(PERF_SOCKET_BUFFER)?;
-    socket.bind(&addr.into())?;
-    let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no runtime"))?;
-    quinn::Endpoint::new(Default::default(), server, socket.into(), runtime)
-}
-
-/// Reference: quinn with its default transport settings, a plain self-signed certificate and
-/// the socket buffers of quinn's perf tool.
-pub async fn bulk_quinn_reference(sides: &Sides, bytes: u64) -> Result<Bulk> {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
-    let cert = ck.cert.der().clone();
-    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der());
-    let server = quinn::ServerConfig::with_single_cert(vec![cert.clone()], key.into())?;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert)?;
-    let client = quinn::ClientConfig::with_root_certificates(Arc::new(roots))?;
-    stream_transfer(sides, perf_endpoint, server, client, "localhost", bytes).await
-}
-
-/// The same stream on the peers' own QUIC configuration (key-pinned mutual TLS, their
-/// transport settings, their sockets).
-pub async fn bulk_peer_config(sides: &Sides, bytes: u64) -> Result<Bulk> {
-    use common::{defaults::ALPN_PEER, tls};
-    let a = Identity::generate("bulk-a")?;
-    let b = Identity::generate("bulk-b")?;
-    let server = tls::server_config(&b, ALPN_PEER)?;
-    let client = tls::client_config(&a, ALPN_PEER, tls::Expect::Key(b.key_id))?;
-    stream_transfer(
-        sides,
-        common::socket::endpoint,
-        server,
-        client,
-        "peer",
-        bytes,
-    )
-    .await
-}
-
-/// A file of pseudo-random bytes in a temporary folder, sent by [`bulk_file`]; removed on drop.
+/// A file of pseudo-random bytes in a temporary folder, sent by [`crate::bulk::send_file`];
+/// removed on drop.
 pub struct BulkFile {
     pub path: PathBuf,
     pub size: u64,
@@ -1322,106 +1124,6 @@ impl BulkFile {
             _dir: dir,
         })
     }
-}
-
-/// One file sent with [`Node::send_file`], timed at the sender; every rate is bytes/s of the
-/// whole file.
-#[derive(Debug, Clone, Copy)]
-pub struct FileTransfer {
-    /// The whole `send_file` call: the sender looks the recipient up at the directory, offers
-    /// the file on the existing link and waits for the acceptance; the bytes cross, hashed
-    /// (BLAKE3) as the sender reads them, then the hash; the receiver writes them, hashing as
-    /// they arrive, then fsyncs the file, moves it into its downloads folder and answers.
-    pub whole: f64,
-    /// From the first progress report (sent when the receiver has accepted the offer) to the
-    /// end of the call: the same without the lookup and the offer's round trip. Still includes
-    /// both hashes and the receiver's writes, fsync and move.
-    pub transfer: f64,
-    /// Busy CPU time of the machine during the whole call, per GiB ([`Bulk::cpu_per_gib`]).
-    pub cpu_per_gib: f64,
-    /// `files::hash_file` alone on the same file, just before the call (page cache warm): what
-    /// one BLAKE3 pass costs (the sender no longer makes one before sending; a reference).
-    pub hash: f64,
-}
-
-/// The bulk figure: peer A, on `sides.sender`, sends `file` to peer B, on `sides.receiver`,
-/// with [`Node::send_file`], over a link made beforehand (one chat message, as for
-/// [`bulk_chat`]) so that no handshake is timed. A file that went through the mailbox
-/// instead, or resumed, is an error, not a figure.
-pub async fn bulk_file(
-    dir: &DirectoryProcess,
-    file: &BulkFile,
-    sides: &Sides,
-) -> Result<FileTransfer> {
-    let (addr, key) = (dir.addr, dir.fingerprint);
-    // A node runs its tasks on the runtime it starts on.
-    let b = sides
-        .receiver
-        .spawn(PeerNode::start_at(addr, key, format!("{}b", sides.tag)))
-        .await??;
-    let to = b.node.name.clone();
-    let a = sides
-        .sender
-        .spawn({
-            let (to, tag) = (to.clone(), sides.tag);
-            async move {
-                let a = PeerNode::start_at(addr, key, format!("{tag}a")).await?;
-                a.send_direct(&to, BODY_100).await?;
-                Ok::<_, anyhow::Error>(a)
-            }
-        })
-        .await??;
-
-    let t = Instant::now();
-    let (hash, size) = peer::files::hash_file(&file.path).await?;
-    let hash_secs = t.elapsed().as_secs_f64();
-    if size != file.size {
-        bail!("hashed {size} bytes of a {} byte file", file.size);
-    }
-
-    let first = Arc::new(OnceLock::<(Instant, u64)>::new());
-    let on_report = first.clone();
-    let path = file.path.clone();
-    let sending = sides.sender.spawn(async move {
-        let busy = machine_busy()?;
-        let t = Instant::now();
-        // send_file waits for a recipient it cannot reach; the bench does not.
-        let sent = tokio::time::timeout(
-            Duration::from_secs(300),
-            a.node.send_file(&to, &path, move |update| {
-                if let peer::files::FileUpdate::Progress { done, .. } = update {
-                    on_report.get_or_init(|| (Instant::now(), done));
-                }
-            }),
-        )
-        .await;
-        let (elapsed, busy) = (t.elapsed(), machine_busy()? - busy);
-        a.stop().await;
-        Ok::<_, anyhow::Error>((sent, t, elapsed, busy))
-    });
-    let sent = sending.await?;
-    sides.receiver.spawn(b.stop()).await?;
-    let (sent, t, elapsed, busy) = sent?;
-    let sent = sent.map_err(|_| anyhow!("send_file did not finish in 300 s"))??;
-    if sent.path.is_none() {
-        bail!("the file went through the mailbox, not over the direct link");
-    }
-    if sent.size != file.size || sent.hash != hash || sent.resumed_from != 0 {
-        bail!(
-            "sent {} bytes resumed from {}, expected {} from 0 (or the hash differs)",
-            sent.size,
-            sent.resumed_from,
-            file.size
-        );
-    }
-    let &(accepted, had) = first.get().context("send_file made no progress report")?;
-    let end = t + elapsed;
-    Ok(FileTransfer {
-        whole: size as f64 / elapsed.as_secs_f64(),
-        cpu_per_gib: Bulk::new(size, elapsed, busy).cpu_per_gib,
-        transfer: (size - had) as f64 / (end - accepted).as_secs_f64(),
-        hash: size as f64 / hash_secs,
-    })
 }
 
 /// A secondary bulk figure, what the chat path moves: pipelined chat messages with 32 KiB

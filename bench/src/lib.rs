@@ -5,6 +5,7 @@
 //! results. Everything runs on loopback, on ephemeral ports, in temporary folders, and is
 //! bounded in count and time.
 
+pub mod bulk;
 pub mod cluster;
 pub mod figures;
 pub mod oneshot;
@@ -222,7 +223,7 @@ pub fn peer_bin() -> Result<PathBuf> {
 }
 
 /// The binary `name` of this workspace: `$env`, else next to this executable.
-fn binary(name: &str, env: &str) -> Result<PathBuf> {
+pub fn binary(name: &str, env: &str) -> Result<PathBuf> {
     if let Some(p) = std::env::var_os(env) {
         return Ok(PathBuf::from(p));
     }

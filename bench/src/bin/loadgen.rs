@@ -240,122 +240,108 @@ const DRAIN: Spec = (
 );
 const BULK_RATIO: Spec = (
     "bulk_ratio",
-    "peer bulk (file, whole send_file) / quinn ref",
+    "file (whole peer send-file process) / in-repo ref",
     "%",
     Some(80.0),
     Better::Higher,
 );
 const BULK_FILE: Spec = (
     "bulk_file",
-    "peer bulk: file, whole send_file call",
-    "MiB/s",
-    None,
-    Better::Higher,
-);
-const BULK_FILE_TRANSFER_RATIO: Spec = (
-    "bulk_file_transfer_ratio",
-    "  file, offer accepted → done / quinn ref",
-    "%",
-    None,
-    Better::Higher,
-);
-const BULK_FILE_TRANSFER: Spec = (
-    "bulk_file_transfer",
-    "  file, offer accepted → done",
-    "MiB/s",
-    None,
-    Better::Higher,
-);
-const BULK_FILE_HASH: Spec = (
-    "bulk_file_hash",
-    "  file: one BLAKE3 pass over it (reference)",
-    "MiB/s",
-    None,
-    Better::Higher,
-);
-const BULK_FSYNC: Spec = (
-    "bulk_fsync",
-    "  reference: fsync of a file of that size",
-    "MiB/s",
-    None,
-    Better::Higher,
-);
-const BULK_CHAT_RATIO: Spec = (
-    "bulk_chat_ratio",
-    "peer bulk (32 KiB chat) / quinn ref",
-    "%",
-    None,
-    Better::Higher,
-);
-const BULK_CHAT: Spec = (
-    "bulk_chat",
-    "peer bulk: 32 KiB chat messages",
-    "MiB/s",
-    None,
-    Better::Higher,
-);
-const BULK_STREAM_RATIO: Spec = (
-    "bulk_stream_ratio",
-    "peers' stream / quinn reference",
-    "%",
-    Some(80.0),
-    Better::Higher,
-);
-const BULK_PEER_CFG: Spec = (
-    "bulk_peer_stream",
-    "one stream on the peers' QUIC config",
-    "MiB/s",
-    None,
-    Better::Higher,
-);
-const BULK_REF: Spec = (
-    "bulk_quinn_ref",
-    "reference: minimal quinn sender/receiver",
+    "file: whole peer send-file process to a peer listen",
     "MiB/s",
     None,
     Better::Higher,
 );
 const BULK_FILE_CPU: Spec = (
     "bulk_file_cpu",
-    "  machine CPU per GiB: file, whole send_file call",
+    "  machine CPU per GiB: file",
     "core-s",
     None,
     Better::Lower,
 );
-const BULK_PEER_CFG_CPU: Spec = (
-    "bulk_peer_stream_cpu",
-    "  machine CPU per GiB: one stream, peers' config",
-    "core-s",
+const BULK_FILE_HASH: Spec = (
+    "bulk_file_hash",
+    "file: one BLAKE3 pass over it alone",
+    "MiB/s",
     None,
-    Better::Lower,
+    Better::Higher,
 );
-const BULK_REF_CPU: Spec = (
-    "bulk_quinn_ref_cpu",
-    "  machine CPU per GiB: quinn reference",
-    "core-s",
+const BULK_FSYNC: Spec = (
+    "bulk_fsync",
+    "reference: fsync of a file of that size",
+    "MiB/s",
     None,
-    Better::Lower,
+    Better::Higher,
 );
-const BULK_PINNED_RATIO: Spec = (
-    "bulk_pinned_ratio",
-    "file / quinn ref, each side pinned to a core of its own",
+const BULK_CHAT_RATIO: Spec = (
+    "bulk_chat_ratio",
+    "32 KiB chat messages / in-repo ref",
     "%",
     None,
     Better::Higher,
 );
-const BULK_PINNED_FILE: Spec = (
-    "bulk_pinned_file",
-    "  file, whole send_file call, sides pinned",
+const BULK_CHAT: Spec = (
+    "bulk_chat",
+    "32 KiB chat messages (in-process peers)",
     "MiB/s",
     None,
     Better::Higher,
 );
-const BULK_PINNED_REF: Spec = (
-    "bulk_pinned_ref",
-    "  quinn reference, sides pinned",
+const BULK_STREAM_RATIO: Spec = (
+    "bulk_stream_ratio",
+    "one stream on the peers' QUIC config / in-repo ref",
+    "%",
+    None,
+    Better::Higher,
+);
+const BULK_PEER_CFG: Spec = (
+    "bulk_peer_stream",
+    "one stream on the peers' QUIC config (quicref --config peers)",
     "MiB/s",
     None,
     Better::Higher,
+);
+const BULK_PEER_CFG_CPU: Spec = (
+    "bulk_peer_stream_cpu",
+    "  machine CPU per GiB: peers' config",
+    "core-s",
+    None,
+    Better::Lower,
+);
+const BULK_REF: Spec = (
+    "bulk_quinn_ref",
+    "in-repo ref: one stream, quinn-perf's config (quicref --config perf)",
+    "MiB/s",
+    None,
+    Better::Higher,
+);
+const BULK_REF_CPU: Spec = (
+    "bulk_quinn_ref_cpu",
+    "  machine CPU per GiB: in-repo ref",
+    "core-s",
+    None,
+    Better::Lower,
+);
+const BULK_REF_VS_PERF: Spec = (
+    "bulk_ref_vs_perf",
+    "in-repo ref / quinn-perf",
+    "%",
+    Some(90.0),
+    Better::Higher,
+);
+const QUINN_PERF: Spec = (
+    "quinn_perf",
+    "quinn-perf (QUINN_PERF), client uploading, default settings",
+    "MiB/s",
+    None,
+    Better::Higher,
+);
+const QUINN_PERF_CPU: Spec = (
+    "quinn_perf_cpu",
+    "  machine CPU per GiB: quinn-perf",
+    "core-s",
+    None,
+    Better::Lower,
 );
 const FSYNC_P50: Spec = (
     "fsync_p50",
@@ -590,82 +576,7 @@ async fn run(cli: Cli) -> Result<()> {
                 );
             }
             if let Some(bulk) = &bulk_file {
-                // Alternate the order, so that drift in background load does not favour one.
-                let shared = figures::Sides::shared();
-                let (file, chat, stream, reference) = if run % 2 == 0 {
-                    let f = figures::bulk_file(&dir, bulk, &shared).await;
-                    let c = figures::bulk_chat(&dir, &p).await;
-                    let s = figures::bulk_peer_config(&shared, p.bulk_bytes).await;
-                    (
-                        f,
-                        c,
-                        s,
-                        figures::bulk_quinn_reference(&shared, p.bulk_bytes).await,
-                    )
-                } else {
-                    let r = figures::bulk_quinn_reference(&shared, p.bulk_bytes).await;
-                    let s = figures::bulk_peer_config(&shared, p.bulk_bytes).await;
-                    let c = figures::bulk_chat(&dir, &p).await;
-                    (figures::bulk_file(&dir, bulk, &shared).await, c, s, r)
-                };
-                // The target applies to the file, the whole `send_file` call.
-                if let (Ok(f), Ok(r)) = (&file, &reference) {
-                    report.push(BULK_RATIO, Ok(f.whole / r.rate * 100.0));
-                }
-                match file {
-                    Ok(f) => {
-                        report.push(BULK_FILE, Ok(f.whole / MIB));
-                        if let Ok(r) = &reference {
-                            report.push(BULK_FILE_TRANSFER_RATIO, Ok(f.transfer / r.rate * 100.0));
-                        }
-                        report.push(BULK_FILE_TRANSFER, Ok(f.transfer / MIB));
-                        report.push(BULK_FILE_HASH, Ok(f.hash / MIB));
-                        report.push(BULK_FILE_CPU, Ok(f.cpu_per_gib));
-                    }
-                    Err(e) => report.push(BULK_FILE, Err(e)),
-                }
-                report.push(
-                    BULK_FSYNC,
-                    figures::fsync_bulk(p.bulk_bytes).map(|v| v / MIB),
-                );
-                if let (Ok(c), Ok(r)) = (&chat, &reference) {
-                    report.push(BULK_CHAT_RATIO, Ok(c / r.rate * 100.0));
-                }
-                report.push(BULK_CHAT, chat.map(|v| v / MIB));
-                if let (Ok(s), Ok(r)) = (&stream, &reference) {
-                    report.push(BULK_STREAM_RATIO, Ok(s.rate / r.rate * 100.0));
-                }
-                if let Ok(s) = &stream {
-                    report.push(BULK_PEER_CFG_CPU, Ok(s.cpu_per_gib));
-                }
-                report.push(BULK_PEER_CFG, stream.map(|s| s.rate / MIB));
-                if let Ok(r) = &reference {
-                    report.push(BULK_REF_CPU, Ok(r.cpu_per_gib));
-                }
-                report.push(BULK_REF, reference.map(|r| r.rate / MIB));
-
-                // The same file and reference with each side on a core of its own, as on two
-                // hosts: what each side's own work allows. Needs two cores.
-                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-                match (cores >= 2).then(figures::PinnedSides::new) {
-                    Some(Ok(pinned)) => {
-                        let sides = pinned.sides();
-                        let (file, reference) = if run % 2 == 0 {
-                            let f = figures::bulk_file(&dir, bulk, &sides).await;
-                            (f, figures::bulk_quinn_reference(&sides, p.bulk_bytes).await)
-                        } else {
-                            let r = figures::bulk_quinn_reference(&sides, p.bulk_bytes).await;
-                            (figures::bulk_file(&dir, bulk, &sides).await, r)
-                        };
-                        if let (Ok(f), Ok(r)) = (&file, &reference) {
-                            report.push(BULK_PINNED_RATIO, Ok(f.whole / r.rate * 100.0));
-                        }
-                        report.push(BULK_PINNED_FILE, file.map(|f| f.whole / MIB));
-                        report.push(BULK_PINNED_REF, reference.map(|r| r.rate / MIB));
-                    }
-                    Some(Err(e)) => report.push(BULK_PINNED_RATIO, Err(e)),
-                    None => {}
-                }
+                bulk_group(&mut report, &dir, bulk, &p, run).await;
             }
         }
         if wants("lookups") {
@@ -786,6 +697,119 @@ async fn run(cli: Cli) -> Result<()> {
         anyhow::bail!("{failed} measurements failed (see errors in results.json)");
     }
     Ok(())
+}
+
+/// The bulk figures (issue 19), in one run and in an order that alternates between runs, so
+/// that drift in background load favours none: the file as whole processes, 32 KiB chat
+/// messages, one stream on the peers' configuration, the in-repo reference and, when
+/// `QUINN_PERF` names it, quinn-perf. Every ratio is against the in-repo reference of the same
+/// run; the reference's own ratio to quinn-perf shows that it stands for quinn-perf.
+async fn bulk_group(
+    report: &mut Report,
+    dir: &DirectoryProcess,
+    file: &figures::BulkFile,
+    p: &Params,
+    run: usize,
+) {
+    use bench::bulk::{self, Config};
+    let bytes = p.bulk_bytes;
+    let blocking = |f: Box<dyn FnOnce() -> Result<figures::Bulk> + Send>| async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r)
+    };
+    let (addr, path, size) = (dir.addr, file.path.clone(), file.size);
+    let perf = bulk::quinn_perf_bin();
+    let perf_secs = p.bulk_perf_secs;
+    let mut results: [Option<Result<figures::Bulk>>; 4] = Default::default();
+    let mut chat = None;
+    let mut order = [0, 1, 2, 3, 4];
+    if run % 2 == 1 {
+        order.reverse();
+    }
+    for step in order {
+        match step {
+            0 => {
+                let path = path.clone();
+                results[0] =
+                    Some(blocking(Box::new(move || bulk::send_file(addr, &path, size))).await);
+            }
+            1 => chat = Some(figures::bulk_chat(dir, p).await),
+            2 => {
+                results[1] =
+                    Some(blocking(Box::new(move || bulk::stream(Config::Peers, bytes))).await)
+            }
+            3 => {
+                results[2] =
+                    Some(blocking(Box::new(move || bulk::stream(Config::Perf, bytes))).await)
+            }
+            _ => {
+                if let Some(bin) = perf.clone() {
+                    results[3] = Some(
+                        blocking(Box::new(move || bulk::quinn_perf(&bin, bytes, perf_secs))).await,
+                    );
+                }
+            }
+        }
+    }
+    let [sent, stream, reference, perf] = results;
+    let reference = reference.unwrap_or_else(|| Err(anyhow::anyhow!("not run")));
+    let ratio = |v: f64| reference.as_ref().ok().map(|r| v / r.rate * 100.0);
+    match sent.unwrap_or_else(|| Err(anyhow::anyhow!("not run"))) {
+        Ok(f) => {
+            if let Some(r) = ratio(f.rate) {
+                report.push(BULK_RATIO, Ok(r));
+            }
+            report.push(BULK_FILE, Ok(f.rate / MIB));
+            report.push(BULK_FILE_CPU, Ok(f.cpu_per_gib));
+        }
+        Err(e) => report.push(BULK_FILE, Err(e)),
+    }
+    report.push(BULK_FILE_HASH, hash_rate(&file.path).await);
+    report.push(BULK_FSYNC, figures::fsync_bulk(bytes).map(|v| v / MIB));
+    if let Some(chat) = chat {
+        if let Some(r) = chat.as_ref().ok().and_then(|&c| ratio(c)) {
+            report.push(BULK_CHAT_RATIO, Ok(r));
+        }
+        report.push(BULK_CHAT, chat.map(|v| v / MIB));
+    }
+    match stream.unwrap_or_else(|| Err(anyhow::anyhow!("not run"))) {
+        Ok(s) => {
+            if let Some(r) = ratio(s.rate) {
+                report.push(BULK_STREAM_RATIO, Ok(r));
+            }
+            report.push(BULK_PEER_CFG, Ok(s.rate / MIB));
+            report.push(BULK_PEER_CFG_CPU, Ok(s.cpu_per_gib));
+        }
+        Err(e) => report.push(BULK_PEER_CFG, Err(e)),
+    }
+    match perf {
+        Some(Ok(q)) => {
+            if let Some(r) = ratio(q.rate) {
+                // The reference over quinn-perf, not the other way round.
+                report.push(BULK_REF_VS_PERF, Ok(100.0 * 100.0 / r));
+            }
+            report.push(QUINN_PERF, Ok(q.rate / MIB));
+            report.push(QUINN_PERF_CPU, Ok(q.cpu_per_gib));
+        }
+        Some(Err(e)) => report.push(QUINN_PERF, Err(e)),
+        None => {}
+    }
+    match reference {
+        Ok(r) => {
+            report.push(BULK_REF, Ok(r.rate / MIB));
+            report.push(BULK_REF_CPU, Ok(r.cpu_per_gib));
+        }
+        Err(e) => report.push(BULK_REF, Err(e)),
+    }
+}
+
+/// One BLAKE3 pass over the file alone (what each side's hashing costs), MiB/s.
+async fn hash_rate(path: &std::path::Path) -> Result<f64> {
+    let t = Instant::now();
+    let (_, size) = peer::files::hash_file(path).await?;
+    Ok(size as f64 / t.elapsed().as_secs_f64() / MIB)
 }
 
 /// The cluster's figures (issue 17), each beside one redb node in the same run: lookups over two
