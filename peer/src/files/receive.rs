@@ -172,7 +172,11 @@ async fn receive(
     // Hashing and writing run on a thread of their own, fed chunk by chunk, so that they
     // overlap with taking the next bytes off the network instead of alternating with it.
     let (chunks, taken) = mpsc::channel::<Vec<u8>>(IN_FLIGHT_CHUNKS);
-    let writer = tokio::task::spawn_blocking(move || write_chunks(file, hasher, taken));
+    // The writer hands each written chunk back to be filled again: a new one would be zeroed
+    // and faulted in page by page, a cost as large as the copy into it. At most
+    // IN_FLIGHT_CHUNKS + 2 exist: those queued, the one being written and the one being filled.
+    let (spare, mut spares) = mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = tokio::task::spawn_blocking(move || write_chunks(file, hasher, taken, spare));
     let mut have = offset;
     report(have);
     let mut reported = Instant::now();
@@ -180,7 +184,9 @@ async fn receive(
         while have < header.size {
             // Whole chunks: BLAKE3 hashes a large update on several lanes at once.
             let want = CHUNK.min((header.size - have) as usize);
-            let mut chunk = vec![0u8; want];
+            let mut chunk = spares.try_recv().unwrap_or_default();
+            // Only a new chunk, or the one after a short last read, is filled with zeros here.
+            chunk.resize(want, 0);
             let mut filled = 0;
             while filled < want {
                 let read = tokio::time::timeout(FILE_IDLE, recv.read(&mut chunk[filled..]))
@@ -252,7 +258,8 @@ async fn receive(
     })
 }
 
-/// Appends every chunk from `taken` to `file` and to `hasher`, then syncs the file. Meanwhile
+/// Appends every chunk from `taken` to `file` and to `hasher`, hands it back through `spare`,
+/// then syncs the file. Meanwhile
 /// a second thread flushes what is written every [`FLUSH_EVERY`] bytes and lets the page cache
 /// drop each newly flushed stretch ([`drop_cached`]); the whole file goes after the last sync.
 /// Blocking.
@@ -260,6 +267,7 @@ fn write_chunks(
     mut file: File,
     mut hasher: blake3::Hasher,
     mut taken: mpsc::Receiver<Vec<u8>>,
+    spare: mpsc::UnboundedSender<Vec<u8>>,
 ) -> std::io::Result<blake3::Hasher> {
     let mut written = file.seek(SeekFrom::End(0))?;
     let flushing = file.try_clone()?;
@@ -287,6 +295,7 @@ fn write_chunks(
                     let _ = flush.try_send(written);
                     unflushed = 0;
                 }
+                let _ = spare.send(chunk);
             }
             Ok(())
         })();
