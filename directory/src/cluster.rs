@@ -350,6 +350,6 @@ pub fn introduce_here(
     // A full queue means the target is not reading its events; the caller falls back.
     target
         .events
-        .try_send(event)
+        .try_send(Box::new(event))
         .map_err(|_| ErrorCode::Offline)
 }

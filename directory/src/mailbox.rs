@@ -81,7 +81,7 @@ async fn deliver_inner(conn: &quinn::Connection, shared: &Shared, feed: Feed) ->
         }
         let leaving = window.is_leaving();
         let input = tokio::select! {
-            ack = acks.recv(), if !leaving => match ack {
+            ack = acks.recv(), if !leaving => match ack.map(|ack| *ack) {
                 Some(Ok(EventAck::Delivered(id))) => Input::Acked(id, None),
                 Some(Ok(EventAck::Took { id, proof })) => Input::Acked(id, Some(proof)),
                 // The peer is leaving; its last acks still get their removals.
@@ -98,7 +98,7 @@ async fn deliver_inner(conn: &quinn::Connection, shared: &Shared, feed: Feed) ->
                 Input::Removed { seq, receipt_for: removed? }
             }
             _ = wake.notified(), if !leaving => Input::Wake,
-            Some(event) = events.recv(), if !leaving => Input::Event(event),
+            Some(event) = events.recv(), if !leaving => Input::Event(*event),
         };
         if let Err(e @ Violation::UnknownAck(_)) = window.handle(input) {
             conn.close(codes::PROTOCOL.into(), b"ack for a message not sent");
@@ -140,11 +140,12 @@ fn refill<E>(
 }
 
 /// Reads acks on a task in `tasks` until the stream ends (the channel closes) or fails (one
-/// `Err`, then closed).
+/// `Err`, then closed). Each is boxed, as in `registry::QueuedEvent`: the channel's first 32
+/// slots are allocated with it, for every online peer.
 fn read_acks(
     mut recv: quinn::RecvStream,
     tasks: &mut JoinSet<()>,
-) -> mpsc::Receiver<Result<EventAck, FrameError>> {
+) -> mpsc::Receiver<Box<Result<EventAck, FrameError>>> {
     let (tx, rx) = mpsc::channel(DELIVERY_WINDOW);
     tasks.spawn(async move {
         loop {
@@ -153,7 +154,7 @@ fn read_acks(
                 Ok(None) => return,
                 Err(e) => (Err(e), true),
             };
-            if tx.send(item).await.is_err() || last {
+            if tx.send(Box::new(item)).await.is_err() || last {
                 return;
             }
         }

@@ -32,6 +32,11 @@ pub trait Link: Send + Sync + Debug + 'static {
 /// reading them.
 const EVENT_QUEUE: usize = 64;
 
+/// An event queued for a peer, boxed: a tokio channel allocates its slots 32 at a time when it
+/// is made, so a queue of unboxed events (about 250 bytes each) held 8 KiB for every online
+/// peer, most of which never gets an event. Boxed, a slot is one pointer.
+pub type QueuedEvent = Box<DirectoryEvent>;
+
 /// One online peer.
 #[derive(Debug, Clone)]
 pub struct Online {
@@ -44,7 +49,7 @@ pub struct Online {
     /// Wakes its mailbox task when a message is deposited for it.
     pub wake: Arc<Notify>,
     /// Other events for its event stream (introductions).
-    pub events: mpsc::Sender<DirectoryEvent>,
+    pub events: mpsc::Sender<QueuedEvent>,
     /// Who may see its addresses and be introduced to it; its connection updates it.
     pub reach: Arc<RwLock<Reach>>,
 }
@@ -57,7 +62,7 @@ pub struct Feed {
     /// Notified when mail is deposited for the peer.
     pub wake: Arc<Notify>,
     /// Events to forward on its event stream.
-    pub events: mpsc::Receiver<DirectoryEvent>,
+    pub events: mpsc::Receiver<QueuedEvent>,
     /// Its identity key, as it published it: what the proofs in its acks are checked against
     /// by the senders that get them.
     pub signer: [u8; 32],

@@ -159,7 +159,9 @@ impl Rooms {
         for name in known.roster.members.keys().chain(told) {
             if let Some(online) = shared.registry.get(name) {
                 // A full queue means the member is not reading its events; it reads the log.
-                let _ = online.events.try_send(DirectoryEvent::RoomOp(op.clone()));
+                let _ = online
+                    .events
+                    .try_send(Box::new(DirectoryEvent::RoomOp(op.clone())));
             }
         }
         rosters.insert(op.room.clone(), known);
@@ -219,7 +221,7 @@ impl Rooms {
                         online,
                     };
                     // Presence is a courtesy: a member whose queue is full misses it.
-                    let _ = peer.events.try_send(event);
+                    let _ = peer.events.try_send(Box::new(event));
                 }
             }
         }

@@ -944,7 +944,7 @@ mod tests {
             Ok(DirectoryResponse::Noted)
         );
         assert_eq!(
-            d.bob.events.try_recv()?,
+            *d.bob.events.try_recv()?,
             DirectoryEvent::RoomOp(invite.clone())
         );
         let stale = op(1, "alice", at, Action::Kick { name: name("bob") })?;
@@ -1039,7 +1039,7 @@ mod tests {
                 SocketAddr::from(([192, 168, 1, 2], 5000)),
             ],
         };
-        assert_eq!(d.bob.events.try_recv()?, expected);
+        assert_eq!(*d.bob.events.try_recv()?, expected);
         assert_eq!(d.shared.metrics.introductions.get(), 1);
         Ok(())
     }

@@ -34,8 +34,9 @@ struct Session {
     shared: Arc<Shared>,
     caller: Caller,
     /// Hands the session's loop the feed of a `Register` that brought the peer online, for it
-    /// to start the mailbox task.
-    online: mpsc::Sender<Feed>,
+    /// to start the mailbox task. Boxed, as in `registry::QueuedEvent`: the channel's first
+    /// 32 slots are allocated with it, for every connection.
+    online: mpsc::Sender<Box<Feed>>,
 }
 
 /// Answers to pipelined requests are gathered into one write up to about this many bytes.
@@ -103,7 +104,7 @@ pub async fn run(
                     };
                     tasks.spawn(answer.in_current_span());
                 }
-                let delivery = mailbox::deliver(conn.clone(), shared.clone(), feed);
+                let delivery = mailbox::deliver(conn.clone(), shared.clone(), *feed);
                 tasks.spawn(delivery.in_current_span());
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
@@ -185,7 +186,7 @@ impl Session {
             Ok(Reply { response, online }) => {
                 if let Some(feed) = online {
                     // Fails only once the session's loop has ended: nothing to deliver then.
-                    let _ = self.online.try_send(feed);
+                    let _ = self.online.try_send(Box::new(feed));
                 }
                 response
             }
