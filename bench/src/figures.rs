@@ -75,7 +75,7 @@ impl Params {
             lookup_conns: 64,
             lookup_streams: 8,
             lookup_window: Duration::from_secs(4),
-            presence_sizes: vec![1000, 5000, 10_000],
+            presence_sizes: vec![1000, 10_000, 50_000, 100_000],
             presence_heartbeat: Duration::from_secs(10),
             presence_windows: 5,
             presence_window: Duration::from_secs(10),
@@ -452,15 +452,24 @@ pub struct Presence {
     pub probe_p99_us: Vec<f64>,
 }
 
+/// Simulated peers of the population figure that share a key and a client endpoint.
+const PEERS_PER_KEY: usize = 500;
+
 /// Holds `n` simulated peers online on one directory process, heartbeating, and measures it.
-pub async fn presence(bin: &Path, id: &Identity, n: usize, p: &Params) -> Result<Presence> {
+pub async fn presence(bin: &Path, n: usize, p: &Params) -> Result<Presence> {
     let dir = DirectoryProcess::spawn(bin, &[])?;
     let rss_idle = rss_bytes(dir.pid())?;
-    let pool = Arc::new(ClientPool::heartbeating(
-        id,
-        n.div_ceil(500),
-        p.presence_heartbeat,
-    )?);
+    // One key and one client endpoint per 500 peers. Real peers each have a key of their own;
+    // with all names on one key, every new name would have the directory count that key's
+    // names, which the default limit of 4 keeps short but the bench's lifted limit does not
+    // (registering 100k on one key took 420 s, quadratic in the count).
+    let pools = (0..n.div_ceil(PEERS_PER_KEY).max(1))
+        .map(|k| {
+            let key = Identity::generate(&format!("population-{k}"))?;
+            ClientPool::heartbeating(&key, 1, p.presence_heartbeat)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let pools = Arc::new(pools);
     let hb = p.presence_heartbeat;
     let errors = Arc::new(AtomicU64::new(0));
     let t = Instant::now();
@@ -469,8 +478,12 @@ pub async fn presence(bin: &Path, id: &Identity, n: usize, p: &Params) -> Result
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<Result<()>>(n.max(1));
     // A new name's registration is a durable commit, so it is done 64 at a time.
     for _ in 0..64.min(n) {
-        let (pool, next, errors, ready) =
-            (pool.clone(), next.clone(), errors.clone(), ready_tx.clone());
+        let (pools, next, errors, ready) = (
+            pools.clone(),
+            next.clone(),
+            errors.clone(),
+            ready_tx.clone(),
+        );
         let addr = dir.addr;
         tasks.spawn(async move {
             let mut heartbeats = JoinSet::new();
@@ -480,6 +493,7 @@ pub async fn presence(bin: &Path, id: &Identity, n: usize, p: &Params) -> Result
                     break;
                 }
                 let r = async {
+                    let pool = &pools[i / PEERS_PER_KEY];
                     let conn = pool.connect(i, addr).await?;
                     pool.register(&conn, &crate::name("p", i), hb, true).await?;
                     Ok::<_, anyhow::Error>(conn)
@@ -508,16 +522,24 @@ pub async fn presence(bin: &Path, id: &Identity, n: usize, p: &Params) -> Result
         });
     }
     drop(ready_tx);
-    for _ in 0..n {
-        match ready_rx.recv().await {
-            Some(Ok(())) => {}
-            Some(Err(e)) => return Err(e.context("registering a simulated peer")),
-            None => bail!("registration tasks ended early"),
+    // Bounded in time: a minute, and 4 ms more per peer.
+    let limit = Duration::from_secs(60) + Duration::from_millis(4) * n as u32;
+    let registered = tokio::time::timeout(limit, async {
+        for _ in 0..n {
+            match ready_rx.recv().await {
+                Some(Ok(())) => {}
+                Some(Err(e)) => return Err(e.context("registering a simulated peer")),
+                None => bail!("registration tasks ended early"),
+            }
         }
-    }
+        Ok(())
+    })
+    .await;
+    registered.map_err(|_| anyhow!("{n} peers did not register within {limit:?}"))??;
     let register_secs = t.elapsed().as_secs_f64();
     // Let the registration burst settle before measuring the steady state.
     tokio::time::sleep(Duration::from_secs(2).min(hb)).await;
+    let pool = &pools[0];
     let probe_conn = pool.connect(0, dir.addr).await?;
     pool.register(&probe_conn, &crate::name("probe", 0), hb, false)
         .await?;
@@ -559,7 +581,7 @@ pub async fn presence(bin: &Path, id: &Identity, n: usize, p: &Params) -> Result
     out.rss_mib = rss_bytes(dir.pid())? as f64 / (1 << 20) as f64;
     let errs = errors.load(Ordering::Relaxed);
     tasks.abort_all();
-    pool.close();
+    pools.iter().for_each(ClientPool::close);
     if errs > 0 {
         bail!("{errs} heartbeats failed with {n} peers online");
     }

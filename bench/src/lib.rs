@@ -152,6 +152,10 @@ const LIMITS_LIFTED: &[&str] = &[
     "4294967295",
     "--lookups-per-key-per-minute",
     "4294967295",
+    // The population figure holds 100k connections; above half of the cap each would first
+    // be sent a Retry.
+    "--max-connections",
+    "4294967295",
 ];
 
 impl DirectoryProcess {
