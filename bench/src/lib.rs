@@ -7,6 +7,7 @@
 
 pub mod bulk;
 pub mod cluster;
+pub mod counts;
 pub mod figures;
 pub mod oneshot;
 
@@ -166,9 +167,28 @@ impl DirectoryProcess {
 
     /// [`DirectoryProcess::spawn`] on `bind`.
     pub fn spawn_on(bin: &Path, bind: SocketAddr, extra: &[&str]) -> Result<Self> {
+        Self::spawn_under(&[], bin, bind, extra)
+    }
+
+    /// [`DirectoryProcess::spawn_on`], run by the program and arguments `wrapper` (a profiler)
+    /// when it is not empty.
+    pub fn spawn_under(
+        wrapper: &[std::ffi::OsString],
+        bin: &Path,
+        bind: SocketAddr,
+        extra: &[&str],
+    ) -> Result<Self> {
         let data = tempfile::Builder::new().prefix("bench-dir").tempdir()?;
         let log = std::fs::File::create(data.path().join("directory.log"))?;
-        let mut child = Command::new(bin)
+        let mut command = match wrapper {
+            [] => Command::new(bin),
+            [program, args @ ..] => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+        };
+        let mut child = command
             .args(["--bind", &bind.to_string(), "--data"])
             .arg(data.path().join("data"))
             .args(LIMITS_LIFTED)
@@ -203,6 +223,12 @@ impl DirectoryProcess {
         self.child.id()
     }
 
+    /// Stops the directory as an operator does (SIGTERM) and waits up to `limit` for it to
+    /// exit, so that what it writes at exit (a profiler's output) is written.
+    pub fn stop(mut self, limit: Duration) -> Result<()> {
+        terminate(&mut self.child, limit)
+    }
+
     /// The folder where the directory keeps its database.
     pub fn data_dir(&self) -> PathBuf {
         self._data.path().join("data")
@@ -214,6 +240,21 @@ impl Drop for DirectoryProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends `child` SIGTERM and waits up to `limit` for it to exit (then kills it).
+pub fn terminate(child: &mut Child, limit: Duration) -> Result<()> {
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).context("no process id")?;
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait()?.is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("did not exit within {limit:?} of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// Where the `directory` binary is: `$DIRECTORY_BIN`, else next to this executable.

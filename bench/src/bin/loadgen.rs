@@ -36,7 +36,9 @@ struct Cli {
     /// bulk (a file with send_file, 32 KiB chat messages, and the stream references), disk,
     /// rooms (a room of 50 in-process members: reach, burst, and deposits when all are offline),
     /// cluster (two directory nodes on three clustered nats-servers, beside one redb node),
-    /// oneshot (whole `peer whois` and `peer send` processes; needs the peer binary).
+    /// oneshot (whole `peer whois` and `peer send` processes; needs the peer binary),
+    /// counts (instructions per lookup, deposit, heartbeat and direct message, under
+    /// valgrind's callgrind; skipped without valgrind).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Online populations for the presence figure, e.g. 1000,5000,10000.
@@ -194,6 +196,34 @@ const PRES_CPU: Spec = (
     "directory CPU, largest population heartbeating (target for 100k)",
     "% core",
     Some(40.0),
+    Better::Lower,
+);
+const COUNT_LOOKUP: Spec = (
+    "count_lookup",
+    "instructions per lookup (directory)",
+    "Ir",
+    None,
+    Better::Lower,
+);
+const COUNT_DEPOSIT: Spec = (
+    "count_deposit",
+    "instructions per committed deposit (directory)",
+    "Ir",
+    None,
+    Better::Lower,
+);
+const COUNT_HEARTBEAT: Spec = (
+    "count_heartbeat",
+    "instructions per heartbeat (directory)",
+    "Ir",
+    None,
+    Better::Lower,
+);
+const COUNT_MESSAGE: Spec = (
+    "count_direct_message",
+    "instructions per direct message (receiving peer)",
+    "Ir",
+    None,
     Better::Lower,
 );
 const ONESHOT_WHOIS: Spec = (
@@ -601,6 +631,39 @@ async fn run(cli: Cli) -> Result<()> {
                     report.push(DRAIN, Ok(drain));
                 }
                 Err(e) => report.push(DEPOSITS, Err(e)),
+            }
+        }
+        if wants("counts") && run == 0 {
+            // Counts do not vary between runs: once is enough.
+            if bench::counts::available() {
+                let sizes = if cli.smoke {
+                    bench::counts::Sizes {
+                        lookups: 20,
+                        deposits: 20,
+                        heartbeat_conns: 5,
+                        heartbeat_secs: 2,
+                        messages: 10,
+                    }
+                } else {
+                    bench::counts::Sizes {
+                        lookups: 500,
+                        deposits: 300,
+                        heartbeat_conns: 100,
+                        heartbeat_secs: 10,
+                        messages: 100,
+                    }
+                };
+                match bench::counts::measure(&bin, &identity, sizes, UNBOUNDED_MAILBOX).await {
+                    Ok(c) => {
+                        report.push(COUNT_LOOKUP, Ok(c.lookup));
+                        report.push(COUNT_DEPOSIT, Ok(c.deposit));
+                        report.push(COUNT_HEARTBEAT, Ok(c.heartbeat));
+                        report.push(COUNT_MESSAGE, Ok(c.direct_message));
+                    }
+                    Err(e) => report.push(COUNT_LOOKUP, Err(e)),
+                }
+            } else {
+                eprintln!("counts: SKIPPED, valgrind is not installed (apt-get install valgrind)");
             }
         }
         if wants("rooms") {
