@@ -79,7 +79,7 @@ impl Params {
             presence_heartbeat: Duration::from_secs(10),
             presence_windows: 5,
             presence_window: Duration::from_secs(10),
-            mailbox_msgs: 20_000,
+            mailbox_msgs: 60_000,
             mailbox_conns: 32,
             mailbox_streams: 8,
             bulk_bytes: 1 << 30,

@@ -128,13 +128,7 @@ type Spec = (
     Better,
 );
 
-const RTT_P50: Spec = (
-    "rtt_p50",
-    "direct RTT p50",
-    "µs",
-    Some(150.0),
-    Better::Lower,
-);
+const RTT_P50: Spec = ("rtt_p50", "direct RTT p50", "µs", Some(80.0), Better::Lower);
 const RTT_P99: Spec = (
     "rtt_p99",
     "direct RTT p99",
@@ -146,7 +140,7 @@ const TPUT: Spec = (
     "direct_msgs",
     "direct msgs/s (100 B, all acked)",
     "msg/s",
-    Some(100_000.0),
+    Some(250_000.0),
     Better::Higher,
 );
 const FIRST: Spec = (
@@ -258,7 +252,7 @@ const DEPOSITS: Spec = (
     "mailbox_deposits",
     "mailbox committed deposits/s",
     "msg/s",
-    Some(20_000.0),
+    Some(40_000.0),
     Better::Higher,
 );
 const DRAIN: Spec = (
