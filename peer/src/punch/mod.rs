@@ -183,6 +183,13 @@ impl Dialer {
         }
         match (outcome.link?, dialed) {
             ((Winner::Us, path), Some(conn)) => Some(self.adopt(info.name.clone(), conn, path)),
+            (_, Some(conn)) => {
+                // The peer's connection came first here, but when both of us dialed at once
+                // the peer may have taken ours as its link, its own having lost there.
+                // Dropping ours would close the connection it sends on, so it is served too.
+                self.acceptor.adopt(info.name.clone(), conn);
+                self.links.get(&info.name)
+            }
             _ => self.links.get(&info.name),
         }
     }
