@@ -15,7 +15,11 @@
 //! Every figure is bytes per second and the busy CPU time of the whole machine per GiB moved
 //! ([`Bulk`]): both processes and the kernel's work for them.
 
-use crate::{figures::Bulk, machine_busy};
+use crate::{
+    figures::Bulk,
+    machine_busy,
+    process::{online, peer_args, Reaped},
+};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use bytes::Bytes;
 use common::{
@@ -27,7 +31,7 @@ use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -189,16 +193,6 @@ pub async fn send(config: Config, addr: SocketAddr, trust: &str, bytes: u64) -> 
     Ok(elapsed)
 }
 
-/// A child process killed when dropped, so that an error path leaves nothing running.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Waits for `child` to exit within `limit`; its stdout, or why it failed.
 fn finish(mut child: Reaped, limit: Duration) -> Result<String> {
     let deadline = Instant::now() + limit;
@@ -342,10 +336,7 @@ pub fn send_file(directory: SocketAddr, file: &Path, size: u64) -> Result<Bulk> 
     let homes = tempfile::Builder::new().prefix("bench-file").tempdir()?;
     let peer = |name: &str| {
         let mut cmd = Command::new(&bin);
-        cmd.args(["--name", name, "--directory", &directory.to_string()])
-            .arg("--home")
-            .arg(homes.path().join(name))
-            .args(["--bind", "127.0.0.1:0", "--json"])
+        cmd.args(peer_args(directory, &homes.path().join(name), name))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -371,11 +362,7 @@ pub fn send_file(directory: SocketAddr, file: &Path, size: u64) -> Result<Bulk> 
     })
     .context("accepting the sender")?;
     let mut receiver = Reaped(peer(&b).arg("listen").spawn()?);
-    let mut lines = BufReader::new(receiver.0.stdout.take().context("stdout")?).lines();
-    match lines.next() {
-        Some(Ok(line)) if line.contains("\"online\"") => {}
-        other => bail!("the receiver did not come online: {other:?}"),
-    }
+    let lines = online(&mut receiver.0, "the receiver")?;
     let (got, received) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in lines.map_while(Result::ok) {

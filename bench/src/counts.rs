@@ -17,7 +17,11 @@
 //! Needs `valgrind`; on hardware with performance counters `perf stat -e instructions` would
 //! do, but the machines these figures come from (virtual ones) expose none.
 
-use crate::{figures::PeerNode, request, ClientPool, DirectoryProcess};
+use crate::{
+    figures::PeerNode,
+    process::{online, peer_args, Reaped},
+    request, ClientPool, DirectoryProcess,
+};
 use anyhow::{bail, ensure, Context, Result};
 use common::{
     now_ms,
@@ -27,7 +31,6 @@ use common::{
 };
 use std::{
     ffi::OsString,
-    io::{BufRead, BufReader},
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -268,42 +271,29 @@ async fn messages_run(bin: &Path, n: u64) -> Result<u64> {
     let cg = Callgrind::new()?;
     let home = tempfile::Builder::new().prefix("bench-counts").tempdir()?;
     let wrapper = cg.wrapper();
-    let mut child = Command::new(&wrapper[0])
-        .args(&wrapper[1..])
-        .arg(crate::peer_bin()?)
-        .args(["--name", "counted", "--directory", &dir.addr.to_string()])
-        .arg("--home")
-        .arg(home.path())
-        .args(["--bind", "127.0.0.1:0", "--json", "--open", "listen"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting peer listen under valgrind")?;
-    let result = async {
-        let stdout = child.stdout.take().context("stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        match lines.next() {
-            Some(Ok(line)) if line.contains("\"online\"") => {}
-            other => bail!("the counted peer did not come online: {other:?}"),
-        }
-        std::thread::spawn(move || lines.for_each(drop));
-        let sender = PeerNode::start(&dir, "counter").await?;
-        let to = common::Name::new("counted")?;
-        for i in 0..n {
-            sender
-                .send_direct(&to, &format!("counted message {i}"))
-                .await?;
-        }
-        sender.stop().await;
-        crate::terminate(&mut child, Duration::from_secs(120))
+    let mut child = Reaped(
+        Command::new(&wrapper[0])
+            .args(&wrapper[1..])
+            .arg(crate::peer_bin()?)
+            .args(peer_args(dir.addr, home.path(), "counted"))
+            .args(["--open", "listen"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting peer listen under valgrind")?,
+    );
+    let lines = online(&mut child.0, "the counted peer")?;
+    std::thread::spawn(move || lines.for_each(drop));
+    let sender = PeerNode::start(&dir, "counter").await?;
+    let to = common::Name::new("counted")?;
+    for i in 0..n {
+        sender
+            .send_direct(&to, &format!("counted message {i}"))
+            .await?;
     }
-    .await;
-    if result.is_err() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    result?;
+    sender.stop().await;
+    crate::terminate(&mut child.0, Duration::from_secs(120))?;
     cg.instructions(&format!("messages-{n}"))
 }

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod counts;
 pub mod figures;
 pub mod oneshot;
+pub mod process;
 
 use anyhow::{anyhow, bail, Context, Result};
 use common::{

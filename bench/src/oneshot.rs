@@ -4,12 +4,14 @@
 //! is the (p50 ≤ 20 ms): start-up, the directory connection and registration, the
 //! request, the direct link and the ack, and leaving, all included.
 
-use crate::DirectoryProcess;
-use anyhow::{bail, ensure, Context, Result};
+use crate::{
+    process::{online, peer_args, Reaped},
+    DirectoryProcess,
+};
+use anyhow::{ensure, Result};
 use std::{
-    io::{BufRead, BufReader},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -24,10 +26,7 @@ pub struct OneShot {
 /// A `peer` command for `name` against `dir`, its home under `homes`.
 fn peer(bin: &Path, dir: &DirectoryProcess, homes: &Path, name: &str) -> Command {
     let mut cmd = Command::new(bin);
-    cmd.args(["--name", name, "--directory", &dir.addr.to_string()])
-        .arg("--home")
-        .arg(homes.join(name))
-        .args(["--bind", "127.0.0.1:0", "--json"])
+    cmd.args(peer_args(dir.addr, &homes.join(name), name))
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null());
     cmd
@@ -44,29 +43,14 @@ fn run(mut cmd: Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// `bob listen`, killed when dropped.
-struct Listening(Child);
-
-impl Drop for Listening {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `runs` timed runs of each command, after one untimed run of each (alice's first run makes
 /// her key and registers her name; a first run is not what a script waits on).
 pub fn measure(dir: &DirectoryProcess, runs: usize) -> Result<OneShot> {
     let bin = crate::peer_bin()?;
     let homes = tempfile::Builder::new().prefix("bench-oneshot").tempdir()?;
     let mut bob = peer(&bin, dir, homes.path(), "bob");
-    let mut bob = Listening(bob.arg("listen").stdout(Stdio::piped()).spawn()?);
-    let stdout = bob.0.stdout.take().context("bob's stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    match lines.next() {
-        Some(Ok(line)) if line.contains("\"online\"") => {}
-        other => bail!("bob did not come online: {other:?}"),
-    }
+    let mut bob = Reaped(bob.arg("listen").stdout(Stdio::piped()).spawn()?);
+    let lines = online(&mut bob.0, "bob")?;
     // Bob's output is read (and dropped) on a thread of its own, so its pipe never fills.
     std::thread::spawn(move || lines.for_each(drop));
 

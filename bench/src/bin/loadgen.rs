@@ -777,10 +777,11 @@ async fn bulk_group(
             .and_then(|r| r)
     };
     let (addr, path, size) = (dir.addr, file.path.clone(), file.size);
-    let perf = bulk::quinn_perf_bin();
+    let perf_bin = bulk::quinn_perf_bin();
     let perf_secs = p.bulk_perf_secs;
-    let mut results: [Option<Result<figures::Bulk>>; 4] = Default::default();
-    let mut chat = None;
+    let not_run = || Err(anyhow::anyhow!("not run"));
+    let (mut sent, mut chat, mut stream, mut reference, mut perf) =
+        (not_run(), None, not_run(), not_run(), None);
     let mut order = [0, 1, 2, 3, 4];
     if run % 2 == 1 {
         order.reverse();
@@ -789,31 +790,21 @@ async fn bulk_group(
         match step {
             0 => {
                 let path = path.clone();
-                results[0] =
-                    Some(blocking(Box::new(move || bulk::send_file(addr, &path, size))).await);
+                sent = blocking(Box::new(move || bulk::send_file(addr, &path, size))).await;
             }
             1 => chat = Some(figures::bulk_chat(dir, p).await),
-            2 => {
-                results[1] =
-                    Some(blocking(Box::new(move || bulk::stream(Config::Peers, bytes))).await)
-            }
-            3 => {
-                results[2] =
-                    Some(blocking(Box::new(move || bulk::stream(Config::Perf, bytes))).await)
-            }
+            2 => stream = blocking(Box::new(move || bulk::stream(Config::Peers, bytes))).await,
+            3 => reference = blocking(Box::new(move || bulk::stream(Config::Perf, bytes))).await,
             _ => {
-                if let Some(bin) = perf.clone() {
-                    results[3] = Some(
-                        blocking(Box::new(move || bulk::quinn_perf(&bin, bytes, perf_secs))).await,
-                    );
+                if let Some(bin) = perf_bin.clone() {
+                    let q = blocking(Box::new(move || bulk::quinn_perf(&bin, bytes, perf_secs)));
+                    perf = Some(q.await);
                 }
             }
         }
     }
-    let [sent, stream, reference, perf] = results;
-    let reference = reference.unwrap_or_else(|| Err(anyhow::anyhow!("not run")));
     let ratio = |v: f64| reference.as_ref().ok().map(|r| v / r.rate * 100.0);
-    match sent.unwrap_or_else(|| Err(anyhow::anyhow!("not run"))) {
+    match sent {
         Ok(f) => {
             if let Some(r) = ratio(f.rate) {
                 report.push(BULK_RATIO, Ok(r));
@@ -831,7 +822,7 @@ async fn bulk_group(
         }
         report.push(BULK_CHAT, chat.map(|v| v / MIB));
     }
-    match stream.unwrap_or_else(|| Err(anyhow::anyhow!("not run"))) {
+    match stream {
         Ok(s) => {
             if let Some(r) = ratio(s.rate) {
                 report.push(BULK_STREAM_RATIO, Ok(r));
