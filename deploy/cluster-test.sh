@@ -50,8 +50,10 @@ for s in c1 c2 c3 c4; do
     "$(timeout 10 docker logs --tail 20 "${cid[$s]}" 2>&1)"
 done
 for pair in "d1 c1" "d1 c2" "d2 c3" "d2 c4"; do
+  # The peer prints its online line on the directory's answer; the node's log line about it
+  # may reach `docker logs` a moment later.
   # shellcheck disable=SC2086
-  online_at $pair || fail "${pair#* } on node ${pair% *}" "registered there" \
+  wait_for 10 online_at $pair || fail "${pair#* } on node ${pair% *}" "registered there" \
     "$(timeout 10 docker logs --tail 20 "${cid[${pair% *}]}" 2>&1)"
 done
 fingerprints=$(for d in d1 d2; do stdout_of "$d"; done |
