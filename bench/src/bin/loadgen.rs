@@ -634,8 +634,8 @@ async fn run(cli: Cli) -> Result<()> {
                     bench::counts::Sizes {
                         lookups: 20,
                         deposits: 20,
-                        heartbeat_conns: 5,
-                        heartbeat_secs: 2,
+                        heartbeat_conns: 20,
+                        heartbeat_secs: 5,
                         messages: 10,
                     }
                 } else {
@@ -647,15 +647,11 @@ async fn run(cli: Cli) -> Result<()> {
                         messages: 100,
                     }
                 };
-                match bench::counts::measure(&bin, &identity, sizes, UNBOUNDED_MAILBOX).await {
-                    Ok(c) => {
-                        report.push(COUNT_LOOKUP, Ok(c.lookup));
-                        report.push(COUNT_DEPOSIT, Ok(c.deposit));
-                        report.push(COUNT_HEARTBEAT, Ok(c.heartbeat));
-                        report.push(COUNT_MESSAGE, Ok(c.direct_message));
-                    }
-                    Err(e) => report.push(COUNT_LOOKUP, Err(e)),
-                }
+                let c = bench::counts::measure(&bin, &identity, sizes, UNBOUNDED_MAILBOX).await;
+                report.push(COUNT_LOOKUP, c.lookup);
+                report.push(COUNT_DEPOSIT, c.deposit);
+                report.push(COUNT_HEARTBEAT, c.heartbeat);
+                report.push(COUNT_MESSAGE, c.direct_message);
             } else {
                 eprintln!("counts: SKIPPED, valgrind is not installed (apt-get install valgrind)");
             }
