@@ -38,6 +38,7 @@ use std::{
     time::Duration,
 };
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 /// How long a node waits for another to answer about a peer online there. On a LAN, answers
@@ -69,6 +70,22 @@ enum Answer {
     Online(Remote),
     Introduced,
     Refused(ErrorCode),
+    /// It has just left this node (`open`: letting anyone reach it); the node answers so until
+    /// it has told the cluster ([`Cluster::presence`]).
+    Left {
+        open: bool,
+    },
+}
+
+/// Where a lookup found a peer in the rest of the cluster.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Found {
+    /// Online on another node, as the asker may see it.
+    Online(Remote),
+    /// It has just left another node (`open`: letting anyone reach it).
+    Left { open: bool },
+    /// Online on no other node.
+    Nowhere,
 }
 
 /// A peer online on some node, as a given asker may see it.
@@ -98,6 +115,9 @@ struct Presence {
     node: String,
     name: Name,
     online: bool,
+    /// Going offline, whether it let anyone reach it: its exact last-seen time stays public
+    /// on every node, as on the node it left ([`Registry::was_open`]).
+    open: bool,
 }
 
 /// What makes a node part of a cluster: its link to the others, and the changes its store
@@ -156,10 +176,11 @@ impl Cluster {
     }
 
     /// `name` as `asker` may see it, if it is online on another node.
-    pub async fn lookup(&self, name: &Name, asker: KeyId) -> Option<Remote> {
-        match self.ask(name, &Ask::Lookup { asker }).await? {
-            Answer::Online(remote) => Some(remote),
-            _ => None,
+    pub async fn lookup(&self, name: &Name, asker: KeyId) -> Found {
+        match self.ask(name, &Ask::Lookup { asker }).await {
+            Some(Answer::Online(remote)) => Found::Online(remote),
+            Some(Answer::Left { open }) => Found::Left { open },
+            _ => Found::Nowhere,
         }
     }
 
@@ -178,12 +199,14 @@ impl Cluster {
         }
     }
 
-    /// Tells every node that `name` came online here or went offline.
-    pub async fn presence(&self, name: &Name, online: bool) {
+    /// Tells every node that `name` came online here or went offline (`open`: letting
+    /// anyone reach it when it left).
+    pub async fn presence(&self, name: &Name, online: bool, open: bool) {
         let presence = Presence {
             node: self.node.clone(),
             name: name.clone(),
             online,
+            open,
         };
         let Ok(payload) = postcard::to_allocvec(&presence) else {
             return;
@@ -193,18 +216,21 @@ impl Cluster {
         }
     }
 
-    /// Answers for `name` while it is online here on `link`: lookups and introductions from
-    /// other nodes; closes `link` if the peer comes online on another node, and sets `moved`
-    /// first: the session then says nothing of the peer going offline, which it has not.
-    /// Returns when the connection closes.
+    /// Answers for `name` while it is online here on `link`, and after it left until `told`
+    /// is cancelled (the session has told the cluster; other nodes then know what this one
+    /// does): lookups and introductions from other nodes. Closes `link` if the peer comes
+    /// online on another node, and sets `moved` first: the session then says nothing of the
+    /// peer going offline, which it has not. Returns when `told` is cancelled, or at once when
+    /// the peer moved.
     pub async fn serve_peer(
         &self,
         name: Name,
         link: quinn::Connection,
-        registry: &Registry,
-        allowances: &Allowances,
+        shared: (&Registry, &Allowances),
         moved: &AtomicBool,
+        told: &CancellationToken,
     ) {
+        let (registry, allowances) = shared;
         let mut asks = match self.client.subscribe(subject(&name)).await {
             Ok(asks) => asks,
             Err(e) => {
@@ -227,7 +253,7 @@ impl Cluster {
                     Some(message) => message,
                     None => return,
                 },
-                _ = link.closed() => return,
+                () = told.cancelled() => return,
             };
             let Ok(ask) = postcard::from_bytes::<Ask>(&message.payload) else {
                 continue;
@@ -243,7 +269,10 @@ impl Cluster {
                     Link::close(&link, codes::REPLACED, MOVED);
                     return;
                 }
-                (_, None) => continue,
+                (Ask::Lookup { .. }, None) => Answer::Left {
+                    open: registry.was_open(&name),
+                },
+                (Ask::Introduce { .. }, None) => Answer::Refused(ErrorCode::Offline),
                 (Ask::Lookup { asker }, Some(online)) => {
                     Answer::Online(Remote::of(&online, &asker))
                 }
@@ -303,6 +332,7 @@ impl Cluster {
                         // A peer online here is not offline, whatever a node it left says.
                         Ok(p) if p.node != self.node
                             && (p.online || registry.get(&p.name).is_none()) => {
+                            registry.elsewhere(&p.name, p.online, p.open);
                             rooms.presence(parts, &p.name, p.online).await;
                         }
                         _ => {}

@@ -120,8 +120,9 @@ pub struct Registry {
     online: Mutex<HashMap<Name, Online>>,
     /// Peers that let anyone reach them ([`Reach::Anyone`]) when they went offline: their exact
     /// last-seen time stays public. Of the others, nobody is known to be a contact once they
-    /// are offline (their contact lists are not kept), so everyone gets the day. One name per
-    /// open peer, bounded by the names the store holds.
+    /// are offline (their contact lists are not kept), so everyone gets the day. In a cluster
+    /// the node a peer left tells the others ([`Registry::elsewhere`]). One name per open
+    /// peer, bounded by the names the store holds.
     open_offline: Mutex<std::collections::HashSet<Name>>,
 }
 
@@ -159,6 +160,18 @@ impl Registry {
     /// Whether `name`, offline, let anyone reach it when it left.
     pub fn was_open(&self, name: &Name) -> bool {
         self.open_offline().contains(name)
+    }
+
+    /// Records that `name` came online on another node of the cluster, or left it (`open`:
+    /// letting anyone reach it), so that [`Registry::was_open`] answers here as it would
+    /// there.
+    pub fn elsewhere(&self, name: &Name, online: bool, open: bool) {
+        let mut offline = self.open_offline();
+        if !online && open {
+            offline.insert(name.clone());
+        } else {
+            offline.remove(name);
+        }
     }
 
     fn open_offline(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Name>> {

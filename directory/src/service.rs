@@ -8,7 +8,7 @@
 //! connection then starts delivering its mail ([`Reply::online`]).
 
 use crate::{
-    cluster::{self, Remote},
+    cluster::{self, Found, Remote},
     registry::{Feed, Link, Online},
     rooms::{Asker, Parts as RoomParts},
     state::Shared,
@@ -255,7 +255,7 @@ async fn register(shared: &Shared, caller: &Caller, hello: Hello) -> Result<Repl
     let rooms = rooms_parts(shared);
     shared.rooms.presence(rooms, &name, true).await;
     if let Some(cluster) = &shared.cluster {
-        cluster.presence(&name, true).await;
+        cluster.presence(&name, true, false).await;
     }
     Ok(Reply {
         response: registered,
@@ -384,7 +384,15 @@ async fn lookup(shared: &Shared, key: KeyId, me: &Name, name: Name) -> Result<Pe
         .ok_or(ErrorCode::UnknownPeer)?;
     let online = match (shared.registry.get(&name), &shared.cluster) {
         (Some(o), _) => Some(Remote::of(&o, &key)),
-        (None, Some(cluster)) => cluster.lookup(&name, key).await,
+        (None, Some(cluster)) => match cluster.lookup(&name, key).await {
+            Found::Online(remote) => Some(remote),
+            Found::Left { open } => {
+                // Its node is about to tell every node so; this lookup need not wait for it.
+                shared.registry.elsewhere(&name, false, open);
+                None
+            }
+            Found::Nowhere => None,
+        },
         (None, None) => None,
     };
     let day = |ms: u64| ms - ms % STRANGER_LAST_SEEN_STEP_MS;

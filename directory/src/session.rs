@@ -73,6 +73,9 @@ pub async fn run(
     let mut tasks = JoinSet::new();
     // Set when the peer came online on another node of the cluster, which closed this one.
     let moved = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Cancelled once the cluster has been told the peer left: this node answers for it until
+    // then, so no other node finds it gone before hearing how it left.
+    let told = CancellationToken::new();
     loop {
         tokio::select! {
             accepted = conn.accept_bi() => match accepted {
@@ -95,11 +98,11 @@ pub async fn run(
             Some(feed) = online_rx.recv() => {
                 if shared.cluster.is_some() {
                     let (shared, conn, name) = (shared.clone(), conn.clone(), feed.name.clone());
-                    let moved = moved.clone();
+                    let (moved, told) = (moved.clone(), told.clone());
                     let answer = async move {
                         if let Some(cluster) = &shared.cluster {
-                            let (registry, allowances) = (&shared.registry, &shared.allowances);
-                            cluster.serve_peer(name, conn, registry, allowances, &moved).await;
+                            let parts = (&shared.registry, &shared.allowances);
+                            cluster.serve_peer(name, conn, parts, &moved, &told).await;
                         }
                     };
                     tasks.spawn(answer.in_current_span());
@@ -131,10 +134,12 @@ pub async fn run(
             let rooms = service::rooms_parts(&shared);
             shared.rooms.presence(rooms, name, false).await;
             if let Some(cluster) = &shared.cluster {
-                cluster.presence(name, false).await;
+                let open = shared.registry.was_open(name);
+                cluster.presence(name, false, open).await;
             }
         }
     }
+    told.cancel();
     // The connection is closed (on shutdown the server closes it), so its streams and its
     // mailbox end soon.
     while tasks.join_next().await.is_some() {}
