@@ -6,8 +6,9 @@
 //!
 //! - `bins`: builds the binaries once per test process and finds them.
 //! - `logs`, `util`, `checks`: stderr files, small helpers, message checks.
-//! - [`Net`]: one test's world: a temporary root, one [`Directory`], and one home per peer
-//!   identity, so that repeated commands of the same name reuse the same key.
+//! - [`Net`]: one test's world: a temporary root, one [`Directory`] (or two nodes of a cluster,
+//!   [`Topology`]), and one home per peer identity, so that repeated commands of the same name
+//!   reuse the same key. [`on_each_topology!`] runs a scenario on one node and on two.
 //! - [`Directory`]: a running `directory` process; kill -9, SIGTERM, restart on the same data.
 //! - [`PeerCmd`]: a builder for one `peer` invocation; [`PeerCmd::run`] for short commands,
 //!   [`PeerCmd::spawn`] for `listen` and `chat`, which give a [`Running`].
@@ -57,13 +58,38 @@ pub use checks::{check_messages, numbered};
 pub use directory::{directory_fingerprint, parse_start_line, DirOpts, Directory};
 pub use logs::Logs;
 pub use nats::Nats;
-pub use net::Net;
+pub use net::{Net, Topology};
 pub use nix::sys::signal::Signal as Sig;
 pub use peer::{CmdOutput, PeerCmd};
 pub use running::Running;
 pub use serde_json::Value as Json;
 pub use tmux::Tmux;
 pub use util::{body, is_hex32, is_hex64, is_message_from, is_type, now_ms, poll_until, tail};
+
+/// Runs each scenario named, a `fn(Topology) -> anyhow::Result<()>` of the calling file, as two
+/// tests: `one_node::NAME` on one directory, and `two_nodes::NAME` with the peers split over two
+/// nodes of a cluster on NATS JetStream. A scenario written once holds for both.
+#[macro_export]
+macro_rules! on_each_topology {
+    ($($scenario:ident),+ $(,)?) => {
+        mod one_node {
+            $(
+                #[test]
+                fn $scenario() -> anyhow::Result<()> {
+                    super::$scenario($crate::Topology::OneNode)
+                }
+            )+
+        }
+        mod two_nodes {
+            $(
+                #[test]
+                fn $scenario() -> anyhow::Result<()> {
+                    super::$scenario($crate::Topology::TwoNodes)
+                }
+            )+
+        }
+    };
+}
 
 /// How long a directory may take to print its start line.
 pub const DIRECTORY_START: Duration = Duration::from_secs(20);

@@ -1,7 +1,9 @@
-//! [`Net`]: one test's world: a temporary root, a directory, and a home per identity.
+//! [`Net`]: one test's world: a temporary root, a directory (one node, or two nodes of a
+//! cluster), and a home per identity.
 
 use crate::directory::{DirOpts, Directory};
 use crate::logs::Logs;
+use crate::nats::Nats;
 use crate::peer::PeerCmd;
 use crate::running::Running;
 use crate::util::{is_hex32, poll_until};
@@ -16,10 +18,36 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Where a scenario's directory runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topology {
+    /// One directory on its embedded store.
+    OneNode,
+    /// Two nodes of one directory on a NATS JetStream store, sharing one key. The peers are
+    /// split over them in the order they first appear in the scenario (the first on node A,
+    /// the second on node B, the third on A...). Each is told of both nodes, its own first,
+    /// so a peer whose node dies moves to the other.
+    TwoNodes,
+}
+
+/// The second node of a cluster, and the NATS server under both.
+struct NodeB {
+    // Fields drop in order: node B goes before the server it writes to.
+    dir: Directory,
+    nats: Nats,
+    /// Whether peers are placed on both nodes ([`Topology::TwoNodes`]), or all on node A
+    /// unless a scenario says otherwise ([`Net::two_nodes`]).
+    spread: bool,
+    /// Each peer label seen, with whether it was placed on node B.
+    placed: Mutex<HashMap<String, bool>>,
+}
+
 /// One test's world: a temporary root, a directory, and a home per peer identity.
 pub struct Net {
-    // Fields drop in order: the directory must die before its data directory is removed.
+    // Fields drop in order: the directories must die before their data directories are
+    // removed, and node A before the NATS server that node B holds.
     dir: Directory,
+    node_b: Option<NodeB>,
     homes: Mutex<HashMap<String, PathBuf>>,
     extra_dirs: Mutex<u32>,
     logs: Arc<Logs>,
@@ -44,9 +72,70 @@ impl Net {
             root_path,
             logs,
             dir,
+            node_b: None,
             homes: Mutex::new(HashMap::new()),
             extra_dirs: Mutex::new(0),
         })
+    }
+
+    /// A world on `topology`, or `None` when it needs a program that is not installed (said
+    /// loudly, and a failure under `CI=true`; see [`Nats::start`]).
+    pub fn on(topology: Topology) -> Result<Option<Self>> {
+        match topology {
+            Topology::OneNode => Self::new().map(Some),
+            Topology::TwoNodes => Self::cluster(true),
+        }
+    }
+
+    /// Two nodes of one directory on one NATS JetStream store, sharing node A's key; every
+    /// peer uses node A unless a scenario points it at [`Net::node_b`]. `None` as for
+    /// [`Net::on`].
+    pub fn two_nodes() -> Result<Option<Self>> {
+        Self::cluster(false)
+    }
+
+    fn cluster(spread: bool) -> Result<Option<Self>> {
+        let Some(nats) = Nats::start()? else {
+            return Ok(None);
+        };
+        let store = |extra: &[String]| DirOpts {
+            args: [&["--store".to_string(), nats.url().to_string()], extra].concat(),
+            ..DirOpts::default()
+        };
+        let mut net = Self::with(store(&[]))?;
+        let key = net.dir.data().join("key.der").display().to_string();
+        let dir = net.start_directory(store(&["--key".into(), key]))?;
+        net.node_b = Some(NodeB {
+            dir,
+            nats,
+            spread,
+            placed: Mutex::new(HashMap::new()),
+        });
+        Ok(Some(net))
+    }
+
+    /// Node B of a cluster ([`Topology::TwoNodes`], [`Net::two_nodes`]).
+    pub fn node_b(&self) -> Result<&Directory> {
+        self.node_b
+            .as_ref()
+            .map(|b| &b.dir)
+            .ok_or_else(|| anyhow!("this world has one directory node"))
+    }
+
+    /// Node B, to kill or restart it.
+    pub fn node_b_mut(&mut self) -> Result<&mut Directory> {
+        self.node_b
+            .as_mut()
+            .map(|b| &mut b.dir)
+            .ok_or_else(|| anyhow!("this world has one directory node"))
+    }
+
+    /// `nats://127.0.0.1:PORT` of a cluster's NATS server.
+    pub fn nats_url(&self) -> Result<&str> {
+        self.node_b
+            .as_ref()
+            .map(|b| b.nats.url())
+            .ok_or_else(|| anyhow!("this world has one directory node"))
     }
 
     /// The test's temporary root.
@@ -54,12 +143,12 @@ impl Net {
         &self.root_path
     }
 
-    /// The main directory.
+    /// The main directory (node A of a cluster).
     pub fn dir(&self) -> &Directory {
         &self.dir
     }
 
-    /// The main directory, to kill or restart it.
+    /// The main directory (node A of a cluster), to kill or restart it.
     pub fn dir_mut(&mut self) -> &mut Directory {
         &mut self.dir
     }
@@ -97,7 +186,7 @@ impl Net {
     }
 
     /// A `peer` command for `name`, with the home of the same label, against the main
-    /// directory.
+    /// directory (or, on [`Topology::TwoNodes`], both nodes, its own first).
     pub fn peer(&self, name: &str) -> PeerCmd {
         self.peer_in(name, name)
     }
@@ -109,13 +198,29 @@ impl Net {
         } else {
             format!("{name}@{home}")
         };
-        PeerCmd::new(
-            label,
+        let cmd = PeerCmd::new(
+            label.clone(),
             name,
             self.home(home),
             self.dir.addr(),
             self.logs.clone(),
-        )
+        );
+        match &self.node_b {
+            Some(b) if b.spread => {
+                let on_b = {
+                    let mut placed = b.placed.lock().expect("placed lock");
+                    let next = placed.len() % 2 == 1;
+                    *placed.entry(label).or_insert(next)
+                };
+                let (own, other) = if on_b {
+                    (b.dir.addr(), self.dir.addr())
+                } else {
+                    (self.dir.addr(), b.dir.addr())
+                };
+                cmd.directory_nodes(&format!("{own},{other}"))
+            }
+            _ => cmd,
+        }
     }
 
     /// `peer --name NAME inbox`, which registers the name (binding it to its home's key) and

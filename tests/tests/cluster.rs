@@ -8,57 +8,28 @@
 
 use anyhow::{ensure, Result};
 use std::time::{Duration, Instant};
-use tests::{
-    check_messages, is_message_from, numbered, poll_until, DirOpts, Directory, Nats, Net, SHORT,
-};
+use tests::{check_messages, is_message_from, numbered, poll_until, Net, SHORT};
 
-/// A two-node cluster: `net`'s main directory is node A; `b` is node B.
-struct Cluster {
-    net: Net,
-    b: Directory,
-    _nats: Nats,
-}
-
-impl Cluster {
-    fn start() -> Result<Option<Self>> {
-        let Some(nats) = Nats::start()? else {
-            return Ok(None);
-        };
-        let store = |extra: &[String]| DirOpts {
-            args: [&["--store".to_string(), nats.url().to_string()], extra].concat(),
-            ..DirOpts::default()
-        };
-        let net = Net::with(store(&[]))?;
-        let key = net.dir().data().join("key.der").display().to_string();
-        let b = net.start_directory(store(&["--key".into(), key]))?;
-        Ok(Some(Self {
-            net,
-            b,
-            _nats: nats,
-        }))
-    }
-
-    /// `whois name`, asked by `asker` at node B, until it says `online`.
-    fn wait_presence_at_b(&self, asker: &str, name: &str, online: bool) -> Result<()> {
-        poll_until(
-            &format!("whois {name} at node B to say online={online}"),
-            SHORT,
-            Duration::from_millis(100),
-            || {
-                let out = self
-                    .net
-                    .peer(asker)
-                    .directory(self.b.addr())
-                    .json()
-                    .args(["whois", name])
-                    .run(SHORT)?;
-                Ok(
-                    (out.status.success() && out.one_of_type("whois")?["online"] == online)
-                        .then_some(()),
-                )
-            },
-        )
-    }
+/// `whois name`, asked by `asker` at node B, until it says `online`.
+fn wait_presence_at_b(net: &Net, asker: &str, name: &str, online: bool) -> Result<()> {
+    let b = net.node_b()?.addr();
+    poll_until(
+        &format!("whois {name} at node B to say online={online}"),
+        SHORT,
+        Duration::from_millis(100),
+        || {
+            let out = net
+                .peer(asker)
+                .directory(b)
+                .json()
+                .args(["whois", name])
+                .run(SHORT)?;
+            Ok(
+                (out.status.success() && out.one_of_type("whois")?["online"] == online)
+                    .then_some(()),
+            )
+        },
+    )
 }
 
 /// A name bound on node A is refused to another key on node B, and known there; a peer online
@@ -66,10 +37,10 @@ impl Cluster {
 /// A, directly both ways.
 #[test]
 fn peers_on_two_nodes_find_each_other_and_chat_directly() -> Result<()> {
-    let Some(cluster) = Cluster::start()? else {
+    let Some(net) = Net::two_nodes()? else {
         return Ok(());
     };
-    let (net, b) = (&cluster.net, &cluster.b);
+    let b = net.node_b()?;
     net.register("c1")?;
     let taken = net
         .peer_in("c1", "impostor")
@@ -79,7 +50,7 @@ fn peers_on_two_nodes_find_each_other_and_chat_directly() -> Result<()> {
     taken.failure(&["registered to another key"])?;
 
     let mut c1 = net.listen("c1")?;
-    cluster.wait_presence_at_b("c2", "c1", true)?;
+    wait_presence_at_b(&net, "c2", "c1", true)?;
     let mut c2 = net.listen_with(net.peer("c2").directory(b.addr()))?;
     let sent = net
         .peer("c2")
@@ -113,10 +84,10 @@ fn peers_on_two_nodes_find_each_other_and_chat_directly() -> Result<()> {
 #[test]
 fn the_mailbox_works_across_nodes() -> Result<()> {
     const N: usize = 30;
-    let Some(cluster) = Cluster::start()? else {
+    let Some(net) = Net::two_nodes()? else {
         return Ok(());
     };
-    let (net, b) = (&cluster.net, &cluster.b);
+    let b = net.node_b()?;
     net.peer("c2")
         .directory(b.addr())
         .args(["inbox"])
@@ -158,10 +129,10 @@ fn the_mailbox_works_across_nodes() -> Result<()> {
 /// B applies the deposit from the cluster's log and wakes its mailbox.
 #[test]
 fn mail_deposited_on_one_node_is_pushed_by_the_other() -> Result<()> {
-    let Some(cluster) = Cluster::start()? else {
+    let Some(net) = Net::two_nodes()? else {
         return Ok(());
     };
-    let (net, b) = (&cluster.net, &cluster.b);
+    let b = net.node_b()?;
     net.register("c1")?;
     // Closed to strangers, c2 gets c1's message through the mailbox.
     let mut c2 = net.listen_with(net.peer("c2").closed().directory(b.addr()))?;
@@ -180,12 +151,12 @@ fn mail_deposited_on_one_node_is_pushed_by_the_other() -> Result<()> {
 /// c1 moves to node B, and every message c1 sent, before and after, reaches c2 exactly once.
 #[test]
 fn a_peer_moves_when_its_node_dies_and_nothing_is_lost_or_repeated() -> Result<()> {
-    let Some(mut cluster) = Cluster::start()? else {
+    let Some(mut net) = Net::two_nodes()? else {
         return Ok(());
     };
-    let nodes = format!("{},{}", cluster.net.dir().addr(), cluster.b.addr());
-    let net = &cluster.net;
-    let mut c2 = net.listen_with(net.peer("c2").directory(cluster.b.addr()))?;
+    let b = net.node_b()?.addr();
+    let nodes = format!("{},{b}", net.dir().addr());
+    let mut c2 = net.listen_with(net.peer("c2").directory(b))?;
     let mut c1 = net
         .peer("c1")
         .heartbeat(1.0)
@@ -202,9 +173,8 @@ fn a_peer_moves_when_its_node_dies_and_nothing_is_lost_or_repeated() -> Result<(
         is_message_from(v, "c1")
     })?;
     check_messages(&got, "c1", "c2", &before, None)?;
-    cluster.net.dir_mut().kill9()?;
-    let net = &cluster.net;
-    cluster.wait_presence_at_b("c2", "c1", true)?;
+    net.dir_mut().kill9()?;
+    wait_presence_at_b(&net, "c2", "c1", true)?;
     let after = numbered("after", 0..5);
     for body in &after {
         c1.write_line(body)?;
@@ -231,10 +201,10 @@ fn a_peer_moves_when_its_node_dies_and_nothing_is_lost_or_repeated() -> Result<(
 /// reaches c2; c1 coming online and going offline on A shows in the room on B.
 #[test]
 fn a_room_spans_both_nodes() -> Result<()> {
-    let Some(cluster) = Cluster::start()? else {
+    let Some(net) = Net::two_nodes()? else {
         return Ok(());
     };
-    let (net, b) = (&cluster.net, &cluster.b);
+    let b = net.node_b()?;
     net.register("c1")?;
     let mut c2 = net.listen_with(net.peer("c2").directory(b.addr()))?;
     let room = |args: &[&str]| net.peer("c1").json().args(["room"]).args(args).run(SHORT);
@@ -272,14 +242,10 @@ fn a_room_spans_both_nodes() -> Result<()> {
 #[test]
 fn a_node_that_cannot_apply_the_log_exits() -> Result<()> {
     use std::io::{BufRead, BufReader, Write};
-    let Some(mut cluster) = Cluster::start()? else {
+    let Some(mut net) = Net::two_nodes()? else {
         return Ok(());
     };
-    let url = cluster
-        ._nats
-        .url()
-        .trim_start_matches("nats://")
-        .to_string();
+    let url = net.nats_url()?.trim_start_matches("nats://").to_string();
     let mut nats = std::net::TcpStream::connect(&url)?;
     nats.set_read_timeout(Some(SHORT))?;
     let mut lines = BufReader::new(nats.try_clone()?);
@@ -297,7 +263,7 @@ fn a_node_that_cannot_apply_the_log_exits() -> Result<()> {
             "NATS closed the connection"
         );
     }
-    let b = &mut cluster.b;
+    let b = net.node_b_mut()?;
     poll_until("node B to exit", SHORT, Duration::from_millis(100), || {
         Ok((!b.is_running()).then_some(()))
     })?;

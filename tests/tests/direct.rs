@@ -1,16 +1,27 @@
 //! Direct delivery between two online peers.
+//!
+//! Each scenario runs on one directory and again with its peers split over two nodes of a
+//! cluster on NATS JetStream ([`tests::on_each_topology!`]).
 
 use anyhow::{ensure, Context, Result};
 use std::time::Duration;
 use tests::{
-    body, check_messages, is_message_from, is_type, now_ms, numbered, Json, Net, Running, SHORT,
+    body, check_messages, is_message_from, is_type, now_ms, numbered, on_each_topology, Json, Net,
+    Running, Topology, SHORT,
 };
+
+on_each_topology!(
+    send_to_listener_is_delivered_directly,
+    plain_listen_prints_messages,
+    two_chats_fifty_each_way,
+);
 
 /// `send` to a listening peer: status delivered; the listener prints it once, via direct, with
 /// the sender's id. TEXT... words are joined with single spaces.
-#[test]
-fn send_to_listener_is_delivered_directly() -> Result<()> {
-    let net = Net::new()?;
+fn send_to_listener_is_delivered_directly(topology: Topology) -> Result<()> {
+    let Some(net) = Net::on(topology)? else {
+        return Ok(());
+    };
     let mut c2 = net.listen("c2")?;
     let t0 = now_ms();
     let out = net
@@ -60,9 +71,10 @@ fn send_to_listener_is_delivered_directly() -> Result<()> {
 }
 
 /// Without --json, `listen` still prints each incoming message (the body appears on stdout).
-#[test]
-fn plain_listen_prints_messages() -> Result<()> {
-    let net = Net::new()?;
+fn plain_listen_prints_messages(topology: Topology) -> Result<()> {
+    let Some(net) = Net::on(topology)? else {
+        return Ok(());
+    };
     let mut c2 = net.peer("c2").args(["listen"]).spawn()?;
     // No online line in plain mode: wait for the directory to see c2.
     net.wait_presence("obs", "c2", true, Duration::from_secs(20))?;
@@ -142,10 +154,11 @@ fn check_chat_output(
 
 /// Two `chat` processes in line mode, 50 messages each way at the same time: each side receives
 /// all of the other's, in order, via direct, exactly once; both exit 0 at end of stdin.
-#[test]
-fn two_chats_fifty_each_way() -> Result<()> {
+fn two_chats_fifty_each_way(topology: Topology) -> Result<()> {
     const N: usize = 50;
-    let net = Net::new()?;
+    let Some(net) = Net::on(topology)? else {
+        return Ok(());
+    };
     // Both dial each other at once; should one fall back to the mailbox, its log says why.
     let chat = |me: &str, to: &str| {
         net.peer(me)

@@ -1,15 +1,29 @@
 //! The durable mailbox: messages for an offline peer are queued, handed over once, in order,
 //! and survive a directory crash.
+//!
+//! Each scenario runs on one directory and again with its peers split over two nodes of a
+//! cluster on NATS JetStream ([`tests::on_each_topology!`]).
 
 use anyhow::{ensure, Context, Result};
 use std::time::Duration;
-use tests::{check_messages, is_message_from, is_type, numbered, Json, Net, Sig, SHORT};
+use tests::{
+    check_messages, is_message_from, is_type, numbered, on_each_topology, Json, Net, Sig, Topology,
+    SHORT,
+};
+
+on_each_topology!(
+    queued_then_inbox_once,
+    offline_messages_arrive_when_listen_starts,
+    mailbox_survives_directory_kill9,
+    direct_failure_falls_back_to_mailbox_push,
+);
 
 /// Offline recipient: `send` says queued; `inbox` prints it via mailbox once; a second `inbox`
 /// prints nothing.
-#[test]
-fn queued_then_inbox_once() -> Result<()> {
-    let net = Net::new()?;
+fn queued_then_inbox_once(topology: Topology) -> Result<()> {
+    let Some(net) = Net::on(topology)? else {
+        return Ok(());
+    };
     ensure!(net.register("c2")?.is_empty(), "a fresh c2 has mail");
 
     let sent = net.send("c1", "c2", "while you were out")?;
@@ -36,10 +50,11 @@ fn queued_then_inbox_once() -> Result<()> {
 
 /// 20 messages sent (by a `chat` in line mode) while c2 is offline appear, in order and once,
 /// as soon as c2 starts `listen`; afterwards the mailbox is empty.
-#[test]
-fn offline_messages_arrive_when_listen_starts() -> Result<()> {
+fn offline_messages_arrive_when_listen_starts(topology: Topology) -> Result<()> {
     const N: usize = 20;
-    let net = Net::new()?;
+    let Some(net) = Net::on(topology)? else {
+        return Ok(());
+    };
     net.register("c2")?;
 
     let bodies = numbered("queued", 0..N);
@@ -97,9 +112,10 @@ fn offline_messages_arrive_when_listen_starts() -> Result<()> {
 }
 
 /// Queued messages survive kill -9 of the directory and a restart on the same data.
-#[test]
-fn mailbox_survives_directory_kill9() -> Result<()> {
-    let mut net = Net::new()?;
+fn mailbox_survives_directory_kill9(topology: Topology) -> Result<()> {
+    let Some(mut net) = Net::on(topology)? else {
+        return Ok(());
+    };
     net.register("c2")?;
     let bodies = numbered("durable", 0..5);
     for b in &bodies {
@@ -129,9 +145,10 @@ fn mailbox_survives_directory_kill9() -> Result<()> {
 /// The recipient is online for the directory but a direct dial cannot complete (its process is
 /// frozen with SIGSTOP): the sender falls back to the mailbox after --direct-timeout, and the
 /// directory pushes the message to the recipient once it runs again.
-#[test]
-fn direct_failure_falls_back_to_mailbox_push() -> Result<()> {
-    let net = Net::new()?;
+fn direct_failure_falls_back_to_mailbox_push(topology: Topology) -> Result<()> {
+    let Some(net) = Net::on(topology)? else {
+        return Ok(());
+    };
     // Default heartbeat (10 s): the directory keeps a frozen c2 online for ~30 s.
     let mut c2 = net.listen("c2")?;
     c2.signal(Sig::SIGSTOP)?;

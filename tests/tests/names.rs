@@ -1,14 +1,26 @@
 //! Names: the first registration binds a name to a key; another key is refused, also after the
 //! directory restarts; invalid names never reach the directory.
+//!
+//! Each scenario runs on one directory and again with its peers split over two nodes of a
+//! cluster on NATS JetStream ([`tests::on_each_topology!`]).
 
 use anyhow::{ensure, Result};
-use tests::{is_hex64, Net, SHORT};
+use tests::{is_hex64, on_each_topology, Net, Topology, SHORT};
+
+on_each_topology!(
+    first_registration_binds_and_other_key_is_refused,
+    whois_key_matches_online_key,
+    invalid_names_are_refused,
+    unknown_recipient_is_refused,
+    binding_survives_directory_kill9,
+);
 
 /// The first registration binds the name; the same identity may come back; another key is
 /// refused with "another key", and the binding is unchanged afterwards.
-#[test]
-fn first_registration_binds_and_other_key_is_refused() -> Result<()> {
-    let net = Net::new()?;
+fn first_registration_binds_and_other_key_is_refused(topology: Topology) -> Result<()> {
+    let Some(net) = Net::on(topology)? else {
+        return Ok(());
+    };
 
     // alice registers (first use binds); whois shows the key it is bound to.
     net.register("alice")?;
@@ -50,9 +62,10 @@ fn first_registration_binds_and_other_key_is_refused() -> Result<()> {
 }
 
 /// The online line of `listen` and whois agree on the key.
-#[test]
-fn whois_key_matches_online_key() -> Result<()> {
-    let net = Net::new()?;
+fn whois_key_matches_online_key(topology: Topology) -> Result<()> {
+    let Some(net) = Net::on(topology)? else {
+        return Ok(());
+    };
     let mut c1 = net.peer("c1").json().args(["listen"]).spawn()?;
     let online = c1.wait_online()?;
     ensure!(online["name"] == "c1", "online line names {online}");
@@ -67,9 +80,10 @@ fn whois_key_matches_online_key() -> Result<()> {
 
 /// Names outside `a-z 0-9 . _ -` (1 to 32, starting with a letter or digit) are refused with
 /// the rules, as our own name and as a recipient.
-#[test]
-fn invalid_names_are_refused() -> Result<()> {
-    let net = Net::new()?;
+fn invalid_names_are_refused(topology: Topology) -> Result<()> {
+    let Some(net) = Net::on(topology)? else {
+        return Ok(());
+    };
     // "Bad Name" breaks the character rule, which the message spells out.
     net.peer("c1")
         .name("Bad Name")
@@ -97,9 +111,10 @@ fn invalid_names_are_refused() -> Result<()> {
 }
 
 /// Sending to a name nobody registered fails with "no peer".
-#[test]
-fn unknown_recipient_is_refused() -> Result<()> {
-    let net = Net::new()?;
+fn unknown_recipient_is_refused(topology: Topology) -> Result<()> {
+    let Some(net) = Net::on(topology)? else {
+        return Ok(());
+    };
     net.peer("c1")
         .args(["send", "nobody", "hello?"])
         .run(SHORT)?
@@ -109,9 +124,10 @@ fn unknown_recipient_is_refused() -> Result<()> {
 
 /// The name binding is durable: after kill -9 and a restart on the same data, the other key is
 /// still refused and the owner still accepted.
-#[test]
-fn binding_survives_directory_kill9() -> Result<()> {
-    let mut net = Net::new()?;
+fn binding_survives_directory_kill9(topology: Topology) -> Result<()> {
+    let Some(mut net) = Net::on(topology)? else {
+        return Ok(());
+    };
     net.register("alice")?;
     let before = net.whois("obs", "alice")?;
 

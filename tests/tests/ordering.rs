@@ -1,9 +1,20 @@
 //! Order across the two paths: messages queued while the recipient was offline come before
 //! those sent after it came back, and none is shown twice.
+//!
+//! Each scenario runs on one directory and again with its peers split over two nodes of a
+//! cluster on NATS JetStream ([`tests::on_each_topology!`]).
 
 use anyhow::{ensure, Result};
 use std::time::Duration;
-use tests::{check_messages, is_message_from, is_type, numbered, Json, Net, Running};
+use tests::{
+    check_messages, is_message_from, is_type, numbered, on_each_topology, Json, Net, Running,
+    Topology,
+};
+
+on_each_topology!(
+    queued_then_direct_in_order,
+    no_overtaking_while_mailbox_drains,
+);
 
 /// All message lines of a process that has exited (its output is complete).
 fn all_messages(r: &Running) -> Vec<Json> {
@@ -15,9 +26,10 @@ fn all_messages(r: &Running) -> Vec<Json> {
 
 /// 10 `send`s while c2 is offline (queued), c2 listens and shows them, then 10 more `send`s go
 /// direct: c2 shows all 20 in order, each once.
-#[test]
-fn queued_then_direct_in_order() -> Result<()> {
-    let net = Net::new()?;
+fn queued_then_direct_in_order(topology: Topology) -> Result<()> {
+    let Some(net) = Net::on(topology)? else {
+        return Ok(());
+    };
     net.register("c2")?;
     let first = numbered("offline", 0..10);
     let second = numbered("online", 0..10);
@@ -77,9 +89,10 @@ fn queued_then_direct_in_order() -> Result<()> {
 
 /// The sender starts a second batch right as the recipient comes online and its mailbox
 /// drains: the direct path must not overtake the queued messages.
-#[test]
-fn no_overtaking_while_mailbox_drains() -> Result<()> {
-    let net = Net::new()?;
+fn no_overtaking_while_mailbox_drains(topology: Topology) -> Result<()> {
+    let Some(net) = Net::on(topology)? else {
+        return Ok(());
+    };
     net.register("c2")?;
     let first = numbered("queued", 0..10);
     let second = numbered("racing", 0..10);

@@ -1,10 +1,20 @@
 //! Presence: whois while online, offline at once after a clean exit, offline after about three
 //! missed heartbeats after kill -9.
+//!
+//! Each scenario runs on one directory and again with its peers split over two nodes of a
+//! cluster on NATS JetStream ([`tests::on_each_topology!`]).
 
 use anyhow::{ensure, Context, Result};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tests::{now_ms, Json, Net, Sig};
+use tests::{now_ms, on_each_topology, Json, Net, Sig, Topology};
+
+on_each_topology!(
+    sigterm_goes_offline_at_once,
+    kill9_goes_offline_after_missed_heartbeats,
+    stays_online_while_listening,
+    sigterm_right_after_online_exits_zero,
+);
 
 /// Checks the shape of a whois line for an online peer with key `key`.
 fn check_online_whois(w: &Json, name: &str, key: &Json, since_ms: u64) -> Result<()> {
@@ -68,9 +78,10 @@ fn check_offline_whois(w: &Json, since_ms: u64) -> Result<()> {
 
 /// listen → whois online with addresses and key; SIGTERM → exit 0 and offline within 5 s.
 /// `listen` runs with stdin on /dev/null, as under a service manager: it must stay up.
-#[test]
-fn sigterm_goes_offline_at_once() -> Result<()> {
-    let net = Net::new()?;
+fn sigterm_goes_offline_at_once(topology: Topology) -> Result<()> {
+    let Some(net) = Net::on(topology)? else {
+        return Ok(());
+    };
     let t0 = now_ms();
     let mut c2 = net
         .peer("c2")
@@ -102,9 +113,10 @@ fn sigterm_goes_offline_at_once() -> Result<()> {
 
 /// kill -9 closes nothing: the directory notices the missing heartbeats (0.5 s each, ~3 missed)
 /// and marks the peer offline well within 10 s. It can come back online with the same key.
-#[test]
-fn kill9_goes_offline_after_missed_heartbeats() -> Result<()> {
-    let net = Net::new()?;
+fn kill9_goes_offline_after_missed_heartbeats(topology: Topology) -> Result<()> {
+    let Some(net) = Net::on(topology)? else {
+        return Ok(());
+    };
     let t0 = now_ms();
     let mut c2 = net
         .peer("c2")
@@ -141,9 +153,10 @@ fn kill9_goes_offline_after_missed_heartbeats() -> Result<()> {
 
 /// With a 0.5 s heartbeat a listening peer stays online over several expiry periods: its
 /// heartbeats keep it there.
-#[test]
-fn stays_online_while_listening() -> Result<()> {
-    let net = Net::new()?;
+fn stays_online_while_listening(topology: Topology) -> Result<()> {
+    let Some(net) = Net::on(topology)? else {
+        return Ok(());
+    };
     let mut c2 = net
         .peer("c2")
         .heartbeat(0.5)
@@ -170,9 +183,10 @@ fn stays_online_while_listening() -> Result<()> {
 
 /// SIGTERM as soon as the ready signal (the `online` line) is out still ends `listen` and
 /// `chat` with status 0: the handler must be in place before the process says it is ready.
-#[test]
-fn sigterm_right_after_online_exits_zero() -> Result<()> {
-    let net = Net::new()?;
+fn sigterm_right_after_online_exits_zero(topology: Topology) -> Result<()> {
+    let Some(net) = Net::on(topology)? else {
+        return Ok(());
+    };
     for round in 0..10 {
         let mut l = net.peer("c2").json().args(["listen"]).spawn()?;
         l.wait_online()?;
