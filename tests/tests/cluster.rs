@@ -1,7 +1,8 @@
 //! Two directory nodes on one NATS JetStream store (`directory --store nats://…`), sharing one
 //! key, with the peers split over them: names, presence, direct chat, the mailbox, receipts
 //! and order work across nodes, and a peer whose node is killed moves to the other without
-//! losing or repeating a message.
+//! losing or repeating a message; mail a killed node acknowledged is delivered by the other.
+//! (The single-node scenarios run on two nodes too: `on_each_topology!` in their files.)
 //!
 //! Each scenario starts its own `nats-server`; without one installed they skip loudly, and
 //! fail under `CI=true`.
@@ -122,6 +123,43 @@ fn the_mailbox_works_across_nodes() -> Result<()> {
     let again = again.run(SHORT)?.success()?.of_type("message");
     ensure!(again.is_empty(), "delivered again: {again:?}");
     c1.ensure_running()?;
+    net.assert_no_panics()
+}
+
+/// Mail that node A acknowledged (the sender was told `queued`) survives node A's death: with
+/// A killed (-9) and never restarted, c2 comes online on node B and gets every message once,
+/// in order, from the mailbox; and nothing more arrives after that.
+#[test]
+fn mail_a_node_acknowledged_outlives_the_node() -> Result<()> {
+    const N: usize = 20;
+    let Some(mut net) = Net::two_nodes()? else {
+        return Ok(());
+    };
+    let b = net.node_b()?.addr();
+    net.peer("c2")
+        .directory(b)
+        .args(["inbox"])
+        .run(SHORT)?
+        .success()?;
+    let bodies = numbered("acknowledged", 0..N);
+    for body in &bodies {
+        let sent = net.send("c1", "c2", body)?;
+        ensure!(sent["status"] == "queued", "c2 is offline, yet: {sent}");
+    }
+    net.dir_mut().kill9()?;
+    let mut c2 = net.listen_with(net.peer("c2").directory(b))?;
+    let got = c2.wait_json_n("messages from c1", N, SHORT, |v| is_message_from(v, "c1"))?;
+    check_messages(&got, "c1", "c2", &bodies, Some("mailbox"))?;
+    c2.terminate()?;
+    let all = c2
+        .json_lines()
+        .into_iter()
+        .filter(|v| is_message_from(v, "c1"))
+        .count();
+    ensure!(all == N, "c2 got {all} messages from c1, expected {N}");
+    let again = net.peer("c2").directory(b).json().args(["inbox"]);
+    let again = again.run(SHORT)?.success()?.of_type("message");
+    ensure!(again.is_empty(), "delivered again: {again:?}");
     net.assert_no_panics()
 }
 
