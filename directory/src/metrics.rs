@@ -15,7 +15,7 @@
 //! | `directory_online_peers` | gauge | |
 //! | `directory_connections` | gauge | |
 //! | `directory_mailbox_entries`, `directory_mailbox_bytes` | gauge | |
-//! | `directory_store_seconds` | histogram | `op` (`read`) |
+//! | `directory_store_seconds` | histogram | `op`: `read` (a scrape's), and the writer's commits: `deposit`, `remove`, `names` (registrations and last-seen times) |
 
 use common::wire::{DirectoryRequest, ErrorCode};
 use prometheus_client::{
@@ -77,7 +77,8 @@ pub struct Metrics {
     /// Introductions that ended in a direct link, or did not, as reported by the peer that
     /// asked.
     pub punches: Family<OutcomeLabel, Counter>,
-    /// Store reads timed on their own.
+    /// Store operations timed: a scrape's read, and each group commit of the writer
+    /// ([`crate::store::Writer`], which holds a handle to it).
     pub store: Family<OpLabel, Histogram>,
     online: Gauge,
     connections: Gauge,

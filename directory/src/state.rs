@@ -47,15 +47,16 @@ pub struct Shared {
 impl Shared {
     /// The state of a directory that starts with nobody online; starts the store's writer.
     pub fn new(store: Arc<dyn Store>, config: Config) -> Self {
+        let metrics = crate::metrics::Metrics::default();
         Self {
-            writer: Writer::spawn(store.clone(), config.quota, config.naming),
+            writer: Writer::spawn(store.clone(), (config.quota, config.naming), &metrics),
             store,
             registry: Registry::default(),
             allowances: Allowances::new(config.rates),
             rooms: Rooms::default(),
             cluster: None,
             config,
-            metrics: crate::metrics::Metrics::default(),
+            metrics,
         }
     }
 }

@@ -105,6 +105,14 @@ fn the_directory_serves_what_it_did_as_prometheus_text() -> Result<()> {
         sample(&text, "directory_mailbox_bytes").is_some_and(|b| b > 100.0),
         "mailbox bytes:\n{text}"
     );
+    // The deposit's and the registrations' commits were timed.
+    for op in ["deposit", "names"] {
+        let series = format!("directory_store_seconds_count{{op=\"{op}\"}}");
+        ensure!(
+            sample(&text, &series).is_some_and(|n| n >= 1.0),
+            "no {series}:\n{text}"
+        );
+    }
     c2.terminate()?;
     net.assert_no_panics()
 }

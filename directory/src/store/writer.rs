@@ -3,8 +3,10 @@
 //! so one fsync serves many: a peer cannot make the directory fsync once per request.
 
 use super::{Bind, Binding, Naming, Quota, Removal, Store, StoreError};
+use crate::metrics::{Metrics, OpLabel};
 use common::{wire::Mail, Name};
-use std::sync::Arc;
+use prometheus_client::metrics::{family::Family, histogram::Histogram};
+use std::{sync::Arc, time::Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most operations one group commit takes from the queue.
@@ -36,13 +38,14 @@ fn stopped() -> StoreError {
 }
 
 impl Writer {
-    /// Starts the writer thread; deposits are checked against `quota`, bindings against
-    /// `naming`.
-    pub fn spawn(store: Arc<dyn Store>, quota: Quota, naming: Naming) -> Writer {
+    /// Starts the writer thread; deposits are checked against the quota, bindings against
+    /// the naming rules; each commit is timed in `metrics`' `store_seconds`.
+    pub fn spawn(store: Arc<dyn Store>, rules: (Quota, Naming), metrics: &Metrics) -> Writer {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+        let times = metrics.store.clone();
         let started = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run(store.as_ref(), quota, naming, rx));
+            .spawn(move || run(store.as_ref(), rules, &times, rx));
         if let Err(e) = started {
             // The receiver went down with the closure, so every call reports the failure.
             tracing::error!("cannot start the store writer: {e}");
@@ -136,7 +139,21 @@ fn answer<T>(
     }
 }
 
-fn run(store: &dyn Store, quota: Quota, naming: Naming, mut rx: mpsc::Receiver<Op>) {
+/// Calls `commit`, timing it as `op` in `times`.
+fn timed<T>(times: &Family<OpLabel, Histogram>, op: &'static str, commit: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let done = commit();
+    let took = started.elapsed().as_secs_f64();
+    times.get_or_create(&OpLabel { op }).observe(took);
+    done
+}
+
+fn run(
+    store: &dyn Store,
+    (quota, naming): (Quota, Naming),
+    times: &Family<OpLabel, Histogram>,
+    mut rx: mpsc::Receiver<Op>,
+) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = Batch::default();
         let mut next = Some(first);
@@ -158,14 +175,17 @@ fn run(store: &dyn Store, quota: Quota, naming: Naming, mut rx: mpsc::Receiver<O
         } = batch;
         // Removals first, so the space they free is there for this batch's deposits.
         if !removes.0.is_empty() {
-            let results = store.remove_batch(&removes.0, quota);
+            let results = timed(times, "remove", || store.remove_batch(&removes.0, quota));
             answer(removes.1, results.map(|r| r.into_iter().map(Ok).collect()));
         }
         if !deposits.0.is_empty() {
-            answer(deposits.1, store.deposit_batch(&deposits.0, quota));
+            let results = timed(times, "deposit", || store.deposit_batch(&deposits.0, quota));
+            answer(deposits.1, results);
         }
         if !bindings.0.is_empty() || !seen.0.is_empty() {
-            let results = store.update_names(&bindings.0, &seen.0, naming);
+            let results = timed(times, "names", || {
+                store.update_names(&bindings.0, &seen.0, naming)
+            });
             let done = results
                 .as_ref()
                 .map(|_| seen.0.iter().map(|_| Ok(())).collect());
@@ -190,7 +210,9 @@ mod tests {
         const EACH: usize = 50;
         let dir = tempfile::tempdir()?;
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("d.redb"))?);
-        let writer = Writer::spawn(store.clone(), Quota::default(), Naming::default());
+        let metrics = Metrics::default();
+        let rules = (Quota::default(), Naming::default());
+        let writer = Writer::spawn(store.clone(), rules, &metrics);
         let mut tasks = Vec::new();
         for s in 0..SENDERS {
             let writer = writer.clone();
@@ -228,6 +250,18 @@ mod tests {
         );
         assert_eq!(writer.remove(oldest()).await?, None);
         assert_eq!(store.usage(&name("r"))?.0, (SENDERS * EACH - 1) as u64);
+        // Every commit was timed: at least one per kind used, at most one per operation.
+        let text = metrics.text();
+        let count = |op: &str| -> u64 {
+            let prefix = format!("directory_store_seconds_count{{op=\"{op}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        let deposits = count("deposit");
+        assert!((1..=(SENDERS * EACH) as u64).contains(&deposits), "{text}");
+        assert_eq!(count("remove"), 2, "{text}");
         Ok(())
     }
 }
