@@ -31,11 +31,15 @@ use common::{
     wire::PeerInfo,
     Identity, KeyId, Name,
 };
-use futures::FutureExt;
+use futures::{future::FusedFuture as _, stream::FuturesUnordered, FutureExt, StreamExt as _};
 use std::{
     collections::HashSet,
+    future::Future,
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 use tokio::time::Instant;
@@ -130,7 +134,7 @@ impl Dialer {
         deadline: Instant,
     ) -> Option<(quinn::Connection, DirectPath)> {
         let mut race = Race::new(info.clone(), now(), deadline.into_std());
-        let mut dial = std::pin::pin!(self.dial(info.key, candidates).fuse());
+        let mut dial = self.dial(&info.name, info.key, candidates).fuse();
         let mut dialed = None;
         loop {
             while let Some(action) = race.poll_action() {
@@ -143,7 +147,12 @@ impl Dialer {
                             }
                         });
                     }
-                    Action::Done(outcome) => return self.conclude(info, outcome, dialed),
+                    Action::Done(outcome) => {
+                        if !dial.is_terminated() {
+                            self.finish_dial(info.name.clone(), dial);
+                        }
+                        return self.conclude(info, outcome, dialed);
+                    }
                 }
             }
             let changed = self.links.changed();
@@ -168,6 +177,20 @@ impl Dialer {
                 _ = sleep_until(wake) => race.handle_timeout(now()),
             }
         }
+    }
+
+    /// Lets a dial the race no longer waits for complete, and serves the connection it makes:
+    /// the remote completes its side of a handshake first, and when both of us dialed at once
+    /// it may have taken that connection as its link. Dropping it mid-handshake would close
+    /// the link the remote sends on.
+    fn finish_dial(&self, name: Name, dial: impl Future<Output = DialResult> + Send + 'static) {
+        let acceptor = self.acceptor.clone();
+        self.acceptor.tasks.spawn(async move {
+            if let Ok((conn, _)) = dial.await {
+                debug!(peer = %name, "a dial that lost the race completed; serving it");
+                acceptor.adopt(name, conn);
+            }
+        });
     }
 
     /// The link a race ended with, adopted if we dialed it; its report goes to the directory.
@@ -228,7 +251,8 @@ impl Dialer {
         }
         let candidates = self.candidates(intro.addrs.first().copied(), &intro.addrs);
         let deadline = Instant::now() + self.direct_timeout;
-        match tokio::time::timeout_at(deadline, self.dial(intro.key, &candidates)).await {
+        let dial = self.dial(&intro.name, intro.key, &candidates);
+        match tokio::time::timeout_at(deadline, dial).await {
             Ok(Ok((conn, _))) => {
                 debug!(peer = %intro.name, remote = %conn.remote_address(), "punched through");
                 self.adopt(intro.name, conn, DirectPath::Punched);
@@ -264,31 +288,38 @@ impl Dialer {
         candidates(self.directory.observed_addr(), observed, listen, v4)
     }
 
-    /// Dials every candidate at once, accepting only `key`; the first handshake wins. Runs
-    /// until one succeeds or all fail (QUIC retransmits its handshake meanwhile, which is what
-    /// lets a punch that opens late still succeed).
-    async fn dial(
+    /// Dials every candidate, accepting only `key`; the first handshake wins. Runs until one
+    /// succeeds or all fail (QUIC retransmits its handshake meanwhile, which is what lets a
+    /// punch that opens late still succeed). The future owns what it needs, so that a caller
+    /// that stops waiting can let it finish ([`Dialer::finish_dial`]).
+    fn dial(
         &self,
+        name: &Name,
         key: KeyId,
         candidates: &[SocketAddr],
-    ) -> Result<(quinn::Connection, SocketAddr)> {
-        let config = tls::client_config(&self.identity, ALPN_PEER, Expect::Key(key))?;
-        if candidates.is_empty() {
-            bail!("no address could be dialed");
-        }
+    ) -> futures::future::BoxFuture<'static, DialResult> {
+        let config = match tls::client_config(&self.identity, ALPN_PEER, Expect::Key(key)) {
+            Ok(config) => config,
+            Err(e) => return futures::future::ready(Err(e)).boxed(),
+        };
+        // Set once a handshake has won: candidates still waiting their turn do not start.
+        let won = Arc::new(AtomicBool::new(false));
         // Staggered, as in Happy Eyeballs (RFC 8305): a candidate that answers within
         // DIAL_STAGGER spares the others a handshake, which on a small machine is most of the
         // cost of a first message; one that does not costs the next only DIAL_STAGGER.
-        let attempts: Vec<_> = candidates
+        let mut attempts: FuturesUnordered<_> = candidates
             .iter()
             .enumerate()
             .map(|(i, &addr)| {
-                let (endpoint, config) = (self.endpoint.clone(), config.clone());
+                let (endpoint, config, won) = (self.endpoint.clone(), config.clone(), won.clone());
                 async move {
                     // Not even a zero sleep for the first: tokio's timer rounds up to its next
                     // millisecond tick, which would be a third of a first message's time.
                     if i > 0 {
                         tokio::time::sleep(DIAL_STAGGER * i as u32).await;
+                        if won.load(Ordering::Relaxed) {
+                            bail!("another address answered first");
+                        }
                     }
                     let conn = endpoint
                         .connect_with(config, addr, "peer")?
@@ -296,15 +327,41 @@ impl Dialer {
                         .with_context(|| format!("dialing {addr}"))?;
                     Ok::<_, anyhow::Error>((conn, addr))
                 }
-                .boxed()
             })
             .collect();
-        let (won, _others) = futures::future::select_ok(attempts)
-            .await
-            .map_err(|e| anyhow!(e))?;
-        Ok(won)
+        let (acceptor, name) = (self.acceptor.clone(), name.clone());
+        async move {
+            let mut failed = None;
+            while let Some(attempt) = attempts.next().await {
+                match attempt {
+                    Ok(first) => {
+                        won.store(true, Ordering::Relaxed);
+                        // Handshakes under way go on, and what they make is served, as for a
+                        // dial that lost the race (Dialer::finish_dial): the remote may have
+                        // taken one of them as its link.
+                        if !attempts.is_empty() {
+                            let tasks = acceptor.tasks.clone();
+                            tasks.spawn(async move {
+                                while let Some(attempt) = attempts.next().await {
+                                    if let Ok((conn, _)) = attempt {
+                                        acceptor.adopt(name.clone(), conn);
+                                    }
+                                }
+                            });
+                        }
+                        return Ok(first);
+                    }
+                    Err(e) => failed = Some(e),
+                }
+            }
+            Err(failed.unwrap_or_else(|| anyhow!("no address could be dialed")))
+        }
+        .boxed()
     }
 }
+
+/// What a dial ends with: a connection and the address that answered.
+type DialResult = Result<(quinn::Connection, SocketAddr)>;
 
 /// Most addresses dialed for one peer: its observed address and a few on its LAN. Every one
 /// is a handshake sent on the word of a peer (or of whoever asked for an introduction).
