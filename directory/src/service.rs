@@ -369,6 +369,25 @@ async fn introduce(shared: &Shared, caller: &Caller, name: &Name) -> Result<(), 
     Ok(())
 }
 
+/// Before answering that a name is not bound, on a node of a cluster: whether this node's
+/// replica has caught up with every write acknowledged before now, so that a name bound
+/// through another node a moment ago is found. `false` on one node (nothing to catch up
+/// with) and when the replica could not catch up in time.
+async fn caught_up(shared: &Shared) -> bool {
+    if shared.cluster.is_none() {
+        return false;
+    }
+    let store = shared.store.clone();
+    match tokio::task::spawn_blocking(move || store.catch_up()).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            debug!(cause = %e, "not caught up with the cluster's log");
+            false
+        }
+        Err(_) => false,
+    }
+}
+
 /// What `asker` (key `key`, name `me`) may know of `name`: everything if `name` lets it reach
 /// it, else (a stranger, or `name` offline) its key, whether it is online and its last-seen
 /// day, without addresses. Offline, nobody is known to be its contact (contact lists are kept
@@ -377,11 +396,14 @@ async fn introduce(shared: &Shared, caller: &Caller, name: &Name) -> Result<(), 
 async fn lookup(shared: &Shared, key: KeyId, me: &Name, name: Name) -> Result<PeerInfo, ErrorCode> {
     // Reads are served inline: a redb read transaction on a hot page costs microseconds, less
     // than the hop to a blocking thread, which profiling showed dominating lookups.
-    let (record, queued) = shared
+    let mut found = shared
         .store
         .lookup(&name, me)
-        .map_err(|_| ErrorCode::Internal)?
-        .ok_or(ErrorCode::UnknownPeer)?;
+        .map_err(|_| ErrorCode::Internal)?;
+    if found.is_none() && caught_up(shared).await {
+        found = (shared.store.lookup(&name, me)).map_err(|_| ErrorCode::Internal)?;
+    }
+    let (record, queued) = found.ok_or(ErrorCode::UnknownPeer)?;
     let online = match (shared.registry.get(&name), &shared.cluster) {
         (Some(o), _) => Some(Remote::of(&o, &key)),
         (None, Some(cluster)) => match cluster.lookup(&name, key).await {
@@ -454,10 +476,8 @@ async fn deposit(shared: &Shared, me: &Name, mail: Mail) -> Result<(), ErrorCode
         return Err(ErrorCode::TooLarge);
     }
     let to = mail.to().clone();
-    let known = shared
-        .store
-        .is_bound(&to)
-        .map_err(|_| ErrorCode::Internal)?;
+    let bound = |shared: &Shared| shared.store.is_bound(&to).map_err(|_| ErrorCode::Internal);
+    let known = bound(shared)? || (caught_up(shared).await && bound(shared)?);
     if !known {
         return Err(ErrorCode::UnknownPeer);
     }

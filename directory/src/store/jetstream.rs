@@ -70,6 +70,10 @@ const FOLLOW_HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long a write waits for the stream's ack and then for its own entry to be applied.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a read that must see every acknowledged write waits for this replica to catch up
+/// ([`Store::catch_up`]); it usually takes a round trip to JetStream.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long a node waits for JetStream to take the log's stream when it starts: a NATS cluster
 /// that is starting too elects its JetStream leader first.
 const JETSTREAM_START: Duration = Duration::from_secs(60);
@@ -160,6 +164,8 @@ enum Outcome {
 struct Inner {
     local: Arc<RedbStore>,
     js: jetstream::Context,
+    /// The log's stream, and the subject its entries are published on.
+    stream: String,
     subject: String,
     origin: u64,
     next_request: AtomicU64,
@@ -489,6 +495,7 @@ async fn start(
     let inner = Arc::new(Inner {
         local,
         js,
+        stream: log.stream.clone(),
         subject,
         origin: rand::random(),
         next_request: AtomicU64::new(0),
@@ -630,6 +637,25 @@ fn unexpected(outcome: Outcome) -> StoreError {
 }
 
 impl Store for JetStreamStore {
+    /// Waits, at most [`CATCH_UP_TIMEOUT`], until this replica has applied the log up to its
+    /// last entry as JetStream reports it now.
+    fn catch_up(&self) -> Result<(), StoreError> {
+        let inner = self.inner.clone();
+        let wait = async move {
+            let stream = inner.js.get_stream(&inner.stream).await.map_err(db)?;
+            let head = stream.cached_info().state.last_sequence;
+            let mut applied = inner.applied.subscribe();
+            applied.wait_for(|&at| at >= head).await.map_err(db)?;
+            Ok(())
+        };
+        let timed = async move {
+            tokio::time::timeout(CATCH_UP_TIMEOUT, wait)
+                .await
+                .map_err(|_| db("this replica did not catch up with the log in time"))?
+        };
+        block_on(self.handle()?, timed).and_then(|r| r)
+    }
+
     fn update_names(
         &self,
         bindings: &[Binding],
@@ -856,6 +882,14 @@ pub(crate) mod tests {
             Err(StoreError::NameTaken)
         );
         b.bind(&name("bob"), &common::KeyId([3; 32]), 3, naming)?;
+        // Once caught up, a node has every write another acknowledged before: a burst of
+        // names bound on b, each found on a at once.
+        for i in 0..20 {
+            let carol = name(&format!("carol{i}"));
+            b.bind(&carol, &common::KeyId([10 + i; 32]), 4, naming)?;
+            a.catch_up()?;
+            assert!(a.is_bound(&carol)?, "carol{i} bound on b, caught up on a");
+        }
         let mail = Mail::Chat(chat("alice", "bob", "hello"));
         a.deposit_batch(std::slice::from_ref(&mail), Quota::default())?[0].clone()?;
         let woken = block_on(a.handle()?, async move {

@@ -242,6 +242,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Result<Bind, StoreError>>, StoreError>;
     /// The binding of `name`, if any.
     fn name(&self, name: &Name) -> Result<Option<NameRecord>, StoreError>;
+    /// Brings what this store reads up to every write acknowledged anywhere before the call.
+    /// A read that must not miss one calls it before answering "no such name": on a node of a
+    /// cluster, a name bound through another node a moment ago may not be in this node's
+    /// replica yet. One node has nothing to catch up with.
+    fn catch_up(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Whether `name` is bound: what a deposit checks, cheaper than [`Store::name`].
     fn is_bound(&self, name: &Name) -> Result<bool, StoreError> {
         self.name(name).map(|record| record.is_some())
