@@ -4,8 +4,10 @@
 //! Without `nats-server` on the PATH, [`Nats::start`] says so loudly and returns `None`, so the
 //! scenario skips; with `CI=true` that is a failure instead (CI installs it: `.ci/run`).
 
+use crate::util::in_netns;
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,16 +26,19 @@ impl Nats {
     /// Starts one, or returns `None` (after saying why) when `nats-server` is not installed
     /// and `CI` is not `true`.
     pub fn start() -> Result<Option<Self>> {
-        let storage = tempfile::Builder::new().prefix("chat-nats-").tempdir()?;
-        let spawned = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
-            .arg(storage.path())
-            .stdin(Stdio::null())
+        Self::start_in(None)
+    }
+
+    /// [`Nats::start`] inside the network namespace `netns`, if given: it listens on that
+    /// namespace's loopback, for directories run in the same namespace.
+    pub fn start_in(netns: Option<&str>) -> Result<Option<Self>> {
+        let found = Command::new("nats-server")
+            .arg("--version")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn();
-        let mut child = match spawned {
-            Ok(child) => child,
+            .stderr(Stdio::null())
+            .status();
+        match found {
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if std::env::var("CI").as_deref() == Ok("true") {
                     bail!("nats-server is not installed, and CI=true (.ci/run installs it)");
@@ -41,8 +46,21 @@ impl Nats {
                 eprintln!("SKIPPED: nats-server is not installed (.ci/run installs it)");
                 return Ok(None);
             }
-            Err(e) => return Err(e).context("starting nats-server"),
+            Err(e) => return Err(e).context("running nats-server --version"),
+        }
+        let storage = tempfile::Builder::new().prefix("chat-nats-").tempdir()?;
+        let mut cmd = match netns {
+            Some(ns) => in_netns(ns, Path::new("nats-server")),
+            None => Command::new("nats-server"),
         };
+        let mut child = cmd
+            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
+            .arg(storage.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting nats-server")?;
         let stderr = child.stderr.take().context("nats-server stderr")?;
         let (tx, rx) = std::sync::mpsc::channel();
         // Reads its log for the port, then keeps draining it so the server never blocks.

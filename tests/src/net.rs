@@ -83,24 +83,34 @@ impl Net {
     pub fn on(topology: Topology) -> Result<Option<Self>> {
         match topology {
             Topology::OneNode => Self::new().map(Some),
-            Topology::TwoNodes => Self::cluster(true),
+            Topology::TwoNodes => Self::cluster(DirOpts::default(), true),
         }
+    }
+
+    /// Two nodes started with `opts` each (and the store's flags) on a NATS server in
+    /// `opts`' network namespace, if any, with the peers split over them as on
+    /// [`Topology::TwoNodes`]. `None` as for [`Net::on`].
+    pub fn two_nodes_with(opts: DirOpts) -> Result<Option<Self>> {
+        Self::cluster(opts, true)
     }
 
     /// Two nodes of one directory on one NATS JetStream store, sharing node A's key; every
     /// peer uses node A unless a scenario points it at [`Net::node_b`]. `None` as for
     /// [`Net::on`].
     pub fn two_nodes() -> Result<Option<Self>> {
-        Self::cluster(false)
+        Self::cluster(DirOpts::default(), false)
     }
 
-    fn cluster(spread: bool) -> Result<Option<Self>> {
-        let Some(nats) = Nats::start()? else {
+    fn cluster(opts: DirOpts, spread: bool) -> Result<Option<Self>> {
+        let Some(nats) = Nats::start_in(opts.netns.as_deref())? else {
             return Ok(None);
         };
-        let store = |extra: &[String]| DirOpts {
-            args: [&["--store".to_string(), nats.url().to_string()], extra].concat(),
-            ..DirOpts::default()
+        let store = |extra: &[String]| {
+            let mut opts = opts.clone();
+            opts.args
+                .extend(["--store".to_string(), nats.url().to_string()]);
+            opts.args.extend_from_slice(extra);
+            opts
         };
         let mut net = Self::with(store(&[]))?;
         let key = net.dir.data().join("key.der").display().to_string();

@@ -327,12 +327,23 @@ impl Topology {
     /// A [`Net`] whose directory runs on [`Topology::directory_host`], bound to
     /// 198.18.0.2 on an ephemeral port.
     pub fn net(&self) -> Result<Net> {
-        Net::with(DirOpts {
+        Net::with(self.directory_opts())
+    }
+
+    /// Two nodes of one directory on the public host instead (and their NATS server, on its
+    /// loopback), with the peers split over them ([`crate::Topology::TwoNodes`]); `None`
+    /// without `nats-server` (see [`crate::Nats::start`]).
+    pub fn two_nodes(&self) -> Result<Option<Net>> {
+        Net::two_nodes_with(self.directory_opts())
+    }
+
+    fn directory_opts(&self) -> DirOpts {
+        DirOpts {
             bind: Some(SocketAddr::new(DIRECTORY_IP.into(), 0)),
             netns: Some(self.directory_host().ns.clone()),
             env: vec![("RUST_LOG".into(), log_filter())],
             ..DirOpts::default()
-        })
+        }
     }
 
     /// `peer --name NAME --bind 0.0.0.0:0` run inside `host`'s namespace, with the home

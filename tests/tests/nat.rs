@@ -245,6 +245,19 @@ impl Scene {
         })
     }
 
+    /// On two directory nodes, the peers split over them; `None` without `nats-server`.
+    fn on_two_nodes(topo: Topology) -> Result<Option<Self>> {
+        let Some(net) = topo.two_nodes()? else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            net,
+            topo,
+            direct_timeout: None,
+            closed: false,
+        }))
+    }
+
     fn cmd(&self, name: &str, host: &Host) -> PeerCmd {
         let mut c = self.topo.peer(&self.net, name, host).heartbeat(1.0);
         if self.closed {
@@ -406,25 +419,41 @@ fn report(test: &str, what: &str, took: Duration, sent: &Json) {
 /// reaching c1 at its observed address: `punched` or `public`, never `lan`.
 #[test]
 fn case1_both_behind_plain_nats_are_punched() -> Result<()> {
-    const T: &str = "case1";
-    let mut topo = topology!(T);
+    both_behind_plain_nats_are_punched("case1", false)
+}
+
+/// Case 1 with c1 and c2 on different nodes of a directory cluster: c2's node passes c1's
+/// introduction to c2 through the other node, and the punch works the same.
+#[test]
+fn case1_across_two_directory_nodes() -> Result<()> {
+    both_behind_plain_nats_are_punched("case1-nodes", true)
+}
+
+fn both_behind_plain_nats_are_punched(t: &'static str, two_nodes: bool) -> Result<()> {
+    let mut topo = topology!(t);
     let r1 = topo.router("r1", Nat::Plain)?;
     let r2 = topo.router("r2", Nat::Plain)?;
     let h1 = topo.private_host("c1", &r1)?;
     let h2 = topo.private_host("c2", &r2)?;
-    let s = Scene::new(topo)?;
+    let s = match two_nodes {
+        false => Scene::new(topo)?,
+        true => match Scene::on_two_nodes(topo)? {
+            Some(s) => s,
+            None => return Ok(()),
+        },
+    };
     let mut c1 = s.listen("c1", &h1)?;
     let mut c2 = s.listen("c2", &h2)?;
     s.check_seen("c2", &h2, "c1", &h1, r1.wan)?;
     s.check_seen("c1", &h1, "c2", &h2, r2.wan)?;
 
     let (sent, took) = s.send("c1", &h1, "c2", "punch 0")?;
-    report(T, "first direct delivery c1->c2", took, &sent);
+    report(t, "first direct delivery c1->c2", took, &sent);
     expect_direct(&sent, &["punched"], "c1->c2, both behind plain NATs")?;
     receive(&mut c2, "c1", &sent, "direct")?;
 
     let (back, took) = s.send("c2", &h2, "c1", "back 0")?;
-    report(T, "c2->c1", took, &back);
+    report(t, "c2->c1", took, &back);
     expect_direct(&back, &["punched", "public"], "c2->c1 after the punch")?;
     receive(&mut c1, "c2", &back, "direct")?;
 
