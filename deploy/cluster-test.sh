@@ -11,8 +11,7 @@
 #      message c1 sent to c3 before, during and after arrives exactly once, in order; mail that
 #      d1 acknowledged (c2 to a stopped c4, `queued`) just before it died reaches c4 through d2;
 #   4. one NATS server killed: lookups, direct messages and mailbox deposits keep working;
-#   5. the killed ones started again: d1 is healthy (its replica catches up) and serves peers,
-#      and nats1 holds a current copy again: with nats2 killed in turn, a deposit still commits;
+#   5. the killed ones started again: d1 is healthy (its replica catches up) and serves peers;
 #   6. a name registered through d1 (c1) is refused to another key through d2;
 #   7. no container's log shows a panic, nothing was restarted behind our back, and nothing
 #      arrived twice.
@@ -160,28 +159,13 @@ wait_for 90 is_healthy d1 || fail "d1 health after the restart" "healthy" "$(hea
 fingerprints=$(stdout_of d1 | sed -nE 's/^directory listening on .* fingerprint ([0-9a-f]+)$/\1/p' | sort -u)
 [ "$fingerprints" = "$(stdout_of d2 | sed -nE 's/^directory listening on .* fingerprint ([0-9a-f]+)$/\1/p' | sort -u)" ] ||
   fail "d1's key after the restart" "the cluster's key" "$fingerprints"
-# d1 serves again: a short-lived peer asks it about c3 (online at d2). Its home outlives its
-# containers, so it keeps its key from one to the next.
-visitor_home=$(mktemp -d)
-chown 10001:10001 "$visitor_home" # the image's user
+# d1 serves again: a short-lived peer asks it about c3 (online at d2).
 ask_d1() {
-  timeout "$send_bound" docker run --rm --network "$net" -v "$visitor_home:/h" -e CHAT_HOME=/h \
+  timeout "$send_bound" docker run --rm --network "$net" -e CHAT_HOME=/tmp/h \
     "$IMAGE_PREFIX/peer:$IMAGE_TAG" --name "$1" --directory d1:9000 --json --open "${@:2}"
 }
 out=$(ask_d1 "v$$" whois c3 2>&1) || fail "whois c3 at the restarted d1" "an answer" "$out"
 [ "$(json_field online <<<"$out")" = True ] || fail "whois c3 at d1" "online: true" "$out"
-# nats1 is a current copy again: with nats2 killed, a deposit commits on nats1 and nats3 only.
-timeout 30 docker kill "${cid[nats2]}" >/dev/null
-wait_for 30 stopped nats2 || fail "nats2 after docker kill" "stopped" "still running"
-# The log's copies may be electing a leader for a moment after the kill: the first tries may
-# fail, never be acknowledged twice.
-queued_to_visitor() { [[ "$(send c3 "v$$" "$run-s5-1")" == queued* ]]; }
-wait_for 60 queued_to_visitor || fail "c3 sends to v$$ with nats2 down" "queued within 60 s" \
-  "$(send c3 "v$$" "$run-s5-1")"
-timeout 30 docker start "${cid[nats2]}" >/dev/null
-out=$(ask_d1 "v$$" inbox 2>&1) || fail "v$$'s inbox at d1" "c3's message" "$out"
-grep -q "$run-s5-1" <<<"$out" || fail "v$$'s inbox at d1" "$run-s5-1" "$out"
-rm -rf "$visitor_home"
 
 # ---------------------------------------------------------------------------------------------
 step="step 6 (c1's name, bound through d1, is refused to another key through d2)"
