@@ -258,9 +258,15 @@ impl Cluster {
             let Ok(ask) = postcard::from_bytes::<Ask>(&message.payload) else {
                 continue;
             };
-            let online = registry
-                .get(&name)
-                .filter(|o| o.link.id() == link.stable_id());
+            let entry = registry.get(&name);
+            // A newer connection of the peer here answers for it: this one stays silent.
+            if entry
+                .as_ref()
+                .is_some_and(|o| o.link.id() != link.stable_id())
+            {
+                continue;
+            }
+            let online = entry;
             let answer = match (ask, online) {
                 (Ask::Evict { node }, _) if node == self.node => continue,
                 (Ask::Evict { .. }, _) => {
