@@ -24,6 +24,7 @@ use crate::{
     store::jetstream::Applied,
 };
 use common::{
+    now_ms,
     wire::{codes, DirectoryEvent, ErrorCode},
     KeyId, Name,
 };
@@ -70,10 +71,11 @@ enum Answer {
     Online(Remote),
     Introduced,
     Refused(ErrorCode),
-    /// It has just left this node (`open`: letting anyone reach it); the node answers so until
-    /// it has told the cluster ([`Cluster::presence`]).
+    /// It has just left this node, last seen at `at_ms` (`open`: letting anyone reach it); the
+    /// node answers so until it has told the cluster ([`Cluster::presence`]).
     Left {
         open: bool,
+        at_ms: u64,
     },
 }
 
@@ -82,8 +84,8 @@ enum Answer {
 pub enum Found {
     /// Online on another node, as the asker may see it.
     Online(Remote),
-    /// It has just left another node (`open`: letting anyone reach it).
-    Left { open: bool },
+    /// It has just left another node, last seen at `at_ms` (`open`: letting anyone reach it).
+    Left { open: bool, at_ms: u64 },
     /// Online on no other node.
     Nowhere,
 }
@@ -118,6 +120,9 @@ struct Presence {
     /// Going offline, whether it let anyone reach it: its exact last-seen time stays public
     /// on every node, as on the node it left ([`Registry::was_open`]).
     open: bool,
+    /// Going offline, its last-seen time, which other nodes' replicas of the store may not
+    /// hold yet when this arrives ([`Registry::left_at`]).
+    at_ms: u64,
 }
 
 /// What makes a node part of a cluster: its link to the others, and the changes its store
@@ -179,7 +184,7 @@ impl Cluster {
     pub async fn lookup(&self, name: &Name, asker: KeyId) -> Found {
         match self.ask(name, &Ask::Lookup { asker }).await {
             Some(Answer::Online(remote)) => Found::Online(remote),
-            Some(Answer::Left { open }) => Found::Left { open },
+            Some(Answer::Left { open, at_ms }) => Found::Left { open, at_ms },
             _ => Found::Nowhere,
         }
     }
@@ -199,14 +204,15 @@ impl Cluster {
         }
     }
 
-    /// Tells every node that `name` came online here or went offline (`open`: letting
-    /// anyone reach it when it left).
-    pub async fn presence(&self, name: &Name, online: bool, open: bool) {
+    /// Tells every node that `name` came online here or went offline at `at_ms` (`open`:
+    /// letting anyone reach it when it left).
+    pub async fn presence(&self, name: &Name, online: bool, open: bool, at_ms: u64) {
         let presence = Presence {
             node: self.node.clone(),
             name: name.clone(),
             online,
             open,
+            at_ms,
         };
         let Ok(payload) = postcard::to_allocvec(&presence) else {
             return;
@@ -277,6 +283,7 @@ impl Cluster {
                 }
                 (Ask::Lookup { .. }, None) => Answer::Left {
                     open: registry.was_open(&name),
+                    at_ms: registry.left_at(&name).unwrap_or_else(now_ms),
                 },
                 (Ask::Introduce { .. }, None) => Answer::Refused(ErrorCode::Offline),
                 (Ask::Lookup { asker }, Some(online)) => {
@@ -338,7 +345,7 @@ impl Cluster {
                         // A peer online here is not offline, whatever a node it left says.
                         Ok(p) if p.node != self.node
                             && (p.online || registry.get(&p.name).is_none()) => {
-                            registry.elsewhere(&p.name, p.online, p.open);
+                            registry.elsewhere(&p.name, p.online, p.open, p.at_ms);
                             rooms.presence(parts, &p.name, p.online).await;
                         }
                         _ => {}

@@ -10,10 +10,11 @@
 use common::wire::{DirectoryEvent, Reach};
 use common::{KeyId, Name};
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet, VecDeque},
     fmt::Debug,
     net::SocketAddr,
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, Mutex, MutexGuard, RwLock},
+    time::{Duration, Instant},
 };
 use tokio::sync::{mpsc, Notify};
 
@@ -31,6 +32,11 @@ pub trait Link: Send + Sync + Debug + 'static {
 /// Events queued for one peer's event stream at most; a full queue means the peer is not
 /// reading them.
 const EVENT_QUEUE: usize = 64;
+
+/// How long the registry keeps when a peer left ([`Registry::left_at`]). Another node's
+/// replica applies the last-seen write of the node a peer left a few milliseconds after that
+/// node's word that it left arrives; this covers a replica seconds behind.
+const LEFT_KEEP: Duration = Duration::from_secs(60);
 
 /// An event queued for a peer, boxed: a tokio channel allocates its slots 32 at a time when it
 /// is made, so a queue of unboxed events (about 250 bytes each) held 8 KiB for every online
@@ -123,11 +129,47 @@ pub struct Registry {
     /// are offline (their contact lists are not kept), so everyone gets the day. In a cluster
     /// the node a peer left tells the others ([`Registry::elsewhere`]). One name per open
     /// peer, bounded by the names the store holds.
-    open_offline: Mutex<std::collections::HashSet<Name>>,
+    open_offline: Mutex<HashSet<Name>>,
+    /// When peers left lately, here or on another node ([`Registry::left_at`]).
+    left: Mutex<Left>,
+}
+
+/// When peers left, each kept for [`LEFT_KEEP`] after it was noted here.
+#[derive(Debug, Default)]
+struct Left {
+    /// Each peer's last-seen time, and when it was noted.
+    at: HashMap<Name, (u64, Instant)>,
+    /// The notes in the order they were made, to expire them.
+    order: VecDeque<(Instant, Name)>,
+}
+
+impl Left {
+    fn note(&mut self, name: &Name, at_ms: u64) {
+        let now = Instant::now();
+        while let Some((noted, _)) = self.order.front() {
+            if now.duration_since(*noted) < LEFT_KEEP {
+                break;
+            }
+            if let Some((noted, name)) = self.order.pop_front() {
+                // A later note of the same peer keeps its entry.
+                if self.at.get(&name).is_some_and(|(_, last)| *last == noted) {
+                    self.at.remove(&name);
+                }
+            }
+        }
+        let at_ms = self.at.get(name).map_or(at_ms, |(ms, _)| at_ms.max(*ms));
+        self.at.insert(name.clone(), (at_ms, now));
+        self.order.push_back((now, name.clone()));
+    }
+
+    fn get(&self, name: &Name) -> Option<u64> {
+        let (ms, noted) = self.at.get(name)?;
+        (noted.elapsed() < LEFT_KEEP).then_some(*ms)
+    }
 }
 
 impl Registry {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Name, Online>> {
+    fn map(&self) -> MutexGuard<'_, HashMap<Name, Online>> {
         // A panic elsewhere while holding the lock leaves a map that is still consistent.
         self.online.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -140,9 +182,11 @@ impl Registry {
 
     /// Removes `name` if it is still registered on the connection with `link_id` (see
     /// [`Link::id`]), so a replaced connection that closes late cannot remove its successor.
-    pub fn remove_if(&self, name: &Name, link_id: usize) -> bool {
+    /// `at_ms` is its last-seen time, as stored.
+    pub fn remove_if(&self, name: &Name, link_id: usize, at_ms: u64) -> bool {
         let mut map = self.map();
         if map.get(name).is_some_and(|o| o.link.id() == link_id) {
+            self.left().note(name, at_ms);
             if let Some(left) = map.remove(name) {
                 let open = matches!(
                     *left.reach.read().unwrap_or_else(|e| e.into_inner()),
@@ -162,10 +206,19 @@ impl Registry {
         self.open_offline().contains(name)
     }
 
-    /// Records that `name` came online on another node of the cluster, or left it (`open`:
-    /// letting anyone reach it), so that [`Registry::was_open`] answers here as it would
-    /// there.
-    pub fn elsewhere(&self, name: &Name, online: bool, open: bool) {
+    /// When `name` left, if it left lately: at most its last-seen time as the node it left
+    /// stored it, which this node's replica of the store may not hold yet.
+    pub fn left_at(&self, name: &Name) -> Option<u64> {
+        self.left().get(name)
+    }
+
+    /// Records that `name` came online on another node of the cluster, or left it at `at_ms`
+    /// (`open`: letting anyone reach it), so that [`Registry::was_open`] and
+    /// [`Registry::left_at`] answer here as they would there.
+    pub fn elsewhere(&self, name: &Name, online: bool, open: bool, at_ms: u64) {
+        if !online {
+            self.left().note(name, at_ms);
+        }
         let mut offline = self.open_offline();
         if !online && open {
             offline.insert(name.clone());
@@ -174,8 +227,12 @@ impl Registry {
         }
     }
 
-    fn open_offline(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Name>> {
+    fn open_offline(&self) -> MutexGuard<'_, HashSet<Name>> {
         self.open_offline.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn left(&self) -> MutexGuard<'_, Left> {
+        self.left.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The online entry for `name`.

@@ -255,7 +255,7 @@ async fn register(shared: &Shared, caller: &Caller, hello: Hello) -> Result<Repl
     let rooms = rooms_parts(shared);
     shared.rooms.presence(rooms, &name, true).await;
     if let Some(cluster) = &shared.cluster {
-        cluster.presence(&name, true, false).await;
+        cluster.presence(&name, true, false, now_ms()).await;
     }
     Ok(Reply {
         response: registered,
@@ -408,9 +408,9 @@ async fn lookup(shared: &Shared, key: KeyId, me: &Name, name: Name) -> Result<Pe
         (Some(o), _) => Some(Remote::of(&o, &key)),
         (None, Some(cluster)) => match cluster.lookup(&name, key).await {
             Found::Online(remote) => Some(remote),
-            Found::Left { open } => {
+            Found::Left { open, at_ms } => {
                 // Its node is about to tell every node so; this lookup need not wait for it.
-                shared.registry.elsewhere(&name, false, open);
+                shared.registry.elsewhere(&name, false, open, at_ms);
                 None
             }
             Found::Nowhere => None,
@@ -444,19 +444,23 @@ async fn lookup(shared: &Shared, key: KeyId, me: &Name, name: Name) -> Result<Pe
             queued_from_you: queued,
             published: record.published,
         },
-        None => PeerInfo {
-            last_seen_ms: match shared.registry.was_open(&name) {
-                true => record.last_seen_ms,
-                false => record.last_seen_ms.map(day),
-            },
-            name,
-            key: record.key,
-            online: false,
-            observed_addr: None,
-            listen_addrs: Vec::new(),
-            queued_from_you: queued,
-            published: record.published,
-        },
+        None => {
+            // A peer that has just left another node may be newer there than in this replica.
+            let last_seen_ms = record.last_seen_ms.max(shared.registry.left_at(&name));
+            PeerInfo {
+                last_seen_ms: match shared.registry.was_open(&name) {
+                    true => last_seen_ms,
+                    false => last_seen_ms.map(day),
+                },
+                name,
+                key: record.key,
+                online: false,
+                observed_addr: None,
+                listen_addrs: Vec::new(),
+                queued_from_you: queued,
+                published: record.published,
+            }
+        }
     })
 }
 
@@ -770,7 +774,7 @@ mod tests {
         let entry = shared.registry.get(&name("alice")).ok_or("not online")?;
         assert_eq!(entry.link.id(), 7);
         // The older connection closing late leaves its successor online.
-        assert!(!shared.registry.remove_if(&name("alice"), 1));
+        assert!(!shared.registry.remove_if(&name("alice"), 1, now_ms()));
         Ok(())
     }
 
@@ -871,11 +875,36 @@ mod tests {
         let (carol, link) = caller(3);
         let _feed = online(&d.shared, &carol, "carol").await?;
         ask(&d.shared, &carol, set_reach(Reach::Anyone)).await?;
-        assert!(d.shared.registry.remove_if(&name("carol"), link.id()));
         let day = 20_000 * STRANGER_LAST_SEEN_STEP_MS;
+        assert!(d
+            .shared
+            .registry
+            .remove_if(&name("carol"), link.id(), day + 42));
         d.shared.store.set_last_seen(&name("carol"), day + 42)?;
         let carol = peer(d.alice_asks(lookup("carol")).await)?;
         assert_eq!(carol.last_seen_ms, Some(day + 42));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_left_another_node_is_seen_before_this_replica_knows() -> TestResult {
+        let d = AliceAndBob::new(Quota::default()).await?;
+        let (carol, link) = caller(3);
+        let _feed = online(&d.shared, &carol, "carol").await?;
+        let day = 20_000 * STRANGER_LAST_SEEN_STEP_MS;
+        assert!(d
+            .shared
+            .registry
+            .remove_if(&name("carol"), link.id(), day + 42));
+        d.shared.store.set_last_seen(&name("carol"), day + 42)?;
+        // Carol came back on another node and left it a day later; this replica has not
+        // applied that node's last-seen write yet, but the node said when she left.
+        let left = day + STRANGER_LAST_SEEN_STEP_MS + 7;
+        d.shared
+            .registry
+            .elsewhere(&name("carol"), false, true, left);
+        let carol = peer(d.alice_asks(lookup("carol")).await)?;
+        assert_eq!(carol.last_seen_ms, Some(left));
         Ok(())
     }
 

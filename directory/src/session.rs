@@ -127,15 +127,16 @@ pub async fn run(
         // it offline without a last-seen time. Should a newer connection hold the name, the
         // time is still true, and that connection reports the peer online anyway.
         // Through the writer, so that peers leaving together share one fsync.
-        let _ = shared.writer.set_last_seen(name.clone(), now_ms()).await;
+        let at_ms = now_ms();
+        let _ = shared.writer.set_last_seen(name.clone(), at_ms).await;
         let moved = moved.load(std::sync::atomic::Ordering::Relaxed);
-        if shared.registry.remove_if(name, conn.stable_id()) && !moved {
+        if shared.registry.remove_if(name, conn.stable_id(), at_ms) && !moved {
             info!("offline");
             let rooms = service::rooms_parts(&shared);
             shared.rooms.presence(rooms, name, false).await;
             if let Some(cluster) = &shared.cluster {
                 let open = shared.registry.was_open(name);
-                cluster.presence(name, false, open).await;
+                cluster.presence(name, false, open, at_ms).await;
             }
         }
     }
