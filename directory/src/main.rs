@@ -131,6 +131,12 @@ struct Cli {
     #[arg(long, env = "DIRECTORY_STORE_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     store_replicas: u8,
 
+    /// Entries the cluster's log may hold before a node compacts it: it stores a snapshot of
+    /// its replica in JetStream and purges the log up to it (0: never). A node that is behind
+    /// the log's start, a new one say, starts from the newest snapshot.
+    #[arg(long, env = "DIRECTORY_LOG_COMPACT_AFTER", default_value_t = 100_000)]
+    log_compact_after: u64,
+
     /// Serve Prometheus metrics at http://ADDR/metrics (TCP), for example 127.0.0.1:9100.
     /// Off unless given; keep it on a private address: it tells how busy the directory is.
     #[arg(long, env = "DIRECTORY_METRICS")]
@@ -226,6 +232,7 @@ fn run(cli: Cli) -> Result<()> {
         Some(servers) => {
             let log = LogConfig {
                 replicas: cli.store_replicas.into(),
+                compact_after: cli.log_compact_after,
                 ..LogConfig::default()
             };
             let replica = data.join("replica.redb");

@@ -32,10 +32,12 @@
 //! them, so nodes with different settings still agree. The free space of the disk is checked
 //! by the node that publishes. A replica that cannot apply an entry (its disk failed, the
 //! entry is of a newer layout or does not decode, entries are missing) stops applying and
-//! refuses writes: it cannot skip an entry and stay a replica. The stream keeps every entry; a
-//! new node replays it from the start.
+//! refuses writes: it cannot skip an entry and stay a replica. The stream is compacted: a
+//! snapshot of a replica replaces the entries before it ([`super::compaction`]), and a new
+//! node starts from the newest snapshot.
 
 use super::{
+    compaction::{keep_short, Snapshots},
     Bind, Binding, NameRecord, Naming, Quota, RedbStore, Removal, Store, StoreError, Stored,
 };
 use async_nats::jetstream::{self, consumer::push, stream};
@@ -103,6 +105,10 @@ pub struct LogConfig {
     pub stream: String,
     /// Copies JetStream keeps of it: 3 in a cluster of three NATS servers, 1 for one server.
     pub replicas: usize,
+    /// Entries the log may hold before a node compacts it ([`super::compaction`]); 0: never.
+    pub compact_after: u64,
+    /// About how often each node checks whether the log needs compacting.
+    pub compact_check: Duration,
 }
 
 impl Default for LogConfig {
@@ -110,6 +116,8 @@ impl Default for LogConfig {
         Self {
             stream: "DIRECTORY".into(),
             replicas: 1,
+            compact_after: 100_000,
+            compact_check: Duration::from_secs(60),
         }
     }
 }
@@ -175,6 +183,8 @@ struct Inner {
     /// Position of the last entry applied.
     applied: watch::Sender<u64>,
     changes: broadcast::Sender<Applied>,
+    /// Where this node's position and the log's snapshots are kept.
+    snapshots: Snapshots,
 }
 
 /// The [`Store`] of a directory node in a cluster: writes through the cluster's JetStream log,
@@ -199,6 +209,12 @@ impl Drop for JetStreamStore {
         // The applier's tasks hold the replica open: outside a runtime, wait for them to end,
         // so the same file can be opened again at once. Inside one, blocking is not allowed.
         if let Some(runtime) = self.runtime.take() {
+            // It forgets its position first, rather than hold the log back until it expires.
+            let snapshots = self.inner.snapshots.clone();
+            let leave = async move {
+                tokio::time::timeout(Duration::from_secs(1), snapshots.leave()).await
+            };
+            let _ = block_on(runtime.handle(), leave);
             match tokio::runtime::Handle::try_current() {
                 Ok(_) => runtime.shutdown_background(),
                 Err(_) => runtime.shutdown_timeout(Duration::from_secs(5)),
@@ -222,11 +238,11 @@ impl JetStreamStore {
             .enable_all()
             .build()
             .map_err(db)?;
-        let local = Arc::new(RedbStore::open(replica)?);
         let servers = servers.to_vec();
         let log = log.clone();
+        let replica = replica.to_path_buf();
         let inner = block_on(runtime.handle(), async move {
-            start(&servers, &log, local).await
+            start(&servers, &log, &replica).await
         })??;
         Ok(Self {
             inner,
@@ -424,12 +440,13 @@ fn block_on<T: Send + 'static>(
     rx.recv().map_err(|_| db("the store's runtime stopped"))
 }
 
-/// Connects, makes sure the stream exists, starts the applier and waits until it has applied
-/// what the stream held when it started.
+/// Connects, makes sure the stream exists, opens the replica at `replica` (loading the newest
+/// snapshot first if the log was compacted past it), starts the applier and the compaction,
+/// and waits until the replica has applied what the stream held when it started.
 async fn start(
     servers: &[String],
     log: &LogConfig,
-    local: Arc<RedbStore>,
+    replica: &Path,
 ) -> Result<Arc<Inner>, StoreError> {
     let client = async_nats::ConnectOptions::new()
         .name("directory")
@@ -476,7 +493,29 @@ async fn start(
         tracing::info!("waiting for JetStream: {why}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let position = local.log_position()?;
+    let origin = rand::random();
+    let snapshots = Snapshots::open(&js, log, origin).await.map_err(db)?;
+    let mut local = open_replica(replica).await?;
+    let mut position = local.log_position()?;
+    if position + 1 < state.first_sequence && position <= state.last_sequence {
+        tracing::info!(
+            position,
+            first = state.first_sequence,
+            "the log was compacted past this replica; loading the newest snapshot"
+        );
+        drop(local);
+        let loaded = snapshots
+            .load(replica, state.first_sequence - 1)
+            .await
+            .map_err(|e| db(format!("cannot start from a snapshot: {e}")))?;
+        local = open_replica(replica).await?;
+        position = local.log_position()?;
+        if position != loaded {
+            return Err(db(format!(
+                "snapshot {loaded} holds position {position}: it is not a replica of this log"
+            )));
+        }
+    }
     if position > state.last_sequence {
         return Err(db(format!(
             "this replica has applied {position} entries, but the log holds {}: it belongs to \
@@ -484,26 +523,35 @@ async fn start(
             state.last_sequence
         )));
     }
-    if position + 1 < state.first_sequence {
-        return Err(db(format!(
-            "this replica stopped at entry {position}, but the log starts at {}: copy the data \
-             folder of a node that is up to date",
-            state.first_sequence
-        )));
+    // Held back from the next compaction from now on.
+    if let Err(e) = snapshots.report(position).await {
+        tracing::debug!(cause = %e, "cannot record this node's position in the log");
     }
     let (applied, mut watch_applied) = watch::channel(position);
     let inner = Arc::new(Inner {
-        local,
+        local: local.clone(),
         js,
         stream: log.stream.clone(),
         subject,
-        origin: rand::random(),
+        origin,
         next_request: AtomicU64::new(0),
         waiters: Mutex::new(HashMap::new()),
         stopped: Mutex::new(None),
         applied,
         changes: broadcast::channel(CHANGES_QUEUE).0,
+        snapshots: snapshots.clone(),
     });
+    let positions = inner.applied.subscribe();
+    let path = replica.to_path_buf();
+    let compaction = keep_short(
+        snapshots,
+        stream.clone(),
+        local,
+        path,
+        positions,
+        log.clone(),
+    );
+    tokio::spawn(compaction);
     tokio::spawn(follow(inner.clone(), stream, client));
     let end = state.last_sequence;
     if end > position {
@@ -521,6 +569,13 @@ async fn start(
         return Err(db(why));
     }
     Ok(inner)
+}
+
+/// Opens the replica at `path` (a blocking open: redb checks the file).
+async fn open_replica(path: &Path) -> Result<Arc<RedbStore>, StoreError> {
+    let path = path.to_path_buf();
+    let opened = tokio::task::spawn_blocking(move || RedbStore::open(&path)).await;
+    Ok(Arc::new(opened.map_err(db)??))
 }
 
 /// Follows the log from the entry after the last applied, for good: a consumer that goes
@@ -584,7 +639,8 @@ async fn apply_all(inner: &Arc<Inner>, mut messages: push::Messages) -> Result<(
         }
         if position != applied + 1 {
             return Err(format!(
-                "entries {} to {} are missing from the log",
+                "entries {} to {} are missing from the log (compacted while this node was \
+                 cut off?): start the node again to load the newest snapshot",
                 applied + 1,
                 position - 1
             ));
@@ -844,7 +900,8 @@ pub(crate) mod tests {
     fn log(stream: &str) -> LogConfig {
         LogConfig {
             stream: stream.replace(['.', '_'], "-"),
-            replicas: 1,
+            compact_after: 0,
+            ..LogConfig::default()
         }
     }
 
@@ -907,6 +964,88 @@ pub(crate) mod tests {
         assert_eq!(c.applied(), a.applied());
         assert_eq!(c.pending(&name("bob"), None, 10)?, held);
         assert_eq!(c.name(&name("alice"))?, a.name(&name("alice"))?);
+        Ok(())
+    }
+
+    /// The first entry the log of `stream` holds now.
+    fn first_entry(url: &str, stream: &str) -> Result<u64, Box<dyn std::error::Error>> {
+        let runtime = tokio::runtime::Runtime::new()?;
+        let first = runtime.block_on(async {
+            let js = jetstream::new(async_nats::connect(url).await?);
+            let mut stream = js.get_stream(stream).await?;
+            let info = stream.info().await?;
+            Ok::<_, Box<dyn std::error::Error>>(info.state.first_sequence)
+        })?;
+        Ok(first)
+    }
+
+    /// Polls the start of the log of `stream` until `done` says yes, at most 20 s.
+    fn wait_for_first(
+        url: &str,
+        stream: &str,
+        done: impl Fn(u64) -> bool,
+    ) -> Result<u64, Box<dyn std::error::Error>> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let first = first_entry(url, stream)?;
+            if done(first) {
+                return Ok(first);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("the log still starts at {first}").into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Compaction: a node stores a snapshot and purges the log up to it, but not past a live
+    /// node's position; a node started afterwards with an empty replica starts from the
+    /// snapshot and then follows the log, with the same data as the first.
+    #[test]
+    fn a_compacted_log_starts_new_nodes_from_a_snapshot() -> TestResult {
+        let Some(nats) = nats()? else { return Ok(()) };
+        let dir = tempfile::tempdir()?;
+        let servers = std::slice::from_ref(&nats.url);
+        let mut config = log("compact");
+        let a_replica = dir.path().join("a.redb");
+        let naming = Naming::default();
+        let a = JetStreamStore::open(servers, &config, &a_replica)?;
+        for i in 0..30 {
+            a.bind(&name(&format!("n{i}")), &common::KeyId([i; 32]), 1, naming)?;
+        }
+        let mail = Mail::Chat(chat("n0", "n1", "kept through a snapshot"));
+        a.deposit_batch(std::slice::from_ref(&mail), Quota::default())?[0].clone()?;
+        a.catch_up()?;
+        assert_eq!(a.applied(), 31);
+        // A live node that has applied 8 entries holds the rest back.
+        let runtime = tokio::runtime::Runtime::new()?;
+        let behind = runtime.block_on(async {
+            let js = jetstream::new(async_nats::connect(&nats.url).await?);
+            let behind = Snapshots::open(&js, &config, 0xbe).await?;
+            behind.report(8).await?;
+            Ok::<_, Box<dyn std::error::Error>>(behind)
+        })?;
+        drop(a);
+        config.compact_after = 10;
+        config.compact_check = Duration::from_millis(100);
+        let a = JetStreamStore::open(servers, &config, &a_replica)?;
+        assert_eq!(wait_for_first(&nats.url, "compact", |f| f > 1)?, 9);
+        // Once it is gone (here: its key deleted; else it expires), the log goes.
+        runtime.block_on(behind.leave())?;
+        assert_eq!(wait_for_first(&nats.url, "compact", |f| f > 9)?, 32);
+
+        let b = JetStreamStore::open(servers, &config, &dir.path().join("b.redb"))?;
+        assert_eq!(b.applied(), 31);
+        for i in 0..30 {
+            let n = name(&format!("n{i}"));
+            assert_eq!(b.name(&n)?, a.name(&n)?, "n{i}");
+        }
+        let held = b.pending(&name("n1"), None, 10)?;
+        assert_eq!(held.iter().map(|s| &s.mail).collect::<Vec<_>>(), [&mail]);
+        // The log goes on after the purge, on both.
+        b.bind(&name("late"), &common::KeyId([99; 32]), 2, naming)?;
+        a.catch_up()?;
+        assert!(a.is_bound(&name("late"))?);
         Ok(())
     }
 

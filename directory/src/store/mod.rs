@@ -41,6 +41,7 @@
 //!
 //! [`SignedReceipt`]: common::wire::SignedReceipt
 
+mod compaction;
 pub mod jetstream;
 pub mod redb;
 #[cfg(test)]

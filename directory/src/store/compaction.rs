@@ -1,0 +1,344 @@
+//! Keeping the cluster's log short: snapshots of a replica in JetStream's object store, and
+//! the log purged up to them.
+//!
+//! # How
+//!
+//! Every entry of the log ([`super::jetstream`]) is applied by every node to its replica, so
+//! a replica at position `S` holds everything entries `1..=S` made. Once the log holds more
+//! than [`LogConfig::compact_after`] entries, a node:
+//!
+//! 1. copies its replica, as of one read transaction, to a file ([`RedbStore::snapshot`]):
+//!    the snapshot at its position `S`;
+//! 2. puts it in the object store `<stream>-SNAPSHOTS` as `replica-<S>`;
+//! 3. purges the log up to `S`, or less if a live node has applied less (each node writes its
+//!    position every few seconds to the stream `<stream>-NODES`, which keeps the last one of
+//!    each node for [`NODE_TTL`]);
+//! 4. deletes the snapshots older than its own.
+//!
+//! A node whose replica is behind the start of the log when it starts (a new node, or one
+//! that was down through a compaction) loads the newest snapshot in place of its replica and
+//! follows the log from there. The newest snapshot is never behind the log's start: a node
+//! purges only up to a snapshot it has stored, and only older ones are deleted.
+//!
+//! Nodes may compact at the same time: each stores its own snapshot and purges up to it, and
+//! every step above stays true. To make that rare, each waits a random part of the interval
+//! between checks.
+//!
+//! # Limits
+//!
+//! A running node that falls further behind than a compaction purged (cut off from NATS for
+//! longer than [`NODE_TTL`]) finds entries missing, stops applying, and exits; started again, it
+//! loads the newest snapshot. A snapshot is the whole replica: the object store holds one or
+//! two of them, and the node taking one writes it to its data folder first.
+
+use super::{jetstream::LogConfig, RedbStore};
+use async_nats::jetstream::{self, object_store, stream};
+use futures::StreamExt as _;
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+use tokio::sync::watch;
+
+/// How long a node's position counts without being refreshed: a node that stopped (or lost
+/// NATS) this long ago no longer holds the log back.
+pub(super) const NODE_TTL: Duration = Duration::from_secs(60);
+
+/// How often a node writes its position.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// How many times a node starting from a snapshot tries again, when the snapshot it was
+/// loading was deleted under it (a newer one replaced it).
+const LOAD_TRIES: usize = 5;
+
+/// Object names: `replica-` and the position, zero-padded so that names sort as positions do.
+const PREFIX: &str = "replica-";
+
+/// The snapshots of one log and the positions of its nodes.
+#[derive(Clone)]
+pub(super) struct Snapshots {
+    objects: object_store::ObjectStore,
+    js: jetstream::Context,
+    /// The stream of positions: the last one of each node, on its own subject.
+    nodes: stream::Stream,
+    /// `directory.<log>.nodes.`: each node's subject is this and its key.
+    subjects: String,
+    /// This node's key.
+    node: String,
+}
+
+/// What a compaction did.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Compacted {
+    /// The position of the snapshot it stored.
+    pub snapshot: u64,
+    /// The first entry the log holds now.
+    pub first: u64,
+}
+
+fn name_of(position: u64) -> String {
+    format!("{PREFIX}{position:020}")
+}
+
+fn position_of(name: &str) -> Option<u64> {
+    name.strip_prefix(PREFIX)?.parse().ok()
+}
+
+impl Snapshots {
+    /// Opens the object store and the bucket of positions of `log`, making them if absent;
+    /// `node` names this node for as long as it runs.
+    pub(super) async fn open(
+        js: &jetstream::Context,
+        log: &LogConfig,
+        node: u64,
+    ) -> Result<Self, String> {
+        let bucket = format!("{}-SNAPSHOTS", log.stream);
+        let objects = match js.get_object_store(&bucket).await {
+            Ok(objects) => objects,
+            Err(_) => js
+                .create_object_store(object_store::Config {
+                    bucket,
+                    num_replicas: log.replicas,
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("cannot make the snapshots' object store: {e}"))?,
+        };
+        let subjects = format!("directory.{}.nodes.", log.stream);
+        let nodes = js
+            .get_or_create_stream(stream::Config {
+                name: format!("{}-NODES", log.stream),
+                subjects: vec![format!("{subjects}*")],
+                max_messages_per_subject: 1,
+                max_age: NODE_TTL,
+                num_replicas: log.replicas,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("cannot make the stream of node positions: {e}"))?;
+        Ok(Self {
+            objects,
+            js: js.clone(),
+            nodes,
+            subjects,
+            node: format!("{node:016x}"),
+        })
+    }
+
+    /// The position and name of each snapshot stored, oldest first.
+    async fn list(&self) -> Result<Vec<(u64, String)>, String> {
+        let mut list = self.objects.list().await.map_err(|e| e.to_string())?;
+        let mut found = Vec::new();
+        while let Some(info) = list.next().await {
+            let info = info.map_err(|e| e.to_string())?;
+            if let Some(position) = position_of(&info.name).filter(|_| !info.deleted) {
+                found.push((position, info.name));
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    /// Replaces the file `replica` with the newest snapshot, which must be at `at_least` or
+    /// later, and returns its position.
+    pub(super) async fn load(&self, replica: &Path, at_least: u64) -> Result<u64, String> {
+        let mut why = String::new();
+        for _ in 0..LOAD_TRIES {
+            let Some((position, name)) = self.list().await?.pop() else {
+                return Err("no snapshot is stored".into());
+            };
+            if position < at_least {
+                return Err(format!(
+                    "the newest snapshot is at {position}, before the log's start"
+                ));
+            }
+            match self.download(&name, replica).await {
+                Ok(()) => return Ok(position),
+                // Deleted meanwhile: a newer one is stored.
+                Err(e) => why = e,
+            }
+        }
+        Err(why)
+    }
+
+    async fn download(&self, name: &str, replica: &Path) -> Result<(), String> {
+        let part = with_suffix(replica, "loading");
+        let mut object = self.objects.get(name).await.map_err(|e| e.to_string())?;
+        let mut file = tokio::fs::File::create(&part)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::io::copy(&mut object, &mut file)
+            .await
+            .map_err(|e| format!("reading snapshot {name}: {e}"))?;
+        file.sync_all().await.map_err(|e| e.to_string())?;
+        drop(file);
+        tokio::fs::rename(&part, replica)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Records that this node has applied the log up to `position`.
+    pub(super) async fn report(&self, position: u64) -> Result<(), String> {
+        let subject = format!("{}{}", self.subjects, self.node);
+        let ack = (self
+            .js
+            .publish(subject, position.to_be_bytes().to_vec().into())
+            .await)
+            .map_err(|e| e.to_string())?;
+        ack.await.map(drop).map_err(|e| e.to_string())
+    }
+
+    /// Forgets this node's position: it no longer holds the log back.
+    pub(super) async fn leave(&self) -> Result<(), String> {
+        let subject = format!("{}{}", self.subjects, self.node);
+        (self.nodes.purge().filter(subject).await)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The lowest position a live node reported.
+    async fn lowest_live(&self) -> Result<Option<u64>, String> {
+        let filter = format!("{}*", self.subjects);
+        let mut subjects =
+            (self.nodes.info_with_subjects(filter).await).map_err(|e| e.to_string())?;
+        let mut lowest: Option<u64> = None;
+        while let Some(subject) = subjects.next().await {
+            let (subject, _) = subject.map_err(|e| e.to_string())?;
+            // Gone meanwhile: expired.
+            let Ok(last) = self.nodes.get_last_raw_message_by_subject(&subject).await else {
+                continue;
+            };
+            if let Ok(bytes) = <[u8; 8]>::try_from(last.payload.as_ref()) {
+                let position = u64::from_be_bytes(bytes);
+                lowest = Some(lowest.map_or(position, |l| l.min(position)));
+            }
+        }
+        Ok(lowest)
+    }
+
+    /// Compacts the log of `stream` if it holds more than `compact_after` entries and the
+    /// live nodes let enough of it go; `local` is this node's replica, at `replica`.
+    pub(super) async fn compact(
+        &self,
+        stream: &mut stream::Stream,
+        local: &Arc<RedbStore>,
+        replica: &Path,
+        compact_after: u64,
+    ) -> Result<Option<Compacted>, String> {
+        let state = stream
+            .info()
+            .await
+            .map_err(|e| e.to_string())?
+            .state
+            .clone();
+        if state.messages <= compact_after {
+            return Ok(None);
+        }
+        // Not worth a snapshot when a live node holds most of the log back.
+        let lowest = self.lowest_live().await?.unwrap_or(0);
+        if lowest < state.first_sequence + compact_after / 2 {
+            tracing::debug!(lowest, "a node far behind holds the log back");
+            return Ok(None);
+        }
+        let file = with_suffix(replica, "snapshot");
+        let snapshot = {
+            let (local, file) = (local.clone(), file.clone());
+            tokio::task::spawn_blocking(move || {
+                let _ = std::fs::remove_file(&file);
+                local.snapshot(&file)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot take a snapshot: {e}"))?
+        };
+        let stored = self.store(&file, snapshot).await;
+        let _ = tokio::fs::remove_file(&file).await;
+        stored?;
+        // Those behind the snapshot stay, for the live nodes that have not applied them yet.
+        let lowest = self.lowest_live().await?.unwrap_or(0);
+        let keep_from = snapshot.min(lowest) + 1;
+        if keep_from > state.first_sequence {
+            stream
+                .purge()
+                .sequence(keep_from)
+                .await
+                .map_err(|e| format!("cannot purge the log: {e}"))?;
+        }
+        for (position, name) in self.list().await? {
+            if position < snapshot {
+                let _ = self.objects.delete(&name).await;
+            }
+        }
+        let first = stream
+            .info()
+            .await
+            .map_err(|e| e.to_string())?
+            .state
+            .first_sequence;
+        Ok(Some(Compacted { snapshot, first }))
+    }
+
+    async fn store(&self, file: &Path, position: u64) -> Result<(), String> {
+        let mut reader = tokio::fs::File::open(file)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.objects
+            .put(name_of(position).as_str(), &mut reader)
+            .await
+            .map(drop)
+            .map_err(|e| format!("cannot store the snapshot: {e}"))
+    }
+}
+
+/// `path` with `.suffix` added to its name.
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".");
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Writes this node's position every [`REPORT_EVERY`] (or `check`, if shorter), and compacts
+/// the log when it is long, checking every `check` or so; runs for as long as the node does.
+pub(super) async fn keep_short(
+    snapshots: Snapshots,
+    mut stream: stream::Stream,
+    local: Arc<RedbStore>,
+    replica: PathBuf,
+    applied: watch::Receiver<u64>,
+    log: LogConfig,
+) {
+    let report_every = REPORT_EVERY.min(log.compact_check);
+    let mut next_check = tokio::time::Instant::now() + jittered(log.compact_check);
+    loop {
+        let position = *applied.borrow();
+        if let Err(e) = snapshots.report(position).await {
+            tracing::debug!(cause = %e, "cannot record this node's position in the log");
+        }
+        if log.compact_after > 0 && tokio::time::Instant::now() >= next_check {
+            next_check = tokio::time::Instant::now() + jittered(log.compact_check);
+            match snapshots
+                .compact(&mut stream, &local, &replica, log.compact_after)
+                .await
+            {
+                Ok(Some(done)) => tracing::info!(
+                    snapshot = done.snapshot,
+                    first = done.first,
+                    "compacted the cluster's log"
+                ),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(cause = %e, "cannot compact the cluster's log"),
+            }
+        }
+        tokio::time::sleep(report_every).await;
+    }
+}
+
+/// Between half and all of `interval`, at random.
+fn jittered(interval: Duration) -> Duration {
+    interval.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+}
