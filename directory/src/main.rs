@@ -137,6 +137,11 @@ struct Cli {
     #[arg(long, env = "DIRECTORY_LOG_COMPACT_AFTER", default_value_t = 100_000)]
     log_compact_after: u64,
 
+    /// About how often, in seconds, this node checks whether the log needs compacting (each
+    /// check waits a random half to all of it, so that nodes rarely compact together).
+    #[arg(long, env = "DIRECTORY_LOG_COMPACT_CHECK", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    log_compact_check: u64,
+
     /// Serve Prometheus metrics at http://ADDR/metrics (TCP), for example 127.0.0.1:9100.
     /// Off unless given; keep it on a private address: it tells how busy the directory is.
     #[arg(long, env = "DIRECTORY_METRICS")]
@@ -233,6 +238,7 @@ fn run(cli: Cli) -> Result<()> {
             let log = LogConfig {
                 replicas: cli.store_replicas.into(),
                 compact_after: cli.log_compact_after,
+                compact_check: std::time::Duration::from_secs(cli.log_compact_check),
                 ..LogConfig::default()
             };
             let replica = data.join("replica.redb");

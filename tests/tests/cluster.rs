@@ -9,7 +9,7 @@
 
 use anyhow::{ensure, Result};
 use std::time::{Duration, Instant};
-use tests::{check_messages, is_message_from, numbered, poll_until, Net, SHORT};
+use tests::{check_messages, is_message_from, numbered, poll_until, DirOpts, Net, SHORT};
 
 /// `whois name`, asked by `asker` at node B, until it says `online`.
 fn wait_presence_at_b(net: &Net, asker: &str, name: &str, online: bool) -> Result<()> {
@@ -160,6 +160,66 @@ fn mail_a_node_acknowledged_outlives_the_node() -> Result<()> {
     let again = net.peer("c2").directory(b).json().args(["inbox"]);
     let again = again.run(SHORT)?.success()?.of_type("message");
     ensure!(again.is_empty(), "delivered again: {again:?}");
+    net.assert_no_panics()
+}
+
+/// The log compacted (every few entries here), node B is killed and started again with an
+/// empty replica: it starts from the newest snapshot, and serves the names and the mail of
+/// before the snapshot as the other node does.
+#[test]
+fn a_node_started_afresh_after_compaction_loads_the_snapshot() -> Result<()> {
+    const N: usize = 12;
+    let opts = DirOpts {
+        args: ["--log-compact-after", "5", "--log-compact-check", "1"]
+            .map(String::from)
+            .to_vec(),
+        ..DirOpts::default()
+    };
+    let Some(mut net) = Net::two_nodes_with(opts)? else {
+        return Ok(());
+    };
+    let b = net.node_b()?.addr();
+    net.peer("c2")
+        .directory(b)
+        .args(["inbox"])
+        .run(SHORT)?
+        .success()?;
+    let bodies = numbered("before the snapshot", 0..N);
+    for body in &bodies {
+        let sent = net.send("c1", "c2", body)?;
+        ensure!(sent["status"] == "queued", "c2 is offline, yet: {sent}");
+    }
+    poll_until(
+        "a node to compact the log",
+        SHORT,
+        Duration::from_millis(100),
+        || {
+            let said = |tail: String| tail.contains("compacted the cluster's log");
+            Ok((said(net.dir().stderr_tail()) || said(net.node_b()?.stderr_tail())).then_some(()))
+        },
+    )?;
+    let node_b = net.node_b_mut()?;
+    node_b.kill9()?;
+    std::fs::remove_file(node_b.data().join("replica.redb"))?;
+    node_b.restart()?;
+    ensure!(
+        node_b.stderr_tail().contains("loading the newest snapshot"),
+        "node B did not start from a snapshot: {}",
+        node_b.stderr_tail()
+    );
+    let b = node_b.addr();
+    let whois = net
+        .peer("c2")
+        .directory(b)
+        .json()
+        .args(["whois", "c1"])
+        .run(SHORT)?
+        .success()?
+        .one_of_type("whois")?;
+    ensure!(whois["name"] == "c1", "c1 unknown at node B: {whois}");
+    let mut c2 = net.listen_with(net.peer("c2").directory(b))?;
+    let got = c2.wait_json_n("messages from c1", N, SHORT, |v| is_message_from(v, "c1"))?;
+    check_messages(&got, "c1", "c2", &bodies, Some("mailbox"))?;
     net.assert_no_panics()
 }
 
