@@ -11,10 +11,12 @@
 #      message c1 sent to c3 before, during and after arrives exactly once, in order; mail that
 #      d1 acknowledged (c2 to a stopped c4, `queued`) just before it died reaches c4 through d2;
 #   4. one NATS server killed: lookups, direct messages and mailbox deposits keep working;
-#   5. the killed ones started again: d1 is healthy (its replica catches up) and serves peers;
+#   5. the killed ones started again: d1 is healthy (its replica catches up, from the newest
+#      snapshot if the log was compacted past it) and serves peers;
 #   6. a name registered through d1 (c1) is refused to another key through d2;
-#   7. no container's log shows a panic, nothing was restarted behind our back, and nothing
-#      arrived twice.
+#   7. no container's log shows a panic, nothing was restarted behind our back, nothing
+#      arrived twice, and the log was compacted meanwhile: the nodes compact it every 20
+#      entries here (checking every 2 s), so every step runs across compactions.
 #
 # Environment: as deploy/compose-test.sh (COMPOSE_TEST_SKIP_BUILD=1, COMPOSE_TEST_KEEP=1).
 set -euo pipefail
@@ -25,6 +27,7 @@ project="p2pchat-cluster-$$"
 run="k$$"                 # in every message body, so nothing else can be mistaken for ours
 send_bound=20             # seconds any `peer` command may take, all included
 export CHAT_HEARTBEAT=1 CHAT_DIRECT_TIMEOUT=3
+export DIRECTORY_LOG_COMPACT_AFTER=20 DIRECTORY_LOG_COMPACT_CHECK=2
 export IMAGE_PREFIX=${IMAGE_PREFIX:-p2pchat} IMAGE_TAG=${IMAGE_TAG:-latest}
 export RUST_LOG=${RUST_LOG:-peer=info,directory=info}
 
@@ -166,6 +169,11 @@ ask_d1() {
 }
 out=$(ask_d1 "v$$" whois c3 2>&1) || fail "whois c3 at the restarted d1" "an answer" "$out"
 [ "$(json_field online <<<"$out")" = True ] || fail "whois c3 at d1" "online: true" "$out"
+if timeout 20 docker logs "${cid[d1]}" 2>&1 | grep -q "loading the newest snapshot"; then
+  log "d1 started again from the newest snapshot"
+else
+  log "d1 started again by replaying the log from where its replica stood"
+fi
 
 # ---------------------------------------------------------------------------------------------
 step="step 6 (c1's name, bound through d1, is refused to another key through d2)"
@@ -193,3 +201,7 @@ expect_received c4 c1 "$run-s2" 1 "$(lines "$run-s2" 1 3 mailbox)"
 expect_received c3 c1 "$run-s3" 1 "$(lines "$run-s3" 1 8 any)"
 expect_received c4 c2 "$run-s3m" 1 "$(lines "$run-s3m" 1 3 mailbox)"
 expect_received c2 c4 "$run-s4" 1 "$(lines "$run-s4" 1 2 direct; lines "$run-s4" 3 4 mailbox)"
+compactions=$(for d in d1 d2; do timeout 20 docker logs "${cid[$d]}" 2>&1; done |
+  grep -c "compacted the cluster's log" || true)
+[ "$compactions" -gt 0 ] || fail "the nodes' logs" "the log compacted at least once" "no compaction"
+log "the log was compacted $compactions times during the test"
