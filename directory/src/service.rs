@@ -369,22 +369,21 @@ async fn introduce(shared: &Shared, caller: &Caller, name: &Name) -> Result<(), 
     Ok(())
 }
 
-/// Before answering that a name is not bound, on a node of a cluster: whether this node's
-/// replica has caught up with every write acknowledged before now, so that a name bound
-/// through another node a moment ago is found. `false` on one node (nothing to catch up
-/// with) and when the replica could not catch up in time.
-async fn caught_up(shared: &Shared) -> bool {
+/// Before answering that a name is not bound, on a node of a cluster: waits until this
+/// node's replica has caught up with every write acknowledged before now, so that a name
+/// bound through another node a moment ago is found. `Ok(false)` on one node, which has
+/// nothing to catch up with; [`ErrorCode::Internal`] (try again) when the replica could not
+/// catch up in time, rather than a false "unknown".
+async fn caught_up(shared: &Shared) -> Result<bool, ErrorCode> {
     if shared.cluster.is_none() {
-        return false;
+        return Ok(false);
     }
-    let store = shared.store.clone();
-    match tokio::task::spawn_blocking(move || store.catch_up()).await {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) => {
+    match shared.store.catch_up().await {
+        Ok(()) => Ok(true),
+        Err(e) => {
             debug!(cause = %e, "not caught up with the cluster's log");
-            false
+            Err(ErrorCode::Internal)
         }
-        Err(_) => false,
     }
 }
 
@@ -400,7 +399,7 @@ async fn lookup(shared: &Shared, key: KeyId, me: &Name, name: Name) -> Result<Pe
         .store
         .lookup(&name, me)
         .map_err(|_| ErrorCode::Internal)?;
-    if found.is_none() && caught_up(shared).await {
+    if found.is_none() && caught_up(shared).await? {
         found = (shared.store.lookup(&name, me)).map_err(|_| ErrorCode::Internal)?;
     }
     let (record, queued) = found.ok_or(ErrorCode::UnknownPeer)?;
@@ -481,7 +480,7 @@ async fn deposit(shared: &Shared, me: &Name, mail: Mail) -> Result<(), ErrorCode
     }
     let to = mail.to().clone();
     let bound = |shared: &Shared| shared.store.is_bound(&to).map_err(|_| ErrorCode::Internal);
-    let known = bound(shared)? || (caught_up(shared).await && bound(shared)?);
+    let known = bound(shared)? || (caught_up(shared).await? && bound(shared)?);
     if !known {
         return Err(ErrorCode::UnknownPeer);
     }

@@ -168,6 +168,79 @@ enum Outcome {
     RoomOp(Result<(), StoreError>),
 }
 
+/// The log's last position, as JetStream reports it, asked once for everyone waiting at the
+/// same time: at most one question is in flight, and callers that come while it is get the
+/// next one's answer (it must be asked after they came). However many lookups of unknown
+/// names a node gets, it asks JetStream at most once per round trip.
+struct Heads {
+    state: Mutex<HeadsState>,
+    /// The number of the last question answered, and its answer.
+    answers: watch::Sender<(u64, Result<u64, String>)>,
+}
+
+impl Default for Heads {
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            answers: watch::Sender::new((0, Ok(0))),
+        }
+    }
+}
+
+#[derive(Default)]
+struct HeadsState {
+    /// The number of the last question asked.
+    asked: u64,
+    /// Whether a question is in flight (numbered `asked`).
+    running: bool,
+    /// The number of the question callers wait for.
+    wanted: u64,
+}
+
+impl Heads {
+    /// The log's last position, as JetStream reports it after this call.
+    async fn ask(inner: &Arc<Inner>, handle: &tokio::runtime::Handle) -> Result<u64, StoreError> {
+        let heads = &inner.heads;
+        let mut answers = heads.answers.subscribe();
+        let want = {
+            let mut state = heads.state.lock().unwrap_or_else(|e| e.into_inner());
+            if state.running {
+                state.wanted = state.asked + 1;
+            } else {
+                state.asked += 1;
+                state.wanted = state.asked;
+                state.running = true;
+                handle.spawn(Self::run(inner.clone(), state.asked));
+            }
+            state.wanted
+        };
+        let answer = answers
+            .wait_for(|(number, _)| *number >= want)
+            .await
+            .map_err(db)?;
+        answer.1.clone().map_err(db)
+    }
+
+    /// Asks question `number`, and the next ones as long as callers wait for them.
+    async fn run(inner: Arc<Inner>, mut number: u64) {
+        loop {
+            let head = match inner.js.get_stream(&inner.stream).await {
+                Ok(stream) => Ok(stream.cached_info().state.last_sequence),
+                Err(e) => Err(e.to_string()),
+            };
+            drop(inner.heads.answers.send_replace((number, head)));
+            let mut state = inner.heads.state.lock().unwrap_or_else(|e| e.into_inner());
+            if state.wanted > number {
+                number += 1;
+                state.asked = number;
+            } else {
+                state.running = false;
+                return;
+            }
+        }
+    }
+}
+
 /// What the writers and the applier share.
 struct Inner {
     local: Arc<RedbStore>,
@@ -185,6 +258,7 @@ struct Inner {
     changes: broadcast::Sender<Applied>,
     /// Where this node's position and the log's snapshots are kept.
     snapshots: Snapshots,
+    heads: Heads,
 }
 
 /// The [`Store`] of a directory node in a cluster: writes through the cluster's JetStream log,
@@ -540,6 +614,7 @@ async fn start(
         applied,
         changes: broadcast::channel(CHANGES_QUEUE).0,
         snapshots: snapshots.clone(),
+        heads: Heads::default(),
     });
     let positions = inner.applied.subscribe();
     let path = replica.to_path_buf();
@@ -694,22 +769,24 @@ fn unexpected(outcome: Outcome) -> StoreError {
 
 impl Store for JetStreamStore {
     /// Waits, at most [`CATCH_UP_TIMEOUT`], until this replica has applied the log up to its
-    /// last entry as JetStream reports it now.
-    fn catch_up(&self) -> Result<(), StoreError> {
-        let inner = self.inner.clone();
-        let wait = async move {
-            let stream = inner.js.get_stream(&inner.stream).await.map_err(db)?;
-            let head = stream.cached_info().state.last_sequence;
-            let mut applied = inner.applied.subscribe();
-            applied.wait_for(|&at| at >= head).await.map_err(db)?;
-            Ok(())
+    /// last entry as JetStream reports it after the call ([`Heads`]).
+    fn catch_up(&self) -> futures::future::BoxFuture<'static, Result<(), StoreError>> {
+        let handle = match self.handle() {
+            Ok(handle) => handle.clone(),
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
-        let timed = async move {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let wait = async {
+                let head = Heads::ask(&inner, &handle).await?;
+                let mut applied = inner.applied.subscribe();
+                applied.wait_for(|&at| at >= head).await.map_err(db)?;
+                Ok(())
+            };
             tokio::time::timeout(CATCH_UP_TIMEOUT, wait)
                 .await
                 .map_err(|_| db("this replica did not catch up with the log in time"))?
-        };
-        block_on(self.handle()?, timed).and_then(|r| r)
+        })
     }
 
     fn update_names(
@@ -944,7 +1021,7 @@ pub(crate) mod tests {
         for i in 0..20 {
             let carol = name(&format!("carol{i}"));
             b.bind(&carol, &common::KeyId([10 + i; 32]), 4, naming)?;
-            a.catch_up()?;
+            a.sync_catch_up()?;
             assert!(a.is_bound(&carol)?, "carol{i} bound on b, caught up on a");
         }
         let mail = Mail::Chat(chat("alice", "bob", "hello"));
@@ -964,6 +1041,36 @@ pub(crate) mod tests {
         assert_eq!(c.applied(), a.applied());
         assert_eq!(c.pending(&name("bob"), None, 10)?, held);
         assert_eq!(c.name(&name("alice"))?, a.name(&name("alice"))?);
+        Ok(())
+    }
+
+    impl JetStreamStore {
+        fn sync_catch_up(&self) -> Result<(), StoreError> {
+            block_on(self.handle()?, self.catch_up())?
+        }
+    }
+
+    /// Many callers at once share the questions to JetStream, and each is answered with a
+    /// head asked after it came: all see a write acknowledged before they asked.
+    #[test]
+    fn catching_up_shares_the_questions() -> TestResult {
+        let Some(nats) = nats()? else { return Ok(()) };
+        let dir = tempfile::tempdir()?;
+        let servers = std::slice::from_ref(&nats.url);
+        let a = JetStreamStore::open(servers, &log("heads"), &dir.path().join("a.redb"))?;
+        let b = JetStreamStore::open(servers, &log("heads"), &dir.path().join("b.redb"))?;
+        let naming = Naming::default();
+        for i in 0..5u8 {
+            b.bind(&name(&format!("n{i}")), &common::KeyId([i; 32]), 1, naming)?;
+            let waits: Vec<_> = (0..200).map(|_| a.catch_up()).collect();
+            block_on(a.handle()?, async move {
+                futures::future::try_join_all(waits).await.map(drop)
+            })??;
+            assert!(a.is_bound(&name(&format!("n{i}")))?, "n{i}");
+        }
+        // 5 rounds of 200 callers: a question in flight and one more for each round at most.
+        let asked = a.inner.heads.state.lock().map_err(|e| e.to_string())?.asked;
+        assert!((1..=10).contains(&asked), "asked JetStream {asked} times");
         Ok(())
     }
 
@@ -1015,7 +1122,7 @@ pub(crate) mod tests {
         }
         let mail = Mail::Chat(chat("n0", "n1", "kept through a snapshot"));
         a.deposit_batch(std::slice::from_ref(&mail), Quota::default())?[0].clone()?;
-        a.catch_up()?;
+        a.sync_catch_up()?;
         assert_eq!(a.applied(), 31);
         // A live node that has applied 8 entries holds the rest back.
         let runtime = tokio::runtime::Runtime::new()?;
@@ -1044,7 +1151,7 @@ pub(crate) mod tests {
         assert_eq!(held.iter().map(|s| &s.mail).collect::<Vec<_>>(), [&mail]);
         // The log goes on after the purge, on both.
         b.bind(&name("late"), &common::KeyId([99; 32]), 2, naming)?;
-        a.catch_up()?;
+        a.sync_catch_up()?;
         assert!(a.is_bound(&name("late"))?);
         Ok(())
     }

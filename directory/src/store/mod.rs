@@ -247,8 +247,11 @@ pub trait Store: Send + Sync + 'static {
     /// A read that must not miss one calls it before answering "no such name": on a node of a
     /// cluster, a name bound through another node a moment ago may not be in this node's
     /// replica yet. One node has nothing to catch up with.
-    fn catch_up(&self) -> Result<(), StoreError> {
-        Ok(())
+    ///
+    /// Unlike the other methods, it does not block: it returns a future, which the caller
+    /// awaits on its own runtime, since it waits on the network rather than the disk.
+    fn catch_up(&self) -> futures::future::BoxFuture<'static, Result<(), StoreError>> {
+        Box::pin(std::future::ready(Ok(())))
     }
     /// Whether `name` is bound: what a deposit checks, cheaper than [`Store::name`].
     fn is_bound(&self, name: &Name) -> Result<bool, StoreError> {
