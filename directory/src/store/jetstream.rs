@@ -916,33 +916,101 @@ pub(crate) mod tests {
         process::{Child, Command, Stdio},
     };
 
-    /// A `nats-server` with JetStream on a free loopback port, stopped on drop.
+    /// `nats-server`s with JetStream on free loopback ports, routed to each other when there
+    /// are several, each storing in a folder of its own; stopped on drop.
     pub(crate) struct Nats {
-        child: Child,
-        /// `nats://127.0.0.1:PORT`.
+        servers: Vec<Server>,
+        /// `nats://127.0.0.1:PORT` of the first.
         pub(crate) url: String,
-        _dir: tempfile::TempDir,
+        dir: tempfile::TempDir,
+    }
+
+    struct Server {
+        child: Option<Child>,
+        client: u16,
+        route: u16,
     }
 
     impl Drop for Nats {
         fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            for i in 0..self.servers.len() {
+                self.kill(i);
+            }
         }
     }
 
-    /// Starts one, or says loudly why not: `None` without `nats-server` on the PATH, which
-    /// fails the test when `CI=true` (CI installs it).
+    fn free_port() -> std::io::Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    }
+
+    impl Nats {
+        /// `nats://127.0.0.1:PORT` of each server.
+        pub(crate) fn urls(&self) -> Vec<String> {
+            let url = |s: &Server| format!("nats://127.0.0.1:{}", s.client);
+            self.servers.iter().map(url).collect()
+        }
+
+        /// Kills server `i` (-9).
+        pub(crate) fn kill(&mut self, i: usize) {
+            if let Some(mut child) = self.servers[i].child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+
+        /// Starts server `i`, on its ports and its storage, and waits until it is ready.
+        pub(crate) fn start(&mut self, i: usize) -> Result<(), Box<dyn std::error::Error>> {
+            let routes = (self.servers.iter())
+                .map(|s| format!("nats://127.0.0.1:{}", s.route))
+                .collect::<Vec<_>>()
+                .join(",");
+            let server = &self.servers[i];
+            let mut command = Command::new("nats-server");
+            command
+                .args(["-a", "127.0.0.1", "-p", &server.client.to_string(), "-js"])
+                .arg("-sd")
+                .arg(self.dir.path().join(format!("n{i}")))
+                .args(["-n", &format!("n{i}")]);
+            if self.servers.len() > 1 {
+                command
+                    .args(["--cluster_name", "test", "--cluster"])
+                    .arg(format!("nats://127.0.0.1:{}", server.route))
+                    .args(["--routes", &routes]);
+            }
+            let mut child = command
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()?;
+            let stderr = child.stderr.take().ok_or("no stderr")?;
+            let (ready, is_ready) = std::sync::mpsc::channel();
+            // Keeps draining its log, or the server blocks once the pipe is full.
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if line.contains("Server is ready") {
+                        let _ = ready.send(());
+                    }
+                }
+            });
+            self.servers[i].child = Some(child);
+            is_ready
+                .recv_timeout(Duration::from_secs(20))
+                .map_err(|_| format!("nats-server n{i} was not ready in 20 s"))?;
+            Ok(())
+        }
+    }
+
+    /// Starts one server, or says loudly why not: `None` without `nats-server` on the PATH,
+    /// which fails the test when `CI=true` (CI installs it).
     pub(crate) fn nats() -> Result<Option<Nats>, Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let spawned = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn();
-        let mut child = match spawned {
-            Ok(child) => child,
+        nats_cluster(1)
+    }
+
+    /// [`nats`] with `n` servers in one NATS cluster.
+    pub(crate) fn nats_cluster(n: usize) -> Result<Option<Nats>, Box<dyn std::error::Error>> {
+        match Command::new("nats-server").arg("--version").output() {
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if std::env::var("CI").as_deref() == Ok("true") {
                     return Err("nats-server is not installed, and CI=true".into());
@@ -951,27 +1019,26 @@ pub(crate) mod tests {
                 return Ok(None);
             }
             Err(e) => return Err(e.into()),
-        };
-        let stderr = child.stderr.take().ok_or("no stderr")?;
-        let mut lines = BufReader::new(stderr).lines();
-        let mut url = None;
-        for line in lines.by_ref() {
-            let line = line?;
-            if let Some((_, addr)) = line.split_once("Listening for client connections on ") {
-                url = Some(format!("nats://{}", addr.trim()));
-            }
-            if line.contains("Server is ready") {
-                break;
-            }
         }
-        // Keep draining its log, or the server blocks once the pipe is full.
-        std::thread::spawn(move || lines.for_each(drop));
-        let url = url.ok_or("nats-server did not say where it listens")?;
-        Ok(Some(Nats {
-            child,
+        let servers = (0..n)
+            .map(|_| {
+                Ok(Server {
+                    child: None,
+                    client: free_port()?,
+                    route: free_port()?,
+                })
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let url = format!("nats://127.0.0.1:{}", servers[0].client);
+        let mut nats = Nats {
+            servers,
             url,
-            _dir: dir,
-        }))
+            dir: tempfile::tempdir()?,
+        };
+        for i in 0..n {
+            nats.start(i)?;
+        }
+        Ok(Some(nats))
     }
 
     fn log(stream: &str) -> LogConfig {
@@ -990,6 +1057,83 @@ pub(crate) mod tests {
             let replica = dir.path().join(format!("{store}.redb"));
             JetStreamStore::open(std::slice::from_ref(&nats.url), &log(store), &replica)
         })
+    }
+
+    /// The store suite again, on a NATS cluster of three servers keeping the log in three
+    /// replicas (Raft), as a cluster in production does.
+    #[test]
+    fn passes_the_store_suite_on_three_nats_servers() -> TestResult {
+        let Some(nats) = nats_cluster(3)? else {
+            return Ok(());
+        };
+        let dir = tempfile::tempdir()?;
+        suite::all(|store| {
+            let replica = dir.path().join(format!("{store}.redb"));
+            let config = LogConfig {
+                replicas: 3,
+                ..log(store)
+            };
+            JetStreamStore::open(&nats.urls(), &config, &replica)
+        })
+    }
+
+    /// Three NATS servers, the log in three replicas: one server killed, the log goes on (once
+    /// JetStream has a leader again); started again and another killed, the log goes on with
+    /// the restarted one in the majority, so it holds every entry again. A node started
+    /// last, from an empty replica, replays all of them.
+    #[test]
+    fn the_log_outlives_nats_servers_killed_in_turn() -> TestResult {
+        let Some(mut nats) = nats_cluster(3)? else {
+            return Ok(());
+        };
+        let dir = tempfile::tempdir()?;
+        let config = LogConfig {
+            replicas: 3,
+            ..log("turns")
+        };
+        let a = JetStreamStore::open(&nats.urls(), &config, &dir.path().join("a.redb"))?;
+        let naming = Naming::default();
+        let mut bound = Vec::new();
+        let mut bind = |store: &JetStreamStore, i: u8| -> TestResult {
+            let n = name(&format!("n{i}"));
+            // A write fails while JetStream elects leaders after a server died (seconds to
+            // tens of seconds); try again for a minute.
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                match store.bind(&n, &common::KeyId([i; 32]), 1, naming) {
+                    Ok(_) => break,
+                    Err(e) if std::time::Instant::now() > deadline => return Err(e.into()),
+                    Err(_) => {}
+                }
+            }
+            bound.push(n);
+            Ok(())
+        };
+        for i in 0..10 {
+            bind(&a, i)?;
+        }
+        nats.kill(0);
+        for i in 10..20 {
+            bind(&a, i)?;
+        }
+        nats.start(0)?;
+        nats.kill(1);
+        for i in 20..30 {
+            bind(&a, i)?;
+        }
+        let fresh = JetStreamStore::open(&nats.urls(), &config, &dir.path().join("b.redb"))?;
+        for n in &bound {
+            assert!(
+                fresh.is_bound(n)?,
+                "{n} missing on a node that replayed the log"
+            );
+        }
+        // A write that timed out while no leader answered may have been stored after all, and
+        // was tried again: more entries than names, the same on both nodes.
+        a.sync_catch_up()?;
+        assert_eq!(fresh.applied(), a.applied());
+        assert!(fresh.applied() >= 30);
+        Ok(())
     }
 
     /// Two nodes on one log: a change made on one is applied by the other, which wakes the
