@@ -28,7 +28,7 @@ use common::{
     wire::{codes, FileHeader, FileRefusal, MessageId, PeerFrame, RoomMessage},
     KeyId, Name,
 };
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 use tokio::{
     sync::{mpsc, Notify, OnceCell, OwnedSemaphorePermit, Semaphore},
     time::Instant,
@@ -52,13 +52,47 @@ pub struct Acceptor {
     pub tasks: Tasks,
 }
 
+/// How long a connection we dialed may go unused once it is not the link to its peer (a dial
+/// that lost a race, a link replaced by a newer one) before we close it. The peer may send
+/// on it (both of us dialed at once, and it took ours as its link); it dials again if it
+/// finds it closed. Without a bound, introductions by a hostile contact could pile up idle
+/// connections, kept alive by both sides' keep-alives.
+const SPARE_IDLE: Duration = Duration::from_secs(120);
+
 impl Acceptor {
     /// Serves the streams the remote opens on `conn`, which we dialed to `name` (its key was
-    /// checked then), from now on.
+    /// checked then), from now on: for as long as it is the link to `name`, and while spare,
+    /// until it goes [`SPARE_IDLE`] without stream data from the remote.
     pub fn adopt(&self, name: Name, conn: quinn::Connection) {
         let this = self.clone();
-        self.tasks
-            .spawn(async move { serve_connection(conn, Some(name), this, None).await });
+        self.tasks.spawn(async move {
+            let links = this.links.clone();
+            let is_link = || {
+                links
+                    .get(&name)
+                    .is_some_and(|(link, _)| link.stable_id() == conn.stable_id())
+            };
+            tokio::select! {
+                () = serve_connection(conn.clone(), Some(name.clone()), this, None) => {}
+                () = close_when_spare(&conn, is_link, SPARE_IDLE) => {}
+            }
+        });
+    }
+}
+
+/// Closes `conn` once, while `is_link` says no, the remote has sent no stream data for `idle`
+/// (checked every `idle`, so it closes between one and two `idle`s after its last use).
+async fn close_when_spare(conn: &quinn::Connection, is_link: impl Fn() -> bool, idle: Duration) {
+    let mut seen = conn.stats().frame_rx.stream;
+    loop {
+        tokio::time::sleep(idle).await;
+        let now = conn.stats().frame_rx.stream;
+        if now == seen && !is_link() {
+            debug!("closing a spare connection nobody uses");
+            conn.close(codes::OK.into(), b"spare connection unused");
+            return;
+        }
+        seen = now;
     }
 }
 
@@ -350,5 +384,71 @@ impl ChatStream {
         warn!(cause = %cause, "closing a peer connection");
         self.conn.close(code.into(), b"refused");
         cause
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::{defaults::ALPN_PEER, tls::Expect, Identity};
+
+    /// Two endpoints on loopback and a connection between them: (ours, theirs).
+    async fn pair() -> Result<(quinn::Endpoint, quinn::Connection, quinn::Connection)> {
+        let (a, b) = (Identity::generate("a")?, Identity::generate("b")?);
+        let ours = crate::endpoint::bind(&a, "127.0.0.1:0".parse()?)?;
+        let theirs = crate::endpoint::bind(&b, "127.0.0.1:0".parse()?)?;
+        let config = tls::client_config(&a, ALPN_PEER, Expect::Key(b.key_id))?;
+        let dial = ours.connect_with(config, theirs.local_addr()?, "peer")?;
+        let (dialed, accepted) = tokio::join!(dial, async {
+            theirs
+                .accept()
+                .await
+                .ok_or(anyhow!("no connection"))?
+                .await
+                .map_err(anyhow::Error::from)
+        });
+        // The remote's endpoint lives as long as its connection is used (a handle is kept).
+        std::mem::forget(theirs);
+        Ok((ours, dialed?, accepted?))
+    }
+
+    #[tokio::test]
+    async fn a_spare_connection_is_closed_once_unused_and_a_used_one_or_the_link_is_kept(
+    ) -> Result<()> {
+        let idle = Duration::from_millis(200);
+        // Unused and not the link: closed after one or two idle periods.
+        let (_ours, spare, _remote) = pair().await?;
+        let closed = tokio::time::timeout(idle * 4, close_when_spare(&spare, || false, idle));
+        closed
+            .await
+            .map_err(|_| anyhow!("a spare connection was kept"))?;
+        assert!(spare.close_reason().is_some());
+        // The link: kept, however idle.
+        let (_ours, link, _remote) = pair().await?;
+        let kept = tokio::time::timeout(idle * 5, close_when_spare(&link, || true, idle)).await;
+        assert!(
+            kept.is_err() && link.close_reason().is_none(),
+            "the link was closed"
+        );
+        // Spare, but the remote sends on it (it took it as its link): kept.
+        let (_ours, used, remote) = pair().await?;
+        let sends = async {
+            loop {
+                // Bi-streams: a peer connection takes no uni-streams.
+                let (mut stream, _) = remote.open_bi().await?;
+                stream.write_all(b"a message").await?;
+                stream.finish()?;
+                tokio::time::sleep(idle / 4).await;
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), anyhow::Error>(())
+        };
+        tokio::select! {
+            () = close_when_spare(&used, || false, idle) => bail!("a used connection was closed"),
+            sent = sends => sent?,
+            () = tokio::time::sleep(idle * 5) => {}
+        }
+        assert!(used.close_reason().is_none());
+        Ok(())
     }
 }
