@@ -9,15 +9,19 @@
 //!
 //! 1. copies its replica, as of one read transaction, to a file ([`RedbStore::snapshot`]):
 //!    the snapshot at its position `S`;
-//! 2. puts it in the object store `<stream>-SNAPSHOTS` as `replica-<S>`;
+//! 2. puts it in the object store `<stream>-SNAPSHOTS` as `replica-<S>-<node>` (a name of its
+//!    own: two nodes storing the same position never replace each other's object);
 //! 3. purges the log up to `S`, or less if a live node has applied less (each node writes its
 //!    position every few seconds to the stream `<stream>-NODES`, which keeps the last one of
 //!    each node for [`NODE_TTL`]);
-//! 4. deletes the snapshots older than its own.
+//! 4. deletes the snapshots older than the two newest (a node may be loading the one before
+//!    its own).
 //!
 //! A node whose replica is behind the start of the log when it starts (a new node, or one
-//! that was down through a compaction) loads the newest snapshot in place of its replica and
-//! follows the log from there. The newest snapshot is never behind the log's start: a node
+//! that was down through a compaction) says so first (it writes its position, 0 if empty, so
+//! that nobody purges past it meanwhile), loads the newest snapshot in place of its replica
+//! and follows the log from there. A download that stalls (the object deleted under it) is
+//! given up after [`READ_STALL`] and tried again on the newest. The newest snapshot is never behind the log's start: a node
 //! purges only up to a snapshot it has stored, and only older ones are deleted.
 //!
 //! Nodes may compact at the same time: each stores its own snapshot and purges up to it, and
@@ -46,13 +50,18 @@ use tokio::sync::watch;
 pub(super) const NODE_TTL: Duration = Duration::from_secs(60);
 
 /// How often a node writes its position.
-const REPORT_EVERY: Duration = Duration::from_secs(10);
+pub(super) const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// How long a snapshot's download may go without a byte before it is given up: an object
+/// deleted while it is read leaves the reader waiting, not failing.
+const READ_STALL: Duration = Duration::from_secs(10);
 
 /// How many times a node starting from a snapshot tries again, when the snapshot it was
 /// loading was deleted under it (a newer one replaced it).
 const LOAD_TRIES: usize = 5;
 
-/// Object names: `replica-` and the position, zero-padded so that names sort as positions do.
+/// Object names: `replica-`, the position zero-padded (names sort as positions do), `-`, and
+/// the node that stored it.
 const PREFIX: &str = "replica-";
 
 /// The snapshots of one log and the positions of its nodes.
@@ -77,12 +86,13 @@ pub(super) struct Compacted {
     pub first: u64,
 }
 
-fn name_of(position: u64) -> String {
-    format!("{PREFIX}{position:020}")
+fn name_of(position: u64, node: &str) -> String {
+    format!("{PREFIX}{position:020}-{node}")
 }
 
 fn position_of(name: &str) -> Option<u64> {
-    name.strip_prefix(PREFIX)?.parse().ok()
+    let (position, _node) = name.strip_prefix(PREFIX)?.split_once('-')?;
+    position.parse().ok()
 }
 
 impl Snapshots {
@@ -157,22 +167,42 @@ impl Snapshots {
             }
             match self.download(&name, replica).await {
                 Ok(()) => return Ok(position),
-                // Deleted meanwhile: a newer one is stored.
-                Err(e) => why = e,
+                // Deleted meanwhile: newer ones are stored.
+                Err(e) => {
+                    tracing::info!(cause = %e, "loading snapshot {name} failed; trying again");
+                    why = e;
+                }
             }
         }
         Err(why)
     }
 
     async fn download(&self, name: &str, replica: &Path) -> Result<(), String> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let part = with_suffix(replica, "loading");
         let mut object = self.objects.get(name).await.map_err(|e| e.to_string())?;
+        let size = object.info.size as u64;
         let mut file = tokio::fs::File::create(&part)
             .await
             .map_err(|e| e.to_string())?;
-        tokio::io::copy(&mut object, &mut file)
-            .await
-            .map_err(|e| format!("reading snapshot {name}: {e}"))?;
+        let mut buffer = vec![0; 256 * 1024];
+        let mut read = 0u64;
+        loop {
+            let n = tokio::time::timeout(READ_STALL, object.read(&mut buffer))
+                .await
+                .map_err(|_| format!("snapshot {name} stalled after {read} of {size} bytes"))?
+                .map_err(|e| format!("reading snapshot {name}: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            file.write_all(&buffer[..n])
+                .await
+                .map_err(|e| e.to_string())?;
+            read += n as u64;
+        }
+        if read != size {
+            return Err(format!("snapshot {name}: {read} bytes of {size}"));
+        }
         file.sync_all().await.map_err(|e| e.to_string())?;
         drop(file);
         tokio::fs::rename(&part, replica)
@@ -268,10 +298,10 @@ impl Snapshots {
                 .await
                 .map_err(|e| format!("cannot purge the log: {e}"))?;
         }
-        for (position, name) in self.list().await? {
-            if position < snapshot {
-                let _ = self.objects.delete(&name).await;
-            }
+        // The two newest stay: one may be loading the one before the newest.
+        let stored = self.list().await?;
+        for (_, name) in stored.iter().rev().skip(2) {
+            let _ = self.objects.delete(name).await;
         }
         let first = stream
             .info()
@@ -287,7 +317,7 @@ impl Snapshots {
             .await
             .map_err(|e| e.to_string())?;
         self.objects
-            .put(name_of(position).as_str(), &mut reader)
+            .put(name_of(position, &self.node).as_str(), &mut reader)
             .await
             .map(drop)
             .map_err(|e| format!("cannot store the snapshot: {e}"))
@@ -302,39 +332,45 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Writes this node's position every [`REPORT_EVERY`] (or `check`, if shorter), and compacts
-/// the log when it is long, checking every `check` or so; runs for as long as the node does.
-pub(super) async fn keep_short(
+/// Writes this node's position every `every`, for as long as the node runs, apart from the
+/// compaction, which may take longer than a position lives.
+pub(super) async fn report_position(
     snapshots: Snapshots,
-    mut stream: stream::Stream,
-    local: Arc<RedbStore>,
-    replica: PathBuf,
     applied: watch::Receiver<u64>,
-    log: LogConfig,
+    every: Duration,
 ) {
-    let report_every = REPORT_EVERY.min(log.compact_check);
-    let mut next_check = tokio::time::Instant::now() + jittered(log.compact_check);
     loop {
         let position = *applied.borrow();
         if let Err(e) = snapshots.report(position).await {
             tracing::debug!(cause = %e, "cannot record this node's position in the log");
         }
-        if log.compact_after > 0 && tokio::time::Instant::now() >= next_check {
-            next_check = tokio::time::Instant::now() + jittered(log.compact_check);
-            match snapshots
-                .compact(&mut stream, &local, &replica, log.compact_after)
-                .await
-            {
-                Ok(Some(done)) => tracing::info!(
-                    snapshot = done.snapshot,
-                    first = done.first,
-                    "compacted the cluster's log"
-                ),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(cause = %e, "cannot compact the cluster's log"),
-            }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Compacts the log when it is long, checking every `log.compact_check` or so, for as long as
+/// the node runs.
+pub(super) async fn keep_short(
+    snapshots: Snapshots,
+    mut stream: stream::Stream,
+    local: Arc<RedbStore>,
+    replica: PathBuf,
+    log: LogConfig,
+) {
+    loop {
+        tokio::time::sleep(jittered(log.compact_check)).await;
+        match snapshots
+            .compact(&mut stream, &local, &replica, log.compact_after)
+            .await
+        {
+            Ok(Some(done)) => tracing::info!(
+                snapshot = done.snapshot,
+                first = done.first,
+                "compacted the cluster's log"
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(cause = %e, "cannot compact the cluster's log"),
         }
-        tokio::time::sleep(report_every).await;
     }
 }
 

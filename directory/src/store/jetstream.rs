@@ -37,7 +37,7 @@
 //! node starts from the newest snapshot.
 
 use super::{
-    compaction::{keep_short, Snapshots},
+    compaction::{keep_short, report_position, Snapshots, REPORT_EVERY},
     Bind, Binding, NameRecord, Naming, Quota, RedbStore, Removal, Store, StoreError, Stored,
 };
 use async_nats::jetstream::{self, consumer::push, stream};
@@ -555,7 +555,7 @@ async fn start(
             .clone();
         Ok::<_, String>((stream, state))
     };
-    let (stream, state) = loop {
+    let (mut stream, _) = loop {
         let why = match tokio::time::timeout(WRITE_TIMEOUT, open()).await {
             Ok(Ok(opened)) => break opened,
             Ok(Err(why)) => why,
@@ -571,7 +571,24 @@ async fn start(
     let snapshots = Snapshots::open(&js, log, origin).await.map_err(db)?;
     let mut local = open_replica(replica).await?;
     let mut position = local.log_position()?;
-    if position + 1 < state.first_sequence && position <= state.last_sequence {
+    // Said before the log's start is read: from now on no compaction purges past this node
+    // (nor past the snapshot it loads, which is newer).
+    report(&snapshots, position).await;
+    let mut rounds = 0;
+    let state = loop {
+        let state = stream.info().await.map_err(db)?.state.clone();
+        if position + 1 >= state.first_sequence {
+            break state;
+        }
+        // Another node may have compacted past the snapshot loaded before it wrote its
+        // position: a few rounds at most.
+        rounds += 1;
+        if rounds > 3 {
+            return Err(db(format!(
+                "the log starts at {}, past the newest snapshot ({position})",
+                state.first_sequence
+            )));
+        }
         tracing::info!(
             position,
             first = state.first_sequence,
@@ -589,17 +606,14 @@ async fn start(
                 "snapshot {loaded} holds position {position}: it is not a replica of this log"
             )));
         }
-    }
+        report(&snapshots, position).await;
+    };
     if position > state.last_sequence {
         return Err(db(format!(
             "this replica has applied {position} entries, but the log holds {}: it belongs to \
              another log (was the stream deleted?); move replica.redb away to start it afresh",
             state.last_sequence
         )));
-    }
-    // Held back from the next compaction from now on.
-    if let Err(e) = snapshots.report(position).await {
-        tracing::debug!(cause = %e, "cannot record this node's position in the log");
     }
     let (applied, mut watch_applied) = watch::channel(position);
     let inner = Arc::new(Inner {
@@ -617,16 +631,13 @@ async fn start(
         heads: Heads::default(),
     });
     let positions = inner.applied.subscribe();
-    let path = replica.to_path_buf();
-    let compaction = keep_short(
-        snapshots,
-        stream.clone(),
-        local,
-        path,
-        positions,
-        log.clone(),
-    );
-    tokio::spawn(compaction);
+    let every = REPORT_EVERY.min(log.compact_check);
+    tokio::spawn(report_position(snapshots.clone(), positions, every));
+    if log.compact_after > 0 {
+        let path = replica.to_path_buf();
+        let compaction = keep_short(snapshots, stream.clone(), local, path, log.clone());
+        tokio::spawn(compaction);
+    }
     tokio::spawn(follow(inner.clone(), stream, client));
     let end = state.last_sequence;
     if end > position {
@@ -644,6 +655,14 @@ async fn start(
         return Err(db(why));
     }
     Ok(inner)
+}
+
+/// Writes this node's `position` (see [`super::compaction`]); a failure only lets the log be
+/// compacted with less care for this node, and is logged.
+async fn report(snapshots: &Snapshots, position: u64) {
+    if let Err(e) = snapshots.report(position).await {
+        tracing::warn!(cause = %e, "cannot record this node's position in the log");
+    }
 }
 
 /// Opens the replica at `path` (a blocking open: redb checks the file).
