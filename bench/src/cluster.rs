@@ -1,15 +1,18 @@
 //! The cluster's figures (issue 17): three `nats-server`s with JetStream clustered on loopback,
 //! directory nodes on them sharing one key, and what a cluster adds to a single node's costs:
 //! lookups spread over two nodes, deposits committed through the replicated log, delivery from
-//! a deposit on one node to a recipient on the other, and failover (a node killed until its
-//! peer is online on the other).
+//! a deposit on one node to a recipient on the other, failover (a node killed until its
+//! peer is online on the other), and how long a new node takes to be ready, replaying the log
+//! or starting from a snapshot of a compacted one.
 
 use crate::{figures::PeerNode, request, ClientPool, DirectoryProcess};
 use anyhow::{anyhow, bail, Context, Result};
 use common::{
     framing, now_ms,
     seal::Content,
-    wire::{ChatMessage, DirectoryEvent, DirectoryRequest, DirectoryResponse, EventAck, MessageId},
+    wire::{
+        ChatMessage, DirectoryEvent, DirectoryRequest, DirectoryResponse, EventAck, Mail, MessageId,
+    },
     Identity, KeyId,
 };
 use std::{
@@ -332,6 +335,111 @@ async fn wait_online(
             bail!("{name} is not online");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// How long a new node takes to be ready on a log of many entries.
+#[derive(Debug, Clone, Copy)]
+pub struct NewNode {
+    /// Replaying the whole log into an empty replica.
+    pub replay_secs: f64,
+    /// Once the log is compacted: loading the snapshot, then the entries after it.
+    pub snapshot_secs: f64,
+    /// The snapshot's size.
+    pub snapshot_mib: f64,
+}
+
+/// Fills a log on three NATS servers (3 replicas) with `entries` deposits, one message each
+/// (every one an entry of its own, as deposits that come one at a time are), then times a new
+/// node's store opening on it (it serves once that returns): with the whole log to replay, and
+/// again once the log has been compacted to a snapshot. In process, on the store itself.
+pub fn new_node_ready(entries: usize) -> Result<NewNode> {
+    use directory::store::{jetstream::LogConfig, JetStreamStore, Quota, Store};
+    let nats = NatsCluster::start(3)?;
+    let dir = tempfile::Builder::new().prefix("bench-ready").tempdir()?;
+    let mut log = LogConfig {
+        stream: "READY".into(),
+        replicas: 3,
+        compact_after: 0,
+        ..LogConfig::default()
+    };
+    let a = JetStreamStore::open(&nats.urls, &log, &dir.path().join("a.redb"))?;
+    let writers = 8;
+    std::thread::scope(|scope| {
+        let a = &a;
+        let writing: Vec<_> = (0..writers)
+            .map(|w| {
+                scope.spawn(move || -> Result<()> {
+                    let from = common::Name::new(format!("sender{w}"))?;
+                    for i in (w..entries).step_by(writers) {
+                        let mail = Mail::Chat(ChatMessage {
+                            id: MessageId::random(),
+                            from: from.clone(),
+                            to: common::Name::new(format!("r{}", i % 100))?,
+                            sent_at_ms: now_ms(),
+                            body: crate::figures::BODY_100.to_string(),
+                        });
+                        a.deposit_batch(std::slice::from_ref(&mail), Quota::unlimited())?[0]
+                            .clone()?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        writing
+            .into_iter()
+            .try_for_each(|w| w.join().map_err(|_| anyhow!("a writer panicked"))?)
+    })?;
+    let head = a.applied();
+    drop(a);
+
+    let t = Instant::now();
+    let replayed = JetStreamStore::open(&nats.urls, &log, &dir.path().join("b.redb"))?;
+    let replay_secs = t.elapsed().as_secs_f64();
+    ensure_at(replayed.applied(), head)?;
+    drop(replayed);
+
+    // Node A again, compacting as soon as it checks.
+    log.compact_after = 1;
+    log.compact_check = Duration::from_millis(200);
+    let a = JetStreamStore::open(&nats.urls, &log, &dir.path().join("a.redb"))?;
+    let url = nats.urls[0].clone();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(url).await?);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let mut stream = js.get_stream("READY").await?;
+            if stream.info().await?.state.first_sequence > head {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the log was not compacted within 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })?;
+    log.compact_after = 0;
+    let t = Instant::now();
+    let loaded = JetStreamStore::open(&nats.urls, &log, &dir.path().join("c.redb"))?;
+    let snapshot_secs = t.elapsed().as_secs_f64();
+    ensure_at(loaded.applied(), head)?;
+    let snapshot_mib =
+        std::fs::metadata(dir.path().join("c.redb"))?.len() as f64 / (1 << 20) as f64;
+    drop((a, loaded));
+    Ok(NewNode {
+        replay_secs,
+        snapshot_secs,
+        snapshot_mib,
+    })
+}
+
+fn ensure_at(applied: u64, head: u64) -> Result<()> {
+    if applied < head {
+        bail!("a new node stood at entry {applied} of {head}");
     }
     Ok(())
 }

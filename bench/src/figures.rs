@@ -62,6 +62,8 @@ pub struct Params {
     pub cluster_deliveries: usize,
     /// Nodes killed, one after the other, for the failover figure.
     pub cluster_kills: usize,
+    /// Entries in the log a new node starts on, replaying it or from a snapshot.
+    pub cluster_log_entries: usize,
     /// Timed runs of each one-shot command.
     pub oneshot_runs: usize,
 }
@@ -94,6 +96,7 @@ impl Params {
             room_deposit_msgs: ROOM_POSTS_BURST as usize,
             cluster_deliveries: 500,
             cluster_kills: 5,
+            cluster_log_entries: 20_000,
             oneshot_runs: 30,
         }
     }
@@ -123,12 +126,13 @@ impl Params {
             room_deposit_msgs: 10,
             cluster_deliveries: 20,
             cluster_kills: 1,
+            cluster_log_entries: 200,
             oneshot_runs: 3,
         }
     }
 }
 
-const BODY_100: &str = "0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789";
+pub(crate) const BODY_100: &str = "0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789";
 
 // ---------------------------------------------------------------------------------------------
 // Peers in this process

@@ -510,6 +510,28 @@ const CL_FAILOVER_P99: Spec = (
     Better::Lower,
 );
 
+const CL_READY_REPLAY: Spec = (
+    "cluster_ready_replay",
+    "cluster: new node ready, replaying the log",
+    "s",
+    None,
+    Better::Lower,
+);
+const CL_READY_SNAPSHOT: Spec = (
+    "cluster_ready_snapshot",
+    "cluster: new node ready, from a snapshot",
+    "s",
+    None,
+    Better::Lower,
+);
+const CL_SNAPSHOT_SIZE: Spec = (
+    "cluster_snapshot_mib",
+    "cluster: snapshot of that log",
+    "MiB",
+    None,
+    Better::Lower,
+);
+
 const MIB: f64 = (1 << 20) as f64;
 
 /// Mailbox quotas no figure reaches: the deposit figures measure the directory, not its caps.
@@ -908,6 +930,15 @@ async fn cluster(
             report.push(CL_FAILOVER_P99, Ok(bench::quantile_sorted(&v, 0.99)));
         }
         Err(e) => report.push(CL_FAILOVER_P50, Err(e)),
+    }
+    let entries = p.cluster_log_entries;
+    match tokio::task::spawn_blocking(move || cluster::new_node_ready(entries)).await? {
+        Ok(ready) => {
+            report.push(CL_READY_REPLAY, Ok(ready.replay_secs));
+            report.push(CL_READY_SNAPSHOT, Ok(ready.snapshot_secs));
+            report.push(CL_SNAPSHOT_SIZE, Ok(ready.snapshot_mib));
+        }
+        Err(e) => report.push(CL_READY_REPLAY, Err(e)),
     }
     Ok(())
 }
