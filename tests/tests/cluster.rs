@@ -33,6 +33,22 @@ fn wait_presence_at_b(net: &Net, asker: &str, name: &str, online: bool) -> Resul
     )
 }
 
+/// c2 registered through node B and offline, and `n` numbered messages (`label`) from c1, on
+/// node A, queued for it; returns their bodies.
+fn queue_for_offline_c2(net: &Net, label: &str, n: usize) -> Result<Vec<String>> {
+    net.peer("c2")
+        .directory(net.node_b()?.addr())
+        .args(["inbox"])
+        .run(SHORT)?
+        .success()?;
+    let bodies = numbered(label, 0..n);
+    for body in &bodies {
+        let sent = net.send("c1", "c2", body)?;
+        ensure!(sent["status"] == "queued", "c2 is offline, yet: {sent}");
+    }
+    Ok(bodies)
+}
+
 /// A name bound on node A is refused to another key on node B, and known there; a peer online
 /// on A is online to a lookup at B, with the addresses to dial it; c2, on B, chats with c1, on
 /// A, directly both ways.
@@ -89,16 +105,7 @@ fn the_mailbox_works_across_nodes() -> Result<()> {
         return Ok(());
     };
     let b = net.node_b()?;
-    net.peer("c2")
-        .directory(b.addr())
-        .args(["inbox"])
-        .run(SHORT)?
-        .success()?;
-    let bodies = numbered("queued", 0..N);
-    for body in &bodies {
-        let sent = net.send("c1", "c2", body)?;
-        ensure!(sent["status"] == "queued", "c2 is offline, yet: {sent}");
-    }
+    let bodies = queue_for_offline_c2(&net, "queued", N)?;
     let mut c1 = net.listen("c1")?;
     let mut c2 = net.listen_with(net.peer("c2").directory(b.addr()))?;
     let got = c2.wait_json_n("messages from c1", N, SHORT, |v| is_message_from(v, "c1"))?;
@@ -136,16 +143,7 @@ fn mail_a_node_acknowledged_outlives_the_node() -> Result<()> {
         return Ok(());
     };
     let b = net.node_b()?.addr();
-    net.peer("c2")
-        .directory(b)
-        .args(["inbox"])
-        .run(SHORT)?
-        .success()?;
-    let bodies = numbered("acknowledged", 0..N);
-    for body in &bodies {
-        let sent = net.send("c1", "c2", body)?;
-        ensure!(sent["status"] == "queued", "c2 is offline, yet: {sent}");
-    }
+    let bodies = queue_for_offline_c2(&net, "acknowledged", N)?;
     net.dir_mut().kill9()?;
     let mut c2 = net.listen_with(net.peer("c2").directory(b))?;
     let got = c2.wait_json_n("messages from c1", N, SHORT, |v| is_message_from(v, "c1"))?;
@@ -178,17 +176,7 @@ fn a_node_started_afresh_after_compaction_loads_the_snapshot() -> Result<()> {
     let Some(mut net) = Net::two_nodes_with(opts)? else {
         return Ok(());
     };
-    let b = net.node_b()?.addr();
-    net.peer("c2")
-        .directory(b)
-        .args(["inbox"])
-        .run(SHORT)?
-        .success()?;
-    let bodies = numbered("before the snapshot", 0..N);
-    for body in &bodies {
-        let sent = net.send("c1", "c2", body)?;
-        ensure!(sent["status"] == "queued", "c2 is offline, yet: {sent}");
-    }
+    let bodies = queue_for_offline_c2(&net, "before the snapshot", N)?;
     poll_until(
         "a node to compact the log",
         SHORT,
