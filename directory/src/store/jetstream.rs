@@ -958,7 +958,22 @@ pub(crate) mod tests {
         }
     }
 
+    /// A TCP port on loopback that is free now, below the kernel's range of ephemeral ports:
+    /// the connections the servers open (routes to a server not up yet, or reconnecting)
+    /// take their local ports from that range, and took a port picked there before its
+    /// server could bind it (CI: "n2 was not ready").
     fn free_port() -> std::io::Result<u16> {
+        let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+            .unwrap_or(32768);
+        let span = ephemeral.saturating_sub(10_000).max(1);
+        for _ in 0..1000 {
+            let port = 10_000 + rand::random::<u16>() % span;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
         Ok(std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port())
@@ -1039,25 +1054,31 @@ pub(crate) mod tests {
             }
             Err(e) => return Err(e.into()),
         }
-        let servers = (0..n)
-            .map(|_| {
-                Ok(Server {
-                    child: None,
-                    client: free_port()?,
-                    route: free_port()?,
+        // Another process may take a port between its pick and its server's start: a few
+        // tries, each on new ports.
+        let mut why = None;
+        for _ in 0..3 {
+            let servers = (0..n)
+                .map(|_| {
+                    Ok(Server {
+                        child: None,
+                        client: free_port()?,
+                        route: free_port()?,
+                    })
                 })
-            })
-            .collect::<std::io::Result<Vec<_>>>()?;
-        let url = format!("nats://127.0.0.1:{}", servers[0].client);
-        let mut nats = Nats {
-            servers,
-            url,
-            dir: tempfile::tempdir()?,
-        };
-        for i in 0..n {
-            nats.start(i)?;
+                .collect::<std::io::Result<Vec<_>>>()?;
+            let url = format!("nats://127.0.0.1:{}", servers[0].client);
+            let mut nats = Nats {
+                servers,
+                url,
+                dir: tempfile::tempdir()?,
+            };
+            match (0..n).try_for_each(|i| nats.start(i)) {
+                Ok(()) => return Ok(Some(nats)),
+                Err(e) => why = Some(e),
+            }
         }
-        Ok(Some(nats))
+        Err(why.unwrap_or_else(|| "no try".into()))
     }
 
     fn log(stream: &str) -> LogConfig {
