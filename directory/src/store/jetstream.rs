@@ -1019,19 +1019,26 @@ pub(crate) mod tests {
                 .spawn()?;
             let stderr = child.stderr.take().ok_or("no stderr")?;
             let (ready, is_ready) = std::sync::mpsc::channel();
-            // Keeps draining its log, or the server blocks once the pipe is full.
+            // Keeps draining its log, or the server blocks once the pipe is full; a server
+            // that exits sends its last line.
             std::thread::spawn(move || {
+                let mut last = String::new();
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                     if line.contains("Server is ready") {
-                        let _ = ready.send(());
+                        let _ = ready.send(Ok(()));
                     }
+                    last = line;
                 }
+                let _ = ready.send(Err(last));
             });
             self.servers[i].child = Some(child);
-            is_ready
-                .recv_timeout(Duration::from_secs(20))
-                .map_err(|_| format!("nats-server n{i} was not ready in 20 s"))?;
-            Ok(())
+            // A loaded machine (CI runs many tests at once) can be slow to elect JetStream's
+            // leaders: a minute.
+            match is_ready.recv_timeout(Duration::from_secs(60)) {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(last)) => Err(format!("nats-server n{i} exited: {last}").into()),
+                Err(_) => Err(format!("nats-server n{i} was not ready in 60 s").into()),
+            }
         }
     }
 
