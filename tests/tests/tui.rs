@@ -194,9 +194,14 @@ fn failures_say_what_went_wrong_and_what_to_do() -> Result<()> {
         .tmux(net.root(), 160, 40)?;
     chat.wait_text("c2 · last seen", SHOWN)?;
 
+    // Each wait is for the message's own line to show it failed, not only for the notice:
+    // `/to` looks the name up too, and its notice can come while the message is still on its
+    // way (the directory is killed below, and a message still sending would wait for it).
     chat.line("one more")?;
     chat.wait_for("the full mailbox, with what to do", SHOWN, |s| {
-        s.contains("c2's mailbox is full") && s.contains("empties when its owner comes online")
+        s.contains("c2's mailbox is full")
+            && s.contains("empties when its owner comes online")
+            && failed_line(s, "one more")
     })?;
 
     // A name against the rules is refused on /to, saying which rule.
@@ -205,7 +210,9 @@ fn failures_say_what_went_wrong_and_what_to_do() -> Result<()> {
     chat.line("/to ghost")?;
     chat.line("anyone there?")?;
     chat.wait_for("the unknown name, with what to do", SHOWN, |s| {
-        s.contains("no peer is named ghost") && s.contains("check the spelling")
+        s.contains("no peer is named ghost")
+            && s.contains("check the spelling")
+            && failed_line(s, "anyone there?")
     })?;
 
     // A directory that went away is no failure of the message: it waits, and the status
@@ -226,6 +233,13 @@ fn failures_say_what_went_wrong_and_what_to_do() -> Result<()> {
     chat.keys(&["C-c"])?;
     chat.wait_clean_exit(EXIT)?;
     net.assert_no_panics()
+}
+
+/// Whether the screen shows the line of the message `body` as failed.
+fn failed_line(screen: &str, body: &str) -> bool {
+    screen
+        .lines()
+        .any(|l| l.contains(body) && l.contains("✗ failed"))
 }
 
 /// A room in the full-screen client: `peer chat '#ops'` opens it, members' messages show in
