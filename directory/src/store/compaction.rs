@@ -13,7 +13,7 @@
 //!    own: two nodes storing the same position never replace each other's object);
 //! 3. purges the log up to `S`, or less if a live node has applied less (each node writes its
 //!    position every few seconds to the stream `<stream>-NODES`, which keeps the last one of
-//!    each node for [`NODE_TTL`]);
+//!    each node for [`NODE_TTL`], under a key kept beside its replica: [`replica_key`]);
 //! 4. deletes the snapshots older than the two newest (a node may be loading the one before
 //!    its own).
 //!
@@ -97,7 +97,7 @@ fn position_of(name: &str) -> Option<u64> {
 
 impl Snapshots {
     /// Opens the object store and the bucket of positions of `log`, making them if absent;
-    /// `node` names this node for as long as it runs.
+    /// `node` names this node's replica (see [`replica_key`]).
     pub(super) async fn open(
         js: &jetstream::Context,
         log: &LogConfig,
@@ -332,6 +332,23 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// The key this node's position is written under: kept beside the replica (in
+/// `<replica>.node`), made at random the first time. A node restarted on its replica writes
+/// over the position it left when it was killed, instead of that stale one holding every
+/// compaction back until it expires ([`NODE_TTL`]); a replica started afresh gets a key of
+/// its own (its folder copied to another host would share it: give each node its own folder).
+pub(super) fn replica_key(replica: &Path) -> Result<u64, String> {
+    let path = with_suffix(replica, "node");
+    let kept = std::fs::read_to_string(&path).ok();
+    if let Some(key) = kept.and_then(|k| u64::from_str_radix(k.trim(), 16).ok()) {
+        return Ok(key);
+    }
+    let key = rand::random::<u64>();
+    common::identity::write_atomically(&path, format!("{key:016x}").as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(key)
+}
+
 /// Writes this node's position every `every`, for as long as the node runs, apart from the
 /// compaction, which may take longer than a position lives.
 pub(super) async fn report_position(
@@ -377,4 +394,23 @@ pub(super) async fn keep_short(
 /// Between half and all of `interval`, at random.
 fn jittered(interval: Duration) -> Duration {
     interval.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_keeps_its_key_across_restarts_and_another_gets_its_own() -> Result<(), String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let (a, b) = (dir.path().join("a.redb"), dir.path().join("b.redb"));
+        let first = replica_key(&a)?;
+        assert_eq!(replica_key(&a)?, first, "a restart on the same replica");
+        assert_ne!(replica_key(&b)?, first, "another replica");
+        // A damaged key file is replaced by a new key rather than stopping the node.
+        std::fs::write(with_suffix(&a, "node"), "not hex").map_err(|e| e.to_string())?;
+        let new = replica_key(&a)?;
+        assert_eq!(replica_key(&a)?, new);
+        Ok(())
+    }
 }

@@ -37,7 +37,7 @@
 //! node starts from the newest snapshot.
 
 use super::{
-    compaction::{keep_short, report_position, Snapshots, REPORT_EVERY},
+    compaction::{self, keep_short, report_position, Snapshots, REPORT_EVERY},
     Bind, Binding, NameRecord, Naming, Quota, RedbStore, Removal, Store, StoreError, Stored,
 };
 use async_nats::jetstream::{self, consumer::push, stream};
@@ -568,7 +568,8 @@ async fn start(
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let origin = rand::random();
-    let snapshots = Snapshots::open(&js, log, origin).await.map_err(db)?;
+    let key = compaction::replica_key(replica).map_err(db)?;
+    let snapshots = Snapshots::open(&js, log, key).await.map_err(db)?;
     let mut local = open_replica(replica).await?;
     let mut position = local.log_position()?;
     // Said before the log's start is read: from now on no compaction purges past this node
