@@ -9,6 +9,8 @@
 //! * **deposit**: the directory storing sealed letters for an offline recipient, one at a time
 //!   (each a durable commit: the store's writer thread counts too, the fsync is one system
 //!   call);
+//! * **grouped deposit**: the same, 64 at a time (each on its own stream), so that commits take
+//!   many (how many depends on timing: compare runs with the same sizes);
 //! * **heartbeat**: the directory holding connections that send a QUIC keep-alive every second,
 //!   for `w` and for `2w` seconds: per keep-alive received (and acknowledged);
 //! * **direct message**: a receiving `peer listen` process taking chat messages on a direct
@@ -37,6 +39,10 @@ use std::{
     time::Duration,
 };
 
+/// Deposits in flight at once for the grouped figure: the store's writer commits all that
+/// are queued in one transaction, as under load.
+const GROUPED_IN_FLIGHT: usize = 64;
+
 /// Whether `valgrind` can be run.
 pub fn available() -> bool {
     Command::new("valgrind")
@@ -52,6 +58,8 @@ pub fn available() -> bool {
 pub struct Sizes {
     pub lookups: u64,
     pub deposits: u64,
+    /// Deposits made [`GROUPED_IN_FLIGHT`] at a time, so that many share a commit.
+    pub grouped_deposits: u64,
     /// Connections heartbeating, and the seconds of the shorter run.
     pub heartbeat_conns: u64,
     pub heartbeat_secs: u64,
@@ -64,6 +72,7 @@ pub struct Sizes {
 pub struct Counts {
     pub lookup: Result<f64>,
     pub deposit: Result<f64>,
+    pub grouped_deposit: Result<f64>,
     pub heartbeat: Result<f64>,
     pub direct_message: Result<f64>,
 }
@@ -169,11 +178,18 @@ pub async fn measure(bin: &Path, id: &Identity, sizes: Sizes, extra: &[&str]) ->
     .context("lookups");
     let deposit = per_op(sizes.deposits, |n| {
         directory_run(format!("deposits-{n}"), bin, extra, move |addr| {
-            deposits(addr, id, n)
+            deposits(addr, id, n, 1)
         })
     })
     .await
     .context("deposits");
+    let grouped_deposit = per_op(sizes.grouped_deposits, |n| {
+        directory_run(format!("grouped-deposits-{n}"), bin, extra, move |addr| {
+            deposits(addr, id, n, GROUPED_IN_FLIGHT)
+        })
+    })
+    .await
+    .context("grouped deposits");
     let (conns, secs) = (sizes.heartbeat_conns, sizes.heartbeat_secs);
     let heartbeat = per_op(conns * secs, |k| {
         directory_run(format!("heartbeats-{k}"), bin, &[], move |addr| {
@@ -188,6 +204,7 @@ pub async fn measure(bin: &Path, id: &Identity, sizes: Sizes, extra: &[&str]) ->
     Counts {
         lookup,
         deposit,
+        grouped_deposit,
         heartbeat,
         direct_message,
     }
@@ -211,7 +228,7 @@ async fn lookups(addr: SocketAddr, id: &Identity, n: u64) -> Result<()> {
     Ok(())
 }
 
-async fn deposits(addr: SocketAddr, id: &Identity, n: u64) -> Result<()> {
+async fn deposits(addr: SocketAddr, id: &Identity, n: u64, in_flight: usize) -> Result<()> {
     let pool = ClientPool::new(id, 1)?;
     let (me, sink) = (crate::name("sender", 0), crate::name("sink", 0));
     // One name per connection: the recipient's, then the sender's.
@@ -223,6 +240,7 @@ async fn deposits(addr: SocketAddr, id: &Identity, n: u64) -> Result<()> {
     pool.register(&conn, &me, Duration::from_secs(10), false)
         .await?;
     let published = pool.sealer.published();
+    let mut letters = Vec::new();
     for _ in 0..n {
         let message = ChatMessage {
             id: MessageId::random(),
@@ -231,13 +249,30 @@ async fn deposits(addr: SocketAddr, id: &Identity, n: u64) -> Result<()> {
             sent_at_ms: now_ms(),
             body: "0123456789".repeat(10),
         };
-        let letter = pool
-            .sealer
-            .seal(&id.key_id, &published, Content::Chat(message))?;
-        match request(&conn, &DirectoryRequest::DepositLetter { letter }).await? {
-            DirectoryResponse::Stored => {}
-            other => bail!("deposit: {other:?}"),
-        }
+        letters.push(
+            pool.sealer
+                .seal(&id.key_id, &published, Content::Chat(message))?,
+        );
+    }
+    // `in_flight` streams at a time, each taking the next letter when its answer came.
+    let letters = std::sync::Arc::new(std::sync::Mutex::new(letters));
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..in_flight {
+        let (conn, letters) = (conn.clone(), letters.clone());
+        senders.spawn(async move {
+            loop {
+                let letter = letters.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                let Some(letter) = letter else { break };
+                match request(&conn, &DirectoryRequest::DepositLetter { letter }).await? {
+                    DirectoryResponse::Stored => {}
+                    other => bail!("deposit: {other:?}"),
+                }
+            }
+            Ok(())
+        });
+    }
+    while let Some(sent) = senders.join_next().await {
+        sent??;
     }
     conn.close(0u32.into(), b"done");
     pool.close();

@@ -211,6 +211,9 @@ impl Metrics {
     }
 }
 
+/// The kind of a [`DirectoryRequest::DepositLetter`], which the session times itself.
+pub const DEPOSIT_LETTER: &str = "deposit_letter";
+
 /// The name of a request's kind, for labels.
 pub fn kind(request: &DirectoryRequest) -> &'static str {
     match request {
@@ -222,7 +225,7 @@ pub fn kind(request: &DirectoryRequest) -> &'static str {
         DirectoryRequest::PunchOutcome { .. } => "punch_outcome",
         DirectoryRequest::DepositFilePart { .. } => "deposit_file_part",
         DirectoryRequest::SetReach { .. } => "set_reach",
-        DirectoryRequest::DepositLetter { .. } => "deposit_letter",
+        DirectoryRequest::DepositLetter { .. } => DEPOSIT_LETTER,
         DirectoryRequest::RoomOp { .. } => "room_op",
         DirectoryRequest::RoomLog { .. } => "room_log",
     }

@@ -12,7 +12,7 @@ use crate::{
     registry::{Feed, Link, Online},
     rooms::{Asker, Parts as RoomParts},
     state::Shared,
-    store::{Binding, StoreError, ACTIVE_STEP_MS},
+    store::{writer::Queued, Binding, StoreError, ACTIVE_STEP_MS},
 };
 use common::{
     defaults::MAX_CONTACTS,
@@ -153,9 +153,10 @@ pub async fn handle(
             DirectoryResponse::RoomOps(ops.await?)
         }
         DirectoryRequest::DepositLetter { letter } => {
-            let me = caller.registered()?;
-            deposit(shared, me, Mail::Letter(letter)).await?;
-            DirectoryResponse::Stored
+            queue_deposit(shared, caller, letter)
+                .await?
+                .stored(shared)
+                .await?
         }
         DirectoryRequest::Introduce { name } => {
             introduce(shared, caller, &name).await?;
@@ -464,7 +465,60 @@ async fn lookup(shared: &Shared, key: KeyId, me: &Name, name: Name) -> Result<Pe
 }
 
 /// Stores a chat message or a file part from `me` (receipts are the directory's own).
-async fn deposit(shared: &Shared, me: &Name, mail: Mail) -> Result<(), ErrorCode> {
+/// A deposit that passed its checks and waits in the store writer's queue for its commit.
+#[derive(Debug)]
+pub struct QueuedDeposit {
+    queued: Queued,
+    to: Name,
+}
+
+impl QueuedDeposit {
+    /// The answer, once the deposit is committed (or refused by a quota); wakes the
+    /// recipient's mailbox if it is online here.
+    pub async fn stored(self, shared: &Shared) -> Result<DirectoryResponse, ErrorCode> {
+        match self.queued.committed().await {
+            Ok(()) => {}
+            Err(e) => return Err(refused(e)),
+        }
+        if let Some(online) = shared.registry.get(&self.to) {
+            online.wake.notify_one();
+        }
+        Ok(DirectoryResponse::Stored)
+    }
+}
+
+/// Checks a [`DirectoryRequest::DepositLetter`] and queues it for the next group commit,
+/// without waiting for that: a client's pipelined deposits share one commit, and are stored in
+/// the order they were queued. [`QueuedDeposit::stored`] gives the answer.
+pub async fn queue_deposit(
+    shared: &Shared,
+    caller: &Caller,
+    letter: Letter,
+) -> Result<QueuedDeposit, ErrorCode> {
+    let me = caller.registered()?;
+    let mail = checked(shared, me, Mail::Letter(letter)).await?;
+    let to = mail.to().clone();
+    match shared.writer.queue_deposit(mail).await {
+        Ok(queued) => Ok(QueuedDeposit { queued, to }),
+        Err(e) => Err(refused(e)),
+    }
+}
+
+/// What the client is told of a deposit the store refused.
+fn refused(e: StoreError) -> ErrorCode {
+    match e {
+        StoreError::MailboxFull => ErrorCode::MailboxFull,
+        StoreError::SenderQuotaFull => ErrorCode::SenderQuotaFull,
+        StoreError::StoreFull => ErrorCode::StoreFull,
+        e => {
+            warn!(cause = %e, "storing a message failed");
+            ErrorCode::Internal
+        }
+    }
+}
+
+/// `mail` if `me` may deposit it: from `me`, within its size, to a name that exists.
+async fn checked(shared: &Shared, me: &Name, mail: Mail) -> Result<Mail, ErrorCode> {
     if mail.from() != me {
         return Err(ErrorCode::NotSender);
     }
@@ -484,20 +538,7 @@ async fn deposit(shared: &Shared, me: &Name, mail: Mail) -> Result<(), ErrorCode
     if !known {
         return Err(ErrorCode::UnknownPeer);
     }
-    match shared.writer.deposit(mail).await {
-        Ok(()) => {}
-        Err(StoreError::MailboxFull) => return Err(ErrorCode::MailboxFull),
-        Err(StoreError::SenderQuotaFull) => return Err(ErrorCode::SenderQuotaFull),
-        Err(StoreError::StoreFull) => return Err(ErrorCode::StoreFull),
-        Err(e) => {
-            warn!(cause = %e, "storing a message failed");
-            return Err(ErrorCode::Internal);
-        }
-    }
-    if let Some(online) = shared.registry.get(&to) {
-        online.wake.notify_one();
-    }
-    Ok(())
+    Ok(mail)
 }
 
 #[cfg(test)]

@@ -159,16 +159,21 @@ impl Session {
                 Ok(None) => break,
                 Err(e) => return Err(self.refuse_stream(&mut send, requests.get_mut(), e)),
             };
-            let mut answers = self.answer(request).await?;
-            let mut answered = 1;
-            while answers.len() < ANSWER_BATCH && answered < MAX_PIPELINED {
+            let mut answers = Answers::default();
+            let mut next = Some(request);
+            let mut answered = 0;
+            while let Some(request) = next.take() {
+                self.take(request, &mut answers).await?;
+                answered += 1;
+                if answers.bytes.len() >= ANSWER_BATCH || answered >= MAX_PIPELINED {
+                    break;
+                }
                 match requests.buffered() {
-                    Ok(Some(request)) => answers.extend(self.answer(request).await?),
-                    Ok(None) => break,
+                    Ok(found) => next = found,
                     Err(e) => return Err(self.refuse_stream(&mut send, requests.get_mut(), e)),
                 }
-                answered += 1;
             }
+            let answers = self.settle(answers).await?;
             // Nothing more is read from the stream until the client takes these.
             match tokio::time::timeout(ANSWER_TIMEOUT, send.write_all(&answers)).await {
                 Ok(written) => written?,
@@ -182,8 +187,41 @@ impl Session {
         Ok(())
     }
 
-    /// The encoded answer to one request.
-    async fn answer(self: &Arc<Self>, request: DirectoryRequest) -> Result<Vec<u8>> {
+    /// Answers `request` into `answers`. A deposit is only queued for the store's next group
+    /// commit, so that the deposits of one pipelined batch share a commit; any other request
+    /// waits for those before it, and so sees what they stored.
+    async fn take(
+        self: &Arc<Self>,
+        request: DirectoryRequest,
+        answers: &mut Answers,
+    ) -> Result<()> {
+        let DirectoryRequest::DepositLetter { letter } = request else {
+            answers.settle(&self.shared).await?;
+            return self.answer(request, &mut answers.bytes).await;
+        };
+        let started = std::time::Instant::now();
+        match service::queue_deposit(&self.shared, &self.caller, letter).await {
+            Ok(queued) => answers.deposits.push((queued, started)),
+            Err(code) => {
+                answers.settle(&self.shared).await?;
+                let took = started.elapsed();
+                (self.shared.metrics).answered(metrics::DEPOSIT_LETTER, Err(code), took);
+                answers
+                    .bytes
+                    .extend(framing::encode(&DirectoryResponse::Error(code))?);
+            }
+        }
+        Ok(())
+    }
+
+    /// The answers, once the deposits among them are committed.
+    async fn settle(&self, mut answers: Answers) -> Result<Vec<u8>> {
+        answers.settle(&self.shared).await?;
+        Ok(answers.bytes)
+    }
+
+    /// Appends the encoded answer to one request to `out`.
+    async fn answer(self: &Arc<Self>, request: DirectoryRequest, out: &mut Vec<u8>) -> Result<()> {
         let (kind, started) = (metrics::kind(&request), std::time::Instant::now());
         let answered = service::handle(&self.shared, &self.caller, request).await;
         let outcome = answered.as_ref().map(|_| ()).map_err(|code| *code);
@@ -198,7 +236,8 @@ impl Session {
             }
             Err(code) => DirectoryResponse::Error(code),
         };
-        Ok(framing::encode(&response)?)
+        out.extend(framing::encode(&response)?);
+        Ok(())
     }
 
     /// Closes a stream whose requests cannot be read: a bad frame (with a code saying why) or
@@ -217,6 +256,28 @@ impl Session {
             let _ = recv.stop(e.code().into());
         }
         e.into()
+    }
+}
+
+/// The answers to a batch of pipelined requests, in order: those encoded, then the deposits
+/// queued after them, waiting for their commit.
+#[derive(Default)]
+struct Answers {
+    bytes: Vec<u8>,
+    deposits: Vec<(service::QueuedDeposit, std::time::Instant)>,
+}
+
+impl Answers {
+    /// Waits for the queued deposits' commits and encodes their answers.
+    async fn settle(&mut self, shared: &Shared) -> Result<()> {
+        for (queued, started) in self.deposits.drain(..) {
+            let stored = queued.stored(shared).await;
+            let outcome = stored.as_ref().map(|_| ()).map_err(|code| *code);
+            (shared.metrics).answered(metrics::DEPOSIT_LETTER, outcome, started.elapsed());
+            let response = stored.unwrap_or_else(DirectoryResponse::Error);
+            self.bytes.extend(framing::encode(&response)?);
+        }
+        Ok(())
     }
 }
 

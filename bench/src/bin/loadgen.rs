@@ -206,6 +206,13 @@ const COUNT_DEPOSIT: Spec = (
     None,
     Better::Lower,
 );
+const COUNT_GROUPED_DEPOSIT: Spec = (
+    "count_grouped_deposit",
+    "instructions per deposit, 64 in flight (directory)",
+    "Ir",
+    None,
+    Better::Lower,
+);
 const COUNT_HEARTBEAT: Spec = (
     "count_heartbeat",
     "instructions per heartbeat (directory)",
@@ -656,6 +663,7 @@ async fn run(cli: Cli) -> Result<()> {
                     bench::counts::Sizes {
                         lookups: 20,
                         deposits: 20,
+                        grouped_deposits: 128,
                         heartbeat_conns: 20,
                         heartbeat_secs: 5,
                         messages: 10,
@@ -664,6 +672,7 @@ async fn run(cli: Cli) -> Result<()> {
                     bench::counts::Sizes {
                         lookups: 500,
                         deposits: 300,
+                        grouped_deposits: 2000,
                         heartbeat_conns: 100,
                         heartbeat_secs: 10,
                         messages: 100,
@@ -672,6 +681,7 @@ async fn run(cli: Cli) -> Result<()> {
                 let c = bench::counts::measure(&bin, &identity, sizes, UNBOUNDED_MAILBOX).await;
                 report.push(COUNT_LOOKUP, c.lookup);
                 report.push(COUNT_DEPOSIT, c.deposit);
+                report.push(COUNT_GROUPED_DEPOSIT, c.grouped_deposit);
                 report.push(COUNT_HEARTBEAT, c.heartbeat);
                 report.push(COUNT_MESSAGE, c.direct_message);
             } else {

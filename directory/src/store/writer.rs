@@ -55,8 +55,16 @@ impl Writer {
 
     /// Durably stores `mail`; `Ok` once it is committed (or was already held).
     pub async fn deposit(&self, mail: Mail) -> Result<(), StoreError> {
+        self.queue_deposit(mail).await?.committed().await
+    }
+
+    /// Queues `mail` for the next group commit and returns without waiting for it: deposits
+    /// queued one after another are stored in that order, and those queued before the writer
+    /// takes its next batch share one commit. Waits only while the queue is full.
+    pub async fn queue_deposit(&self, mail: Mail) -> Result<Queued, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.submit(Op::Deposit(mail, reply), answer).await
+        (self.tx.send(Op::Deposit(mail, reply)).await).map_err(|_| stopped())?;
+        Ok(Queued(answer))
     }
 
     /// Durably deletes a mailbox entry, if it exists, with the receipt it earns its sender;
@@ -85,6 +93,17 @@ impl Writer {
     ) -> Result<T, StoreError> {
         self.tx.send(op).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// A deposit queued by [`Writer::queue_deposit`].
+#[derive(Debug)]
+pub struct Queued(oneshot::Receiver<Result<(), StoreError>>);
+
+impl Queued {
+    /// `Ok` once the deposit is committed (or was already held).
+    pub async fn committed(self) -> Result<(), StoreError> {
+        self.0.await.map_err(|_| stopped())?
     }
 }
 
