@@ -440,6 +440,51 @@ async fn pipelined_lookups(
     Ok(())
 }
 
+/// In the pipelined mailbox figure, deposits in flight per sender for each of the
+/// `mailbox_streams` the other mode runs.
+const PIPELINE_PER_STREAM: usize = 4;
+
+/// Deposits `letters` on one stream of `conn`, keeping `window` in flight: the directory queues
+/// those that arrived together for one group commit.
+async fn pipelined_deposits(
+    conn: &quinn::Connection,
+    letters: Vec<Letter>,
+    window: usize,
+) -> Result<()> {
+    let (mut send, recv) = conn.open_bi().await?;
+    let mut answers = common::framing::FrameReader::new(recv);
+    let (mut letters, mut in_flight) = (letters.into_iter(), 0);
+    loop {
+        let mut out = Vec::new();
+        while in_flight < window {
+            let Some(letter) = letters.next() else { break };
+            out.extend(common::framing::encode(&DirectoryRequest::DepositLetter {
+                letter,
+            })?);
+            in_flight += 1;
+        }
+        if !out.is_empty() {
+            send.write_all(&out).await?;
+        }
+        if in_flight == 0 {
+            break;
+        }
+        let Some(first) = answers.next(Duration::from_secs(10)).await? else {
+            bail!("the directory ended the stream");
+        };
+        let mut answer = Some(first);
+        while let Some(a) = answer {
+            match a {
+                DirectoryResponse::Stored => in_flight -= 1,
+                other => bail!("deposit: {other:?}"),
+            }
+            answer = answers.buffered()?;
+        }
+    }
+    send.finish()?;
+    Ok(())
+}
+
 /// One population of online, heartbeating peers measured over several windows.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Presence {
@@ -594,7 +639,12 @@ pub async fn presence(bin: &Path, n: usize, p: &Params) -> Result<Presence> {
 
 /// Mailbox: committed deposits per second from many concurrent senders, then the rate at which
 /// the recipient drains (receives, acknowledges, and the directory deletes) them.
-pub async fn mailbox(dir: &DirectoryProcess, id: &Identity, p: &Params) -> Result<(f64, f64)> {
+pub async fn mailbox(
+    dir: &DirectoryProcess,
+    id: &Identity,
+    p: &Params,
+    how: Requests,
+) -> Result<(f64, f64)> {
     let pool = ClientPool::new(id, 4)?;
     let sink = crate::name("sink", 0);
     let c = pool.connect(0, dir.addr).await?;
@@ -636,6 +686,11 @@ pub async fn mailbox(dir: &DirectoryProcess, id: &Identity, p: &Params) -> Resul
     let t = Instant::now();
     let mut tasks = JoinSet::new();
     for ((conn, _), letters) in senders.iter().zip(letters) {
+        if how == Requests::Pipelined {
+            let (conn, window) = (conn.clone(), p.mailbox_streams * PIPELINE_PER_STREAM);
+            tasks.spawn(async move { pipelined_deposits(&conn, letters, window).await });
+            continue;
+        }
         let letters = Arc::new(Mutex::new(letters));
         for _ in 0..p.mailbox_streams {
             let (conn, letters) = (conn.clone(), letters.clone());
