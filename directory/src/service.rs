@@ -152,6 +152,7 @@ pub async fn handle(
             let ops = shared.rooms.log(rooms_parts(shared), asker, &room, after);
             DirectoryResponse::RoomOps(ops.await?)
         }
+        // The session queues pipelined deposits itself, so that they share a commit.
         DirectoryRequest::DepositLetter { letter } => {
             queue_deposit(shared, caller, letter)
                 .await?
@@ -464,7 +465,6 @@ async fn lookup(shared: &Shared, key: KeyId, me: &Name, name: Name) -> Result<Pe
     })
 }
 
-/// Stores a chat message or a file part from `me` (receipts are the directory's own).
 /// A deposit that passed its checks and waits in the store writer's queue for its commit.
 #[derive(Debug)]
 pub struct QueuedDeposit {

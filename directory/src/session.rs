@@ -2,7 +2,8 @@
 //! bi-stream carries requests, one after another, each answered in order; [`service`] decides
 //! the answers, this module only reads frames and writes them. A client may send the next
 //! requests before the answers come (pipelining): those that arrived together are answered in
-//! one write, so in as few packets as possible.
+//! one write, so in as few packets as possible, and the deposits among them are queued for the
+//! store's group commit together rather than each waiting for its own.
 //!
 //! What a client can make a session hold is bounded: a connection that has not registered
 //! within the registration timeout (handshake included) is closed; a stream's answers are
@@ -19,13 +20,16 @@ use crate::{
 use anyhow::Result;
 use common::{
     admit::{self, Slot},
-    defaults::{ANSWER_TIMEOUT, MAX_PIPELINED, REQUEST_TIMEOUT},
+    defaults::{ANSWER_TIMEOUT, MAX_PIPELINED, MAX_STREAMS, REQUEST_TIMEOUT},
     framing::{self, FrameError, FrameReader},
     now_ms, tls,
     wire::{codes, DirectoryRequest, DirectoryResponse},
 };
 use std::{net::SocketAddr, sync::Arc, time::Duration};
-use tokio::{sync::mpsc, task::JoinSet};
+use tokio::{
+    sync::{mpsc, OwnedSemaphorePermit, Semaphore},
+    task::JoinSet,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
@@ -37,7 +41,14 @@ struct Session {
     /// to start the mailbox task. Boxed, as in `registry::QueuedEvent`: the channel's first
     /// 32 slots are allocated with it, for every connection.
     online: mpsc::Sender<Box<Feed>>,
+    /// Deposits of this connection queued for the store's commit and not yet answered.
+    deposit_slots: Arc<Semaphore>,
 }
+
+/// Most deposits one connection has queued for the store's commit at once: as many as streams
+/// it may open, so that pipelining lets a client take no more of the writer's shared queue than
+/// one deposit per stream did.
+const QUEUED_DEPOSITS: usize = MAX_STREAMS as usize;
 
 /// Answers to pipelined requests are gathered into one write up to about this many bytes.
 const ANSWER_BATCH: usize = 16 * 1024;
@@ -69,6 +80,7 @@ pub async fn run(
         shared: shared.clone(),
         caller: Caller::new(key, Arc::new(conn.clone())),
         online,
+        deposit_slots: Arc::new(Semaphore::new(QUEUED_DEPOSITS)),
     });
     let mut tasks = JoinSet::new();
     // Set when the peer came online on another node of the cluster, which closed this one.
@@ -161,7 +173,7 @@ impl Session {
             };
             let mut answers = Answers::default();
             let mut next = Some(request);
-            let mut answered = 0;
+            let (mut answered, mut bad) = (0, None);
             while let Some(request) = next.take() {
                 self.take(request, &mut answers).await?;
                 answered += 1;
@@ -170,10 +182,15 @@ impl Session {
                 }
                 match requests.buffered() {
                     Ok(found) => next = found,
-                    Err(e) => return Err(self.refuse_stream(&mut send, requests.get_mut(), e)),
+                    Err(e) => bad = Some(e),
                 }
             }
+            // Deposits already queued are committed whatever follows: they are settled (counted,
+            // their recipients woken) even when a bad frame after them ends the stream.
             let answers = self.settle(answers).await?;
+            if let Some(e) = bad {
+                return Err(self.refuse_stream(&mut send, requests.get_mut(), e));
+            }
             // Nothing more is read from the stream until the client takes these.
             match tokio::time::timeout(ANSWER_TIMEOUT, send.write_all(&answers)).await {
                 Ok(written) => written?,
@@ -200,8 +217,17 @@ impl Session {
             return self.answer(request, &mut answers.bytes).await;
         };
         let started = std::time::Instant::now();
+        // A connection holds at most QUEUED_DEPOSITS in the writer's queue, across its streams,
+        // as many as it could with one deposit per stream. This stream's own go first.
+        let slot = match self.deposit_slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                answers.settle(&self.shared).await?;
+                self.deposit_slots.clone().acquire_owned().await?
+            }
+        };
         match service::queue_deposit(&self.shared, &self.caller, letter).await {
-            Ok(queued) => answers.deposits.push((queued, started)),
+            Ok(queued) => answers.deposits.push((queued, started, slot)),
             Err(code) => {
                 answers.settle(&self.shared).await?;
                 let took = started.elapsed();
@@ -264,13 +290,17 @@ impl Session {
 #[derive(Default)]
 struct Answers {
     bytes: Vec<u8>,
-    deposits: Vec<(service::QueuedDeposit, std::time::Instant)>,
+    deposits: Vec<(
+        service::QueuedDeposit,
+        std::time::Instant,
+        OwnedSemaphorePermit,
+    )>,
 }
 
 impl Answers {
     /// Waits for the queued deposits' commits and encodes their answers.
     async fn settle(&mut self, shared: &Shared) -> Result<()> {
-        for (queued, started) in self.deposits.drain(..) {
+        for (queued, started, _slot) in self.deposits.drain(..) {
             let stored = queued.stored(shared).await;
             let outcome = stored.as_ref().map(|_| ()).map_err(|code| *code);
             (shared.metrics).answered(metrics::DEPOSIT_LETTER, outcome, started.elapsed());

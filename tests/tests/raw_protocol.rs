@@ -271,3 +271,45 @@ fn introductions_are_rate_limited() -> Result<()> {
     c2.terminate()?;
     net.assert_no_panics()
 }
+
+/// Deposits pipelined before a bad frame are stored and delivered although the bad frame ends
+/// their stream: the directory settles them (and wakes their online recipient) before it
+/// refuses the stream.
+#[test]
+fn deposits_before_a_bad_frame_are_still_delivered() -> Result<()> {
+    let net = Net::new()?;
+    let mut c2 = net.listen("c2")?;
+    let dir = net.dir().addr();
+    runtime()?.block_on(async {
+        let raw = Raw::new("mallory")?;
+        let conn = raw.registered(dir, "mallory").await?;
+        let to = raw.lookup(&conn, "c2").await?;
+        let mut batch = Vec::new();
+        for i in 0..3 {
+            let letter = raw.seal(
+                &to,
+                Content::Chat(message("mallory", "c2", &format!("before {i}"))),
+            )?;
+            batch.extend(framing::encode(&DirectoryRequest::DepositLetter {
+                letter,
+            })?);
+        }
+        batch.extend([0, 0, 0, 3, 0xff, 0xff, 0xff]);
+        let code = send_raw(&conn, &batch).await?;
+        ensure!(
+            code == Some(codes::PROTOCOL),
+            "the stream with a bad frame closed with {code:?}"
+        );
+        Ok::<_, anyhow::Error>(())
+    })?;
+    let got = c2.wait_json_n("the three letters", 3, SHORT, |v| {
+        tests::is_message_from(v, "mallory")
+    })?;
+    let bodies: Vec<&str> = got.iter().filter_map(|m| m["body"].as_str()).collect();
+    ensure!(
+        bodies == ["before 0", "before 1", "before 2"],
+        "c2 got {bodies:?}"
+    );
+    c2.terminate()?;
+    net.assert_no_panics()
+}
