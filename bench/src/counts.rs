@@ -257,20 +257,7 @@ async fn deposits(addr: SocketAddr, id: &Identity, n: u64, in_flight: usize) -> 
     // `in_flight` streams at a time, each taking the next letter when its answer came.
     let letters = std::sync::Arc::new(std::sync::Mutex::new(letters));
     let mut senders = tokio::task::JoinSet::new();
-    for _ in 0..in_flight {
-        let (conn, letters) = (conn.clone(), letters.clone());
-        senders.spawn(async move {
-            loop {
-                let letter = letters.lock().unwrap_or_else(|e| e.into_inner()).pop();
-                let Some(letter) = letter else { break };
-                match request(&conn, &DirectoryRequest::DepositLetter { letter }).await? {
-                    DirectoryResponse::Stored => {}
-                    other => bail!("deposit: {other:?}"),
-                }
-            }
-            Ok(())
-        });
-    }
+    crate::spawn_deposits(&mut senders, &conn, letters, in_flight);
     while let Some(sent) = senders.join_next().await {
         sent??;
     }

@@ -692,20 +692,7 @@ pub async fn mailbox(
             continue;
         }
         let letters = Arc::new(Mutex::new(letters));
-        for _ in 0..p.mailbox_streams {
-            let (conn, letters) = (conn.clone(), letters.clone());
-            tasks.spawn(async move {
-                loop {
-                    let letter = letters.lock().unwrap_or_else(|e| e.into_inner()).pop();
-                    let Some(letter) = letter else { break };
-                    match request(&conn, &DirectoryRequest::DepositLetter { letter }).await? {
-                        DirectoryResponse::Stored => {}
-                        other => bail!("deposit: {other:?}"),
-                    }
-                }
-                Ok(())
-            });
-        }
+        crate::spawn_deposits(&mut tasks, conn, letters, p.mailbox_streams);
     }
     while let Some(r) = tasks.join_next().await {
         r??;

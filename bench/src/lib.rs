@@ -18,7 +18,7 @@ use common::{
     framing,
     seal::Sealer,
     tls::{self, Expect},
-    wire::{DirectoryEvent, DirectoryRequest, DirectoryResponse, EventAck},
+    wire::{DirectoryEvent, DirectoryRequest, DirectoryResponse, EventAck, Letter},
     Identity, KeyId, Name,
 };
 use std::{
@@ -378,6 +378,30 @@ pub async fn request(
     framing::read_frame::<DirectoryResponse, _>(&mut recv)
         .await?
         .ok_or_else(|| anyhow!("no response"))
+}
+
+/// Spawns `streams` tasks on `tasks`, each depositing the next of `letters` on a stream of its
+/// own and waiting for the answer, until none is left.
+pub fn spawn_deposits(
+    tasks: &mut tokio::task::JoinSet<Result<()>>,
+    conn: &quinn::Connection,
+    letters: Arc<std::sync::Mutex<Vec<Letter>>>,
+    streams: usize,
+) {
+    for _ in 0..streams {
+        let (conn, letters) = (conn.clone(), letters.clone());
+        tasks.spawn(async move {
+            loop {
+                let letter = letters.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                let Some(letter) = letter else { break };
+                match request(&conn, &DirectoryRequest::DepositLetter { letter }).await? {
+                    DirectoryResponse::Stored => {}
+                    other => bail!("deposit: {other:?}"),
+                }
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Accepts the directory's event stream and acknowledges every `Deliver`; calls `seen` with
