@@ -569,7 +569,19 @@ async fn start(
     };
     let origin = rand::random();
     let key = compaction::replica_key(replica).map_err(db)?;
-    let snapshots = Snapshots::open(&js, log, key).await.map_err(db)?;
+    // The same for the snapshots' stores: a NATS server restarting may still be electing.
+    let snapshots = loop {
+        let why = match tokio::time::timeout(WRITE_TIMEOUT, Snapshots::open(&js, log, key)).await {
+            Ok(Ok(snapshots)) => break snapshots,
+            Ok(Err(why)) => why,
+            Err(_) => "JetStream did not answer".to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(db(why));
+        }
+        tracing::info!("waiting for JetStream: {why}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     let mut local = open_replica(replica).await?;
     let mut position = local.log_position()?;
     // Said before the log's start is read: from now on no compaction purges past this node
