@@ -517,6 +517,27 @@ fn block_on<T: Send + 'static>(
 /// Connects, makes sure the stream exists, opens the replica at `replica` (loading the newest
 /// snapshot first if the log was compacted past it), starts the applier and the compaction,
 /// and waits until the replica has applied what the stream held when it started.
+/// `attempt` until it succeeds, each try bounded by [`WRITE_TIMEOUT`], half a second apart,
+/// until `deadline`: then the last reason it failed.
+async fn retried<T, F, Fut>(deadline: tokio::time::Instant, mut attempt: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    loop {
+        let why = match tokio::time::timeout(WRITE_TIMEOUT, attempt()).await {
+            Ok(Ok(done)) => return Ok(done),
+            Ok(Err(why)) => why,
+            Err(_) => "JetStream did not answer".to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(why);
+        }
+        tracing::info!("waiting for JetStream: {why}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 async fn start(
     servers: &[String],
     log: &LogConfig,
@@ -555,33 +576,14 @@ async fn start(
             .clone();
         Ok::<_, String>((stream, state))
     };
-    let (mut stream, _) = loop {
-        let why = match tokio::time::timeout(WRITE_TIMEOUT, open()).await {
-            Ok(Ok(opened)) => break opened,
-            Ok(Err(why)) => why,
-            Err(_) => "JetStream did not answer".to_string(),
-        };
-        if tokio::time::Instant::now() >= deadline {
-            return Err(db(format!("cannot open the log's stream: {why}")));
-        }
-        tracing::info!("waiting for JetStream: {why}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let (mut stream, _) = (retried(deadline, open).await)
+        .map_err(|why| db(format!("cannot open the log's stream: {why}")))?;
     let origin = rand::random();
     let key = compaction::replica_key(replica).map_err(db)?;
     // The same for the snapshots' stores: a NATS server restarting may still be electing.
-    let snapshots = loop {
-        let why = match tokio::time::timeout(WRITE_TIMEOUT, Snapshots::open(&js, log, key)).await {
-            Ok(Ok(snapshots)) => break snapshots,
-            Ok(Err(why)) => why,
-            Err(_) => "JetStream did not answer".to_string(),
-        };
-        if tokio::time::Instant::now() >= deadline {
-            return Err(db(why));
-        }
-        tracing::info!("waiting for JetStream: {why}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let snapshots = retried(deadline, || Snapshots::open(&js, log, key))
+        .await
+        .map_err(db)?;
     let mut local = open_replica(replica).await?;
     let mut position = local.log_position()?;
     // Said before the log's start is read: from now on no compaction purges past this node
