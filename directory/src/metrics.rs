@@ -16,7 +16,20 @@
 //! | `directory_connections` | gauge | |
 //! | `directory_mailbox_entries`, `directory_mailbox_bytes` | gauge | |
 //! | `directory_store_seconds` | histogram | `op`: `read` (a scrape's), and the writer's commits: `deposit`, `remove`, `names` (registrations and last-seen times) |
+//!
+//! A node of a cluster also says how it stands with the cluster's log ([`LogMetrics`]), read
+//! when scraped from [`crate::store::Store::log_status`]:
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `directory_log_applied_position`, `directory_log_last_position` | gauge | |
+//! | `directory_log_behind` | gauge | |
+//! | `directory_log_entries` | gauge | |
+//! | `directory_log_reachable` | gauge | |
+//! | `directory_log_compactions_total` | counter | `outcome` (`done`, `failed`) |
+//! | `directory_log_snapshot_bytes` | gauge | |
 
+use crate::store::LogStatus;
 use common::wire::{DirectoryRequest, ErrorCode};
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
@@ -63,6 +76,94 @@ pub struct OpLabel {
     pub op: &'static str,
 }
 
+/// How a node of a cluster stands with the cluster's log.
+pub struct LogMetrics {
+    applied: Gauge,
+    last: Gauge,
+    behind: Gauge,
+    entries: Gauge,
+    reachable: Gauge,
+    compactions: Family<OutcomeLabel, Counter>,
+    snapshot_bytes: Gauge,
+}
+
+impl LogMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let log = Self {
+            applied: Gauge::default(),
+            last: Gauge::default(),
+            behind: Gauge::default(),
+            entries: Gauge::default(),
+            reachable: Gauge::default(),
+            compactions: Family::default(),
+            snapshot_bytes: Gauge::default(),
+        };
+        let gauges = [
+            (
+                "log_applied_position",
+                "Position of the last entry of the cluster's log this node applied",
+                &log.applied,
+            ),
+            (
+                "log_last_position",
+                "Position of the last entry of the cluster's log, as JetStream holds it",
+                &log.last,
+            ),
+            (
+                "log_behind",
+                "Entries of the cluster's log this node has not applied yet",
+                &log.behind,
+            ),
+            (
+                "log_entries",
+                "Entries the cluster's log holds (those before the last compaction are gone)",
+                &log.entries,
+            ),
+            (
+                "log_reachable",
+                "1 if JetStream answered for the log's state at this scrape, else 0",
+                &log.reachable,
+            ),
+            (
+                "log_snapshot_bytes",
+                "Bytes of the last snapshot of its replica this node stored or started from",
+                &log.snapshot_bytes,
+            ),
+        ];
+        for (name, help, gauge) in gauges {
+            registry.register(name, help, gauge.clone());
+        }
+        registry.register(
+            "log_compactions",
+            "Compactions of the cluster's log this node did, by outcome",
+            log.compactions.clone(),
+        );
+        log
+    }
+
+    /// Sets everything from `status`, read just before a scrape.
+    fn set(&self, status: &LogStatus) {
+        let n = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.applied.set(n(status.applied));
+        self.reachable.set(i64::from(status.log.is_some()));
+        // Left as they were when JetStream did not answer: `reachable` says so.
+        if let Some(log) = status.log {
+            self.last.set(n(log.last));
+            self.entries.set(n(log.entries));
+            self.behind.set(n(log.last.saturating_sub(status.applied)));
+        }
+        self.snapshot_bytes.set(n(status.snapshot_bytes));
+        // The store counts; the counters catch up with it.
+        for (outcome, total) in [
+            ("done", status.compactions),
+            ("failed", status.compaction_failures),
+        ] {
+            let counter = self.compactions.get_or_create(&OutcomeLabel { outcome });
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+    }
+}
+
 /// Every metric, and the registry that encodes them.
 pub struct Metrics {
     registry: Registry,
@@ -84,13 +185,23 @@ pub struct Metrics {
     connections: Gauge,
     entries: Gauge,
     bytes: Gauge,
+    /// On a node of a cluster, how it stands with the log.
+    log: Option<LogMetrics>,
     /// When the hole punching counters were last logged: they are logged at most once a
     /// minute, not per report, which any peer can send at will.
     pub punch_logged: Mutex<Option<std::time::Instant>>,
 }
 
 impl Default for Metrics {
+    /// The metrics of one node, without a log.
     fn default() -> Self {
+        Self::new(false)
+    }
+}
+
+impl Metrics {
+    /// Every metric; with `log`, those of a node of a cluster too ([`LogMetrics`]).
+    pub fn new(log: bool) -> Self {
         // Latency buckets from 50 µs to about 3 s.
         let buckets = || {
             Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -136,6 +247,7 @@ impl Default for Metrics {
             "Bytes held in all mailboxes",
             bytes.clone(),
         );
+        let log = log.then(|| LogMetrics::register(&mut registry));
         Self {
             registry,
             requests,
@@ -148,12 +260,11 @@ impl Default for Metrics {
             connections,
             entries,
             bytes,
+            log,
             punch_logged: Mutex::new(None),
         }
     }
-}
 
-impl Metrics {
     /// Counts one answered request.
     pub fn answered(&self, kind: &'static str, outcome: Result<(), ErrorCode>, took: Duration) {
         let outcome = match outcome {
@@ -182,6 +293,13 @@ impl Metrics {
         if let Some((entries, bytes)) = mailbox {
             self.entries.set(n(entries));
             self.bytes.set(n(bytes));
+        }
+    }
+
+    /// Sets how this node stands with the cluster's log, read just before a scrape.
+    pub fn log(&self, status: &LogStatus) {
+        if let Some(log) = &self.log {
+            log.set(status);
         }
     }
 

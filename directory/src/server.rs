@@ -134,6 +134,9 @@ async fn scrape(shared: &Shared, endpoint: &quinn::Endpoint) -> String {
     };
     metrics.store_read(started.elapsed());
     metrics.held(shared.registry.len(), endpoint.open_connections(), held);
+    if let Some(status) = shared.store.log_status() {
+        metrics.log(&status.await);
+    }
     metrics.text()
 }
 

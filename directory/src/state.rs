@@ -47,7 +47,7 @@ pub struct Shared {
 impl Shared {
     /// The state of a directory that starts with nobody online; starts the store's writer.
     pub fn new(store: Arc<dyn Store>, config: Config) -> Self {
-        let metrics = crate::metrics::Metrics::default();
+        let metrics = crate::metrics::Metrics::new(store.log_status().is_some());
         Self {
             writer: Writer::spawn(store.clone(), (config.quota, config.naming), &metrics),
             store,

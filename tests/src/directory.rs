@@ -161,6 +161,11 @@ impl Directory {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The current process's whole stderr.
+    pub fn stderr(&self) -> String {
+        read_lossy(&self.stderr)
+    }
+
     /// The tail of the current process's stderr.
     pub fn stderr_tail(&self) -> String {
         tail(&read_lossy(&self.stderr), TAIL)

@@ -15,6 +15,7 @@
 //! - [`netns`]: real Linux NATs made of network namespaces, for the NAT traversal scenarios;
 //!   [`PeerCmd::netns`] and [`DirOpts::netns`] run a process inside one.
 //! - [`Nats`]: a `nats-server` with JetStream, for directories run as a cluster.
+//! - [`metrics`]: a directory's Prometheus metrics: where, one scrape, one sample.
 //! - [`raw`]: a hand-made QUIC client for hostile input at the protocol level.
 //! - [`fuzz_checks`]: what each fuzz target checks, for `fuzz/` and the corpus replay.
 //! - [`Running`]: a long-lived process whose stdout lines are read on a thread; `wait_*`
@@ -43,6 +44,7 @@ mod checks;
 mod directory;
 pub mod fuzz_checks;
 mod logs;
+pub mod metrics;
 mod nats;
 mod net;
 pub mod netns;

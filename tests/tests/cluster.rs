@@ -7,9 +7,19 @@
 //! Each scenario starts its own `nats-server`; without one installed they skip loudly, and
 //! fail under `CI=true`.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use std::time::{Duration, Instant};
-use tests::{check_messages, is_message_from, numbered, poll_until, DirOpts, Net, SHORT};
+use tests::{
+    check_messages, is_message_from,
+    metrics::{metrics_addr, sample, scrape},
+    numbered, poll_until, DirOpts, Net, SHORT,
+};
+
+/// The sample of `directory_log_<series>` in a node's metrics.
+fn log_sample(text: &str, series: &str) -> Result<f64> {
+    sample(text, &format!("directory_log_{series}"))
+        .with_context(|| format!("no directory_log_{series} in the metrics:\n{text}"))
+}
 
 /// `whois name`, asked by `asker` at node B, until it says `online`.
 fn wait_presence_at_b(net: &Net, asker: &str, name: &str, online: bool) -> Result<()> {
@@ -168,24 +178,47 @@ fn mail_a_node_acknowledged_outlives_the_node() -> Result<()> {
 fn a_node_started_afresh_after_compaction_loads_the_snapshot() -> Result<()> {
     const N: usize = 12;
     let opts = DirOpts {
-        args: ["--log-compact-after", "5", "--log-compact-check", "1"]
-            .map(String::from)
-            .to_vec(),
+        args: [
+            "--log-compact-after",
+            "5",
+            "--log-compact-check",
+            "1",
+            "--metrics",
+            "127.0.0.1:0",
+        ]
+        .map(String::from)
+        .to_vec(),
         ..DirOpts::default()
     };
     let Some(mut net) = Net::two_nodes_with(opts)? else {
         return Ok(());
     };
     let bodies = queue_for_offline_c2(&net, "before the snapshot", N)?;
-    poll_until(
+    // The node that compacted says so in its metrics: a snapshot stored, and the log holding
+    // fewer entries than it has positions.
+    let nodes = [metrics_addr(net.dir())?, metrics_addr(net.node_b()?)?];
+    let compacted = poll_until(
         "a node to compact the log",
         SHORT,
         Duration::from_millis(100),
         || {
-            let said = |tail: String| tail.contains("compacted the cluster's log");
-            Ok((said(net.dir().stderr_tail()) || said(net.node_b()?.stderr_tail())).then_some(()))
+            for at in nodes {
+                let text = scrape(at)?;
+                if log_sample(&text, "compactions_total{outcome=\"done\"}")? >= 1.0 {
+                    return Ok(Some(text));
+                }
+            }
+            Ok(None)
         },
     )?;
+    let (entries, last) = (
+        log_sample(&compacted, "entries")?,
+        log_sample(&compacted, "last_position")?,
+    );
+    ensure!(
+        last >= N as f64 && entries < last && log_sample(&compacted, "snapshot_bytes")? > 0.0,
+        "after a compaction, the log holds {entries} of {last} entries:\n{compacted}"
+    );
     let node_b = net.node_b_mut()?;
     node_b.kill9()?;
     std::fs::remove_file(node_b.data().join("replica.redb"))?;
@@ -194,6 +227,15 @@ fn a_node_started_afresh_after_compaction_loads_the_snapshot() -> Result<()> {
         node_b.stderr_tail().contains("loading the newest snapshot"),
         "node B did not start from a snapshot: {}",
         node_b.stderr_tail()
+    );
+    // Started from a snapshot and caught up: nothing behind, the snapshot's size known.
+    let text = scrape(metrics_addr(node_b)?)?;
+    ensure!(
+        log_sample(&text, "reachable")? == 1.0
+            && log_sample(&text, "behind")? == 0.0
+            && log_sample(&text, "applied_position")? >= last
+            && log_sample(&text, "snapshot_bytes")? > 0.0,
+        "node B after starting from the snapshot:\n{text}"
     );
     let b = node_b.addr();
     let whois = net

@@ -1,54 +1,10 @@
 //! `directory --metrics ADDR`: Prometheus text at /metrics, with what the directory did.
 
-use anyhow::{bail, ensure, Context, Result};
-use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
-    time::{Duration, Instant},
+use anyhow::{bail, ensure, Result};
+use tests::{
+    metrics::{metrics_addr, sample, scrape},
+    DirOpts, Net, SHORT,
 };
-use tests::{DirOpts, Net, SHORT};
-
-/// The metrics address the directory logged when it started.
-fn metrics_addr(net: &Net) -> Result<SocketAddr> {
-    let deadline = Instant::now() + SHORT;
-    loop {
-        let stderr = net.dir().stderr_tail();
-        if let Some(at) = stderr
-            .lines()
-            .find(|l| l.contains("serving metrics"))
-            .and_then(|l| l.split("at=").nth(1))
-        {
-            return at.trim().parse().context("the metrics address");
-        }
-        if Instant::now() >= deadline {
-            bail!("the directory did not say where it serves metrics:\n{stderr}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// One GET /metrics; the body.
-fn scrape(at: SocketAddr) -> Result<String> {
-    let mut stream = TcpStream::connect_timeout(&at, SHORT)?;
-    stream.set_read_timeout(Some(SHORT))?;
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {at}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    ensure!(response.starts_with("HTTP/1.1 200"), "{response}");
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
-    Ok(body.to_string())
-}
-
-/// The value of the sample whose line starts with `series` (name and labels).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 /// Peers online, requests by kind and outcome (refusals by code), latency histograms and the
 /// mailbox's depth, as a direct message, a queued one and a refused lookup leave them.
@@ -58,7 +14,7 @@ fn the_directory_serves_what_it_did_as_prometheus_text() -> Result<()> {
         args: vec!["--metrics".into(), "127.0.0.1:0".into()],
         ..DirOpts::default()
     })?;
-    let at = metrics_addr(&net)?;
+    let at = metrics_addr(net.dir())?;
     net.register("c3")?;
     let mut c2 = net.listen("c2")?;
     net.send("c1", "c2", "direct")?;
@@ -70,6 +26,10 @@ fn the_directory_serves_what_it_did_as_prometheus_text() -> Result<()> {
         .failure(&["nobody"])?;
 
     let text = scrape(at)?;
+    ensure!(
+        !text.contains("directory_log_"),
+        "one node has no cluster's log to report on:\n{text}"
+    );
     let want = [
         ("directory_online_peers", 1.0),
         ("directory_mailbox_entries", 1.0),
@@ -133,7 +93,7 @@ fn pipelined_deposits_share_commits_and_keep_their_order() -> Result<()> {
         args: vec!["--metrics".into(), "127.0.0.1:0".into()],
         ..DirOpts::default()
     })?;
-    let at = metrics_addr(&net)?;
+    let at = metrics_addr(net.dir())?;
     net.register("c2")?;
     let commits = |text: &str| sample(text, "directory_store_seconds_count{op=\"deposit\"}");
     let before = commits(&scrape(at)?).unwrap_or(0.0);

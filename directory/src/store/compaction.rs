@@ -40,7 +40,10 @@ use async_nats::jetstream::{self, object_store, stream};
 use futures::StreamExt as _;
 use std::{
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 use tokio::sync::watch;
@@ -64,6 +67,15 @@ const LOAD_TRIES: usize = 5;
 /// the node that stored it.
 const PREFIX: &str = "replica-";
 
+/// What this node's compactions did, for its metrics ([`super::LogStatus`]).
+#[derive(Debug, Default)]
+pub(super) struct Stats {
+    pub compactions: AtomicU64,
+    pub failures: AtomicU64,
+    /// Bytes of the last snapshot stored or loaded.
+    pub snapshot_bytes: AtomicU64,
+}
+
 /// The snapshots of one log and the positions of its nodes.
 #[derive(Clone)]
 pub(super) struct Snapshots {
@@ -75,6 +87,7 @@ pub(super) struct Snapshots {
     subjects: String,
     /// This node's key.
     node: String,
+    pub stats: Arc<Stats>,
 }
 
 /// What a compaction did.
@@ -135,6 +148,7 @@ impl Snapshots {
             nodes,
             subjects,
             node: format!("{node:016x}"),
+            stats: Arc::default(),
         })
     }
 
@@ -203,6 +217,7 @@ impl Snapshots {
         if read != size {
             return Err(format!("snapshot {name}: {read} bytes of {size}"));
         }
+        self.stats.snapshot_bytes.store(size, Ordering::Relaxed);
         file.sync_all().await.map_err(|e| e.to_string())?;
         drop(file);
         tokio::fs::rename(&part, replica)
@@ -286,8 +301,12 @@ impl Snapshots {
             .map_err(|e| format!("cannot take a snapshot: {e}"))?
         };
         let stored = self.store(&file, snapshot).await;
+        let bytes = tokio::fs::metadata(&file).await.map(|m| m.len());
         let _ = tokio::fs::remove_file(&file).await;
         stored?;
+        if let Ok(bytes) = bytes {
+            self.stats.snapshot_bytes.store(bytes, Ordering::Relaxed);
+        }
         // Those behind the snapshot stay, for the live nodes that have not applied them yet.
         let lowest = self.lowest_live().await?.unwrap_or(0);
         let keep_from = snapshot.min(lowest) + 1;
@@ -376,17 +395,24 @@ pub(super) async fn keep_short(
 ) {
     loop {
         tokio::time::sleep(jittered(log.compact_check)).await;
+        let stats = &snapshots.stats;
         match snapshots
             .compact(&mut stream, &local, &replica, log.compact_after)
             .await
         {
-            Ok(Some(done)) => tracing::info!(
-                snapshot = done.snapshot,
-                first = done.first,
-                "compacted the cluster's log"
-            ),
+            Ok(Some(done)) => {
+                stats.compactions.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    snapshot = done.snapshot,
+                    first = done.first,
+                    "compacted the cluster's log"
+                )
+            }
             Ok(None) => {}
-            Err(e) => tracing::warn!(cause = %e, "cannot compact the cluster's log"),
+            Err(e) => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(cause = %e, "cannot compact the cluster's log")
+            }
         }
     }
 }

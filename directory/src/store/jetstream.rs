@@ -38,7 +38,8 @@
 
 use super::{
     compaction::{self, keep_short, report_position, Snapshots, REPORT_EVERY},
-    Bind, Binding, NameRecord, Naming, Quota, RedbStore, Removal, Store, StoreError, Stored,
+    Bind, Binding, LogState, LogStatus, NameRecord, Naming, Quota, RedbStore, Removal, Store,
+    StoreError, Stored,
 };
 use async_nats::jetstream::{self, consumer::push, stream};
 use common::{
@@ -821,6 +822,35 @@ impl Store for JetStreamStore {
                 .await
                 .map_err(|_| db("this replica did not catch up with the log in time"))?
         })
+    }
+
+    /// The log's state is asked of JetStream, for at most [`CATCH_UP_TIMEOUT`].
+    fn log_status(&self) -> Option<futures::future::BoxFuture<'static, LogStatus>> {
+        let handle = self.handle().ok()?.clone();
+        let inner = self.inner.clone();
+        Some(Box::pin(async move {
+            // Read before the log's state, so that the log never shows behind this replica.
+            let applied = *inner.applied.borrow();
+            let (js, stream) = (inner.js.clone(), inner.stream.clone());
+            let ask = handle.spawn(async move {
+                let stream = js.get_stream(&stream).await.ok()?;
+                let state = &stream.cached_info().state;
+                Some(LogState {
+                    first: state.first_sequence,
+                    last: state.last_sequence,
+                    entries: state.messages,
+                })
+            });
+            let log = tokio::time::timeout(CATCH_UP_TIMEOUT, ask).await;
+            let stats = &inner.snapshots.stats;
+            LogStatus {
+                applied,
+                log: log.ok().and_then(Result::ok).flatten(),
+                compactions: stats.compactions.load(Ordering::Relaxed),
+                compaction_failures: stats.failures.load(Ordering::Relaxed),
+                snapshot_bytes: stats.snapshot_bytes.load(Ordering::Relaxed),
+            }
+        }))
     }
 
     fn update_names(
