@@ -15,7 +15,8 @@
 //!    position every few seconds to the stream `<stream>-NODES`, which keeps the last one of
 //!    each node for [`NODE_TTL`], under a key kept beside its replica: [`replica_key`]);
 //! 4. deletes the snapshots older than the two newest (a node may be loading the one before
-//!    its own).
+//!    its own), and the chunks that puts which failed midway left, once they are
+//!    [`ORPHAN_AGE`] old (no object names them, so nothing else would remove them).
 //!
 //! A node whose replica is behind the start of the log when it starts (a new node, or one
 //! that was down through a compaction) says so first (it writes its position, 0 if empty, so
@@ -63,6 +64,12 @@ const READ_STALL: Duration = Duration::from_secs(10);
 /// loading was deleted under it (a newer one replaced it).
 const LOAD_TRIES: usize = 5;
 
+/// How long the chunks of a snapshot that has no object must have been left before they are
+/// removed. A put writes its chunks, then the object that names them; a put that failed in
+/// between (NATS lost mid-snapshot) leaves its chunks for good. One whose last chunk is this
+/// old is not in progress: the object follows its last chunk at once.
+pub(super) const ORPHAN_AGE: Duration = Duration::from_secs(600);
+
 /// Object names: `replica-`, the position zero-padded (names sort as positions do), `-`, and
 /// the node that stored it.
 const PREFIX: &str = "replica-";
@@ -80,6 +87,8 @@ pub(super) struct Stats {
 #[derive(Clone)]
 pub(super) struct Snapshots {
     objects: object_store::ObjectStore,
+    /// The object store's bucket.
+    bucket: String,
     js: jetstream::Context,
     /// The stream of positions: the last one of each node, on its own subject.
     nodes: stream::Stream,
@@ -121,7 +130,7 @@ impl Snapshots {
             Ok(objects) => objects,
             Err(_) => js
                 .create_object_store(object_store::Config {
-                    bucket,
+                    bucket: bucket.clone(),
                     num_replicas: log.replicas,
                     storage: stream::StorageType::File,
                     ..Default::default()
@@ -144,6 +153,7 @@ impl Snapshots {
             .map_err(|e| format!("cannot make the stream of node positions: {e}"))?;
         Ok(Self {
             objects,
+            bucket,
             js: js.clone(),
             nodes,
             subjects,
@@ -322,6 +332,11 @@ impl Snapshots {
         for (_, name) in stored.iter().rev().skip(2) {
             let _ = self.objects.delete(name).await;
         }
+        match self.sweep(ORPHAN_AGE).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(n, "removed the chunks of snapshots whose put failed"),
+            Err(e) => tracing::warn!(cause = %e, "cannot look for the chunks of failed puts"),
+        }
         let first = stream
             .info()
             .await
@@ -329,6 +344,49 @@ impl Snapshots {
             .state
             .first_sequence;
         Ok(Some(Compacted { snapshot, first }))
+    }
+
+    /// Removes the chunks that no object names and that were last written more than
+    /// `older_than` ago: what puts that failed left behind (see [`ORPHAN_AGE`]). Returns how
+    /// many puts' chunks it removed.
+    pub(super) async fn sweep(&self, older_than: Duration) -> Result<usize, String> {
+        // The objects first: a put that ends after this has chunks written after it too.
+        let mut named = std::collections::HashSet::new();
+        let mut list = self.objects.list().await.map_err(|e| e.to_string())?;
+        while let Some(info) = list.next().await {
+            named.insert(info.map_err(|e| e.to_string())?.nuid);
+        }
+        let stream = (self.js.get_stream(format!("OBJ_{}", self.bucket)).await)
+            .map_err(|e| e.to_string())?;
+        let prefix = format!("$O.{}.C.", self.bucket);
+        let mut subjects =
+            (stream.info_with_subjects(format!("{prefix}*")).await).map_err(|e| e.to_string())?;
+        let mut unnamed = Vec::new();
+        while let Some(subject) = subjects.next().await {
+            let (subject, _) = subject.map_err(|e| e.to_string())?;
+            if !subject
+                .strip_prefix(&prefix)
+                .is_some_and(|nuid| named.contains(nuid))
+            {
+                unnamed.push(subject);
+            }
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut removed = 0;
+        for subject in unnamed {
+            let Ok(last) = stream.get_last_raw_message_by_subject(&subject).await else {
+                continue;
+            };
+            let written = u64::try_from(last.time.unix_timestamp()).unwrap_or(0);
+            if now.saturating_sub(written) < older_than.as_secs() {
+                continue;
+            }
+            (stream.purge().filter(&subject).await).map_err(|e| e.to_string())?;
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     async fn store(&self, file: &Path, position: u64) -> Result<(), String> {
@@ -425,6 +483,67 @@ fn jittered(interval: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::jetstream::tests::nats;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    /// The chunks a failed put left (no object names them) are removed once they are old
+    /// enough, and those of stored snapshots stay: the snapshot still loads.
+    #[test]
+    fn chunks_of_failed_puts_are_swept_and_stored_snapshots_kept() -> TestResult {
+        let Some(nats) = nats()? else {
+            return Ok(());
+        };
+        let runtime = tokio::runtime::Runtime::new()?;
+        runtime.block_on(async {
+            let client = async_nats::connect(&nats.url).await?;
+            let js = jetstream::new(client);
+            let log = LogConfig {
+                stream: "SWEEP".into(),
+                ..LogConfig::default()
+            };
+            let snapshots = Snapshots::open(&js, &log, 1).await?;
+            let dir = tempfile::tempdir()?;
+            let file = dir.path().join("snapshot");
+            std::fs::write(&file, vec![7u8; 300 * 1024])?;
+            snapshots.store(&file, 5).await?;
+            // What a put that lost NATS after two chunks leaves.
+            for _ in 0..2 {
+                let chunk = js.publish("$O.SWEEP-SNAPSHOTS.C.failedput", vec![1u8; 1024].into());
+                chunk.await?.await?;
+            }
+            let chunks = |js: jetstream::Context| async move {
+                let stream = js.get_stream("OBJ_SWEEP-SNAPSHOTS").await?;
+                let mut subjects = stream.info_with_subjects("$O.SWEEP-SNAPSHOTS.C.*").await?;
+                let mut found = Vec::new();
+                while let Some(subject) = subjects.next().await {
+                    found.push(subject?.0);
+                }
+                found.sort();
+                Ok::<_, Box<dyn std::error::Error>>(found)
+            };
+            assert_eq!(
+                chunks(js.clone()).await?.len(),
+                2,
+                "the snapshot's and the failed put's"
+            );
+            assert_eq!(
+                snapshots.sweep(ORPHAN_AGE).await?,
+                0,
+                "too young to be swept"
+            );
+            assert_eq!(snapshots.sweep(Duration::ZERO).await?, 1);
+            let left = chunks(js.clone()).await?;
+            assert!(
+                left.len() == 1 && !left[0].ends_with(".failedput"),
+                "left: {left:?}"
+            );
+            let replica = dir.path().join("replica");
+            assert_eq!(snapshots.load(&replica, 5).await?, 5);
+            assert_eq!(std::fs::read(&replica)?, vec![7u8; 300 * 1024]);
+            Ok(())
+        })
+    }
 
     #[test]
     fn a_replica_keeps_its_key_across_restarts_and_another_gets_its_own() -> Result<(), String> {
