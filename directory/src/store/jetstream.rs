@@ -1415,6 +1415,89 @@ pub(crate) mod tests {
         }
     }
 
+    /// An upgraded node replays the log that older nodes wrote, and nodes of two versions
+    /// share a log during an upgrade: an entry keeps its bytes for its [`ENTRY_LAYOUT`]. A
+    /// change to any record in it (a binding, mail, a quota) needs a new layout, and a way to
+    /// read the old one.
+    #[test]
+    fn entries_keep_their_bytes() {
+        use common::wire::{Letter, LetterKind, MessageId};
+        let entry = |change| Entry {
+            layout: ENTRY_LAYOUT,
+            origin: 9,
+            request: 10,
+            at_ms: 300,
+            change,
+        };
+        let quota = Quota {
+            max_messages: 1,
+            max_bytes: 2,
+            sender_messages: 3,
+            sender_bytes: 4,
+            total_bytes: 5,
+            min_free_disk: 6,
+        };
+        let names = Change::Names {
+            bindings: vec![Binding {
+                name: name("c1"),
+                key: common::KeyId([7; 32]),
+                at_ms: 300,
+                published: None,
+            }],
+            seen: vec![(name("c2"), 300)],
+            naming: Naming {
+                names_per_key: 4,
+                expiry_ms: 1000,
+            },
+        };
+        let letter = Letter {
+            id: MessageId([1; 16]),
+            from: name("c1"),
+            to: name("c2"),
+            sent_at_ms: 300,
+            kind: LetterKind::Chat,
+            encapped: [2; 32],
+            sealed: vec![3; 4],
+        };
+        let deposits = Change::Deposits {
+            mail: vec![Mail::Letter(letter)],
+            quota,
+        };
+        let removals = Change::Removals {
+            entries: vec![Removal {
+                recipient: name("c2"),
+                seq: 5,
+                proof: None,
+            }],
+            quota,
+        };
+        let head = "01 09 0a ac02";
+        let cases = [
+            (
+                names,
+                format!(
+                    "{head} 00 01 026331 {} ac02 00 01 026332 ac02 04 e807",
+                    "07".repeat(32)
+                ),
+            ),
+            (
+                deposits,
+                format!(
+                    "{head} 01 01 03 {} 026331 026332 ac02 00 {} 04 03030303 010203040506",
+                    "01".repeat(16),
+                    "02".repeat(32)
+                ),
+            ),
+            (removals, format!("{head} 02 01 026332 05 00 010203040506")),
+        ];
+        for (change, want) in cases {
+            let bytes = postcard::to_allocvec(&entry(change)).expect("encode");
+            assert_eq!(hex::encode(&bytes), want.replace(' ', ""));
+            let back = postcard::from_bytes::<Entry>(&bytes).expect("decode");
+            assert_eq!(postcard::to_allocvec(&back).expect("encode"), bytes);
+        }
+    }
+
     /// An entry a node cannot read stops it: writes fail with the reason instead of the
     /// replica going on without the entry, and a node that starts on that log refuses to
     /// start rather than wait for an entry it will never apply.
