@@ -97,6 +97,8 @@ pub(super) struct Snapshots {
     /// This node's key.
     node: String,
     pub stats: Arc<Stats>,
+    /// [`READ_STALL`], shorter in tests.
+    read_stall: Duration,
 }
 
 /// What a compaction did.
@@ -159,6 +161,7 @@ impl Snapshots {
             subjects,
             node: format!("{node:016x}"),
             stats: Arc::default(),
+            read_stall: READ_STALL,
         })
     }
 
@@ -201,18 +204,31 @@ impl Snapshots {
         Err(why)
     }
 
+    /// Downloads snapshot `name` in place of `replica`, through a part file that is removed
+    /// if it fails.
     async fn download(&self, name: &str, replica: &Path) -> Result<(), String> {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let part = with_suffix(replica, "loading");
+        let downloaded = self.download_to(name, &part).await;
+        if downloaded.is_err() {
+            let _ = tokio::fs::remove_file(&part).await;
+        }
+        downloaded?;
+        tokio::fs::rename(&part, replica)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn download_to(&self, name: &str, part: &Path) -> Result<(), String> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let mut object = self.objects.get(name).await.map_err(|e| e.to_string())?;
         let size = object.info.size as u64;
-        let mut file = tokio::fs::File::create(&part)
+        let mut file = tokio::fs::File::create(part)
             .await
             .map_err(|e| e.to_string())?;
         let mut buffer = vec![0; 256 * 1024];
         let mut read = 0u64;
         loop {
-            let n = tokio::time::timeout(READ_STALL, object.read(&mut buffer))
+            let n = tokio::time::timeout(self.read_stall, object.read(&mut buffer))
                 .await
                 .map_err(|_| format!("snapshot {name} stalled after {read} of {size} bytes"))?
                 .map_err(|e| format!("reading snapshot {name}: {e}"))?;
@@ -228,12 +244,7 @@ impl Snapshots {
             return Err(format!("snapshot {name}: {read} bytes of {size}"));
         }
         self.stats.snapshot_bytes.store(size, Ordering::Relaxed);
-        file.sync_all().await.map_err(|e| e.to_string())?;
-        drop(file);
-        tokio::fs::rename(&part, replica)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(())
+        file.sync_all().await.map_err(|e| e.to_string())
     }
 
     /// Records that this node has applied the log up to `position`.
@@ -541,6 +552,49 @@ mod tests {
             let replica = dir.path().join("replica");
             assert_eq!(snapshots.load(&replica, 5).await?, 5);
             assert_eq!(std::fs::read(&replica)?, vec![7u8; 300 * 1024]);
+            Ok(())
+        })
+    }
+
+    /// A snapshot whose chunks vanish under its reader (what a deletion does midway) leaves
+    /// the reader waiting for bytes that never come: the download gives up after the stall
+    /// time, and loading says why, instead of hanging a starting node for good. The replica
+    /// in place is not touched.
+    #[test]
+    fn a_download_that_stalls_is_given_up() -> TestResult {
+        let Some(nats) = nats()? else {
+            return Ok(());
+        };
+        let runtime = tokio::runtime::Runtime::new()?;
+        runtime.block_on(async {
+            let client = async_nats::connect(&nats.url).await?;
+            let js = jetstream::new(client);
+            let log = LogConfig {
+                stream: "STALL".into(),
+                ..LogConfig::default()
+            };
+            let mut snapshots = Snapshots::open(&js, &log, 1).await?;
+            snapshots.read_stall = Duration::from_millis(300);
+            let dir = tempfile::tempdir()?;
+            let file = dir.path().join("snapshot");
+            std::fs::write(&file, vec![7u8; 300 * 1024])?;
+            snapshots.store(&file, 5).await?;
+            // Its chunks go; the object naming them stays.
+            let stream = js.get_stream("OBJ_STALL-SNAPSHOTS").await?;
+            stream.purge().filter("$O.STALL-SNAPSHOTS.C.>").await?;
+            let replica = dir.path().join("replica");
+            std::fs::write(&replica, b"the replica before")?;
+            let started = std::time::Instant::now();
+            let loaded =
+                tokio::time::timeout(Duration::from_secs(30), snapshots.load(&replica, 5)).await?;
+            let why = loaded.expect_err("a snapshot without its chunks cannot load");
+            assert!(why.contains("stalled after 0 of 307200 bytes"), "{why}");
+            assert!(started.elapsed() >= Duration::from_millis(300) * LOAD_TRIES as u32);
+            assert_eq!(std::fs::read(&replica)?, b"the replica before");
+            assert!(
+                !with_suffix(&replica, "loading").exists(),
+                "the part is left"
+            );
             Ok(())
         })
     }
