@@ -29,7 +29,6 @@
 //! | `directory_log_compactions_total` | counter | `outcome` (`done`, `failed`) |
 //! | `directory_log_snapshot_bytes` | gauge | |
 
-use crate::store::LogStatus;
 use common::wire::{DirectoryRequest, ErrorCode};
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
@@ -74,6 +73,34 @@ pub struct OutcomeLabel {
 pub struct OpLabel {
     /// What the store did.
     pub op: &'static str,
+}
+
+/// How a node of a cluster stands with the cluster's log ([`crate::store::jetstream`]), as
+/// its store reports it ([`crate::store::Store::log_status`]) for the metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogStatus {
+    /// The position of the last entry this node's replica applied.
+    pub applied: u64,
+    /// The log as JetStream holds it now: its first and last positions and how many entries
+    /// it holds; `None` when JetStream did not answer in time.
+    pub log: Option<LogState>,
+    /// Compactions of the log this node did since it started.
+    pub compactions: u64,
+    /// Compactions that failed (a snapshot not taken or not stored, the log not purged).
+    pub compaction_failures: u64,
+    /// Bytes of the last snapshot this node stored or started from (0: none yet).
+    pub snapshot_bytes: u64,
+}
+
+/// The log's extent as JetStream reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogState {
+    /// The first position it holds (the entries before it were compacted away).
+    pub first: u64,
+    /// The last position written.
+    pub last: u64,
+    /// How many entries it holds.
+    pub entries: u64,
 }
 
 /// How a node of a cluster stands with the cluster's log.

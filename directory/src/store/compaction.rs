@@ -74,7 +74,7 @@ pub(super) const ORPHAN_AGE: Duration = Duration::from_secs(600);
 /// the node that stored it.
 const PREFIX: &str = "replica-";
 
-/// What this node's compactions did, for its metrics ([`super::LogStatus`]).
+/// What this node's compactions did, for its metrics ([`crate::metrics::LogStatus`]).
 #[derive(Debug, Default)]
 pub(super) struct Stats {
     pub compactions: AtomicU64,

@@ -38,9 +38,9 @@
 
 use super::{
     compaction::{self, keep_short, report_position, Snapshots, REPORT_EVERY},
-    Bind, Binding, LogState, LogStatus, NameRecord, Naming, Quota, RedbStore, Removal, Store,
-    StoreError, Stored,
+    Bind, Binding, NameRecord, Naming, Quota, RedbStore, Removal, Store, StoreError, Stored,
 };
+use crate::metrics::{LogState, LogStatus};
 use async_nats::jetstream::{self, consumer::push, stream};
 use common::{
     now_ms,

@@ -256,7 +256,7 @@ pub trait Store: Send + Sync + 'static {
     /// How this node stands with the cluster's log, for its metrics; `None` for a store that
     /// has no log (one node). Like [`Store::catch_up`], it returns a future to await on the
     /// caller's runtime: it asks JetStream for the log's state.
-    fn log_status(&self) -> Option<futures::future::BoxFuture<'static, LogStatus>> {
+    fn log_status(&self) -> Option<futures::future::BoxFuture<'static, crate::metrics::LogStatus>> {
         None
     }
     /// Whether `name` is bound: what a deposit checks, cheaper than [`Store::name`].
@@ -342,34 +342,6 @@ pub trait Store: Send + Sync + 'static {
         self.update_names(&[], &[(name.clone(), ms)], Naming::default())
             .map(drop)
     }
-}
-
-/// How a node of a cluster stands with the cluster's log ([`jetstream`]), as its metrics show
-/// it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LogStatus {
-    /// The position of the last entry this node's replica applied.
-    pub applied: u64,
-    /// The log as JetStream holds it now: its first and last positions and how many entries
-    /// it holds; `None` when JetStream did not answer in time.
-    pub log: Option<LogState>,
-    /// Compactions this node did ([`compaction`]) since it started.
-    pub compactions: u64,
-    /// Compactions that failed (a snapshot not taken or not stored, the log not purged).
-    pub compaction_failures: u64,
-    /// Bytes of the last snapshot this node stored or started from (0: none yet).
-    pub snapshot_bytes: u64,
-}
-
-/// The log's extent as JetStream reports it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LogState {
-    /// The first position it holds (the entries before it were compacted away).
-    pub first: u64,
-    /// The last position written.
-    pub last: u64,
-    /// How many entries it holds.
-    pub entries: u64,
 }
 
 /// What a removed entry, taken with `proof`, tells its sender: the id of a message, or of a
