@@ -417,6 +417,17 @@ mod tests {
         let cases = [
             (bytes(&Ask::Lookup { asker: key }), format!("00{keys}")),
             (
+                bytes(&Ask::Introduce {
+                    asker: key,
+                    event: Box::new(DirectoryEvent::Introduction {
+                        name: Name::new("c1").expect("name"),
+                        key,
+                        addrs: vec![addr],
+                    }),
+                }),
+                format!("01{keys} 02 026331 {keys} 01 00 c6120001 a846").replace(' ', ""),
+            ),
+            (
                 bytes(&Ask::Evict { node: "n1".into() }),
                 "02026e31".to_string(),
             ),
@@ -439,9 +450,9 @@ mod tests {
             (
                 bytes(&Answer::Left {
                     open: true,
-                    at_ms: 300,
+                    at_ms: 5_000_000_000,
                 }),
-                "0301ac02".to_string(),
+                "030180e497d012".to_string(),
             ),
             (
                 bytes(&Presence {
@@ -449,9 +460,9 @@ mod tests {
                     name: Name::new("c1").expect("name"),
                     online: false,
                     open: true,
-                    at_ms: 300,
+                    at_ms: 5_000_000_000,
                 }),
-                "026e3102633100 01ac02".replace(' ', ""),
+                "026e3102633100 0180e497d012".replace(' ', ""),
             ),
         ];
         for (got, want) in cases {

@@ -112,6 +112,9 @@ pub struct LogMetrics {
     reachable: Gauge,
     compactions: Family<OutcomeLabel, Counter>,
     snapshot_bytes: Gauge,
+    /// Held while the counters catch up with the store's: two scrapes at once must not both
+    /// add the same difference.
+    setting: Mutex<()>,
 }
 
 impl LogMetrics {
@@ -124,6 +127,7 @@ impl LogMetrics {
             reachable: Gauge::default(),
             compactions: Family::default(),
             snapshot_bytes: Gauge::default(),
+            setting: Mutex::new(()),
         };
         let gauges = [
             (
@@ -170,6 +174,7 @@ impl LogMetrics {
 
     /// Sets everything from `status`, read just before a scrape.
     fn set(&self, status: &LogStatus) {
+        let _setting = self.setting.lock().unwrap_or_else(|e| e.into_inner());
         let n = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         self.applied.set(n(status.applied));
         self.reachable.set(i64::from(status.log.is_some()));

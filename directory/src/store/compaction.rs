@@ -15,8 +15,11 @@
 //!    position every few seconds to the stream `<stream>-NODES`, which keeps the last one of
 //!    each node for [`NODE_TTL`], under a key kept beside its replica: [`replica_key`]);
 //! 4. deletes the snapshots older than the two newest (a node may be loading the one before
-//!    its own), and the chunks that puts which failed midway left, once they are
-//!    [`ORPHAN_AGE`] old (no object names them, so nothing else would remove them).
+//!    its own).
+//!
+//! At every check, whether or not it compacts, a node also removes the chunks that puts
+//! which failed midway left, once they have stayed unchanged for [`ORPHAN_AGE`] (no object
+//! names them, so nothing else would remove them).
 //!
 //! A node whose replica is behind the start of the log when it starts (a new node, or one
 //! that was down through a compaction) says so first (it writes its position, 0 if empty, so
@@ -40,12 +43,13 @@ use super::{jetstream::LogConfig, RedbStore};
 use async_nats::jetstream::{self, object_store, stream};
 use futures::StreamExt as _;
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 use tokio::sync::watch;
 
@@ -64,10 +68,12 @@ const READ_STALL: Duration = Duration::from_secs(10);
 /// loading was deleted under it (a newer one replaced it).
 const LOAD_TRIES: usize = 5;
 
-/// How long the chunks of a snapshot that has no object must have been left before they are
-/// removed. A put writes its chunks, then the object that names them; a put that failed in
-/// between (NATS lost mid-snapshot) leaves its chunks for good. One whose last chunk is this
-/// old is not in progress: the object follows its last chunk at once.
+/// How long chunks that no object names must stay unchanged, as this node sees them, before
+/// they are removed. A put writes its chunks, then the object that names them; a put that
+/// failed in between (NATS lost mid-snapshot) leaves its chunks for good. A put in progress
+/// adds a chunk every moment, or fails within seconds (each chunk's publish times out): chunks
+/// unchanged this long are not in progress. Only this node's own clock measures it, so a
+/// clock set wrong anywhere cannot make an upload in progress look old.
 pub(super) const ORPHAN_AGE: Duration = Duration::from_secs(600);
 
 /// Object names: `replica-`, the position zero-padded (names sort as positions do), `-`, and
@@ -99,6 +105,9 @@ pub(super) struct Snapshots {
     pub stats: Arc<Stats>,
     /// [`READ_STALL`], shorter in tests.
     read_stall: Duration,
+    /// The chunks no object named at the last [`Snapshots::sweep`]: by subject, the last
+    /// chunk's position in the object store's stream, and since when it has been the last.
+    unnamed: Arc<std::sync::Mutex<HashMap<String, (u64, Instant)>>>,
 }
 
 /// What a compaction did.
@@ -162,6 +171,7 @@ impl Snapshots {
             node: format!("{node:016x}"),
             stats: Arc::default(),
             read_stall: READ_STALL,
+            unnamed: Arc::default(),
         })
     }
 
@@ -212,13 +222,16 @@ impl Snapshots {
         if downloaded.is_err() {
             let _ = tokio::fs::remove_file(&part).await;
         }
-        downloaded?;
+        let size = downloaded?;
         tokio::fs::rename(&part, replica)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        self.stats.snapshot_bytes.store(size, Ordering::Relaxed);
+        Ok(())
     }
 
-    async fn download_to(&self, name: &str, part: &Path) -> Result<(), String> {
+    /// Downloads snapshot `name` to `part`; its size.
+    async fn download_to(&self, name: &str, part: &Path) -> Result<u64, String> {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let mut object = self.objects.get(name).await.map_err(|e| e.to_string())?;
         let size = object.info.size as u64;
@@ -243,8 +256,8 @@ impl Snapshots {
         if read != size {
             return Err(format!("snapshot {name}: {read} bytes of {size}"));
         }
-        self.stats.snapshot_bytes.store(size, Ordering::Relaxed);
-        file.sync_all().await.map_err(|e| e.to_string())
+        file.sync_all().await.map_err(|e| e.to_string())?;
+        Ok(size)
     }
 
     /// Records that this node has applied the log up to `position`.
@@ -287,7 +300,8 @@ impl Snapshots {
     }
 
     /// Compacts the log of `stream` if it holds more than `compact_after` entries and the
-    /// live nodes let enough of it go; `local` is this node's replica, at `replica`.
+    /// live nodes let enough of it go; `local` is this node's replica, at `replica`. A
+    /// compaction that was due is counted in [`Stats`], done or failed.
     pub(super) async fn compact(
         &self,
         stream: &mut stream::Stream,
@@ -295,6 +309,25 @@ impl Snapshots {
         replica: &Path,
         compact_after: u64,
     ) -> Result<Option<Compacted>, String> {
+        let Some(state) = self.due(stream, compact_after).await? else {
+            return Ok(None);
+        };
+        let done = self.compact_from(state, stream, local, replica).await;
+        let counter = match &done {
+            Ok(_) => &self.stats.compactions,
+            Err(_) => &self.stats.failures,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        done.map(Some)
+    }
+
+    /// The log's state, if it holds more than `compact_after` entries and the live nodes let
+    /// enough of them go.
+    async fn due(
+        &self,
+        stream: &mut stream::Stream,
+        compact_after: u64,
+    ) -> Result<Option<stream::State>, String> {
         let state = stream
             .info()
             .await
@@ -310,6 +343,18 @@ impl Snapshots {
             tracing::debug!(lowest, "a node far behind holds the log back");
             return Ok(None);
         }
+        Ok(Some(state))
+    }
+
+    /// Takes a snapshot, stores it, purges the log up to it (or to the lowest live node) and
+    /// deletes the older snapshots.
+    async fn compact_from(
+        &self,
+        state: stream::State,
+        stream: &mut stream::Stream,
+        local: &Arc<RedbStore>,
+        replica: &Path,
+    ) -> Result<Compacted, String> {
         let file = with_suffix(replica, "snapshot");
         let snapshot = {
             let (local, file) = (local.clone(), file.clone());
@@ -343,24 +388,20 @@ impl Snapshots {
         for (_, name) in stored.iter().rev().skip(2) {
             let _ = self.objects.delete(name).await;
         }
-        match self.sweep(ORPHAN_AGE).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(n, "removed the chunks of snapshots whose put failed"),
-            Err(e) => tracing::warn!(cause = %e, "cannot look for the chunks of failed puts"),
-        }
         let first = stream
             .info()
             .await
             .map_err(|e| e.to_string())?
             .state
             .first_sequence;
-        Ok(Some(Compacted { snapshot, first }))
+        Ok(Compacted { snapshot, first })
     }
 
-    /// Removes the chunks that no object names and that were last written more than
-    /// `older_than` ago: what puts that failed left behind (see [`ORPHAN_AGE`]). Returns how
-    /// many puts' chunks it removed.
-    pub(super) async fn sweep(&self, older_than: Duration) -> Result<usize, String> {
+    /// Removes the chunks that no object names and that have not changed for `unchanged`,
+    /// as earlier sweeps saw them: what puts that failed left behind (see [`ORPHAN_AGE`]).
+    /// Returns how many puts' chunks it removed. Chunks seen for the first time are only
+    /// noted.
+    pub(super) async fn sweep(&self, unchanged: Duration) -> Result<usize, String> {
         // The objects first: a put that ends after this has chunks written after it too.
         let mut named = std::collections::HashSet::new();
         let mut list = self.objects.list().await.map_err(|e| e.to_string())?;
@@ -382,22 +423,36 @@ impl Snapshots {
                 unnamed.push(subject);
             }
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let mut removed = 0;
+        let mut lasts = Vec::with_capacity(unnamed.len());
         for subject in unnamed {
-            let Ok(last) = stream.get_last_raw_message_by_subject(&subject).await else {
-                continue;
-            };
-            let written = u64::try_from(last.time.unix_timestamp()).unwrap_or(0);
-            if now.saturating_sub(written) < older_than.as_secs() {
-                continue;
+            if let Ok(last) = stream.get_last_raw_message_by_subject(&subject).await {
+                lasts.push((subject, last.sequence));
             }
-            (stream.purge().filter(&subject).await).map_err(|e| e.to_string())?;
-            removed += 1;
         }
-        Ok(removed)
+        // Forget what is gone; keep since when each is unchanged.
+        let old = {
+            let mut seen = self.unnamed.lock().unwrap_or_else(|e| e.into_inner());
+            let before = std::mem::take(&mut *seen);
+            let mut old = Vec::new();
+            for (subject, sequence) in lasts {
+                match before.get(&subject) {
+                    Some(&(was, since)) if was == sequence && since.elapsed() >= unchanged => {
+                        old.push(subject)
+                    }
+                    Some(&(was, since)) if was == sequence => {
+                        seen.insert(subject, (sequence, since));
+                    }
+                    _ => {
+                        seen.insert(subject, (sequence, Instant::now()));
+                    }
+                }
+            }
+            old
+        };
+        for subject in &old {
+            (stream.purge().filter(subject).await).map_err(|e| e.to_string())?;
+        }
+        Ok(old.len())
     }
 
     async fn store(&self, file: &Path, position: u64) -> Result<(), String> {
@@ -464,24 +519,24 @@ pub(super) async fn keep_short(
 ) {
     loop {
         tokio::time::sleep(jittered(log.compact_check)).await;
-        let stats = &snapshots.stats;
         match snapshots
             .compact(&mut stream, &local, &replica, log.compact_after)
             .await
         {
-            Ok(Some(done)) => {
-                stats.compactions.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(
-                    snapshot = done.snapshot,
-                    first = done.first,
-                    "compacted the cluster's log"
-                )
-            }
+            Ok(Some(done)) => tracing::info!(
+                snapshot = done.snapshot,
+                first = done.first,
+                "compacted the cluster's log"
+            ),
             Ok(None) => {}
-            Err(e) => {
-                stats.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(cause = %e, "cannot compact the cluster's log")
-            }
+            Err(e) => tracing::warn!(cause = %e, "cannot compact the cluster's log"),
+        }
+        // At every check, not only after a compaction: failed puts may be what keeps the
+        // next one from being stored (the object store full).
+        match snapshots.sweep(ORPHAN_AGE).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(n, "removed the chunks of snapshots whose put failed"),
+            Err(e) => tracing::debug!(cause = %e, "cannot look for the chunks of failed puts"),
         }
     }
 }
@@ -538,11 +593,22 @@ mod tests {
                 2,
                 "the snapshot's and the failed put's"
             );
+            // The first sweep only notes them; the next ones remove them once unchanged for
+            // the time asked.
+            assert_eq!(
+                snapshots.sweep(ORPHAN_AGE).await?,
+                0,
+                "seen for the first time"
+            );
             assert_eq!(
                 snapshots.sweep(ORPHAN_AGE).await?,
                 0,
                 "too young to be swept"
             );
+            // A put in progress writes another chunk: it is young again.
+            let chunk = js.publish("$O.SWEEP-SNAPSHOTS.C.failedput", vec![1u8; 1024].into());
+            chunk.await?.await?;
+            assert_eq!(snapshots.sweep(Duration::ZERO).await?, 0, "changed since");
             assert_eq!(snapshots.sweep(Duration::ZERO).await?, 1);
             let left = chunks(js.clone()).await?;
             assert!(

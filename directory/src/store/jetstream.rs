@@ -77,6 +77,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// ([`Store::catch_up`]); it usually takes a round trip to JetStream.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a scrape of the metrics waits for JetStream to say how long the log is.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long a node waits for JetStream to take the log's stream when it starts: a NATS cluster
 /// that is starting too elects its JetStream leader first.
 const JETSTREAM_START: Duration = Duration::from_secs(60);
@@ -824,7 +827,7 @@ impl Store for JetStreamStore {
         })
     }
 
-    /// The log's state is asked of JetStream, for at most [`CATCH_UP_TIMEOUT`].
+    /// The log's state is asked of JetStream, for at most [`STATUS_TIMEOUT`].
     fn log_status(&self) -> Option<futures::future::BoxFuture<'static, LogStatus>> {
         let handle = self.handle().ok()?.clone();
         let inner = self.inner.clone();
@@ -832,8 +835,10 @@ impl Store for JetStreamStore {
             // Read before the log's state, so that the log never shows behind this replica.
             let applied = *inner.applied.borrow();
             let (js, stream) = (inner.js.clone(), inner.stream.clone());
+            // Timed out on the store's runtime, so that the question ends with the scrape.
             let ask = handle.spawn(async move {
-                let stream = js.get_stream(&stream).await.ok()?;
+                let info = tokio::time::timeout(STATUS_TIMEOUT, js.get_stream(&stream));
+                let stream = info.await.ok()?.ok()?;
                 let state = &stream.cached_info().state;
                 Some(LogState {
                     first: state.first_sequence,
@@ -841,11 +846,10 @@ impl Store for JetStreamStore {
                     entries: state.messages,
                 })
             });
-            let log = tokio::time::timeout(CATCH_UP_TIMEOUT, ask).await;
             let stats = &inner.snapshots.stats;
             LogStatus {
                 applied,
-                log: log.ok().and_then(Result::ok).flatten(),
+                log: ask.await.ok().flatten(),
                 compactions: stats.compactions.load(Ordering::Relaxed),
                 compaction_failures: stats.failures.load(Ordering::Relaxed),
                 snapshot_bytes: stats.snapshot_bytes.load(Ordering::Relaxed),
@@ -1421,12 +1425,19 @@ pub(crate) mod tests {
     /// read the old one.
     #[test]
     fn entries_keep_their_bytes() {
-        use common::wire::{Letter, LetterKind, MessageId};
+        use common::{
+            room::{Action, RoomName},
+            seal::{PublishedKey, Signature},
+            wire::{Letter, LetterKind, MessageId},
+        };
+        // Times and sizes above u32::MAX, so that a u64 made narrower shows.
+        let (late, later) = (5_000_000_000, 6_000_000_000);
+        let (late_hex, later_hex) = ("80e497d012", "80f882ad16");
         let entry = |change| Entry {
             layout: ENTRY_LAYOUT,
             origin: 9,
             request: 10,
-            at_ms: 300,
+            at_ms: late,
             change,
         };
         let quota = Quota {
@@ -1434,15 +1445,19 @@ pub(crate) mod tests {
             max_bytes: 2,
             sender_messages: 3,
             sender_bytes: 4,
-            total_bytes: 5,
+            total_bytes: later,
             min_free_disk: 6,
         };
         let names = Change::Names {
             bindings: vec![Binding {
                 name: name("c1"),
                 key: common::KeyId([7; 32]),
-                at_ms: 300,
-                published: None,
+                at_ms: later,
+                published: Some(PublishedKey {
+                    identity: [4; 32],
+                    encryption: [5; 32],
+                    signature: Signature([6; 64]),
+                }),
             }],
             seen: vec![(name("c2"), 300)],
             naming: Naming {
@@ -1467,28 +1482,66 @@ pub(crate) mod tests {
             entries: vec![Removal {
                 recipient: name("c2"),
                 seq: 5,
-                proof: None,
+                proof: Some(super::super::Taken {
+                    signer: [8; 32],
+                    signature: Signature([9; 64]),
+                }),
             }],
             quota,
         };
-        let head = "01 09 0a ac02";
+        let op = Op {
+            room: RoomName::new(name("room")),
+            version: late,
+            prev: [10; 32],
+            actor: name("c1"),
+            actor_key: [11; 32],
+            at_ms: 300,
+            action: Action::Invite {
+                name: name("c2"),
+                key: common::KeyId([12; 32]),
+            },
+            signature: Signature([13; 64]),
+        };
+        let head = format!("01 09 0a {late_hex}");
+        let quota = format!("01 02 03 04 {later_hex} 06");
+        let bytes = |byte: &str, n: usize| byte.repeat(n);
         let cases = [
             (
                 names,
                 format!(
-                    "{head} 00 01 026331 {} ac02 00 01 026332 ac02 04 e807",
-                    "07".repeat(32)
+                    "{head} 00 01 026331 {} {later_hex} 01 {} {} {} 01 026332 ac02 04 e807",
+                    bytes("07", 32),
+                    bytes("04", 32),
+                    bytes("05", 32),
+                    bytes("06", 64)
                 ),
             ),
             (
                 deposits,
                 format!(
-                    "{head} 01 01 03 {} 026331 026332 ac02 00 {} 04 03030303 010203040506",
-                    "01".repeat(16),
-                    "02".repeat(32)
+                    "{head} 01 01 03 {} 026331 026332 ac02 00 {} 04 03030303 {quota}",
+                    bytes("01", 16),
+                    bytes("02", 32)
                 ),
             ),
-            (removals, format!("{head} 02 01 026332 05 00 010203040506")),
+            (
+                removals,
+                format!(
+                    "{head} 02 01 026332 05 01 {} {} {quota}",
+                    bytes("08", 32),
+                    bytes("09", 64)
+                ),
+            ),
+            (
+                Change::RoomOp(op),
+                format!(
+                    "{head} 03 04726f6f6d {late_hex} {} 026331 {} ac02 02 026332 {} {}",
+                    bytes("0a", 32),
+                    bytes("0b", 32),
+                    bytes("0c", 32),
+                    bytes("0d", 64)
+                ),
+            ),
         ];
         for (change, want) in cases {
             let bytes = postcard::to_allocvec(&entry(change)).expect("encode");
