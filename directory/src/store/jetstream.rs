@@ -1314,6 +1314,41 @@ pub(crate) mod tests {
         Ok(())
     }
 
+    /// A node's view of the log for its metrics: caught up after its writes, and the log's
+    /// state missing, not waited for, once NATS is gone (the scrape still answers).
+    #[test]
+    fn the_log_status_says_where_the_node_stands() -> TestResult {
+        let Some(mut nats) = nats()? else {
+            return Ok(());
+        };
+        let dir = tempfile::tempdir()?;
+        let servers = std::slice::from_ref(&nats.url);
+        let a = JetStreamStore::open(servers, &log("status"), &dir.path().join("a.redb"))?;
+        for i in 0..3u8 {
+            a.bind(
+                &name(&format!("n{i}")),
+                &common::KeyId([i; 32]),
+                1,
+                Naming::default(),
+            )?;
+        }
+        let status = a.log_status().ok_or("a cluster node has a log")?;
+        let status = block_on(a.handle()?, status)?;
+        let log = status.log.ok_or("JetStream did not answer")?;
+        assert_eq!(
+            (status.applied, log.first, log.last, log.entries),
+            (3, 1, 3, 3)
+        );
+        assert_eq!((status.compactions, status.compaction_failures), (0, 0));
+        nats.kill(0);
+        let started = std::time::Instant::now();
+        let status = a.log_status().ok_or("a cluster node has a log")?;
+        let status = block_on(a.handle()?, status)?;
+        assert_eq!((status.applied, status.log), (3, None));
+        assert!(started.elapsed() < STATUS_TIMEOUT + Duration::from_secs(3));
+        Ok(())
+    }
+
     /// The first entry the log of `stream` holds now.
     fn first_entry(url: &str, stream: &str) -> Result<u64, Box<dyn std::error::Error>> {
         let runtime = tokio::runtime::Runtime::new()?;
