@@ -404,40 +404,17 @@ async fn pipelined_lookups(
     let request = common::framing::encode(&DirectoryRequest::Lookup {
         name: target.clone(),
     })?;
-    let (mut send, recv) = conn.open_bi().await?;
-    let mut answers = common::framing::FrameReader::new(recv);
-    let mut in_flight = 0;
-    loop {
-        let mut out = Vec::new();
-        while in_flight < window && Instant::now() < deadline {
-            out.extend_from_slice(&request);
-            in_flight += 1;
+    let requests = std::iter::from_fn(|| (Instant::now() < deadline).then(|| Ok(request.clone())));
+    pipeline(conn, requests, window, |answer| match answer {
+        // The target is online throughout: an answer that says otherwise (a node of a cluster
+        // that did not get the other node's answer) is a failure.
+        DirectoryResponse::Peer(info) if info.online => {
+            done.fetch_add(1, Ordering::Relaxed);
+            Ok(())
         }
-        if !out.is_empty() {
-            send.write_all(&out).await?;
-        }
-        if in_flight == 0 {
-            break;
-        }
-        let Some(first) = answers.next(Duration::from_secs(10)).await? else {
-            bail!("the directory ended the stream");
-        };
-        let mut answer = Some(first);
-        while let Some(a) = answer {
-            match a {
-                // The target is online throughout: an answer that says otherwise (a node of a
-                // cluster that did not get the other node's answer) is a failure.
-                DirectoryResponse::Peer(info) if info.online => {
-                    done.fetch_add(1, Ordering::Relaxed)
-                }
-                other => bail!("lookup answered {other:?}"),
-            };
-            in_flight -= 1;
-            answer = answers.buffered()?;
-        }
-    }
-    send.finish()?;
-    Ok(())
+        other => bail!("lookup answered {other:?}"),
+    })
+    .await
 }
 
 /// In the pipelined mailbox figure, deposits in flight per sender for each of the
@@ -451,16 +428,34 @@ async fn pipelined_deposits(
     letters: Vec<Letter>,
     window: usize,
 ) -> Result<()> {
+    let requests = letters.into_iter().map(|letter| {
+        common::framing::encode(&DirectoryRequest::DepositLetter { letter }).map_err(Into::into)
+    });
+    pipeline(conn, requests, window, |answer| match answer {
+        DirectoryResponse::Stored => Ok(()),
+        other => bail!("deposit: {other:?}"),
+    })
+    .await
+}
+
+/// Writes `requests` (encoded frames) on one stream of `conn`, keeping `window` of them in
+/// flight, and hands each answer to `check` in order.
+async fn pipeline(
+    conn: &quinn::Connection,
+    mut requests: impl Iterator<Item = Result<Vec<u8>>>,
+    window: usize,
+    mut check: impl FnMut(DirectoryResponse) -> Result<()>,
+) -> Result<()> {
     let (mut send, recv) = conn.open_bi().await?;
     let mut answers = common::framing::FrameReader::new(recv);
-    let (mut letters, mut in_flight) = (letters.into_iter(), 0);
+    let mut in_flight = 0;
     loop {
         let mut out = Vec::new();
         while in_flight < window {
-            let Some(letter) = letters.next() else { break };
-            out.extend(common::framing::encode(&DirectoryRequest::DepositLetter {
-                letter,
-            })?);
+            let Some(request) = requests.next() else {
+                break;
+            };
+            out.extend(request?);
             in_flight += 1;
         }
         if !out.is_empty() {
@@ -474,10 +469,8 @@ async fn pipelined_deposits(
         };
         let mut answer = Some(first);
         while let Some(a) = answer {
-            match a {
-                DirectoryResponse::Stored => in_flight -= 1,
-                other => bail!("deposit: {other:?}"),
-            }
+            check(a)?;
+            in_flight -= 1;
             answer = answers.buffered()?;
         }
     }
