@@ -553,6 +553,26 @@ mod tests {
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
+    /// The snapshots of log `stream` on the NATS server at `url`, one of them stored: 300 KiB
+    /// of 7s at position 5. Also a folder for files.
+    async fn one_snapshot(
+        url: &str,
+        stream: &str,
+    ) -> Result<(jetstream::Context, Snapshots, tempfile::TempDir), Box<dyn std::error::Error>>
+    {
+        let js = jetstream::new(async_nats::connect(url).await?);
+        let log = LogConfig {
+            stream: stream.into(),
+            ..LogConfig::default()
+        };
+        let snapshots = Snapshots::open(&js, &log, 1).await?;
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("snapshot");
+        std::fs::write(&file, vec![7u8; 300 * 1024])?;
+        snapshots.store(&file, 5).await?;
+        Ok((js, snapshots, dir))
+    }
+
     /// The chunks a failed put left (no object names them) are removed once they are old
     /// enough, and those of stored snapshots stay: the snapshot still loads.
     #[test]
@@ -562,17 +582,7 @@ mod tests {
         };
         let runtime = tokio::runtime::Runtime::new()?;
         runtime.block_on(async {
-            let client = async_nats::connect(&nats.url).await?;
-            let js = jetstream::new(client);
-            let log = LogConfig {
-                stream: "SWEEP".into(),
-                ..LogConfig::default()
-            };
-            let snapshots = Snapshots::open(&js, &log, 1).await?;
-            let dir = tempfile::tempdir()?;
-            let file = dir.path().join("snapshot");
-            std::fs::write(&file, vec![7u8; 300 * 1024])?;
-            snapshots.store(&file, 5).await?;
+            let (js, snapshots, dir) = one_snapshot(&nats.url, "SWEEP").await?;
             // What a put that lost NATS after two chunks leaves.
             for _ in 0..2 {
                 let chunk = js.publish("$O.SWEEP-SNAPSHOTS.C.failedput", vec![1u8; 1024].into());
@@ -633,18 +643,8 @@ mod tests {
         };
         let runtime = tokio::runtime::Runtime::new()?;
         runtime.block_on(async {
-            let client = async_nats::connect(&nats.url).await?;
-            let js = jetstream::new(client);
-            let log = LogConfig {
-                stream: "STALL".into(),
-                ..LogConfig::default()
-            };
-            let mut snapshots = Snapshots::open(&js, &log, 1).await?;
+            let (js, mut snapshots, dir) = one_snapshot(&nats.url, "STALL").await?;
             snapshots.read_stall = Duration::from_millis(300);
-            let dir = tempfile::tempdir()?;
-            let file = dir.path().join("snapshot");
-            std::fs::write(&file, vec![7u8; 300 * 1024])?;
-            snapshots.store(&file, 5).await?;
             // Its chunks go; the object naming them stays.
             let stream = js.get_stream("OBJ_STALL-SNAPSHOTS").await?;
             stream.purge().filter("$O.STALL-SNAPSHOTS.C.>").await?;
