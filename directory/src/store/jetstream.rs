@@ -1332,6 +1332,10 @@ pub(crate) mod tests {
                 Naming::default(),
             )?;
         }
+        // A write returns once its entry is applied, a moment before the position it applied
+        // is published: catch up with the log first.
+        let caught_up = a.catch_up();
+        block_on(a.handle()?, caught_up)??;
         let status = a.log_status().ok_or("a cluster node has a log")?;
         let status = block_on(a.handle()?, status)?;
         let log = status.log.ok_or("JetStream did not answer")?;
