@@ -518,9 +518,6 @@ fn block_on<T: Send + 'static>(
     rx.recv().map_err(|_| db("the store's runtime stopped"))
 }
 
-/// Connects, makes sure the stream exists, opens the replica at `replica` (loading the newest
-/// snapshot first if the log was compacted past it), starts the applier and the compaction,
-/// and waits until the replica has applied what the stream held when it started.
 /// `attempt` until it succeeds, each try bounded by [`WRITE_TIMEOUT`], half a second apart,
 /// until `deadline`: then the last reason it failed.
 async fn retried<T, F, Fut>(deadline: tokio::time::Instant, mut attempt: F) -> Result<T, String>
@@ -542,6 +539,9 @@ where
     }
 }
 
+/// Connects, makes sure the stream exists, opens the replica at `replica` (loading the newest
+/// snapshot first if the log was compacted past it), starts the applier and the compaction,
+/// and waits until the replica has applied what the stream held when it started.
 async fn start(
     servers: &[String],
     log: &LogConfig,
