@@ -75,6 +75,11 @@ pub struct OpLabel {
     pub op: &'static str,
 }
 
+/// A count as a gauge's value (gauges are signed), saturating.
+fn n(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
+
 /// How a node of a cluster stands with the cluster's log ([`crate::store::jetstream`]), as
 /// its store reports it ([`crate::store::Store::log_status`]) for the metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -175,7 +180,6 @@ impl LogMetrics {
     /// Sets everything from `status`, read just before a scrape.
     fn set(&self, status: &LogStatus) {
         let _setting = self.setting.lock().unwrap_or_else(|e| e.into_inner());
-        let n = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         self.applied.set(n(status.applied));
         self.reachable.set(i64::from(status.log.is_some()));
         // Left as they were when JetStream did not answer: `reachable` says so.
@@ -319,7 +323,6 @@ impl Metrics {
 
     /// Sets the gauges that count what is held elsewhere, read just before a scrape.
     pub fn held(&self, online: usize, connections: usize, mailbox: Option<(u64, u64)>) {
-        let n = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         self.online.set(n(online as u64));
         self.connections.set(n(connections as u64));
         if let Some((entries, bytes)) = mailbox {
