@@ -76,6 +76,13 @@ const LOAD_TRIES: usize = 5;
 /// clock set wrong anywhere cannot make an upload in progress look old.
 pub(super) const ORPHAN_AGE: Duration = Duration::from_secs(600);
 
+/// How long a sweep for failed puts' chunks may take: it must not hold up the compactions
+/// that follow it.
+const SWEEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long listing the snapshots may take.
+const LIST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Object names: `replica-`, the position zero-padded (names sort as positions do), `-`, and
 /// the node that stored it.
 const PREFIX: &str = "replica-";
@@ -177,16 +184,30 @@ impl Snapshots {
 
     /// The position and name of each snapshot stored, oldest first.
     async fn list(&self) -> Result<Vec<(u64, String)>, String> {
-        let mut list = self.objects.list().await.map_err(|e| e.to_string())?;
         let mut found = Vec::new();
-        while let Some(info) = list.next().await {
-            let info = info.map_err(|e| e.to_string())?;
+        for info in self.objects().await? {
             if let Some(position) = position_of(&info.name).filter(|_| !info.deleted) {
                 found.push((position, info.name));
             }
         }
         found.sort();
         Ok(found)
+    }
+
+    /// Every object the store lists, within [`LIST_TIMEOUT`]: the listing follows a consumer,
+    /// which can wait for good on a stream whose NATS server just restarted, and a listing
+    /// that never ends would stop every compaction after it.
+    async fn objects(&self) -> Result<Vec<object_store::ObjectInfo>, String> {
+        let listing = async {
+            let mut list = self.objects.list().await.map_err(|e| e.to_string())?;
+            let mut found = Vec::new();
+            while let Some(info) = list.next().await {
+                found.push(info.map_err(|e| e.to_string())?);
+            }
+            Ok(found)
+        };
+        (tokio::time::timeout(LIST_TIMEOUT, listing).await)
+            .map_err(|_| format!("listing the snapshots took over {LIST_TIMEOUT:?}"))?
     }
 
     /// Replaces the file `replica` with the newest snapshot, which must be at `at_least` or
@@ -403,11 +424,12 @@ impl Snapshots {
     /// noted.
     pub(super) async fn sweep(&self, unchanged: Duration) -> Result<usize, String> {
         // The objects first: a put that ends after this has chunks written after it too.
-        let mut named = std::collections::HashSet::new();
-        let mut list = self.objects.list().await.map_err(|e| e.to_string())?;
-        while let Some(info) = list.next().await {
-            named.insert(info.map_err(|e| e.to_string())?.nuid);
-        }
+        let named: std::collections::HashSet<_> = self
+            .objects()
+            .await?
+            .into_iter()
+            .map(|info| info.nuid)
+            .collect();
         let stream = (self.js.get_stream(format!("OBJ_{}", self.bucket)).await)
             .map_err(|e| e.to_string())?;
         let prefix = format!("$O.{}.C.", self.bucket);
@@ -533,7 +555,8 @@ pub(super) async fn keep_short(
         }
         // At every check, not only after a compaction: failed puts may be what keeps the
         // next one from being stored (the object store full).
-        match snapshots.sweep(ORPHAN_AGE).await {
+        let swept = tokio::time::timeout(SWEEP_TIMEOUT, snapshots.sweep(ORPHAN_AGE)).await;
+        match swept.unwrap_or_else(|_| Err("timed out".into())) {
             Ok(0) => {}
             Ok(n) => tracing::info!(n, "removed the chunks of snapshots whose put failed"),
             Err(e) => tracing::debug!(cause = %e, "cannot look for the chunks of failed puts"),
